@@ -1,0 +1,35 @@
+# Nitro: `make run` starts the server on the embedded default; `make test` installs what the
+# suite needs and runs it. Everything lives in .venv; system packages only for the Debian client test.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+CONFIG ?= config/nitro.toml
+
+.PHONY: run test lint system-deps clean
+
+$(BIN)/nitro: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+run: $(BIN)/nitro
+	$(BIN)/nitro --config $(CONFIG) serve
+
+# go-sendxmpp is the real Debian client one end-to-end test drives; installed when we are root.
+system-deps:
+	@command -v go-sendxmpp >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq go-sendxmpp >/dev/null; \
+	  else echo "note: install go-sendxmpp (Debian package) to run the real-client test"; fi; }
+
+test: $(BIN)/nitro system-deps
+	$(BIN)/python -m pytest
+
+lint: $(BIN)/nitro
+	$(BIN)/ruff format --check nitro tests
+	$(BIN)/ruff check nitro tests
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,7 @@
+"""`python -m nitro` is the `nitro` command."""
+
+import sys
+
+from nitro.cli import main
+
+sys.exit(main())

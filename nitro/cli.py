@@ -1,0 +1,148 @@
+"""The `nitro` command: `serve` the XMPP server, and `user add|del|passwd|list` for operators."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import getpass
+import logging
+import signal
+import sys
+from collections.abc import Coroutine, Sequence
+from pathlib import Path
+from typing import Any
+
+from nitro import __version__
+from nitro.accounts import InvalidUsername, change_password, create_account, prepare_username
+from nitro.config import Config, ConfigError, load_config
+from nitro.storage.errors import AlreadyExists, StorageError
+from nitro.storage.sql import open_sql_storage
+
+log = logging.getLogger("nitro")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nitro", description="Nitro, an XMPP server.")
+    parser.add_argument("--version", action="version", version=f"nitro {__version__}")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="TOML configuration file (default: built-in defaults, as in config/nitro.toml)",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser("serve", help="run the server until SIGINT/SIGTERM")
+
+    user = commands.add_parser("user", help="manage accounts in the configured storage")
+    actions = user.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for name, text in (("add", "create an account"), ("passwd", "set an account's password")):
+        action = actions.add_parser(name, help=text)
+        action.add_argument("username", help="the localpart (alice, not alice@example.com)")
+        action.add_argument(
+            "--password-stdin",
+            action="store_true",
+            help="read the password from the first line of standard input instead of prompting",
+        )
+    delete = actions.add_parser("del", help="delete an account and everything stored for it")
+    delete.add_argument("username")
+    actions.add_parser("list", help="list accounts, one per line")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"nitro: {exc}", file=sys.stderr)
+        return 2
+    level = config.logging.level.upper()
+    if args.command != "serve" and level != "DEBUG":
+        level = "WARNING"  # `nitro user list` prints names, not log lines
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stdout,
+    )
+    if args.command == "serve":
+        return _run(serve(config))
+    return _run(user_command(config, args))
+
+
+def _run(coroutine: Coroutine[Any, Any, int]) -> int:
+    try:
+        import uvloop  # optional speed-up, absent on some platforms
+    except ImportError:
+        return asyncio.run(coroutine)
+    return uvloop.run(coroutine)
+
+
+async def serve(config: Config) -> int:
+    from nitro.server import running_server  # imported late: keeps `nitro user` light
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        async with running_server(config) as server:
+            log.info("Nitro %s serving %s", __version__, server.domain)
+            await stop.wait()
+            log.info("shutting down")
+    except (OSError, StorageError) as exc:
+        log.error("cannot serve: %s", exc)  # one clean line for operators
+        return 1
+    return 0
+
+
+async def user_command(config: Config, args: argparse.Namespace) -> int:
+    async with open_sql_storage(config.storage.dsn) as storage:
+        if args.action == "list":
+            for name in await storage.accounts.list_usernames():
+                print(name)
+            return 0
+        try:
+            username = prepare_username(args.username, config.server.domain)
+        except InvalidUsername as exc:
+            print(f"nitro: invalid username {args.username!r}: {exc}", file=sys.stderr)
+            return 2
+        if args.action == "del":
+            if not await storage.accounts.delete(username):
+                print(f"nitro: no account {username!r}", file=sys.stderr)
+                return 1
+            print(f"deleted {username}@{config.server.domain}")
+            return 0
+        password = _read_password(args.password_stdin)
+        if not password:
+            print("nitro: empty password", file=sys.stderr)
+            return 2
+        iterations = config.auth.scram_iterations
+        if args.action == "add":
+            try:
+                await create_account(storage, username, password, iterations=iterations)
+            except AlreadyExists:
+                print(f"nitro: account {username!r} already exists", file=sys.stderr)
+                return 1
+            print(f"created {username}@{config.server.domain}")
+            return 0
+        if not await change_password(storage, username, password, iterations=iterations):
+            print(f"nitro: no account {username!r}", file=sys.stderr)
+            return 1
+        print(f"password changed for {username}@{config.server.domain}")
+        return 0
+
+
+def _read_password(from_stdin: bool) -> str:
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    first = getpass.getpass("Password: ")
+    if getpass.getpass("Again: ") != first:
+        print("nitro: passwords differ", file=sys.stderr)
+        return ""
+    return first
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        sys.exit(main())

@@ -1,0 +1,128 @@
+"""The registration API of IM modules: hooks, disco features and identities, all undone on unload."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from lxml import etree
+
+from nitro.events import Handler
+
+if TYPE_CHECKING:
+    from nitro.c2s import ClientSession
+    from nitro.server import Server
+
+# The built-in modules, in load order; `[modules].disabled` in the config removes some.
+BUILTIN_MODULES: tuple[str, ...] = (
+    "disco",
+    "roster",
+    "presence",
+    "message",
+    "offline",
+    "ping",
+    "version",
+    "time",
+    "legacy_session",
+    "register",
+    "admin_commands",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    category: str
+    type: str
+    name: str | None = None
+
+
+@dataclass(slots=True)
+class SessionEvent:
+    """Payload of `resource-bind` and `resource-unbind` (the session is bound, or was)."""
+
+    session: ClientSession
+
+
+@dataclass(slots=True)
+class StreamFeaturesEvent:
+    """Payload of `stream-features`: handlers append their feature elements to `features`."""
+
+    session: ClientSession
+    features: etree._Element
+
+
+@dataclass(slots=True)
+class AccountEvent:
+    """Payload of `account-created` and `account-deleted`."""
+
+    username: str
+
+
+class DiscoRegistry:
+    """The server's own disco#info: features and identities, reference-counted by the modules adding them."""
+
+    def __init__(self) -> None:
+        self.features: Counter[str] = Counter()
+        self.identities: Counter[Identity] = Counter()
+
+    def add_feature(self, var: str) -> Callable[[], None]:
+        self.features[var] += 1
+
+        def remove() -> None:
+            self.features[var] -= 1
+            if self.features[var] <= 0:
+                del self.features[var]
+
+        return remove
+
+    def add_identity(self, identity: Identity) -> Callable[[], None]:
+        self.identities[identity] += 1
+
+        def remove() -> None:
+            self.identities[identity] -= 1
+            if self.identities[identity] <= 0:
+                del self.identities[identity]
+
+        return remove
+
+
+class Module:
+    """One loaded feature module; every registration it makes is recorded and undone by `unload`."""
+
+    def __init__(self, server: Server, name: str) -> None:
+        self.server = server
+        self.name = name
+        self.log = logging.getLogger(f"nitro.modules.{name}")
+        self._undo: list[Callable[[], None]] = []
+
+    @property
+    def domain(self) -> str:
+        return self.server.config.server.domain
+
+    def hook(self, event: str, handler: Handler, priority: int = 0) -> None:
+        self._undo.append(self.server.bus.add(event, handler, priority))
+
+    def add_feature(self, var: str) -> None:
+        self._undo.append(self.server.disco.add_feature(var))
+
+    def add_identity(self, category: str, type_: str, name: str | None = None) -> None:
+        self._undo.append(self.server.disco.add_identity(Identity(category, type_, name)))
+
+    def on_unload(self, callback: Callable[[], None]) -> None:
+        self._undo.append(callback)
+
+    def unload(self) -> None:
+        while self._undo:
+            self._undo.pop()()
+
+
+def load_module(server: Server, name: str) -> Module:
+    """Import `nitro.modules.<name>` and call its `load(module)`."""
+    python_module = importlib.import_module(f"nitro.modules.{name}")
+    module = Module(server, name)
+    python_module.load(module)
+    return module

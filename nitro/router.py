@@ -1,0 +1,179 @@
+"""The one place that decides where a stanza goes: event names are the routing table.
+
+Sender side: `pre-<kind>/<to-type>` (hooks such as roster, presence broadcast, carbons).
+Recipient side: `<kind>/<to-type>`, and for IQ get/set `iq-<type>/<to-type>/<ns>:<name>` first.
+`<to-type>` is `self` (no 'to', or an IQ to the sender's own bare JID), `host`, `bare` or `full`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+from lxml import etree
+
+from nitro import ns
+from nitro.errors import StanzaError, error_reply
+from nitro.events import EventBus
+from nitro.jid import JID, InvalidJID
+from nitro.sessions import SessionManager
+
+if TYPE_CHECKING:
+    from nitro.c2s import ClientSession
+    from nitro.server import Server
+
+log = logging.getLogger(__name__)
+
+ToType = Literal["self", "host", "bare", "full"]
+_KINDS = frozenset({f"{{{ns.CLIENT}}}message", f"{{{ns.CLIENT}}}presence", f"{{{ns.CLIENT}}}iq"})
+_iq_ids = itertools.count(1)
+
+
+@dataclass(slots=True)
+class StanzaEvent:
+    """What a stanza handler receives."""
+
+    stanza: etree._Element
+    origin: ClientSession | None  # the client session that sent it; None when the server generated it
+    from_: JID
+    to: JID | None  # None: addressed to the sender's own account (RFC 6120 §10.3)
+    to_type: ToType
+    server: Server
+
+    @property
+    def kind(self) -> str:
+        return etree.QName(self.stanza).localname
+
+    @property
+    def type(self) -> str | None:
+        return self.stanza.get("type")
+
+    async def reply(self, stanza: etree._Element) -> None:
+        """Answer the sender: straight to its session, or through the router if the server sent it."""
+        if self.origin is not None:
+            self.origin.send(stanza)
+        else:
+            await self.server.router.route(stanza)
+
+
+def classify(to: JID | None, from_: JID, domain: str, kind: str) -> ToType:
+    if to is None:
+        return "self"
+    if to.local is None:
+        return "host"
+    if to.resource is None:
+        return "self" if kind == "iq" and to == from_.bare else "bare"
+    return "full"
+
+
+class Router:
+    """Fires the routing events for each stanza and turns StanzaErrors into error replies."""
+
+    def __init__(self, server: Server, bus: EventBus, sessions: SessionManager) -> None:
+        self.server = server
+        self.bus = bus
+        self.sessions = sessions
+        self.domain = server.config.server.domain
+        self._pending_iq: dict[str, asyncio.Future[etree._Element]] = {}
+
+    async def route(self, stanza: etree._Element, origin: ClientSession | None = None) -> None:
+        """Route one stanza whose 'from' is already trusted (stamped by the session or the server)."""
+        try:
+            await self._route(stanza, origin)
+        except StanzaError as error:
+            await self._reply_error(stanza, error, origin)
+        except Exception:
+            log.exception("stanza handler failed for %s from %s", stanza.tag, stanza.get("from"))
+            await self._reply_error(stanza, StanzaError("internal-server-error"), origin)
+
+    async def _route(self, stanza: etree._Element, origin: ClientSession | None) -> None:
+        if stanza.tag not in _KINDS:
+            raise StanzaError("bad-request", "not a stanza")
+        kind = etree.QName(stanza).localname
+        from_ = JID.parse(stanza.get("from") or self.domain)
+        to_text = stanza.get("to")
+        try:
+            to = JID.parse(to_text) if to_text is not None else None
+        except InvalidJID as exc:
+            raise StanzaError("jid-malformed", str(exc)) from exc
+        if to is None and kind == "message":
+            to = from_.bare  # RFC 6120 §10.3.1: a message with no 'to' is for the sender's bare JID
+            stanza.set("to", str(to))
+        if to is not None and to.domain != self.domain:
+            raise StanzaError("remote-server-not-found", f"no route to {to.domain}")
+        to_type = classify(to, from_, self.domain, kind)
+        event = StanzaEvent(stanza, origin, from_, to, to_type, self.server)
+        if origin is not None and await self.bus.fire(f"pre-{kind}/{to_type}", event):
+            return
+        if kind == "iq":
+            await self._route_iq(event)
+            return
+        await self.bus.fire(f"{kind}/{to_type}", event)
+
+    async def _route_iq(self, event: StanzaEvent) -> None:
+        iq_type = event.type
+        if iq_type in ("get", "set"):
+            children = [child for child in event.stanza if isinstance(child.tag, str)]
+            if len(children) != 1:
+                raise StanzaError("bad-request", "an IQ get/set has exactly one payload (RFC 6120 §8.2.3)")
+            payload = etree.QName(children[0])
+            names = [f"iq-{iq_type}/{event.to_type}/{payload.namespace}:{payload.localname}"]
+            if event.to_type == "self":
+                names.append(f"iq-{iq_type}/bare/{payload.namespace}:{payload.localname}")
+            for name in names:
+                if await self.bus.fire(name, event):
+                    return
+            if await self.bus.fire(f"iq/{event.to_type}", event) or self._deliver_full(event):
+                return
+            raise StanzaError("service-unavailable")  # RFC 6121 §8.5.1, §8.5.3.1, RFC 6120 §8.4
+        if iq_type in ("result", "error"):
+            if event.to_type in ("host", "self") and self._resolve_pending(event.stanza):
+                return
+            if not await self.bus.fire(f"iq/{event.to_type}", event):
+                self._deliver_full(event)  # a reply whose requester is gone is dropped (§8.5.3.1)
+            return
+        raise StanzaError("bad-request", "IQ type must be get, set, result or error")
+
+    def _deliver_full(self, event: StanzaEvent) -> bool:
+        return event.to_type == "full" and event.to is not None and self.deliver(event.to, event.stanza)
+
+    async def _reply_error(
+        self, stanza: etree._Element, error: StanzaError, origin: ClientSession | None
+    ) -> None:
+        if stanza.get("type") == "error":
+            return  # RFC 6120 §8.3.1: never answer an error with an error
+        reply = error_reply(stanza, error)
+        if origin is not None:
+            origin.send(reply)
+        elif reply.get("to"):
+            await self.route(reply)
+
+    def deliver(self, full: JID, stanza: etree._Element) -> bool:
+        """Hand a stanza to the session bound to `full` on this node; False if none is."""
+        session = self.sessions.get(full)
+        if session is None:
+            return False
+        session.send(stanza)
+        return True
+
+    async def send_iq(self, iq: etree._Element, timeout: float) -> etree._Element:
+        """Send a server-originated IQ get/set and wait for its result (raises TimeoutError)."""
+        iq_id = iq.get("id") or f"nitro-{next(_iq_ids)}"
+        iq.set("id", iq_id)
+        future: asyncio.Future[etree._Element] = asyncio.get_running_loop().create_future()
+        self._pending_iq[iq_id] = future
+        try:
+            await self.route(iq)
+            return await asyncio.wait_for(future, timeout)
+        finally:
+            self._pending_iq.pop(iq_id, None)
+
+    def _resolve_pending(self, stanza: etree._Element) -> bool:
+        future = self._pending_iq.get(stanza.get("id") or "")
+        if future is None or future.done():
+            return False
+        future.set_result(stanza)
+        return True

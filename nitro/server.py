@@ -1,0 +1,144 @@
+"""The server process: storage, modules and listeners in one scope; shutdown drains connections."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from collections.abc import AsyncIterator, Coroutine
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
+
+from nitro.config import Config
+from nitro.connection import serve_client
+from nitro.errors import StreamError
+from nitro.events import EventBus
+from nitro.module import BUILTIN_MODULES, DiscoRegistry, Module, load_module
+from nitro.router import Router
+from nitro.sessions import SessionManager
+from nitro.storage import Storage
+from nitro.storage.sql import open_sql_storage
+from nitro.throttle import FailureThrottle
+from nitro.tls import ensure_certificate, server_context
+
+if TYPE_CHECKING:
+    from nitro.c2s import ClientSession
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN_GRACE = 5.0
+
+
+class Server:
+    """Everything one node holds; modules reach the rest of the core through it."""
+
+    def __init__(self, config: Config, storage: Storage, tls_context: ssl.SSLContext | None) -> None:
+        self.config = config
+        self.storage = storage
+        self.tls_context = tls_context
+        self.bus = EventBus()
+        self.disco = DiscoRegistry()
+        self.sessions = SessionManager()
+        self.router = Router(self, self.bus, self.sessions)
+        self.auth_throttle = FailureThrottle(config.auth.throttle_failures, config.auth.throttle_window)
+        self.modules: dict[str, Module] = {}
+        self.listeners: list[asyncio.Server] = []
+        self._connections: set[ClientSession] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def domain(self) -> str:
+        return self.config.server.domain
+
+    def load_modules(self, names: tuple[str, ...] = BUILTIN_MODULES) -> None:
+        for name in names:
+            self.modules[name] = load_module(self, name)
+
+    def spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        """Run a background coroutine owned by the server (cancelled at shutdown)."""
+        task = asyncio.create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def track(self, session: ClientSession) -> None:
+        self._connections.add(session)
+
+    def untrack(self, session: ClientSession) -> None:
+        self._connections.discard(session)
+
+    @property
+    def connections(self) -> frozenset[ClientSession]:
+        return frozenset(self._connections)
+
+    async def start_listeners(self) -> None:
+        c2s = self.config.c2s
+
+        async def plain(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await serve_client(self, reader, writer, direct_tls=False)
+
+        async def direct(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await serve_client(self, reader, writer, direct_tls=True)
+
+        self.listeners.append(await asyncio.start_server(plain, c2s.host, c2s.port, backlog=c2s.backlog))
+        log.info("c2s (STARTTLS) listening on %s", _addresses(self.listeners[-1]))
+        if c2s.direct_tls_port and self.tls_context is not None:
+            self.listeners.append(
+                await asyncio.start_server(
+                    direct,
+                    c2s.host,
+                    c2s.direct_tls_port,
+                    backlog=c2s.backlog,
+                    ssl=self.tls_context,
+                    ssl_handshake_timeout=c2s.negotiation_timeout,
+                )
+            )
+            log.info("c2s (Direct TLS) listening on %s", _addresses(self.listeners[-1]))
+
+    async def shutdown(self) -> None:
+        """Stop accepting, tell every client `<system-shutdown/>`, wait briefly, cancel the rest."""
+        for listener in self.listeners:
+            listener.close()
+        for session in list(self._connections):
+            with contextlib.suppress(Exception):
+                await session.close(StreamError("system-shutdown"))
+        deadline = asyncio.get_running_loop().time() + SHUTDOWN_GRACE
+        while self._connections and asyncio.get_running_loop().time() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)  # connections leave on their own once their streams are closed
+        for task in list(self._tasks):
+            task.cancel()
+        for module in reversed(list(self.modules.values())):
+            module.unload()
+        for listener in self.listeners:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(listener.wait_closed(), 1.0)
+
+
+def _addresses(listener: asyncio.Server) -> str:
+    return ", ".join(f"{sock.getsockname()[0]}:{sock.getsockname()[1]}" for sock in listener.sockets)
+
+
+def make_tls_context(config: Config) -> ssl.SSLContext | None:
+    cert, key = config.path(config.tls.cert), config.path(config.tls.key)
+    if config.tls.generate:
+        ensure_certificate(cert, key, config.server.domain)
+    if not (cert.exists() and key.exists()):
+        if config.c2s.require_encryption:
+            raise FileNotFoundError(f"TLS is required but {cert} or {key} is missing")
+        log.warning("no TLS certificate at %s: STARTTLS and Direct TLS are off", cert)
+        return None
+    return server_context(cert, key)
+
+
+@asynccontextmanager
+async def running_server(config: Config) -> AsyncIterator[Server]:
+    """Start storage, modules and listeners; on exit drain and stop in reverse order."""
+    tls_context = make_tls_context(config)
+    async with open_sql_storage(config.storage.dsn) as storage:
+        server = Server(config, storage, tls_context)
+        server.load_modules(tuple(m for m in BUILTIN_MODULES if m not in config.modules.disabled))
+        try:
+            await server.start_listeners()
+            yield server
+        finally:
+            await server.shutdown()

@@ -1,0 +1,26 @@
+"""The storage exception tree: what callers of any backend (SQL, Redis ring, cache) may catch."""
+
+from __future__ import annotations
+
+
+class StorageError(Exception):
+    """Base of every storage failure; a bare StorageError is a bug or bad data, retrying will not help."""
+
+
+class StorageUnavailable(StorageError):
+    """The backend is unreachable, locked, timed out or broken: nothing was written; try again later.
+
+    The server answers `wait`/`internal-server-error` instead of acknowledging the write.
+    """
+
+
+class QuotaExceeded(StorageError):
+    """The user's offline message store is full (the message was not stored)."""
+
+
+class AlreadyExists(StorageError):
+    """An account with that username already exists."""
+
+
+class NoSuchAccount(StorageError):
+    """The operation needs an account that does not exist (e.g. a roster write for an unknown user)."""

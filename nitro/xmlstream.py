@@ -1,0 +1,303 @@
+"""Sans-IO XMPP XML stream (RFC 6120 §4, §11): bytes in, stream events out; elements in, bytes out.
+
+Wraps lxml's incremental parser and closes the holes it leaves open to a hostile peer.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass
+from typing import Any, Final
+
+from lxml import etree
+
+from nitro import ns
+from nitro.errors import StreamError
+from nitro.ns import default_ns
+
+__all__ = [
+    "STREAM_FOOTER",
+    "StanzaReceived",
+    "StreamClosed",
+    "StreamEvent",
+    "StreamOpened",
+    "XMLStreamParser",
+    "serialize",
+    "stream_header",
+]
+
+STREAM_FOOTER: Final = b"</stream:stream>"
+
+_STREAM_TAG: Final = f"{{{ns.STREAM}}}stream"
+_XML_LANG: Final = f"{{{ns.XML}}}lang"
+_XML_SPACE: Final = " \t\r\n"  # XML's whitespace (XML 1.0 §2.3 S), narrower than str.isspace()
+_SLICE: Final = 16 * 1024  # lxml is fed at most this much at once, so size limits bite early
+_MARKUP: Final = re.compile(rb"<(.)", re.DOTALL)
+_ENCODING_DECL: Final = re.compile(rb"(?:\xef\xbb\xbf)?<\?xml\s[^?]*?encoding\s*=\s*[\"']([^\"']*)[\"']")
+_INVENTED_PREFIX: Final = re.compile(r"ns\d+")  # what lxml names a namespace that has no prefix
+_ATTR_ESCAPES: Final = str.maketrans(
+    {
+        "&": "&amp;",
+        "<": "&lt;",
+        ">": "&gt;",
+        "'": "&apos;",
+        '"': "&quot;",
+        "\t": "&#9;",
+        "\n": "&#10;",
+        "\r": "&#13;",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamOpened:
+    """The peer's `<stream:stream>` header arrived (RFC 6120 §4.7); the caller judges the values."""
+
+    to: str | None
+    from_: str | None
+    version: str | None
+    lang: str | None
+    id: str | None
+    content_ns: str
+
+
+@dataclass(frozen=True, slots=True)
+class StanzaReceived:
+    """One complete top-level element, a stanza or a nonza, as a standalone tree the caller owns."""
+
+    element: etree._Element
+
+
+@dataclass(frozen=True, slots=True)
+class StreamClosed:
+    """The peer sent `</stream:stream>` (RFC 6120 §4.4)."""
+
+
+StreamEvent = StreamOpened | StanzaReceived | StreamClosed
+
+
+class XMLStreamParser:
+    """Turns the bytes of one inbound XML stream into `StreamEvent`s; raises `StreamError` when they break it.
+
+    Errors are final: after one, `feed` raises it again until `reset`. After `StreamClosed`, whitespace is
+    ignored and anything else is not-well-formed (XML allows nothing after the root element).
+    """
+
+    def __init__(
+        self,
+        *,
+        content_namespaces: frozenset[str] = frozenset({ns.CLIENT}),
+        max_stanza_bytes: int = 262144,
+        max_depth: int = 64,
+    ) -> None:
+        self._content_namespaces = content_namespaces
+        self._max_stanza_bytes = max_stanza_bytes
+        self._max_depth = max_depth
+        self.reset()
+
+    def reset(self) -> None:
+        """Drop all state and buffered bytes; expect a new stream header (RFC 6120 §5.4.3.3, §6.4.6)."""
+        self._parser = etree.XMLPullParser(
+            events=("start", "end", "comment", "pi"),
+            encoding="utf-8",  # RFC 6120 §11.6; a declaration claiming otherwise is refused in _check_prolog
+            resolve_entities=False,
+            no_network=True,
+            load_dtd=False,
+            huge_tree=False,
+            remove_blank_text=False,
+        )
+        self._root: etree._Element | None = None
+        self._depth = 0  # open elements, the stream element included
+        self._pending = 0  # bytes fed since the stream header or the last top-level element was complete
+        self._prolog: bytearray | None = bytearray()  # the raw bytes until the stream element starts
+        self._error: StreamError | None = None
+
+    def feed(self, data: bytes) -> list[StreamEvent]:
+        """Parse the next bytes of the stream, split anywhere; return the events they complete, in order."""
+        if self._error is not None:
+            raise self._error
+        try:
+            if self._prolog is not None:
+                self._check_prolog(data)
+            events: list[StreamEvent] = []
+            for offset in range(0, len(data), _SLICE):
+                chunk = data[offset : offset + _SLICE]
+                self._pending += len(chunk)
+                self._feed_lxml(chunk)
+                self._read_events(events)
+                if self._pending > self._max_stanza_bytes:
+                    raise StreamError(
+                        "policy-violation", f"stanza larger than {self._max_stanza_bytes} bytes"
+                    )
+        except StreamError as error:
+            self._error = error
+            raise
+        return events
+
+    def _check_prolog(self, data: bytes) -> None:
+        """Refuse before lxml sees it what lxml would accept ahead of the stream element."""
+        assert self._prolog is not None
+        scan_from = max(len(self._prolog) - 1, 0)  # a '<' may have ended the last chunk
+        self._prolog += data
+        if b"\x00" in self._prolog[:4] or self._prolog.startswith((b"\xfe\xff", b"\xff\xfe")):  # UTF-16/32
+            raise StreamError("unsupported-encoding", "the stream is not UTF-8 (RFC 6120 §11.6)")
+        for markup in _MARKUP.finditer(self._prolog, scan_from):
+            if markup[1] == b"!":  # RFC 6120 §11.1: no DTD, hence no entity declarations
+                raise StreamError("restricted-xml", "a DTD or comment before the stream header")
+            if markup[1] != b"?":  # the stream element starts; the XML declaration, if any, is complete
+                declared = _ENCODING_DECL.match(self._prolog, 0, markup.start())
+                if declared and declared[1].lower() not in (b"utf-8", b"utf8"):
+                    encoding = declared[1].decode("ascii", "replace")
+                    raise StreamError("unsupported-encoding", f"encoding {encoding!r}; XMPP is UTF-8 (§11.6)")
+                self._prolog = None
+                return
+
+    def _feed_lxml(self, chunk: bytes) -> None:
+        # lxml raises for fatal errors only; some (undeclared entities, unbound prefixes) are merely logged,
+        # after which its events cannot be trusted, so the log is read after every feed.
+        try:
+            self._parser.feed(chunk)
+        except etree.XMLSyntaxError as error:
+            raise self._logged_error() or StreamError("not-well-formed", str(error)) from error
+        if (logged := self._logged_error()) is not None:
+            raise logged
+
+    def _logged_error(self) -> StreamError | None:
+        for entry in self._parser.feed_error_log:
+            if "UNDECLARED_ENTITY" in entry.type_name:  # RFC 6120 §11.1: only the five predefined entities
+                return StreamError("restricted-xml", f"entity reference: {entry.message}")
+            if entry.type_name == "NS_ERR_UNDEFINED_NAMESPACE":  # RFC 6120 §4.9.3.2
+                return StreamError("bad-namespace-prefix", entry.message)
+            if entry.type_name == "ERR_RESOURCE_LIMIT":  # libxml2's own depth and length limits
+                return StreamError("policy-violation", entry.message)
+            if entry.level > etree.ErrorLevels.WARNING:  # warnings include relative URIs like vcard-temp
+                return StreamError(
+                    "not-well-formed", f"{entry.message} (line {entry.line}, column {entry.column})"
+                )
+        return None
+
+    def _read_events(self, events: list[StreamEvent]) -> None:
+        for event in self._parser.read_events():
+            match event:
+                case ("start", element):
+                    self._depth += 1
+                    if self._depth == 1:
+                        events.append(self._open(element))
+                    elif self._depth - 1 > self._max_depth:
+                        raise StreamError(
+                            "policy-violation", f"elements nested deeper than {self._max_depth}"
+                        )
+                case ("end", element):
+                    self._depth -= 1
+                    if self._depth == 1:
+                        events.append(StanzaReceived(self._detach(element)))
+                        self._pending = 0
+                    elif self._depth == 0:
+                        events.append(StreamClosed())
+                case (kind, _):  # RFC 6120 §11.1
+                    found = "a processing instruction" if kind == "pi" else "a comment"
+                    raise StreamError("restricted-xml", f"{found} in the stream")
+
+    def _open(self, root: etree._Element) -> StreamOpened:
+        # RFC 6120 §4.8.1: the stream element is qualified by the streams namespace, whatever its prefix
+        if root.tag != _STREAM_TAG:
+            raise StreamError("invalid-namespace", f"the stream element is {root.tag}, not {_STREAM_TAG}")
+        content_ns = root.nsmap.get(None)
+        if content_ns not in self._content_namespaces:  # RFC 6120 §4.8.2
+            raise StreamError("invalid-namespace", f"content namespace {content_ns!r} is not served here")
+        self._root = root
+        self._pending = 0
+        return StreamOpened(
+            to=root.get("to"),
+            from_=root.get("from"),
+            version=root.get("version"),
+            lang=root.get(_XML_LANG),
+            id=root.get("id"),
+            content_ns=content_ns,
+        )
+
+    def _detach(self, element: etree._Element) -> etree._Element:
+        """Take a finished top-level element out of the stream tree, so that memory stays flat."""
+        assert self._root is not None
+        # With resolve_entities=False, lxml keeps references to DTD entities as nodes (RFC 6120 §11.1).
+        if next(element.iter(etree.Entity, etree.Comment, etree.ProcessingInstruction), None) is not None:
+            raise StreamError("restricted-xml", "entity reference, comment or processing instruction")
+        for text in (self._root.text, element.tail):
+            if text and text.strip(_XML_SPACE):
+                raise StreamError("bad-format", "character data between stanzas")
+        # Copy before removing: once out of the tree, lxml re-declares the inherited default namespace under
+        # an invented prefix (ns0:message) if a descendant declares a default namespace of its own.
+        standalone = copy.deepcopy(element)  # its own document: does not keep the parser's alive
+        standalone.tail = None
+        # libxml2 appends character data to its parent's last child if that is a text node, trusting a length
+        # it cached for the node it made itself (SAX2.c xmlSAX2Text). So leave no stray text node behind: drop
+        # the stream element's leading text, and remove the element together with its tail.
+        self._root.text = None
+        self._root.remove(element)
+        return standalone
+
+
+def stream_header(
+    *,
+    from_: str | None,
+    to: str | None,
+    id: str | None,
+    lang: str = "en",
+    content_ns: str = ns.CLIENT,
+    version: str | None = "1.0",
+) -> bytes:
+    """Our `<stream:stream>` header (RFC 6120 §4.7), declaration first; `version=None` omits it (§4.7.5)."""
+    attributes = {"from": from_, "to": to, "id": id, "version": version, "xml:lang": lang}
+    rendered = "".join(
+        f" {name}='{value.translate(_ATTR_ESCAPES)}'"
+        for name, value in attributes.items()
+        if value is not None
+    )
+    return (
+        f"<?xml version='1.0'?><stream:stream xmlns='{content_ns.translate(_ATTR_ESCAPES)}'"
+        f" xmlns:stream='{ns.STREAM}'{rendered}>"
+    ).encode()
+
+
+_IN_SCOPE: dict[str, tuple[bytes, ...]] = {
+    **{f"{{{ns.CLIENT}}}{kind}": (b' xmlns="jabber:client"',) for kind in ("message", "presence", "iq")},
+    **{
+        f"{{{ns.STREAM}}}{kind}": (b' xmlns:stream="http://etherx.jabber.org/streams"',)
+        for kind in ("features", "error")
+    },
+}
+
+
+def serialize(element: etree._Element) -> bytes:
+    """One element as UTF-8 bytes to write inside an open stream: no XML declaration, no tail.
+
+    An element built from a Clark name without an nsmap makes lxml invent a prefix (`<ns0:message>`), which
+    many XMPP clients mishandle; such trees are written with default namespace declarations instead.
+    """
+    if any(_INVENTED_PREFIX.fullmatch(node.prefix or "") for node in element.iter(etree.Element)):
+        element = _with_default_namespaces(element, None)
+    data = etree.tostring(element, encoding="utf-8", xml_declaration=False, with_tail=False)
+    # The stream header already declares these two; repeating them on every stanza is noise.
+    for declaration in _IN_SCOPE.get(element.tag, ()):
+        if data.startswith(declaration, data.index(b" ") if b" " in data[:64] else 0):
+            data = data.replace(declaration, b"", 1)
+    return data
+
+
+def _with_default_namespaces(element: etree._Element, parent: etree._Element | None) -> etree._Element:
+    namespace = etree.QName(element).namespace
+    prefix = "stream" if namespace == ns.STREAM else None
+    nsmap: Any = None
+    if namespace is not None and (parent is None or parent.nsmap.get(prefix) != namespace):
+        nsmap = {prefix: namespace} if prefix else default_ns(namespace)
+    if parent is None:
+        rebuilt = etree.Element(element.tag, nsmap=nsmap)
+    else:
+        rebuilt = etree.SubElement(parent, element.tag, nsmap=nsmap)
+        rebuilt.tail = element.tail
+    rebuilt.attrib.update(element.attrib)
+    rebuilt.text = element.text
+    for child in element.iterchildren(etree.Element):
+        _with_default_namespaces(child, rebuilt)
+    return rebuilt

@@ -1,0 +1,188 @@
+"""Fixtures: a real Nitro on free loopback ports, and real slixmpp clients that log in to it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import socket
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import slixmpp
+
+from nitro.accounts import create_account
+from nitro.config import Config, parse_config
+from nitro.server import Server, running_server
+
+DOMAIN = "localhost"
+PASSWORD = "correct horse battery"
+
+logging.getLogger("slixmpp").setLevel(logging.WARNING)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def make_config(tmp_path: Path, **sections: dict[str, Any]) -> Config:
+    """A config for one test: free ports, files under tmp_path, fast timers; override per section."""
+    document: dict[str, dict[str, Any]] = {
+        "server": {"domain": DOMAIN, "admins": [f"admin@{DOMAIN}"]},
+        "storage": {"dsn": f"sqlite+aiosqlite:///{tmp_path}/nitro.db"},
+        "c2s": {"port": free_port(), "direct_tls_port": free_port(), "negotiation_timeout": 20.0},
+        "tls": {"cert": str(tmp_path / "tls" / "cert.pem"), "key": str(tmp_path / "tls" / "key.pem")},
+        "auth": {"scram_iterations": 4096},
+        "modules": {
+            "disabled": [
+                m
+                for m in __import__("nitro.module").module.BUILTIN_MODULES
+                if not (Path(__file__).parent.parent / "nitro/modules" / f"{m}.py").exists()
+            ]
+        },  # TEMP
+    }
+    for name, values in sections.items():
+        document.setdefault(name, {}).update(values)
+    return parse_config(document, base_dir=tmp_path)
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Config:
+    return make_config(tmp_path)
+
+
+@pytest.fixture
+async def server(config: Config) -> AsyncIterator[Server]:
+    async with running_server(config) as running:
+        yield running
+
+
+@dataclasses.dataclass
+class Clients:
+    """Logs real slixmpp clients in to the test server and disconnects them at the end of the test."""
+
+    server: Server
+    connected: list[slixmpp.ClientXMPP] = dataclasses.field(default_factory=list)
+
+    async def user(self, name: str, password: str = PASSWORD) -> str:
+        """Create an account (as `nitro user add` does) and return its bare JID."""
+        await create_account(self.server.storage, name, password)
+        return f"{name}@{DOMAIN}"
+
+    def make(
+        self, jid: str, password: str = PASSWORD, plugins: Iterable[str] = (), *, direct_tls: bool = False
+    ) -> slixmpp.ClientXMPP:
+        client = slixmpp.ClientXMPP(jid, password)
+        for plugin in ("xep_0030", "xep_0199", *plugins):
+            client.register_plugin(plugin)
+        client.ca_certs = self.server.config.path(self.server.config.tls.cert)
+        client.enable_direct_tls = direct_tls
+        client.enable_starttls = not direct_tls
+        client.enable_plaintext = False
+        self.connected.append(client)
+        return client
+
+    async def login(
+        self,
+        jid: str,
+        password: str = PASSWORD,
+        plugins: Iterable[str] = (),
+        *,
+        direct_tls: bool = False,
+        setup: Callable[[slixmpp.ClientXMPP], None] | None = None,
+        send_presence: bool = True,
+    ) -> slixmpp.ClientXMPP:
+        """Connect, authenticate, bind and (by default) send initial presence; wait for session_start."""
+        client = self.make(jid, password, plugins, direct_tls=direct_tls)
+        if setup is not None:
+            setup(client)
+        started = asyncio.get_running_loop().create_future()
+
+        def on_start(_event: Any) -> None:
+            if send_presence:
+                client.send_presence()
+            if not started.done():
+                started.set_result(True)
+
+        def on_failure(_event: Any) -> None:
+            if not started.done():
+                started.set_exception(AssertionError(f"{jid}: authentication failed"))
+
+        client.add_event_handler("session_start", on_start)
+        client.add_event_handler("failed_all_auth", on_failure)
+        await self.connect(client)
+        await asyncio.wait_for(started, 15)
+        return client
+
+    async def connect(self, client: slixmpp.ClientXMPP) -> None:
+        c2s = self.server.config.c2s
+        port = c2s.direct_tls_port if client.enable_direct_tls else c2s.port
+        client.connect("127.0.0.1", port)
+
+    async def close_all(self) -> None:
+        for client in self.connected:
+            with contextlib.suppress(Exception):
+                client.disconnect(wait=0.5)
+        for client in self.connected:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(client.disconnected, 3)
+            with contextlib.suppress(Exception):
+                client.abort()
+
+
+@pytest.fixture
+async def clients(server: Server) -> AsyncIterator[Clients]:
+    pool = Clients(server)
+    yield pool
+    await pool.close_all()
+
+
+async def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Poll `predicate` until it holds (bounded); fail the test if it never does."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.02)
+
+
+async def next_event(client: slixmpp.ClientXMPP, event: str, timeout: float = 5.0) -> Any:
+    """The next occurrence of a slixmpp event (e.g. 'message'), or a failed test after `timeout`."""
+    return await client.wait_until(event, timeout)
+
+
+async def raw_stream(
+    server: Server, *, tls: bool = False
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A bare TCP (or Direct TLS) connection to the server for byte-level tests."""
+    c2s = server.config.c2s
+    if tls:
+        context = ssl.create_default_context(cafile=str(server.config.path(server.config.tls.cert)))
+        return await asyncio.open_connection(
+            "127.0.0.1", c2s.direct_tls_port, ssl=context, server_hostname=DOMAIN
+        )
+    return await asyncio.open_connection("127.0.0.1", c2s.port)
+
+
+async def read_until(reader: asyncio.StreamReader, marker: bytes, timeout: float = 5.0) -> bytes:
+    """Read until `marker` appears or the peer closes; fail if neither happens in time."""
+    data = b""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while marker not in data:
+        remaining = deadline - asyncio.get_running_loop().time()
+        if remaining <= 0:
+            raise AssertionError(f"{marker!r} not received; got {data[-500:]!r}")
+        chunk = await asyncio.wait_for(reader.read(65536), remaining)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+Waiter = Callable[[], Awaitable[None]]
