@@ -10,7 +10,7 @@ import itertools
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from lxml import etree
@@ -60,6 +60,16 @@ class Transport(Protocol):
     def close(self) -> None: ...
 
 
+class SessionLog(logging.LoggerAdapter[logging.Logger]):
+    """Prefixes every record with the session id and, once known, its JID; also puts both in `extra`."""
+
+    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
+        extra = self.extra or {}
+        label = f"{extra.get('session')} {extra['jid']}" if "jid" in extra else f"{extra.get('session')}"
+        kwargs["extra"] = {**extra, **kwargs.get("extra", {})}
+        return f"[{label}] {msg}", kwargs
+
+
 class State(enum.Enum):
     WAIT_HEADER = "wait-header"  # a (new) stream header is due
     NEGOTIATING = "negotiating"  # features sent; STARTTLS, SASL or in-band registration next
@@ -72,11 +82,11 @@ class State(enum.Enum):
 class ClientSession:
     """One client's stream: stamps 'from', negotiates, then hands stanzas to the router."""
 
-    def __init__(self, server: Server, transport: Transport, *, direct_tls: bool = False) -> None:
+    def __init__(self, server: Server, transport: Transport) -> None:
         self.server = server
         self.transport = transport
         self.id = f"c2s{next(_session_ids)}-{secrets.token_hex(4)}"
-        self.log: logging.LoggerAdapter[logging.Logger] = logging.LoggerAdapter(log, {"session": self.id})
+        self.log = SessionLog(log, {"session": self.id})
         self.config = server.config.c2s
         self.parser = XMLStreamParser(max_stanza_bytes=self.config.max_stanza_bytes)
         self.state = State.WAIT_HEADER
@@ -251,7 +261,7 @@ class ClientSession:
         self.authenticated = True
         self._auth = None
         self.jid = JID.make(step.username, self.server.config.server.domain)
-        self.log.extra = {"session": self.id, "jid": str(self.jid)}
+        self.log.extra = {"session": self.id, "jid": self.jid}
         self.log.info("authenticated as %s", self.jid)
         self._send_sasl("success", step.data)
         return self._restart()
@@ -310,7 +320,7 @@ class ClientSession:
         if jid.resource is None:
             jid = jid.with_resource(f"nitro-{secrets.token_hex(6)}")
         self.jid = jid
-        self.log.extra = {"session": self.id, "jid": str(jid)}
+        self.log.extra = {"session": self.id, "jid": jid}
         previous = self.server.sessions.add(self)
         if previous is not None:  # RFC 6120 §7.7.2.2: the new session wins, the old one is told why
             await previous.close(StreamError("conflict", "replaced by a new session with this resource"))

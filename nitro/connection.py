@@ -52,12 +52,10 @@ class StreamTransport:
         self.writer.close()
 
 
-async def serve_client(
-    server: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, direct_tls: bool
-) -> None:
+async def serve_client(server: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     """Run one connection to its end; this is its catch-log-close boundary."""
     transport = StreamTransport(reader, writer, server.tls_context)
-    session = ClientSession(server, transport, direct_tls=direct_tls)
+    session = ClientSession(server, transport)
     server.track(session)
     write_timeout = server.config.c2s.write_timeout
     try:

@@ -74,18 +74,15 @@ class Server:
     async def start_listeners(self) -> None:
         c2s = self.config.c2s
 
-        async def plain(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await serve_client(self, reader, writer, direct_tls=False)
+        async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await serve_client(self, reader, writer)
 
-        async def direct(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await serve_client(self, reader, writer, direct_tls=True)
-
-        self.listeners.append(await asyncio.start_server(plain, c2s.host, c2s.port, backlog=c2s.backlog))
+        self.listeners.append(await asyncio.start_server(accept, c2s.host, c2s.port, backlog=c2s.backlog))
         log.info("c2s (STARTTLS) listening on %s", _addresses(self.listeners[-1]))
         if c2s.direct_tls_port and self.tls_context is not None:
             self.listeners.append(
                 await asyncio.start_server(
-                    direct,
+                    accept,
                     c2s.host,
                     c2s.direct_tls_port,
                     backlog=c2s.backlog,
