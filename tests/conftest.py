@@ -45,7 +45,6 @@ def make_config(tmp_path: Path, **sections: dict[str, Any]) -> Config:
                 for m in __import__("nitro.module").module.BUILTIN_MODULES
                 if not (Path(__file__).parent.parent / "nitro/modules" / f"{m}.py").exists()
             ]
-        },  # TEMP
     }
     for name, values in sections.items():
         document.setdefault(name, {}).update(values)
@@ -126,14 +125,12 @@ class Clients:
         client.connect("127.0.0.1", port)
 
     async def close_all(self) -> None:
-        for client in self.connected:
+        # slixmpp replaces `client.disconnected` after each disconnect: await what disconnect() returns.
+        pending = [client.disconnect(wait=0.5) for client in self.connected]
+        for client, future in zip(self.connected, pending, strict=True):
             with contextlib.suppress(Exception):
-                client.disconnect(wait=0.5)
-        for client in self.connected:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(client.disconnected, 3)
-            with contextlib.suppress(Exception):
-                client.abort()
+                await asyncio.wait_for(future, 3)
+            client.abort()
 
 
 @pytest.fixture

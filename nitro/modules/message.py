@@ -1,0 +1,112 @@
+"""Message delivery to local accounts (RFC 6121 §8.5), hooked at low priority like Prosody's mod_message.
+
+Carbons, blocking and archiving hook the same events above DELIVERY_PRIORITY and see each message first.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Literal
+
+from lxml import etree
+
+from nitro.errors import StanzaError
+from nitro.jid import JID
+from nitro.module import Module
+from nitro.router import StanzaEvent
+from nitro.storage.errors import StorageUnavailable
+
+if TYPE_CHECKING:
+    from nitro.c2s import ClientSession
+    from nitro.server import Server
+
+log = logging.getLogger(__name__)
+
+DELIVERY_PRIORITY = -100
+
+MessageType = Literal["chat", "error", "groupchat", "headline", "normal"]
+_TYPES: dict[str | None, MessageType] = {t: t for t in ("chat", "error", "groupchat", "headline", "normal")}
+
+
+def message_type(stanza: etree._Element) -> MessageType:
+    """RFC 6121 §5.2.2: a message without a 'type', or with one we do not know, is 'normal'."""
+    return _TYPES.get(stanza.get("type"), "normal")
+
+
+def top_resources(server: Server, bare: JID) -> list[ClientSession]:
+    """The available resources of highest non-negative priority (RFC 6121 §8.5.2.1.1).
+
+    Both chat and normal messages to the bare JID go to these only, as in Prosody (`top_resources` in
+    sessionmanager.lua, used by mod_message.lua) and ejabberd (`ejabberd_sm:route_message`); copies to
+    the other resources are Message Carbons' job (XEP-0280).
+    """
+    eligible = [s for s in server.sessions.resources(bare) if s.available and s.priority >= 0]
+    if not eligible:
+        return []
+    highest = max(s.priority for s in eligible)
+    return [s for s in eligible if s.priority == highest]
+
+
+def _send(session: ClientSession, stanza: etree._Element) -> None:
+    log.debug("message %s from %s delivered to %s", stanza.get("id"), stanza.get("from"), session.jid)
+    session.send(stanza)
+
+
+async def deliver_to_bare(event: StanzaEvent, *, addressed_to_full: bool = False) -> None:
+    """RFC 6121 §8.5.2 (and §8.5.3.2.1 for a full JID whose resource is not connected)."""
+    assert event.to is not None
+    assert event.to.local is not None
+    bare = event.to.bare
+    kind = message_type(event.stanza)
+    if kind == "error":
+        return  # §8.5.2.1.1, §8.5.2.2.1, RFC 6120 §8.3.1: never answer an error
+    if kind == "groupchat":
+        raise StanzaError("service-unavailable", "this is not a chat room")  # §8.5.2.1.1, §8.5.2.2.1
+    if kind == "headline":
+        # §8.5.2.1.1: to every non-negative available resource; §8.5.2.2.1 and §8.5.3.2.1: otherwise dropped.
+        if not addressed_to_full:
+            for session in event.server.sessions.resources(bare):
+                if session.available and session.priority >= 0:
+                    _send(session, event.stanza)
+        return
+    recipients = top_resources(event.server, bare)
+    if recipients:
+        for session in recipients:
+            _send(session, event.stanza)
+        return
+    # §8.5.2.2.1: no available resource with a non-negative priority; §8.5.1 if there is no such user.
+    try:
+        exists = await event.server.storage.accounts.exists(event.to.local)
+    except StorageUnavailable as exc:
+        raise StanzaError("internal-server-error", "account store unavailable", type="wait") from exc
+    if not exists:
+        raise StanzaError("service-unavailable")
+    if await event.server.bus.fire("message/offline", event):
+        return
+    raise StanzaError("service-unavailable")  # no offline storage (XEP-0160 §1, RFC 6121 §8.5.2.2.1)
+
+
+def load(module: Module) -> None:
+    async def on_bare(event: StanzaEvent) -> bool:
+        await deliver_to_bare(event)
+        return True
+
+    async def on_full(event: StanzaEvent) -> bool:
+        assert event.to is not None
+        session = event.server.sessions.get(event.to)
+        if session is not None:
+            _send(session, event.stanza)  # §8.5.3.1: the connected resource gets it, whatever its priority
+            return True
+        await deliver_to_bare(event, addressed_to_full=True)  # §8.5.3.2.1
+        return True
+
+    async def on_host(event: StanzaEvent) -> bool:
+        # A message to the server that no module handled: Prosody's stanza_router.lua
+        # (handle_unhandled_stanza) answers service-unavailable to anything but an error.
+        if message_type(event.stanza) != "error":
+            raise StanzaError("service-unavailable")
+        return True
+
+    module.hook("message/bare", on_bare, priority=DELIVERY_PRIORITY)
+    module.hook("message/full", on_full, priority=DELIVERY_PRIORITY)
+    module.hook("message/host", on_host, priority=DELIVERY_PRIORITY)

@@ -1,0 +1,141 @@
+"""Offline messages (XEP-0160): kept with a delay stamp (XEP-0203) until the user's next non-negative
+initial presence, then delivered oldest first and deleted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import datetime
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from lxml import etree
+
+from nitro import ns
+from nitro.errors import StanzaError
+from nitro.module import Module, SessionEvent
+from nitro.modules.message import top_resources
+from nitro.router import StanzaEvent
+from nitro.stanza import add_delay
+from nitro.storage.errors import NoSuchAccount, QuotaExceeded, StorageUnavailable
+
+CHATSTATES = "http://jabber.org/protocol/chatstates"  # XEP-0085
+HINTS = "urn:xmpp:hints"  # XEP-0334
+
+_FLUSHED = "offline"  # session.data key: this session's stored messages were delivered
+# Rows hold self-contained XML (xmlns='jabber:client' declared, unlike the wire form of xmlstream.serialize);
+# they are our own serialization, still never let parsing reach the network or expand entities.
+_PARSER = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False)
+
+
+class UserLocks:
+    """One asyncio.Lock per username, dropped when nobody holds or awaits it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @asynccontextmanager
+    async def hold(self, username: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(username, (asyncio.Lock(), 0))
+        self._locks[username] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[username]
+            if users == 1:
+                del self._locks[username]
+            else:
+                self._locks[username] = (lock, users - 1)
+
+
+def worth_storing(message: etree._Element) -> bool:
+    """XEP-0160 §3: not a message carrying only chat states (XEP-0085); XEP-0334: not one hinted `<no-store/>`
+    (`<no-permanent-store/>` concerns archives only, as in ejabberd's mod_offline).
+    """
+    children = [c for c in message if isinstance(c.tag, str)]
+    if any(c.tag == f"{{{HINTS}}}no-store" for c in children):
+        return False
+    payload = [c for c in children if c.tag != f"{{{ns.CLIENT}}}thread" and etree.QName(c).namespace != HINTS]
+    return not payload or any(etree.QName(c).namespace != CHATSTATES for c in payload)
+
+
+def load(module: Module) -> None:
+    server = module.server
+    locks = UserLocks()
+    module.add_feature(ns.OFFLINE)
+
+    async def store(event: StanzaEvent) -> bool:
+        """`message/offline`, fired by the message module for chat/normal with no one to take it."""
+        assert event.to is not None
+        assert event.to.local is not None
+        username = event.to.local
+        if not worth_storing(event.stanza):
+            module.log.debug("not storing message %s for %s", event.stanza.get("id"), username)
+            return True
+        async with locks.hold(username):
+            # The user may have come online (and been flushed) while we waited: deliver instead.
+            recipients = top_resources(server, event.to.bare)
+            if any(session.data.get(_FLUSHED) for session in recipients):
+                for session in recipients:
+                    session.send(event.stanza)
+                return True
+            stored = copy.deepcopy(event.stanza)
+            add_delay(stored, datetime.datetime.now(datetime.UTC), module.domain, "Offline Storage")
+            try:
+                await server.storage.offline.push(
+                    username, etree.tostring(stored, encoding="utf-8"), quota=server.config.offline.quota
+                )
+            except QuotaExceeded as exc:
+                # XEP-0160 §2 step 3 (and Prosody): a full queue is <service-unavailable/>.
+                module.log.info("offline storage of %s is full", username)
+                raise StanzaError("service-unavailable", "the recipient's offline storage is full") from exc
+            except NoSuchAccount:
+                return False  # deleted meanwhile: the message module answers service-unavailable (§8.5.1)
+            except StorageUnavailable as exc:
+                module.log.warning("offline message for %s not stored: %s", username, exc)
+                raise StanzaError(
+                    "internal-server-error",
+                    "offline storage is unavailable, the message was not stored",
+                    type="wait",
+                ) from exc
+        module.log.debug("stored message %s for %s", event.stanza.get("id"), username)
+        return True
+
+    async def flush(event: SessionEvent) -> None:
+        """XEP-0160 §2 step 5: on initial presence with a non-negative priority, oldest first."""
+        session = event.session
+        username = session.jid.local
+        if session.priority < 0 or username is None:
+            return
+        async with locks.hold(username):
+            if session.closed:
+                return
+            session.data[_FLUSHED] = True
+            try:
+                stored = await server.storage.offline.list(username)
+            except StorageUnavailable as exc:
+                session.log.warning("offline messages not delivered, storage unavailable: %s", exc)
+                return
+            done: list[int] = []
+            for item in stored:
+                if session.closed:
+                    break  # the rest stays stored for the next session (XEP-0160 §2: kept until delivered)
+                try:
+                    message = etree.fromstring(item.stanza, _PARSER)
+                except etree.XMLSyntaxError:
+                    session.log.error("dropping unreadable offline message %d of %s", item.id, username)
+                else:
+                    session.send(message)
+                done.append(item.id)
+            if not done:
+                return
+            session.log.debug("delivered %d offline messages", len(done))
+            try:
+                await server.storage.offline.delete(username, done)
+            except StorageUnavailable as exc:
+                session.log.warning("delivered offline messages not deleted, they will come again: %s", exc)
+
+    module.hook("message/offline", store)
+    module.hook("initial-presence", flush)
