@@ -63,6 +63,8 @@ class AuthSection:
 class RegistrationSection:
     open: bool = True
     min_password_length: int = 6
+    max_per_address: int = 5
+    window: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,6 @@ from slixmpp.exceptions import IqError
 from slixmpp.xmlstream import ET
 
 from nitro import ns
-from nitro.modules.register import REGISTRATIONS_PER_ADDRESS
 from nitro.server import Server, running_server
 
 HEADER = (
@@ -226,7 +225,7 @@ async def test_cancelling_before_login_is_unexpected(server: Server) -> None:
 
 
 async def test_registrations_per_address_are_throttled(server: Server) -> None:
-    for n in range(REGISTRATIONS_PER_ADDRESS):
+    for n in range(server.config.registration.max_per_address):
         async with raw_client(server) as (client, _features):
             assert condition(await client.iq(register_iq(f"user{n}", PASSWORD))) is None
 

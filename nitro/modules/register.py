@@ -17,8 +17,6 @@ from nitro.storage.errors import AlreadyExists, StorageUnavailable
 from nitro.throttle import FailureThrottle
 
 # Accounts one address may create per window; past that, resource-constraint (type wait).
-REGISTRATIONS_PER_ADDRESS = 5
-REGISTRATION_WINDOW = 60.0
 
 _Q = f"{{{ns.REGISTER}}}"
 _FORM_TYPES = (ns.REGISTER, f"{ns.REGISTER}:changepassword")  # XEP-0077 §13.4
@@ -74,7 +72,7 @@ def _registration_form() -> etree._Element:
 def load(module: Module) -> None:
     server = module.server
     config = server.config.registration
-    throttle = FailureThrottle(REGISTRATIONS_PER_ADDRESS, REGISTRATION_WINDOW)
+    throttle = FailureThrottle(config.max_per_address, config.window)
     module.add_feature(ns.REGISTER)  # XEP-0077 §10: also says password change and cancel work in-band
 
     def check_password(password: str | None, *, changing: bool) -> str:
