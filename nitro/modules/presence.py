@@ -1,0 +1,317 @@
+"""Presence (RFC 6121 §3, §4): subscriptions through the table of nitro.subscription, broadcast, probes
+answered from the session registry, directed presence, and unavailable presence when a session ends.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from typing import TYPE_CHECKING
+
+from lxml import etree
+
+from nitro import ns
+from nitro.errors import StanzaError
+from nitro.jid import JID
+from nitro.module import Module, SessionEvent
+from nitro.modules.roster import is_local, roster_lock, save, storage_error
+from nitro.router import StanzaEvent
+from nitro.stanza import stanza
+from nitro.storage.errors import StorageUnavailable
+from nitro.storage.models import RosterItem
+from nitro.subscription import (
+    SUBSCRIPTION_TYPES,
+    Direction,
+    SubscriptionType,
+    Transition,
+    apply,
+    state_of,
+    transition,
+)
+
+if TYPE_CHECKING:
+    from nitro.c2s import ClientSession
+    from nitro.server import Server
+
+DELIVERY_PRIORITY = -100  # like message delivery: blocking, privacy and the like hook above it
+
+# RFC 6121 §4.7.1: the values of the 'type' attribute; none means available.
+_TYPES = frozenset({None, "unavailable", "probe", "error", *SUBSCRIPTION_TYPES})
+_SUBSCRIPTIONS: dict[str | None, SubscriptionType] = {kind: kind for kind in SUBSCRIPTION_TYPES}
+_PRIORITY = re.compile(r"[+-]?[0-9]+")  # §4.7.2.3: an xs:byte
+
+
+def parse_priority(presence: etree._Element) -> int:
+    """§4.7.2.3: the <priority/> of an available presence, 0 if absent; clamped to -128..127."""
+    node = presence.find(f"{{{ns.CLIENT}}}priority")
+    if node is None:
+        return 0
+    text = (node.text or "").strip()
+    if not _PRIORITY.fullmatch(text):
+        raise StanzaError("bad-request", f"priority {text!r} is not an integer (RFC 6121 §4.7.2.3)")
+    return max(-128, min(127, int(text)))
+
+
+def _check_type(event: StanzaEvent) -> None:
+    if event.type not in _TYPES:
+        raise StanzaError("bad-request", f"unknown presence type {event.type!r} (RFC 6121 §4.7.1)")
+
+
+def _addressed(presence: etree._Element, to: JID | str) -> etree._Element:
+    sent = copy.deepcopy(presence)
+    sent.set("to", str(to))
+    return sent
+
+
+class Presence:
+    """The presence logic of one server; the hooks in `load` call into it."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+
+    async def route(self, presence: etree._Element) -> None:
+        await self.server.router.route(presence)
+
+    async def roster(self, user: JID) -> tuple[RosterItem, ...]:
+        assert user.local is not None
+        try:
+            return (await self.server.storage.rosters.get(user.local)).items
+        except StorageUnavailable as exc:
+            raise storage_error(exc) from exc
+
+    def available_resources(self, user: JID) -> list[ClientSession]:
+        return [session for session in self.server.sessions.resources(user) if session.available]
+
+    # -- broadcast (§4.2, §4.4, §4.5) --------------------------------------------------------------------
+
+    async def available(self, session: ClientSession, presence: etree._Element) -> None:
+        """Initial (§4.2.2) or subsequent (§4.4.2) available presence from a client, without 'to'."""
+        priority = parse_priority(presence)
+        items = await self.roster(session.jid.bare)  # before recording: a storage failure changes nothing
+        initial = session.presence is None
+        presence = copy.deepcopy(presence)
+        presence.attrib.pop("to", "")
+        session.priority = priority
+        session.presence = presence
+        await self.broadcast(session, presence, items)
+        if not initial:
+            return
+        # §4.2.2 and §4.3.2, answered locally: the contacts the user is subscribed to are probed, the
+        # online ones only (an offline contact would not answer), and the user's other resources too.
+        for item in items:
+            if state_of(item).to and is_local(self.server, item.jid):
+                contact = JID.parse(item.jid)
+                if self.available_resources(contact):
+                    await self.probe(session.jid, contact)
+        for other in self.available_resources(session.jid.bare):
+            if other is not session:
+                await self.send_current(other, session.jid)
+        # §3.1.3: subscription requests that arrived while the user was offline are delivered now.
+        for item in items:
+            if state_of(item).pending_in:
+                request = stanza("presence", type="subscribe", from_=item.jid, to=str(session.jid.bare))
+                session.send(request)
+        await self.server.bus.fire("initial-presence", SessionEvent(session))
+
+    async def unavailable(self, session: ClientSession, presence: etree._Element) -> None:
+        """§4.5.2: to the contacts and own resources if the session was available, and to every entity
+        that got directed presence (§4.6.3); then the session is unavailable and the list is cleared.
+        """
+        was_available = session.presence is not None
+        session.presence = None
+        presence = copy.deepcopy(presence)
+        presence.attrib.pop("to", "")
+        items: tuple[RosterItem, ...] = ()
+        if was_available:
+            try:
+                items = await self.roster(session.jid.bare)
+            except StanzaError:
+                session.log.warning("roster unavailable: contacts get no unavailable presence")
+            await self.broadcast(session, presence, items)
+        told = {JID.parse(item.jid).bare for item in items if state_of(item).from_}
+        directed, session.directed_to = session.directed_to, set()
+        for target in directed:
+            if target.bare not in told:
+                await self.route(_addressed(presence, target))
+
+    async def broadcast(
+        self, session: ClientSession, presence: etree._Element, items: tuple[RosterItem, ...]
+    ) -> None:
+        """To every contact with a subscription to the user, and to the user's available resources."""
+        for item in items:
+            if state_of(item).from_ and is_local(self.server, item.jid):
+                await self.route(_addressed(presence, item.jid))
+        for own in self.available_resources(session.jid.bare):
+            await self.route(_addressed(presence, own.jid))
+
+    async def send_current(self, session: ClientSession, to: JID | str) -> None:
+        """The last presence `session` broadcast, sent from its full JID to `to`."""
+        if session.presence is not None:
+            await self.route(_addressed(session.presence, to))
+
+    async def send_unavailable(self, user: JID, to: JID | str) -> None:
+        """Unavailable from each available resource of `user` (§3.2.2, §3.3.3: the subscription ended)."""
+        for session in self.available_resources(user):
+            await self.route(stanza("presence", type="unavailable", from_=str(session.jid), to=str(to)))
+
+    # -- subscriptions (§3, Appendix A) --------------------------------------------------------------------
+
+    async def outbound(
+        self, user: JID, contact: JID, presence: etree._Element, kind: SubscriptionType
+    ) -> None:
+        """A subscription presence from the user's client: the user's side (A.2), then the contact's."""
+        assert user.local is not None
+        presence.set("from", str(user))  # §3.1.2: stamped with the bare JID
+        presence.set("to", str(contact))
+        step = await self._apply(user.local, contact, Direction.OUTBOUND, kind)
+        if step.forward:
+            await self.route(presence)
+        await self._side_effects(user, contact, step)
+
+    async def inbound(
+        self, contact: JID, user: JID, presence: etree._Element, kind: SubscriptionType
+    ) -> None:
+        """A subscription presence from `contact` for the local `user` (A.3)."""
+        assert user.local is not None
+        try:
+            exists = await self.server.storage.accounts.exists(user.local)
+        except StorageUnavailable as exc:
+            raise storage_error(exc) from exc
+        if not exists:
+            if kind == "subscribe":  # §3.1.3: no such user; the request is refused on its behalf
+                await self.route(stanza("presence", type="unsubscribed", from_=str(user), to=str(contact)))
+            return
+        step = await self._apply(user.local, contact, Direction.INBOUND, kind)
+        if step.forward:
+            for session in self.available_resources(user):
+                session.send(presence)
+        if step.reply is not None:
+            await self.route(stanza("presence", type=step.reply, from_=str(user), to=str(contact)))
+        await self._side_effects(user, contact, step)
+
+    async def _apply(
+        self, username: str, contact: JID, direction: Direction, kind: SubscriptionType
+    ) -> Transition:
+        jid = str(contact)
+        async with roster_lock(self.server, username):
+            try:
+                before = await self.server.storage.rosters.get_item(username, jid)
+                step = transition(state_of(before), direction, kind)
+                await save(self.server, username, before, apply(before, jid, step))
+            except StorageUnavailable as exc:
+                raise storage_error(exc) from exc
+        return step
+
+    async def _side_effects(self, user: JID, contact: JID, step: Transition) -> None:
+        if step.gained_from or step.reply == "subscribed":  # §3.1.5: the new subscriber sees us now
+            for session in self.available_resources(user):
+                await self.send_current(session, contact)
+        if step.lost_from:
+            await self.send_unavailable(user, contact)
+
+    async def probe(self, prober: JID, user: JID) -> None:
+        """§4.3.2: a probe for the local `user`, answered with the presence of each available resource."""
+        assert user.local is not None
+        if prober.bare != user:
+            try:
+                item = await self.server.storage.rosters.get_item(user.local, str(prober.bare))
+            except StorageUnavailable as exc:
+                raise storage_error(exc) from exc
+            if not state_of(item).from_:
+                await self.route(
+                    stanza("presence", type="unsubscribed", from_=str(user), to=str(prober.bare))
+                )
+                return
+        for session in self.available_resources(user):
+            await self.send_current(session, prober)  # none available: no answer (§4.3.2 allows it)
+
+    async def track_directed(self, session: ClientSession, target: JID, available: bool) -> None:
+        """§4.6.2, §4.6.3: remember who got directed presence, unless they see our broadcasts anyway."""
+        if available:
+            if target.local is not None and target.bare != session.jid.bare:
+                item = await self.server.storage.rosters.get_item(session.jid.local or "", str(target.bare))
+                if state_of(item).from_:
+                    return
+            session.directed_to.add(target)
+        else:
+            session.directed_to.discard(target)
+
+
+def load(module: Module) -> None:
+    server = module.server
+    presence = Presence(server)
+
+    async def on_self(event: StanzaEvent) -> bool:
+        """Presence without 'to' from a client: broadcast (§4.2, §4.4, §4.5)."""
+        _check_type(event)
+        session = event.origin
+        assert session is not None
+        if event.type is None:
+            await presence.available(session, event.stanza)
+        elif event.type == "unavailable":
+            await presence.unavailable(session, event.stanza)
+        elif event.type in SUBSCRIPTION_TYPES:
+            raise StanzaError("bad-request", "a subscription presence needs a 'to' (RFC 6121 §3.1.1)")
+        return True  # a probe or an error addressed to nobody is dropped
+
+    async def on_outbound(event: StanzaEvent) -> bool:
+        """Presence with 'to' from a client: subscriptions are handled here; the rest goes on to delivery."""
+        _check_type(event)
+        session, to, kind = event.origin, event.to, event.type
+        assert session is not None
+        assert to is not None
+        if (subscription := _SUBSCRIPTIONS.get(kind)) is not None:
+            if to.bare != event.from_.bare:  # one's own presence needs no subscription
+                await presence.outbound(event.from_.bare, to.bare, event.stanza, subscription)
+            return True
+        if kind is None or kind == "unavailable":
+            try:
+                await presence.track_directed(session, to, available=kind is None)
+            except StorageUnavailable as exc:
+                raise storage_error(exc) from exc
+        return False
+
+    async def on_host(event: StanzaEvent) -> bool:
+        """Presence to the server itself: checked, then dropped (nothing here keeps presence state)."""
+        _check_type(event)
+        return True
+
+    async def on_bare(event: StanzaEvent) -> bool:
+        """Presence for a local bare JID (§4.2.3, §4.3.2, §3): delivered, processed or answered."""
+        to, kind = event.to, event.type
+        assert to is not None
+        if (subscription := _SUBSCRIPTIONS.get(kind)) is not None:
+            await presence.inbound(event.from_.bare, to.bare, event.stanza, subscription)
+        elif kind == "probe":
+            await presence.probe(event.from_, to.bare)
+        elif kind in (None, "unavailable", "error"):
+            for session in presence.available_resources(to):
+                session.send(event.stanza)  # no available resource: dropped (§8.5.2.2.2)
+        return True
+
+    async def on_full(event: StanzaEvent) -> bool:
+        """Presence for a full JID (§8.5.3): subscriptions and probes are for the account; the rest goes
+        to that resource if it is connected, else it is dropped (§8.5.3.2.2).
+        """
+        to, kind = event.to, event.type
+        assert to is not None
+        if kind in SUBSCRIPTION_TYPES or kind == "probe":
+            return await on_bare(event)
+        server.router.deliver(to, event.stanza)
+        return True
+
+    async def on_unbind(event: SessionEvent) -> None:
+        """§4.5.2: a session that ends without unavailable presence (closed, timed out, lost) sends one."""
+        session = event.session
+        if session.presence is None and not session.directed_to:
+            return
+        gone = stanza("presence", type="unavailable", from_=str(session.jid))
+        await presence.unavailable(session, gone)
+
+    module.hook("pre-presence/self", on_self)
+    module.hook("pre-presence/bare", on_outbound)
+    module.hook("pre-presence/full", on_outbound)
+    module.hook("pre-presence/host", on_host)
+    module.hook("presence/bare", on_bare, priority=DELIVERY_PRIORITY)
+    module.hook("presence/full", on_full, priority=DELIVERY_PRIORITY)
+    module.hook("resource-unbind", on_unbind)

@@ -1,0 +1,261 @@
+"""Rosters (RFC 6121 §2): get with versioning (§2.6, XEP-0237), set, remove, pushes to interested resources.
+
+Also the helpers the presence module shares: per-user write locks and `save`, which stores and pushes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import re
+import secrets
+import weakref
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import TYPE_CHECKING
+
+from lxml import etree
+
+from nitro import ns
+from nitro.errors import StanzaError
+from nitro.jid import JID, InvalidJID
+from nitro.module import Module, StreamFeaturesEvent
+from nitro.router import StanzaEvent
+from nitro.stanza import child, element, iq_result, stanza
+from nitro.storage.errors import StorageUnavailable
+from nitro.storage.models import RosterItem
+from nitro.subscription import state_of
+
+if TYPE_CHECKING:
+    from nitro.server import Server
+
+# §2.3.3: "a local limit" on the length of <name/> and <group/>; the same as a JID part (RFC 7622 §3.2).
+MAX_NAME_BYTES = 1023
+MAX_GROUP_BYTES = 1023
+_ROSTER_SUBSCRIPTIONS = frozenset({"none", "to", "from", "both"})  # §2.1.2.5: ignored in a roster set
+_ITEM = f"{{{ns.ROSTER}}}item"
+_GROUP = f"{{{ns.ROSTER}}}group"
+
+
+class UserLocks:
+    """One asyncio.Lock per username: a roster item is read, changed and written under it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @asynccontextmanager
+    async def hold(self, username: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(username, (asyncio.Lock(), 0))
+        self._locks[username] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[username]
+            if users == 1:
+                del self._locks[username]
+            else:
+                self._locks[username] = (lock, users - 1)
+
+
+_locks: weakref.WeakKeyDictionary[Server, UserLocks] = weakref.WeakKeyDictionary()
+
+
+def roster_lock(server: Server, username: str) -> AbstractAsyncContextManager[None]:
+    """Hold while reading-changing-writing `username`'s roster, and while pushing the change.
+
+    Never route a stanza while holding it: the contact's side may answer and need this user's lock.
+    """
+    return _locks.setdefault(server, UserLocks()).hold(username)
+
+
+def storage_error(exc: StorageUnavailable) -> StanzaError:
+    """RFC 6120 §8.3.3.6 with type 'wait': nothing was written, the client may retry."""
+    return StanzaError("internal-server-error", f"roster storage is unavailable: {exc}", type="wait")
+
+
+def is_local(server: Server, jid: str) -> bool:
+    """Whether `jid` is on our domain: until s2s exists, presence for other domains is not sent."""
+    try:
+        return JID.parse(jid).domain == server.domain
+    except InvalidJID:
+        return False
+
+
+def item_element(item: RosterItem | None, jid: str) -> etree._Element:
+    """`<item/>` as in a roster result or push (§2.1.2); None gives subscription='remove' (§2.5.2)."""
+    node = element(ns.ROSTER, "item", jid=jid)
+    if item is None:
+        node.set("subscription", "remove")
+        return node
+    if item.name:
+        node.set("name", item.name)
+    node.set("subscription", item.subscription)
+    state = state_of(item)
+    if state.pending_out:
+        node.set("ask", "subscribe")
+    if state.approved:
+        node.set("approved", "true")  # §3.4.1
+    for group in item.groups:
+        child(node, ns.ROSTER, "group", group)
+    return node
+
+
+def _visible(item: RosterItem | None) -> tuple[object, ...] | None:
+    """What a client sees of an item: a change to anything else (pending-in) is not pushed."""
+    if item is None:
+        return None
+    state = state_of(item)
+    return (item.name, item.subscription, state.pending_out, state.approved, item.groups)
+
+
+def push(server: Server, username: str, jid: str, item: RosterItem | None, version: int) -> None:
+    """Roster push (§2.1.6) to every interested resource of the user, with the new version (§2.6.3)."""
+    for session in server.sessions.resources(JID.make(username, server.domain)):
+        if not session.interested:
+            continue
+        iq = stanza("iq", type="set", id=f"push-{secrets.token_hex(6)}", to=str(session.jid))
+        query = child(iq, ns.ROSTER, "query", ver=str(version))
+        query.append(item_element(item, jid))
+        session.send(iq)
+
+
+async def save(server: Server, username: str, before: RosterItem | None, after: RosterItem | None) -> None:
+    """Write `after` in place of `before` (None: no item) and push what the client can see of the change.
+
+    Call with the user's roster lock held; raises StorageUnavailable before anything is pushed.
+    """
+    if before == after:
+        return
+    rosters = server.storage.rosters
+    if after is None:
+        assert before is not None
+        version = await rosters.remove(username, before.jid)
+        if version is None:
+            return
+    else:
+        version = await rosters.put(username, after)
+    if _visible(before) != _visible(after):
+        jid = after.jid if after is not None else before.jid  # type: ignore[union-attr]
+        push(server, username, jid, after, version)
+
+
+def _parse_item(query: etree._Element) -> tuple[str, bool, str | None, tuple[str, ...]]:
+    """A roster set's one item (§2.3.3): jid, remove?, name and groups, or the StanzaError to answer."""
+    items = query.findall(_ITEM)
+    if len(items) != 1:
+        raise StanzaError("bad-request", "a roster set carries exactly one item (RFC 6121 §2.3.3)")
+    item = items[0]
+    text = item.get("jid")
+    if text is None:
+        raise StanzaError("bad-request", "the item has no 'jid'")
+    try:
+        jid = str(JID.parse(text))
+    except InvalidJID as exc:
+        raise StanzaError("jid-malformed", f"item jid: {exc}") from exc
+    subscription = item.get("subscription")
+    if subscription is not None and subscription != "remove" and subscription not in _ROSTER_SUBSCRIPTIONS:
+        raise StanzaError("bad-request", f"subscription {subscription!r} is not allowed in a roster set")
+    name = item.get("name") or None
+    if name is not None and len(name.encode("utf-8")) > MAX_NAME_BYTES:
+        raise StanzaError("not-acceptable", f"the name is longer than {MAX_NAME_BYTES} bytes")
+    groups: list[str] = []
+    for group in item.findall(_GROUP):
+        value = group.text or ""
+        if not value:
+            raise StanzaError("not-acceptable", "a group name is empty")
+        if len(value.encode("utf-8")) > MAX_GROUP_BYTES:
+            raise StanzaError("not-acceptable", f"a group name is longer than {MAX_GROUP_BYTES} bytes")
+        if value in groups:
+            raise StanzaError("bad-request", f"group {value!r} is named twice")
+        groups.append(value)
+    return jid, subscription == "remove", name, tuple(groups)
+
+
+_VERSION = re.compile(r"[0-9]{1,19}")
+
+
+def load(module: Module) -> None:
+    server = module.server
+
+    async def on_features(event: StreamFeaturesEvent) -> None:
+        if event.session.authenticated:
+            event.features.append(element(ns.ROSTER_VER, "ver"))  # XEP-0237 §2, RFC 6121 §2.6.1
+            event.features.append(element(ns.PRE_APPROVAL, "sub"))  # RFC 6121 §3.4.1
+
+    async def on_get(event: StanzaEvent) -> bool:
+        """§2.1.3 roster get; §2.6.3: an unchanged version is answered with an empty result."""
+        username, session = event.from_.local, event.origin
+        if username is None or session is None:
+            return False
+        ver = event.stanza[0].get("ver")
+        async with roster_lock(server, username):  # no push can slip between this read and the answer
+            try:
+                roster = await server.storage.rosters.get(username)
+            except StorageUnavailable as exc:
+                raise storage_error(exc) from exc
+            if ver is not None and _VERSION.fullmatch(ver) and int(ver) == roster.version:
+                await event.reply(iq_result(event.stanza))
+            else:
+                query = element(ns.ROSTER, "query", ver=str(roster.version))
+                for item in roster.items:
+                    query.append(item_element(item, item.jid))
+                await event.reply(iq_result(event.stanza, query))
+            session.interested = True
+        return True
+
+    async def on_set(event: StanzaEvent) -> bool:
+        """§2.3 add or update, §2.5 remove; answered only once storage has the change."""
+        username = event.from_.local
+        if username is None or event.origin is None:
+            return False
+        jid, remove, name, groups = _parse_item(event.stanza[0])
+        if remove:
+            await remove_item(event, username, jid)
+            return True
+        async with roster_lock(server, username):
+            try:
+                before = await server.storage.rosters.get_item(username, jid)
+                after = dataclasses.replace(before or RosterItem(jid), name=name, groups=groups)
+                await save(server, username, before, after)
+            except StorageUnavailable as exc:
+                raise storage_error(exc) from exc
+        await event.reply(iq_result(event.stanza))
+        return True
+
+    async def remove_item(event: StanzaEvent, username: str, jid: str) -> None:
+        async with roster_lock(server, username):
+            try:
+                before = await server.storage.rosters.get_item(username, jid)
+                if before is None:
+                    raise StanzaError("item-not-found", f"{jid} is not in the roster (RFC 6121 §2.5.3)")
+                await save(server, username, before, None)
+            except StorageUnavailable as exc:
+                raise storage_error(exc) from exc
+        await event.reply(iq_result(event.stanza))
+        if not is_local(server, jid):
+            return
+        # §2.5.2: end both directions of the subscription and cancel pending requests with the contact.
+        user, state = event.from_.bare, state_of(before)
+        if state.to or state.pending_out:
+            await server.router.route(stanza("presence", type="unsubscribe", from_=str(user), to=jid))
+        if state.from_ or state.pending_in:
+            await server.router.route(stanza("presence", type="unsubscribed", from_=str(user), to=jid))
+        if state.from_:  # §3.2.2: the contact no longer gets our presence
+            for session in server.sessions.resources(user):
+                if session.available:
+                    gone = stanza("presence", type="unavailable", from_=str(session.jid), to=jid)
+                    await server.router.route(gone)
+
+    async def forbidden(event: StanzaEvent) -> bool:
+        """§2.1.5, §2.3.3: nobody reads or writes another user's roster, nor pushes to their client."""
+        if event.origin is None:
+            return False
+        raise StanzaError("forbidden", "this is not your roster")
+
+    module.hook("stream-features", on_features)
+    module.hook(f"iq-get/self/{ns.ROSTER}:query", on_get)
+    module.hook(f"iq-set/self/{ns.ROSTER}:query", on_set)
+    module.hook(f"iq-get/bare/{ns.ROSTER}:query", forbidden)
+    module.hook(f"iq-set/bare/{ns.ROSTER}:query", forbidden)
+    module.hook(f"iq-set/full/{ns.ROSTER}:query", forbidden)
