@@ -4,16 +4,14 @@ initial presence, then delivered oldest first and deleted.
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import datetime
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 from lxml import etree
 
 from nitro import ns
 from nitro.errors import StanzaError
+from nitro.locks import UserLocks
 from nitro.module import Module, SessionEvent
 from nitro.modules.message import top_resources
 from nitro.router import StanzaEvent
@@ -27,27 +25,6 @@ _FLUSHED = "offline"  # session.data key: this session's stored messages were de
 # Rows hold self-contained XML (xmlns='jabber:client' declared, unlike the wire form of xmlstream.serialize);
 # they are our own serialization, still never let parsing reach the network or expand entities.
 _PARSER = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False)
-
-
-class UserLocks:
-    """One asyncio.Lock per username, dropped when nobody holds or awaits it."""
-
-    def __init__(self) -> None:
-        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
-
-    @asynccontextmanager
-    async def hold(self, username: str) -> AsyncIterator[None]:
-        lock, users = self._locks.get(username, (asyncio.Lock(), 0))
-        self._locks[username] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[username]
-            if users == 1:
-                del self._locks[username]
-            else:
-                self._locks[username] = (lock, users - 1)
 
 
 def worth_storing(message: etree._Element) -> bool:

@@ -5,13 +5,11 @@ Also the helpers the presence module shares: per-user write locks and `save`, wh
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import re
 import secrets
 import weakref
-from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING
 
 from lxml import etree
@@ -19,6 +17,7 @@ from lxml import etree
 from nitro import ns
 from nitro.errors import StanzaError
 from nitro.jid import JID, InvalidJID
+from nitro.locks import UserLocks
 from nitro.module import Module, StreamFeaturesEvent
 from nitro.router import StanzaEvent
 from nitro.stanza import child, element, iq_result, stanza
@@ -35,27 +34,6 @@ MAX_GROUP_BYTES = 1023
 _ROSTER_SUBSCRIPTIONS = frozenset({"none", "to", "from", "both"})  # §2.1.2.5: ignored in a roster set
 _ITEM = f"{{{ns.ROSTER}}}item"
 _GROUP = f"{{{ns.ROSTER}}}group"
-
-
-class UserLocks:
-    """One asyncio.Lock per username: a roster item is read, changed and written under it."""
-
-    def __init__(self) -> None:
-        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
-
-    @asynccontextmanager
-    async def hold(self, username: str) -> AsyncIterator[None]:
-        lock, users = self._locks.get(username, (asyncio.Lock(), 0))
-        self._locks[username] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[username]
-            if users == 1:
-                del self._locks[username]
-            else:
-                self._locks[username] = (lock, users - 1)
 
 
 _locks: weakref.WeakKeyDictionary[Server, UserLocks] = weakref.WeakKeyDictionary()
