@@ -19,7 +19,7 @@ from nitro import ns
 from nitro.authn import Authenticator, Challenge, mechanisms
 from nitro.errors import StanzaError, StreamError, error_reply
 from nitro.jid import JID, InvalidJID
-from nitro.module import SessionEvent, StreamFeaturesEvent
+from nitro.module import NonzaEvent, SessionEvent, StreamFeaturesEvent
 from nitro.router import StanzaEvent
 from nitro.sasl import SaslFailure, b64decode_strict, b64encode
 from nitro.storage.errors import StorageUnavailable
@@ -103,6 +103,8 @@ class ClientSession:
         self.interested = False  # requested the roster (RFC 6121 §2.1.6)
         self.directed_to: set[JID] = set()  # entities that got directed presence (§4.6)
         self.data: dict[str, Any] = {}  # per-module scratch space, keyed by module name
+        # Outbound filters run in order on every `send`; one returning False holds the element back.
+        self.outbound_filters: list[Callable[[etree._Element], bool]] = []
         self._auth: Authenticator | None = None
         self._auth_failures = 0
         now = time.monotonic()
@@ -334,6 +336,18 @@ class ClientSession:
         await self.server.bus.fire("resource-bind", SessionEvent(self))
         return False
 
+    async def _on_nonza(self, element: etree._Element) -> bool:
+        """A top-level element that is no stanza (XEP-0198 `<r/>`, XEP-0352 `<active/>`, …): modules
+        hook `c2s-nonza/<ns>:<name>` with a NonzaEvent; nothing claiming it is a stream error."""
+        name = etree.QName(element)
+        if not await self.server.bus.fire(
+            f"c2s-nonza/{name.namespace}:{name.localname}", NonzaEvent(self, element)
+        ):
+            raise StreamError(
+                "unsupported-stanza-type", f"<{name.localname} xmlns='{name.namespace}'/> is not supported"
+            )
+        return False
+
     async def _on_second_bind(self, iq: etree._Element) -> bool:
         self.send(error_reply(iq, StanzaError("not-allowed", "this stream already has a resource")))
         return False
@@ -361,6 +375,16 @@ class ClientSession:
     # -- bytes out --------------------------------------------------------------------------------
 
     def send(self, element: etree._Element) -> None:
+        """Send a stanza or nonza, unless an outbound filter (e.g. CSI, XEP-0352) holds it back."""
+        if self.closed:
+            return
+        for keep in self.outbound_filters:
+            if not keep(element):
+                return
+        self.write_element(element)
+
+    def write_element(self, element: etree._Element) -> None:
+        """Write past the outbound filters (a filter flushing what it held uses this)."""
         if self.closed:
             return
         self.transport.write(serialize(element))
@@ -461,4 +485,5 @@ _TRANSITIONS: dict[tuple[State, str], _Handler] = {
     (State.BINDING, "bind"): ClientSession._on_bind,
     (State.ESTABLISHED, "stanza"): ClientSession._on_stanza,
     (State.ESTABLISHED, "bind"): ClientSession._on_second_bind,
+    (State.ESTABLISHED, "nonza"): ClientSession._on_nonza,
 }

@@ -48,6 +48,14 @@ class SessionEvent:
 
 
 @dataclass(slots=True)
+class NonzaEvent:
+    """Payload of `c2s-nonza/<ns>:<name>`: a top-level non-stanza element from an established client."""
+
+    session: ClientSession
+    element: etree._Element
+
+
+@dataclass(slots=True)
 class StreamFeaturesEvent:
     """Payload of `stream-features`: handlers append their feature elements to `features`."""
 

@@ -394,3 +394,11 @@ async def test_server_shutdown_sends_system_shutdown(tmp_path: Path) -> None:
         reader, writer = await opened(server)
     await stream_error(reader, "system-shutdown")
     writer.close()
+
+
+async def test_unknown_nonza_is_unsupported_stanza_type(server: Server, clients: Clients) -> None:
+    await clients.user("alice")
+    reader, writer = await logged_in(server, "alice")
+    writer.write(b"<frobnicate xmlns='urn:example:nothing'/>")
+    await stream_error(reader, "unsupported-stanza-type")
+    writer.close()

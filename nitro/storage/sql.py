@@ -463,7 +463,7 @@ def alembic_config() -> Config:
 def _upgrade(connection: Connection) -> None:
     config = alembic_config()
     config.attributes["connection"] = connection
-    command.upgrade(config, "head")
+    command.upgrade(config, "heads")  # each feature's migration may branch from 0001; all heads apply
 
 
 async def upgrade_schema(engine: AsyncEngine) -> None:
