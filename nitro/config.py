@@ -73,6 +73,31 @@ class OfflineSection:
 
 
 @dataclass(frozen=True, slots=True)
+class StreamManagementSection:
+    resume_timeout: float = 300.0
+    ack_request_every: int = 5
+    max_unacked: int = 5000
+
+
+@dataclass(frozen=True, slots=True)
+class ArchiveSection:
+    default: str = "always"
+    retention_days: int = 0
+    max_page_size: int = 250
+
+
+@dataclass(frozen=True, slots=True)
+class PepSection:
+    max_item_bytes: int = 131072
+    max_items_per_node: int = 256
+
+
+@dataclass(frozen=True, slots=True)
+class VCardSection:
+    max_bytes: int = 131072
+
+
+@dataclass(frozen=True, slots=True)
 class ModulesSection:
     disabled: tuple[str, ...] = ()
 
@@ -91,6 +116,10 @@ class Config:
     auth: AuthSection = field(default_factory=AuthSection)
     registration: RegistrationSection = field(default_factory=RegistrationSection)
     offline: OfflineSection = field(default_factory=OfflineSection)
+    stream_management: StreamManagementSection = field(default_factory=StreamManagementSection)
+    archive: ArchiveSection = field(default_factory=ArchiveSection)
+    pep: PepSection = field(default_factory=PepSection)
+    vcard: VCardSection = field(default_factory=VCardSection)
     modules: ModulesSection = field(default_factory=ModulesSection)
     logging: LoggingSection = field(default_factory=LoggingSection)
     base_dir: Path = Path()
@@ -163,6 +192,8 @@ def _validate(config: Config, source: str) -> None:
             raise ConfigError(f"{source}: [server].admins: {admin!r} is not a JID: {exc}") from exc
     if config.c2s.max_stanza_bytes < 10_000:
         raise ConfigError(f"{source}: [c2s].max_stanza_bytes must be at least 10000 (RFC 6120 §13.12)")
+    if config.archive.default not in {"always", "never", "roster"}:
+        raise ConfigError(f"{source}: [archive].default must be always, never or roster")
     if config.logging.level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise ConfigError(f"{source}: [logging].level must be DEBUG, INFO, WARNING or ERROR")
 
