@@ -13,6 +13,7 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Connection
 from sqlalchemy.dialects import mysql
 from sqlalchemy.schema import CreateTable
@@ -343,7 +344,8 @@ async def test_migrations_are_idempotent_and_match_the_schema(dsn: str, db_path:
         await storage.accounts.create("juliet", {})
     async with open_sql_storage(dsn) as storage:  # upgrading an up-to-date database changes nothing
         assert await storage.accounts.list_usernames() == ["juliet"]
-    assert raw_rows(db_path, "SELECT version_num FROM alembic_version") == [("0001_initial",)]
+    heads = set(ScriptDirectory.from_config(alembic_config()).get_heads())
+    assert {row[0] for row in raw_rows(db_path, "SELECT version_num FROM alembic_version")} == heads
     assert raw_rows(db_path, "PRAGMA journal_mode") == [("wal",)]
 
     def differences(connection: Connection) -> list[object]:
@@ -362,11 +364,11 @@ def test_schema_is_valid_for_mariadb() -> None:
     config = alembic_config()
     config.output_buffer = ddl
     config.attributes["dialect_name"] = "mysql"
-    command.upgrade(config, "head", sql=True)  # the migration rendered for MariaDB, without a server
+    command.upgrade(config, "heads", sql=True)  # the migration rendered for MariaDB, without a server
     rendered = ddl.getvalue()
     for expected in ("VARBINARY(1023)", "BINARY(32)", "VARBINARY(3071)", "MEDIUMBLOB", "DATETIME(6)"):
         assert expected in rendered
-    assert rendered.count("ENGINE=InnoDB CHARSET=utf8mb4 COLLATE utf8mb4_bin") == 5
+    assert rendered.count("ENGINE=InnoDB CHARSET=utf8mb4 COLLATE utf8mb4_bin") == len(metadata.sorted_tables)
     for table in metadata.sorted_tables:
         assert "ENGINE=InnoDB" in str(CreateTable(table).compile(dialect=mysql.dialect()))
 

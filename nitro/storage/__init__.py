@@ -1,15 +1,56 @@
 """Durable storage behind typed repositories; the SQL backend lives in `nitro.storage.sql`."""
 
-from nitro.storage.errors import AlreadyExists, NoSuchAccount, QuotaExceeded, StorageError, StorageUnavailable
-from nitro.storage.models import OfflineMessage, Roster, RosterItem, Subscription
-from nitro.storage.protocols import AccountStore, OfflineStore, RosterStore, Storage
+from nitro.storage.errors import (
+    AlreadyExists,
+    ItemNotFound,
+    NoSuchAccount,
+    QuotaExceeded,
+    StorageError,
+    StorageUnavailable,
+)
+from nitro.storage.models import (
+    AccessModel,
+    ArchivedMessage,
+    ArchivePage,
+    ArchivePrefs,
+    ArchiveQuery,
+    OfflineMessage,
+    PepItem,
+    PepNode,
+    Roster,
+    RosterItem,
+    Subscription,
+)
+from nitro.storage.protocols import (
+    AccountStore,
+    ArchiveStore,
+    BlockListStore,
+    OfflineStore,
+    PepStore,
+    PrivateStore,
+    RosterStore,
+    Storage,
+    VCardStore,
+)
 
 __all__ = [
+    "AccessModel",
     "AccountStore",
     "AlreadyExists",
+    "ArchivePage",
+    "ArchivePrefs",
+    "ArchiveQuery",
+    "ArchiveStore",
+    "ArchivedMessage",
+    "BlockListStore",
+    "ItemNotFound",
     "NoSuchAccount",
     "OfflineMessage",
     "OfflineStore",
+    "PepItem",
+    "PepNode",
+    "PepStore",
+    "PrivateStore",
     "QuotaExceeded",
     "Roster",
     "RosterItem",
@@ -18,4 +59,5 @@ __all__ = [
     "StorageError",
     "StorageUnavailable",
     "Subscription",
+    "VCardStore",
 ]

@@ -24,3 +24,7 @@ class AlreadyExists(StorageError):
 
 class NoSuchAccount(StorageError):
     """The operation needs an account that does not exist (e.g. a roster write for an unknown user)."""
+
+
+class ItemNotFound(StorageError):
+    """A reference to a stored item names nothing (e.g. an archive RSM after/before id of no message)."""

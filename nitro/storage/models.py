@@ -41,3 +41,78 @@ class OfflineMessage:
     id: int
     stanza: bytes  # the serialized <message/> as stored, already carrying its delay stamp (XEP-0203)
     stored_at: datetime  # timezone-aware, UTC
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Message archive (XEP-0313 MAM, XEP-0059 RSM, XEP-0359 stanza ids).
+
+
+@dataclass(frozen=True, slots=True)
+class ArchivedMessage:
+    """One archived message of a user's archive."""
+
+    id: str  # the XEP-0359 stanza-id / MAM result id: opaque, unique per archive
+    with_jid: str  # bare JID of the other party
+    timestamp: datetime  # UTC, aware
+    stanza: bytes  # the message as archived: self-contained XML (xmlns='jabber:client' declared)
+
+
+@dataclass(frozen=True, slots=True)
+class ArchiveQuery:
+    """The filters and paging of one archive query (XEP-0313 §4.1, XEP-0059 §2)."""
+
+    with_jid: str | None = None  # bare JID (matches with_jid); full-JID 'with' filtering is the module's job
+    start: datetime | None = None  # inclusive
+    end: datetime | None = None  # inclusive
+    after_id: str | None = None  # RSM <after> (also MAM after-id)
+    before_id: str | None = None  # RSM <before> / MAM before-id; "" (empty <before/>) means "the last page"
+    ids: tuple[str, ...] | None = None  # MAM ids filter (XEP-0313 §4.1.4)
+    limit: int = 50
+
+
+@dataclass(frozen=True, slots=True)
+class ArchivePage:
+    """One page of an archive query's result."""
+
+    messages: tuple[ArchivedMessage, ...]  # always in chronological order
+    complete: bool  # no more results in the direction of paging
+    count: int  # total matching the filters (ignoring after/before/limit)
+    first_index: int | None  # RSM index of messages[0] within the full result (None if empty)
+
+
+ArchiveDefault = Literal["always", "never", "roster"]
+
+
+@dataclass(frozen=True, slots=True)
+class ArchivePrefs:
+    """A user's archiving preferences (XEP-0313 §6)."""
+
+    default: ArchiveDefault
+    always: tuple[str, ...] = ()
+    never: tuple[str, ...] = ()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Personal eventing (XEP-0163 PEP on XEP-0060 nodes).
+
+AccessModel = Literal["presence", "open", "whitelist", "roster"]
+
+
+@dataclass(frozen=True, slots=True)
+class PepNode:
+    """A PEP node of a user and its configuration (XEP-0060 §16.4.3)."""
+
+    name: str
+    access_model: AccessModel = "presence"
+    max_items: int = 1
+    persist_items: bool = True
+    whitelist: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class PepItem:
+    """A published item of a PEP node."""
+
+    id: str
+    payload: bytes  # the single payload element as self-contained XML
+    published_at: datetime  # UTC, aware

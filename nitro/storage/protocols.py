@@ -4,10 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Protocol
 
 from nitro.sasl.credentials import HashName, ScramCredential
-from nitro.storage.models import OfflineMessage, Roster, RosterItem
+from nitro.storage.models import (
+    ArchivePage,
+    ArchivePrefs,
+    ArchiveQuery,
+    OfflineMessage,
+    PepItem,
+    PepNode,
+    Roster,
+    RosterItem,
+)
 
 
 class AccountStore(Protocol):
@@ -26,7 +36,7 @@ class AccountStore(Protocol):
         ...
 
     async def delete(self, username: str) -> bool:
-        """Delete the account with its roster and offline messages, in one transaction; False if absent."""
+        """Delete the account with all its data (roster, messages, archive, PEP, …) in one transaction."""
         ...
 
     async def exists(self, username: str) -> bool: ...
@@ -79,6 +89,113 @@ class OfflineStore(Protocol):
     async def count(self, username: str) -> int: ...
 
 
+class ArchiveStore(Protocol):
+    """Each user's message archive (XEP-0313), ordered by arrival; ids are given by the caller (XEP-0359)."""
+
+    async def append(
+        self, username: str, *, with_jid: str, stanza: bytes, stanza_id: str, timestamp: datetime
+    ) -> None:
+        """Archive one message; raises NoSuchAccount (and StorageError for a stanza_id already used)."""
+        ...
+
+    async def query(self, username: str, query: ArchiveQuery) -> ArchivePage:
+        """One page of the messages matching the filters; ItemNotFound if after_id/before_id is unknown."""
+        ...
+
+    async def get_prefs(self, username: str) -> ArchivePrefs | None:
+        """The user's preferences; None if never set (the config default applies)."""
+        ...
+
+    async def set_prefs(self, username: str, prefs: ArchivePrefs) -> None:
+        """Replace the user's preferences; raises NoSuchAccount."""
+        ...
+
+    async def expire(self, before: datetime) -> int:
+        """Retention: delete every user's messages older than `before`; returns how many."""
+        ...
+
+    async def count(self, username: str) -> int: ...
+
+
+class PepStore(Protocol):
+    """Each user's PEP nodes (XEP-0163) with their configuration and items."""
+
+    async def get_node(self, username: str, node: str) -> PepNode | None: ...
+
+    async def put_node(self, username: str, node: PepNode) -> None:
+        """Create or reconfigure the node (its items stay); raises NoSuchAccount."""
+        ...
+
+    async def delete_node(self, username: str, node: str) -> bool:
+        """Delete the node with its items; False if there was none."""
+        ...
+
+    async def list_nodes(self, username: str) -> list[PepNode]:
+        """The user's nodes, sorted by name."""
+        ...
+
+    async def publish(self, username: str, node: str, item: PepItem, *, max_items: int) -> None:
+        """Store the item, replacing one with the same id (it becomes the newest); keep the newest max_items.
+
+        A node that does not exist yet is created with the default configuration and this max_items
+        (XEP-0163 §3 auto-create). Raises NoSuchAccount for an unknown user.
+        """
+        ...
+
+    async def retract(self, username: str, node: str, item_id: str) -> bool:
+        """Delete one item; False if it was not there."""
+        ...
+
+    async def items(
+        self,
+        username: str,
+        node: str,
+        *,
+        max_items: int | None = None,
+        item_ids: Sequence[str] | None = None,
+    ) -> list[PepItem]:
+        """The node's items, newest first: the newest `max_items`, or those with the given ids."""
+        ...
+
+
+class BlockListStore(Protocol):
+    """Each user's block list (XEP-0191): JIDs as given (bare, full or domain)."""
+
+    async def list(self, username: str) -> list[str]:
+        """The blocked JIDs, sorted."""
+        ...
+
+    async def add(self, username: str, jids: Sequence[str]) -> None:
+        """Block these JIDs (already blocked ones are kept); raises NoSuchAccount."""
+        ...
+
+    async def remove(self, username: str, jids: Sequence[str]) -> None:
+        """Unblock these JIDs (those not blocked are ignored)."""
+        ...
+
+    async def clear(self, username: str) -> None: ...
+
+
+class VCardStore(Protocol):
+    """Each user's vcard-temp (XEP-0054) as serialized XML."""
+
+    async def get(self, username: str) -> bytes | None: ...
+
+    async def set(self, username: str, vcard: bytes | None) -> None:
+        """Store the vCard, or delete it with None; raises NoSuchAccount when storing."""
+        ...
+
+
+class PrivateStore(Protocol):
+    """Private XML storage (XEP-0049); the key is the Clark name "{namespace}localname" of the element."""
+
+    async def get(self, username: str, key: str) -> bytes | None: ...
+
+    async def set(self, username: str, key: str, payload: bytes) -> None:
+        """Store or replace the element under `key`; raises NoSuchAccount."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class Storage:
     """All the repositories of one backend; the server holds one of these."""
@@ -86,3 +203,8 @@ class Storage:
     accounts: AccountStore
     rosters: RosterStore
     offline: OfflineStore
+    archive: ArchiveStore
+    pep: PepStore
+    blocklist: BlockListStore
+    vcards: VCardStore
+    private: PrivateStore

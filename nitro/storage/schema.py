@@ -159,3 +159,109 @@ offline_messages = Table(
     **TABLE_OPTIONS,
     **NEVER_REUSE_IDS,
 )
+
+# --- issue 3: message archive, PEP, block list, vCard, private XML ---------------------------------------
+
+ARCHIVE_ID_MAX = 128  # characters of a XEP-0359 stanza id (the server makes them, far shorter)
+PEP_NAME_MAX_BYTES = 1023  # XEP-0060 node names and item ids, as UTF-8 in a unique key
+PRIVATE_KEY_MAX_BYTES = 3071  # a Clark name "{namespace}localname"; the key column holds its SHA-256
+
+
+def _mediumblob() -> TypeEngine[bytes]:
+    """Up to 16 MiB on MariaDB (a plain BLOB stops at 64 KiB, less than a large stanza)."""
+    return LargeBinary().with_variant(mysql.MEDIUMBLOB(), *_MYSQL)
+
+
+# XEP-0313: `id` orders the archive (it only grows); the page queries walk (account_id, id) or
+# (account_id, with_key, id) in either direction; `with_key` = SHA-256 of `with_jid`.
+archive_messages = Table(
+    "archive_messages",
+    metadata,
+    Column("id", big_id(), primary_key=True, autoincrement=True),
+    Column("account_id", Integer, ForeignKey("accounts.id", ondelete="CASCADE"), nullable=False),
+    Column("stanza_id", String(ARCHIVE_ID_MAX), nullable=False),  # XEP-0359 <stanza-id id=…/>
+    Column("with_key", fixed_binary(32), nullable=False),
+    Column("with_jid", varbinary(CONTACT_MAX_BYTES), nullable=False),  # UTF-8 of the bare JID
+    Column("timestamp", UTCDateTime(), nullable=False),
+    Column("stanza", _mediumblob(), nullable=False),
+    Index("ix_archive_messages_account_id_id", "account_id", "id"),
+    Index("ix_archive_messages_account_id_with_key_id", "account_id", "with_key", "id"),
+    Index("ix_archive_messages_account_id_timestamp", "account_id", "timestamp"),
+    Index("ix_archive_messages_timestamp", "timestamp"),  # retention deletes across all accounts
+    Index("uq_archive_messages_account_id_stanza_id", "account_id", "stanza_id", unique=True),
+    **TABLE_OPTIONS,
+    **NEVER_REUSE_IDS,
+)
+
+# XEP-0313 §6: absent row = the configured default.
+archive_prefs = Table(
+    "archive_prefs",
+    metadata,
+    Column("account_id", Integer, ForeignKey("accounts.id", ondelete="CASCADE"), primary_key=True),
+    Column("default_mode", String(6), nullable=False),
+    Column("always_jids", Text, nullable=False),  # JSON array of JIDs
+    Column("never_jids", Text, nullable=False),  # JSON array of JIDs
+    CheckConstraint("default_mode IN ('always', 'never', 'roster')", name="default_mode"),
+    **TABLE_OPTIONS,
+)
+
+pep_nodes = Table(
+    "pep_nodes",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("account_id", Integer, ForeignKey("accounts.id", ondelete="CASCADE"), nullable=False),
+    Column("name", varbinary(PEP_NAME_MAX_BYTES), nullable=False),  # UTF-8 of the node name
+    Column("access_model", String(9), nullable=False),
+    Column("max_items", Integer, nullable=False),
+    Column("persist_items", Boolean, nullable=False),
+    Column("whitelist", Text, nullable=False),  # JSON array of bare JIDs
+    Index("uq_pep_nodes_account_id_name", "account_id", "name", unique=True),
+    CheckConstraint("access_model IN ('presence', 'open', 'whitelist', 'roster')", name="access_model"),
+    **TABLE_OPTIONS,
+    **NEVER_REUSE_IDS,
+)
+
+# `id` orders a node's items by publication (a republished item gets a new, greater id).
+pep_items = Table(
+    "pep_items",
+    metadata,
+    Column("id", big_id(), primary_key=True, autoincrement=True),
+    Column("node_id", Integer, ForeignKey("pep_nodes.id", ondelete="CASCADE"), nullable=False),
+    Column("item_id", varbinary(PEP_NAME_MAX_BYTES), nullable=False),  # UTF-8 of the item id
+    Column("payload", _mediumblob(), nullable=False),
+    Column("published_at", UTCDateTime(), nullable=False),
+    Index("ix_pep_items_node_id_id", "node_id", "id"),
+    Index("uq_pep_items_node_id_item_id", "node_id", "item_id", unique=True),
+    **TABLE_OPTIONS,
+    **NEVER_REUSE_IDS,
+)
+
+# XEP-0191: `jid_key` = SHA-256 of `jid`, as for roster contacts.
+blocked_jids = Table(
+    "blocked_jids",
+    metadata,
+    Column("account_id", Integer, ForeignKey("accounts.id", ondelete="CASCADE"), primary_key=True),
+    Column("jid_key", fixed_binary(32), primary_key=True),
+    Column("jid", varbinary(CONTACT_MAX_BYTES), nullable=False),  # UTF-8 of the JID as blocked
+    **TABLE_OPTIONS,
+)
+
+# XEP-0054 vcard-temp, one per account.
+vcards = Table(
+    "vcards",
+    metadata,
+    Column("account_id", Integer, ForeignKey("accounts.id", ondelete="CASCADE"), primary_key=True),
+    Column("vcard", _mediumblob(), nullable=False),
+    **TABLE_OPTIONS,
+)
+
+# XEP-0049: `key_hash` = SHA-256 of the UTF-8 Clark name kept in `key`.
+private_xml = Table(
+    "private_xml",
+    metadata,
+    Column("account_id", Integer, ForeignKey("accounts.id", ondelete="CASCADE"), primary_key=True),
+    Column("key_hash", fixed_binary(32), primary_key=True),
+    Column("key", varbinary(PRIVATE_KEY_MAX_BYTES), nullable=False),
+    Column("payload", _mediumblob(), nullable=False),
+    **TABLE_OPTIONS,
+)

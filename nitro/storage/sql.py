@@ -5,19 +5,17 @@ Every write commits before its coroutine returns, so the server acknowledges onl
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar, get_args
+from typing import Any, get_args
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, CursorResult, Row, delete, event, exc, func, insert, select, update
+from sqlalchemy import Connection, Row, delete, event, exc, func, insert, select, update
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -27,88 +25,46 @@ from nitro.storage.errors import (
     NoSuchAccount,
     QuotaExceeded,
     StorageError,
-    StorageUnavailable,
 )
 from nitro.storage.models import OfflineMessage, Roster, RosterItem, Subscription
 from nitro.storage.protocols import Storage
 from nitro.storage.schema import (
-    CONTACT_MAX_BYTES,
-    USERNAME_MAX_BYTES,
     accounts,
+    archive_messages,
+    archive_prefs,
+    blocked_jids,
     offline_messages,
+    pep_items,
+    pep_nodes,
+    private_xml,
     roster_items,
     roster_versions,
     scram_credentials,
+    vcards,
 )
+from nitro.storage.sql_archive import SqlArchiveStore
+from nitro.storage.sql_base import (
+    DELETE_CHUNK,
+    WRITE,
+    Database,
+    contact_keys,
+    inserted_id,
+    translate_errors,
+    translated,
+    username_key,
+)
+from nitro.storage.sql_pep import SqlPepStore
+from nitro.storage.sql_userdata import SqlBlockListStore, SqlPrivateStore, SqlVCardStore
 
 log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).with_name("migrations")
-_WRITE = "nitro_write"  # execution option marking a transaction that writes (SQLite: BEGIN IMMEDIATE)
-_DELETE_CHUNK = 500  # ids per DELETE … IN (…), well below every backend's bound-parameter limit
 
 _HASH_NAMES: dict[str, HashName] = {name: name for name in get_args(HashName)}
 _SUBSCRIPTIONS: dict[str, Subscription] = {name: name for name in get_args(Subscription)}
 
-_P = ParamSpec("_P")
-_R = TypeVar("_R")
-
-# Errors of the request itself (a bug or bad data): retrying cannot help.
-_REQUEST_ERRORS = (exc.IntegrityError, exc.ProgrammingError, exc.DataError, exc.NotSupportedError)
-# Everything else the driver or pool raises means the backend is unreachable, locked, timed out or
-# broken (OperationalError, InterfaceError, "file is not a database" DatabaseError, pool TimeoutError,
-# and OSError, which includes asyncio's TimeoutError).
-_BACKEND_ERRORS = (exc.DBAPIError, exc.TimeoutError, exc.DisconnectionError, OSError)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Error translation: third-party errors become ours where they enter.
-
-
-def _describe(error: BaseException) -> str:
-    """The driver's message only: SQLAlchemy's own text quotes the SQL statement."""
-    original = getattr(error, "orig", None) or error
-    return f"{type(original).__name__}: {original}"
-
-
-@contextmanager
-def _translate_errors() -> Iterator[None]:
-    try:
-        yield
-    except StorageError:
-        raise
-    except _REQUEST_ERRORS as error:
-        raise StorageError(_describe(error)) from error
-    except _BACKEND_ERRORS as error:
-        raise StorageUnavailable(_describe(error)) from error
-
-
-def _translated(method: Callable[_P, Awaitable[_R]]) -> Callable[_P, Coroutine[Any, Any, _R]]:
-    @functools.wraps(method)
-    async def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
-        with _translate_errors():
-            return await method(*args, **kwargs)
-
-    return wrapper
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Keys and rows.
-
-
-def _username_key(username: str) -> bytes:
-    raw = username.encode()
-    if not 0 < len(raw) <= USERNAME_MAX_BYTES:
-        raise ValueError(f"a username is 1 to {USERNAME_MAX_BYTES} bytes of UTF-8, not {len(raw)}")
-    return raw
-
-
-def _contact_keys(contact: str) -> tuple[bytes, bytes]:
-    """The contact's UTF-8 bytes and their SHA-256, which is what the primary key holds (see schema.py)."""
-    raw = contact.encode()
-    if not 0 < len(raw) <= CONTACT_MAX_BYTES:
-        raise ValueError(f"a contact JID is 1 to {CONTACT_MAX_BYTES} bytes of UTF-8, not {len(raw)}")
-    return raw, hashlib.sha256(raw).digest()
 
 
 def _credential_rows(credentials: Mapping[HashName, ScramCredential]) -> list[dict[str, Any]]:
@@ -128,18 +84,12 @@ def _credential_rows(credentials: Mapping[HashName, ScramCredential]) -> list[di
     return rows
 
 
-def _inserted_id(result: CursorResult[Any]) -> int:
-    key = result.inserted_primary_key
-    assert key is not None, "a single-row INSERT reports its primary key"
-    return int(key[0])
-
-
 def _item_row(item: RosterItem) -> dict[str, Any]:
     if item.subscription not in _SUBSCRIPTIONS:
         raise ValueError(f"unknown subscription state {item.subscription!r}")
     if not all(isinstance(group, str) for group in item.groups):
         raise TypeError("roster groups are strings")
-    contact, contact_key = _contact_keys(item.jid)
+    contact, contact_key = contact_keys(item.jid)
     return {
         "contact_key": contact_key,
         "contact": contact,
@@ -171,31 +121,15 @@ def _item_from_row(row: Row[Any]) -> RosterItem:
 # Repositories.
 
 
-class _Database:
-    """The engine, plus a view of it whose transactions announce that they write."""
-
-    def __init__(self, engine: AsyncEngine) -> None:
-        self.engine = engine
-        self.writer = engine.execution_options(**{_WRITE: True})
-
-    async def account_id(self, conn: AsyncConnection, username: str, *, lock: bool = False) -> int | None:
-        """The account's id; `lock` holds its row until commit (MariaDB; SQLite's write lock is global)."""
-        query = select(accounts.c.id).where(accounts.c.username == _username_key(username))
-        if lock:
-            query = query.with_for_update()
-        account_id: int | None = (await conn.execute(query)).scalar_one_or_none()
-        return account_id
-
-
 class SqlAccountStore:
     """AccountStore on SQL."""
 
-    def __init__(self, db: _Database) -> None:
+    def __init__(self, db: Database) -> None:
         self._db = db
 
-    @_translated
+    @translated
     async def create(self, username: str, credentials: Mapping[HashName, ScramCredential]) -> None:
-        name = _username_key(username)
+        name = username_key(username)
         rows = _credential_rows(credentials)
         async with self._db.writer.begin() as conn:
             if await self._db.account_id(conn, username) is not None:
@@ -204,12 +138,12 @@ class SqlAccountStore:
                 result = await conn.execute(insert(accounts).values(username=name))
             except exc.IntegrityError as error:  # created concurrently by another node (MariaDB)
                 raise AlreadyExists(username) from error
-            account_id = _inserted_id(result)
+            account_id = inserted_id(result)
             if rows:
                 await conn.execute(insert(scram_credentials), [{"account_id": account_id, **r} for r in rows])
             await conn.execute(insert(roster_versions).values(account_id=account_id, version=0))
 
-    @_translated
+    @translated
     async def get_credentials(self, username: str) -> dict[HashName, ScramCredential] | None:
         async with self._db.engine.connect() as conn:
             account_id = await self._db.account_id(conn, username)
@@ -236,7 +170,7 @@ class SqlAccountStore:
                     raise StorageError(f"corrupt {row.hash_name} credential: {error}") from error
             return credentials
 
-    @_translated
+    @translated
     async def set_credentials(self, username: str, credentials: Mapping[HashName, ScramCredential]) -> bool:
         rows = _credential_rows(credentials)
         async with self._db.writer.begin() as conn:
@@ -248,24 +182,37 @@ class SqlAccountStore:
                 await conn.execute(insert(scram_credentials), [{"account_id": account_id, **r} for r in rows])
             return True
 
-    @_translated
+    @translated
     async def delete(self, username: str) -> bool:
         async with self._db.writer.begin() as conn:
             account_id = await self._db.account_id(conn, username, lock=True)
             if account_id is None:
                 return False
             # Explicit, children first: correct even where foreign keys are not enforced.
-            for table in (offline_messages, roster_items, roster_versions, scram_credentials):
+            nodes = select(pep_nodes.c.id).where(pep_nodes.c.account_id == account_id)
+            await conn.execute(delete(pep_items).where(pep_items.c.node_id.in_(nodes)))
+            for table in (
+                pep_nodes,
+                archive_messages,
+                archive_prefs,
+                blocked_jids,
+                vcards,
+                private_xml,
+                offline_messages,
+                roster_items,
+                roster_versions,
+                scram_credentials,
+            ):
                 await conn.execute(delete(table).where(table.c.account_id == account_id))
             await conn.execute(delete(accounts).where(accounts.c.id == account_id))
             return True
 
-    @_translated
+    @translated
     async def exists(self, username: str) -> bool:
         async with self._db.engine.connect() as conn:
             return await self._db.account_id(conn, username) is not None
 
-    @_translated
+    @translated
     async def list_usernames(self, *, limit: int | None = None, after: str | None = None) -> list[str]:
         if limit is not None and limit < 0:
             raise ValueError("limit must not be negative")
@@ -277,7 +224,7 @@ class SqlAccountStore:
         async with self._db.engine.connect() as conn:
             return [name.decode() for name in (await conn.execute(query)).scalars()]
 
-    @_translated
+    @translated
     async def count(self) -> int:
         async with self._db.engine.connect() as conn:
             return int((await conn.execute(select(func.count()).select_from(accounts))).scalar_one())
@@ -286,10 +233,10 @@ class SqlAccountStore:
 class SqlRosterStore:
     """RosterStore on SQL; the version is bumped in the transaction that changes the roster."""
 
-    def __init__(self, db: _Database) -> None:
+    def __init__(self, db: Database) -> None:
         self._db = db
 
-    @_translated
+    @translated
     async def get(self, username: str) -> Roster:
         async with self._db.engine.connect() as conn:  # one transaction: items and version agree
             account_id = await self._db.account_id(conn, username)
@@ -303,9 +250,9 @@ class SqlRosterStore:
             )
             return Roster(version=version, items=tuple(_item_from_row(row) for row in result))
 
-    @_translated
+    @translated
     async def get_item(self, username: str, contact: str) -> RosterItem | None:
-        _, contact_key = _contact_keys(contact)
+        _, contact_key = contact_keys(contact)
         async with self._db.engine.connect() as conn:
             account_id = await self._db.account_id(conn, username)
             if account_id is None:
@@ -319,7 +266,7 @@ class SqlRosterStore:
             ).one_or_none()
             return None if row is None else _item_from_row(row)
 
-    @_translated
+    @translated
     async def put(self, username: str, item: RosterItem) -> int:
         values = _item_row(item)
         async with self._db.writer.begin() as conn:
@@ -335,9 +282,9 @@ class SqlRosterStore:
             await conn.execute(insert(roster_items).values(account_id=account_id, **values))
             return await self._bump(conn, account_id)
 
-    @_translated
+    @translated
     async def remove(self, username: str, contact: str) -> int | None:
-        _, contact_key = _contact_keys(contact)
+        _, contact_key = contact_keys(contact)
         async with self._db.writer.begin() as conn:
             account_id = await self._db.account_id(conn, username, lock=True)
             if account_id is None:
@@ -351,7 +298,7 @@ class SqlRosterStore:
                 return None
             return await self._bump(conn, account_id)
 
-    @_translated
+    @translated
     async def version(self, username: str) -> int:
         async with self._db.engine.connect() as conn:
             account_id = await self._db.account_id(conn, username)
@@ -383,10 +330,10 @@ class SqlRosterStore:
 class SqlOfflineStore:
     """OfflineStore on SQL (XEP-0160); ids increase and are never reused, so they order the messages."""
 
-    def __init__(self, db: _Database) -> None:
+    def __init__(self, db: Database) -> None:
         self._db = db
 
-    @_translated
+    @translated
     async def push(self, username: str, stanza: bytes, *, quota: int) -> int:
         async with self._db.writer.begin() as conn:
             # The account row lock (MariaDB) or the write lock (SQLite) makes check-and-insert atomic.
@@ -401,14 +348,14 @@ class SqlOfflineStore:
                     account_id=account_id, stanza=stanza, stored_at=datetime.now(UTC)
                 )
             )
-            return _inserted_id(result)
+            return inserted_id(result)
 
-    @_translated
+    @translated
     async def list(self, username: str) -> list[OfflineMessage]:
         query = (
             select(offline_messages.c.id, offline_messages.c.stanza, offline_messages.c.stored_at)
             .join_from(offline_messages, accounts)
-            .where(accounts.c.username == _username_key(username))
+            .where(accounts.c.username == username_key(username))
             .order_by(offline_messages.c.id)
         )
         async with self._db.engine.connect() as conn:
@@ -417,7 +364,7 @@ class SqlOfflineStore:
                 for row in await conn.execute(query)
             ]
 
-    @_translated
+    @translated
     async def delete(self, username: str, ids: Sequence[int]) -> None:
         if not ids:
             return
@@ -426,15 +373,15 @@ class SqlOfflineStore:
             account_id = await self._db.account_id(conn, username)
             if account_id is None:
                 return
-            for start in range(0, len(unique), _DELETE_CHUNK):
+            for start in range(0, len(unique), DELETE_CHUNK):
                 await conn.execute(
                     delete(offline_messages).where(
                         offline_messages.c.account_id == account_id,
-                        offline_messages.c.id.in_(unique[start : start + _DELETE_CHUNK]),
+                        offline_messages.c.id.in_(unique[start : start + DELETE_CHUNK]),
                     )
                 )
 
-    @_translated
+    @translated
     async def count(self, username: str) -> int:
         async with self._db.engine.connect() as conn:
             account_id = await self._db.account_id(conn, username)
@@ -468,8 +415,8 @@ def _upgrade(connection: Connection) -> None:
 
 async def upgrade_schema(engine: AsyncEngine) -> None:
     """Migrate the database to the newest schema (in one transaction where DDL is transactional)."""
-    with _translate_errors():
-        async with engine.execution_options(**{_WRITE: True}).begin() as conn:
+    with translate_errors():
+        async with engine.execution_options(**{WRITE: True}).begin() as conn:
             await conn.run_sync(_upgrade)
 
 
@@ -494,7 +441,7 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
 def _sqlite_on_begin(conn: Connection) -> None:
     # A writing transaction takes the write lock up front, waiting up to the busy timeout; a deferred
     # one that reads first would fail at once with SQLITE_BUSY when another connection wrote meanwhile.
-    conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(_WRITE) else "BEGIN")
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(WRITE) else "BEGIN")
 
 
 def _sqlite_path(url: URL) -> Path | None:
@@ -510,7 +457,7 @@ def create_engine(dsn: str, *, create_dirs: bool = True) -> AsyncEngine:
     url = make_url(dsn)
     sqlite = url.get_backend_name() == "sqlite"
     if sqlite and create_dirs and (path := _sqlite_path(url)) is not None:
-        with _translate_errors():
+        with translate_errors():
             path.parent.mkdir(parents=True, exist_ok=True)
     # hide_parameters: error messages must not quote SCRAM keys or message bodies.
     engine = create_async_engine(url, hide_parameters=True, pool_pre_ping=not sqlite)
@@ -531,7 +478,16 @@ async def open_sql_storage(dsn: str, *, create_dirs: bool = True) -> AsyncIterat
     try:
         await upgrade_schema(engine)
         log.info("SQL storage ready at %s", engine.url.render_as_string(hide_password=True))
-        db = _Database(engine)
-        yield Storage(accounts=SqlAccountStore(db), rosters=SqlRosterStore(db), offline=SqlOfflineStore(db))
+        db = Database(engine)
+        yield Storage(
+            accounts=SqlAccountStore(db),
+            rosters=SqlRosterStore(db),
+            offline=SqlOfflineStore(db),
+            archive=SqlArchiveStore(db),
+            pep=SqlPepStore(db),
+            blocklist=SqlBlockListStore(db),
+            vcards=SqlVCardStore(db),
+            private=SqlPrivateStore(db),
+        )
     finally:
         await engine.dispose()

@@ -1,0 +1,130 @@
+"""What every SQL repository shares: error translation, the engine with its writing view, keys, rows."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from contextlib import contextmanager
+from typing import Any, ParamSpec, TypeVar
+
+from sqlalchemy import CursorResult, exc, select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from nitro.storage.errors import NoSuchAccount, StorageError, StorageUnavailable
+from nitro.storage.schema import CONTACT_MAX_BYTES, USERNAME_MAX_BYTES, accounts
+
+WRITE = "nitro_write"  # execution option marking a transaction that writes (SQLite: BEGIN IMMEDIATE)
+DELETE_CHUNK = 500  # ids per DELETE … IN (…), well below every backend's bound-parameter limit
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+# Errors of the request itself (a bug or bad data): retrying cannot help.
+_REQUEST_ERRORS = (exc.IntegrityError, exc.ProgrammingError, exc.DataError, exc.NotSupportedError)
+# Everything else the driver or pool raises means the backend is unreachable, locked, timed out or
+# broken (OperationalError, InterfaceError, "file is not a database" DatabaseError, pool TimeoutError,
+# and OSError, which includes asyncio's TimeoutError).
+_BACKEND_ERRORS = (exc.DBAPIError, exc.TimeoutError, exc.DisconnectionError, OSError)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Error translation: third-party errors become ours where they enter.
+
+
+def _describe(error: BaseException) -> str:
+    """The driver's message only: SQLAlchemy's own text quotes the SQL statement."""
+    original = getattr(error, "orig", None) or error
+    return f"{type(original).__name__}: {original}"
+
+
+@contextmanager
+def translate_errors() -> Iterator[None]:
+    try:
+        yield
+    except StorageError:
+        raise
+    except _REQUEST_ERRORS as error:
+        raise StorageError(_describe(error)) from error
+    except _BACKEND_ERRORS as error:
+        raise StorageUnavailable(_describe(error)) from error
+
+
+def translated(method: Callable[_P, Awaitable[_R]]) -> Callable[_P, Coroutine[Any, Any, _R]]:
+    @functools.wraps(method)
+    async def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with translate_errors():
+            return await method(*args, **kwargs)
+
+    return wrapper
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Keys and rows.
+
+
+def username_key(username: str) -> bytes:
+    raw = username.encode()
+    if not 0 < len(raw) <= USERNAME_MAX_BYTES:
+        raise ValueError(f"a username is 1 to {USERNAME_MAX_BYTES} bytes of UTF-8, not {len(raw)}")
+    return raw
+
+
+def hashed_key(value: str, *, max_bytes: int, what: str) -> tuple[bytes, bytes]:
+    """The value's UTF-8 bytes and their SHA-256, for a key too long to index itself (see schema.py)."""
+    raw = value.encode()
+    if not 0 < len(raw) <= max_bytes:
+        raise ValueError(f"a {what} is 1 to {max_bytes} bytes of UTF-8, not {len(raw)}")
+    return raw, hashlib.sha256(raw).digest()
+
+
+def contact_keys(contact: str) -> tuple[bytes, bytes]:
+    """A JID's UTF-8 bytes and their SHA-256, which is what primary keys and indexes hold."""
+    return hashed_key(contact, max_bytes=CONTACT_MAX_BYTES, what="JID")
+
+
+def inserted_id(result: CursorResult[Any]) -> int:
+    key = result.inserted_primary_key
+    assert key is not None, "a single-row INSERT reports its primary key"
+    return int(key[0])
+
+
+def json_strings(values: tuple[str, ...]) -> str:
+    if not all(isinstance(value, str) for value in values):
+        raise TypeError("expected strings")
+    return json.dumps(list(values), ensure_ascii=False)
+
+
+def strings_from_json(text: str) -> tuple[str, ...]:
+    values = json.loads(text)
+    if not isinstance(values, list) or not all(isinstance(value, str) for value in values):
+        raise StorageError(f"expected a JSON array of strings, not {text[:100]!r}")
+    return tuple(values)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The database.
+
+
+class Database:
+    """The engine, plus a view of it whose transactions announce that they write."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.writer = engine.execution_options(**{WRITE: True})
+
+    async def account_id(self, conn: AsyncConnection, username: str, *, lock: bool = False) -> int | None:
+        """The account's id; `lock` holds its row until commit (MariaDB; SQLite's write lock is global)."""
+        query = select(accounts.c.id).where(accounts.c.username == username_key(username))
+        if lock:
+            query = query.with_for_update()
+        account_id: int | None = (await conn.execute(query)).scalar_one_or_none()
+        return account_id
+
+    async def existing_account_id(self, conn: AsyncConnection, username: str) -> int:
+        """The account's id, its row locked for a write; raises NoSuchAccount."""
+        account_id = await self.account_id(conn, username, lock=True)
+        if account_id is None:
+            raise NoSuchAccount(username)
+        return account_id
