@@ -44,7 +44,7 @@ class Server:
         self.auth_throttle = FailureThrottle(config.auth.throttle_failures, config.auth.throttle_window)
         self.modules: dict[str, Module] = {}
         self.listeners: list[asyncio.Server] = []
-        self._connections: set[ClientSession] = set()
+        self._connections: dict[ClientSession, asyncio.Task[Any] | None] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property
@@ -62,10 +62,11 @@ class Server:
         task.add_done_callback(self._tasks.discard)
 
     def track(self, session: ClientSession) -> None:
-        self._connections.add(session)
+        """Called from the connection's own task, which shutdown may have to cancel."""
+        self._connections[session] = asyncio.current_task()
 
     def untrack(self, session: ClientSession) -> None:
-        self._connections.discard(session)
+        self._connections.pop(session, None)
 
     @property
     def connections(self) -> frozenset[ClientSession]:
@@ -102,8 +103,12 @@ class Server:
         deadline = asyncio.get_running_loop().time() + SHUTDOWN_GRACE
         while self._connections and asyncio.get_running_loop().time() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.05)  # connections leave on their own once their streams are closed
-        for task in list(self._tasks):
+        # Past the grace period: cancel what is left and wait for it, so nothing still holds a storage
+        # connection when the storage scope closes.
+        leftovers = [task for task in [*self._connections.values(), *self._tasks] if task is not None]
+        for task in leftovers:
             task.cancel()
+        await asyncio.gather(*leftovers, return_exceptions=True)
         for module in reversed(list(self.modules.values())):
             module.unload()
         for listener in self.listeners:

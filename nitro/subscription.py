@@ -270,15 +270,19 @@ def with_state(item: RosterItem, state: State) -> RosterItem:
     )
 
 
-def apply(item: RosterItem | None, jid: str, step: Transition) -> RosterItem | None:
+def apply(item: RosterItem | None, jid: str, step: Transition, *, inbound: bool = False) -> RosterItem | None:
     """The roster item after `step` (None: no item), for the contact `jid`.
 
     A subscription presence never leaves an empty item behind: nothing is created for a step that ends
     in plain None, and a request that was declined or withdrawn before the user ever named or grouped
     the contact (None + Pending In → None) removes the item it created (as ejabberd and Tigase do).
     """
-    if item is None:
-        return None if step.after is State.NONE else with_state(RosterItem(jid), step.after)
+    if item is None:  # a contact's request alone does not put the contact on the user's roster
+        return (
+            None
+            if step.after is State.NONE
+            else with_state(RosterItem(jid, in_roster=not inbound), step.after)
+        )
     if (
         step.before is State.NONE_PENDING_IN
         and step.after is State.NONE
@@ -286,4 +290,6 @@ def apply(item: RosterItem | None, jid: str, step: Transition) -> RosterItem | N
         and not item.groups
     ):
         return None
+    if not inbound and not item.in_roster:  # the user answered or subscribed: now it is on the roster
+        item = dataclasses.replace(item, in_roster=True)
     return with_state(item, step.after)

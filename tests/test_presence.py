@@ -134,7 +134,9 @@ async def test_a_subscription_request_to_an_offline_user_is_delivered_when_they_
 
     alice.send_presence(pto=bob_jid, ptype="subscribe")
     await wait_for(lambda: alice.client_roster[bob_jid]["pending_out"])
-    await eventually(server, "bob", alice_jid, RosterItem(alice_jid, pending_in=True))  # kept for bob
+    await eventually(
+        server, "bob", alice_jid, RosterItem(alice_jid, pending_in=True, in_roster=False)
+    )  # kept for bob, not on his roster
 
     bob, bob_inbox = await login_with_inbox(clients, bob_jid, answer=False)
     request = await bob_inbox.receives("subscribe", alice_jid)
@@ -366,3 +368,24 @@ async def test_initial_presence_event_fires_once_per_initial_presence(
     await bob_inbox.receives("available", str(alice.boundjid))
     await asyncio.sleep(0.2)
     assert fired == [(str(alice.boundjid), True)]
+
+
+async def test_a_strangers_request_is_not_on_the_roster_until_approved(
+    server: Server, clients: Clients
+) -> None:
+    alice_jid, eve_jid = await clients.user("alice"), await clients.user("eve")
+    alice, alice_inbox = await login_with_inbox(clients, alice_jid, answer=False)
+    eve, _ = await login_with_inbox(clients, eve_jid, answer=False)
+
+    eve.send_presence(pto=alice_jid, ptype="subscribe")  # eve asks; alice never added eve
+    await alice_inbox.receives("subscribe", eve_jid)
+    stored = await server.storage.rosters.get("alice")
+    assert [item.in_roster for item in stored.items] == [False]  # kept to re-deliver the request...
+    query = alice.make_iq_get(queryxmlns="jabber:iq:roster")
+    answer = await query.send(timeout=5)
+    shown = [item.get("jid") for item in answer.xml.iter("{jabber:iq:roster}item")]
+    assert eve_jid not in shown  # ...but not shown (RFC 6121 A.1)
+
+    alice.send_presence(pto=eve_jid, ptype="subscribed")  # alice approves: now eve is on her roster
+    await eventually(server, "alice", eve_jid, RosterItem(eve_jid, subscription="from"))
+    await wait_for(lambda: alice.client_roster[eve_jid]["subscription"] == "from")  # pushed

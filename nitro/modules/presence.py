@@ -197,7 +197,8 @@ class Presence:
             try:
                 before = await self.server.storage.rosters.get_item(username, jid)
                 step = transition(state_of(before), direction, kind)
-                await save(self.server, username, before, apply(before, jid, step))
+                after = apply(before, jid, step, inbound=direction is Direction.INBOUND)
+                await save(self.server, username, before, after)
             except StorageUnavailable as exc:
                 raise storage_error(exc) from exc
         return step

@@ -81,7 +81,7 @@ def item_element(item: RosterItem | None, jid: str) -> etree._Element:
 
 def _visible(item: RosterItem | None) -> tuple[object, ...] | None:
     """What a client sees of an item: a change to anything else (pending-in) is not pushed."""
-    if item is None:
+    if item is None or not item.in_roster:
         return None
     state = state_of(item)
     return (item.name, item.subscription, state.pending_out, state.approved, item.groups)
@@ -177,7 +177,8 @@ def load(module: Module) -> None:
             else:
                 query = element(ns.ROSTER, "query", ver=str(roster.version))
                 for item in roster.items:
-                    query.append(item_element(item, item.jid))
+                    if item.in_roster:
+                        query.append(item_element(item, item.jid))
                 await event.reply(iq_result(event.stanza, query))
             session.interested = True
         return True
@@ -194,7 +195,9 @@ def load(module: Module) -> None:
         async with roster_lock(server, username):
             try:
                 before = await server.storage.rosters.get_item(username, jid)
-                after = dataclasses.replace(before or RosterItem(jid), name=name, groups=groups)
+                after = dataclasses.replace(
+                    before or RosterItem(jid), name=name, groups=groups, in_roster=True
+                )
                 await save(server, username, before, after)
             except StorageUnavailable as exc:
                 raise storage_error(exc) from exc

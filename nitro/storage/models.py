@@ -24,6 +24,9 @@ class RosterItem:
     )
     approved: bool = False  # pre-approved subscription request (RFC 6121 §3.4)
     groups: tuple[str, ...] = ()
+    # False while the item only records a stranger's pending request: the user never added the contact,
+    # so it is neither shown nor pushed (RFC 6121 §3.1.3, Appendix A.1 "None + Pending In").
+    in_roster: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,6 +33,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    true,
 )
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Dialect
@@ -143,6 +144,7 @@ roster_items = Table(
     Column("pending_in", Boolean, nullable=False),
     Column("approved", Boolean, nullable=False),
     Column("groups", Text, nullable=False),  # JSON array of group names
+    Column("in_roster", Boolean, nullable=False, server_default=true()),  # see RosterItem.in_roster
     CheckConstraint("subscription IN ('none', 'to', 'from', 'both')", name="subscription"),
     **TABLE_OPTIONS,
 )

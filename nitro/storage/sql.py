@@ -99,6 +99,7 @@ def _item_row(item: RosterItem) -> dict[str, Any]:
         "pending_in": item.pending_in,
         "approved": item.approved,
         "groups": json.dumps(list(item.groups), ensure_ascii=False),
+        "in_roster": item.in_roster,
     }
 
 
@@ -114,6 +115,7 @@ def _item_from_row(row: Row[Any]) -> RosterItem:
         pending_in=bool(row.pending_in),
         approved=bool(row.approved),
         groups=tuple(json.loads(row.groups)),
+        in_roster=bool(row.in_roster),
     )
 
 
