@@ -1,6 +1,8 @@
 """A client session (RFC 6120): features → STARTTLS → SASL → bind → established, as one transition table.
 
-The session owns no socket: it reads bytes handed to it and writes through a `Transport`.
+The session owns no socket: it reads bytes handed to it and writes through a `Transport`. With Stream
+Management (XEP-0198) it counts and queues stanzas, survives the loss of its transport (DETACHED) and
+continues on the transport of a newer stream that resumes it.
 """
 
 from __future__ import annotations
@@ -22,6 +24,20 @@ from nitro.jid import JID, InvalidJID
 from nitro.module import NonzaEvent, SessionEvent, StreamFeaturesEvent
 from nitro.router import StanzaEvent
 from nitro.sasl import SaslFailure, b64decode_strict, b64encode
+from nitro.sm import (
+    REQUEST,
+    SM,
+    ResumeRequest,
+    SmState,
+    UnackedStanzas,
+    ack,
+    enabled,
+    failed,
+    is_stanza,
+    parse_h,
+    parse_stanza,
+    resumed,
+)
 from nitro.storage.errors import StorageUnavailable
 from nitro.xmlstream import (
     STREAM_FOOTER,
@@ -46,6 +62,10 @@ _INPUTS = {
     f"{{{ns.SASL}}}auth": "auth",
     f"{{{ns.SASL}}}response": "response",
     f"{{{ns.SASL}}}abort": "abort",
+    f"{{{SM}}}enable": "sm-enable",
+    f"{{{SM}}}resume": "sm-resume",
+    f"{{{SM}}}r": "sm-request",
+    f"{{{SM}}}a": "sm-ack",
 }
 
 
@@ -58,6 +78,25 @@ class Transport(Protocol):
     def write(self, data: bytes) -> None: ...
     async def start_tls(self) -> None: ...
     def close(self) -> None: ...
+
+
+class _NoTransport:
+    """The transport of a session without a connection: a detached one, or a stream that resumed another."""
+
+    peer_host = "detached"
+    encrypted = True
+
+    def write(self, data: bytes) -> None:
+        pass  # a detached session's stanzas wait in its unacknowledged queue (XEP-0198 §5)
+
+    async def start_tls(self) -> None:
+        raise StreamError("policy-violation", "no connection")
+
+    def close(self) -> None:
+        pass
+
+
+NO_TRANSPORT = _NoTransport()
 
 
 class SessionLog(logging.LoggerAdapter[logging.Logger]):
@@ -76,6 +115,7 @@ class State(enum.Enum):
     SASL = "sasl"  # a SASL exchange is under way
     BINDING = "binding"  # authenticated; resource binding next
     ESTABLISHED = "established"  # bound: stanzas flow
+    DETACHED = "detached"  # bound and resumable, connection lost: stanzas queue until resumed (XEP-0198 §5)
     CLOSED = "closed"
 
 
@@ -105,6 +145,9 @@ class ClientSession:
         self.data: dict[str, Any] = {}  # per-module scratch space, keyed by module name
         # Outbound filters run in order on every `send`; one returning False holds the element back.
         self.outbound_filters: list[Callable[[etree._Element], bool]] = []
+        self.sm: SmState | None = None  # Stream Management (XEP-0198), once enabled
+        self.successor: ClientSession | None = None  # the session this stream resumed (XEP-0198 §5)
+        self._ending = False  # a close is scheduled (too many unacknowledged stanzas)
         self._auth: Authenticator | None = None
         self._auth_failures = 0
         now = time.monotonic()
@@ -131,12 +174,19 @@ class ClientSession:
         """Feed bytes from the transport; raises StreamError for the connection to close with."""
         self.last_read = time.monotonic()
         self.ping_deadline = None
+        session = self
         for event in self.parser.feed(data):
-            if self.closed:
+            session = session.current  # after `<resume/>` the rest belongs to the resumed session
+            if session.closed:
                 return
-            restart = await self._on_event(event)
+            restart = await session._on_event(event)
             if restart:
                 return  # the parser was reset: the rest of this chunk belonged to the old stream
+
+    @property
+    def current(self) -> ClientSession:
+        """The session this stream now drives: itself, or the older one it resumed (XEP-0198 §5)."""
+        return self.successor if self.successor is not None else self
 
     async def _on_event(self, event: StreamEvent) -> bool:
         if isinstance(event, StreamOpened):
@@ -155,7 +205,10 @@ class ClientSession:
         handler = _TRANSITIONS.get((self.state, kind or "nonza"))
         if handler is None:
             raise self._unexpected(kind or element.tag)
-        return await handler(self, element) or False
+        restart = await handler(self, element)
+        if kind in ("stanza", "bind") and self.sm is not None and not self.closed:
+            self.sm.received()  # XEP-0198 §4: counted once handled
+        return restart
 
     def _unexpected(self, what: str) -> StreamError:
         if not self.authenticated and self.state is not State.WAIT_HEADER:
@@ -352,6 +405,136 @@ class ClientSession:
         self.send(error_reply(iq, StanzaError("not-allowed", "this stream already has a resource")))
         return False
 
+    # -- stream management (XEP-0198) -------------------------------------------------------------------
+
+    async def _on_enable(self, element: etree._Element) -> bool:
+        """§3: counting starts with `<enabled/>`; resume='true' lets the session outlive its connection."""
+        if self.sm is not None:
+            self.write_element(failed("unexpected-request", "stream management is already enabled"))
+            return False
+        if not self.server.bus.has("sm-enabled"):  # the stream_management module is not loaded
+            self.write_element(failed("service-unavailable", "stream management is not offered"))
+            return False
+        timeout = self.server.config.stream_management.resume_timeout
+        requested = element.get("max") or ""
+        if requested.isascii() and requested.isdigit() and int(requested) > 0:
+            timeout = min(timeout, float(requested))  # §3: the client's preferred maximum
+        self.sm = SmState.start(resume=element.get("resume") in ("true", "1"), resume_timeout=timeout)
+        self.write_element(enabled(self.sm))  # nothing awaited in between: no stanza slips in uncounted
+        self.log.debug("stream management enabled%s", " (resumable)" if self.sm.resumable else "")
+        await self.server.bus.fire("sm-enabled", SessionEvent(self))
+        return False
+
+    async def _on_enable_unbound(self, _element: etree._Element) -> bool:
+        """§3: a client enables stream management after resource binding, never before."""
+        self.write_element(failed("unexpected-request", "bind a resource first, or resume"))
+        return False
+
+    async def _on_request(self, _element: etree._Element) -> bool:
+        """§4: `<r/>` is answered with the count of stanzas handled so far."""
+        self.write_element(ack(self._stream_management()))
+        return False
+
+    async def _on_ack(self, element: etree._Element) -> bool:
+        """§4: `<a h/>` releases the stanzas it covers; an impossible 'h' ends the stream."""
+        self._stream_management().acknowledge(parse_h(element.get("h")))
+        return False
+
+    def _stream_management(self) -> SmState:
+        if self.sm is None:
+            raise StreamError("unsupported-stanza-type", "stream management is not enabled (XEP-0198 §3)")
+        return self.sm
+
+    async def _on_resume_bound(self, _element: etree._Element) -> bool:
+        self.write_element(failed("unexpected-request", "this stream already has a session"))
+        return False
+
+    async def _on_resume(self, element: etree._Element) -> bool:
+        """§5: an authenticated stream takes over a session of the same user instead of binding."""
+        previd = element.get("previd") or ""
+        h = parse_h(element.get("h"))
+        request = ResumeRequest(self, previd)
+        await self.server.bus.fire("sm-resume", request)
+        old = request.found
+        if (
+            old is None
+            or old.closed
+            or old.sm is None
+            or old.sm.id != previd
+            or old.username != self.username
+            or old.jid.bare != self.jid.bare
+        ):
+            self.log.info("no session to resume for the id given")
+            self.write_element(failed("item-not-found", "unknown or expired session id"))
+            return False  # still BINDING: the client may bind a new session
+        assert old.sm is not None
+        old.sm.acknowledge(h)  # raises before any change if 'h' is impossible
+        if old.state is State.ESTABLISHED:  # the old connection looks alive but the client has moved on
+            old.log.info("resumed on another connection; closing this one")
+            old._drop_transport(StreamError("conflict", "this session was resumed on another connection"))
+        old._take_over(self)
+        old.log.info("resumed (%d stanzas to resend)", len(old.sm.unacked))
+        old.write_element(resumed(old.sm))
+        for data in old.sm.unacked:
+            old.transport.write(data)  # §5: what the client did not acknowledge, in order
+        old.sm.ack_requested = False
+        if old.sm.unacked:
+            old.sm.ack_requested = True
+            old.transport.write(REQUEST)
+        await self.server.bus.fire("sm-resumed", SessionEvent(old))
+        return False
+
+    def _take_over(self, stream: ClientSession) -> None:
+        """§5: continue on the transport and parser of `stream`, which authenticated as this user."""
+        self.transport, stream.transport = stream.transport, NO_TRANSPORT
+        self.parser = stream.parser
+        self.stream_id = stream.stream_id
+        self.lang = stream.lang
+        self.header_sent = True
+        self.mechanism = stream.mechanism
+        self.last_read = self.last_write = time.monotonic()
+        self.ping_deadline = None
+        self._ping_id = None
+        self.state = State.ESTABLISHED
+        stream.state = State.CLOSED
+        stream.successor = self
+        self.server.untrack(stream)
+        self.server.track(self)
+
+    def _drop_transport(self, error: StreamError | None) -> None:
+        """Write a last error and close the transport, keeping the session."""
+        transport, self.transport = self.transport, NO_TRANSPORT
+        if error is not None:
+            transport.write(serialize(error.to_element()))
+        transport.write(STREAM_FOOTER)
+        transport.close()
+
+    async def _detach(self) -> None:
+        """§5: the connection is gone but the session stays bound and available; stanzas to it queue
+        until a new stream resumes it or the stream_management module ends it when the window closes.
+        """
+        assert self.sm is not None
+        self.state = State.DETACHED
+        self.transport = NO_TRANSPORT
+        sm = self.sm
+        sm.jid = str(self.jid)
+        sm.priority = self.priority
+        sm.presence = None if self.presence is None else etree.tostring(self.presence, encoding="utf-8")
+        sm.interested = self.interested
+        sm.directed_to = tuple(sorted(str(jid) for jid in self.directed_to))
+        sm.resume_deadline = time.time() + sm.resume_timeout
+        self.log.info("connection lost; resumable for %.1f s", sm.resume_timeout)
+        await self.server.bus.fire("sm-detached", SessionEvent(self))
+
+    @property
+    def detached(self) -> bool:
+        """Bound and waiting for a stream to resume it (XEP-0198 §5)."""
+        return self.state is State.DETACHED
+
+    @property
+    def resumable(self) -> bool:
+        return self.state is State.ESTABLISHED and self.sm is not None and self.sm.resumable
+
     # -- established ------------------------------------------------------------------------------
 
     async def _on_stanza(self, stanza: etree._Element) -> bool:
@@ -384,37 +567,100 @@ class ClientSession:
         self.write_element(element)
 
     def write_element(self, element: etree._Element) -> None:
-        """Write past the outbound filters (a filter flushing what it held uses this)."""
+        """Write past the outbound filters (a filter flushing what it held uses this).
+
+        With stream management every stanza is counted and queued until acknowledged (XEP-0198 §4); a
+        detached session only queues.
+        """
         if self.closed:
             return
-        self.transport.write(serialize(element))
+        data = serialize(element)
+        sm = self.sm
+        if sm is not None and is_stanza(element):
+            sm.sent(data)
+            settings = self.server.config.stream_management
+            if len(sm.unacked) > settings.max_unacked:
+                self._end_soon(
+                    StreamError(
+                        "policy-violation",
+                        f"more than {settings.max_unacked} stanzas unacknowledged (XEP-0198 §4)",
+                    )
+                )
+            self.transport.write(data)
+            if self.state is State.ESTABLISHED and sm.request_due(settings.ack_request_every):
+                self.transport.write(REQUEST)
+        else:
+            self.transport.write(data)
         self.last_write = time.monotonic()
 
+    def _end_soon(self, error: StreamError) -> None:
+        """Close from a synchronous path: the close runs as a server task, once."""
+        if not self._ending:
+            self._ending = True
+            self.server.spawn(self.close(error))
+
     async def close(self, error: StreamError | None = None) -> None:
-        """Close the stream: an error if any, then `</stream:stream>` (RFC 6120 §4.4, §4.9.1.2)."""
+        """Close the stream: an error if any, then `</stream:stream>` (RFC 6120 §4.4, §4.9.1.2).
+
+        A resumable session whose client stopped answering (connection-timeout) only loses its connection
+        (XEP-0198 §5); a detached session just ends (no resumption).
+        """
         if self.closed:
             return
         if error is not None:
             self.log.info("closing with <%s/>: %s", error.condition, error.text)
-            if not self.header_sent:
-                self.transport.write(stream_header(from_=self.server.config.server.domain, to=None, id=None))
-            self.transport.write(serialize(error.to_element()))
-        self.transport.write(STREAM_FOOTER)
+        if self.state is State.DETACHED:
+            await self._finish()
+            return
+        if error is not None and error.condition == "connection-timeout" and self.resumable:
+            self._drop_transport(error)
+            await self._detach()
+            return
+        transport = self.transport
+        if error is not None and not self.header_sent:
+            transport.write(stream_header(from_=self.server.config.server.domain, to=None, id=None))
+        if self.sm is not None and self.state is State.ESTABLISHED:
+            transport.write(serialize(ack(self.sm)))  # §4 allows unsolicited acks: say what was handled
+        if error is not None:
+            transport.write(serialize(error.to_element()))
+        transport.write(STREAM_FOOTER)
         await self._finish()
-        self.transport.close()
+        transport.close()  # after the unbind work: the peer has had time to read the error
 
     async def connection_lost(self) -> None:
-        """The transport is gone (EOF, reset, or after close): leave the session registry."""
-        await self._finish()
+        """The transport is gone (EOF, reset, or after close): a resumable session detaches (XEP-0198 §5),
+        any other leaves the session registry.
+        """
+        if self.resumable:
+            await self._detach()
+        else:
+            await self._finish()
 
     async def _finish(self) -> None:
+        """The session ends: out of the registries; XEP-0198 §4 for what the client never acknowledged,
+        then `resource-unbind` (unavailable presence).
+        """
         if self.closed:
             return
-        was_bound = self.state is State.ESTABLISHED
+        was_bound = self.state in (State.ESTABLISHED, State.DETACHED)
         self.state = State.CLOSED
-        if was_bound:
-            self.server.sessions.remove(self)
-            await self.server.bus.fire("resource-unbind", SessionEvent(self))
+        try:
+            if was_bound:
+                await self._unbind()
+        finally:
+            self.server.untrack(self)  # last: shutdown waits for this before closing storage
+
+    async def _unbind(self) -> None:
+        self.server.sessions.remove(self)
+        if self.sm is not None:
+            stanzas: list[etree._Element] = []
+            for data in self.sm.take_unacked():
+                try:
+                    stanzas.append(parse_stanza(data))
+                except etree.XMLSyntaxError:
+                    self.log.error("unacknowledged stanza unreadable, not re-delivered: %r", data[:200])
+            await self.server.bus.fire("sm-ended", UnackedStanzas(self, stanzas))
+        await self.server.bus.fire("resource-unbind", SessionEvent(self))
 
     # -- timers (driven by the connection) ----------------------------------------------------------
 
@@ -445,7 +691,12 @@ class ClientSession:
             self.send(ping)
             self.ping_deadline = now + self.config.ping_timeout
         elif now >= self.last_write + self.config.keepalive_interval:
-            self.transport.write(b" ")
+            sm = self.sm
+            if sm is not None and sm.unacked and not sm.ack_requested:
+                sm.ack_requested = True
+                self.transport.write(REQUEST)  # XEP-0198 §4: periodically, while stanzas await an ack
+            else:
+                self.transport.write(b" ")
             self.last_write = now
 
     def _is_ping_reply(self, stanza: etree._Element) -> bool:
@@ -486,4 +737,11 @@ _TRANSITIONS: dict[tuple[State, str], _Handler] = {
     (State.ESTABLISHED, "stanza"): ClientSession._on_stanza,
     (State.ESTABLISHED, "bind"): ClientSession._on_second_bind,
     (State.ESTABLISHED, "nonza"): ClientSession._on_nonza,
+    # Stream Management (XEP-0198): enable after binding (§3), resume instead of binding (§5), acks (§4).
+    (State.BINDING, "sm-enable"): ClientSession._on_enable_unbound,
+    (State.BINDING, "sm-resume"): ClientSession._on_resume,
+    (State.ESTABLISHED, "sm-enable"): ClientSession._on_enable,
+    (State.ESTABLISHED, "sm-resume"): ClientSession._on_resume_bound,
+    (State.ESTABLISHED, "sm-request"): ClientSession._on_request,
+    (State.ESTABLISHED, "sm-ack"): ClientSession._on_ack,
 }

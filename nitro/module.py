@@ -30,6 +30,11 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "legacy_session",
     "register",
     "admin_commands",
+    "mam",
+    "carbons",
+    "csi",
+    "blocking",
+    "stream_management",
 )
 
 

@@ -1,0 +1,148 @@
+"""Stream Management (XEP-0198 v1.6.3): the `<sm/>` stream feature, the sessions that may be resumed, the
+end of detached ones whose window closed, and what becomes of stanzas a client never acknowledged (§4, §5).
+
+The counting and the resumption handshake live in the session (nitro/c2s.py, nitro/sm.py); it fires
+`sm-enabled`, `sm-resume`, `sm-detached`, `sm-resumed` and `sm-ended`, hooked here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from typing import TYPE_CHECKING
+
+from lxml import etree
+
+from nitro.errors import StanzaError, error_reply
+from nitro.jid import JID, InvalidJID
+from nitro.module import Module, SessionEvent, StreamFeaturesEvent
+from nitro.modules.message import DELIVERY_PRIORITY, deliver_to_bare
+from nitro.router import StanzaEvent
+from nitro.sm import SM, ResumeRequest, UnackedStanzas
+from nitro.stanza import child
+
+if TYPE_CHECKING:
+    from nitro.c2s import ClientSession
+
+CARBONS = "urn:xmpp:carbons:2"  # XEP-0280
+
+
+def _is_carbon_copy(message: etree._Element, user: JID) -> bool:
+    """A carbon (XEP-0280 §6) wraps a message that reached its addressee elsewhere: nothing to re-deliver."""
+    if message.get("from") not in (str(user.bare), None):
+        return False
+    return any(etree.QName(node).namespace == CARBONS for node in message if isinstance(node.tag, str))
+
+
+def load(module: Module) -> None:
+    server = module.server
+    resumable: dict[str, ClientSession] = {}  # resumption id → session, attached or detached
+    expiries: dict[str, asyncio.Task[None]] = {}  # resumption id → the timer of a detached session
+
+    async def features(event: StreamFeaturesEvent) -> None:
+        """§2: offered once the client is authenticated (to enable after binding, or to resume)."""
+        if event.session.authenticated:
+            child(event.features, SM, "sm")
+
+    async def enabled(event: SessionEvent) -> bool:
+        sm = event.session.sm
+        if sm is not None and sm.resumable:
+            resumable[sm.id] = event.session
+        return True
+
+    async def resume(request: ResumeRequest) -> bool:
+        request.found = resumable.get(request.previd)
+        return request.found is not None
+
+    async def expire(session: ClientSession, delay: float) -> None:
+        await asyncio.sleep(delay)
+        assert session.sm is not None
+        expiries.pop(session.sm.id, None)
+        if not session.detached:
+            return
+        session.log.info("not resumed within %.1f s; ending the session", delay)
+        try:
+            await session.close()
+        except Exception:
+            session.log.exception("ending the detached session failed")
+
+    async def detached(event: SessionEvent) -> None:
+        sm = event.session.sm
+        assert sm is not None
+        _cancel(sm.id)
+        expiries[sm.id] = asyncio.create_task(expire(event.session, sm.resume_timeout))
+
+    async def resumed(event: SessionEvent) -> None:
+        assert event.session.sm is not None
+        _cancel(event.session.sm.id)
+
+    def _cancel(token: str) -> None:
+        task = expiries.pop(token, None)
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+
+    async def ended(event: UnackedStanzas) -> None:
+        """§4: "as if never delivered": messages go to another resource or offline storage, IQ requests
+        are answered with an error, presence is dropped (the next session gets it again by probe).
+        """
+        session = event.session
+        assert session.sm is not None
+        _cancel(session.sm.id)
+        resumable.pop(session.sm.id, None)
+        if event.stanzas:
+            session.log.info("%d stanzas were never acknowledged", len(event.stanzas))
+        for stanza in event.stanzas:
+            kind = etree.QName(stanza).localname
+            try:
+                if kind == "message":
+                    await _undelivered_message(session, stanza)
+                elif kind == "iq" and stanza.get("type") in ("get", "set"):
+                    await _bounce(stanza, StanzaError("recipient-unavailable", "the recipient went offline"))
+            except Exception:
+                session.log.exception("unacknowledged %s %s not handled", kind, stanza.get("id"))
+
+    async def _undelivered_message(session: ClientSession, message: etree._Element) -> None:
+        if _is_carbon_copy(message, session.jid):
+            return
+        try:
+            sender = JID.parse(message.get("from") or module.domain)
+        except InvalidJID:
+            return
+        event = StanzaEvent(copy.deepcopy(message), None, sender, session.jid.bare, "bare", server)
+        try:
+            await server.bus.fire("sm-unacked/message", event)
+        except StanzaError as error:
+            await _bounce(message, error)
+
+    async def redeliver(event: StanzaEvent) -> bool:
+        """The default for `sm-unacked/message`, hooked low so carbons or an archive may claim a message
+        (already copied to another resource, or kept in history) first: RFC 6121 §8.5.2 to the bare JID,
+        now that the dead session is out of the registry, ending in offline storage (XEP-0160).
+        """
+        to = event.stanza.get("to") or ""
+        await deliver_to_bare(event, addressed_to_full="/" in to)  # §8.5.3.2.1 for a full JID
+        return True
+
+    async def _bounce(stanza: etree._Element, error: StanzaError) -> None:
+        if stanza.get("type") != "error" and stanza.get("from"):
+            await server.router.route(error_reply(stanza, error))
+
+    def unload() -> None:
+        """Timers stop; a session still detached then ends now, so its queue is not forgotten (at shutdown
+        the server has closed them all before modules unload)."""
+        for task in expiries.values():
+            task.cancel()
+        expiries.clear()
+        for session in resumable.values():
+            if session.detached:
+                server.spawn(session.close())
+        resumable.clear()
+
+    module.hook("stream-features", features)
+    module.hook("sm-enabled", enabled)
+    module.hook("sm-resume", resume)
+    module.hook("sm-detached", detached)
+    module.hook("sm-resumed", resumed)
+    module.hook("sm-ended", ended)
+    module.hook("sm-unacked/message", redeliver, priority=DELIVERY_PRIORITY)
+    module.on_unload(unload)
