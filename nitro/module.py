@@ -35,6 +35,9 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "csi",
     "blocking",
     "stream_management",
+    "pep",
+    "vcard",
+    "private",
 )
 
 

@@ -399,7 +399,11 @@ async def test_every_archive_query_uses_an_index(dsn: str, db_path: Path) -> Non
             plan = [row[3] for row in connection.execute(f"EXPLAIN QUERY PLAN {statement}", parameters)]
             assert plan, statement
             for step in plan:
-                assert not step.startswith("SCAN"), (step, statement)  # a full table or index scan
+                # a full table or index scan; scanning the capped count's own subquery (at most
+                # COUNT_CAP + 1 rows, themselves found through an index) is the bounded walk we want
+                if step.startswith("SCAN anon_"):
+                    continue
+                assert not step.startswith("SCAN"), (step, statement)
                 assert "TEMP B-TREE" not in step, (step, statement)  # sorting every matching row
                 if step.startswith("SEARCH"):
                     assert "USING" in step, (step, statement)

@@ -513,8 +513,8 @@ def load(module: Module) -> None:
         _owner, username = owner_of(event)
         metadata = element(MAM, "metadata")
         try:
-            first = await archive.store.query(username, ArchiveQuery(limit=1))
-            last = await archive.store.query(username, ArchiveQuery(before_id="", limit=1))
+            first = await archive.store.query(username, ArchiveQuery(limit=1, with_count=False))
+            last = await archive.store.query(username, ArchiveQuery(before_id="", limit=1, with_count=False))
         except StorageUnavailable as exc:
             raise StanzaError("internal-server-error", "the archive is unavailable", type="wait") from exc
         for name, page in (("start", first), ("end", last)):

@@ -71,6 +71,9 @@ class ArchiveQuery:
     before_id: str | None = None  # RSM <before> / MAM before-id; "" (empty <before/>) means "the last page"
     ids: tuple[str, ...] | None = None  # MAM ids filter (XEP-0313 §4.1.4)
     limit: int = 50
+    # Count the result (RSM <count/> and <first index/>), up to a cap past which both are None:
+    # XEP-0059 §2.2 makes the count optional, and counting a million rows is a walk of the index.
+    with_count: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +82,7 @@ class ArchivePage:
 
     messages: tuple[ArchivedMessage, ...]  # always in chronological order
     complete: bool  # no more results in the direction of paging
-    count: int  # total matching the filters (ignoring after/before/limit)
+    count: int | None  # total matching the filters (ignoring after/before/limit); None: not counted
     first_index: int | None  # RSM index of messages[0] within the full result (None if empty)
 
 

@@ -52,6 +52,11 @@ def _message(row: Row[int, str, bytes, datetime, bytes]) -> ArchivedMessage:
     )
 
 
+# Counting walks index entries: results larger than this go uncounted, so a query on an archive of a
+# million messages stays a bounded index walk.
+COUNT_CAP = 10_000
+
+
 class SqlArchiveStore:
     """ArchiveStore on SQL."""
 
@@ -125,13 +130,18 @@ class SqlArchiveStore:
             if backward:
                 rows.reverse()
 
-            count = await self._count(conn, filters)
+            count = await self._bounded_count(conn, filters) if query.with_count else None
+            first_index: int | None
             if not rows:
+                first_index = None
+            elif not bounds and not backward:
+                first_index = 0
+            elif count is None:
                 first_index = None
             elif not bounds:  # the very first or the very last page of the result
                 first_index = count - len(rows) if backward else 0
             else:
-                first_index = await self._count(conn, [*filters, t.c.id < rows[0].id])
+                first_index = await self._bounded_count(conn, [*filters, t.c.id < rows[0].id])
             return ArchivePage(
                 messages=tuple(_message(row) for row in rows),
                 complete=complete,
@@ -197,6 +207,13 @@ class SqlArchiveStore:
             if account_id is None:
                 return 0
             return await self._count(conn, [archive_messages.c.account_id == account_id])
+
+    @staticmethod
+    async def _bounded_count(conn: AsyncConnection, filters: list[ColumnElement[bool]]) -> int | None:
+        """COUNT of at most COUNT_CAP index entries; None past that (RSM count is optional, XEP-0059 §2.2)."""
+        capped = select(archive_messages.c.id).where(*filters).limit(COUNT_CAP + 1).subquery()
+        counted = int((await conn.execute(select(func.count()).select_from(capped))).scalar_one())
+        return counted if counted <= COUNT_CAP else None
 
     @staticmethod
     async def _count(conn: AsyncConnection, filters: list[ColumnElement[bool]]) -> int:
