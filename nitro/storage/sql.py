@@ -436,8 +436,13 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
         if mode != "wal":
             log.info("SQLite journal mode is %s, not wal", mode)
         cursor.execute("PRAGMA synchronous=FULL")
-    finally:
+    except BaseException:
+        # The pool never sees this connection: close it here, or aiosqlite's worker thread outlives the
+        # event loop (e.g. a file that is not a database fails at the first PRAGMA).
         cursor.close()
+        dbapi_connection.close()
+        raise
+    cursor.close()
 
 
 def _sqlite_on_begin(conn: Connection) -> None:
