@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 CONFIG ?= config/nitro.toml
 
-.PHONY: run test lint system-deps clean
+.PHONY: run test lint bench system-deps clean
 
 $(BIN)/nitro: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,9 +27,14 @@ test: $(BIN)/nitro system-deps
 	$(BIN)/python -m pytest
 
 lint: $(BIN)/nitro
-	$(BIN)/ruff format --check nitro tests
-	$(BIN)/ruff check nitro tests
+	$(BIN)/ruff format --check nitro tests integration
+	$(BIN)/ruff check nitro tests integration
 	$(BIN)/mypy
+
+# The load generator against Nitro and Prosody side by side (installs Debian's prosody when root).
+# Prints a table; never fails on slow figures. Narrow it with e.g. BENCH_ARGS='--scenario chat'.
+bench: $(BIN)/nitro
+	$(BIN)/python -m integration.bench --compare-prosody $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,464 @@
+"""`make bench`: the load generator's scenarios against Nitro, and Prosody side by side, as a table.
+
+    python -m integration.bench --compare-prosody --scenario login --clients 2000
+    python -m integration.bench --scenario chat --tls --duration 10
+    python -m integration.bench --target 127.0.0.1:5222 --domain example.test --server-pid 1234
+
+Each server runs in its own temporary directory with the same accounts, rosters, certificate and TLS
+setting; with two or more cores the server is pinned to one core and the load generator to another.
+It prints figures and never judges them: a slow server is not an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from integration.loadgen.accounts import ITERATIONS, PASSWORD, USER_FORMAT
+from integration.loadgen.scenarios import (
+    DEFAULT_CLIENTS,
+    DEFAULT_RATES,
+    DEFAULT_ROSTER,
+    P99_TARGET_MS,
+    SCENARIOS,
+    TITLES,
+    Cores,
+    Result,
+    Scenario,
+    Settings,
+    Step,
+    plan_cores,
+    run_scenario,
+)
+from integration.loadgen.scram import MECHANISMS, Mechanism
+from integration.loadgen.worker import LoadgenError, Target, check_loopback
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """The parsed command line."""
+
+    scenarios: tuple[Scenario, ...]
+    clients: int | None
+    settings: Settings
+    starttls: bool
+    mechanism: Mechanism
+    roster: int | None
+    compare_prosody: bool
+    archive: bool
+    verify: bool
+    pin: bool
+    target: tuple[str, int] | None
+    domain: str
+    password: str
+    user_format: str
+    server_pid: int | None
+    cafile: str | None
+
+
+# --- the servers ------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _toml(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return str(value)
+
+
+def nitro_config(directory: Path, port: int, plan: Plan, cert: Path, key: Path) -> Path:
+    """A Nitro config matching the Prosody one: loopback, same TLS rule, no rate limits, same modules."""
+    sections: dict[str, dict[str, object]] = {
+        "server": {"domain": plan.domain},
+        "storage": {"dsn": f"sqlite+aiosqlite:///{directory / 'nitro.db'}"},
+        "c2s": {
+            "host": "127.0.0.1",
+            "port": port,
+            "direct_tls_port": 0,
+            "backlog": 4096,
+            "require_encryption": plan.starttls,
+            "allow_plain_without_tls": not plan.starttls,
+            "negotiation_timeout": 300.0,
+            "idle_ping_after": 3600.0,
+            "keepalive_interval": 3600.0,
+        },
+        "tls": {"cert": str(cert), "key": str(key), "generate": False},
+        "auth": {"throttle_failures": 1_000_000, "scram_iterations": ITERATIONS},
+        "registration": {"open": False},
+        "modules": {"disabled": [] if plan.archive else ["mam"]},
+        "logging": {"level": "WARNING"},
+    }
+    text = "# Written by integration/bench.py for one benchmark run.\n"
+    for name, values in sections.items():
+        text += f"\n[{name}]\n" + "".join(f"{key} = {_toml(value)}\n" for key, value in values.items())
+    path = directory / "nitro.toml"
+    path.write_text(text)
+    return path
+
+
+@contextlib.contextmanager
+def nitro_server(
+    directory: Path, plan: Plan, names: Sequence[str], roster_size: int, cert: Path, key: Path, cores: Cores
+) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+    from integration.loadgen.process import running
+    from integration.loadgen.provision import provision_bulk
+
+    directory.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    config = nitro_config(directory, port, plan, cert, key)
+    dsn = f"sqlite+aiosqlite:///{directory / 'nitro.db'}"
+    asyncio.run(provision_bulk(dsn, plan.domain, names, roster_size=roster_size))
+    command = [sys.executable, "-m", "nitro", "--config", str(config), "serve"]
+    with running(
+        command, port=port, log=directory / "nitro.log", cwd=directory, cpus=cores.server
+    ) as process:
+        yield port, process
+
+
+@contextlib.contextmanager
+def prosody_server(
+    directory: Path, plan: Plan, names: Sequence[str], roster_size: int, cert: Path, key: Path, cores: Cores
+) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+    from integration.prosody import ProsodySetup, running_prosody
+
+    port = free_port()
+    setup = ProsodySetup(
+        port=port,
+        domain=plan.domain,
+        starttls=plan.starttls,
+        cert=cert,
+        key=key,
+        hash_name="SHA-256" if plan.mechanism == "SCRAM-SHA-256" else "SHA-1",
+        archive=plan.archive,
+    )
+    with running_prosody(directory, setup, names, roster_size=roster_size, cpus=cores.server) as process:
+        yield port, process
+
+
+def nitro_label() -> str:
+    from nitro import __version__
+
+    return f"Nitro {__version__}"
+
+
+def prosody_label() -> str:
+    from integration.prosody import version
+
+    return f"Prosody {version()}"
+
+
+# --- output -----------------------------------------------------------------------------------------
+
+
+def _format(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if float(value).is_integer() or abs(value) >= 100:
+        return f"{value:,.0f}"
+    if abs(value) >= 10:
+        return f"{value:.1f}"
+    return f"{value:.2f}"
+
+
+def _ratio(ours: float | None, theirs: float | None) -> str:
+    if ours is None or theirs is None or theirs == 0:
+        return "-"
+    return f"{ours / theirs:.2f}x"
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    lines = [
+        "  ".join(
+            h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(headers, widths, strict=True))
+        )
+    ]
+    lines.append("  ".join("-" * w for w in widths))
+    for row in rows:
+        lines.append(
+            "  ".join(
+                c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))
+            )
+        )
+    return "\n".join(lines)
+
+
+def print_steps(result: Result) -> None:
+    rows = [
+        [
+            _format(s.offered),
+            _format(s.delivered),
+            _format(s.p50),
+            _format(s.p99),
+            _format(s.p999),
+            f"{s.undelivered:,}",
+            _format(s.loadgen_cpu),
+            _format(s.server_cpu),
+        ]
+        for s in result.steps
+    ]
+    headers = [
+        "offered/s",
+        "delivered/s",
+        "p50 ms",
+        "p99 ms",
+        "p99.9 ms",
+        "undelivered",
+        "loadgen %",
+        "server %",
+    ]
+    print(f"\n{result.server}: chat rate sweep")
+    print(table(headers, rows))
+
+
+def common_rate(results: Sequence[Result]) -> Step | None:
+    """The highest offered rate every server held at p99 ≤ target (for comparing latencies)."""
+    held = [
+        {s.offered for s in r.steps if s.p99 is not None and s.p99 <= P99_TARGET_MS and not s.undelivered}
+        for r in results
+    ]
+    common = set.intersection(*held) if held else set()
+    return None if not common else next(s for s in results[0].steps if s.offered == max(common))
+
+
+def print_results(scenario: Scenario, results: Sequence[Result]) -> None:
+    if scenario == "chat":
+        for result in results:
+            print_steps(result)
+        rate = common_rate(results)
+        if rate is not None:
+            for result in results:
+                step = next(s for s in result.steps if s.offered == rate.offered)
+                result.rows[f"  p50 (ms) at {rate.offered:g}/s"] = step.p50
+                result.rows[f"  p99 (ms) at {rate.offered:g}/s"] = step.p99
+                result.rows[f"  p99.9 (ms) at {rate.offered:g}/s"] = step.p999
+    names = list(dict.fromkeys(name for r in results for name in r.rows))
+    headers = ["metric", *(r.server for r in results)]
+    if len(results) == 2:
+        headers.append(f"{results[1].server.split()[0]}/{results[0].server.split()[0]}")
+    rows = []
+    for name in names:
+        values = [r.rows.get(name) for r in results]
+        row = [name, *(_format(v) for v in values)]
+        if len(results) == 2:
+            row.append(_ratio(values[1], values[0]))
+        rows.append(row)
+    print()
+    print(table(headers, rows))
+    for result in results:
+        for note in dict.fromkeys(result.notes):
+            print(f"  note ({result.server}): {note}")
+
+
+# --- command line -----------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m integration.bench",
+        description=(
+            "Run the load generator's scenarios against Nitro (started from this tree, on loopback), "
+            "or Prosody and Nitro one after the other (--compare-prosody), or any XMPP server on this "
+            "machine (--target), and print the figures as a table. Loopback only."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=(
+            "scenarios:\n"
+            "  login     N clients connect, authenticate, bind, fetch a roster of 20 and send presence at\n"
+            "            once: logins/s and p50/p99 login time (--duration bounds the wait, default 60 s)\n"
+            "  idle      N sessions held open: server RSS per session from /proc/PID/status VmRSS\n"
+            "            (--duration: seconds to hold, default 5)\n"
+            "  chat      N/2 pairs message each other at offered rates swept upward (--rates): delivered\n"
+            "            msgs/s, p50/p99/p99.9 latency, the rate where p99 passes 100 ms\n"
+            "            (--duration: seconds per rate, default 5)\n"
+            "  presence  users with 50-contact rosters log out and in again: presence stanzas/s\n"
+            "            (--duration: seconds of storm, default 10)\n"
+            "  all       each of the above in turn\n\n"
+            "default clients: login 2000, idle 2000, chat 200, presence 500.\n"
+            "Accounts are u00000, u00001, … with password 'loadgen password' (--target: create them first)."
+        ),
+    )
+    parser.add_argument("--scenario", choices=[*SCENARIOS, "all"], default="all")
+    parser.add_argument("--clients", type=int, help="number of clients (default: per scenario, see below)")
+    parser.add_argument("--duration", type=float, help="seconds; meaning per scenario, see below")
+    parser.add_argument("--workers", type=int, help="load generator processes (default: one per core it has)")
+    parser.add_argument(
+        "--tls", action="store_true", help="STARTTLS, required by the servers (default: plain TCP)"
+    )
+    parser.add_argument("--mechanism", choices=MECHANISMS, default="SCRAM-SHA-1", help="SASL mechanism")
+    parser.add_argument("--roster", type=int, help="contacts per user (default: 20, presence storm 50)")
+    parser.add_argument(
+        "--rates",
+        default=",".join(str(r) for r in DEFAULT_RATES),
+        help="chat: offered msgs/s, comma-separated",
+    )
+    parser.add_argument(
+        "--compare-prosody", action="store_true", help="also run Debian's Prosody (installed if missing)"
+    )
+    parser.add_argument(
+        "--archive", action="store_true", help="message archiving on (Nitro mam, Prosody mod_mam)"
+    )
+    parser.add_argument("--insecure", action="store_true", help="TLS without certificate verification")
+    parser.add_argument(
+        "--no-pin", action="store_true", help="do not pin the generator and the server to cores"
+    )
+    target = parser.add_argument_group("any XMPP server already running on this machine")
+    target.add_argument(
+        "--target", metavar="HOST:PORT", help="benchmark this server instead of starting Nitro"
+    )
+    target.add_argument(
+        "--domain", default="localhost", help="XMPP domain of the accounts (default localhost)"
+    )
+    target.add_argument("--password", default=PASSWORD, help="password of every account")
+    target.add_argument("--user-format", default=USER_FORMAT, help="localpart of account N (Python format)")
+    target.add_argument("--server-pid", type=int, help="server process, for its CPU and RSS figures")
+    target.add_argument(
+        "--cafile", help="CA (or self-signed certificate) the target's TLS certificate chains to"
+    )
+    return parser
+
+
+def parse_plan(argv: Sequence[str] | None) -> Plan:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    target = None
+    if args.target:
+        host, _, port = args.target.rpartition(":")
+        if not host or not port.isdigit():
+            parser.error("--target must be HOST:PORT")
+        target = (host.strip("[]"), int(port))
+        if args.compare_prosody:
+            parser.error("--target and --compare-prosody do not go together")
+    try:
+        rates = tuple(float(r) for r in args.rates.split(",") if r.strip())
+    except ValueError:
+        parser.error("--rates must be numbers separated by commas")
+    if not rates or min(rates) <= 0:
+        parser.error("--rates must be positive")
+    if args.clients is not None and args.clients < 2:
+        parser.error("--clients must be at least 2")
+    return Plan(
+        scenarios=SCENARIOS if args.scenario == "all" else (args.scenario,),
+        clients=args.clients,
+        settings=Settings(duration=args.duration, rates=rates, workers=args.workers),
+        starttls=args.tls,
+        mechanism=args.mechanism,
+        roster=args.roster,
+        compare_prosody=args.compare_prosody,
+        archive=args.archive,
+        verify=not args.insecure,
+        pin=not args.no_pin,
+        target=target,
+        domain=args.domain,
+        password=args.password,
+        user_format=args.user_format,
+        server_pid=args.server_pid,
+        cafile=args.cafile,
+    )
+
+
+def describe(scenario: Scenario, plan: Plan, users: int, roster: int, cores: Cores) -> str:
+    workers = plan.settings.workers or cores.loadgen_count
+    transport = "STARTTLS" if plan.starttls else "plain TCP (no TLS)"
+    return (
+        f"== {TITLES[scenario]}: {users} clients, {plan.mechanism}, {transport}, rosters of {roster}, "
+        f"{workers} load generator process{'es' if workers > 1 else ''} ==\n{cores.describe()}"
+    )
+
+
+def run(plan: Plan) -> int:
+    cores = plan_cores(plan.pin)
+    if cores.loadgen:
+        os.sched_setaffinity(0, cores.loadgen)  # this process is part of the load generator
+    if plan.target is not None:
+        check_loopback(plan.target[0])
+    with tempfile.TemporaryDirectory(prefix="nitro-bench-") as temporary:
+        base = Path(temporary)
+        base.chmod(0o711)  # Prosody runs as its own user and must reach its directory inside
+        cert, key = base / "tls" / "cert.pem", base / "tls" / "key.pem"
+        if plan.target is None:
+            from nitro.tls import ensure_certificate
+
+            ensure_certificate(cert, key, plan.domain)
+        for scenario in plan.scenarios:
+            users = plan.clients or DEFAULT_CLIENTS[scenario]
+            users += users % 2  # chat pairs
+            roster = DEFAULT_ROSTER[scenario] if plan.roster is None else plan.roster
+            print(describe(scenario, plan, users, roster, cores), flush=True)
+            names = [plan.user_format.format(i) for i in range(users)]
+            results: list[Result] = []
+            if plan.target is not None:
+                host, port = plan.target
+                target = Target(
+                    host,
+                    port,
+                    plan.domain,
+                    plan.password,
+                    plan.mechanism,
+                    plan.starttls,
+                    plan.cafile,
+                    plan.verify,
+                    plan.user_format,
+                )
+                result = Result(f"{host}:{port}")
+                run_scenario(scenario, plan.settings, target, users, plan.server_pid, cores, result)
+                results.append(result)
+            else:
+                servers = [(prosody_label(), prosody_server)] if plan.compare_prosody else []
+                servers.append((nitro_label(), nitro_server))
+                for name, start in servers:
+                    result = Result(name)
+                    directory = base / f"{scenario}-{name.split()[0].lower()}"
+                    try:
+                        with start(directory, plan, names, roster, cert, key, cores) as (port, process):
+                            target = Target(
+                                "127.0.0.1",
+                                port,
+                                plan.domain,
+                                PASSWORD,
+                                plan.mechanism,
+                                plan.starttls,
+                                str(cert),
+                                plan.verify,
+                            )
+                            run_scenario(scenario, plan.settings, target, users, process.pid, cores, result)
+                    except (LoadgenError, RuntimeError, OSError) as error:
+                        result.notes.append(f"run failed: {error}")
+                    results.append(result)
+                    print(f"  {name}: done", flush=True)
+            print_results(scenario, results)
+            print(flush=True)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    plan = parse_plan(argv)
+    try:
+        return run(plan)
+    except LoadgenError as error:
+        print(f"bench: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
