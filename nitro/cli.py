@@ -97,7 +97,7 @@ async def serve(config: Config) -> int:
 
 
 async def user_command(config: Config, args: argparse.Namespace) -> int:
-    async with open_sql_storage(config.storage.dsn) as storage:
+    async with open_sql_storage(config.storage.dsn, pool=config.storage) as storage:
         if args.action == "list":
             for name in await storage.accounts.list_usernames():
                 print(name)
