@@ -12,7 +12,6 @@ from nitro.config import Config
 from nitro.storage.copy import copy_database
 from nitro.storage.errors import StorageError
 from nitro.storage.sql import create_engine, upgrade_schema
-from nitro.storage.sql_base import translate_errors
 from nitro.storage.sql_mysql import ensure_database, is_mysql
 
 
@@ -76,9 +75,8 @@ async def db_command(config: Config, args: argparse.Namespace) -> int:
 async def _upgrade(config: Config) -> int:
     engine = create_engine(config.storage.dsn, pool=config.storage)
     try:
-        with translate_errors():
-            if is_mysql(engine.url) and await ensure_database(engine.url, config.storage):
-                print(f"created database {engine.url.database}")
+        if is_mysql(engine.url) and await ensure_database(engine.url, config.storage):
+            print(f"created database {engine.url.database}")
         await upgrade_schema(engine)
     finally:
         await engine.dispose()

@@ -507,8 +507,7 @@ async def open_sql_storage(
     engine = create_engine(dsn, create_dirs=create_dirs, pool=pool)
     try:
         if create_dirs and is_mysql(engine.url):
-            with translate_errors():
-                await ensure_database(engine.url, pool)
+            await ensure_database(engine.url, pool)
         await upgrade_schema(engine)
         log.info("SQL storage ready at %s", engine.url.render_as_string(hide_password=True))
         db = Database(engine)

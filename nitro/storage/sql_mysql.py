@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import NullPool
 
 from nitro.config import StorageSection
+from nitro.storage.sql_base import translate_errors
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,10 @@ def quote_name(name: str) -> str:
 
 
 async def ensure_database(url: URL, settings: StorageSection) -> bool:
-    """Create the DSN's database (utf8mb4, binary collation) when it is missing; True if it was created."""
+    """Create the DSN's database (utf8mb4, binary collation) when it is missing; True if it was created.
+
+    Raises StorageUnavailable when the server cannot be reached.
+    """
     if not url.database:
         raise ValueError("the MariaDB/MySQL DSN names no database (…/DATABASE at its end)")
     engine = create_async_engine(
@@ -88,23 +92,28 @@ async def ensure_database(url: URL, settings: StorageSection) -> bool:
         hide_parameters=True,
     )
     try:
-        async with engine.connect() as conn:
-            exists = await conn.scalar(
-                text("SELECT COUNT(*) FROM information_schema.schemata WHERE schema_name = :name"),
-                {"name": url.database},
-            )
-            if exists:
-                return False
-            await conn.execute(
-                text(
-                    f"CREATE DATABASE IF NOT EXISTS {quote_name(url.database)} "
-                    f"CHARACTER SET {CHARSET} COLLATE {COLLATION}"
-                )
-            )
-            log.info("created MariaDB database %s", url.database)
-            return True
+        with translate_errors():
+            return await _create_if_missing(engine, url.database)
     finally:
         await engine.dispose()
+
+
+async def _create_if_missing(engine: AsyncEngine, database: str) -> bool:
+    async with engine.connect() as conn:
+        exists = await conn.scalar(
+            text("SELECT COUNT(*) FROM information_schema.schemata WHERE schema_name = :name"),
+            {"name": database},
+        )
+        if exists:
+            return False
+        await conn.execute(
+            text(
+                f"CREATE DATABASE IF NOT EXISTS {quote_name(database)} "
+                f"CHARACTER SET {CHARSET} COLLATE {COLLATION}"
+            )
+        )
+        log.info("created MariaDB database %s", database)
+        return True
 
 
 @asynccontextmanager
