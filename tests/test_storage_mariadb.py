@@ -145,6 +145,25 @@ async def test_concurrent_writers_on_one_account(mariadb_backend: SqlBackend) ->
         assert await storage.offline.count("juliet") == 10
 
 
+async def test_writers_of_different_accounts_never_deadlock(mariadb_backend: SqlBackend) -> None:
+    """Under REPEATABLE READ, a DELETE of a missing row takes a gap lock and inserts of other accounts
+    into that gap deadlock (error 1213): writers run READ COMMITTED so that never happens."""
+    users = [f"user{n}" for n in range(30)]
+    async with open_sql_storage(mariadb_backend.dsn) as storage:
+        for user in users:
+            await storage.accounts.create(user, {})
+
+        async def writes(user: str, n: int) -> None:
+            await storage.rosters.put(user, RosterItem(f"contact{n}@x.org"))
+            await storage.offline.push(user, b"<message/>", quota=100)
+            await storage.blocklist.add(user, [f"spam{n}@x.org"])
+            await storage.private.set(user, f"{{ns{n}}}q", b"<q/>")
+
+        for n in range(4):  # rounds of one writer per account at once, all accounts together
+            await asyncio.gather(*(writes(user, n) for user in users))
+        assert [len((await storage.rosters.get(user)).items) for user in users] == [4] * len(users)
+
+
 async def test_connections_killed_by_the_server_are_replaced(mariadb_backend: SqlBackend) -> None:
     mariadb = mariadb_backend.mariadb
     assert mariadb is not None
