@@ -17,7 +17,7 @@ from nitro.config import ConfigError, StorageSection, parse_config
 from nitro.storage import AlreadyExists, ArchiveQuery, RosterItem, StorageUnavailable
 from nitro.storage.schema import metadata
 from nitro.storage.sql import create_engine, open_sql_storage
-from nitro.storage.sql_mysql import ensure_database
+from nitro.storage.sql_mysql import MIGRATION_LOCK, ensure_database
 from tests.sqlbackends import MariaDB, SqlBackend, create_test_database
 
 FOUR_BYTE = "𝄞 🎸😀 𠜎 🏳️‍🌈"  # astral-plane characters: utf8mb4, not MySQL's 3-byte "utf8"
@@ -124,6 +124,28 @@ async def test_nodes_starting_together_migrate_a_new_database_once() -> None:
     finally:
         fresh.drop()
         fresh.connection.close()
+
+
+async def test_a_node_waits_for_the_migration_lock_longer_than_query_timeout(
+    mariadb_backend: SqlBackend,
+) -> None:
+    """Another node migrating (holding the lock) for longer than a request may wait is waited for."""
+    mariadb = mariadb_backend.mariadb
+    assert mariadb is not None
+    assert mariadb.rows("SELECT GET_LOCK(%s, 0)", (MIGRATION_LOCK,)) == [(1,)]
+
+    async def open_and_use() -> list[str]:
+        async with open_sql_storage(mariadb_backend.dsn, pool=StorageSection(query_timeout=0.5)) as storage:
+            await storage.accounts.create("alice", {})
+            return await storage.accounts.list_usernames()
+
+    opening = asyncio.create_task(open_and_use())
+    try:
+        await asyncio.sleep(2.0)
+        assert not opening.done()  # still waiting for the lock, not failed by the 0.5 s read timeout
+    finally:
+        mariadb.rows("SELECT RELEASE_LOCK(%s)", (MIGRATION_LOCK,))
+    assert await asyncio.wait_for(opening, 30) == ["alice"]
 
 
 async def test_concurrent_writers_on_one_account(mariadb_backend: SqlBackend) -> None:

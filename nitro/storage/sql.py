@@ -57,6 +57,7 @@ from nitro.storage.sql_base import (
 from nitro.storage.sql_mysql import (
     ensure_database,
     is_mysql,
+    migration_engine,
     migration_lock,
     mysql_engine,
 )
@@ -431,9 +432,13 @@ async def upgrade_schema(engine: AsyncEngine) -> None:
     """
     with translate_errors():
         if is_mysql(engine.url):
-            async with engine.connect() as conn, migration_lock(conn):
-                await conn.run_sync(_upgrade)
-                await conn.commit()
+            migrator = migration_engine(engine.url)
+            try:
+                async with migrator.connect() as conn, migration_lock(conn):
+                    await conn.run_sync(_upgrade)
+                    await conn.commit()
+            finally:
+                await migrator.dispose()
             return
         async with engine.execution_options(**{WRITE: True}).begin() as conn:
             await conn.run_sync(_upgrade)

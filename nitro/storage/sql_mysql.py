@@ -36,7 +36,8 @@ COLLATION = "utf8mb4_bin"  # exact comparison, as in SQLite (JIDs themselves are
 # TRADITIONAL = strict mode: a value that does not fit is an error, never silently truncated or zeroed.
 SESSION_SETUP = "SET SESSION sql_mode = 'TRADITIONAL', time_zone = '+00:00'"
 MIGRATION_LOCK = "nitro.migrations"  # GET_LOCK name: server-wide, so per database server, not per schema
-MIGRATION_LOCK_WAIT = 300  # seconds a node waits for another node's migrations to finish
+MIGRATION_LOCK_WAIT = 600  # seconds a node waits for another node's migrations to finish
+MIGRATION_TIMEOUT = 3600.0  # seconds one migration statement may take (an ALTER of a large archive)
 
 
 def is_mysql(url: URL) -> bool:
@@ -71,6 +72,21 @@ def mysql_engine(url: URL, settings: StorageSection) -> AsyncEngine:
     )
 
 
+def migration_engine(url: URL) -> AsyncEngine:
+    """One unpooled connection for the migrations, whose statements (and the wait for the migration
+    lock) may take far longer than `query_timeout` allows a request."""
+    return _unpooled(url, StorageSection(query_timeout=MIGRATION_TIMEOUT))
+
+
+def _unpooled(url: URL, settings: StorageSection) -> AsyncEngine:
+    return create_async_engine(
+        url.difference_update_query(["charset"]),
+        hide_parameters=True,
+        connect_args=_connect_args(settings),
+        poolclass=NullPool,
+    )
+
+
 def quote_name(name: str) -> str:
     """A MySQL identifier in backquotes; a database name from the DSN is checked, not trusted."""
     if not name or len(name) > 64 or "\x00" in name or name != name.rstrip():
@@ -85,12 +101,7 @@ async def ensure_database(url: URL, settings: StorageSection) -> bool:
     """
     if not url.database:
         raise ValueError("the MariaDB/MySQL DSN names no database (…/DATABASE at its end)")
-    engine = create_async_engine(
-        url.set(database="").difference_update_query(["charset"]),
-        connect_args=_connect_args(settings),
-        poolclass=NullPool,
-        hide_parameters=True,
-    )
+    engine = _unpooled(url.set(database=""), settings)
     try:
         with translate_errors():
             return await _create_if_missing(engine, url.database)
