@@ -5,14 +5,16 @@ Every write commits before its coroutine returns, so the server acknowledges onl
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, get_args
 
+import aiosqlite
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, Row, delete, event, exc, func, insert, select, update
@@ -467,6 +469,26 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+async def _aiosqlite_connected(connection: aiosqlite.Connection) -> aiosqlite.Connection:
+    try:
+        return await connection
+    except BaseException:
+        # aiosqlite stops its worker thread after a failed connect (e.g. a missing directory) without
+        # waiting; a thread that outlives the event loop then fails calling back into it. Wait here.
+        await asyncio.to_thread(connection._thread.join, 5.0)
+        raise
+
+
+def _aiosqlite_connect(*args: Any, **kwargs: Any) -> Awaitable[aiosqlite.Connection]:
+    connection = aiosqlite.connect(*args, **kwargs)
+    connection._thread.daemon = True  # as SQLAlchemy's own aiosqlite connect does
+    return _aiosqlite_connected(connection)
+
+
+def _sqlite_do_connect(_dialect: Any, _record: Any, _cargs: Any, cparams: dict[str, Any]) -> None:
+    cparams["async_creator_fn"] = _aiosqlite_connect  # SQLAlchemy's aiosqlite adapter then calls it
+
+
 def _sqlite_on_begin(conn: Connection) -> None:
     # A writing transaction takes the write lock up front, waiting up to the busy timeout; a deferred
     # one that reads first would fail at once with SQLITE_BUSY when another connection wrote meanwhile.
@@ -496,6 +518,7 @@ def create_engine(dsn: str, *, create_dirs: bool = True, pool: StorageSection = 
     if sqlite:
         event.listen(engine.sync_engine, "connect", _sqlite_on_connect)
         event.listen(engine.sync_engine, "begin", _sqlite_on_begin)
+        event.listen(engine.sync_engine, "do_connect", _sqlite_do_connect)
     return engine
 
 
