@@ -26,6 +26,14 @@ class ServerSection:
 @dataclass(frozen=True, slots=True)
 class StorageSection:
     dsn: str = "sqlite+aiosqlite:///var/nitro.db"
+    # MariaDB/MySQL only (SQLite has one file and no pool): see config/nitro.toml.
+    pool_size: int = 10
+    max_overflow: int = 20
+    pool_timeout: float = 10.0
+    pool_recycle: float = 3600.0
+    pool_pre_ping: bool = True
+    connect_timeout: float = 5.0
+    query_timeout: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,8 +202,29 @@ def _validate(config: Config, source: str) -> None:
         raise ConfigError(f"{source}: [c2s].max_stanza_bytes must be at least 10000 (RFC 6120 §13.12)")
     if config.archive.default not in {"always", "never", "roster"}:
         raise ConfigError(f"{source}: [archive].default must be always, never or roster")
+    _validate_storage(config.storage, source)
     if config.logging.level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise ConfigError(f"{source}: [logging].level must be DEBUG, INFO, WARNING or ERROR")
+
+
+_DSN_SCHEMES = ("sqlite+aiosqlite", "mysql+asyncmy", "mariadb+asyncmy")
+
+
+def _validate_storage(storage: StorageSection, source: str) -> None:
+    scheme, separator, rest = storage.dsn.partition("://")
+    if not separator or scheme not in _DSN_SCHEMES:
+        raise ConfigError(f"{source}: [storage].dsn must start with one of {', '.join(_DSN_SCHEMES)}://")
+    if scheme != "sqlite+aiosqlite" and not rest.partition("?")[0].partition("/")[2]:
+        raise ConfigError(f"{source}: [storage].dsn must name a database: {scheme}://USER@HOST:PORT/DATABASE")
+    if storage.pool_size < 1:
+        raise ConfigError(f"{source}: [storage].pool_size must be at least 1")
+    if storage.max_overflow < 0:
+        raise ConfigError(f"{source}: [storage].max_overflow must not be negative")
+    if storage.pool_recycle <= 0 and storage.pool_recycle != -1:
+        raise ConfigError(f"{source}: [storage].pool_recycle must be positive, or -1 to never recycle")
+    for key in ("pool_timeout", "connect_timeout", "query_timeout"):
+        if getattr(storage, key) <= 0:
+            raise ConfigError(f"{source}: [storage].{key} must be positive")
 
 
 def load_config(path: Path | None) -> Config:

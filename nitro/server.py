@@ -136,7 +136,7 @@ def make_tls_context(config: Config) -> ssl.SSLContext | None:
 async def running_server(config: Config) -> AsyncIterator[Server]:
     """Start storage, modules and listeners; on exit drain and stop in reverse order."""
     tls_context = make_tls_context(config)
-    async with open_sql_storage(config.storage.dsn) as storage:
+    async with open_sql_storage(config.storage.dsn, pool=config.storage) as storage:
         server = Server(config, storage, tls_context)
         server.load_modules(tuple(m for m in BUILTIN_MODULES if m not in config.modules.disabled))
         try:

@@ -19,6 +19,8 @@ from nitro.accounts import create_account
 from nitro.config import Config, parse_config
 from nitro.server import Server, running_server
 
+pytest_plugins = ["tests.sqlbackends"]  # sql_backend, mariadb_backend: storage tests on every backend
+
 DOMAIN = "localhost"
 PASSWORD = "correct horse battery"
 

@@ -19,6 +19,7 @@ from sqlalchemy import Connection, Row, delete, event, exc, func, insert, select
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from nitro.config import StorageSection
 from nitro.sasl.credentials import HashName, ScramCredential
 from nitro.storage.errors import (
     AlreadyExists,
@@ -53,12 +54,20 @@ from nitro.storage.sql_base import (
     translated,
     username_key,
 )
+from nitro.storage.sql_mysql import (
+    ensure_database,
+    is_mysql,
+    migration_engine,
+    migration_lock,
+    mysql_engine,
+)
 from nitro.storage.sql_pep import SqlPepStore
 from nitro.storage.sql_userdata import SqlBlockListStore, SqlPrivateStore, SqlVCardStore
 
 log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).with_name("migrations")
+DEFAULT_POOL = StorageSection()  # MariaDB pool and timeouts when no config is given
 
 _HASH_NAMES: dict[str, HashName] = {name: name for name in get_args(HashName)}
 _SUBSCRIPTIONS: dict[str, Subscription] = {name: name for name in get_args(Subscription)}
@@ -416,8 +425,21 @@ def _upgrade(connection: Connection) -> None:
 
 
 async def upgrade_schema(engine: AsyncEngine) -> None:
-    """Migrate the database to the newest schema (in one transaction where DDL is transactional)."""
+    """Migrate the database to the newest schema (in one transaction where DDL is transactional).
+
+    MariaDB/MySQL commit every DDL statement on their own, so there the migrations run under a
+    server-wide lock instead: nodes started together take turns, and the later ones find nothing to do.
+    """
     with translate_errors():
+        if is_mysql(engine.url):
+            migrator = migration_engine(engine.url)
+            try:
+                async with migrator.connect() as conn, migration_lock(conn):
+                    await conn.run_sync(_upgrade)
+                    await conn.commit()
+            finally:
+                await migrator.dispose()
+            return
         async with engine.execution_options(**{WRITE: True}).begin() as conn:
             await conn.run_sync(_upgrade)
 
@@ -459,9 +481,12 @@ def _sqlite_path(url: URL) -> Path | None:
     return Path(database)
 
 
-def create_engine(dsn: str, *, create_dirs: bool = True) -> AsyncEngine:
-    """An engine for `dsn`, set up as Nitro needs it (SQLite: WAL, foreign keys, explicit BEGIN)."""
+def create_engine(dsn: str, *, create_dirs: bool = True, pool: StorageSection = DEFAULT_POOL) -> AsyncEngine:
+    """An engine for `dsn`, set up as Nitro needs it (SQLite: WAL, foreign keys, explicit BEGIN;
+    MariaDB/MySQL: see sql_mysql.py, with the pool and timeouts of `pool`)."""
     url = make_url(dsn)
+    if is_mysql(url):
+        return mysql_engine(url, pool)
     sqlite = url.get_backend_name() == "sqlite"
     if sqlite and create_dirs and (path := _sqlite_path(url)) is not None:
         with translate_errors():
@@ -475,14 +500,19 @@ def create_engine(dsn: str, *, create_dirs: bool = True) -> AsyncEngine:
 
 
 @asynccontextmanager
-async def open_sql_storage(dsn: str, *, create_dirs: bool = True) -> AsyncIterator[Storage]:
+async def open_sql_storage(
+    dsn: str, *, create_dirs: bool = True, pool: StorageSection = DEFAULT_POOL
+) -> AsyncIterator[Storage]:
     """The repositories on the database at `dsn`, migrated to the newest schema; disposed on exit.
 
     Raises StorageUnavailable when the database cannot be opened (unreachable, locked, not a database).
-    SQLite's busy timeout is the `timeout` query parameter in seconds (default 5).
+    SQLite's busy timeout is the `timeout` query parameter in seconds (default 5). A missing MariaDB
+    database is created (with `create_dirs`, as a missing SQLite directory is).
     """
-    engine = create_engine(dsn, create_dirs=create_dirs)
+    engine = create_engine(dsn, create_dirs=create_dirs, pool=pool)
     try:
+        if create_dirs and is_mysql(engine.url):
+            await ensure_database(engine.url, pool)
         await upgrade_schema(engine)
         log.info("SQL storage ready at %s", engine.url.render_as_string(hide_password=True))
         db = Database(engine)
