@@ -16,6 +16,7 @@ from typing import Any
 from nitro import __version__
 from nitro.accounts import InvalidUsername, change_password, create_account, prepare_username
 from nitro.config import Config, ConfigError, load_config
+from nitro.logs import configure as configure_logging
 from nitro.storage.errors import AlreadyExists, StorageError
 from nitro.storage.sql import open_sql_storage
 
@@ -60,11 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     level = config.logging.level.upper()
     if args.command != "serve" and level != "DEBUG":
         level = "WARNING"  # `nitro user list` prints names, not log lines
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stdout,
-    )
+    configure_logging(level, config.logging.format)
     if args.command == "serve":
         return _run(serve(config))
     return _run(user_command(config, args))

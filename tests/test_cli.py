@@ -26,6 +26,8 @@ direct_tls_port = {free_port()}
 [tls]
 cert = "{tmp_path}/cert.pem"
 key = "{tmp_path}/key.pem"
+[metrics]
+port = 0
 """
     )
     return config, port
