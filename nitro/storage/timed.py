@@ -20,9 +20,9 @@ class TimedRepository:
 
     def __init__(self, inner: object, repository: str, record: Record) -> None:
         self._inner = inner
-        for name, _method in inspect.getmembers(type(inner), inspect.iscoroutinefunction):
+        for name, method in inspect.getmembers(inner, inspect.iscoroutinefunction):
             if not name.startswith("_"):
-                setattr(self, name, _timed(getattr(inner, name), repository, name, record))
+                setattr(self, name, _timed(method, repository, name, record))
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)  # only reached for what __init__ did not wrap
