@@ -348,3 +348,14 @@ async def test_the_timing_proxy_covers_every_repository_and_failures(server: Ser
     with pytest.raises(AlreadyExists):
         await timed.accounts.create("alice", {})
     assert calls[-3:] == [("accounts", "exists"), ("accounts", "create"), ("accounts", "create")]
+
+
+async def test_a_metrics_port_in_use_stops_the_start(tmp_path: Path, server: Server) -> None:
+    endpoint = server.metrics_endpoint
+    assert endpoint is not None
+    other_dir = tmp_path / "other"
+    other_dir.mkdir()
+    with pytest.raises(OSError, match="address already in use"):
+        async with running_server(make_config(other_dir, metrics={"port": endpoint.port})):
+            pass
+    assert (await scrape(server))("nitro_c2s_connections") == 0  # the first server is unharmed
