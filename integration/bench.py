@@ -105,6 +105,7 @@ def nitro_config(directory: Path, port: int, plan: Plan, cert: Path, key: Path) 
         "registration": {"open": False},
         "modules": {"disabled": [] if plan.archive else ["mam"]},
         "logging": {"level": "WARNING"},
+        "metrics": {"port": 0},
     }
     text = "# Written by integration/bench.py for one benchmark run.\n"
     for name, values in sections.items():

@@ -41,6 +41,7 @@ def make_config(tmp_path: Path, **sections: dict[str, Any]) -> Config:
         "c2s": {"port": free_port(), "direct_tls_port": free_port(), "negotiation_timeout": 20.0},
         "tls": {"cert": str(tmp_path / "tls" / "cert.pem"), "key": str(tmp_path / "tls" / "key.pem")},
         "auth": {"scram_iterations": 4096},
+        "metrics": {"port": 0},
     }
     for name, values in sections.items():
         document.setdefault(name, {}).update(values)
