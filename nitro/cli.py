@@ -17,6 +17,7 @@ from nitro import __version__
 from nitro.accounts import InvalidUsername, change_password, create_account, prepare_username
 from nitro.cli_db import add_db_parser, db_command
 from nitro.config import Config, ConfigError, load_config
+from nitro.logs import configure as configure_logging
 from nitro.storage.errors import AlreadyExists, StorageError
 from nitro.storage.sql import open_sql_storage
 
@@ -62,11 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     level = config.logging.level.upper()
     if args.command != "serve" and level != "DEBUG":
         level = "WARNING"  # `nitro user list` prints names, not log lines
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stdout,
-    )
+    configure_logging(level, config.logging.format)
     if args.command == "serve":
         return _run(serve(config))
     if args.command == "db":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import tomllib
 import types
 import typing
@@ -113,6 +114,16 @@ class ModulesSection:
 @dataclass(frozen=True, slots=True)
 class LoggingSection:
     level: str = "INFO"
+    format: str = "text"
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsSection:
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 5290
+    token: str = ""
+    lag_interval: float = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +141,7 @@ class Config:
     vcard: VCardSection = field(default_factory=VCardSection)
     modules: ModulesSection = field(default_factory=ModulesSection)
     logging: LoggingSection = field(default_factory=LoggingSection)
+    metrics: MetricsSection = field(default_factory=MetricsSection)
     base_dir: Path = Path()
 
     def path(self, relative: str) -> Path:
@@ -205,6 +217,32 @@ def _validate(config: Config, source: str) -> None:
     _validate_storage(config.storage, source)
     if config.logging.level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise ConfigError(f"{source}: [logging].level must be DEBUG, INFO, WARNING or ERROR")
+    _validate_observability(config, source)
+
+
+def _validate_observability(config: Config, source: str) -> None:
+    if config.logging.format not in {"text", "json"}:
+        raise ConfigError(f"{source}: [logging].format must be text or json")
+    metrics = config.metrics
+    if not 0 <= metrics.port <= 65535:
+        raise ConfigError(f"{source}: [metrics].port must be between 0 and 65535")
+    if metrics.lag_interval <= 0:
+        raise ConfigError(f"{source}: [metrics].lag_interval must be positive")
+    if metrics.enabled and not metrics.token and not is_loopback(metrics.host):
+        raise ConfigError(
+            f"{source}: [metrics].host {metrics.host!r} is not a loopback address: set [metrics].token "
+            "so that only scrapers holding it can read the metrics"
+        )
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and the name localhost; any other name or address counts as reachable."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 _DSN_SCHEMES = ("sqlite+aiosqlite", "mysql+asyncmy", "mariadb+asyncmy")

@@ -14,11 +14,14 @@ from nitro.config import Config
 from nitro.connection import serve_client
 from nitro.errors import StreamError
 from nitro.events import EventBus
+from nitro.metrics import Metrics
+from nitro.metrics_http import MetricsEndpoint, serve_metrics
 from nitro.module import BUILTIN_MODULES, DiscoRegistry, Module, load_module
 from nitro.router import Router
 from nitro.sessions import SessionManager
 from nitro.storage import Storage
 from nitro.storage.sql import open_sql_storage
+from nitro.storage.timed import timed_storage
 from nitro.throttle import FailureThrottle
 from nitro.tls import ensure_certificate, server_context
 
@@ -33,8 +36,16 @@ SHUTDOWN_GRACE = 5.0
 class Server:
     """Everything one node holds; modules reach the rest of the core through it."""
 
-    def __init__(self, config: Config, storage: Storage, tls_context: ssl.SSLContext | None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        storage: Storage,
+        tls_context: ssl.SSLContext | None,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.config = config
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.metrics_endpoint: MetricsEndpoint | None = None
         self.storage = storage
         self.tls_context = tls_context
         self.bus = EventBus()
@@ -46,6 +57,7 @@ class Server:
         self.listeners: list[asyncio.Server] = []
         self._connections: dict[ClientSession, asyncio.Task[Any] | None] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self.metrics.track_sessions(lambda: self._connections)
 
     @property
     def domain(self) -> str:
@@ -136,11 +148,14 @@ def make_tls_context(config: Config) -> ssl.SSLContext | None:
 async def running_server(config: Config) -> AsyncIterator[Server]:
     """Start storage, modules and listeners; on exit drain and stop in reverse order."""
     tls_context = make_tls_context(config)
-    async with open_sql_storage(config.storage.dsn, pool=config.storage) as storage:
-        server = Server(config, storage, tls_context)
+    metrics = Metrics()
+    async with open_sql_storage(config.storage.dsn, pool=config.storage) as sql_storage:
+        storage = timed_storage(sql_storage, metrics.storage_call) if config.metrics.enabled else sql_storage
+        server = Server(config, storage, tls_context, metrics)
         server.load_modules(tuple(m for m in BUILTIN_MODULES if m not in config.modules.disabled))
         try:
-            await server.start_listeners()
-            yield server
+            async with serve_metrics(metrics, config.metrics) as server.metrics_endpoint:
+                await server.start_listeners()
+                yield server
         finally:
             await server.shutdown()
