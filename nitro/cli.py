@@ -17,7 +17,7 @@ from nitro import __version__
 from nitro.accounts import InvalidUsername, change_password, create_account, prepare_username
 from nitro.config import Config, ConfigError, load_config
 from nitro.storage.errors import AlreadyExists, StorageError
-from nitro.storage.sql import open_sql_storage
+from nitro.storage.layered import open_storage
 
 log = logging.getLogger("nitro")
 
@@ -97,7 +97,7 @@ async def serve(config: Config) -> int:
 
 
 async def user_command(config: Config, args: argparse.Namespace) -> int:
-    async with open_sql_storage(config.storage.dsn) as storage:
+    async with open_storage(config) as storage:  # through the tiers: writes invalidate the ring
         if args.action == "list":
             for name in await storage.accounts.list_usernames():
                 print(name)

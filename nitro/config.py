@@ -108,6 +108,35 @@ class LoggingSection:
 
 
 @dataclass(frozen=True, slots=True)
+class RedisInstance:
+    """One instance of the ring: a URL ("redis://host:port/db") and its share of the keys."""
+
+    SHORTHAND: typing.ClassVar[str] = "url"  # a plain string in the list is the url
+
+    url: str = ""
+    weight: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class RedisSection:
+    instances: tuple[RedisInstance, ...] = ()
+    health_interval: float = 1.0
+    health_timeout: float = 0.5
+    failures_before_out: int = 2
+    socket_timeout: float = 0.5
+    value_ttl: float = 3600.0
+    generation_ttl: float = 86400.0
+    session_ttl: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class CacheSection:
+    max_entries: int = 100_000
+    max_bytes: int = 64 * 1024 * 1024
+    ttl: float = 300.0
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     server: ServerSection = field(default_factory=ServerSection)
     storage: StorageSection = field(default_factory=StorageSection)
@@ -122,6 +151,8 @@ class Config:
     vcard: VCardSection = field(default_factory=VCardSection)
     modules: ModulesSection = field(default_factory=ModulesSection)
     logging: LoggingSection = field(default_factory=LoggingSection)
+    redis: RedisSection = field(default_factory=RedisSection)
+    cache: CacheSection = field(default_factory=CacheSection)
     base_dir: Path = Path()
 
     def path(self, relative: str) -> Path:
@@ -143,6 +174,10 @@ def _convert(value: Any, annotation: Any, where: str) -> Any:
         if not isinstance(value, list):
             raise ConfigError(f"{where}: expected a list")
         return tuple(_convert(item, item_type, f"{where}[{i}]") for i, item in enumerate(value))
+    if dataclasses.is_dataclass(annotation) and isinstance(annotation, type):
+        shorthand = getattr(annotation, "SHORTHAND", None)
+        table = {shorthand: value} if shorthand is not None and isinstance(value, str) else value
+        return _section(annotation, table, where)
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if annotation is int and isinstance(value, bool):
@@ -196,6 +231,28 @@ def _validate(config: Config, source: str) -> None:
         raise ConfigError(f"{source}: [archive].default must be always, never or roster")
     if config.logging.level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise ConfigError(f"{source}: [logging].level must be DEBUG, INFO, WARNING or ERROR")
+    _validate_tiers(config, source)
+
+
+def _validate_tiers(config: Config, source: str) -> None:
+    redis = config.redis
+    for i, instance in enumerate(redis.instances):
+        if not instance.url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError(f"{source}: [redis].instances[{i}]: url must be redis://host:port/db")
+        if instance.weight < 1:
+            raise ConfigError(f"{source}: [redis].instances[{i}]: weight must be at least 1")
+    if len({instance.url for instance in redis.instances}) != len(redis.instances):
+        raise ConfigError(f"{source}: [redis].instances: an instance is listed twice")
+    timings = ("health_interval", "health_timeout", "socket_timeout", "value_ttl", "session_ttl")
+    for name in timings:
+        if getattr(redis, name) <= 0:
+            raise ConfigError(f"{source}: [redis].{name} must be positive")
+    if redis.failures_before_out < 1:
+        raise ConfigError(f"{source}: [redis].failures_before_out must be at least 1")
+    if redis.generation_ttl <= 2 * max(redis.value_ttl, config.cache.ttl):
+        raise ConfigError(f"{source}: [redis].generation_ttl must exceed twice value_ttl and [cache].ttl")
+    if config.cache.max_entries < 0 or config.cache.max_bytes < 0 or config.cache.ttl <= 0:
+        raise ConfigError(f"{source}: [cache] sizes must not be negative and ttl must be positive")
 
 
 def load_config(path: Path | None) -> Config:

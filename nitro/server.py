@@ -18,7 +18,8 @@ from nitro.module import BUILTIN_MODULES, DiscoRegistry, Module, load_module
 from nitro.router import Router
 from nitro.sessions import SessionManager
 from nitro.storage import Storage
-from nitro.storage.sql import open_sql_storage
+from nitro.storage.layered import open_storage
+from nitro.storage.tiers import Tiers
 from nitro.throttle import FailureThrottle
 from nitro.tls import ensure_certificate, server_context
 
@@ -46,6 +47,7 @@ class Server:
         self.listeners: list[asyncio.Server] = []
         self._connections: dict[ClientSession, asyncio.Task[Any] | None] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self.tiers: Tiers | None = None  # cache and ring statistics (`tiers.cache.stats`, `tiers.ring.stats`)
 
     @property
     def domain(self) -> str:
@@ -136,8 +138,9 @@ def make_tls_context(config: Config) -> ssl.SSLContext | None:
 async def running_server(config: Config) -> AsyncIterator[Server]:
     """Start storage, modules and listeners; on exit drain and stop in reverse order."""
     tls_context = make_tls_context(config)
-    async with open_sql_storage(config.storage.dsn) as storage:
+    async with open_storage(config) as storage:
         server = Server(config, storage, tls_context)
+        server.tiers = storage.tiers
         server.load_modules(tuple(m for m in BUILTIN_MODULES if m not in config.modules.disabled))
         try:
             await server.start_listeners()
