@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from nitro.config import Config
 from nitro.connection import serve_client
+from nitro.directory import SessionDirectory
 from nitro.errors import StreamError
 from nitro.events import EventBus
 from nitro.module import BUILTIN_MODULES, DiscoRegistry, Module, load_module
@@ -48,6 +49,7 @@ class Server:
         self._connections: dict[ClientSession, asyncio.Task[Any] | None] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.tiers: Tiers | None = None  # cache and ring statistics (`tiers.cache.stats`, `tiers.ring.stats`)
+        self.directory: SessionDirectory | None = None  # set by the `directory` module
 
     @property
     def domain(self) -> str:

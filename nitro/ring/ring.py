@@ -233,20 +233,20 @@ class Ring:
 
     async def get_many(self, items: Sequence[tuple[str, str]]) -> list[bytes | None]:
         """Values of (owner, key) pairs; None for a missing key or an unreachable instance."""
-        replies = await self.pipelines([(owner, _command("GET", key)) for owner, key in items])
+        replies = await self.pipelines([(owner, command("GET", key)) for owner, key in items])
         return [None if isinstance(reply, RingUnavailable) else reply for reply in replies]
 
     async def set_many(self, items: Sequence[tuple[str, str, bytes]], ttl: float) -> int:
         """Store (owner, key, value) triples with a TTL; returns how many were stored."""
         px = int(ttl * 1000)
         replies = await self.pipelines(
-            [(owner, _command("SET", key, value, "PX", px)) for owner, key, value in items]
+            [(owner, command("SET", key, value, "PX", px)) for owner, key, value in items]
         )
         return sum(1 for reply in replies if reply is True)
 
 
-def _command(*args: Any) -> Operation:
-    """An operation adding one raw command to a pipeline."""
+def command(*args: Any) -> Operation:
+    """An operation adding one raw command to a pipeline (for `pipelines`)."""
     return lambda pipe: pipe.execute_command(*args)
 
 
