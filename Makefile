@@ -16,12 +16,17 @@ $(BIN)/nitro: pyproject.toml
 run: $(BIN)/nitro
 	$(BIN)/nitro --config $(CONFIG) serve
 
-# go-sendxmpp is the real Debian client one end-to-end test drives; installed when we are root.
+# go-sendxmpp is the real Debian client one end-to-end test drives, redis-server what the ring tests
+# start (three of them on free ports); installed when we are root.
 system-deps:
 	@command -v go-sendxmpp >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq go-sendxmpp >/dev/null; \
 	  else echo "note: install go-sendxmpp (Debian package) to run the real-client test"; fi; }
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
+	  else echo "note: install redis-server (Debian package) to run the Redis ring tests"; fi; }
 
 test: $(BIN)/nitro system-deps
 	$(BIN)/python -m pytest

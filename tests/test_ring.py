@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as redis
 
-from nitro.config import RedisInstance, RedisSection
+from nitro.config import ConfigError, RedisInstance, RedisSection, parse_config
 from nitro.ring import keys
 from nitro.ring.instance import Instance
 from nitro.ring.ring import Ring, RingUnavailable
@@ -215,3 +215,27 @@ async def test_no_live_instance_means_ring_unavailable(ring: Ring) -> None:
         await ring.read("roster", "alice", None)
     assert await ring.get_many([("alice", "k")]) == [None]
     await asyncio.sleep(0)
+
+
+@pytest.mark.parametrize(
+    ("redis_table", "message"),
+    [
+        ({"instances": ["localhost:6379"]}, "[redis].instances[0]: url must be"),
+        ({"instances": [{"url": "redis://a/0", "weight": 0}]}, "weight must be at least 1"),
+        ({"instances": [{"url": "redis://a/0", "wieght": 2}]}, "unknown key 'wieght'"),
+        ({"instances": ["redis://a/0", "redis://a/0"]}, "listed twice"),
+        ({"instances": [6379]}, "expected a table"),
+        ({"health_timeout": 0}, "[redis].health_timeout must be positive"),
+        ({"failures_before_out": 0}, "failures_before_out must be at least 1"),
+        ({"generation_ttl": 600}, "generation_ttl must exceed"),
+    ],
+)
+def test_redis_config_mistakes_name_the_key(redis_table: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        parse_config({"redis": redis_table})
+    assert message in str(raised.value)
+
+
+def test_redis_instances_are_urls_or_tables_with_weights() -> None:
+    config = parse_config({"redis": {"instances": ["redis://a:1/0", {"url": "redis://b:2/0", "weight": 3}]}})
+    assert config.redis.instances == (RedisInstance("redis://a:1/0", 1), RedisInstance("redis://b:2/0", 3))
