@@ -9,14 +9,14 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 
 import pytest
+from conftest import Clients, make_config, wait_for
+from redis_servers import RedisServer, redis_servers
 
 from nitro.config import RedisInstance, RedisSection
 from nitro.directory import SessionDirectory
 from nitro.jid import JID
 from nitro.ring.ring import Ring
 from nitro.server import running_server
-from tests.conftest import Clients, make_config, wait_for
-from tests.redis_servers import RedisServer, redis_servers
 
 __all__ = ["redis_servers"]
 

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio as redis
+from conftest import make_config, wait_for
+from redis_servers import RedisServer, redis_servers
 
 from nitro.accounts import change_password, create_account
 from nitro.config import Config
@@ -20,8 +22,6 @@ from nitro.storage import codecs
 from nitro.storage.errors import StorageUnavailable
 from nitro.storage.layered import LayeredStorage, open_storage
 from nitro.storage.models import ArchivePrefs, Roster, RosterItem
-from tests.conftest import make_config, wait_for
-from tests.redis_servers import RedisServer, redis_servers
 
 __all__ = ["redis_servers"]
 

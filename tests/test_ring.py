@@ -10,13 +10,13 @@ from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as redis
+from conftest import wait_for
+from redis_servers import RedisServer, redis_servers
 
 from nitro.config import ConfigError, RedisInstance, RedisSection, parse_config
 from nitro.ring import keys
 from nitro.ring.instance import Instance
 from nitro.ring.ring import Ring, RingUnavailable
-from tests.conftest import wait_for
-from tests.redis_servers import RedisServer, redis_servers
 
 __all__ = ["redis_servers"]
 
