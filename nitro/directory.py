@@ -96,6 +96,9 @@ class SessionDirectory:
         (reply,) = await self.ring.pipelines([(name, command("HGETALL", keys.sessions(name)))])
         if isinstance(reply, RingUnavailable):
             return found  # the instance went out: owners re-publish within ttl / 3
+        if not isinstance(reply, dict):
+            log.warning("session directory entry of %s unreadable: %s", name, reply)
+            return found
         now = time.time()
         for resource, data in reply.items():
             try:

@@ -90,10 +90,12 @@ class Instance:
             raise RingUnavailable(f"redis {self.url} is out of the ring")
         try:
             async with asyncio.timeout(self.settings.socket_timeout):
-                return await operation(self.client)
+                result = await operation(self.client)
         except REDIS_ERRORS as exc:
             self.failed(f"{type(exc).__name__}: {exc}")
             raise RingUnavailable(f"redis {self.url}: {type(exc).__name__}") from exc
+        self.failures = 0  # failures_before_out counts failures in a row
+        return result
 
     def failed(self, why: str) -> None:
         """One failed call or health check; `failures_before_out` in a row take the instance out."""

@@ -204,8 +204,9 @@ class Ring:
 
     async def pipelines(self, operations: Sequence[tuple[str, Operation]]) -> list[Any]:
         """Run each (owner, operation) on its owner's instance: operations grouped by instance, one
-        pipeline each, all instances at once. Returns one result per operation (the last command's
-        reply, or a RingUnavailable for an instance that is out or failed)."""
+        pipeline each, all instances at once. Returns one result per operation: the last command's
+        reply, the command's error (e.g. a ResponseError for a key of another type), or a
+        RingUnavailable for an instance that is out or failed."""
         grouped: dict[Instance | None, list[int]] = defaultdict(list)
         for index, (owner, _operation) in enumerate(operations):
             grouped[self.owner(owner)].append(index)
@@ -218,7 +219,7 @@ class Ring:
                 for index in indexes:
                     operations[index][1](pipe)
                     ends.append(len(pipe.command_stack) - 1)
-                replies = await pipe.execute()
+                replies = await pipe.execute(raise_on_error=False)  # a bad key is its own caller's problem
                 return [replies[end] for end in ends]
 
             try:
@@ -234,7 +235,7 @@ class Ring:
     async def get_many(self, items: Sequence[tuple[str, str]]) -> list[bytes | None]:
         """Values of (owner, key) pairs; None for a missing key or an unreachable instance."""
         replies = await self.pipelines([(owner, command("GET", key)) for owner, key in items])
-        return [None if isinstance(reply, RingUnavailable) else reply for reply in replies]
+        return [reply if isinstance(reply, bytes) else None for reply in replies]
 
     async def set_many(self, items: Sequence[tuple[str, str, bytes]], ttl: float) -> int:
         """Store (owner, key, value) triples with a TTL; returns how many were stored."""
