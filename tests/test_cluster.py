@@ -5,6 +5,7 @@ nothing stale, and a roster change through one node is seen at once through the 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 import slixmpp
 from conftest import Clients, make_config
 from redis_servers import RedisServer, redis_servers
+from slixmpp.exceptions import IqError
 
 from nitro.config import Config
 from nitro.server import Server, running_server
@@ -145,3 +147,47 @@ async def test_a_roster_change_through_one_node_is_seen_at_once_through_the_othe
     assert "c0@localhost" not in await roster_jids(on_b)
     stats = b.server.tiers.ring.stats if b.server.tiers and b.server.tiers.ring else {}
     assert stats["roster"]["hits"] + stats["roster"]["misses"] > 0
+
+
+async def test_sql_down_under_traffic_gives_errors_not_silence_and_loses_no_acknowledged_write(
+    tmp_path: Path, redis_servers: list[RedisServer]
+) -> None:
+    config = make_config(
+        tmp_path,
+        storage={"dsn": f"sqlite+aiosqlite:///{tmp_path}/nitro.db?timeout=0.3"},
+        redis={"instances": [s.url for s in redis_servers], **RING},
+    )
+    async with running_server(config) as server:
+        pool = Clients(server)
+        try:
+            alice_jid, bob_jid = await pool.user("alice"), await pool.user("bob")
+            alice = await pool.login(alice_jid)
+            await (await pool.login(bob_jid)).disconnect(wait=1)  # bob's credentials are now cached
+            acknowledged: list[str] = []
+            refused: list[tuple[str, str, str]] = []
+            locker: sqlite3.Connection | None = None
+            for index in range(24):
+                if index == 8:  # SQL goes away: its connections drop, another process holds the lock
+                    await server.storage.accounts._sql._db.engine.dispose()  # type: ignore[attr-defined]
+                    locker = sqlite3.connect(tmp_path / "nitro.db", isolation_level=None, timeout=5)
+                    locker.execute("PRAGMA locking_mode=EXCLUSIVE")
+                    locker.execute("BEGIN EXCLUSIVE")
+                    bob = await pool.login(bob_jid)  # logins of cached accounts still work
+                    assert bob.authenticated
+                if index == 16 and locker is not None:
+                    locker.close()  # SQL is back; nothing restarted
+                    locker = None
+                contact = f"c{index}@localhost"
+                try:
+                    await alice.update_roster(contact, timeout=10)  # an answer, never silence
+                    acknowledged.append(contact)
+                except IqError as error:
+                    refused.append((contact, error.iq["error"]["type"], error.iq["error"]["condition"]))
+            assert refused  # the outage was felt …
+            assert {(kind, condition) for _, kind, condition in refused} == {
+                ("wait", "internal-server-error")
+            }
+            assert len(acknowledged) >= 16  # … only while it lasted
+            assert await roster_jids(alice) == set(acknowledged)  # every acknowledged write is there
+        finally:
+            await pool.close_all()
