@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from nitro.jid import JID, InvalidJID
+from nitro.ring.keys import PREFIX
 
 
 class ConfigError(Exception):
@@ -120,6 +121,7 @@ class RedisInstance:
 @dataclass(frozen=True, slots=True)
 class RedisSection:
     instances: tuple[RedisInstance, ...] = ()
+    prefix: str = "nitro"
     health_interval: float = 1.0
     health_timeout: float = 0.5
     failures_before_out: int = 2
@@ -241,6 +243,8 @@ def _validate_tiers(config: Config, source: str) -> None:
             raise ConfigError(f"{source}: [redis].instances[{i}]: url must be redis://host:port/db")
         if instance.weight < 1:
             raise ConfigError(f"{source}: [redis].instances[{i}]: weight must be at least 1")
+    if not PREFIX.fullmatch(redis.prefix):
+        raise ConfigError(f"{source}: [redis].prefix must be 1 to 64 of A-Z a-z 0-9 _ . -")
     if len({instance.url for instance in redis.instances}) != len(redis.instances):
         raise ConfigError(f"{source}: [redis].instances: an instance is listed twice")
     timings = ("health_interval", "health_timeout", "socket_timeout", "value_ttl", "session_ttl")

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from nitro.jid import JID
-from nitro.ring import keys
 from nitro.ring.instance import RingUnavailable
 from nitro.ring.ring import Ring, command
 
@@ -81,7 +80,7 @@ class SessionDirectory:
         if not resources:
             del self._local[bare]
         if self.ring is not None:
-            await self.ring.pipelines([(bare, command("HDEL", keys.sessions(bare), jid.resource))])
+            await self.ring.pipelines([(bare, command("HDEL", self.ring.keys.sessions(bare), jid.resource))])
         for callback in list(self.on_change):
             callback(jid, None)
 
@@ -93,7 +92,7 @@ class SessionDirectory:
         found = dict(self._local.get(name, {}))
         if self.ring is None:
             return found
-        (reply,) = await self.ring.pipelines([(name, command("HGETALL", keys.sessions(name)))])
+        (reply,) = await self.ring.pipelines([(name, command("HGETALL", self.ring.keys.sessions(name)))])
         if isinstance(reply, RingUnavailable):
             return found  # the instance went out: owners re-publish within ttl / 3
         if not isinstance(reply, dict):
@@ -115,7 +114,7 @@ class SessionDirectory:
             return True
         if self.ring is None:
             return False
-        values = await self.ring.get_many([(node_id, keys.node(node_id))])
+        values = await self.ring.get_many([(node_id, self.ring.keys.node(node_id))])
         return values[0] is not None
 
     # -- refresh ------------------------------------------------------------------------------------------
@@ -143,7 +142,7 @@ class SessionDirectory:
                 renewed = SessionRecord(record.node, record.presence, record.priority, expires)
                 resources[resource] = renewed
                 records.append((bare, resource, renewed))
-        await self.ring.set_many([(self.node_id, keys.node(self.node_id), b"1")], self.ttl)
+        await self.ring.set_many([(self.node_id, self.ring.keys.node(self.node_id), b"1")], self.ttl)
         await self._write(records)
         self.republished += 1
 
@@ -153,15 +152,17 @@ class SessionDirectory:
         px = int(self.ttl * 1000)
         operations: list[tuple[str, Callable[[Any], Any]]] = []
         for bare, resource, record in records:
-            operations.append((bare, command("HSET", keys.sessions(bare), resource, record.encode())))
-            operations.append((bare, command("PEXPIRE", keys.sessions(bare), px)))
+            operations.append(
+                (bare, command("HSET", self.ring.keys.sessions(bare), resource, record.encode()))
+            )
+            operations.append((bare, command("PEXPIRE", self.ring.keys.sessions(bare), px)))
         await self.ring.pipelines(operations)
 
     async def _forget(self) -> None:
         assert self.ring is not None
         operations: list[tuple[str, Callable[[Any], Any]]] = [
-            (bare, command("HDEL", keys.sessions(bare), *resources))
+            (bare, command("HDEL", self.ring.keys.sessions(bare), *resources))
             for bare, resources in self._local.items()
         ]
-        operations.append((self.node_id, command("DEL", keys.node(self.node_id))))
+        operations.append((self.node_id, command("DEL", self.ring.keys.node(self.node_id))))
         await self.ring.pipelines(operations)

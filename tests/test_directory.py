@@ -15,7 +15,6 @@ from redis_servers import RedisServer, redis_servers
 from nitro.config import RedisInstance, RedisSection
 from nitro.directory import SessionDirectory
 from nitro.jid import JID
-from nitro.ring import keys
 from nitro.ring.ring import Ring
 from nitro.server import running_server
 
@@ -180,10 +179,11 @@ async def test_garbage_in_the_ring_is_skipped_and_does_not_take_the_instance_out
     await one.put(ALICE_PHONE, None)
     holder = rings[1].owner(str(ALICE))
     assert holder is not None
-    await holder.control.hset(keys.sessions(str(ALICE)), "tablet", b"\xff not json")
+    entry = rings[1].keys.sessions(str(ALICE))
+    await holder.control.hset(entry, "tablet", b"\xff not json")
     assert set(await two.resources(ALICE)) == {"phone"}  # the unreadable record is ignored
-    await holder.control.delete(keys.sessions(str(ALICE)))
-    await holder.control.set(keys.sessions(str(ALICE)), b"a string, not a hash")
+    await holder.control.delete(entry)
+    await holder.control.set(entry, b"a string, not a hash")
     assert await two.resources(ALICE) == {}  # WRONGTYPE: nothing known from the ring …
     assert holder.live  # … and the instance is still trusted: it answered
     assert set(await one.resources(ALICE)) == {"phone"}  # a node always knows its own sessions

@@ -17,7 +17,6 @@ from redis_servers import RedisServer, redis_servers
 
 from nitro.accounts import change_password, create_account
 from nitro.config import Config
-from nitro.ring import keys
 from nitro.storage import codecs
 from nitro.storage.errors import StorageUnavailable
 from nitro.storage.layered import LayeredStorage, open_storage
@@ -72,7 +71,7 @@ async def test_the_read_path_fills_ring_and_cache(
     assert ring is not None
     holder = ring.owner("alice")
     assert holder is not None
-    stored = await holder.control.get(keys.key("roster", 1, "alice"))
+    stored = await holder.control.get(ring.keys.key("roster", 1, "alice"))
     assert stored is not None
     assert codecs.ROSTER.decode(stored.partition(b"\n")[2]) == first
 
@@ -277,7 +276,7 @@ async def test_a_ring_value_of_another_shape_is_a_miss(nodes: list[LayeredStorag
     assert ring is not None
     holder = ring.owner("alice")
     assert holder is not None
-    key = keys.key("roster", 1, "alice")
+    key = ring.keys.key("roster", 1, "alice")
     stored = await holder.control.get(key)
     assert stored is not None
     generation = stored.partition(b"\n")[0]

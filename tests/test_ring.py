@@ -14,13 +14,14 @@ from conftest import wait_for
 from redis_servers import RedisServer, redis_servers
 
 from nitro.config import ConfigError, RedisInstance, RedisSection, parse_config
-from nitro.ring import keys
 from nitro.ring.instance import Instance
+from nitro.ring.keys import KeySpace
 from nitro.ring.ring import Ring, RingUnavailable
 
 __all__ = ["redis_servers"]
 
 OWNERS = [f"user{i}" for i in range(3000)]
+keys = KeySpace()  # the default prefix, as Ring(settings(...)) uses
 FAST = {"health_interval": 0.1, "health_timeout": 0.3, "failures_before_out": 2, "socket_timeout": 0.3}
 
 
@@ -150,14 +151,14 @@ async def test_a_paused_instance_comes_back_flushed_with_a_new_epoch(
     client = await direct(server)
     try:
         await client.set("someone-else", b"kept")  # not our namespace: never flushed
-        epoch = await client.get(keys.EPOCH)
+        epoch = await client.get(keys.epoch)
         server.signal(signal.SIGSTOP)
         await wait_for(lambda: not instance.live, timeout=10)
         server.signal(signal.SIGCONT)
         await wait_for(lambda: instance.live, timeout=10)
         assert await client.get(ours) is None
         assert await client.get("someone-else") == b"kept"
-        new_epoch = await client.get(keys.EPOCH)
+        new_epoch = await client.get(keys.epoch)
         assert new_epoch is not None
         assert new_epoch != epoch
     finally:
@@ -228,6 +229,8 @@ async def test_no_live_instance_means_ring_unavailable(ring: Ring) -> None:
         ({"health_timeout": 0}, "[redis].health_timeout must be positive"),
         ({"failures_before_out": 0}, "failures_before_out must be at least 1"),
         ({"generation_ttl": 600}, "generation_ttl must exceed"),
+        ({"prefix": "a:b"}, "[redis].prefix must be"),
+        ({"prefix": ""}, "[redis].prefix must be"),
     ],
 )
 def test_redis_config_mistakes_name_the_key(redis_table: dict[str, object], message: str) -> None:

@@ -22,7 +22,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from nitro.config import RedisSection
-from nitro.ring import keys
+from nitro.ring.keys import KeySpace
 from nitro.storage.errors import StorageUnavailable
 
 log = logging.getLogger(__name__)
@@ -50,8 +50,9 @@ def _run_id(info: Any) -> str:
 class Instance:
     """A ring member; `on_change` is called (synchronously) whenever it goes live or out."""
 
-    def __init__(self, url: str, weight: int, settings: RedisSection) -> None:
+    def __init__(self, url: str, weight: int, settings: RedisSection, keys: KeySpace) -> None:
         self.url = url
+        self.keys = keys
         self.weight = weight
         self.settings = settings
         self.live = False
@@ -133,7 +134,7 @@ class Instance:
 
     async def _admit(self, run_id: str) -> None:
         """Join the epoch other nodes set for this very process, or flush and start a new one."""
-        current = await self.control.get(keys.EPOCH)
+        current = await self.control.get(self.keys.epoch)
         epoch = current.decode() if isinstance(current, bytes) else current
         if self.admissions == 0 and epoch is not None and epoch.startswith(f"{run_id}/"):
             self.epoch = epoch  # first sight: other nodes admitted this process; nothing changed under us
@@ -142,16 +143,16 @@ class Instance:
             # one (it may have loaded an old snapshot) or a fresh one: drop our namespace, then fence.
             await self.flush()
             self.epoch = f"{run_id}/{secrets.token_hex(8)}"
-            await self.control.set(keys.EPOCH, self.epoch)
+            await self.control.set(self.keys.epoch, self.epoch)
         self.run_id = run_id
         self.admissions += 1
         await self.client.connection_pool.disconnect()  # connections made before admission re-check
 
     async def flush(self) -> None:
         """Delete every key of our namespace (FLUSHDB would take other applications' keys too)."""
-        await self.control.delete(keys.EPOCH)  # first: readers treat a missing epoch as "not admitted"
+        await self.control.delete(self.keys.epoch)  # first: readers treat a missing epoch as "not admitted"
         batch: list[bytes] = []
-        async for key in self.control.scan_iter(match=keys.PATTERN, count=_FLUSH_BATCH):
+        async for key in self.control.scan_iter(match=self.keys.pattern, count=_FLUSH_BATCH):
             batch.append(key)
             if len(batch) >= _FLUSH_BATCH:
                 await self.control.unlink(*batch)

@@ -20,8 +20,8 @@ import redis.asyncio as redis
 from uhashring import HashRing
 
 from nitro.config import RedisSection
-from nitro.ring import keys
 from nitro.ring.instance import REDIS_ERRORS, Instance, RingUnavailable
+from nitro.ring.keys import KeySpace
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,8 @@ class Ring:
 
     def __init__(self, settings: RedisSection) -> None:
         self.settings = settings
-        self.instances = [Instance(i.url, i.weight, settings) for i in settings.instances]
+        self.keys = KeySpace(settings.prefix)
+        self.instances = [Instance(i.url, i.weight, settings, self.keys) for i in settings.instances]
         self.stats: dict[str, dict[str, int]] = {}
         self.listeners: list[Callable[[], None]] = []  # called when the set of live instances changes
         self._hash: HashRing | None = None
@@ -127,7 +128,7 @@ class Ring:
         """The owner's current token for `kind` and (if `value_key`) the value stored under it, in one
         round trip; RingUnavailable if the owner's instance is out, fails or is not admitted."""
         instance = self._instance(owner)
-        names = [keys.EPOCH, keys.generation(kind, owner)]
+        names = [self.keys.epoch, self.keys.generation(kind, owner)]
         if value_key is not None:
             names.append(value_key)
         found = await instance.call(lambda client: client.mget(names))
@@ -145,7 +146,7 @@ class Ring:
     async def fill(self, snapshot: Snapshot, kind: str, owner: str, value_key: str, data: bytes) -> bool:
         """Store `data` if nothing changed since `snapshot` (compare-and-set); errors are ignored."""
         epoch = snapshot.token.rsplit("|", 1)[0]
-        names = [keys.EPOCH, keys.generation(kind, owner), value_key]
+        names = [self.keys.epoch, self.keys.generation(kind, owner), value_key]
         ttl = str(int(self.settings.value_ttl * 1000))
         try:
             stored = await snapshot.instance.call(
@@ -174,7 +175,7 @@ class Ring:
         """
         generation = secrets.token_hex(8)
         ttl = str(int(self.settings.generation_ttl * 1000))
-        names = [*(keys.generation(kind, owner) for kind in kinds), *value_keys]
+        names = [*(self.keys.generation(kind, owner) for kind in kinds), *value_keys]
 
         async def one(instance: Instance) -> str | None:
             try:
@@ -196,7 +197,7 @@ class Ring:
     async def publish(self, message: bytes) -> None:
         async def one(instance: Instance) -> None:
             with contextlib.suppress(RingUnavailable):
-                await instance.call(lambda client: client.publish(keys.INVALIDATIONS, message))
+                await instance.call(lambda client: client.publish(self.keys.invalidations, message))
 
         await asyncio.gather(*(one(instance) for instance in self.live))
 

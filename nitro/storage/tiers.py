@@ -37,7 +37,6 @@ from typing import Any, TypeVar
 
 from nitro.cache import LruCache
 from nitro.config import Config
-from nitro.ring import keys
 from nitro.ring.instance import REDIS_ERRORS, Instance, RingUnavailable
 from nitro.ring.ring import Ring
 from nitro.storage.codecs import CACHED_KINDS, Codec, CorruptValue
@@ -96,7 +95,7 @@ class Tiers:
         if ring is None:
             return await load()
         kind = codec.kind
-        key = keys.key(kind, codec.version, owner, item)
+        key = ring.keys.key(kind, codec.version, owner, item)
         counter = self.cache.snapshot()
         entry = self.cache.peek(key)
         try:
@@ -146,7 +145,7 @@ class Tiers:
             text = {"id": message_id, "node": self.node_id, "owner": owner, "kinds": kinds, "at": at}
             return json.dumps(text).encode()
 
-        await self.ring.invalidate(kinds, owner, _value_keys(kinds, owner), message)
+        await self.ring.invalidate(kinds, owner, _value_keys(self.ring, kinds, owner), message)
 
     async def _listen(self, instance: Instance) -> None:
         """Invalidations published on one instance (each node subscribes to every instance)."""
@@ -158,7 +157,7 @@ class Tiers:
                 continue
             pubsub = instance.control.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(keys.INVALIDATIONS)
+                await pubsub.subscribe(self.ring.keys.invalidations)
                 while instance.live:
                     message = await pubsub.get_message(timeout=interval)
                     if message is not None:
@@ -190,8 +189,8 @@ class Tiers:
             return
         missed = [instance for instance in self.ring.live if instance.url not in at]
         if missed:  # live for us, not for the writer: fence the owner's values there too
-            await self.ring.invalidate(kinds, owner, _value_keys(kinds, owner), None, only=missed)
+            await self.ring.invalidate(kinds, owner, _value_keys(self.ring, kinds, owner), None, only=missed)
 
 
-def _value_keys(kinds: Sequence[str], owner: str) -> list[str]:
-    return [keys.key(kind, _CODECS[kind].version, owner) for kind in kinds]
+def _value_keys(ring: Ring, kinds: Sequence[str], owner: str) -> list[str]:
+    return [ring.keys.key(kind, _CODECS[kind].version, owner) for kind in kinds]
