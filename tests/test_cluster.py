@@ -29,7 +29,8 @@ RING = {"health_interval": 0.2, "health_timeout": 0.3, "failures_before_out": 2,
 
 def node_config(tmp_path: Path, servers: list[RedisServer], **ring: float) -> Config:
     """One node: its own ports, the shared SQLite file and certificate, the shared ring."""
-    return make_config(tmp_path, redis={"instances": [s.url for s in servers], **RING, **ring})
+    redis = {"instances": [s.url for s in servers], "prefix": "cluster", **RING, **ring}
+    return make_config(tmp_path, redis=redis)
 
 
 @pytest.fixture

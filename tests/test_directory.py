@@ -16,7 +16,7 @@ from nitro.config import RedisInstance, RedisSection
 from nitro.directory import SessionDirectory
 from nitro.jid import JID
 from nitro.ring.ring import Ring
-from nitro.server import running_server
+from nitro.server import Server, running_server
 
 __all__ = ["redis_servers"]
 
@@ -116,8 +116,16 @@ async def test_records_of_a_dead_node_expire(rings: list[Ring]) -> None:
     assert "phone" not in await two.resources(ALICE)
 
 
-async def test_without_a_ring_the_directory_is_in_memory(clients: Clients) -> None:
-    server = clients.server
+async def test_without_a_ring_the_directory_is_in_memory(tmp_path: Path) -> None:
+    async with running_server(make_config(tmp_path, redis={"instances": []})) as server:
+        clients = Clients(server)
+        try:
+            await in_memory_directory(server, clients)
+        finally:
+            await clients.close_all()
+
+
+async def in_memory_directory(server: Server, clients: Clients) -> None:
     directory = server.directory
     assert directory is not None
     assert directory.ring is None
@@ -142,7 +150,12 @@ async def test_a_server_with_the_ring_writes_its_sessions_there(
 ) -> None:
     config = make_config(
         tmp_path,
-        redis={"instances": [s.url for s in redis_servers], "health_interval": 0.1, "session_ttl": 5.0},
+        redis={
+            "instances": [s.url for s in redis_servers],
+            "prefix": "nitro",
+            "health_interval": 0.1,
+            "session_ttl": 5.0,
+        },
     )
     async with running_server(config) as server:
         pool = Clients(server)

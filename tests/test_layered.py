@@ -258,7 +258,7 @@ async def test_sql_and_the_owners_instance_down_is_an_error_not_a_stale_read(
 
 
 async def test_without_a_ring_nothing_is_cached(tmp_path: Path) -> None:
-    config = make_config(tmp_path)
+    config = make_config(tmp_path, redis={"instances": []})
     async with open_storage(config) as first, open_storage(config) as second:
         await create_account(first, "alice", "secret")
         await first.rosters.get("alice")
