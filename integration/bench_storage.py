@@ -1,11 +1,13 @@
 """Roster-load latency from each storage tier (a benchmark: it prints, it asserts nothing).
 
-    python -m integration.bench_storage [--dsn DSN] [--redis URL ...] [--users 200] [--reads 2000]
+    python -m integration.bench_storage [--dsn DSN] [--redis URL ...] [--users 2000] [--reads 2000]
 
 Gives N users rosters of 20 contacts in SQL (a fresh SQLite file unless --dsn), then times
 `rosters.get` as the roster module awaits it: straight from SQL (no ring), from the ring (a node
 whose cache holds nothing), and from the in-process cache (which still checks the generation in the
-ring: one small MGET). Without --redis it starts three redis-servers of its own on free ports.
+ring: one small MGET). Then a login storm at the storage level: every user's credentials, roster
+and offline messages read by 200 concurrent tasks, as a login does, with cold tiers (a fresh key
+prefix) and warm ones. Without --redis it starts three redis-servers of its own on free ports.
 """
 
 from __future__ import annotations
@@ -61,10 +63,36 @@ def redis_servers(directory: Path, count: int = 3) -> Iterator[list[str]]:
             process.wait(10)
 
 
-def _config(dsn: str, redis: list[str], *, cache_entries: int) -> Any:
+def _config(dsn: str, redis: list[str], *, cache_entries: int, prefix: str = "bench") -> Any:
     return parse_config(
-        {"storage": {"dsn": dsn}, "redis": {"instances": redis}, "cache": {"max_entries": cache_entries}}
+        {
+            "storage": {"dsn": dsn},
+            "redis": {"instances": redis, "prefix": prefix},
+            "cache": {"max_entries": cache_entries},
+        }
     )
+
+
+async def _login_storm(storage: LayeredStorage, users: list[str], concurrency: int = 200) -> str:
+    """What a login reads from storage, for every user at once (bounded concurrency)."""
+    gate = asyncio.Semaphore(concurrency)
+    samples: list[float] = []
+
+    async def login(user: str) -> None:
+        async with gate:
+            start = time.perf_counter()
+            await storage.accounts.get_credentials(user)
+            await storage.rosters.get(user)
+            await storage.offline.list(user)
+            samples.append(time.perf_counter() - start)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(login(user) for user in users))
+    elapsed = time.perf_counter() - start
+    ordered = sorted(samples)
+    p50, p99 = statistics.median(ordered) * 1e3, ordered[int(len(ordered) * 0.99)] * 1e3
+    rate = len(users) / elapsed
+    return f"{len(users)} logins in {elapsed:6.2f} s ({rate:7.0f}/s), p50 {p50:7.2f} ms p99 {p99:7.2f} ms"
 
 
 async def _time_reads(storage: LayeredStorage, users: list[str], reads: int) -> list[float]:
@@ -101,6 +129,12 @@ async def run(dsn: str, redis: list[str], users: int, reads: int) -> None:
         await _time_reads(cached, names, users * 4)
         print(_row("cache hit (generation checked)", await _time_reads(cached, names, reads)))
         print(f"cache stats {cached.tiers.cache.stats}")
+    print("login storm (credentials, roster, offline; 200 concurrent):")
+    async with open_storage(_config(dsn, [], cache_entries=0)) as sql_only:
+        print(f"  SQL only          {await _login_storm(sql_only, names)}")
+    async with open_storage(_config(dsn, redis, cache_entries=100_000, prefix="storm")) as ring:
+        print(f"  ring, cold        {await _login_storm(ring, names)}")
+        print(f"  ring, warm        {await _login_storm(ring, names)}")
 
 
 def main() -> None:
@@ -109,7 +143,7 @@ def main() -> None:
     )
     parser.add_argument("--dsn", help="SQL DSN (default: a fresh SQLite file)")
     parser.add_argument("--redis", action="append", default=[], help="ring instance URL (repeat)")
-    parser.add_argument("--users", type=int, default=200)
+    parser.add_argument("--users", type=int, default=2000)
     parser.add_argument("--reads", type=int, default=2000)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)

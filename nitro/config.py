@@ -125,7 +125,7 @@ class RedisSection:
     health_interval: float = 1.0
     health_timeout: float = 0.5
     failures_before_out: int = 2
-    socket_timeout: float = 0.5
+    socket_timeout: float = 1.0
     value_ttl: float = 3600.0
     generation_ttl: float = 86400.0
     session_ttl: float = 30.0

@@ -242,3 +242,14 @@ def test_redis_config_mistakes_name_the_key(redis_table: dict[str, object], mess
 def test_redis_instances_are_urls_or_tables_with_weights() -> None:
     config = parse_config({"redis": {"instances": ["redis://a:1/0", {"url": "redis://b:2/0", "weight": 3}]}})
     assert config.redis.instances == (RedisInstance("redis://a:1/0", 1), RedisInstance("redis://b:2/0", 3))
+
+
+async def test_a_slow_call_fails_alone_without_taking_the_instance_out(ring: Ring) -> None:
+    instance = ring.instances[0]
+    for _ in range(3):  # more than failures_before_out: calls do not count, only health checks do
+        with pytest.raises(RingUnavailable):
+            await instance.call(lambda client: client.blpop(["nitro-test-empty"], timeout=2))
+    assert instance.live
+    await ring.check_all()
+    assert instance.live
+    assert instance.failures == 0

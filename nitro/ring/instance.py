@@ -1,5 +1,9 @@
 """One Redis instance of the ring: a redis.asyncio client (hiredis), health checks, admission fencing.
 
+Health checks run in a thread of their own with a blocking client whose socket timeouts the kernel
+enforces, so a busy event loop (a login storm) never makes a healthy instance look dead; only they
+take an instance out, and an invalidation that could not be written (see `Ring.invalidate`).
+
 An instance is *live* only after it was admitted: its `run_id` is known and our namespace on it holds
 an epoch `<run_id>/<random>`. A returning or restarted instance is flushed (our keys only) and given a
 new epoch before it is used again, so it never serves a value that changed while it was out. Every new
@@ -9,17 +13,21 @@ connection checks the run_id first (`_on_connect`): a restart between two health
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import redis.asyncio as redis
+import redis
+import redis.asyncio
 from redis.asyncio.connection import Connection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.retry import Retry as BlockingRetry
 
 from nitro.config import RedisSection
 from nitro.ring.keys import KeySpace
@@ -67,10 +75,22 @@ class Instance:
             "retry": Retry(NoBackoff(), 0),  # a failure goes to the next tier, not into a retry loop
         }
         # Operations: every new connection first proves it reaches the admitted process.
-        self.client: redis.Redis = redis.Redis.from_url(url, redis_connect_func=self._on_connect, **timeouts)
-        # Health checks and admission: their own connection, not starved by (or fenced like) operations;
-        # one retry, so a connection broken by a restart does not count as a failed check.
-        self.control: redis.Redis = redis.Redis.from_url(url, **{**timeouts, "retry": Retry(NoBackoff(), 1)})
+        self.client: redis.asyncio.Redis = redis.asyncio.Redis.from_url(
+            url, redis_connect_func=self._on_connect, **timeouts
+        )
+        # Admission, flushes and pub/sub: their own connections, not starved by (or fenced like) operations;
+        # one retry, so a connection broken by a restart is simply replaced.
+        self.control: redis.asyncio.Redis = redis.asyncio.Redis.from_url(
+            url, **{**timeouts, "retry": Retry(NoBackoff(), 1)}
+        )
+        # Health checks: blocking, in a thread of their own (see the module docstring).
+        self.probe: redis.Redis = redis.Redis.from_url(
+            url,
+            socket_timeout=settings.health_timeout,
+            socket_connect_timeout=settings.health_timeout,
+            retry=BlockingRetry(NoBackoff(), 1),
+        )
+        self._prober = ThreadPoolExecutor(max_workers=1, thread_name_prefix="redis-health")
 
     def __repr__(self) -> str:
         return f"<Instance {self.url} {'live' if self.live else 'out'}>"
@@ -85,21 +105,20 @@ class Instance:
                 self.take_out()
             raise RedisConnectionError(f"{self.url} is not admitted to the ring")
 
-    async def call(self, operation: Callable[[redis.Redis], Awaitable[Any]]) -> Any:
-        """Run `operation` on this instance within socket_timeout; RingUnavailable if it fails."""
+    async def call(self, operation: Callable[[redis.asyncio.Redis], Awaitable[Any]]) -> Any:
+        """Run `operation` on this instance within socket_timeout; RingUnavailable if it fails (the
+        caller goes to SQL; only health checks decide that the instance is out)."""
         if not self.live:
             raise RingUnavailable(f"redis {self.url} is out of the ring")
         try:
             async with asyncio.timeout(self.settings.socket_timeout):
-                result = await operation(self.client)
+                return await operation(self.client)
         except REDIS_ERRORS as exc:
-            self.failed(f"{type(exc).__name__}: {exc}")
+            log.debug("redis %s: %s: %s", self.url, type(exc).__name__, exc)
             raise RingUnavailable(f"redis {self.url}: {type(exc).__name__}") from exc
-        self.failures = 0  # failures_before_out counts failures in a row
-        return result
 
     def failed(self, why: str) -> None:
-        """One failed call or health check; `failures_before_out` in a row take the instance out."""
+        """One failed health check; `failures_before_out` in a row take the instance out."""
         self.failures += 1
         if self.live and self.failures >= self.settings.failures_before_out:
             log.warning("redis %s out of the ring after %d failures (%s)", self.url, self.failures, why)
@@ -113,9 +132,9 @@ class Instance:
 
     async def check(self) -> None:
         """One health check: INFO server within health_timeout; admit the instance if it is healthy."""
+        loop = asyncio.get_running_loop()
         try:
-            async with asyncio.timeout(self.settings.health_timeout):
-                run_id = _run_id(await self.control.info("server"))
+            run_id = _run_id(await loop.run_in_executor(self._prober, self.probe.info, "server"))
             if self.live and run_id == self.run_id:
                 self.failures = 0
                 return
@@ -161,6 +180,9 @@ class Instance:
             await self.control.unlink(*batch)
 
     async def close(self) -> None:
+        self._prober.shutdown(wait=False, cancel_futures=True)
+        with contextlib.suppress(*REDIS_ERRORS):
+            self.probe.close()
         for client in (self.client, self.control):
             try:
                 await client.aclose()
