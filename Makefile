@@ -18,6 +18,8 @@ run: $(BIN)/nitro
 
 # go-sendxmpp is the real Debian client one end-to-end test drives; MariaDB's server and client run the
 # SQL backend tests. Both are installed when we are root.
+# go-sendxmpp is the real Debian client one end-to-end test drives, redis-server what the ring tests
+# start (three of them on free ports); installed when we are root.
 system-deps:
 	@command -v go-sendxmpp >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then \
@@ -33,6 +35,10 @@ system-deps:
 	  if [ "$$(id -u)" = 0 ]; then \
 	    start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd; sleep 3; \
 	  else echo "note: start MariaDB on 127.0.0.1:3306 (root, no password) for the MariaDB tests"; fi; }
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
+	  else echo "note: install redis-server (Debian package) to run the Redis ring tests"; fi; }
 
 test: $(BIN)/nitro system-deps
 	$(BIN)/python -m pytest

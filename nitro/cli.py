@@ -19,7 +19,7 @@ from nitro.cli_db import add_db_parser, db_command
 from nitro.config import Config, ConfigError, load_config
 from nitro.logs import configure as configure_logging
 from nitro.storage.errors import AlreadyExists, StorageError
-from nitro.storage.sql import open_sql_storage
+from nitro.storage.layered import open_storage
 
 log = logging.getLogger("nitro")
 
@@ -98,7 +98,7 @@ async def serve(config: Config) -> int:
 
 
 async def user_command(config: Config, args: argparse.Namespace) -> int:
-    async with open_sql_storage(config.storage.dsn, pool=config.storage) as storage:
+    async with open_storage(config) as storage:  # through the tiers: writes invalidate the ring
         if args.action == "list":
             for name in await storage.accounts.list_usernames():
                 print(name)

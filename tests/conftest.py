@@ -6,7 +6,9 @@ import asyncio
 import contextlib
 import dataclasses
 import errno
+import itertools
 import logging
+import os
 import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -34,6 +36,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+_prefixes = itertools.count()
+
+
 def make_config(tmp_path: Path, **sections: dict[str, Any]) -> Config:
     """A config for one test: free ports, files under tmp_path, fast timers; override per section."""
     document: dict[str, dict[str, Any]] = {
@@ -44,6 +49,9 @@ def make_config(tmp_path: Path, **sections: dict[str, Any]) -> Config:
         "auth": {"scram_iterations": 4096},
         "metrics": {"port": 0},
     }
+    if ring := os.environ.get("NITRO_TEST_REDIS"):  # run the suite on a ring: space-separated redis URLs
+        prefix = f"test{os.getpid()}-{next(_prefixes)}"  # each test its own cluster on the shared ring
+        document["redis"] = {"instances": ring.split(), "health_interval": 0.2, "prefix": prefix}
     for name, values in sections.items():
         document.setdefault(name, {}).update(values)
     return parse_config(document, base_dir=tmp_path)
