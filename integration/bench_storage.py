@@ -1,160 +1,295 @@
-"""Roster-load latency from each storage tier (a benchmark: it prints, it asserts nothing).
+"""Storage benchmark: where a roster load is served from, and a login storm on each storage layout.
 
-    python -m integration.bench_storage [--dsn DSN] [--redis URL ...] [--users 2000] [--reads 2000]
+    python -m integration.bench_storage
+    python -m integration.bench_storage --users 2000 --samples 2000 --layouts sqlite,mariadb,mariadb+ring
 
-Gives N users rosters of 20 contacts in SQL (a fresh SQLite file unless --dsn), then times
-`rosters.get` as the roster module awaits it: straight from SQL (no ring), from the ring (a node
-whose cache holds nothing), and from the in-process cache (which still checks the generation in the
-ring: one small MGET). Then a login storm at the storage level: every user's credentials, roster
-and offline messages read by 200 concurrent tasks, as a login does, with cold tiers (a fresh key
-prefix) and warm ones. Without --redis it starts three redis-servers of its own on free ports.
+Part 1, roster loads: the same 20-contact rosters read through Nitro's layered storage
+(`rosters.get`, as the roster module awaits it) with the answer coming from SQLite, from MariaDB,
+from the Redis ring (in-process cache off) and from the in-process cache (which still checks the
+user's generation key in the ring: one small MGET): p50/p99 per tier.
+Part 2, login storms: the load generator's login scenario (SCRAM-SHA-1, rosters of 20) against a
+Nitro process on SQLite, on MariaDB alone and on MariaDB behind a three-instance Redis ring, each
+twice: cold (a fresh process and empty Redis) and warm (the same process again, caches filled).
+
+Everything runs on loopback: three `redis-server` processes of its own on free ports, and a fresh
+database on the machine's MariaDB (127.0.0.1:3306, root; --mariadb to change), dropped at the end.
+It prints figures and never judges them.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
-import random
-import shutil
-import socket
-import statistics
+import contextlib
+import secrets
 import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
-from nitro.accounts import create_account
-from nitro.config import parse_config
-from nitro.storage.layered import LayeredStorage, open_storage
-from nitro.storage.models import RosterItem
+from integration.bench import _toml, free_port, table
+from integration.loadgen.accounts import ITERATIONS, PASSWORD, USER_FORMAT
+from integration.loadgen.process import running
+from integration.loadgen.provision import provision_bulk
+from integration.loadgen.scenarios import Result, Settings, plan_cores, run_scenario
+from integration.loadgen.stats import percentile
+from integration.loadgen.worker import Target
 
-CONTACTS = 20
+DOMAIN = "localhost"
+ROSTER = 20
+LAYOUTS = ("sqlite", "mariadb", "mariadb+ring")
+REDIS_INSTANCES = 3
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+# --- the servers under the storage ------------------------------------------------------------------
 
 
-@contextmanager
-def redis_servers(directory: Path, count: int = 3) -> Iterator[list[str]]:
-    """`count` throwaway redis-servers (no persistence) on free loopback ports."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise SystemExit("redis-server is not installed (or pass --redis URL)")
+@contextlib.contextmanager
+def redis_servers(directory: Path, count: int) -> Iterator[list[str]]:
+    """`count` redis-server processes of our own on free loopback ports; their URLs; stopped by pid."""
     processes: list[subprocess.Popen[bytes]] = []
-    urls = []
+    urls: list[str] = []
     try:
-        for _ in range(count):
-            port = _free_port()
-            command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-            processes.append(subprocess.Popen(command, cwd=directory, stdout=subprocess.DEVNULL))
+        for index in range(count):
+            port = free_port()
+            workdir = directory / f"redis-{index}"
+            workdir.mkdir(parents=True, exist_ok=True)
+            command = ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", ""]
+            command += ["--appendonly", "no", "--dir", str(workdir)]
+            processes.append(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
             urls.append(f"redis://127.0.0.1:{port}/0")
-        time.sleep(0.5)
+            _wait_redis(port, processes[-1])
         yield urls
     finally:
         for process in processes:
             process.terminate()
-            process.wait(10)
+        for process in processes:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(10)
+            if process.poll() is None:
+                process.kill()
 
 
-def _config(dsn: str, redis: list[str], *, cache_entries: int, prefix: str = "bench") -> Any:
-    return parse_config(
-        {
-            "storage": {"dsn": dsn},
-            "redis": {"instances": redis, "prefix": prefix},
-            "cache": {"max_entries": cache_entries},
-        }
-    )
-
-
-async def _login_storm(storage: LayeredStorage, users: list[str], concurrency: int = 200) -> str:
-    """What a login reads from storage, for every user at once (bounded concurrency)."""
-    gate = asyncio.Semaphore(concurrency)
-    samples: list[float] = []
-
-    async def login(user: str) -> None:
-        async with gate:
-            start = time.perf_counter()
-            await storage.accounts.get_credentials(user)
-            await storage.rosters.get(user)
-            await storage.offline.list(user)
-            samples.append(time.perf_counter() - start)
-
-    start = time.perf_counter()
-    await asyncio.gather(*(login(user) for user in users))
-    elapsed = time.perf_counter() - start
-    ordered = sorted(samples)
-    p50, p99 = statistics.median(ordered) * 1e3, ordered[int(len(ordered) * 0.99)] * 1e3
-    rate = len(users) / elapsed
-    return f"{len(users)} logins in {elapsed:6.2f} s ({rate:7.0f}/s), p50 {p50:7.2f} ms p99 {p99:7.2f} ms"
-
-
-async def _time_reads(storage: LayeredStorage, users: list[str], reads: int) -> list[float]:
-    samples = []
-    for _ in range(reads):
-        user = random.choice(users)
-        start = time.perf_counter()
-        await storage.rosters.get(user)
-        samples.append(time.perf_counter() - start)
-    return samples
-
-
-def _row(label: str, samples: list[float]) -> str:
-    ordered = sorted(samples)
-    p50 = statistics.median(ordered) * 1e3
-    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1e3
-    return f"{label:<34} {p50:8.3f} {p99:8.3f} {len(samples) / sum(samples):10.0f}"
-
-
-async def run(dsn: str, redis: list[str], users: int, reads: int) -> None:
-    names = [f"user{i}" for i in range(users)]
-    async with open_storage(_config(dsn, [], cache_entries=0)) as sql_only:
-        if await sql_only.accounts.count() < users:
-            for name in names:
-                await create_account(sql_only, name, "benchmark password", iterations=4096)
-                for contact in range(CONTACTS):
-                    await sql_only.rosters.put(name, RosterItem(jid=f"c{contact}@bench", subscription="both"))
-        print(f"{'roster load, 20 items':<34} {'p50 ms':>8} {'p99 ms':>8} {'loads/s':>10}")
-        print(_row("SQL only (no ring)", await _time_reads(sql_only, names, reads)))
-    async with open_storage(_config(dsn, redis, cache_entries=0)) as ring_only:
-        await _time_reads(ring_only, names, users * 2)  # fill the ring
-        print(_row("ring hit (cache disabled)", await _time_reads(ring_only, names, reads)))
-    async with open_storage(_config(dsn, redis, cache_entries=100_000)) as cached:
-        await _time_reads(cached, names, users * 4)
-        print(_row("cache hit (generation checked)", await _time_reads(cached, names, reads)))
-        print(f"cache stats {cached.tiers.cache.stats}")
-    print("login storm (credentials, roster, offline; 200 concurrent):")
-    async with open_storage(_config(dsn, [], cache_entries=0)) as sql_only:
-        print(f"  SQL only          {await _login_storm(sql_only, names)}")
-    async with open_storage(_config(dsn, redis, cache_entries=100_000, prefix="storm")) as ring:
-        print(f"  ring, cold        {await _login_storm(ring, names)}")
-        print(f"  ring, warm        {await _login_storm(ring, names)}")
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--dsn", help="SQL DSN (default: a fresh SQLite file)")
-    parser.add_argument("--redis", action="append", default=[], help="ring instance URL (repeat)")
-    parser.add_argument("--users", type=int, default=2000)
-    parser.add_argument("--reads", type=int, default=2000)
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING)
-    with tempfile.TemporaryDirectory() as directory:
-        dsn = args.dsn or f"sqlite+aiosqlite:///{directory}/bench.db"
-        if args.redis:
-            asyncio.run(run(dsn, args.redis, args.users, args.reads))
+def _wait_redis(port: int, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"redis-server on port {port} exited with {process.returncode}")
+        ping = subprocess.run(
+            ["redis-cli", "-p", str(port), "ping"], capture_output=True, text=True, check=False
+        )
+        if ping.stdout.strip() == "PONG":
             return
-        with redis_servers(Path(directory)) as urls:
-            asyncio.run(run(dsn, urls, args.users, args.reads))
+        time.sleep(0.05)
+    raise RuntimeError(f"redis-server on port {port} did not answer PING")
+
+
+def flush_redis(urls: Sequence[str]) -> None:
+    for url in urls:
+        port = url.rsplit(":", 1)[1].split("/", 1)[0]
+        subprocess.run(["redis-cli", "-p", port, "flushall"], capture_output=True, check=True)
+
+
+@contextlib.contextmanager
+def mariadb_database(server: str) -> Iterator[str]:
+    """A fresh database on the MariaDB at `server` (host:port, root), dropped when the block ends."""
+    host, _, port = server.rpartition(":")
+    name = f"nitro_bench_{secrets.token_hex(4)}"
+    client = ["mariadb", "-h", host, "-P", port, "-u", "root", "--protocol=TCP", "-e"]
+    subprocess.run([*client, f"CREATE DATABASE {name} CHARACTER SET utf8mb4"], check=True)
+    try:
+        yield f"mysql+asyncmy://root@{host}:{port}/{name}"
+    finally:
+        subprocess.run([*client, f"DROP DATABASE IF EXISTS {name}"], check=False)
+
+
+# --- part 1: roster loads per tier ------------------------------------------------------------------
+
+
+async def _timed(samples: int, names: Sequence[str], read: Callable[[str], Awaitable[object]]) -> list[float]:
+    durations: list[float] = []
+    for index in range(samples):
+        name = names[index % len(names)]
+        started = time.perf_counter()
+        await read(name)
+        durations.append(time.perf_counter() - started)
+    return durations
+
+
+def _row(label: str, durations: Sequence[float]) -> list[str]:
+    p50, p99 = percentile(durations, 0.50), percentile(durations, 0.99)
+    return [
+        label,
+        f"{len(durations):,}",
+        "-" if p50 is None else f"{p50 * 1e6:,.0f}",
+        "-" if p99 is None else f"{p99 * 1e6:,.0f}",
+    ]
+
+
+async def roster_tiers(
+    sqlite_dsn: str, mariadb_dsn: str, redis_urls: Sequence[str], names: Sequence[str], samples: int
+) -> list[list[str]]:
+    """p50/p99 of `rosters.get` served by each tier, through the same layered storage the server uses."""
+    from nitro.config import Config, parse_config
+    from nitro.storage.layered import open_storage
+
+    def config(dsn: str, ring: Sequence[str], cache_entries: int, prefix: str) -> Config:
+        sections = {"storage": {"dsn": dsn}, "cache": {"max_entries": cache_entries}}
+        return parse_config({**sections, "redis": {"instances": list(ring), "prefix": prefix}})
+
+    rows: list[list[str]] = []
+    for label, dsn in (
+        ("SQLite (no ring, no cache)", sqlite_dsn),
+        ("MariaDB (no ring, no cache)", mariadb_dsn),
+    ):
+        async with open_storage(config(dsn, [], 0, "bench")) as storage:
+            await _timed(len(names), names, storage.rosters.get)  # connections open, pages in memory
+            rows.append(_row(label, await _timed(samples, names, storage.rosters.get)))
+    async with open_storage(config(mariadb_dsn, redis_urls, 0, "tiers")) as storage:
+        await _timed(len(names), names, storage.rosters.get)  # every roster into the ring
+        rows.append(_row("Redis ring (cache off)", await _timed(samples, names, storage.rosters.get)))
+    async with open_storage(config(mariadb_dsn, redis_urls, 1_000_000, "tiers")) as storage:
+        await _timed(len(names), names, storage.rosters.get)  # every roster into the cache
+        label = "in-process cache (generation checked in the ring)"
+        rows.append(_row(label, await _timed(samples, names, storage.rosters.get)))
+    return rows
+
+
+# --- part 2: login storms ---------------------------------------------------------------------------
+
+
+def _config_text(sections: dict[str, dict[str, object]]) -> str:
+    text = "# Written by integration/bench_storage.py for one benchmark run.\n"
+    for name, values in sections.items():
+        text += f"\n[{name}]\n" + "".join(f"{key} = {_toml(value)}\n" for key, value in values.items())
+    return text
+
+
+def server_config(directory: Path, port: int, dsn: str, redis_urls: Sequence[str]) -> Path:
+    sections: dict[str, dict[str, object]] = {
+        "server": {"domain": DOMAIN},
+        "storage": {"dsn": dsn},
+        "c2s": {
+            "host": "127.0.0.1",
+            "port": port,
+            "direct_tls_port": 0,
+            "backlog": 4096,
+            "require_encryption": False,
+            "allow_plain_without_tls": True,
+            "negotiation_timeout": 300.0,
+            "idle_ping_after": 3600.0,
+            "keepalive_interval": 3600.0,
+        },
+        "tls": {"cert": str(directory / "cert.pem"), "key": str(directory / "key.pem"), "generate": True},
+        "auth": {"throttle_failures": 1_000_000, "scram_iterations": ITERATIONS},
+        "registration": {"open": False},
+        "modules": {"disabled": ["mam"]},
+        "logging": {"level": "WARNING"},
+    }
+    if redis_urls:
+        sections["redis"] = {"instances": list(redis_urls)}
+    path = directory / "nitro.toml"
+    path.write_text(_config_text(sections))
+    return path
+
+
+def login_storms(
+    layout: str, directory: Path, dsn: str, redis_urls: Sequence[str], users: int, timeout: float
+) -> tuple[Result, Result]:
+    """Cold then warm login storm of `users` clients against one Nitro process on this layout."""
+    cores = plan_cores(True)
+    directory.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    config = server_config(directory, port, dsn, redis_urls)
+    if redis_urls:
+        flush_redis(redis_urls)
+    command = [sys.executable, "-m", "nitro", "--config", str(config), "serve"]
+    cold, warm = Result(f"{layout}, cold"), Result(f"{layout}, warm")
+    settings = Settings(duration=timeout)
+    with running(
+        command, port=port, log=directory / "nitro.log", cwd=directory, cpus=cores.server
+    ) as process:
+        target = Target("127.0.0.1", port, DOMAIN, PASSWORD, "SCRAM-SHA-1", False, None, True)
+        run_scenario("login", settings, target, users, process.pid, cores, cold)
+        run_scenario("login", settings, target, users, process.pid, cores, warm)
+    return cold, warm
+
+
+# --- command line -----------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m integration.bench_storage",
+        description=(
+            "Roster-load latency from the in-process cache, the Redis ring and MariaDB, and login storms "
+            "(cold and warm caches) on SQLite, MariaDB and MariaDB + Redis ring. Loopback only; prints "
+            "figures, judges nothing."
+        ),
+    )
+    parser.add_argument("--users", type=int, default=2000, help="accounts, each with a roster of 20")
+    parser.add_argument("--samples", type=int, default=2000, help="roster loads timed per tier")
+    parser.add_argument(
+        "--layouts", default=",".join(LAYOUTS), help=f"comma-separated subset of {', '.join(LAYOUTS)}"
+    )
+    parser.add_argument("--mariadb", default="127.0.0.1:3306", help="MariaDB server (root, no password)")
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds a login storm may take")
+    parser.add_argument("--skip-tiers", action="store_true", help="only the login storms")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    layouts = [layout.strip() for layout in args.layouts.split(",") if layout.strip()]
+    unknown = set(layouts) - set(LAYOUTS)
+    if unknown or args.users < 2 or args.samples < 1:
+        build_parser().error(f"bad --layouts {sorted(unknown)} or --users/--samples too small")
+    host = args.mariadb.rpartition(":")[0]
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        build_parser().error("--mariadb must be on loopback")
+    names = [USER_FORMAT.format(i) for i in range(args.users)]
+    with (
+        tempfile.TemporaryDirectory(prefix="nitro-bench-storage-") as temporary,
+        mariadb_database(args.mariadb) as mariadb_dsn,
+        redis_servers(Path(temporary), REDIS_INSTANCES) as redis_urls,
+    ):
+        base = Path(temporary)
+        sqlite_dsn = f"sqlite+aiosqlite:///{base / 'nitro.db'}"
+        started = time.monotonic()
+        for dsn in (sqlite_dsn, mariadb_dsn):
+            asyncio.run(provision_bulk(dsn, DOMAIN, names, roster_size=ROSTER))
+        print(
+            f"provisioned {args.users:,} users with rosters of {ROSTER} in SQLite and MariaDB "
+            f"({time.monotonic() - started:.0f} s)",
+            flush=True,
+        )
+        if not args.skip_tiers:
+            rows = asyncio.run(roster_tiers(sqlite_dsn, mariadb_dsn, redis_urls, names, args.samples))
+            print(f"\n== roster load ({ROSTER} contacts), rosters.get through the layered storage ==")
+            print(table(["served from", "loads", "p50 µs", "p99 µs"], rows), flush=True)
+        results: list[Result] = []
+        for layout in layouts:
+            dsn = sqlite_dsn if layout == "sqlite" else mariadb_dsn
+            urls = redis_urls if layout.endswith("+ring") else []
+            print(f"\nlogin storms on {layout}: {args.users:,} clients, cold then warm", flush=True)
+            results.extend(login_storms(layout, base / layout, dsn, urls, args.users, args.timeout))
+        metrics = list(dict.fromkeys(name for r in results for name in r.rows))
+        rows = [[r.server, *(_cell(r.rows.get(m)) for m in metrics)] for r in results]
+        print(f"\n== login storm: {args.users:,} clients, SCRAM-SHA-1, plain TCP, rosters of {ROSTER} ==")
+        print(table(["layout", *metrics], rows))
+        for result in results:
+            for note in dict.fromkeys(result.notes):
+                print(f"  note ({result.server}): {note}")
+    return 0
+
+
+def _cell(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.0f}" if abs(value) >= 100 or float(value).is_integer() else f"{value:.1f}"
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
