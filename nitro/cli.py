@@ -1,4 +1,4 @@
-"""The `nitro` command: `serve` the XMPP server, and `user add|del|passwd|list` for operators."""
+"""The `nitro` command: `serve` the server; `user add|del|passwd|list` and `db upgrade|copy` for operators."""
 
 from __future__ import annotations
 
@@ -15,10 +15,11 @@ from typing import Any
 
 from nitro import __version__
 from nitro.accounts import InvalidUsername, change_password, create_account, prepare_username
+from nitro.cli_db import add_db_parser, db_command
 from nitro.config import Config, ConfigError, load_config
 from nitro.logs import configure as configure_logging
 from nitro.storage.errors import AlreadyExists, StorageError
-from nitro.storage.sql import open_sql_storage
+from nitro.storage.layered import open_storage
 
 log = logging.getLogger("nitro")
 
@@ -48,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     delete = actions.add_parser("del", help="delete an account and everything stored for it")
     delete.add_argument("username")
     actions.add_parser("list", help="list accounts, one per line")
+    add_db_parser(commands)
     return parser
 
 
@@ -64,6 +66,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(level, config.logging.format)
     if args.command == "serve":
         return _run(serve(config))
+    if args.command == "db":
+        return _run(db_command(config, args))
     return _run(user_command(config, args))
 
 
@@ -94,7 +98,7 @@ async def serve(config: Config) -> int:
 
 
 async def user_command(config: Config, args: argparse.Namespace) -> int:
-    async with open_sql_storage(config.storage.dsn) as storage:
+    async with open_storage(config) as storage:  # through the tiers: writes invalidate the ring
         if args.action == "list":
             for name in await storage.accounts.list_usernames():
                 print(name)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from nitro.jid import JID, InvalidJID
+from nitro.ring.keys import PREFIX
 
 
 class ConfigError(Exception):
@@ -27,6 +28,14 @@ class ServerSection:
 @dataclass(frozen=True, slots=True)
 class StorageSection:
     dsn: str = "sqlite+aiosqlite:///var/nitro.db"
+    # MariaDB/MySQL only (SQLite has one file and no pool): see config/nitro.toml.
+    pool_size: int = 10
+    max_overflow: int = 20
+    pool_timeout: float = 10.0
+    pool_recycle: float = 3600.0
+    pool_pre_ping: bool = True
+    connect_timeout: float = 5.0
+    query_timeout: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +128,36 @@ class MetricsSection:
 
 
 @dataclass(frozen=True, slots=True)
+class RedisInstance:
+    """One instance of the ring: a URL ("redis://host:port/db") and its share of the keys."""
+
+    SHORTHAND: typing.ClassVar[str] = "url"  # a plain string in the list is the url
+
+    url: str = ""
+    weight: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class RedisSection:
+    instances: tuple[RedisInstance, ...] = ()
+    prefix: str = "nitro"
+    health_interval: float = 1.0
+    health_timeout: float = 0.5
+    failures_before_out: int = 2
+    socket_timeout: float = 1.0
+    value_ttl: float = 3600.0
+    generation_ttl: float = 86400.0
+    session_ttl: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class CacheSection:
+    max_entries: int = 100_000
+    max_bytes: int = 64 * 1024 * 1024
+    ttl: float = 300.0
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     server: ServerSection = field(default_factory=ServerSection)
     storage: StorageSection = field(default_factory=StorageSection)
@@ -134,6 +173,8 @@ class Config:
     modules: ModulesSection = field(default_factory=ModulesSection)
     logging: LoggingSection = field(default_factory=LoggingSection)
     metrics: MetricsSection = field(default_factory=MetricsSection)
+    redis: RedisSection = field(default_factory=RedisSection)
+    cache: CacheSection = field(default_factory=CacheSection)
     base_dir: Path = Path()
 
     def path(self, relative: str) -> Path:
@@ -155,6 +196,10 @@ def _convert(value: Any, annotation: Any, where: str) -> Any:
         if not isinstance(value, list):
             raise ConfigError(f"{where}: expected a list")
         return tuple(_convert(item, item_type, f"{where}[{i}]") for i, item in enumerate(value))
+    if dataclasses.is_dataclass(annotation) and isinstance(annotation, type):
+        shorthand = getattr(annotation, "SHORTHAND", None)
+        table = {shorthand: value} if shorthand is not None and isinstance(value, str) else value
+        return _section(annotation, table, where)
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if annotation is int and isinstance(value, bool):
@@ -206,9 +251,11 @@ def _validate(config: Config, source: str) -> None:
         raise ConfigError(f"{source}: [c2s].max_stanza_bytes must be at least 10000 (RFC 6120 §13.12)")
     if config.archive.default not in {"always", "never", "roster"}:
         raise ConfigError(f"{source}: [archive].default must be always, never or roster")
+    _validate_storage(config.storage, source)
     if config.logging.level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise ConfigError(f"{source}: [logging].level must be DEBUG, INFO, WARNING or ERROR")
     _validate_observability(config, source)
+    _validate_tiers(config, source)
 
 
 def _validate_observability(config: Config, source: str) -> None:
@@ -234,6 +281,49 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+_DSN_SCHEMES = ("sqlite+aiosqlite", "mysql+asyncmy", "mariadb+asyncmy")
+
+
+def _validate_storage(storage: StorageSection, source: str) -> None:
+    scheme, separator, rest = storage.dsn.partition("://")
+    if not separator or scheme not in _DSN_SCHEMES:
+        raise ConfigError(f"{source}: [storage].dsn must start with one of {', '.join(_DSN_SCHEMES)}://")
+    if scheme != "sqlite+aiosqlite" and not rest.partition("?")[0].partition("/")[2]:
+        raise ConfigError(f"{source}: [storage].dsn must name a database: {scheme}://USER@HOST:PORT/DATABASE")
+    if storage.pool_size < 1:
+        raise ConfigError(f"{source}: [storage].pool_size must be at least 1")
+    if storage.max_overflow < 0:
+        raise ConfigError(f"{source}: [storage].max_overflow must not be negative")
+    if storage.pool_recycle <= 0 and storage.pool_recycle != -1:
+        raise ConfigError(f"{source}: [storage].pool_recycle must be positive, or -1 to never recycle")
+    for key in ("pool_timeout", "connect_timeout", "query_timeout"):
+        if getattr(storage, key) <= 0:
+            raise ConfigError(f"{source}: [storage].{key} must be positive")
+
+
+def _validate_tiers(config: Config, source: str) -> None:
+    redis = config.redis
+    for i, instance in enumerate(redis.instances):
+        if not instance.url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError(f"{source}: [redis].instances[{i}]: url must be redis://host:port/db")
+        if instance.weight < 1:
+            raise ConfigError(f"{source}: [redis].instances[{i}]: weight must be at least 1")
+    if not PREFIX.fullmatch(redis.prefix):
+        raise ConfigError(f"{source}: [redis].prefix must be 1 to 64 of A-Z a-z 0-9 _ . -")
+    if len({instance.url for instance in redis.instances}) != len(redis.instances):
+        raise ConfigError(f"{source}: [redis].instances: an instance is listed twice")
+    timings = ("health_interval", "health_timeout", "socket_timeout", "value_ttl", "session_ttl")
+    for name in timings:
+        if getattr(redis, name) <= 0:
+            raise ConfigError(f"{source}: [redis].{name} must be positive")
+    if redis.failures_before_out < 1:
+        raise ConfigError(f"{source}: [redis].failures_before_out must be at least 1")
+    if redis.generation_ttl <= 2 * max(redis.value_ttl, config.cache.ttl):
+        raise ConfigError(f"{source}: [redis].generation_ttl must exceed twice value_ttl and [cache].ttl")
+    if config.cache.max_entries < 0 or config.cache.max_bytes < 0 or config.cache.ttl <= 0:
+        raise ConfigError(f"{source}: [cache] sizes must not be negative and ttl must be positive")
 
 
 def load_config(path: Path | None) -> Config:

@@ -6,12 +6,13 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Coroutine, Mapping
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 from nitro.config import Config
 from nitro.connection import serve_client
+from nitro.directory import SessionDirectory
 from nitro.errors import StreamError
 from nitro.events import EventBus
 from nitro.metrics import Metrics
@@ -20,7 +21,8 @@ from nitro.module import BUILTIN_MODULES, DiscoRegistry, Module, load_module
 from nitro.router import Router
 from nitro.sessions import SessionManager
 from nitro.storage import Storage
-from nitro.storage.sql import open_sql_storage
+from nitro.storage.layered import open_storage
+from nitro.storage.tiers import Tiers
 from nitro.storage.timed import timed_storage
 from nitro.throttle import FailureThrottle
 from nitro.tls import ensure_certificate, server_context
@@ -59,6 +61,8 @@ class Server:
         self._tasks: set[asyncio.Task[None]] = set()
         self._connection_tasks: set[asyncio.Task[Any]] = set()  # until serve_client returns
         self.metrics.track_sessions(lambda: self._connections)
+        self.tiers: Tiers | None = None  # cache and ring statistics (`tiers.cache.stats`, `tiers.ring.stats`)
+        self.directory: SessionDirectory | None = None  # set by the `directory` module
 
     @property
     def domain(self) -> str:
@@ -142,6 +146,11 @@ def _addresses(listener: asyncio.Server) -> str:
     return ", ".join(f"{sock.getsockname()[0]}:{sock.getsockname()[1]}" for sock in listener.sockets)
 
 
+def _hits_and_misses(stats: Mapping[str, Mapping[str, int]]) -> dict[str, tuple[int, int]]:
+    """A tier's per-kind counters as the metrics' tier source reads them."""
+    return {kind: (counters.get("hits", 0), counters.get("misses", 0)) for kind, counters in stats.items()}
+
+
 def make_tls_context(config: Config) -> ssl.SSLContext | None:
     cert, key = config.path(config.tls.cert), config.path(config.tls.key)
     if config.tls.generate:
@@ -159,9 +168,14 @@ async def running_server(config: Config) -> AsyncIterator[Server]:
     """Start storage, modules and listeners; on exit drain and stop in reverse order."""
     tls_context = make_tls_context(config)
     metrics = Metrics()
-    async with open_sql_storage(config.storage.dsn) as sql_storage:
-        storage = timed_storage(sql_storage, metrics.storage_call) if config.metrics.enabled else sql_storage
+    wrap = (lambda sql: timed_storage(sql, metrics.storage_call)) if config.metrics.enabled else None
+    async with open_storage(config, wrap_sql=wrap) as storage:
         server = Server(config, storage, tls_context, metrics)
+        server.tiers = storage.tiers
+        metrics.add_tier_source("cache", lambda: _hits_and_misses(storage.tiers.cache.stats))
+        if storage.tiers.ring is not None:
+            ring = storage.tiers.ring
+            metrics.add_tier_source("ring", lambda: _hits_and_misses(ring.stats))
         async with serve_metrics(metrics, config.metrics) as server.metrics_endpoint:  # up during the drain
             server.load_modules(tuple(m for m in BUILTIN_MODULES if m not in config.modules.disabled))
             try:

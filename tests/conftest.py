@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
+import itertools
 import logging
+import os
 import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -19,6 +22,8 @@ from nitro.accounts import create_account
 from nitro.config import Config, parse_config
 from nitro.server import Server, running_server
 
+pytest_plugins = ["tests.sqlbackends"]  # sql_backend, mariadb_backend: storage tests on every backend
+
 DOMAIN = "localhost"
 PASSWORD = "correct horse battery"
 
@@ -31,6 +36,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+_prefixes = itertools.count()
+
+
 def make_config(tmp_path: Path, **sections: dict[str, Any]) -> Config:
     """A config for one test: free ports, files under tmp_path, fast timers; override per section."""
     document: dict[str, dict[str, Any]] = {
@@ -41,6 +49,9 @@ def make_config(tmp_path: Path, **sections: dict[str, Any]) -> Config:
         "auth": {"scram_iterations": 4096},
         "metrics": {"port": 0},
     }
+    if ring := os.environ.get("NITRO_TEST_REDIS"):  # run the suite on a ring: space-separated redis URLs
+        prefix = f"test{os.getpid()}-{next(_prefixes)}"  # each test its own cluster on the shared ring
+        document["redis"] = {"instances": ring.split(), "health_interval": 0.2, "prefix": prefix}
     for name, values in sections.items():
         document.setdefault(name, {}).update(values)
     return parse_config(document, base_dir=tmp_path)
@@ -51,9 +62,32 @@ def config(tmp_path: Path) -> Config:
     return make_config(tmp_path)
 
 
+@contextlib.asynccontextmanager
+async def started_server(config: Config, attempts: int = 5) -> AsyncIterator[Server]:
+    """`running_server`, on fresh ports again if another process took a free port before we bound it."""
+    for attempt in range(attempts):
+        try:
+            context = running_server(config)
+            running = await context.__aenter__()
+        except OSError as error:
+            if error.errno != errno.EADDRINUSE or attempt == attempts - 1:
+                raise
+            c2s = dataclasses.replace(config.c2s, port=free_port(), direct_tls_port=free_port())
+            config = dataclasses.replace(config, c2s=c2s)
+            continue
+        try:
+            yield running
+        except BaseException as error:
+            if not await context.__aexit__(type(error), error, error.__traceback__):
+                raise
+        else:
+            await context.__aexit__(None, None, None)
+        return
+
+
 @pytest.fixture
 async def server(config: Config) -> AsyncIterator[Server]:
-    async with running_server(config) as running:
+    async with started_server(config) as running:
         yield running
 
 

@@ -94,6 +94,7 @@ class Presence:
         session.priority = priority
         session.presence = presence
         await self.broadcast(session, presence, items)
+        await self.server.bus.fire("presence-changed", SessionEvent(session))
         if not initial:
             return
         # §4.2.2 and §4.3.2, answered locally: the contacts the user is subscribed to are probed, the
@@ -119,6 +120,8 @@ class Presence:
         """
         was_available = session.presence is not None
         session.presence = None
+        if was_available:
+            await self.server.bus.fire("presence-changed", SessionEvent(session))
         presence = copy.deepcopy(presence)
         presence.attrib.pop("to", "")
         items: tuple[RosterItem, ...] = ()

@@ -1,0 +1,235 @@
+"""`open_storage(config)`: the SQL repositories behind the tiers of `nitro.storage.tiers`.
+
+Cached: account credentials, rosters, vCards, block lists, private XML and archive preferences. Every
+write goes to SQL first and invalidates afterwards (also when SQL failed: a commit whose outcome is
+unknown may have happened). Offline messages, the archive and PEP pass straight through to SQL. Each
+wrapper spells out every method of its protocol, so mypy flags a method added later and not wrapped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
+
+from nitro.config import Config
+from nitro.sasl.credentials import HashName, ScramCredential
+from nitro.storage import codecs
+from nitro.storage.models import (
+    ArchivePage,
+    ArchivePrefs,
+    ArchiveQuery,
+    Roster,
+    RosterItem,
+)
+from nitro.storage.protocols import (
+    AccountStore,
+    ArchiveStore,
+    BlockListStore,
+    PrivateStore,
+    RosterStore,
+    Storage,
+    VCardStore,
+)
+from nitro.storage.sql import open_sql_storage
+from nitro.storage.tiers import Tiers
+
+
+@dataclass(frozen=True, slots=True)
+class LayeredStorage(Storage):
+    """The repositories, and the tiers behind them (for statistics and the session directory)."""
+
+    tiers: Tiers
+
+
+class CachedAccountStore:
+    def __init__(self, sql: AccountStore, tiers: Tiers) -> None:
+        self._sql = sql
+        self._tiers = tiers
+
+    async def create(self, username: str, credentials: Mapping[HashName, ScramCredential]) -> None:
+        try:
+            await self._sql.create(username, credentials)
+        finally:
+            await self._tiers.invalidate([codecs.ACCOUNT], username)  # "no such account" was cacheable
+
+    async def get_credentials(self, username: str) -> dict[HashName, ScramCredential] | None:
+        found = await self._tiers.read(codecs.ACCOUNT, username, lambda: self._sql.get_credentials(username))
+        return None if found is None else dict(found)  # a copy: the cached dict is shared
+
+    async def set_credentials(self, username: str, credentials: Mapping[HashName, ScramCredential]) -> bool:
+        try:
+            return await self._sql.set_credentials(username, credentials)
+        finally:
+            await self._tiers.invalidate([codecs.ACCOUNT], username)
+
+    async def delete(self, username: str) -> bool:
+        try:
+            return await self._sql.delete(username)
+        finally:
+            await self._tiers.invalidate(codecs.CACHED_KINDS, username)
+
+    async def exists(self, username: str) -> bool:
+        return await self.get_credentials(username) is not None
+
+    async def list_usernames(self, *, limit: int | None = None, after: str | None = None) -> list[str]:
+        return await self._sql.list_usernames(limit=limit, after=after)
+
+    async def count(self) -> int:
+        return await self._sql.count()
+
+
+class CachedRosterStore:
+    def __init__(self, sql: RosterStore, tiers: Tiers) -> None:
+        self._sql = sql
+        self._tiers = tiers
+
+    async def get(self, username: str) -> Roster:
+        return await self._tiers.read(codecs.ROSTER, username, lambda: self._sql.get(username))
+
+    async def get_item(self, username: str, contact: str) -> RosterItem | None:
+        return next((item for item in (await self.get(username)).items if item.jid == contact), None)
+
+    async def put(self, username: str, item: RosterItem) -> int:
+        try:
+            return await self._sql.put(username, item)
+        finally:
+            await self._tiers.invalidate([codecs.ROSTER], username)
+
+    async def remove(self, username: str, contact: str) -> int | None:
+        try:
+            return await self._sql.remove(username, contact)
+        finally:
+            await self._tiers.invalidate([codecs.ROSTER], username)
+
+    async def version(self, username: str) -> int:
+        return (await self.get(username)).version
+
+
+class CachedArchiveStore:
+    """Preferences are cached; messages pass through."""
+
+    def __init__(self, sql: ArchiveStore, tiers: Tiers) -> None:
+        self._sql = sql
+        self._tiers = tiers
+
+    async def append(
+        self, username: str, *, with_jid: str, stanza: bytes, stanza_id: str, timestamp: datetime
+    ) -> None:
+        await self._sql.append(
+            username, with_jid=with_jid, stanza=stanza, stanza_id=stanza_id, timestamp=timestamp
+        )
+
+    async def query(self, username: str, query: ArchiveQuery) -> ArchivePage:
+        return await self._sql.query(username, query)
+
+    async def get_prefs(self, username: str) -> ArchivePrefs | None:
+        return await self._tiers.read(codecs.ARCHIVE_PREFS, username, lambda: self._sql.get_prefs(username))
+
+    async def set_prefs(self, username: str, prefs: ArchivePrefs) -> None:
+        try:
+            await self._sql.set_prefs(username, prefs)
+        finally:
+            await self._tiers.invalidate([codecs.ARCHIVE_PREFS], username)
+
+    async def expire(self, before: datetime) -> int:
+        return await self._sql.expire(before)
+
+    async def count(self, username: str) -> int:
+        return await self._sql.count(username)
+
+
+class CachedBlockListStore:
+    def __init__(self, sql: BlockListStore, tiers: Tiers) -> None:
+        self._sql = sql
+        self._tiers = tiers
+
+    async def list(self, username: str) -> list[str]:
+        blocked: list[str] = await self._tiers.read(
+            codecs.BLOCKLIST, username, lambda: self._sql.list(username)
+        )
+        return list(blocked)  # a copy: the cached list is shared
+
+    async def add(self, username: str, jids: Sequence[str]) -> None:
+        try:
+            await self._sql.add(username, jids)
+        finally:
+            await self._tiers.invalidate([codecs.BLOCKLIST], username)
+
+    async def remove(self, username: str, jids: Sequence[str]) -> None:
+        try:
+            await self._sql.remove(username, jids)
+        finally:
+            await self._tiers.invalidate([codecs.BLOCKLIST], username)
+
+    async def clear(self, username: str) -> None:
+        try:
+            await self._sql.clear(username)
+        finally:
+            await self._tiers.invalidate([codecs.BLOCKLIST], username)
+
+
+class CachedVCardStore:
+    def __init__(self, sql: VCardStore, tiers: Tiers) -> None:
+        self._sql = sql
+        self._tiers = tiers
+
+    async def get(self, username: str) -> bytes | None:
+        return await self._tiers.read(codecs.VCARD, username, lambda: self._sql.get(username))
+
+    async def set(self, username: str, vcard: bytes | None) -> None:
+        try:
+            await self._sql.set(username, vcard)
+        finally:
+            await self._tiers.invalidate([codecs.VCARD], username)
+
+
+class CachedPrivateStore:
+    def __init__(self, sql: PrivateStore, tiers: Tiers) -> None:
+        self._sql = sql
+        self._tiers = tiers
+
+    async def get(self, username: str, key: str) -> bytes | None:
+        return await self._tiers.read(
+            codecs.PRIVATE, username, lambda: self._sql.get(username, key), item=key
+        )
+
+    async def set(self, username: str, key: str, payload: bytes) -> None:
+        try:
+            await self._sql.set(username, key, payload)
+        finally:
+            await self._tiers.invalidate([codecs.PRIVATE], username)
+
+
+def layer(sql: Storage, tiers: Tiers) -> LayeredStorage:
+    """The SQL repositories wrapped by the tiers."""
+    return LayeredStorage(
+        accounts=CachedAccountStore(sql.accounts, tiers),
+        rosters=CachedRosterStore(sql.rosters, tiers),
+        offline=sql.offline,
+        archive=CachedArchiveStore(sql.archive, tiers),
+        pep=sql.pep,
+        blocklist=CachedBlockListStore(sql.blocklist, tiers),
+        vcards=CachedVCardStore(sql.vcards, tiers),
+        private=CachedPrivateStore(sql.private, tiers),
+        tiers=tiers,
+    )
+
+
+@asynccontextmanager
+async def open_storage(
+    config: Config, *, wrap_sql: Callable[[Storage], Storage] | None = None
+) -> AsyncIterator[LayeredStorage]:
+    """SQL at `[storage].dsn` behind the cache and the ring of `[redis]`; all closed on exit.
+
+    A ring instance that is down at start is only out of the ring (health checks bring it in later).
+    `wrap_sql` wraps the SQL repositories under the tiers (the metrics' timing proxy).
+    """
+    async with open_sql_storage(config.storage.dsn, pool=config.storage) as sql:
+        tiers = Tiers.from_config(config)
+        await tiers.start()
+        try:
+            yield layer(sql if wrap_sql is None else wrap_sql(sql), tiers)
+        finally:
+            await tiers.close()

@@ -1,0 +1,196 @@
+"""The read and write paths through the tiers: in-process cache → Redis ring → SQL.
+
+The guarantee: once a write's SQL commit returned (and so before the client hears of it), no node
+serves the old value, because every value served from a cache tier is checked against a generation
+token that the write replaced:
+
+* Each owner (user) and cached kind has a generation key in the ring. A write commits to SQL, then on
+  every live instance sets a new random generation and deletes the value (one script each), then
+  publishes an invalidation on every live instance. Values are read from, and filled on, the instance
+  the owner hashes to; since every live instance has the current generation, an owner moving to
+  another instance (one goes out) finds no old value there that would match.
+* A read fetches `<epoch>|<generation>` (one MGET, with the value when there is no local copy). A local
+  entry or a ring value is served only if it was stored under that very token; otherwise SQL is read and
+  the ring filled by a compare-and-set on the token read *before* SQL, so a slow reader never stores an
+  old value over a newer invalidation. Random generations never repeat, so an old token never matches.
+* The epoch fences instances: an instance that was out (or restarted) is flushed and gets a new epoch
+  before it is used again; an instance whose owner cannot be written is taken out at once.
+* Nodes may briefly disagree on which instances are live (one sees an instance as out before the
+  other). The invalidation message names the instances that got the new generation; a node that sees
+  another live one writes a new generation there too (or takes it out). That window lasts until the
+  message arrives, i.e. only for an instance the writer could not reach but the reader can.
+* Without a ring, nothing is cached: another process (`nitro user passwd`) could not tell us of its
+  writes. With the owner's instance unreachable, reads go to SQL and nothing is cached or served from
+  the cache; with SQL unreachable too they fail (StorageUnavailable), as do all writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+from nitro.cache import LruCache
+from nitro.config import Config
+from nitro.ring.instance import REDIS_ERRORS, Instance, RingUnavailable
+from nitro.ring.ring import Ring
+from nitro.storage.codecs import CACHED_KINDS, Codec, CorruptValue
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_CODECS = {codec.kind: codec for codec in CACHED_KINDS}
+_SEEN_MESSAGES = 1000  # ids of recent invalidations (each arrives once per instance)
+
+
+def _group(kind: str, owner: str) -> str:
+    return f"{kind}:{owner}"
+
+
+class Tiers:
+    """The cache and the ring of one node (the ring is None without `[redis].instances`)."""
+
+    def __init__(self, cache: LruCache, ring: Ring | None) -> None:
+        self.cache = cache
+        self.ring = ring
+        self.node_id = secrets.token_hex(8)
+        self._listeners: list[asyncio.Task[None]] = []
+        self._seen: OrderedDict[str, None] = OrderedDict()
+
+    @classmethod
+    def from_config(cls, config: Config) -> Tiers:
+        cache = LruCache(config.cache.max_entries, config.cache.max_bytes, config.cache.ttl)
+        ring = Ring(config.redis) if config.redis.instances else None
+        return cls(cache, ring)
+
+    async def start(self) -> None:
+        if self.ring is None:
+            return
+        await self.ring.start()
+        for instance in self.ring.instances:
+            self._listeners.append(asyncio.create_task(self._listen(instance), name=f"pubsub {instance.url}"))
+
+    async def close(self) -> None:
+        for task in self._listeners:
+            task.cancel()
+        for task in self._listeners:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self.ring is not None:
+            await self.ring.close()
+
+    # -- read path ----------------------------------------------------------------------------------------
+
+    async def read(
+        self, codec: Codec[T], owner: str, load: Callable[[], Awaitable[T]], item: str | None = None
+    ) -> T:
+        """The value from the first tier that has it fresh; `load` reads SQL. Fills the tiers above."""
+        ring = self.ring
+        if ring is None:
+            return await load()
+        kind = codec.kind
+        key = ring.keys.key(kind, codec.version, owner, item)
+        counter = self.cache.snapshot()
+        entry = self.cache.peek(key)
+        try:
+            snapshot = await ring.read(kind, owner, None if entry is not None else key)
+            if entry is not None and entry.token == snapshot.token:
+                self.cache.hit(kind)
+                return entry.value  # type: ignore[no-any-return]
+            self.cache.miss(kind)
+            if entry is not None:  # an outdated local copy: the ring's value, if any
+                snapshot = await ring.read(kind, owner, key)
+        except RingUnavailable:
+            self.cache.miss(kind)
+            ring.count(kind, "errors")
+            return await load()
+        if snapshot.value is not None:
+            try:
+                value = codec.decode(snapshot.value)
+            except CorruptValue as exc:
+                log.warning("undecodable %s for %s in the ring: %s", kind, owner, exc)
+            else:
+                ring.count(kind, "hits")
+                self._keep(key, kind, owner, value, len(snapshot.value), snapshot.token, counter)
+                return value
+        ring.count(kind, "misses")
+        value = await load()
+        data = codec.encode(value)
+        await ring.fill(snapshot, kind, owner, key, data)
+        self._keep(key, kind, owner, value, len(data), snapshot.token, counter)
+        return value
+
+    def _keep(self, key: str, kind: str, owner: str, value: Any, size: int, token: str, counter: int) -> None:
+        self.cache.put(key, kind, _group(kind, owner), value, size, token=token, snapshot=counter)
+
+    # -- write path ---------------------------------------------------------------------------------------
+
+    async def invalidate(self, codecs: Sequence[Codec[Any]], owner: str) -> None:
+        """After a SQL write (committed or not: its outcome may be unknown): drop the owner's values of
+        these kinds here, in the ring, and on every node. Never raises: SQL has the write already."""
+        kinds = [codec.kind for codec in codecs]
+        for kind in kinds:
+            self.cache.invalidate(_group(kind, owner))
+        if self.ring is None:
+            return
+        message_id = secrets.token_hex(8)
+
+        def message(at: list[str]) -> bytes:
+            text = {"id": message_id, "node": self.node_id, "owner": owner, "kinds": kinds, "at": at}
+            return json.dumps(text).encode()
+
+        await self.ring.invalidate(kinds, owner, _value_keys(self.ring, kinds, owner), message)
+
+    async def _listen(self, instance: Instance) -> None:
+        """Invalidations published on one instance (each node subscribes to every instance)."""
+        assert self.ring is not None
+        interval = self.ring.settings.health_interval
+        while True:
+            if not instance.live:
+                await asyncio.sleep(interval)
+                continue
+            pubsub = instance.control.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self.ring.keys.invalidations)
+                while instance.live:
+                    message = await pubsub.get_message(timeout=interval)
+                    if message is not None:
+                        await self.on_invalidation(message["data"])
+            except REDIS_ERRORS as exc:
+                log.debug("invalidations from %s: %s", instance.url, exc)
+                await asyncio.sleep(interval)
+            finally:
+                with contextlib.suppress(*REDIS_ERRORS):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def on_invalidation(self, data: bytes) -> None:
+        try:
+            message = json.loads(data)
+            message_id, node, owner = str(message["id"]), str(message["node"]), str(message["owner"])
+            kinds = [str(kind) for kind in message["kinds"] if kind in _CODECS]
+            at = {str(url) for url in message["at"]}
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("ignoring a malformed invalidation: %s", exc)
+            return
+        if node == self.node_id or message_id in self._seen:
+            return
+        self._seen[message_id] = None
+        while len(self._seen) > _SEEN_MESSAGES:
+            self._seen.popitem(last=False)
+        for kind in kinds:
+            self.cache.invalidate(_group(kind, owner))
+        if self.ring is None:
+            return
+        missed = [instance for instance in self.ring.live if instance.url not in at]
+        if missed:  # live for us, not for the writer: fence the owner's values there too
+            await self.ring.invalidate(kinds, owner, _value_keys(self.ring, kinds, owner), None, only=missed)
+
+
+def _value_keys(ring: Ring, kinds: Sequence[str], owner: str) -> list[str]:
+    return [ring.keys.key(kind, _CODECS[kind].version, owner) for kind in kinds]
