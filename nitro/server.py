@@ -59,6 +59,7 @@ class Server:
         self.listeners: list[asyncio.Server] = []
         self._connections: dict[ClientSession, asyncio.Task[Any] | None] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._connection_tasks: set[asyncio.Task[Any]] = set()  # until serve_client returns
         self.metrics.track_sessions(lambda: self._connections)
         self.tiers: Tiers | None = None  # cache and ring statistics (`tiers.cache.stats`, `tiers.ring.stats`)
         self.directory: SessionDirectory | None = None  # set by the `directory` module
@@ -92,6 +93,10 @@ class Server:
         c2s = self.config.c2s
 
         async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            task = asyncio.current_task()
+            if task is not None:  # a closed session's task may still be in a handler's storage call
+                self._connection_tasks.add(task)
+                task.add_done_callback(self._connection_tasks.discard)
             await serve_client(self, reader, writer)
 
         self.listeners.append(await asyncio.start_server(accept, c2s.host, c2s.port, backlog=c2s.backlog))
@@ -116,12 +121,17 @@ class Server:
         for session in list(self._connections):
             with contextlib.suppress(Exception):
                 await session.close(StreamError("system-shutdown"))
-        deadline = asyncio.get_running_loop().time() + SHUTDOWN_GRACE
-        while self._connections and asyncio.get_running_loop().time() < deadline:  # noqa: ASYNC110
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + SHUTDOWN_GRACE
+        while (self._connections or self._connection_tasks) and loop.time() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.05)  # connections leave on their own once their streams are closed
         # Past the grace period: cancel what is left and wait for it, so nothing still holds a storage
         # connection when the storage scope closes.
-        leftovers = [task for task in [*self._connections.values(), *self._tasks] if task is not None]
+        leftovers = [
+            task
+            for task in [*self._connections.values(), *self._connection_tasks, *self._tasks]
+            if task is not None
+        ]
         for task in leftovers:
             task.cancel()
         await asyncio.gather(*leftovers, return_exceptions=True)
@@ -166,10 +176,10 @@ async def running_server(config: Config) -> AsyncIterator[Server]:
         if storage.tiers.ring is not None:
             ring = storage.tiers.ring
             metrics.add_tier_source("ring", lambda: _hits_and_misses(ring.stats))
-        server.load_modules(tuple(m for m in BUILTIN_MODULES if m not in config.modules.disabled))
-        try:
-            async with serve_metrics(metrics, config.metrics) as server.metrics_endpoint:
+        async with serve_metrics(metrics, config.metrics) as server.metrics_endpoint:  # up during the drain
+            server.load_modules(tuple(m for m in BUILTIN_MODULES if m not in config.modules.disabled))
+            try:
                 await server.start_listeners()
                 yield server
-        finally:
-            await server.shutdown()
+            finally:
+                await server.shutdown()

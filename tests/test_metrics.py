@@ -223,26 +223,27 @@ async def test_event_loop_lag_is_observed(tmp_path: Path) -> None:
 
 async def test_storage_tier_sources_are_read_at_scrape_time(server: Server) -> None:
     hits = {"roster": (5, 2)}
-    remove = server.metrics.add_tier_source("cache", lambda: hits)
+    remove = server.metrics.add_tier_source("test-cache", lambda: hits)
 
     def broken() -> dict[str, tuple[int, int]]:
         raise RuntimeError("ring unreachable")
 
-    server.metrics.add_tier_source("ring", broken)
+    server.metrics.add_tier_source("test-ring", broken)
     first = await scrape(server)
-    assert first("nitro_storage_tier_hits_total", tier="cache", kind="roster") == 5
-    assert first("nitro_storage_tier_misses_total", tier="cache", kind="roster") == 2
+    assert first("nitro_storage_tier_hits_total", tier="test-cache", kind="roster") == 5
+    assert first("nitro_storage_tier_misses_total", tier="test-cache", kind="roster") == 2
     assert not any(
-        name.startswith("nitro_storage_tier") and ("tier", "ring") in labels for name, labels in first.samples
+        name.startswith("nitro_storage_tier") and ("tier", "test-ring") in labels
+        for name, labels in first.samples
     )
     hits["roster"] = (7, 3)
     second = await scrape(server)
-    assert second("nitro_storage_tier_hits_total", tier="cache", kind="roster") == 7
+    assert second("nitro_storage_tier_hits_total", tier="test-cache", kind="roster") == 7
     remove()
     third = await scrape(server)
     assert (
         "nitro_storage_tier_hits_total",
-        frozenset({("tier", "cache"), ("kind", "roster")}),
+        frozenset({("tier", "test-cache"), ("kind", "roster")}),
     ) not in third.samples
 
 
