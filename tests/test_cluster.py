@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import sys
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -192,3 +193,37 @@ async def test_sql_down_under_traffic_gives_errors_not_silence_and_loses_no_ackn
             assert await roster_jids(alice) == set(acknowledged)  # every acknowledged write is there
         finally:
             await pool.close_all()
+
+
+async def test_nitro_user_passwd_in_another_process_is_seen_at_once_by_a_ring_server(
+    cluster: list[Clients], tmp_path: Path, redis_servers: list[RedisServer]
+) -> None:
+    a, _ = cluster
+    alice_jid = await a.user("alice")
+    await (await a.login(alice_jid)).disconnect(wait=1)  # the old credentials are cached now
+    instances = ", ".join(f'"{s.url}"' for s in redis_servers)
+    config = tmp_path / "cli.toml"
+    config.write_text(
+        f'[storage]\ndsn = "sqlite+aiosqlite:///{tmp_path}/nitro.db"\n'
+        f'[redis]\ninstances = [{instances}]\nprefix = "cluster"\n'
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "nitro",
+        "--config",
+        str(config),
+        "user",
+        "passwd",
+        "alice",
+        "--password-stdin",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    output, _ = await asyncio.wait_for(process.communicate(b"a new password\n"), 60)
+    assert process.returncode == 0, output
+    client = await a.login(alice_jid, "a new password")  # at once: no TTL to wait out
+    assert client.authenticated
+    with pytest.raises(AssertionError, match="authentication failed"):
+        await a.login(alice_jid)  # the old password is refused
