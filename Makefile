@@ -16,6 +16,8 @@ $(BIN)/nitro: pyproject.toml
 run: $(BIN)/nitro
 	$(BIN)/nitro --config $(CONFIG) serve
 
+# go-sendxmpp is the real Debian client one end-to-end test drives; MariaDB's server and client run the
+# SQL backend tests. Both are installed when we are root.
 # go-sendxmpp is the real Debian client one end-to-end test drives, redis-server what the ring tests
 # start (three of them on free ports); installed when we are root.
 system-deps:
@@ -23,6 +25,16 @@ system-deps:
 	  if [ "$$(id -u)" = 0 ]; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq go-sendxmpp >/dev/null; \
 	  else echo "note: install go-sendxmpp (Debian package) to run the real-client test"; fi; }
+	@# MariaDB: the storage tests use the server on 127.0.0.1:3306; the fault test runs its own mariadbd.
+	@{ command -v mariadbd || test -x /usr/sbin/mariadbd; } >/dev/null 2>&1 && command -v mariadb-install-db >/dev/null 2>&1 \
+	  && command -v mariadb >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mariadb-server mariadb-client >/dev/null; \
+	  else echo "note: install mariadb-server and mariadb-client (Debian packages) for the MariaDB tests"; fi; }
+	@mariadb -h 127.0.0.1 -u root -e 'SELECT 1' >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd; sleep 3; \
+	  else echo "note: start MariaDB on 127.0.0.1:3306 (root, no password) for the MariaDB tests"; fi; }
 	@command -v redis-server >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \

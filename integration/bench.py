@@ -105,6 +105,7 @@ def nitro_config(directory: Path, port: int, plan: Plan, cert: Path, key: Path) 
         "registration": {"open": False},
         "modules": {"disabled": [] if plan.archive else ["mam"]},
         "logging": {"level": "WARNING"},
+        "metrics": {"port": 0},
     }
     text = "# Written by integration/bench.py for one benchmark run.\n"
     for name, values in sections.items():
@@ -160,8 +161,10 @@ def nitro_label() -> str:
 
 
 def prosody_label() -> str:
-    from integration.prosody import version
+    from integration.prosody import ProsodyUnavailable, ensure_installed, version
 
+    with contextlib.suppress(ProsodyUnavailable):  # the run itself reports why it could not start
+        ensure_installed()  # before asking dpkg for the version of a package it may only now install
     return f"Prosody {version()}"
 
 

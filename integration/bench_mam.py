@@ -101,6 +101,7 @@ def bench_config(directory: Path) -> Config:
             "tls": {"cert": str(directory / "cert.pem"), "key": str(directory / "key.pem")},
             "archive": {"max_page_size": 250},
             "logging": {"level": "WARNING"},
+            "metrics": {"port": 0},
         },
         base_dir=directory,
     )

@@ -12,7 +12,7 @@ import itertools
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from lxml import etree
@@ -21,6 +21,7 @@ from nitro import ns
 from nitro.authn import Authenticator, Challenge, mechanisms
 from nitro.errors import StanzaError, StreamError, error_reply
 from nitro.jid import JID, InvalidJID
+from nitro.logs import SessionLog, enter_session
 from nitro.module import NonzaEvent, SessionEvent, StreamFeaturesEvent
 from nitro.router import StanzaEvent
 from nitro.sasl import SaslFailure, b64decode_strict, b64encode
@@ -99,16 +100,6 @@ class _NoTransport:
 NO_TRANSPORT = _NoTransport()
 
 
-class SessionLog(logging.LoggerAdapter[logging.Logger]):
-    """Prefixes every record with the session id and, once known, its JID; also puts both in `extra`."""
-
-    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
-        extra = self.extra or {}
-        label = f"{extra.get('session')} {extra['jid']}" if "jid" in extra else f"{extra.get('session')}"
-        kwargs["extra"] = {**extra, **kwargs.get("extra", {})}
-        return f"[{label}] {msg}", kwargs
-
-
 class State(enum.Enum):
     WAIT_HEADER = "wait-header"  # a (new) stream header is due
     NEGOTIATING = "negotiating"  # features sent; STARTTLS, SASL or in-band registration next
@@ -127,6 +118,8 @@ class ClientSession:
         self.transport = transport
         self.id = f"c2s{next(_session_ids)}-{secrets.token_hex(4)}"
         self.log = SessionLog(log, {"session": self.id})
+        enter_session(self.log)  # made in the connection's own task: its log lines name this session
+        server.metrics.connection_opened()
         self.config = server.config.c2s
         self.parser = XMLStreamParser(max_stanza_bytes=self.config.max_stanza_bytes)
         self.state = State.WAIT_HEADER
@@ -199,6 +192,7 @@ class ClientSession:
             return False
         assert isinstance(event, StanzaReceived)
         element = event.element
+        self.server.metrics.stanza_received(element.tag)
         kind = _INPUTS.get(element.tag)
         if kind is None and element.tag in _STANZA_TAGS:
             kind = "bind" if _is_bind(element) else "stanza"
@@ -500,6 +494,7 @@ class ClientSession:
         stream.successor = self
         self.server.untrack(stream)
         self.server.track(self)
+        enter_session(self.log)  # the resuming connection's task now works for this session
 
     def _drop_transport(self, error: StreamError | None) -> None:
         """Write a last error and close the transport, keeping the session."""
@@ -575,6 +570,7 @@ class ClientSession:
         if self.closed:
             return
         data = serialize(element)
+        self.server.metrics.stanza_sent(element.tag)
         sm = self.sm
         if sm is not None and is_stanza(element):
             sm.sent(data)

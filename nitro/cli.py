@@ -1,4 +1,4 @@
-"""The `nitro` command: `serve` the XMPP server, and `user add|del|passwd|list` for operators."""
+"""The `nitro` command: `serve` the server; `user add|del|passwd|list` and `db upgrade|copy` for operators."""
 
 from __future__ import annotations
 
@@ -15,7 +15,9 @@ from typing import Any
 
 from nitro import __version__
 from nitro.accounts import InvalidUsername, change_password, create_account, prepare_username
+from nitro.cli_db import add_db_parser, db_command
 from nitro.config import Config, ConfigError, load_config
+from nitro.logs import configure as configure_logging
 from nitro.storage.errors import AlreadyExists, StorageError
 from nitro.storage.layered import open_storage
 
@@ -47,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     delete = actions.add_parser("del", help="delete an account and everything stored for it")
     delete.add_argument("username")
     actions.add_parser("list", help="list accounts, one per line")
+    add_db_parser(commands)
     return parser
 
 
@@ -60,13 +63,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     level = config.logging.level.upper()
     if args.command != "serve" and level != "DEBUG":
         level = "WARNING"  # `nitro user list` prints names, not log lines
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stdout,
-    )
+    configure_logging(level, config.logging.format)
     if args.command == "serve":
         return _run(serve(config))
+    if args.command == "db":
+        return _run(db_command(config, args))
     return _run(user_command(config, args))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import tomllib
 import types
 import typing
@@ -27,6 +28,14 @@ class ServerSection:
 @dataclass(frozen=True, slots=True)
 class StorageSection:
     dsn: str = "sqlite+aiosqlite:///var/nitro.db"
+    # MariaDB/MySQL only (SQLite has one file and no pool): see config/nitro.toml.
+    pool_size: int = 10
+    max_overflow: int = 20
+    pool_timeout: float = 10.0
+    pool_recycle: float = 3600.0
+    pool_pre_ping: bool = True
+    connect_timeout: float = 5.0
+    query_timeout: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +115,16 @@ class ModulesSection:
 @dataclass(frozen=True, slots=True)
 class LoggingSection:
     level: str = "INFO"
+    format: str = "text"
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsSection:
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 5290
+    token: str = ""
+    lag_interval: float = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +172,7 @@ class Config:
     vcard: VCardSection = field(default_factory=VCardSection)
     modules: ModulesSection = field(default_factory=ModulesSection)
     logging: LoggingSection = field(default_factory=LoggingSection)
+    metrics: MetricsSection = field(default_factory=MetricsSection)
     redis: RedisSection = field(default_factory=RedisSection)
     cache: CacheSection = field(default_factory=CacheSection)
     base_dir: Path = Path()
@@ -231,9 +251,56 @@ def _validate(config: Config, source: str) -> None:
         raise ConfigError(f"{source}: [c2s].max_stanza_bytes must be at least 10000 (RFC 6120 §13.12)")
     if config.archive.default not in {"always", "never", "roster"}:
         raise ConfigError(f"{source}: [archive].default must be always, never or roster")
+    _validate_storage(config.storage, source)
     if config.logging.level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise ConfigError(f"{source}: [logging].level must be DEBUG, INFO, WARNING or ERROR")
+    _validate_observability(config, source)
     _validate_tiers(config, source)
+
+
+def _validate_observability(config: Config, source: str) -> None:
+    if config.logging.format not in {"text", "json"}:
+        raise ConfigError(f"{source}: [logging].format must be text or json")
+    metrics = config.metrics
+    if not 0 <= metrics.port <= 65535:
+        raise ConfigError(f"{source}: [metrics].port must be between 0 and 65535")
+    if metrics.lag_interval <= 0:
+        raise ConfigError(f"{source}: [metrics].lag_interval must be positive")
+    if metrics.enabled and not metrics.token and not is_loopback(metrics.host):
+        raise ConfigError(
+            f"{source}: [metrics].host {metrics.host!r} is not a loopback address: set [metrics].token "
+            "so that only scrapers holding it can read the metrics"
+        )
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and the name localhost; any other name or address counts as reachable."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+_DSN_SCHEMES = ("sqlite+aiosqlite", "mysql+asyncmy", "mariadb+asyncmy")
+
+
+def _validate_storage(storage: StorageSection, source: str) -> None:
+    scheme, separator, rest = storage.dsn.partition("://")
+    if not separator or scheme not in _DSN_SCHEMES:
+        raise ConfigError(f"{source}: [storage].dsn must start with one of {', '.join(_DSN_SCHEMES)}://")
+    if scheme != "sqlite+aiosqlite" and not rest.partition("?")[0].partition("/")[2]:
+        raise ConfigError(f"{source}: [storage].dsn must name a database: {scheme}://USER@HOST:PORT/DATABASE")
+    if storage.pool_size < 1:
+        raise ConfigError(f"{source}: [storage].pool_size must be at least 1")
+    if storage.max_overflow < 0:
+        raise ConfigError(f"{source}: [storage].max_overflow must not be negative")
+    if storage.pool_recycle <= 0 and storage.pool_recycle != -1:
+        raise ConfigError(f"{source}: [storage].pool_recycle must be positive, or -1 to never recycle")
+    for key in ("pool_timeout", "connect_timeout", "query_timeout"):
+        if getattr(storage, key) <= 0:
+            raise ConfigError(f"{source}: [storage].{key} must be positive")
 
 
 def _validate_tiers(config: Config, source: str) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -81,6 +82,7 @@ class Router:
 
     async def route(self, stanza: etree._Element, origin: ClientSession | None = None) -> None:
         """Route one stanza whose 'from' is already trusted (stamped by the session or the server)."""
+        start = time.perf_counter()
         try:
             await self._route(stanza, origin)
         except StanzaError as error:
@@ -88,6 +90,8 @@ class Router:
         except Exception:
             log.exception("stanza handler failed for %s from %s", stanza.tag, stanza.get("from"))
             await self._reply_error(stanza, StanzaError("internal-server-error"), origin)
+        finally:
+            self.server.metrics.routing.observe(time.perf_counter() - start)
 
     async def _route(self, stanza: etree._Element, origin: ClientSession | None) -> None:
         if stanza.tag not in _KINDS:

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Coroutine, Mapping
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -15,12 +15,15 @@ from nitro.connection import serve_client
 from nitro.directory import SessionDirectory
 from nitro.errors import StreamError
 from nitro.events import EventBus
+from nitro.metrics import Metrics
+from nitro.metrics_http import MetricsEndpoint, serve_metrics
 from nitro.module import BUILTIN_MODULES, DiscoRegistry, Module, load_module
 from nitro.router import Router
 from nitro.sessions import SessionManager
 from nitro.storage import Storage
 from nitro.storage.layered import open_storage
 from nitro.storage.tiers import Tiers
+from nitro.storage.timed import timed_storage
 from nitro.throttle import FailureThrottle
 from nitro.tls import ensure_certificate, server_context
 
@@ -35,8 +38,16 @@ SHUTDOWN_GRACE = 5.0
 class Server:
     """Everything one node holds; modules reach the rest of the core through it."""
 
-    def __init__(self, config: Config, storage: Storage, tls_context: ssl.SSLContext | None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        storage: Storage,
+        tls_context: ssl.SSLContext | None,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.config = config
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.metrics_endpoint: MetricsEndpoint | None = None
         self.storage = storage
         self.tls_context = tls_context
         self.bus = EventBus()
@@ -48,6 +59,7 @@ class Server:
         self.listeners: list[asyncio.Server] = []
         self._connections: dict[ClientSession, asyncio.Task[Any] | None] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self.metrics.track_sessions(lambda: self._connections)
         self.tiers: Tiers | None = None  # cache and ring statistics (`tiers.cache.stats`, `tiers.ring.stats`)
         self.directory: SessionDirectory | None = None  # set by the `directory` module
 
@@ -124,6 +136,11 @@ def _addresses(listener: asyncio.Server) -> str:
     return ", ".join(f"{sock.getsockname()[0]}:{sock.getsockname()[1]}" for sock in listener.sockets)
 
 
+def _hits_and_misses(stats: Mapping[str, Mapping[str, int]]) -> dict[str, tuple[int, int]]:
+    """A tier's per-kind counters as the metrics' tier source reads them."""
+    return {kind: (counters.get("hits", 0), counters.get("misses", 0)) for kind, counters in stats.items()}
+
+
 def make_tls_context(config: Config) -> ssl.SSLContext | None:
     cert, key = config.path(config.tls.cert), config.path(config.tls.key)
     if config.tls.generate:
@@ -140,12 +157,19 @@ def make_tls_context(config: Config) -> ssl.SSLContext | None:
 async def running_server(config: Config) -> AsyncIterator[Server]:
     """Start storage, modules and listeners; on exit drain and stop in reverse order."""
     tls_context = make_tls_context(config)
-    async with open_storage(config) as storage:
-        server = Server(config, storage, tls_context)
+    metrics = Metrics()
+    wrap = (lambda sql: timed_storage(sql, metrics.storage_call)) if config.metrics.enabled else None
+    async with open_storage(config, wrap_sql=wrap) as storage:
+        server = Server(config, storage, tls_context, metrics)
         server.tiers = storage.tiers
+        metrics.add_tier_source("cache", lambda: _hits_and_misses(storage.tiers.cache.stats))
+        if storage.tiers.ring is not None:
+            ring = storage.tiers.ring
+            metrics.add_tier_source("ring", lambda: _hits_and_misses(ring.stats))
         server.load_modules(tuple(m for m in BUILTIN_MODULES if m not in config.modules.disabled))
         try:
-            await server.start_listeners()
-            yield server
+            async with serve_metrics(metrics, config.metrics) as server.metrics_endpoint:
+                await server.start_listeners()
+                yield server
         finally:
             await server.shutdown()

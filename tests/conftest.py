@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import itertools
 import logging
 import os
@@ -20,6 +21,8 @@ import slixmpp
 from nitro.accounts import create_account
 from nitro.config import Config, parse_config
 from nitro.server import Server, running_server
+
+pytest_plugins = ["tests.sqlbackends"]  # sql_backend, mariadb_backend: storage tests on every backend
 
 DOMAIN = "localhost"
 PASSWORD = "correct horse battery"
@@ -44,6 +47,7 @@ def make_config(tmp_path: Path, **sections: dict[str, Any]) -> Config:
         "c2s": {"port": free_port(), "direct_tls_port": free_port(), "negotiation_timeout": 20.0},
         "tls": {"cert": str(tmp_path / "tls" / "cert.pem"), "key": str(tmp_path / "tls" / "key.pem")},
         "auth": {"scram_iterations": 4096},
+        "metrics": {"port": 0},
     }
     if ring := os.environ.get("NITRO_TEST_REDIS"):  # run the suite on a ring: space-separated redis URLs
         prefix = f"test{os.getpid()}-{next(_prefixes)}"  # each test its own cluster on the shared ring
@@ -58,9 +62,32 @@ def config(tmp_path: Path) -> Config:
     return make_config(tmp_path)
 
 
+@contextlib.asynccontextmanager
+async def started_server(config: Config, attempts: int = 5) -> AsyncIterator[Server]:
+    """`running_server`, on fresh ports again if another process took a free port before we bound it."""
+    for attempt in range(attempts):
+        try:
+            context = running_server(config)
+            running = await context.__aenter__()
+        except OSError as error:
+            if error.errno != errno.EADDRINUSE or attempt == attempts - 1:
+                raise
+            c2s = dataclasses.replace(config.c2s, port=free_port(), direct_tls_port=free_port())
+            config = dataclasses.replace(config, c2s=c2s)
+            continue
+        try:
+            yield running
+        except BaseException as error:
+            if not await context.__aexit__(type(error), error, error.__traceback__):
+                raise
+        else:
+            await context.__aexit__(None, None, None)
+        return
+
+
 @pytest.fixture
 async def server(config: Config) -> AsyncIterator[Server]:
-    async with running_server(config) as running:
+    async with started_server(config) as running:
         yield running
 
 

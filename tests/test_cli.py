@@ -26,6 +26,8 @@ direct_tls_port = {free_port()}
 [tls]
 cert = "{tmp_path}/cert.pem"
 key = "{tmp_path}/key.pem"
+[metrics]
+port = 0
 """
     )
     return config, port
@@ -78,10 +80,9 @@ def test_the_database_never_holds_the_password(tmp_path: Path) -> None:
     assert b"find-me-if-you-can" not in (tmp_path / "nitro.db").read_bytes()
 
 
-async def test_serve_accepts_a_client_and_stops_on_sigterm(tmp_path: Path) -> None:
-    config, port = write_config(tmp_path)
-    nitro(config, "user", "add", "alice", "--password-stdin", stdin="s3cret!\n")
-    process = await asyncio.create_subprocess_exec(
+async def serve(config: Path, stderr: int = asyncio.subprocess.STDOUT) -> asyncio.subprocess.Process:
+    """`nitro serve` as a child process with its output piped; the test stops it with SIGTERM."""
+    return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "nitro",
@@ -89,9 +90,15 @@ async def test_serve_accepts_a_client_and_stops_on_sigterm(tmp_path: Path) -> No
         str(config),
         "serve",
         stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
+        stderr=stderr,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
+
+
+async def test_serve_accepts_a_client_and_stops_on_sigterm(tmp_path: Path) -> None:
+    config, port = write_config(tmp_path)
+    nitro(config, "user", "add", "alice", "--password-stdin", stdin="s3cret!\n")
+    process = await serve(config)
     try:
         assert process.stdout is not None
         while b"serving localhost" not in await asyncio.wait_for(process.stdout.readline(), 30):

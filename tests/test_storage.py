@@ -30,6 +30,7 @@ from nitro.storage import (
 )
 from nitro.storage.schema import metadata
 from nitro.storage.sql import alembic_config, create_engine, open_sql_storage
+from tests.sqlbackends import SqlBackend
 
 
 def credential(hash_name: HashName, seed: int) -> ScramCredential:
@@ -58,7 +59,17 @@ def dsn(db_path: Path) -> str:
 
 
 @pytest.fixture
-async def storage(dsn: str) -> AsyncIterator[Storage]:
+async def storage(sql_backend: SqlBackend) -> AsyncIterator[Storage]:
+    """Juliet and Romeo's accounts, once on each SQL backend."""
+    async with open_sql_storage(sql_backend.dsn) as storage:
+        await storage.accounts.create("juliet", credentials(1))
+        await storage.accounts.create("romeo", credentials(2))
+        yield storage
+
+
+@pytest.fixture
+async def sqlite_storage(dsn: str) -> AsyncIterator[Storage]:
+    """The same on SQLite only, for tests that read the file behind the repositories' back."""
     async with open_sql_storage(dsn) as storage:
         await storage.accounts.create("juliet", credentials(1))
         await storage.accounts.create("romeo", credentials(2))
@@ -139,7 +150,8 @@ async def test_list_usernames_sorted_paged_and_counted(storage: Storage) -> None
     assert await storage.accounts.list_usernames(limit=0) == []
 
 
-async def test_write_is_in_the_file_when_the_call_returns(storage: Storage, db_path: Path) -> None:
+async def test_write_is_in_the_file_when_the_call_returns(sqlite_storage: Storage, db_path: Path) -> None:
+    storage = sqlite_storage
     await storage.accounts.create("nurse", credentials(3))
     assert raw_rows(db_path, "SELECT username FROM accounts WHERE username = CAST('nurse' AS BLOB)") == [
         (b"nurse",)
@@ -297,7 +309,8 @@ async def test_large_stanza(storage: Storage) -> None:
 # --- account deletion, persistence, migrations -----------------------------------------------------------
 
 
-async def test_deleting_an_account_deletes_everything_of_it(storage: Storage, db_path: Path) -> None:
+async def test_deleting_an_account_deletes_everything_of_it(sqlite_storage: Storage, db_path: Path) -> None:
+    storage = sqlite_storage
     await storage.rosters.put("juliet", RosterItem("romeo@montague.lit", subscription="both"))
     await storage.offline.push("juliet", b"<message/>", quota=10)
     await storage.rosters.put("romeo", RosterItem("juliet@capulet.lit", subscription="both"))
@@ -321,7 +334,8 @@ async def test_deleting_an_account_deletes_everything_of_it(storage: Storage, db
     assert (await storage.rosters.get("romeo")).version == 1
 
 
-async def test_everything_survives_a_reopen(dsn: str) -> None:
+async def test_everything_survives_a_reopen(sql_backend: SqlBackend) -> None:
+    dsn = sql_backend.dsn
     item = RosterItem("romeo@montague.lit", name="Romeo", subscription="from", pending_in=True, groups=("♥",))
     async with open_sql_storage(dsn) as storage:
         await storage.accounts.create("juliet", credentials(1))

@@ -36,6 +36,7 @@ from nitro.storage.sql_archive import SqlArchiveStore
 from nitro.storage.sql_base import Database
 from nitro.storage.sql_pep import SqlPepStore
 from nitro.storage.sql_userdata import SqlBlockListStore, SqlPrivateStore, SqlVCardStore
+from tests.sqlbackends import SqlBackend
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 ROMEO = "romeo@montague.lit"
@@ -62,7 +63,17 @@ def dsn(db_path: Path) -> str:
 
 
 @pytest.fixture
-async def storage(dsn: str) -> AsyncIterator[Storage]:
+async def storage(sql_backend: SqlBackend) -> AsyncIterator[Storage]:
+    """Juliet and Romeo's accounts, once on each SQL backend."""
+    async with open_sql_storage(sql_backend.dsn) as storage:
+        await storage.accounts.create("juliet", {})
+        await storage.accounts.create("romeo", {})
+        yield storage
+
+
+@pytest.fixture
+async def sqlite_storage(dsn: str) -> AsyncIterator[Storage]:
+    """The same on SQLite only, for tests that read or fill the file behind the repositories' back."""
     async with open_sql_storage(dsn) as storage:
         await storage.accounts.create("juliet", {})
         await storage.accounts.create("romeo", {})
@@ -239,7 +250,10 @@ async def test_archive_refuses_bad_values(storage: Storage) -> None:
 # --- archive: paging -------------------------------------------------------------------------------------
 
 
-async def test_paging_forward_and_backward_visits_every_message_once(storage: Storage, db_path: Path) -> None:
+async def test_paging_forward_and_backward_visits_every_message_once(
+    sqlite_storage: Storage, db_path: Path
+) -> None:
+    storage = sqlite_storage
     bulk_fill(db_path, "juliet", 1000)
     all_ids = [f"juliet-bulk-{n}" for n in range(1000)]
 
@@ -332,7 +346,8 @@ async def test_archive_prefs_round_trip(storage: Storage) -> None:
         await storage.archive.set_prefs("benvolio", prefs)
 
 
-async def test_expire_deletes_old_messages_of_every_user(storage: Storage, db_path: Path) -> None:
+async def test_expire_deletes_old_messages_of_every_user(sqlite_storage: Storage, db_path: Path) -> None:
+    storage = sqlite_storage
     await fill(storage, 10, user="juliet")
     await fill(storage, 10, user="romeo")
     assert await storage.archive.expire(T0 + timedelta(seconds=4)) == 8  # 0…3 of each, strictly older
@@ -571,7 +586,8 @@ async def test_private_xml_set_get_replace_unicode(storage: Storage) -> None:
 # --- accounts, migrations, faults ------------------------------------------------------------------------
 
 
-async def test_deleting_an_account_deletes_all_its_im_data(storage: Storage, db_path: Path) -> None:
+async def test_deleting_an_account_deletes_all_its_im_data(sqlite_storage: Storage, db_path: Path) -> None:
+    storage = sqlite_storage
     for user in ("juliet", "romeo"):
         await fill(storage, 3, user=user)
         await storage.archive.set_prefs(user, ArchivePrefs(default="always", always=(ROMEO,)))
@@ -604,7 +620,8 @@ async def test_deleting_an_account_deletes_all_its_im_data(storage: Storage, db_
     assert await storage.private.get("juliet", "{storage:bookmarks}storage") is None
 
 
-async def test_account_rows_cascade_when_deleted_directly(storage: Storage, db_path: Path) -> None:
+async def test_account_rows_cascade_when_deleted_directly(sqlite_storage: Storage, db_path: Path) -> None:
+    storage = sqlite_storage
     """ON DELETE CASCADE is the safety net for rows deleted outside Nitro (e.g. by a DBA)."""
     await fill(storage, 2)
     await storage.pep.publish("juliet", "n", item("a"), max_items=1)
@@ -623,7 +640,8 @@ async def test_account_rows_cascade_when_deleted_directly(storage: Storage, db_p
         connection.close()
 
 
-async def test_data_survives_a_reopen(dsn: str) -> None:
+async def test_data_survives_a_reopen(sql_backend: SqlBackend) -> None:
+    dsn = sql_backend.dsn
     async with open_sql_storage(dsn) as storage:
         await storage.accounts.create("juliet", {})
         messages = await fill(storage, 3)

@@ -77,6 +77,7 @@ def load(module: Module) -> None:
                     "offline storage is unavailable, the message was not stored",
                     type="wait",
                 ) from exc
+            server.metrics.offline_stored += 1
         module.log.debug("stored message %s for %s", event.stanza.get("id"), username)
         return True
 
@@ -95,6 +96,7 @@ def load(module: Module) -> None:
             except StorageUnavailable as exc:
                 session.log.warning("offline messages not delivered, storage unavailable: %s", exc)
                 return
+            server.metrics.offline_queue_at_login(len(stored))
             done: list[int] = []
             for item in stored:
                 if session.closed:
@@ -105,6 +107,7 @@ def load(module: Module) -> None:
                     session.log.error("dropping unreadable offline message %d of %s", item.id, username)
                 else:
                     session.send(message)
+                    server.metrics.offline_delivered += 1
                 done.append(item.id)
             if not done:
                 return

@@ -8,7 +8,7 @@ wrapper spells out every method of its protocol, so mypy flags a method added la
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -218,15 +218,18 @@ def layer(sql: Storage, tiers: Tiers) -> LayeredStorage:
 
 
 @asynccontextmanager
-async def open_storage(config: Config) -> AsyncIterator[LayeredStorage]:
+async def open_storage(
+    config: Config, *, wrap_sql: Callable[[Storage], Storage] | None = None
+) -> AsyncIterator[LayeredStorage]:
     """SQL at `[storage].dsn` behind the cache and the ring of `[redis]`; all closed on exit.
 
     A ring instance that is down at start is only out of the ring (health checks bring it in later).
+    `wrap_sql` wraps the SQL repositories under the tiers (the metrics' timing proxy).
     """
-    async with open_sql_storage(config.storage.dsn) as sql:
+    async with open_sql_storage(config.storage.dsn, pool=config.storage) as sql:
         tiers = Tiers.from_config(config)
         await tiers.start()
         try:
-            yield layer(sql, tiers)
+            yield layer(sql if wrap_sql is None else wrap_sql(sql), tiers)
         finally:
             await tiers.close()

@@ -5,20 +5,23 @@ Every write commits before its coroutine returns, so the server acknowledges onl
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, get_args
 
+import aiosqlite
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, Row, delete, event, exc, func, insert, select, update
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from nitro.config import StorageSection
 from nitro.sasl.credentials import HashName, ScramCredential
 from nitro.storage.errors import (
     AlreadyExists,
@@ -53,12 +56,20 @@ from nitro.storage.sql_base import (
     translated,
     username_key,
 )
+from nitro.storage.sql_mysql import (
+    ensure_database,
+    is_mysql,
+    migration_engine,
+    migration_lock,
+    mysql_engine,
+)
 from nitro.storage.sql_pep import SqlPepStore
 from nitro.storage.sql_userdata import SqlBlockListStore, SqlPrivateStore, SqlVCardStore
 
 log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).with_name("migrations")
+DEFAULT_POOL = StorageSection()  # MariaDB pool and timeouts when no config is given
 
 _HASH_NAMES: dict[str, HashName] = {name: name for name in get_args(HashName)}
 _SUBSCRIPTIONS: dict[str, Subscription] = {name: name for name in get_args(Subscription)}
@@ -416,8 +427,21 @@ def _upgrade(connection: Connection) -> None:
 
 
 async def upgrade_schema(engine: AsyncEngine) -> None:
-    """Migrate the database to the newest schema (in one transaction where DDL is transactional)."""
+    """Migrate the database to the newest schema (in one transaction where DDL is transactional).
+
+    MariaDB/MySQL commit every DDL statement on their own, so there the migrations run under a
+    server-wide lock instead: nodes started together take turns, and the later ones find nothing to do.
+    """
     with translate_errors():
+        if is_mysql(engine.url):
+            migrator = migration_engine(engine.url)
+            try:
+                async with migrator.connect() as conn, migration_lock(conn):
+                    await conn.run_sync(_upgrade)
+                    await conn.commit()
+            finally:
+                await migrator.dispose()
+            return
         async with engine.execution_options(**{WRITE: True}).begin() as conn:
             await conn.run_sync(_upgrade)
 
@@ -445,6 +469,26 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+async def _aiosqlite_connected(connection: aiosqlite.Connection) -> aiosqlite.Connection:
+    try:
+        return await connection
+    except BaseException:
+        # aiosqlite stops its worker thread after a failed connect (e.g. a missing directory) without
+        # waiting; a thread that outlives the event loop then fails calling back into it. Wait here.
+        await asyncio.to_thread(connection._thread.join, 5.0)
+        raise
+
+
+def _aiosqlite_connect(*args: Any, **kwargs: Any) -> Awaitable[aiosqlite.Connection]:
+    connection = aiosqlite.connect(*args, **kwargs)
+    connection._thread.daemon = True  # as SQLAlchemy's own aiosqlite connect does
+    return _aiosqlite_connected(connection)
+
+
+def _sqlite_do_connect(_dialect: Any, _record: Any, _cargs: Any, cparams: dict[str, Any]) -> None:
+    cparams["async_creator_fn"] = _aiosqlite_connect  # SQLAlchemy's aiosqlite adapter then calls it
+
+
 def _sqlite_on_begin(conn: Connection) -> None:
     # A writing transaction takes the write lock up front, waiting up to the busy timeout; a deferred
     # one that reads first would fail at once with SQLITE_BUSY when another connection wrote meanwhile.
@@ -459,9 +503,12 @@ def _sqlite_path(url: URL) -> Path | None:
     return Path(database)
 
 
-def create_engine(dsn: str, *, create_dirs: bool = True) -> AsyncEngine:
-    """An engine for `dsn`, set up as Nitro needs it (SQLite: WAL, foreign keys, explicit BEGIN)."""
+def create_engine(dsn: str, *, create_dirs: bool = True, pool: StorageSection = DEFAULT_POOL) -> AsyncEngine:
+    """An engine for `dsn`, set up as Nitro needs it (SQLite: WAL, foreign keys, explicit BEGIN;
+    MariaDB/MySQL: see sql_mysql.py, with the pool and timeouts of `pool`)."""
     url = make_url(dsn)
+    if is_mysql(url):
+        return mysql_engine(url, pool)
     sqlite = url.get_backend_name() == "sqlite"
     if sqlite and create_dirs and (path := _sqlite_path(url)) is not None:
         with translate_errors():
@@ -471,18 +518,24 @@ def create_engine(dsn: str, *, create_dirs: bool = True) -> AsyncEngine:
     if sqlite:
         event.listen(engine.sync_engine, "connect", _sqlite_on_connect)
         event.listen(engine.sync_engine, "begin", _sqlite_on_begin)
+        event.listen(engine.sync_engine, "do_connect", _sqlite_do_connect)
     return engine
 
 
 @asynccontextmanager
-async def open_sql_storage(dsn: str, *, create_dirs: bool = True) -> AsyncIterator[Storage]:
+async def open_sql_storage(
+    dsn: str, *, create_dirs: bool = True, pool: StorageSection = DEFAULT_POOL
+) -> AsyncIterator[Storage]:
     """The repositories on the database at `dsn`, migrated to the newest schema; disposed on exit.
 
     Raises StorageUnavailable when the database cannot be opened (unreachable, locked, not a database).
-    SQLite's busy timeout is the `timeout` query parameter in seconds (default 5).
+    SQLite's busy timeout is the `timeout` query parameter in seconds (default 5). A missing MariaDB
+    database is created (with `create_dirs`, as a missing SQLite directory is).
     """
-    engine = create_engine(dsn, create_dirs=create_dirs)
+    engine = create_engine(dsn, create_dirs=create_dirs, pool=pool)
     try:
+        if create_dirs and is_mysql(engine.url):
+            await ensure_database(engine.url, pool)
         await upgrade_schema(engine)
         log.info("SQL storage ready at %s", engine.url.render_as_string(hide_password=True))
         db = Database(engine)

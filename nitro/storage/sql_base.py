@@ -51,11 +51,28 @@ def translate_errors() -> Iterator[None]:
         raise StorageUnavailable(_describe(error)) from error
 
 
+# InnoDB chose this transaction as a deadlock victim and rolled it back: nothing was written, and each
+# repository method is one transaction (or idempotent chunks), so running it again is safe.
+_DEADLOCK = 1213
+_DEADLOCK_RETRIES = 2
+
+
+def _is_deadlock(error: StorageUnavailable) -> bool:
+    original = getattr(error.__cause__, "orig", None)
+    return bool(getattr(original, "args", None)) and original.args[0] == _DEADLOCK  # type: ignore[union-attr]
+
+
 def translated(method: Callable[_P, Awaitable[_R]]) -> Callable[_P, Coroutine[Any, Any, _R]]:
     @functools.wraps(method)
     async def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
-        with translate_errors():
-            return await method(*args, **kwargs)
+        for attempt in range(_DEADLOCK_RETRIES + 1):
+            try:
+                with translate_errors():
+                    return await method(*args, **kwargs)
+            except StorageUnavailable as error:
+                if attempt == _DEADLOCK_RETRIES or not _is_deadlock(error):
+                    raise
+        raise AssertionError("unreachable")
 
     return wrapper
 
@@ -112,7 +129,13 @@ class Database:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
-        self.writer = engine.execution_options(**{WRITE: True})
+        writing: dict[str, Any] = {WRITE: True}
+        if engine.dialect.name in ("mysql", "mariadb"):
+            # Writers lock the account row first and then see the latest commits; READ COMMITTED takes no
+            # gap locks, which under REPEATABLE READ deadlock writers of different accounts. Readers keep
+            # REPEATABLE READ: their statements share one snapshot (a roster's items and its version).
+            writing["isolation_level"] = "READ COMMITTED"
+        self.writer = engine.execution_options(**writing)
 
     async def account_id(self, conn: AsyncConnection, username: str, *, lock: bool = False) -> int | None:
         """The account's id; `lock` holds its row until commit (MariaDB; SQLite's write lock is global)."""
