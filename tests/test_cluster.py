@@ -1,6 +1,7 @@
 """Two Nitro servers sharing SQL and a ring of three real redis-servers, driven by slixmpp clients:
 a Redis instance killed mid-conversation loses nothing, one restarted from a stale snapshot serves
-nothing stale, and a roster change through one node is seen at once through the other."""
+nothing stale, a roster change through one node (or a password change by `nitro user passwd`) is seen
+at once through the other, and SQL down gives errors, never silence or a lost acknowledged write."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import slixmpp
 from conftest import Clients, make_config
 from redis_servers import RedisServer, redis_servers
 from slixmpp.exceptions import IqError
+from test_cli import nitro
 
 from nitro.config import Config
 from nitro.server import Server, running_server
@@ -192,3 +194,25 @@ async def test_sql_down_under_traffic_gives_errors_not_silence_and_loses_no_ackn
             assert await roster_jids(alice) == set(acknowledged)  # every acknowledged write is there
         finally:
             await pool.close_all()
+
+
+async def test_nitro_user_passwd_in_another_process_is_seen_at_once_by_a_ring_server(
+    cluster: list[Clients], tmp_path: Path, redis_servers: list[RedisServer]
+) -> None:
+    a, _ = cluster
+    alice_jid = await a.user("alice")
+    await (await a.login(alice_jid)).disconnect(wait=1)  # the old credentials are cached now
+    instances = ", ".join(f'"{s.url}"' for s in redis_servers)
+    config = tmp_path / "cli.toml"
+    config.write_text(
+        f'[storage]\ndsn = "sqlite+aiosqlite:///{tmp_path}/nitro.db"\n'
+        f'[redis]\ninstances = [{instances}]\nprefix = "cluster"\n'
+    )
+    done = await asyncio.to_thread(
+        nitro, config, "user", "passwd", "alice", "--password-stdin", stdin="a new password\n"
+    )
+    assert done.returncode == 0, done.stderr
+    client = await a.login(alice_jid, "a new password")  # at once: no TTL to wait out
+    assert client.authenticated
+    with pytest.raises(AssertionError, match="authentication failed"):
+        await a.login(alice_jid)  # the old password is refused
