@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 from nitro.config import Config
-from nitro.connection import serve_client
+from nitro.connection import connection_factory
 from nitro.errors import StreamError
 from nitro.events import EventBus
 from nitro.module import BUILTIN_MODULES, DiscoRegistry, Module, load_module
@@ -74,15 +74,13 @@ class Server:
 
     async def start_listeners(self) -> None:
         c2s = self.config.c2s
-
-        async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await serve_client(self, reader, writer)
-
-        self.listeners.append(await asyncio.start_server(accept, c2s.host, c2s.port, backlog=c2s.backlog))
+        loop = asyncio.get_running_loop()
+        accept = connection_factory(self)
+        self.listeners.append(await loop.create_server(accept, c2s.host, c2s.port, backlog=c2s.backlog))
         log.info("c2s (STARTTLS) listening on %s", _addresses(self.listeners[-1]))
         if c2s.direct_tls_port and self.tls_context is not None:
             self.listeners.append(
-                await asyncio.start_server(
+                await loop.create_server(
                     accept,
                     c2s.host,
                     c2s.direct_tls_port,
