@@ -108,6 +108,22 @@ class LoggingSection:
 
 
 @dataclass(frozen=True, slots=True)
+class GCSection:
+    """Garbage collection of the server process: what is alive after start-up is frozen out of
+    collections, and generation 0 runs far less often than CPython's default of 700 allocations."""
+
+    freeze_after_start: bool = True
+    threshold0: int = 50000
+    threshold1: int = 20
+    threshold2: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeSection:
+    uvloop: bool = True  # uvloop as the event loop when it is installed; false: asyncio's own
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     server: ServerSection = field(default_factory=ServerSection)
     storage: StorageSection = field(default_factory=StorageSection)
@@ -122,6 +138,8 @@ class Config:
     vcard: VCardSection = field(default_factory=VCardSection)
     modules: ModulesSection = field(default_factory=ModulesSection)
     logging: LoggingSection = field(default_factory=LoggingSection)
+    gc: GCSection = field(default_factory=GCSection)
+    runtime: RuntimeSection = field(default_factory=RuntimeSection)
     base_dir: Path = Path()
 
     def path(self, relative: str) -> Path:
@@ -194,6 +212,8 @@ def _validate(config: Config, source: str) -> None:
         raise ConfigError(f"{source}: [c2s].max_stanza_bytes must be at least 10000 (RFC 6120 §13.12)")
     if config.archive.default not in {"always", "never", "roster"}:
         raise ConfigError(f"{source}: [archive].default must be always, never or roster")
+    if min(config.gc.threshold0, config.gc.threshold1, config.gc.threshold2) < 1:
+        raise ConfigError(f"{source}: [gc] thresholds must be at least 1")
     if config.logging.level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise ConfigError(f"{source}: [logging].level must be DEBUG, INFO, WARNING or ERROR")
 

@@ -16,6 +16,7 @@ from nitro.errors import StreamError
 from nitro.events import EventBus
 from nitro.module import BUILTIN_MODULES, DiscoRegistry, Module, load_module
 from nitro.router import Router
+from nitro.runtime import tuned_gc
 from nitro.sessions import SessionManager
 from nitro.storage import Storage
 from nitro.storage.sql import open_sql_storage
@@ -139,6 +140,7 @@ async def running_server(config: Config) -> AsyncIterator[Server]:
         server.load_modules(tuple(m for m in BUILTIN_MODULES if m not in config.modules.disabled))
         try:
             await server.start_listeners()
-            yield server
+            with tuned_gc(config.gc):
+                yield server
         finally:
             await server.shutdown()
