@@ -275,9 +275,13 @@ def serialize(element: etree._Element) -> bytes:
     An element built from a Clark name without an nsmap makes lxml invent a prefix (`<ns0:message>`), which
     many XMPP clients mishandle; such trees are written with default namespace declarations instead.
     """
-    if any(_INVENTED_PREFIX.fullmatch(node.prefix or "") for node in element.iter(etree.Element)):
-        element = _with_default_namespaces(element, None)
     data = etree.tostring(element, encoding="utf-8", xml_declaration=False, with_tail=False)
+    # An invented prefix is declared as xmlns:ns0="…"; one search of the bytes spares the tree walk.
+    if b"xmlns:ns" in data and any(
+        _INVENTED_PREFIX.fullmatch(node.prefix or "") for node in element.iter(etree.Element)
+    ):
+        element = _with_default_namespaces(element, None)
+        data = etree.tostring(element, encoding="utf-8", xml_declaration=False, with_tail=False)
     # The stream header already declares these two; repeating them on every stanza is noise.
     for declaration in _IN_SCOPE.get(element.tag, ()):
         if data.startswith(declaration, data.index(b" ") if b" " in data[:64] else 0):
