@@ -684,9 +684,12 @@ class ClientSession:
             return self.negotiation_deadline
         if self.ping_deadline is not None:
             return self.ping_deadline
-        return min(
+        deadline = min(
             self.last_read + self.config.idle_ping_after, self.last_write + self.config.keepalive_interval
         )
+        if self.parser.release_due:
+            return min(deadline, self.last_read + self.config.release_parser_after)
+        return deadline
 
     async def on_timer(self) -> None:
         """Negotiation timeout, idle-client ping (XEP-0199 §4.2), whitespace keepalive (RFC 6120 §4.6.1)."""
@@ -695,6 +698,8 @@ class ClientSession:
             if now >= self.negotiation_deadline:
                 raise StreamError("connection-timeout", "stream negotiation took too long")
             return
+        if self.parser.release_due and now >= self.last_read + self.config.release_parser_after:
+            self.parser.release()  # memory of idle sessions; kept if input stopped mid-stanza
         if self.ping_deadline is not None and now >= self.ping_deadline:
             raise StreamError("connection-timeout", "no answer to ping")
         if self.ping_deadline is None and now >= self.last_read + self.config.idle_ping_after:

@@ -42,6 +42,7 @@ class C2SSection:
     ping_timeout: float = 60.0
     keepalive_interval: float = 120.0
     write_timeout: float = 30.0
+    release_parser_after: float = 5.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -142,3 +142,20 @@ async def test_a_client_that_stops_reading_is_cut_off_after_write_timeout(tmp_pa
         reader, writer = flooded.alice
         writer.write(b"<iq type='get' id='p2'><ping xmlns='urn:xmpp:ping'/></iq>")
         assert b"p2" in await read_until(reader, b"p2", timeout=10)
+
+
+async def test_an_idle_session_frees_its_parser_and_reads_on_when_the_client_speaks(tmp_path: Path) -> None:
+    config = make_config(tmp_path, c2s={"release_parser_after": 0.3})
+    async with running_server(config) as server:
+        clients = Clients(server)
+        try:
+            alice = await clients.user("alice")
+            client = await clients.login(alice)
+            [session] = server.sessions.resources(JID.parse(alice))
+            await wait_for(lambda: session.parser.released, 10)
+            client.send_message(mto=alice, mbody="still listening?")
+            message = await client.wait_until("message", 5)
+            assert message["body"] == "still listening?"
+            await wait_for(lambda: session.parser.released, 10)  # and freed again once idle
+        finally:
+            await clients.close_all()
