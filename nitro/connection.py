@@ -52,6 +52,7 @@ class ClientConnection(asyncio.Protocol):
         "_server",
         "_task",
         "_timer",
+        "_timer_at",
         "_timer_due",
         "_waiter",
         "_write_paused",
@@ -81,9 +82,10 @@ class ClientConnection(asyncio.Protocol):
         self._flush_handle: asyncio.Handle | None = None
         self._read_paused = False
         self._write_paused = False
-        self._write_timer: asyncio.TimerHandle | None = None
+        self._write_timer: asyncio.Handle | None = None
         self._deadline = 0.0
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.Handle | None = None
+        self._timer_at = 0.0
         self._timer_due = False
         self._task: asyncio.Task[None] | None = None
 
@@ -263,11 +265,15 @@ class ClientConnection(asyncio.Protocol):
 
     def _set_deadline(self, deadline: float) -> None:
         self._deadline = deadline
-        timer = self._timer
-        if timer is None or timer.when() > deadline:
-            if timer is not None:
-                timer.cancel()
-            self._timer = self._loop.call_at(self._loop_time(deadline), self._on_timer)
+        if self._timer is None or self._timer_at > deadline:
+            self._arm(deadline)
+
+    def _arm(self, deadline: float) -> None:
+        # uvloop turns a call_at in the past into a plain Handle without when(): the time is kept here
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = deadline
+        self._timer = self._loop.call_at(self._loop_time(deadline), self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -275,7 +281,7 @@ class ClientConnection(asyncio.Protocol):
             self._timer_due = True
             self._wake()
         else:  # the deadline moved later since the timer was set: just follow it
-            self._timer = self._loop.call_at(self._loop_time(self._deadline), self._on_timer)
+            self._arm(self._deadline)
 
     def _loop_time(self, monotonic: float) -> float:
         """The session keeps time.monotonic(); asyncio's clock may differ by an offset."""

@@ -6,14 +6,17 @@ import asyncio
 import gc
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import uvloop
 from conftest import make_config
 from test_cli import write_config
 
 from nitro.config import ConfigError, parse_config
-from nitro.server import running_server
+from nitro.connection import TIMER, ClientConnection
+from nitro.server import Server, running_server
 
 
 async def test_gc_is_tuned_while_the_server_runs_and_restored_after(tmp_path: Path) -> None:
@@ -77,3 +80,22 @@ async def test_serve_runs_on_uvloop_by_default_and_on_asyncio_when_told(tmp_path
     with config.open("a") as file:
         file.write("[runtime]\nuvloop = false\n")
     assert (await serving_line(config)).rstrip().endswith(b"on asyncio")
+
+
+def test_connection_timers_survive_uvloops_past_deadlines(tmp_path: Path) -> None:
+    """uvloop turns a call_at in the past into a plain Handle (no when()); a connection whose session is
+    already past its deadline, and reads again before that handle ran, still gets its data, then TIMER."""
+    server = Server(make_config(tmp_path), None, None)  # type: ignore[arg-type]  # no storage needed here
+
+    async def scenario() -> list[object]:
+        connection = ClientConnection(server)
+        past = time.monotonic() - 1.0
+        seen = [await connection.read(past)]  # the timer fires at once
+        connection.data_received(b"<presence/>")
+        seen.append(await connection.read(past))  # data first; the past-deadline handle is pending
+        connection.data_received(b"<presence/>")
+        seen.append(await connection.read(past))  # read again before that handle ran
+        seen.append(await connection.read(past))
+        return seen
+
+    assert uvloop.run(scenario()) == [TIMER, b"<presence/>", b"<presence/>", TIMER]
