@@ -57,6 +57,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 _session_ids = itertools.count(1)
 
+_XML_LANG = f"{{{ns.XML}}}lang"
+_IQ = f"{{{ns.CLIENT}}}iq"
 _STANZA_TAGS = frozenset({f"{{{ns.CLIENT}}}message", f"{{{ns.CLIENT}}}presence", f"{{{ns.CLIENT}}}iq"})
 _INPUTS = {
     f"{{{ns.TLS}}}starttls": "starttls",
@@ -129,7 +131,8 @@ class ClientSession:
         self.authenticated = False
         self.username: str | None = None
         self.mechanism: str | None = None  # the SASL mechanism that authenticated the stream
-        self.jid = JID(None, server.config.server.domain, None)  # the full JID once bound
+        self._jid = JID(None, server.config.server.domain, None)
+        self.jid_text = str(self._jid)  # str(self.jid), computed once per change: every stanza is stamped
         # IM state that the roster and presence modules keep on the session (RFC 6121 terms).
         self.priority = 0
         self.presence: etree._Element | None = None  # last available presence broadcast, None if not
@@ -152,6 +155,16 @@ class ClientSession:
 
     def __repr__(self) -> str:
         return f"<ClientSession {self.id} {self.jid} {self.state.value}>"
+
+    @property
+    def jid(self) -> JID:
+        """The user's bare JID once authenticated, the full JID once bound; the domain before."""
+        return self._jid
+
+    @jid.setter
+    def jid(self, jid: JID) -> None:
+        self._jid = jid
+        self.jid_text = str(jid)
 
     @property
     def available(self) -> bool:
@@ -512,7 +525,7 @@ class ClientSession:
         self.state = State.DETACHED
         self.transport = NO_TRANSPORT
         sm = self.sm
-        sm.jid = str(self.jid)
+        sm.jid = self.jid_text
         sm.priority = self.priority
         sm.presence = None if self.presence is None else etree.tostring(self.presence, encoding="utf-8")
         sm.interested = self.interested
@@ -534,17 +547,18 @@ class ClientSession:
 
     async def _on_stanza(self, stanza: etree._Element) -> bool:
         """Stamp 'from' with the session's full JID (RFC 6120 §8.1.2.1) and route."""
+        jid_text = self.jid_text
         claimed = stanza.get("from")
-        if claimed is not None and claimed != str(self.jid):
+        if claimed is not None and claimed != jid_text:
             try:
                 claimed_jid = JID.parse(claimed)
             except InvalidJID as exc:
                 raise StreamError("invalid-from", f"'from' is not a JID: {exc}") from exc
             if claimed_jid not in (self.jid, self.jid.bare):
                 raise StreamError("invalid-from", "'from' does not match the authenticated JID")
-        stanza.set("from", str(self.jid))
-        if stanza.get(f"{{{ns.XML}}}lang") is None:
-            stanza.set(f"{{{ns.XML}}}lang", self.lang)  # RFC 6120 §4.7.4
+        stanza.set("from", jid_text)
+        if stanza.get(_XML_LANG) is None:
+            stanza.set(_XML_LANG, self.lang)  # RFC 6120 §4.7.4
         if self._is_ping_reply(stanza):
             return False
         await self.server.router.route(stanza, origin=self)
@@ -666,9 +680,12 @@ class ClientSession:
             return self.negotiation_deadline
         if self.ping_deadline is not None:
             return self.ping_deadline
-        return min(
+        deadline = min(
             self.last_read + self.config.idle_ping_after, self.last_write + self.config.keepalive_interval
         )
+        if self.parser.release_due:
+            return min(deadline, self.last_read + self.config.release_parser_after)
+        return deadline
 
     async def on_timer(self) -> None:
         """Negotiation timeout, idle-client ping (XEP-0199 §4.2), whitespace keepalive (RFC 6120 §4.6.1)."""
@@ -677,6 +694,8 @@ class ClientSession:
             if now >= self.negotiation_deadline:
                 raise StreamError("connection-timeout", "stream negotiation took too long")
             return
+        if self.parser.release_due and now >= self.last_read + self.config.release_parser_after:
+            self.parser.release()  # memory of idle sessions; kept if input stopped mid-stanza
         if self.ping_deadline is not None and now >= self.ping_deadline:
             raise StreamError("connection-timeout", "no answer to ping")
         if self.ping_deadline is None and now >= self.last_read + self.config.idle_ping_after:
@@ -696,7 +715,7 @@ class ClientSession:
             self.last_write = now
 
     def _is_ping_reply(self, stanza: etree._Element) -> bool:
-        if self._ping_id is None or stanza.get("id") != self._ping_id or stanza.tag != f"{{{ns.CLIENT}}}iq":
+        if self._ping_id is None or stanza.get("id") != self._ping_id or stanza.tag != _IQ:
             return False
         if stanza.get("type") not in ("result", "error"):
             return False

@@ -9,15 +9,15 @@ import getpass
 import logging
 import signal
 import sys
-from collections.abc import Coroutine, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from nitro import __version__
 from nitro.accounts import InvalidUsername, change_password, create_account, prepare_username
 from nitro.cli_db import add_db_parser, db_command
 from nitro.config import Config, ConfigError, load_config
 from nitro.logs import configure as configure_logging
+from nitro.runtime import loop_name, run
 from nitro.storage.errors import AlreadyExists, StorageError
 from nitro.storage.layered import open_storage
 
@@ -34,7 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="TOML configuration file (default: built-in defaults, as in config/nitro.toml)",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    commands.add_parser("serve", help="run the server until SIGINT/SIGTERM")
+    serve_parser = commands.add_parser("serve", help="run the server until SIGINT/SIGTERM")
+    serve_parser.add_argument(
+        "--no-uvloop",
+        action="store_true",
+        help="run on asyncio's own event loop even if uvloop is installed ([runtime] uvloop = false)",
+    )
 
     user = commands.add_parser("user", help="manage accounts in the configured storage")
     actions = user.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -65,18 +70,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         level = "WARNING"  # `nitro user list` prints names, not log lines
     configure_logging(level, config.logging.format)
     if args.command == "serve":
-        return _run(serve(config))
+        return run(serve(config), use_uvloop=config.runtime.uvloop and not args.no_uvloop)
     if args.command == "db":
-        return _run(db_command(config, args))
-    return _run(user_command(config, args))
-
-
-def _run(coroutine: Coroutine[Any, Any, int]) -> int:
-    try:
-        import uvloop  # optional speed-up, absent on some platforms
-    except ImportError:
-        return asyncio.run(coroutine)
-    return uvloop.run(coroutine)
+        return run(db_command(config, args))
+    return run(user_command(config, args))
 
 
 async def serve(config: Config) -> int:
@@ -88,7 +85,7 @@ async def serve(config: Config) -> int:
         loop.add_signal_handler(signum, stop.set)
     try:
         async with running_server(config) as server:
-            log.info("Nitro %s serving %s", __version__, server.domain)
+            log.info("Nitro %s serving %s on %s", __version__, server.domain, loop_name())
             await stop.wait()
             log.info("shutting down")
     except (OSError, StorageError) as exc:

@@ -1,4 +1,6 @@
-"""The I/O driver of one client connection: read bytes, feed the session, run its timers, close cleanly."""
+"""The I/O driver of one client connection: an asyncio Protocol that feeds bytes to the session, batches
+what the session writes into one socket write per loop turn, and runs the session's timers on one handle.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +9,8 @@ import contextlib
 import logging
 import ssl
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Final, cast
 
 from nitro.c2s import ClientSession
 from nitro.errors import StreamError
@@ -17,102 +20,320 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-READ_SIZE = 65536
+MAX_INPUT_BUFFER = 128 * 1024  # unread input past this pauses reading from the socket
 MAX_WRITE_BUFFER = 8 * 1024 * 1024  # a client that stops reading is cut off past this
 LINGER = 2.0  # seconds a closed stream keeps reading, waiting for the peer to close its side
+TIMER: Final = object()  # what `ClientConnection.read` returns when the session's deadline has passed
 
 
-class StreamTransport:
-    """A `Transport` over asyncio streams, with STARTTLS and a lingering close."""
+class ClientConnection(asyncio.Protocol):
+    """The `Transport` of a session over one socket, with STARTTLS and a lingering close.
 
-    def __init__(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, tls: ssl.SSLContext | None
-    ) -> None:
-        self.reader = reader
-        self.writer = writer
-        self._tls = tls
-        peer = writer.get_extra_info("peername")
-        self.peer_host: str = str(peer[0]) if isinstance(peer, tuple) else "local"
-        self.encrypted = writer.get_extra_info("sslcontext") is not None
+    Input: chunks are kept until the connection task reads them; reading from the socket pauses while more
+    than MAX_INPUT_BUFFER bytes wait, and while the peer is not reading what we write (backpressure).
+    Output: `write` only queues; one `transport.write` per loop turn sends everything queued, so a fan-out
+    of many stanzas to one client costs one system call. A client that leaves the socket's send buffer
+    full for write_timeout seconds, or lets MAX_WRITE_BUFFER bytes pile up, is cut off.
+    Timers: one `call_at` handle, moved only when the session's deadline comes earlier; when it fires
+    early (the deadline moved later) it re-arms itself instead of waking the task.
+    """
+
+    __slots__ = (
+        "_closed",
+        "_deadline",
+        "_eof",
+        "_flush_handle",
+        "_inbox",
+        "_inbox_bytes",
+        "_loop",
+        "_out",
+        "_out_bytes",
+        "_read_paused",
+        "_server",
+        "_task",
+        "_timer",
+        "_timer_at",
+        "_timer_due",
+        "_waiter",
+        "_write_paused",
+        "_write_timeout",
+        "_write_timer",
+        "closing",
+        "encrypted",
+        "peer_host",
+        "transport",
+    )
+
+    def __init__(self, server: Server) -> None:
+        self._server = server
+        self._loop = asyncio.get_running_loop()
+        self._write_timeout = server.config.c2s.write_timeout
+        self.transport: asyncio.Transport | None = None
+        self.peer_host = "local"
+        self.encrypted = False
         self.closing = False
+        self._inbox: list[bytes] = []
+        self._inbox_bytes = 0
+        self._eof = False
+        self._closed: asyncio.Future[None] = self._loop.create_future()
+        self._waiter: asyncio.Future[None] | None = None
+        self._out: list[bytes] = []
+        self._out_bytes = 0
+        self._flush_handle: asyncio.Handle | None = None
+        self._read_paused = False
+        self._write_paused = False
+        self._write_timer: asyncio.Handle | None = None
+        self._deadline = 0.0
+        self._timer: asyncio.Handle | None = None
+        self._timer_at = 0.0
+        self._timer_due = False
+        self._task: asyncio.Task[None] | None = None
+
+    # -- asyncio.Protocol -------------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass it
+
+        peer = transport.get_extra_info("peername")
+        self.peer_host = str(peer[0]) if isinstance(peer, tuple) else "local"
+        self.encrypted = transport.get_extra_info("sslcontext") is not None
+        self._task = self._loop.create_task(serve_client(self._server, self))
+        self._server.connection_task(self._task)
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return  # lingering after our close: read and discard (see `close`)
+        self._inbox.append(data)
+        self._inbox_bytes += len(data)
+        if self._inbox_bytes > MAX_INPUT_BUFFER:
+            self._pause_reading()
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        self._wake()
+        return False  # close the transport: a client that half-closes is gone (RFC 6120 §4.4)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._eof = True
+        self._out.clear()
+        self._cancel_timers()
+        if not self._closed.done():
+            self._closed.set_result(None)
+        self._wake()
+
+    def pause_writing(self) -> None:
+        """The socket's send buffer is full: stop reading the client until it reads, for a while."""
+        self._write_paused = True
+        self._pause_reading()
+        if self._write_timer is None:
+            self._write_timer = self._loop.call_later(self._write_timeout, self._write_timed_out)
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
+        self._maybe_resume_reading()
+
+    # -- the session's Transport ----------------------------------------------------------------------------
 
     def write(self, data: bytes) -> None:
-        if self.closing or self.writer.is_closing():
+        """Queue `data`; everything queued in this loop turn goes out in one socket write."""
+        if self.closing or self.transport is None or self.transport.is_closing():
             return
-        self.writer.write(data)
-        if self.writer.transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
+        self._out.append(data)
+        self._out_bytes += len(data)
+        if self._flush_handle is None:
+            self._flush_handle = self._loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Write what is queued now; cut off a client whose unread output passed MAX_WRITE_BUFFER."""
+        self._flush_handle = None
+        transport = self.transport
+        if not self._out or transport is None or transport.is_closing():
+            self._out.clear()
+            self._out_bytes = 0
+            return
+        data = self._out[0] if len(self._out) == 1 else b"".join(self._out)
+        self._out.clear()
+        self._out_bytes = 0
+        transport.write(data)
+        if transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
             log.warning("%s is not reading; dropping the connection", self.peer_host)
-            self.writer.transport.abort()
+            transport.abort()
 
     async def start_tls(self) -> None:
-        assert self._tls is not None
-        await self.writer.drain()
-        await self.writer.start_tls(self._tls)
+        """Send what is queued (the `<proceed/>`) in the clear, then upgrade the socket (RFC 6120 §5.4)."""
+        context = self._server.tls_context
+        assert context is not None
+        assert self.transport is not None
+        self.flush()
+        await self._writable(self._write_timeout)
+        self.transport = await self._loop.start_tls(
+            self.transport,
+            self,
+            context,
+            server_side=True,
+            ssl_handshake_timeout=self._server.config.c2s.negotiation_timeout,
+        )
         self.encrypted = True
 
     def close(self) -> None:
-        """Write nothing more. The socket stays open for reading a little longer (`finish`): closing it
-        with unread input would reset the connection and the peer might never see our last words (the
-        stream error); RFC 6120 §4.4 has the closing side wait for the peer's close. The timer wakes a
-        connection loop that is waiting for input when the close comes from elsewhere.
+        """Write nothing more; wake the connection task, which lingers (`finish`) and then closes.
+
+        Closing the socket with unread input would reset the connection and the peer might never see our
+        last words (the stream error); RFC 6120 §4.4 has the closing side wait for the peer's close.
         """
         if not self.closing:
             self.closing = True
-            asyncio.get_running_loop().call_later(LINGER, self.writer.close)
+            self._wake()
+
+    # -- the connection task's side ------------------------------------------------------------------------
+
+    async def read(self, deadline: float) -> bytes | object:
+        """The input received so far; b"" at the end of input or once closing; TIMER past `deadline`."""
+        self._set_deadline(deadline)
+        while not self._inbox:
+            if self._eof or self.closing:
+                return b""
+            if self._timer_due:
+                self._timer_due = False
+                return TIMER
+            self._waiter = self._loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        data = self._inbox[0] if len(self._inbox) == 1 else b"".join(self._inbox)
+        self._inbox.clear()
+        self._inbox_bytes = 0
+        self._maybe_resume_reading()
+        return data
 
     async def finish(self) -> None:
         """Flush, read and discard until the peer closes (at most LINGER seconds), then close."""
         self.closing = True
+        self.flush()
         try:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.writer.drain(), 1.0)
+            with contextlib.suppress(TimeoutError):
+                await self._writable(1.0)
+                self._inbox.clear()
+                self._inbox_bytes = 0
+                self._write_paused = False  # discarding input now: reading resumes whatever we wrote
+                self._maybe_resume_reading()
                 async with asyncio.timeout(LINGER):
-                    while await self.reader.read(READ_SIZE):
-                        pass
+                    await asyncio.shield(self._closed)
         finally:
-            self.writer.close()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.writer.wait_closed(), 1.0)
+            self._cancel_timers()
+            if self.transport is not None:
+                self.transport.close()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._closed), 1.0)
+
+    async def _writable(self, timeout: float) -> None:
+        """Until the socket's send buffer has room (raises TimeoutError after `timeout`)."""
+        async with asyncio.timeout(timeout):
+            while self._write_paused and not self._closed.done():
+                self._waiter = self._loop.create_future()
+                try:
+                    await self._waiter
+                finally:
+                    self._waiter = None
+
+    # -- internals ----------------------------------------------------------------------------------------
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def _pause_reading(self) -> None:
+        if not self._read_paused and self.transport is not None and not self.transport.is_closing():
+            self._read_paused = True
+            self.transport.pause_reading()
+
+    def _maybe_resume_reading(self) -> None:
+        if self._read_paused and not self._write_paused and self._inbox_bytes <= MAX_INPUT_BUFFER:
+            self._read_paused = False
+            if self.transport is not None and not self.transport.is_closing():
+                self.transport.resume_reading()
+
+    def _write_timed_out(self) -> None:
+        self._write_timer = None
+        log.info("%s read nothing for %.1f s; dropping the connection", self.peer_host, self._write_timeout)
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _set_deadline(self, deadline: float) -> None:
+        self._deadline = deadline
+        if self._timer is None or self._timer_at > deadline:
+            self._arm(deadline)
+
+    def _arm(self, deadline: float) -> None:
+        # uvloop turns a call_at in the past into a plain Handle without when(): the time is kept here
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = deadline
+        self._timer = self._loop.call_at(self._loop_time(deadline), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if time.monotonic() >= self._deadline:
+            self._timer_due = True
+            self._wake()
+        else:  # the deadline moved later since the timer was set: just follow it
+            self._arm(self._deadline)
+
+    def _loop_time(self, monotonic: float) -> float:
+        """The session keeps time.monotonic(); asyncio's clock may differ by an offset."""
+        return monotonic - time.monotonic() + self._loop.time()
+
+    def _cancel_timers(self) -> None:
+        for timer in (self._timer, self._write_timer):
+            if timer is not None:
+                timer.cancel()
+        self._timer = self._write_timer = None
 
 
-async def serve_client(server: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+def connection_factory(server: Server) -> Callable[[], ClientConnection]:
+    """The protocol factory for `loop.create_server`: each connection runs `serve_client` in its own task."""
+    return lambda: ClientConnection(server)
+
+
+async def serve_client(server: Server, connection: ClientConnection) -> None:
     """Run one connection to its end; this is its catch-log-close boundary.
 
     The loop drives whichever session owns this transport: after `<resume/>` (XEP-0198 §5) that is the
     older session the stream resumed; when another connection resumes our session, the loop just stops.
     """
-    transport = StreamTransport(reader, writer, server.tls_context)
-    session = ClientSession(server, transport)
+    session = ClientSession(server, connection)
     server.track(session)
-    write_timeout = server.config.c2s.write_timeout
     try:
-        while session.transport is transport and not session.closed and not transport.closing:
-            timeout = max(0.0, session.next_deadline() - time.monotonic())
-            try:
-                data = await asyncio.wait_for(reader.read(READ_SIZE), timeout)
-            except TimeoutError:
+        while session.transport is connection and not session.closed and not connection.closing:
+            data = await connection.read(session.next_deadline())
+            if data is TIMER:
                 await session.on_timer()
                 continue
-            if not data or session.transport is not transport or session.closed:
+            if not data or session.transport is not connection or session.closed:
                 break  # the end, or the stream was closed (or resumed elsewhere) while we waited
+            assert isinstance(data, bytes)
             await session.receive(data)
             session = session.current
-            await asyncio.wait_for(writer.drain(), write_timeout)
     except StreamError as error:
         session = session.current
-        if session.transport is transport:
+        if session.transport is connection:
             await session.close(error)
     except (ConnectionError, TimeoutError, ssl.SSLError) as exc:
         session.current.log.info("connection lost: %r", exc)
     except Exception:
         session = session.current
         session.log.exception("internal error; closing the stream")
-        if session.transport is transport:
+        if session.transport is connection:
             await session.close(StreamError("internal-server-error"))
     finally:
         session = session.current
-        if session.transport is transport:
+        if session.transport is connection:
             await session.connection_lost()  # a resumable session detaches and stays tracked
         if session.closed:
             server.untrack(session)
-        await transport.finish()
+        await connection.finish()

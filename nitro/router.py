@@ -29,7 +29,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ToType = Literal["self", "host", "bare", "full"]
-_KINDS = frozenset({f"{{{ns.CLIENT}}}message", f"{{{ns.CLIENT}}}presence", f"{{{ns.CLIENT}}}iq"})
+_KINDS = {f"{{{ns.CLIENT}}}{kind}": kind for kind in ("message", "presence", "iq")}  # tag → kind
+_TO_TYPES: tuple[ToType, ...] = ("self", "host", "bare", "full")
+# The routing event names, built once rather than per stanza.
+_PRE_EVENTS = {(kind, to): f"pre-{kind}/{to}" for kind in _KINDS.values() for to in _TO_TYPES}
+_EVENTS = {(kind, to): f"{kind}/{to}" for kind in _KINDS.values() for to in _TO_TYPES}
 _iq_ids = itertools.count(1)
 
 
@@ -46,7 +50,8 @@ class StanzaEvent:
 
     @property
     def kind(self) -> str:
-        return etree.QName(self.stanza).localname
+        tag = self.stanza.tag
+        return _KINDS.get(tag) or etree.QName(tag).localname
 
     @property
     def type(self) -> str | None:
@@ -94,9 +99,9 @@ class Router:
             self.server.metrics.routing.observe(time.perf_counter() - start)
 
     async def _route(self, stanza: etree._Element, origin: ClientSession | None) -> None:
-        if stanza.tag not in _KINDS:
+        kind = _KINDS.get(stanza.tag)
+        if kind is None:
             raise StanzaError("bad-request", "not a stanza")
-        kind = etree.QName(stanza).localname
         from_ = JID.parse(stanza.get("from") or self.domain)
         to_text = stanza.get("to")
         try:
@@ -110,12 +115,12 @@ class Router:
             raise StanzaError("remote-server-not-found", f"no route to {to.domain}")
         to_type = classify(to, from_, self.domain, kind)
         event = StanzaEvent(stanza, origin, from_, to, to_type, self.server)
-        if origin is not None and await self.bus.fire(f"pre-{kind}/{to_type}", event):
+        if origin is not None and await self.bus.fire(_PRE_EVENTS[kind, to_type], event):
             return
         if kind == "iq":
             await self._route_iq(event)
             return
-        await self.bus.fire(f"{kind}/{to_type}", event)
+        await self.bus.fire(_EVENTS[kind, to_type], event)
 
     async def _route_iq(self, event: StanzaEvent) -> None:
         iq_type = event.type

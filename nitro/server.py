@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 from nitro.config import Config
-from nitro.connection import serve_client
+from nitro.connection import connection_factory
 from nitro.directory import SessionDirectory
 from nitro.errors import StreamError
 from nitro.events import EventBus
@@ -19,6 +19,7 @@ from nitro.metrics import Metrics
 from nitro.metrics_http import MetricsEndpoint, serve_metrics
 from nitro.module import BUILTIN_MODULES, DiscoRegistry, Module, load_module
 from nitro.router import Router
+from nitro.runtime import tuned_gc
 from nitro.sessions import SessionManager
 from nitro.storage import Storage
 from nitro.storage.layered import open_storage
@@ -82,6 +83,12 @@ class Server:
         """Called from the connection's own task, which shutdown may have to cancel."""
         self._connections[session] = asyncio.current_task()
 
+    def connection_task(self, task: asyncio.Task[Any]) -> None:
+        """A connection's task: shutdown waits for it even after its session closed (it may still be in
+        a handler's storage call, which must not outlive the storage scope)."""
+        self._connection_tasks.add(task)
+        task.add_done_callback(self._connection_tasks.discard)
+
     def untrack(self, session: ClientSession) -> None:
         self._connections.pop(session, None)
 
@@ -91,19 +98,13 @@ class Server:
 
     async def start_listeners(self) -> None:
         c2s = self.config.c2s
-
-        async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            task = asyncio.current_task()
-            if task is not None:  # a closed session's task may still be in a handler's storage call
-                self._connection_tasks.add(task)
-                task.add_done_callback(self._connection_tasks.discard)
-            await serve_client(self, reader, writer)
-
-        self.listeners.append(await asyncio.start_server(accept, c2s.host, c2s.port, backlog=c2s.backlog))
+        loop = asyncio.get_running_loop()
+        accept = connection_factory(self)
+        self.listeners.append(await loop.create_server(accept, c2s.host, c2s.port, backlog=c2s.backlog))
         log.info("c2s (STARTTLS) listening on %s", _addresses(self.listeners[-1]))
         if c2s.direct_tls_port and self.tls_context is not None:
             self.listeners.append(
-                await asyncio.start_server(
+                await loop.create_server(
                     accept,
                     c2s.host,
                     c2s.direct_tls_port,
@@ -180,6 +181,7 @@ async def running_server(config: Config) -> AsyncIterator[Server]:
             server.load_modules(tuple(m for m in BUILTIN_MODULES if m not in config.modules.disabled))
             try:
                 await server.start_listeners()
-                yield server
+                with tuned_gc(config.gc):
+                    yield server
             finally:
                 await server.shutdown()

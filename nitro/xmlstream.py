@@ -35,7 +35,13 @@ _XML_SPACE: Final = " \t\r\n"  # XML's whitespace (XML 1.0 §2.3 S), narrower th
 _SLICE: Final = 16 * 1024  # lxml is fed at most this much at once, so size limits bite early
 _MARKUP: Final = re.compile(rb"<(.)", re.DOTALL)
 _ENCODING_DECL: Final = re.compile(rb"(?:\xef\xbb\xbf)?<\?xml\s[^?]*?encoding\s*=\s*[\"']([^\"']*)[\"']")
-_INVENTED_PREFIX: Final = re.compile(r"ns\d+")  # what lxml names a namespace that has no prefix
+_INVENTED_PREFIX: Final = re.compile(r"ns\d+")
+# The stream's bytes from its last '<' are kept (up to _TAIL_MAX) to tell whether input stopped between
+# two top-level elements: then they are one complete end tag or empty-element tag, and whitespace.
+_TAIL_MAX: Final = 4096
+_ENDS_ELEMENT: Final = re.compile(
+    rb"""(?:</[^\s>]+\s*>|<[^\s/>'"]+(?:\s+[^\s=/>]+\s*=\s*(?:'[^']*'|"[^"]*"))*\s*/>)[ \t\r\n]*"""
+)  # what lxml names a namespace that has no prefix
 _ATTR_ESCAPES: Final = str.maketrans(
     {
         "&": "&amp;",
@@ -98,7 +104,19 @@ class XMLStreamParser:
 
     def reset(self) -> None:
         """Drop all state and buffered bytes; expect a new stream header (RFC 6120 §5.4.3.3, §6.4.6)."""
-        self._parser = etree.XMLPullParser(
+        self._parser: etree.XMLPullParser | None = self._new_parser()
+        self._root: etree._Element | None = None
+        self._depth = 0  # open elements, the stream element included
+        self._pending = 0  # bytes fed since the stream header or the last top-level element was complete
+        self._prolog: bytearray | None = bytearray()  # the raw bytes until the stream element starts
+        self._error: StreamError | None = None
+        self._tail: bytes | None = b""  # the input from its last '<' on; None if longer than _TAIL_MAX
+        self._resume: bytes | None = None  # while released: the stream header that recreates the parser
+        self.release_due = False  # bytes came since the parser was last kept or recreated
+
+    @staticmethod
+    def _new_parser() -> etree.XMLPullParser:
+        return etree.XMLPullParser(
             events=("start", "end", "comment", "pi"),
             encoding="utf-8",  # RFC 6120 §11.6; a declaration claiming otherwise is refused in _check_prolog
             resolve_entities=False,
@@ -107,11 +125,48 @@ class XMLStreamParser:
             huge_tree=False,
             remove_blank_text=False,
         )
-        self._root: etree._Element | None = None
-        self._depth = 0  # open elements, the stream element included
-        self._pending = 0  # bytes fed since the stream header or the last top-level element was complete
-        self._prolog: bytearray | None = bytearray()  # the raw bytes until the stream element starts
-        self._error: StreamError | None = None
+
+    def release(self) -> bool:
+        """Between two top-level elements, free lxml's parser (about 11 KB) until more bytes arrive; an idle
+        session then holds no parser. Mid-element nothing changes and False is returned.
+        """
+        self.release_due = False
+        if self._resume is not None:
+            return True
+        if (
+            self._error is not None
+            or self._root is None
+            or self._depth != 1
+            or self._tail is None
+            or not _ENDS_ELEMENT.fullmatch(self._tail)
+        ):
+            return False
+        root = self._root
+        declarations = "".join(
+            f" xmlns{':' + prefix if prefix else ''}='{uri.translate(_ATTR_ESCAPES)}'"
+            for prefix, uri in root.nsmap.items()
+        )
+        name = f"{root.prefix}:stream" if root.prefix else "stream"
+        self._resume = f"<{name}{declarations}>".encode()
+        self._parser = None
+        self._root = None
+        self._pending = 0
+        return True
+
+    @property
+    def released(self) -> bool:
+        """Whether the lxml parser is freed (until the next bytes)."""
+        return self._resume is not None
+
+    def _recreate(self) -> None:
+        """A released parser comes back inside an equivalent stream element, which emits no event."""
+        assert self._resume is not None
+        self._parser = self._new_parser()
+        self._parser.feed(self._resume)
+        for _event, element in self._parser.read_events():
+            if isinstance(element, etree._Element):
+                self._root = element
+        self._resume = None
 
     def feed(self, data: bytes) -> list[StreamEvent]:
         """Parse the next bytes of the stream, split anywhere; return the events they complete, in order."""
@@ -120,6 +175,9 @@ class XMLStreamParser:
         try:
             if self._prolog is not None:
                 self._check_prolog(data)
+            elif self._resume is not None:
+                self._recreate()
+            self._keep_tail(data)
             events: list[StreamEvent] = []
             for offset in range(0, len(data), _SLICE):
                 chunk = data[offset : offset + _SLICE]
@@ -134,6 +192,14 @@ class XMLStreamParser:
             self._error = error
             raise
         return events
+
+    def _keep_tail(self, data: bytes) -> None:
+        self.release_due = True
+        last = data.rfind(b"<")
+        if last >= 0:
+            self._tail = data[last:] if len(data) - last <= _TAIL_MAX else None
+        elif self._tail is not None:
+            self._tail = self._tail + data if len(self._tail) + len(data) <= _TAIL_MAX else None
 
     def _check_prolog(self, data: bytes) -> None:
         """Refuse before lxml sees it what lxml would accept ahead of the stream element."""
@@ -156,6 +222,7 @@ class XMLStreamParser:
     def _feed_lxml(self, chunk: bytes) -> None:
         # lxml raises for fatal errors only; some (undeclared entities, unbound prefixes) are merely logged,
         # after which its events cannot be trusted, so the log is read after every feed.
+        assert self._parser is not None
         try:
             self._parser.feed(chunk)
         except etree.XMLSyntaxError as error:
@@ -164,6 +231,7 @@ class XMLStreamParser:
             raise logged
 
     def _logged_error(self) -> StreamError | None:
+        assert self._parser is not None
         for entry in self._parser.feed_error_log:
             if "UNDECLARED_ENTITY" in entry.type_name:  # RFC 6120 §11.1: only the five predefined entities
                 return StreamError("restricted-xml", f"entity reference: {entry.message}")
@@ -178,6 +246,7 @@ class XMLStreamParser:
         return None
 
     def _read_events(self, events: list[StreamEvent]) -> None:
+        assert self._parser is not None
         for event in self._parser.read_events():
             match event:
                 case ("start", element):
@@ -228,8 +297,15 @@ class XMLStreamParser:
                 raise StreamError("bad-format", "character data between stanzas")
         # Copy before removing: once out of the tree, lxml re-declares the inherited default namespace under
         # an invented prefix (ns0:message) if a descendant declares a default namespace of its own.
-        standalone = copy.deepcopy(element)  # its own document: does not keep the parser's alive
-        standalone.tail = None
+        copied = copy.deepcopy(element)
+        # The copy's document still refers to the stream's parser (lxml hands it on), so a stanza kept for
+        # long, like a session's last presence, would keep the parser (some 11 KB) alive. Its content moves
+        # into a fresh element, root of a document of its own that knows no parser.
+        namespaces: Any = copied.nsmap  # lxml-stubs leave out the None key of a default namespace
+        attributes: Any = copied.attrib
+        standalone = etree.Element(copied.tag, attributes, nsmap=namespaces)
+        standalone.text = copied.text
+        standalone.extend(copied)
         # libxml2 appends character data to its parent's last child if that is a text node, trusting a length
         # it cached for the node it made itself (SAX2.c xmlSAX2Text). So leave no stray text node behind: drop
         # the stream element's leading text, and remove the element together with its tail.
@@ -275,9 +351,13 @@ def serialize(element: etree._Element) -> bytes:
     An element built from a Clark name without an nsmap makes lxml invent a prefix (`<ns0:message>`), which
     many XMPP clients mishandle; such trees are written with default namespace declarations instead.
     """
-    if any(_INVENTED_PREFIX.fullmatch(node.prefix or "") for node in element.iter(etree.Element)):
-        element = _with_default_namespaces(element, None)
     data = etree.tostring(element, encoding="utf-8", xml_declaration=False, with_tail=False)
+    # An invented prefix is declared as xmlns:ns0="…"; one search of the bytes spares the tree walk.
+    if b"xmlns:ns" in data and any(
+        _INVENTED_PREFIX.fullmatch(node.prefix or "") for node in element.iter(etree.Element)
+    ):
+        element = _with_default_namespaces(element, None)
+        data = etree.tostring(element, encoding="utf-8", xml_declaration=False, with_tail=False)
     # The stream header already declares these two; repeating them on every stanza is noise.
     for declaration in _IN_SCOPE.get(element.tag, ()):
         if data.startswith(declaration, data.index(b" ") if b" " in data[:64] else 0):

@@ -441,3 +441,78 @@ def test_serialize_an_error_reply_built_from_clark_names() -> None:
     data = serialize(error_reply(iq, StanzaError("item-not-found")))
     assert data.startswith(b'<iq to="a@b/c" id="7" type="error"><error type="cancel">')
     assert b"ns0" not in data
+
+
+# -- releasing the parser of an idle stream between stanzas --
+
+
+def released_after(data: bytes, header: bytes = HEADER) -> XMLStreamParser:
+    parser = XMLStreamParser()
+    feed(stream(data, header), parser)
+    assert parser.release(), "input ended between two stanzas"
+    assert parser.released
+    return parser
+
+
+@pytest.mark.parametrize(
+    "before",
+    [b"<presence/>", b"<message to='a@b'><body>hi</body></message> \n\t", b"<presence id='x' />", b"<r/>"],
+)
+def test_a_released_parser_reads_the_next_stanza_as_if_never_released(before: bytes) -> None:
+    parser = released_after(before)
+    [message] = stanzas(feed(b"<message to='b@c' id='2'><body>again &amp; again</body></message>", parser))
+    assert not parser.released
+    assert serialize(message) == b'<message to="b@c" id="2"><body>again &amp; again</body></message>'
+
+
+def test_prefixes_declared_on_the_stream_element_still_apply_after_release() -> None:
+    header = BARE_HEADER.replace(b"xmlns='jabber:client'", b"xmlns='jabber:client' xmlns:x='urn:example'")
+    parser = released_after(b"<presence/>", header)
+    [message] = stanzas(feed(b"<message><x:data/></message>", parser))
+    assert message[0].tag == "{urn:example}data"
+
+
+def test_the_stream_still_closes_after_release() -> None:
+    parser = released_after(b"<presence/>")
+    assert isinstance(feed(b" </stream:stream>", parser)[-1], StreamClosed)
+
+
+@pytest.mark.parametrize(
+    "partial",
+    [
+        b"<presence/><message><bo",
+        b"<presence/><message id='a>",  # a '>' inside an attribute value of an unfinished tag
+        b"<presence/><message",
+        b"<presence/></mess",
+    ],
+)
+def test_input_that_stopped_mid_element_keeps_the_parser(partial: bytes) -> None:
+    parser = XMLStreamParser()
+    feed(stream(partial), parser)
+    assert not parser.release()
+    assert not parser.released
+
+
+def test_a_parser_kept_mid_stanza_completes_the_stanza() -> None:
+    parser = XMLStreamParser()
+    feed(stream(b"<presence/><message id='a>"), parser)
+    assert not parser.release()
+    [message] = stanzas(feed(b"b'><body>x</body></message>", parser))
+    assert message.get("id") == "a>b"
+
+
+def test_errors_are_still_caught_after_release() -> None:
+    parser = released_after(b"<presence/>")
+    assert stream_error(b"<message>&unknown;</message>", parser).condition == "restricted-xml"
+    assert stream_error(b"text<presence/>", released_after(b"<presence/>")).condition == "bad-format"
+
+
+def test_release_is_due_only_after_new_input() -> None:
+    parser = XMLStreamParser()
+    feed(stream(b"<presence/><message><bo"), parser)
+    assert parser.release_due
+    parser.release()
+    assert not parser.release_due  # not retried until more bytes come
+    feed(b"dy/></message>", parser)
+    assert parser.release_due
+    assert parser.release()
