@@ -30,6 +30,7 @@ __all__ = [
 STREAM_FOOTER: Final = b"</stream:stream>"
 
 _STREAM_TAG: Final = f"{{{ns.STREAM}}}stream"
+_PRESENCE: Final = f"{{{ns.CLIENT}}}presence"
 _XML_LANG: Final = f"{{{ns.XML}}}lang"
 _XML_SPACE: Final = " \t\r\n"  # XML's whitespace (XML 1.0 §2.3 S), narrower than str.isspace()
 _SLICE: Final = 16 * 1024  # lxml is fed at most this much at once, so size limits bite early
@@ -297,15 +298,16 @@ class XMLStreamParser:
                 raise StreamError("bad-format", "character data between stanzas")
         # Copy before removing: once out of the tree, lxml re-declares the inherited default namespace under
         # an invented prefix (ns0:message) if a descendant declares a default namespace of its own.
-        copied = copy.deepcopy(element)
-        # The copy's document still refers to the stream's parser (lxml hands it on), so a stanza kept for
-        # long, like a session's last presence, would keep the parser (some 11 KB) alive. Its content moves
-        # into a fresh element, root of a document of its own that knows no parser.
-        namespaces: Any = copied.nsmap  # lxml-stubs leave out the None key of a default namespace
-        attributes: Any = copied.attrib
-        standalone = etree.Element(copied.tag, attributes, nsmap=namespaces)
-        standalone.text = copied.text
-        standalone.extend(copied)
+        standalone = copy.deepcopy(element)
+        if element.tag == _PRESENCE:
+            # The copy's document still refers to the stream's parser (lxml hands it on), so a presence
+            # kept as the session's last one would keep the parser (some 11 KB) alive. Its content moves
+            # into a fresh root that knows no parser. Other stanzas pass through; this costs ~14 us.
+            namespaces: Any = standalone.nsmap  # lxml-stubs leave out the None key of a default namespace
+            attributes: Any = standalone.attrib
+            copied, standalone = standalone, etree.Element(standalone.tag, attributes, nsmap=namespaces)
+            standalone.text = copied.text
+            standalone.extend(copied)
         # libxml2 appends character data to its parent's last child if that is a text node, trusting a length
         # it cached for the node it made itself (SAX2.c xmlSAX2Text). So leave no stray text node behind: drop
         # the stream element's leading text, and remove the element together with its tail.

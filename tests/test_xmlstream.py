@@ -516,3 +516,11 @@ def test_release_is_due_only_after_new_input() -> None:
     feed(b"dy/></message>", parser)
     assert parser.release_due
     assert parser.release()
+
+
+def test_a_presence_does_not_keep_the_streams_parser_alive() -> None:
+    """A session keeps its last presence for long; lxml would otherwise keep the stream's parser with it."""
+    [presence, message] = stanzas(feed(stream(b"<presence><show>away</show></presence><message/>")))
+    assert not isinstance(presence.getroottree().parser, etree.XMLPullParser)
+    assert serialize(presence) == b"<presence><show>away</show></presence>"
+    assert message.getroottree().getroot() is message
