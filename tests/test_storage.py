@@ -439,3 +439,22 @@ async def test_locked_database_is_unavailable_for_writes_until_released(db_path:
         await storage.accounts.create("romeo", {})
         assert await storage.accounts.list_usernames() == ["juliet", "romeo"]
         assert await storage.offline.count("juliet") == 0
+
+
+async def test_items_for_reads_one_contact_in_many_rosters(storage: Storage) -> None:
+    for name in ("nurse", "tybalt", "paris"):
+        await storage.accounts.create(name, credentials(4))
+    romeo = RosterItem("romeo@montague.lit", subscription="both")
+    await storage.rosters.put("juliet", romeo)
+    await storage.rosters.put("nurse", RosterItem("romeo@montague.lit", subscription="from", name="Romeo"))
+    await storage.rosters.put("tybalt", RosterItem("mercutio@montague.lit"))
+    found = await storage.rosters.items_for(
+        ["juliet", "nurse", "tybalt", "paris", "nobody"], "romeo@montague.lit"
+    )
+    assert found == {
+        "juliet": romeo,
+        "nurse": RosterItem("romeo@montague.lit", subscription="from", name="Romeo"),
+    }
+    assert await storage.rosters.items_for([], "romeo@montague.lit") == {}
+    many = [f"user{i}" for i in range(1200)]  # more than one IN (…) batch
+    assert await storage.rosters.items_for([*many, "juliet"], "romeo@montague.lit") == {"juliet": romeo}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from lxml import etree
@@ -99,11 +100,7 @@ class Presence:
             return
         # §4.2.2 and §4.3.2, answered locally: the contacts the user is subscribed to are probed, the
         # online ones only (an offline contact would not answer), and the user's other resources too.
-        for item in items:
-            if state_of(item).to and is_local(self.server, item.jid):
-                contact = JID.parse(item.jid)
-                if self.available_resources(contact):
-                    await self.probe(session.jid, contact)
+        await self.probe_contacts(session.jid, items)
         for other in self.available_resources(session.jid.bare):
             if other is not session:
                 await self.send_current(other, session.jid)
@@ -216,16 +213,37 @@ class Presence:
     async def probe(self, prober: JID, user: JID) -> None:
         """§4.3.2: a probe for the local `user`, answered with the presence of each available resource."""
         assert user.local is not None
+        item: RosterItem | None = None
         if prober.bare != user:
             try:
                 item = await self.server.storage.rosters.get_item(user.local, str(prober.bare))
             except StorageUnavailable as exc:
                 raise storage_error(exc) from exc
-            if not state_of(item).from_:
-                await self.route(
-                    stanza("presence", type="unsubscribed", from_=str(user), to=str(prober.bare))
-                )
-                return
+        await self.answer_probe(prober, user, item)
+
+    async def probe_contacts(self, prober: JID, items: Sequence[RosterItem]) -> None:
+        """The probes of an initial presence (§4.2.2), answered locally: each online local contact the
+        user is subscribed to, with every contact's roster item read in one storage call."""
+        contacts: dict[str, JID] = {}
+        for item in items:
+            if state_of(item).to and is_local(self.server, item.jid):
+                contact = JID.parse(item.jid)
+                if contact.local is not None and self.available_resources(contact):
+                    contacts[contact.local] = contact
+        if not contacts:
+            return
+        try:
+            found = await self.server.storage.rosters.items_for(list(contacts), str(prober.bare))
+        except StorageUnavailable as exc:
+            raise storage_error(exc) from exc
+        for username, contact in contacts.items():
+            await self.answer_probe(prober, contact, found.get(username))
+
+    async def answer_probe(self, prober: JID, user: JID, item: RosterItem | None) -> None:
+        """`user`'s answer to `prober`, given `prober`'s item in `user`'s roster (§4.3.2)."""
+        if prober.bare != user and not state_of(item).from_:
+            await self.route(stanza("presence", type="unsubscribed", from_=str(user), to=str(prober.bare)))
+            return
         for session in self.available_resources(user):
             await self.send_current(session, prober)  # none available: no answer (§4.3.2 allows it)
 

@@ -91,6 +91,16 @@ class CachedRosterStore:
     async def get_item(self, username: str, contact: str) -> RosterItem | None:
         return next((item for item in (await self.get(username)).items if item.jid == contact), None)
 
+    async def items_for(self, usernames: Sequence[str], contact: str) -> dict[str, RosterItem]:
+        if self._tiers.ring is None:  # nothing is cached without a ring: one query
+            return await self._sql.items_for(usernames, contact)
+        found: dict[str, RosterItem] = {}
+        for username in usernames:  # cached rosters, each checked against its generation
+            item = await self.get_item(username, contact)
+            if item is not None:
+                found[username] = item
+        return found
+
     async def put(self, username: str, item: RosterItem) -> int:
         try:
             return await self._sql.put(username, item)

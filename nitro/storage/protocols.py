@@ -57,6 +57,11 @@ class RosterStore(Protocol):
 
     async def get_item(self, username: str, contact: str) -> RosterItem | None: ...
 
+    async def items_for(self, usernames: Sequence[str], contact: str) -> dict[str, RosterItem]:
+        """`contact`'s item in each of these users' rosters, by username; users without one are left
+        out. One query for what a login's presence probes ask of every online contact."""
+        ...
+
     async def put(self, username: str, item: RosterItem) -> int:
         """Insert or replace the item; returns the new, bumped roster version. Raises NoSuchAccount."""
         ...

@@ -70,6 +70,7 @@ log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 DEFAULT_POOL = StorageSection()  # MariaDB pool and timeouts when no config is given
+_ITEMS_FOR_BATCH = 500  # usernames per IN (…) of `items_for`: far below any bound-parameter limit
 
 _HASH_NAMES: dict[str, HashName] = {name: name for name in get_args(HashName)}
 _SUBSCRIPTIONS: dict[str, Subscription] = {name: name for name in get_args(Subscription)}
@@ -278,6 +279,22 @@ class SqlRosterStore:
                 )
             ).one_or_none()
             return None if row is None else _item_from_row(row)
+
+    @translated
+    async def items_for(self, usernames: Sequence[str], contact: str) -> dict[str, RosterItem]:
+        _, contact_key = contact_keys(contact)
+        found: dict[str, RosterItem] = {}
+        async with self._db.engine.connect() as conn:
+            for offset in range(0, len(usernames), _ITEMS_FOR_BATCH):
+                keys = [username_key(name) for name in usernames[offset : offset + _ITEMS_FOR_BATCH]]
+                query = (
+                    select(accounts.c.username, roster_items)
+                    .join(accounts, accounts.c.id == roster_items.c.account_id)
+                    .where(accounts.c.username.in_(keys), roster_items.c.contact_key == contact_key)
+                )
+                for row in await conn.execute(query):
+                    found[bytes(row.username).decode()] = _item_from_row(row)
+        return found
 
     @translated
     async def put(self, username: str, item: RosterItem) -> int:
