@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,7 +85,7 @@ def _toml(value: object) -> str:
     return str(value)
 
 
-def nitro_config(directory: Path, port: int, plan: Plan, cert: Path, key: Path) -> Path:
+def nitro_config(directory: Path, port: int, plan: Plan, cert: Path, key: Path, metrics_port: int) -> Path:
     """A Nitro config matching the Prosody one: loopback, same TLS rule, no rate limits, same modules."""
     sections: dict[str, dict[str, object]] = {
         "server": {"domain": plan.domain},
@@ -105,7 +106,7 @@ def nitro_config(directory: Path, port: int, plan: Plan, cert: Path, key: Path) 
         "registration": {"open": False},
         "modules": {"disabled": [] if plan.archive else ["mam"]},
         "logging": {"level": "WARNING"},
-        "metrics": {"port": 0},
+        "metrics": {"port": metrics_port},  # read after each phase: event-loop lag and GC pauses
     }
     text = "# Written by integration/bench.py for one benchmark run.\n"
     for name, values in sections.items():
@@ -118,26 +119,26 @@ def nitro_config(directory: Path, port: int, plan: Plan, cert: Path, key: Path) 
 @contextlib.contextmanager
 def nitro_server(
     directory: Path, plan: Plan, names: Sequence[str], roster_size: int, cert: Path, key: Path, cores: Cores
-) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+) -> Iterator[tuple[int, subprocess.Popen[bytes], str | None]]:
     from integration.loadgen.process import running
     from integration.loadgen.provision import provision_bulk
 
     directory.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    config = nitro_config(directory, port, plan, cert, key)
+    port, metrics_port = free_port(), free_port()
+    config = nitro_config(directory, port, plan, cert, key, metrics_port)
     dsn = f"sqlite+aiosqlite:///{directory / 'nitro.db'}"
     asyncio.run(provision_bulk(dsn, plan.domain, names, roster_size=roster_size))
     command = [sys.executable, "-m", "nitro", "--config", str(config), "serve"]
     with running(
         command, port=port, log=directory / "nitro.log", cwd=directory, cpus=cores.server
     ) as process:
-        yield port, process
+        yield port, process, f"http://127.0.0.1:{metrics_port}/metrics"
 
 
 @contextlib.contextmanager
 def prosody_server(
     directory: Path, plan: Plan, names: Sequence[str], roster_size: int, cert: Path, key: Path, cores: Cores
-) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+) -> Iterator[tuple[int, subprocess.Popen[bytes], str | None]]:
     from integration.prosody import ProsodySetup, running_prosody
 
     port = free_port()
@@ -151,7 +152,7 @@ def prosody_server(
         archive=plan.archive,
     )
     with running_prosody(directory, setup, names, roster_size=roster_size, cpus=cores.server) as process:
-        yield port, process
+        yield port, process, None
 
 
 def nitro_label() -> str:
@@ -166,6 +167,59 @@ def prosody_label() -> str:
     with contextlib.suppress(ProsodyUnavailable):  # the run itself reports why it could not start
         ensure_installed()  # before asking dpkg for the version of a package it may only now install
     return f"Prosody {version()}"
+
+
+# --- Nitro's own view: event-loop lag and GC pauses from its /metrics ---------------------------------
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(url: str | None) -> Samples | None:
+    """Every sample of a Prometheus endpoint on loopback, or None (no endpoint, or it did not answer)."""
+    if url is None:
+        return None
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - loopback http only
+            text = response.read().decode()
+    except OSError:
+        return None
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def _delta_buckets(before: Samples, after: Samples, name: str) -> dict[float, float]:
+    """Cumulative bucket counts of histogram `name` gained between two scrapes, summed over other labels."""
+    buckets: dict[float, float] = {}
+    for (sample, labels), value in after.items():
+        if sample == f"{name}_bucket":
+            bound = float(dict(labels)["le"])
+            buckets[bound] = buckets.get(bound, 0.0) + value - before.get((sample, labels), 0.0)
+    return dict(sorted(buckets.items()))
+
+
+def record_loop_and_gc(result: Result, before: Samples | None, after: Samples | None) -> None:
+    """Rows for the phase just run: event-loop lag p99 (as the bucket bound it falls under), the largest
+    lag, and garbage-collection pauses over 20 ms and the longest one's bucket."""
+    if before is None or after is None:
+        return
+    lag = _delta_buckets(before, after, "nitro_event_loop_lag_seconds")
+    total = lag.get(float("inf"), 0.0)
+    if total:
+        bound = next(b for b, count in lag.items() if count >= 0.99 * total)
+        result.rows["event-loop lag p99 (ms, at most)"] = bound * 1000
+    result.rows["event-loop lag max (ms)"] = after.get(("nitro_event_loop_lag_max_seconds", ()), 0.0) * 1000
+    pauses = _delta_buckets(before, after, "nitro_gc_pause_seconds")
+    if pauses:
+        collections = pauses.get(float("inf"), 0.0)
+        result.rows["GC collections"] = collections
+        result.rows["GC pauses over 20 ms"] = collections - pauses.get(0.02, 0.0)
+        longest = next((b for b, count in pauses.items() if count >= collections), float("inf"))
+        result.rows["longest GC pause (ms, at most)"] = longest * 1000 if collections else 0.0
 
 
 # --- output -----------------------------------------------------------------------------------------
@@ -431,7 +485,11 @@ def run(plan: Plan) -> int:
                     result = Result(name)
                     directory = base / f"{scenario}-{name.split()[0].lower()}"
                     try:
-                        with start(directory, plan, names, roster, cert, key, cores) as (port, process):
+                        with start(directory, plan, names, roster, cert, key, cores) as (
+                            port,
+                            process,
+                            metrics,
+                        ):
                             target = Target(
                                 "127.0.0.1",
                                 port,
@@ -442,7 +500,9 @@ def run(plan: Plan) -> int:
                                 str(cert),
                                 plan.verify,
                             )
+                            before = scrape(metrics)
                             run_scenario(scenario, plan.settings, target, users, process.pid, cores, result)
+                            record_loop_and_gc(result, before, scrape(metrics))
                     except (LoadgenError, RuntimeError, OSError) as error:
                         result.notes.append(f"run failed: {error}")
                     results.append(result)
