@@ -36,6 +36,7 @@ from integration.loadgen.provision import provision_bulk
 from integration.loadgen.scenarios import Result, Settings, plan_cores, run_scenario
 from integration.loadgen.stats import percentile
 from integration.loadgen.worker import Target
+from integration.redis_servers import RedisServer, start_servers
 
 DOMAIN = "localhost"
 ROSTER = 20
@@ -47,49 +48,15 @@ REDIS_INSTANCES = 3
 
 
 @contextlib.contextmanager
-def redis_servers(directory: Path, count: int) -> Iterator[list[str]]:
-    """`count` redis-server processes of our own on free loopback ports; their URLs; stopped by pid."""
-    processes: list[subprocess.Popen[bytes]] = []
-    urls: list[str] = []
+def redis_servers(directory: Path, count: int) -> Iterator[list[RedisServer]]:
+    """`count` redis-servers of our own on free loopback ports; stopped by pid at the end."""
+    servers: list[RedisServer] = []
     try:
-        for index in range(count):
-            port = free_port()
-            workdir = directory / f"redis-{index}"
-            workdir.mkdir(parents=True, exist_ok=True)
-            command = ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", ""]
-            command += ["--appendonly", "no", "--dir", str(workdir)]
-            processes.append(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-            urls.append(f"redis://127.0.0.1:{port}/0")
-            _wait_redis(port, processes[-1])
-        yield urls
+        servers = start_servers(directory, count)
+        yield servers
     finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(10)
-            if process.poll() is None:
-                process.kill()
-
-
-def _wait_redis(port: int, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"redis-server on port {port} exited with {process.returncode}")
-        ping = subprocess.run(
-            ["redis-cli", "-p", str(port), "ping"], capture_output=True, text=True, check=False
-        )
-        if ping.stdout.strip() == "PONG":
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"redis-server on port {port} did not answer PING")
-
-
-def flush_redis(urls: Sequence[str]) -> None:
-    for url in urls:
-        port = url.rsplit(":", 1)[1].split("/", 1)[0]
-        subprocess.run(["redis-cli", "-p", port, "flushall"], capture_output=True, check=True)
+        for server in servers:
+            server.stop()
 
 
 @contextlib.contextmanager
@@ -196,15 +163,15 @@ def server_config(directory: Path, port: int, dsn: str, redis_urls: Sequence[str
 
 
 def login_storms(
-    layout: str, directory: Path, dsn: str, redis_urls: Sequence[str], users: int, timeout: float
+    layout: str, directory: Path, dsn: str, ring: Sequence[RedisServer], users: int, timeout: float
 ) -> tuple[Result, Result]:
     """Cold then warm login storm of `users` clients against one Nitro process on this layout."""
     cores = plan_cores(True)
     directory.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    config = server_config(directory, port, dsn, redis_urls)
-    if redis_urls:
-        flush_redis(redis_urls)
+    config = server_config(directory, port, dsn, [server.url for server in ring])
+    for server in ring:
+        server.flush()  # cold: nothing cached from an earlier layout
     command = [sys.executable, "-m", "nitro", "--config", str(config), "serve"]
     cold, warm = Result(f"{layout}, cold"), Result(f"{layout}, warm")
     settings = Settings(duration=timeout)
@@ -253,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with (
         tempfile.TemporaryDirectory(prefix="nitro-bench-storage-") as temporary,
         mariadb_database(args.mariadb) as mariadb_dsn,
-        redis_servers(Path(temporary), REDIS_INSTANCES) as redis_urls,
+        redis_servers(Path(temporary), REDIS_INSTANCES) as ring,
     ):
         base = Path(temporary)
         sqlite_dsn = f"sqlite+aiosqlite:///{base / 'nitro.db'}"
@@ -266,15 +233,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             flush=True,
         )
         if not args.skip_tiers:
-            rows = asyncio.run(roster_tiers(sqlite_dsn, mariadb_dsn, redis_urls, names, args.samples))
+            urls = [server.url for server in ring]
+            rows = asyncio.run(roster_tiers(sqlite_dsn, mariadb_dsn, urls, names, args.samples))
             print(f"\n== roster load ({ROSTER} contacts), rosters.get through the layered storage ==")
             print(table(["served from", "loads", "p50 µs", "p99 µs"], rows), flush=True)
         results: list[Result] = []
         for layout in layouts:
             dsn = sqlite_dsn if layout == "sqlite" else mariadb_dsn
-            urls = redis_urls if layout.endswith("+ring") else []
+            servers = ring if layout.endswith("+ring") else []
             print(f"\nlogin storms on {layout}: {args.users:,} clients, cold then warm", flush=True)
-            results.extend(login_storms(layout, base / layout, dsn, urls, args.users, args.timeout))
+            results.extend(login_storms(layout, base / layout, dsn, servers, args.users, args.timeout))
         metrics = list(dict.fromkeys(name for r in results for name in r.rows))
         rows = [[r.server, *(_cell(r.rows.get(m)) for m in metrics)] for r in results]
         print(f"\n== login storm: {args.users:,} clients, SCRAM-SHA-1, plain TCP, rosters of {ROSTER} ==")
