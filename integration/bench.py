@@ -452,7 +452,7 @@ def run(plan: Plan) -> int:
         base.chmod(0o711)  # Prosody runs as its own user and must reach its directory inside
         cert, key = base / "tls" / "cert.pem", base / "tls" / "key.pem"
         if plan.target is None:
-            from nitro.tls import ensure_certificate
+            from nitro.transports.tls import ensure_certificate
 
             ensure_certificate(cert, key, plan.domain)
         for scenario in plan.scenarios:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
-from nitro.errors import StreamError
-from nitro.jid import JID, InvalidJID
-from nitro.module import AccountEvent
-from nitro.sasl.credentials import derive_all
+from nitro.core.module import AccountEvent
 from nitro.storage import Storage
+from nitro.xmpp.errors import StreamError
+from nitro.xmpp.jid import JID, InvalidJID
+from nitro.xmpp.sasl.credentials import derive_all
 
 if TYPE_CHECKING:
     from nitro.server import Server

@@ -16,8 +16,8 @@ from nitro import __version__
 from nitro.accounts import InvalidUsername, change_password, create_account, prepare_username
 from nitro.cli_db import add_db_parser, db_command
 from nitro.config import Config, ConfigError, load_config
-from nitro.logs import configure as configure_logging
-from nitro.runtime import loop_name, run
+from nitro.observe.logs import configure as configure_logging
+from nitro.observe.runtime import loop_name, run
 from nitro.storage.errors import AlreadyExists, StorageError
 from nitro.storage.layered import open_storage
 

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from nitro.jid import JID, InvalidJID
-from nitro.ring.keys import PREFIX
+from nitro.storage.ring.keys import PREFIX
+from nitro.xmpp.jid import JID, InvalidJID
 
 
 class ConfigError(Exception):

@@ -10,26 +10,26 @@ from collections.abc import AsyncIterator, Coroutine, Mapping
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
+from nitro.c2s.throttle import FailureThrottle
 from nitro.config import Config
-from nitro.connection import connection_factory
-from nitro.directory import SessionDirectory
-from nitro.errors import StreamError
-from nitro.events import EventBus
-from nitro.metrics import Metrics
-from nitro.metrics_http import MetricsEndpoint, serve_metrics
-from nitro.module import BUILTIN_MODULES, DiscoRegistry, Module, load_module
-from nitro.router import Router
-from nitro.runtime import tuned_gc
-from nitro.sessions import SessionManager
+from nitro.core.directory import SessionDirectory
+from nitro.core.events import EventBus
+from nitro.core.module import BUILTIN_MODULES, DiscoRegistry, Module, load_module
+from nitro.core.router import Router
+from nitro.core.sessions import SessionManager
+from nitro.observe.metrics import Metrics
+from nitro.observe.metrics_http import MetricsEndpoint, serve_metrics
+from nitro.observe.runtime import tuned_gc
 from nitro.storage import Storage
 from nitro.storage.layered import open_storage
 from nitro.storage.tiers import Tiers
 from nitro.storage.timed import timed_storage
-from nitro.throttle import FailureThrottle
-from nitro.tls import ensure_certificate, server_context
+from nitro.transports.tcp import connection_factory
+from nitro.transports.tls import ensure_certificate, server_context
+from nitro.xmpp.errors import StreamError
 
 if TYPE_CHECKING:
-    from nitro.c2s import ClientSession
+    from nitro.c2s.stream import ClientSession
 
 log = logging.getLogger(__name__)
 

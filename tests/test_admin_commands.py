@@ -8,10 +8,10 @@ import pytest
 from conftest import DOMAIN, Clients, wait_for
 from slixmpp.exceptions import IqError
 
-from nitro import ns
-from nitro.jid import JID
 from nitro.modules.admin_commands import CommandSessions
 from nitro.server import Server
+from nitro.xmpp import ns
+from nitro.xmpp.jid import JID
 
 ADD_USER = f"{ns.ADMIN}#add-user"
 DELETE_USER = f"{ns.ADMIN}#delete-user"

@@ -11,9 +11,9 @@ from conftest import DOMAIN, Clients, wait_for
 from slixmpp.exceptions import IqError
 from slixmpp.xmlstream import ET
 
-from nitro.jid import JID
 from nitro.modules.blocking import candidates
 from nitro.server import Server
+from nitro.xmpp.jid import JID
 
 BLOCKING = "urn:xmpp:blocking"
 BLOCKING_ERRORS = "urn:xmpp:blocking:errors"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from nitro.cache import LruCache
+from nitro.storage.cache import LruCache
 
 
 class Clock:

@@ -12,8 +12,8 @@ from conftest import DOMAIN, Clients, wait_for
 from slixmpp.exceptions import IqError
 from slixmpp.xmlstream import ET
 
-from nitro.jid import JID
 from nitro.server import Server
+from nitro.xmpp.jid import JID
 
 CARBONS = "urn:xmpp:carbons:2"
 FORWARD = "urn:xmpp:forward:0"

@@ -13,10 +13,10 @@ from pathlib import Path
 from conftest import PASSWORD, Clients, make_config, read_until, wait_for
 from test_c2s import HEADER, plain
 
-from nitro.c2s import ClientSession
-from nitro.connection import ClientConnection
-from nitro.jid import JID
+from nitro.c2s.stream import ClientSession
 from nitro.server import Server, running_server
+from nitro.transports.tcp import ClientConnection
+from nitro.xmpp.jid import JID
 
 BODY = "x" * 1000
 SMALL_BUFFER = 4096

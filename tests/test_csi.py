@@ -13,11 +13,11 @@ from slixmpp.xmlstream import ET
 from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import MatchXPath
 
-from nitro.c2s import ClientSession
-from nitro.jid import JID
+from nitro.c2s.stream import ClientSession
 from nitro.modules.csi import MAX_HELD, holder
 from nitro.server import Server
-from nitro.stanza import stanza
+from nitro.xmpp.jid import JID
+from nitro.xmpp.stanza import stanza
 
 CSI = "urn:xmpp:csi:0"
 CHATSTATES = "http://jabber.org/protocol/chatstates"

@@ -13,10 +13,10 @@ from conftest import Clients, make_config, wait_for
 from redis_servers import RedisServer, redis_servers
 
 from nitro.config import RedisInstance, RedisSection
-from nitro.directory import SessionDirectory
-from nitro.jid import JID
-from nitro.ring.ring import Ring
+from nitro.core.directory import SessionDirectory
 from nitro.server import Server, running_server
+from nitro.storage.ring.ring import Ring
+from nitro.xmpp.jid import JID
 
 __all__ = ["redis_servers"]
 

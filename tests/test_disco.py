@@ -8,11 +8,11 @@ import pytest
 from conftest import DOMAIN, Clients
 from slixmpp.exceptions import IqError
 
-from nitro import ns
-from nitro.module import Identity
+from nitro.core.module import Identity
 from nitro.modules.disco import CAPS_NODE, caps_ver
 from nitro.server import Server
 from nitro.storage import RosterItem
+from nitro.xmpp import ns
 
 
 def test_caps_ver_of_the_xep_0115_simple_example() -> None:

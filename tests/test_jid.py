@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from nitro.jid import JID, InvalidJID
+from nitro.xmpp.jid import JID, InvalidJID
 
 # RFC 7622 §3.5.1: valid JIDs, with the parts they split into.
 VALID = [

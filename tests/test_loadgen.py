@@ -27,10 +27,10 @@ from integration.loadgen.worker import (
     check_loopback,
 )
 from integration.loadgen.xmlsplit import Element, Splitter, StreamClosed, StreamOpened
-from nitro.sasl.credentials import derive_credential
-from nitro.sasl.scram import ScramServer
 from nitro.server import Server
 from nitro.storage.sql import open_sql_storage
+from nitro.xmpp.sasl.credentials import derive_credential
+from nitro.xmpp.sasl.scram import ScramServer
 
 HASHES: list[HashName] = ["SHA-1", "SHA-256"]
 

@@ -19,7 +19,7 @@ from conftest import PASSWORD, Clients, wait_for
 from test_cli import nitro, serve, write_config
 
 from nitro.config import ConfigError, parse_config
-from nitro.logs import make_handler
+from nitro.observe.logs import make_handler
 from nitro.server import Server
 
 
@@ -69,7 +69,7 @@ async def test_json_lines_carry_session_and_jid(server: Server, clients: Clients
         logging.getLogger("nitro.test").info("outside any session")
     records = [json.loads(line) for line in stream.getvalue().splitlines()]
     authenticated = next(r for r in records if r["message"] == "authenticated as alice@localhost")
-    assert authenticated["logger"] == "nitro.c2s"
+    assert authenticated["logger"] == "nitro.c2s.stream"
     assert authenticated["jid"] == "alice@localhost"
     stored = next(r for r in records if r["logger"] == "nitro.modules.offline")
     assert stored["session"] == authenticated["session"]

@@ -7,9 +7,9 @@ from typing import Any
 import slixmpp
 from conftest import DOMAIN, Clients, wait_for
 
-from nitro.c2s import ClientSession
-from nitro.jid import JID
+from nitro.c2s.stream import ClientSession
 from nitro.server import Server
+from nitro.xmpp.jid import JID
 
 STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
 

@@ -17,11 +17,11 @@ from conftest import DOMAIN, Clients, wait_for
 from lxml import etree
 from slixmpp.exceptions import IqError
 
-from nitro.jid import JID
 from nitro.modules.pep import interests
-from nitro.pubsub import verification_string
 from nitro.server import Server
 from nitro.storage.models import RosterItem
+from nitro.xmpp.jid import JID
+from nitro.xmpp.pubsub import verification_string
 
 PUBSUB = "http://jabber.org/protocol/pubsub"
 EVENT = f"{PUBSUB}#event"

@@ -8,10 +8,10 @@ from typing import Any
 import slixmpp
 from conftest import Clients, wait_for
 
-from nitro.jid import JID
-from nitro.module import SessionEvent
+from nitro.core.module import SessionEvent
 from nitro.server import Server
 from nitro.storage.models import RosterItem
+from nitro.xmpp.jid import JID
 
 
 class Inbox:

@@ -15,8 +15,8 @@ from lxml import etree
 from slixmpp.exceptions import IqError
 from slixmpp.xmlstream import ET
 
-from nitro import ns
 from nitro.server import Server, running_server
+from nitro.xmpp import ns
 
 HEADER = (
     f"<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='{ns.STREAM}' "

@@ -14,9 +14,9 @@ from conftest import wait_for
 from redis_servers import RedisServer, redis_servers
 
 from nitro.config import ConfigError, RedisInstance, RedisSection, parse_config
-from nitro.ring.instance import Instance
-from nitro.ring.keys import KeySpace
-from nitro.ring.ring import Ring, RingUnavailable
+from nitro.storage.ring.instance import Instance
+from nitro.storage.ring.keys import KeySpace
+from nitro.storage.ring.ring import Ring, RingUnavailable
 
 __all__ = ["redis_servers"]
 

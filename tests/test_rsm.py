@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from lxml import etree
 
-from nitro.rsm import RSM, InvalidSet, PageInfo, PageRequest, find_set, parse_set
+from nitro.xmpp.rsm import RSM, InvalidSet, PageInfo, PageRequest, find_set, parse_set
 
 
 def xml(text: str) -> etree._Element:

@@ -15,8 +15,8 @@ from conftest import make_config
 from test_cli import write_config
 
 from nitro.config import ConfigError, parse_config
-from nitro.connection import TIMER, ClientConnection
 from nitro.server import Server, running_server
+from nitro.transports.tcp import TIMER, ClientConnection
 
 
 async def test_gc_is_tuned_while_the_server_runs_and_restored_after(tmp_path: Path) -> None:

@@ -8,16 +8,16 @@ from collections.abc import Callable
 import pytest
 from slixmpp.util.sasl.mechanisms import SCRAM
 
-from nitro.sasl import SaslFailure, b64decode_strict, b64encode
-from nitro.sasl.credentials import (
+from nitro.xmpp.sasl import SaslFailure, b64decode_strict, b64encode
+from nitro.xmpp.sasl.credentials import (
     HashName,
     ScramCredential,
     derive_all,
     derive_credential,
     verify_password,
 )
-from nitro.sasl.plain import parse_plain
-from nitro.sasl.scram import ScramServer
+from nitro.xmpp.sasl.plain import parse_plain
+from nitro.xmpp.sasl.scram import ScramServer
 
 HASHES: list[HashName] = ["SHA-1", "SHA-256"]
 

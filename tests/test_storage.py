@@ -18,7 +18,6 @@ from sqlalchemy import Connection
 from sqlalchemy.dialects import mysql
 from sqlalchemy.schema import CreateTable
 
-from nitro.sasl.credentials import HashName, ScramCredential
 from nitro.storage import (
     AlreadyExists,
     NoSuchAccount,
@@ -30,6 +29,7 @@ from nitro.storage import (
 )
 from nitro.storage.schema import metadata
 from nitro.storage.sql import alembic_config, create_engine, open_sql_storage
+from nitro.xmpp.sasl.credentials import HashName, ScramCredential
 from tests.sqlbackends import SqlBackend
 
 

@@ -15,10 +15,10 @@ from conftest import PASSWORD, Clients, make_config, wait_for
 from slixmpp.exceptions import IqError
 from test_c2s import HEADER, logged_in, opened, plain, still_serving, stream_error
 
-from nitro.errors import StreamError
-from nitro.jid import JID
+from nitro.c2s.sm import MAX_SEQ, HandledCountTooHigh, SmState, is_stanza, parse_stanza
 from nitro.server import Server, running_server
-from nitro.sm import MAX_SEQ, HandledCountTooHigh, SmState, is_stanza, parse_stanza
+from nitro.xmpp.errors import StreamError
+from nitro.xmpp.jid import JID
 
 ENABLE = b"<enable xmlns='urn:xmpp:sm:3' resume='true'/>"
 REQUEST = b"<r xmlns='urn:xmpp:sm:3'/>"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from nitro.storage.models import RosterItem
-from nitro.subscription import (
+from nitro.xmpp.subscription import (
     SUBSCRIPTION_TYPES,
     Direction,
     State,

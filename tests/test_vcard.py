@@ -13,8 +13,8 @@ import slixmpp
 from conftest import DOMAIN, Clients, wait_for
 from slixmpp.exceptions import IqError
 
-from nitro.jid import JID
 from nitro.server import Server
+from nitro.xmpp.jid import JID
 
 VCARD = "vcard-temp"
 

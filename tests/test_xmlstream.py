@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from lxml import etree
 
-from nitro import ns
-from nitro.errors import StanzaError, StreamError, error_reply
-from nitro.xmlstream import (
+from nitro.xmpp import ns
+from nitro.xmpp.errors import StanzaError, StreamError, error_reply
+from nitro.xmpp.xmlstream import (
     STREAM_FOOTER,
     StanzaReceived,
     StreamClosed,

@@ -7,11 +7,11 @@ from collections.abc import Sequence
 from sqlalchemy import insert, select
 
 from integration.loadgen.accounts import ITERATIONS, PASSWORD, SALT, contacts
-from nitro.sasl.credentials import HashName, ScramCredential, derive_credential
 from nitro.storage import RosterItem, Storage
 from nitro.storage.schema import accounts, roster_items, roster_versions, scram_credentials
 from nitro.storage.sql import _item_row, create_engine, open_sql_storage, upgrade_schema
 from nitro.storage.sql_base import WRITE
+from nitro.xmpp.sasl.credentials import HashName, ScramCredential, derive_credential
 
 BATCH = 5000
 

@@ -12,16 +12,16 @@ from typing import TYPE_CHECKING, Literal
 
 from lxml import etree
 
-from nitro import ns
 from nitro.accounts import create_account, delete_account
-from nitro.dataforms import Field, Form, InvalidForm, Option, find_form, form_type_field
-from nitro.errors import StanzaError
-from nitro.jid import JID, InvalidJID
-from nitro.module import AccountEvent, Module, SessionEvent
+from nitro.core.module import AccountEvent, Module, SessionEvent
+from nitro.core.router import StanzaEvent
 from nitro.modules.disco import DiscoEvent
-from nitro.router import StanzaEvent
-from nitro.stanza import child, element, iq_result
 from nitro.storage.errors import AlreadyExists, StorageUnavailable
+from nitro.xmpp import ns
+from nitro.xmpp.dataforms import Field, Form, InvalidForm, Option, find_form, form_type_field
+from nitro.xmpp.errors import StanzaError
+from nitro.xmpp.jid import JID, InvalidJID
+from nitro.xmpp.stanza import child, element, iq_result
 
 if TYPE_CHECKING:
     from nitro.server import Server

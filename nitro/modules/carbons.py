@@ -9,16 +9,16 @@ from typing import TYPE_CHECKING
 
 from lxml import etree
 
-from nitro import ns
-from nitro.errors import StanzaError
-from nitro.jid import JID
-from nitro.module import Module
+from nitro.core.module import Module
+from nitro.core.router import StanzaEvent
 from nitro.modules.message import DELIVERY_PRIORITY, message_type, top_resources
-from nitro.router import StanzaEvent
-from nitro.stanza import child, iq_result, stanza
+from nitro.xmpp import ns
+from nitro.xmpp.errors import StanzaError
+from nitro.xmpp.jid import JID
+from nitro.xmpp.stanza import child, iq_result, stanza
 
 if TYPE_CHECKING:
-    from nitro.c2s import ClientSession
+    from nitro.c2s.stream import ClientSession
     from nitro.server import Server
 
 CARBONS = "urn:xmpp:carbons:2"

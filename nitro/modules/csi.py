@@ -9,12 +9,12 @@ from typing import TYPE_CHECKING
 
 from lxml import etree
 
-from nitro import ns
-from nitro.module import Module, NonzaEvent, StreamFeaturesEvent
-from nitro.stanza import child
+from nitro.core.module import Module, NonzaEvent, StreamFeaturesEvent
+from nitro.xmpp import ns
+from nitro.xmpp.stanza import child
 
 if TYPE_CHECKING:
-    from nitro.c2s import ClientSession
+    from nitro.c2s.stream import ClientSession
 
 CSI = "urn:xmpp:csi:0"
 CHATSTATES = "http://jabber.org/protocol/chatstates"  # XEP-0085

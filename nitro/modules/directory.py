@@ -1,4 +1,4 @@
-"""Keeps this node's sessions in the session directory (`nitro.directory`): bound resources with their
+"""Keeps this node's sessions in the session directory (`nitro.core.directory`): bound resources with their
 presence, refreshed in the Redis ring (or kept in memory without one)."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import secrets
 
 from lxml import etree
 
-from nitro.directory import SessionDirectory
-from nitro.module import Module, SessionEvent
+from nitro.core.directory import SessionDirectory
+from nitro.core.module import Module, SessionEvent
 
 
 def load(module: Module) -> None:

@@ -17,12 +17,12 @@ from functools import lru_cache
 
 from lxml import etree
 
-from nitro import ns
-from nitro.errors import StanzaError
-from nitro.jid import JID
-from nitro.module import Identity, Module, StreamFeaturesEvent
-from nitro.router import StanzaEvent
-from nitro.stanza import child, element, iq_result
+from nitro.core.module import Identity, Module, StreamFeaturesEvent
+from nitro.core.router import StanzaEvent
+from nitro.xmpp import ns
+from nitro.xmpp.errors import StanzaError
+from nitro.xmpp.jid import JID
+from nitro.xmpp.stanza import child, element, iq_result
 
 # XEP-0115 §4: the node names the software; the version string ties it to one feature set.
 CAPS_NODE = "https://nitro.im"

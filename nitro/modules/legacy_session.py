@@ -1,9 +1,9 @@
 """The RFC 3921 `<session/>` IQ: advertised as optional (RFC 6121 Appendix E) and answered with a result."""
 
-from nitro import ns
-from nitro.module import Module
-from nitro.router import StanzaEvent
-from nitro.stanza import iq_result
+from nitro.core.module import Module
+from nitro.core.router import StanzaEvent
+from nitro.xmpp import ns
+from nitro.xmpp.stanza import iq_result
 
 
 def load(module: Module) -> None:

@@ -17,19 +17,19 @@ from typing import TYPE_CHECKING, get_args
 
 from lxml import etree
 
-from nitro import ns
 from nitro.config import ConfigError
-from nitro.dataforms import Field, Form, InvalidForm, find_form, form_type_field
-from nitro.errors import StanzaError
-from nitro.jid import JID, InvalidJID
-from nitro.module import Module
+from nitro.core.module import Module
+from nitro.core.router import StanzaEvent
 from nitro.modules.disco import DiscoEvent
 from nitro.modules.message import message_type
-from nitro.router import StanzaEvent
-from nitro.rsm import InvalidSet, PageInfo, PageRequest, find_set
-from nitro.stanza import child, element, iq_result, stanza, utc_stamp
 from nitro.storage.errors import ItemNotFound, NoSuchAccount, StorageError, StorageUnavailable
 from nitro.storage.models import ArchiveDefault, ArchivedMessage, ArchivePrefs, ArchiveQuery
+from nitro.xmpp import ns
+from nitro.xmpp.dataforms import Field, Form, InvalidForm, find_form, form_type_field
+from nitro.xmpp.errors import StanzaError
+from nitro.xmpp.jid import JID, InvalidJID
+from nitro.xmpp.rsm import InvalidSet, PageInfo, PageRequest, find_set
+from nitro.xmpp.stanza import child, element, iq_result, stanza, utc_stamp
 
 if TYPE_CHECKING:
     from nitro.server import Server

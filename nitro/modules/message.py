@@ -10,14 +10,14 @@ from typing import TYPE_CHECKING, Literal
 
 from lxml import etree
 
-from nitro.errors import StanzaError
-from nitro.jid import JID
-from nitro.module import Module
-from nitro.router import StanzaEvent
+from nitro.core.module import Module
+from nitro.core.router import StanzaEvent
 from nitro.storage.errors import StorageUnavailable
+from nitro.xmpp.errors import StanzaError
+from nitro.xmpp.jid import JID
 
 if TYPE_CHECKING:
-    from nitro.c2s import ClientSession
+    from nitro.c2s.stream import ClientSession
     from nitro.server import Server
 
 log = logging.getLogger(__name__)

@@ -9,14 +9,14 @@ import datetime
 
 from lxml import etree
 
-from nitro import ns
-from nitro.errors import StanzaError
-from nitro.locks import UserLocks
-from nitro.module import Module, SessionEvent
+from nitro.core.locks import UserLocks
+from nitro.core.module import Module, SessionEvent
+from nitro.core.router import StanzaEvent
 from nitro.modules.message import top_resources
-from nitro.router import StanzaEvent
-from nitro.stanza import add_delay
 from nitro.storage.errors import NoSuchAccount, QuotaExceeded, StorageUnavailable
+from nitro.xmpp import ns
+from nitro.xmpp.errors import StanzaError
+from nitro.xmpp.stanza import add_delay
 
 CHATSTATES = "http://jabber.org/protocol/chatstates"  # XEP-0085
 HINTS = "urn:xmpp:hints"  # XEP-0334

@@ -16,14 +16,17 @@ from typing import TYPE_CHECKING
 
 from lxml import etree
 
-from nitro import ns
-from nitro.errors import StanzaError
-from nitro.jid import JID, InvalidJID
-from nitro.locks import UserLocks
-from nitro.module import Module, SessionEvent
+from nitro.core.locks import UserLocks
+from nitro.core.module import Module, SessionEvent
+from nitro.core.router import StanzaEvent
 from nitro.modules.disco import DiscoEvent
 from nitro.modules.presence import parse_priority
-from nitro.pubsub import (
+from nitro.storage.errors import NoSuchAccount, StorageUnavailable
+from nitro.storage.models import PepItem, PepNode, RosterItem
+from nitro.xmpp import ns
+from nitro.xmpp.errors import StanzaError
+from nitro.xmpp.jid import JID, InvalidJID
+from nitro.xmpp.pubsub import (
     EVENT,
     FEATURES,
     NODE_CONFIG,
@@ -51,13 +54,10 @@ from nitro.pubsub import (
     verification_string,
     with_affiliations,
 )
-from nitro.router import StanzaEvent
-from nitro.stanza import add_delay, child, element, iq_result, stanza
-from nitro.storage.errors import NoSuchAccount, StorageUnavailable
-from nitro.storage.models import PepItem, PepNode, RosterItem
+from nitro.xmpp.stanza import add_delay, child, element, iq_result, stanza
 
 if TYPE_CHECKING:
-    from nitro.c2s import ClientSession
+    from nitro.c2s.stream import ClientSession
 
 DISCO_TIMEOUT = 10.0  # seconds a client has to answer the disco#info query behind its caps
 CAPS_CACHE_SIZE = 4096  # verified caps verification strings remembered with their +notify interests

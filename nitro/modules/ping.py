@@ -1,9 +1,9 @@
 """XMPP Ping (XEP-0199 §4.2): the server answers pings addressed to it."""
 
-from nitro import ns
-from nitro.module import Module
-from nitro.router import StanzaEvent
-from nitro.stanza import iq_result
+from nitro.core.module import Module
+from nitro.core.router import StanzaEvent
+from nitro.xmpp import ns
+from nitro.xmpp.stanza import iq_result
 
 
 def load(module: Module) -> None:

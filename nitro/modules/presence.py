@@ -1,4 +1,4 @@
-"""Presence (RFC 6121 §3, §4): subscriptions through the table of nitro.subscription, broadcast, probes
+"""Presence (RFC 6121 §3, §4): subscriptions through the table of nitro.xmpp.subscription, broadcast, probes
 answered from the session registry, directed presence, and unavailable presence when a session ends.
 """
 
@@ -11,16 +11,16 @@ from typing import TYPE_CHECKING
 
 from lxml import etree
 
-from nitro import ns
-from nitro.errors import StanzaError
-from nitro.jid import JID
-from nitro.module import Module, SessionEvent
+from nitro.core.module import Module, SessionEvent
+from nitro.core.router import StanzaEvent
 from nitro.modules.roster import is_local, roster_lock, save, storage_error
-from nitro.router import StanzaEvent
-from nitro.stanza import stanza
 from nitro.storage.errors import StorageUnavailable
 from nitro.storage.models import RosterItem
-from nitro.subscription import (
+from nitro.xmpp import ns
+from nitro.xmpp.errors import StanzaError
+from nitro.xmpp.jid import JID
+from nitro.xmpp.stanza import stanza
+from nitro.xmpp.subscription import (
     SUBSCRIPTION_TYPES,
     Direction,
     SubscriptionType,
@@ -31,7 +31,7 @@ from nitro.subscription import (
 )
 
 if TYPE_CHECKING:
-    from nitro.c2s import ClientSession
+    from nitro.c2s.stream import ClientSession
     from nitro.server import Server
 
 DELIVERY_PRIORITY = -100  # like message delivery: blocking, privacy and the like hook above it

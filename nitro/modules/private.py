@@ -8,12 +8,12 @@ import copy
 
 from lxml import etree
 
-from nitro import ns
-from nitro.errors import StanzaError
-from nitro.module import Module
-from nitro.router import StanzaEvent
-from nitro.stanza import element, iq_result
+from nitro.core.module import Module
+from nitro.core.router import StanzaEvent
 from nitro.storage.errors import NoSuchAccount, StorageUnavailable
+from nitro.xmpp import ns
+from nitro.xmpp.errors import StanzaError
+from nitro.xmpp.stanza import element, iq_result
 
 PRIVATE = "jabber:iq:private"
 

@@ -6,15 +6,15 @@ from dataclasses import dataclass
 
 from lxml import etree
 
-from nitro import ns
 from nitro.accounts import InvalidUsername, change_password, create_account, delete_account, prepare_username
-from nitro.dataforms import Field, Form, InvalidForm, find_form, form_type_field
-from nitro.errors import StanzaError
-from nitro.module import AccountEvent, Module, StreamFeaturesEvent
-from nitro.router import StanzaEvent
-from nitro.stanza import child, element, iq_result
+from nitro.c2s.throttle import FailureThrottle
+from nitro.core.module import AccountEvent, Module, StreamFeaturesEvent
+from nitro.core.router import StanzaEvent
 from nitro.storage.errors import AlreadyExists, StorageUnavailable
-from nitro.throttle import FailureThrottle
+from nitro.xmpp import ns
+from nitro.xmpp.dataforms import Field, Form, InvalidForm, find_form, form_type_field
+from nitro.xmpp.errors import StanzaError
+from nitro.xmpp.stanza import child, element, iq_result
 
 # Accounts one address may create per window; past that, resource-constraint (type wait).
 

@@ -14,16 +14,16 @@ from typing import TYPE_CHECKING
 
 from lxml import etree
 
-from nitro import ns
-from nitro.errors import StanzaError
-from nitro.jid import JID, InvalidJID
-from nitro.locks import UserLocks
-from nitro.module import Module, StreamFeaturesEvent
-from nitro.router import StanzaEvent
-from nitro.stanza import child, element, iq_result, stanza
+from nitro.core.locks import UserLocks
+from nitro.core.module import Module, StreamFeaturesEvent
+from nitro.core.router import StanzaEvent
 from nitro.storage.errors import StorageUnavailable
 from nitro.storage.models import RosterItem
-from nitro.subscription import state_of
+from nitro.xmpp import ns
+from nitro.xmpp.errors import StanzaError
+from nitro.xmpp.jid import JID, InvalidJID
+from nitro.xmpp.stanza import child, element, iq_result, stanza
+from nitro.xmpp.subscription import state_of
 
 if TYPE_CHECKING:
     from nitro.server import Server

@@ -13,16 +13,16 @@ from typing import TYPE_CHECKING
 
 from lxml import etree
 
-from nitro.errors import StanzaError, error_reply
-from nitro.jid import JID, InvalidJID
-from nitro.module import Module, SessionEvent, StreamFeaturesEvent
+from nitro.c2s.sm import SM, ResumeRequest, UnackedStanzas
+from nitro.core.module import Module, SessionEvent, StreamFeaturesEvent
+from nitro.core.router import StanzaEvent
 from nitro.modules.message import DELIVERY_PRIORITY, deliver_to_bare
-from nitro.router import StanzaEvent
-from nitro.sm import SM, ResumeRequest, UnackedStanzas
-from nitro.stanza import child
+from nitro.xmpp.errors import StanzaError, error_reply
+from nitro.xmpp.jid import JID, InvalidJID
+from nitro.xmpp.stanza import child
 
 if TYPE_CHECKING:
-    from nitro.c2s import ClientSession
+    from nitro.c2s.stream import ClientSession
 
 CARBONS = "urn:xmpp:carbons:2"  # XEP-0280
 

@@ -2,10 +2,10 @@
 
 import datetime
 
-from nitro import ns
-from nitro.module import Module
-from nitro.router import StanzaEvent
-from nitro.stanza import child, element, iq_result, utc_stamp
+from nitro.core.module import Module
+from nitro.core.router import StanzaEvent
+from nitro.xmpp import ns
+from nitro.xmpp.stanza import child, element, iq_result, utc_stamp
 
 
 def load(module: Module) -> None:

@@ -1,10 +1,10 @@
 """Software Version (XEP-0092): name and version of the server; the OS is not disclosed."""
 
 import nitro
-from nitro import ns
-from nitro.module import Module
-from nitro.router import StanzaEvent
-from nitro.stanza import child, element, iq_result
+from nitro.core.module import Module
+from nitro.core.router import StanzaEvent
+from nitro.xmpp import ns
+from nitro.xmpp.stanza import child, element, iq_result
 
 
 def load(module: Module) -> None:

@@ -1,6 +1,6 @@
 """Compact encodings of cached values (credentials, rosters, vCards, block lists, …) for the ring.
 
-Each codec names its kind and version; the version is in the Redis key (`nitro.ring.keys`) and in the
+Each codec names its kind and version; the version is in the Redis key (`nitro.storage.ring.keys`) and in the
 first byte of the value, so a value of another shape is never decoded as this one.
 """
 
@@ -12,9 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar, get_args
 
-from nitro.sasl.credentials import HashName, ScramCredential
 from nitro.storage.errors import StorageError
 from nitro.storage.models import ArchiveDefault, ArchivePrefs, Roster, RosterItem, Subscription
+from nitro.xmpp.sasl.credentials import HashName, ScramCredential
 
 T = TypeVar("T")
 

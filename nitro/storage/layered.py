@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from nitro.config import Config
-from nitro.sasl.credentials import HashName, ScramCredential
 from nitro.storage import codecs
 from nitro.storage.models import (
     ArchivePage,
@@ -34,6 +33,7 @@ from nitro.storage.protocols import (
 )
 from nitro.storage.sql import open_sql_storage
 from nitro.storage.tiers import Tiers
+from nitro.xmpp.sasl.credentials import HashName, ScramCredential
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from nitro.sasl.credentials import HashName, ScramCredential
 from nitro.storage.models import (
     ArchivePage,
     ArchivePrefs,
@@ -18,6 +17,7 @@ from nitro.storage.models import (
     Roster,
     RosterItem,
 )
+from nitro.xmpp.sasl.credentials import HashName, ScramCredential
 
 
 class AccountStore(Protocol):

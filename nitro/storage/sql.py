@@ -22,7 +22,6 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from nitro.config import StorageSection
-from nitro.sasl.credentials import HashName, ScramCredential
 from nitro.storage.errors import (
     AlreadyExists,
     NoSuchAccount,
@@ -65,6 +64,7 @@ from nitro.storage.sql_mysql import (
 )
 from nitro.storage.sql_pep import SqlPepStore
 from nitro.storage.sql_userdata import SqlBlockListStore, SqlPrivateStore, SqlVCardStore
+from nitro.xmpp.sasl.credentials import HashName, ScramCredential
 
 log = logging.getLogger(__name__)
 

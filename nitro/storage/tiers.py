@@ -35,11 +35,11 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
-from nitro.cache import LruCache
 from nitro.config import Config
-from nitro.ring.instance import REDIS_ERRORS, Instance, RingUnavailable
-from nitro.ring.ring import Ring
+from nitro.storage.cache import LruCache
 from nitro.storage.codecs import CACHED_KINDS, Codec, CorruptValue
+from nitro.storage.ring.instance import REDIS_ERRORS, Instance, RingUnavailable
+from nitro.storage.ring.ring import Ring
 
 log = logging.getLogger(__name__)
 

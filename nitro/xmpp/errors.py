@@ -6,8 +6,8 @@ from typing import Literal, get_args
 
 from lxml import etree
 
-from nitro import ns
-from nitro.ns import default_ns
+from nitro.xmpp import ns
+from nitro.xmpp.ns import default_ns
 
 StreamCondition = Literal[
     "bad-format",

@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING
 
 from lxml import etree
 
-from nitro.events import Handler
+from nitro.core.events import Handler
 
 if TYPE_CHECKING:
-    from nitro.c2s import ClientSession
+    from nitro.c2s.stream import ClientSession
     from nitro.server import Server
 
 # The built-in modules, in load order; `[modules].disabled` in the config removes some.

@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING, Any
 
 from lxml import etree
 
-from nitro import ns
-from nitro.errors import StanzaCondition, StreamError
-from nitro.stanza import child, element
+from nitro.xmpp import ns
+from nitro.xmpp.errors import StanzaCondition, StreamError
+from nitro.xmpp.stanza import child, element
 
 if TYPE_CHECKING:
-    from nitro.c2s import ClientSession
+    from nitro.c2s.stream import ClientSession
 
 SM = "urn:xmpp:sm:3"
 MAX_SEQ = 2**32  # §4: 'h' is an xs:unsignedInt and wraps to 0 after 2^32 - 1

@@ -12,7 +12,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from nitro.config import MetricsSection
-from nitro.metrics import Metrics
+from nitro.observe.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

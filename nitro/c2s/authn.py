@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from nitro.jid import JID, InvalidJID
-from nitro.sasl import SaslFailure
-from nitro.sasl.credentials import HashName, verify_password
-from nitro.sasl.plain import parse_plain
-from nitro.sasl.scram import ScramServer
 from nitro.storage.protocols import AccountStore
+from nitro.xmpp.jid import JID, InvalidJID
+from nitro.xmpp.sasl import SaslFailure
+from nitro.xmpp.sasl.credentials import HashName, verify_password
+from nitro.xmpp.sasl.plain import parse_plain
+from nitro.xmpp.sasl.scram import ScramServer
 
 SCRAM_HASHES: dict[str, HashName] = {"SCRAM-SHA-256": "SHA-256", "SCRAM-SHA-1": "SHA-1"}
 

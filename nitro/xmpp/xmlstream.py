@@ -12,9 +12,9 @@ from typing import Any, Final
 
 from lxml import etree
 
-from nitro import ns
-from nitro.errors import StreamError
-from nitro.ns import default_ns
+from nitro.xmpp import ns
+from nitro.xmpp.errors import StreamError
+from nitro.xmpp.ns import default_ns
 
 __all__ = [
     "STREAM_FOOTER",

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from lxml import etree
 
-from nitro.stanza import child, element
+from nitro.xmpp.stanza import child, element
 
 RSM = "http://jabber.org/protocol/rsm"
 _R = f"{{{RSM}}}"

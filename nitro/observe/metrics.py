@@ -23,7 +23,7 @@ from prometheus_client.metrics_core import (
     Metric,
 )
 
-from nitro import ns
+from nitro.xmpp import ns
 
 log = logging.getLogger(__name__)
 

@@ -7,8 +7,8 @@ from typing import Literal, get_args
 
 from lxml import etree
 
-from nitro import ns
-from nitro.stanza import child, element
+from nitro.xmpp import ns
+from nitro.xmpp.stanza import child, element
 
 FormType = Literal["form", "submit", "cancel", "result"]
 FieldType = Literal[

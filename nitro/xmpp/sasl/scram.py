@@ -16,8 +16,14 @@ from enum import Enum
 
 from precis_i18n import get_profile
 
-from nitro.sasl import SaslFailure
-from nitro.sasl.credentials import DEFAULT_ITERATIONS, HASHLIB_NAMES, SALT_BYTES, HashName, ScramCredential
+from nitro.xmpp.sasl import SaslFailure
+from nitro.xmpp.sasl.credentials import (
+    DEFAULT_ITERATIONS,
+    HASHLIB_NAMES,
+    SALT_BYTES,
+    HashName,
+    ScramCredential,
+)
 
 # Key for the fake salts of unknown users (RFC 5802 §9 asks servers not to reveal which
 # users exist). Per process unless the caller passes one shared by every node.

@@ -30,8 +30,8 @@ from redis.exceptions import RedisError
 from redis.retry import Retry as BlockingRetry
 
 from nitro.config import RedisSection
-from nitro.ring.keys import KeySpace
 from nitro.storage.errors import StorageUnavailable
+from nitro.storage.ring.keys import KeySpace
 
 log = logging.getLogger(__name__)
 

@@ -16,14 +16,14 @@ from typing import TYPE_CHECKING, Literal
 
 from lxml import etree
 
-from nitro import ns
-from nitro.errors import StanzaError, error_reply
-from nitro.events import EventBus
-from nitro.jid import JID, InvalidJID
-from nitro.sessions import SessionManager
+from nitro.core.events import EventBus
+from nitro.core.sessions import SessionManager
+from nitro.xmpp import ns
+from nitro.xmpp.errors import StanzaError, error_reply
+from nitro.xmpp.jid import JID, InvalidJID
 
 if TYPE_CHECKING:
-    from nitro.c2s import ClientSession
+    from nitro.c2s.stream import ClientSession
     from nitro.server import Server
 
 log = logging.getLogger(__name__)

@@ -14,12 +14,12 @@ from dataclasses import dataclass
 
 from lxml import etree
 
-from nitro import ns
-from nitro.dataforms import Field, Form, InvalidForm, Option, form_type_field
-from nitro.errors import ErrorType, StanzaCondition, StanzaError
-from nitro.jid import JID, InvalidJID
-from nitro.stanza import child, element, stanza
 from nitro.storage.models import AccessModel, PepItem, PepNode, RosterItem
+from nitro.xmpp import ns
+from nitro.xmpp.dataforms import Field, Form, InvalidForm, Option, form_type_field
+from nitro.xmpp.errors import ErrorType, StanzaCondition, StanzaError
+from nitro.xmpp.jid import JID, InvalidJID
+from nitro.xmpp.stanza import child, element, stanza
 
 PUBSUB = "http://jabber.org/protocol/pubsub"
 OWNER = f"{PUBSUB}#owner"

@@ -17,15 +17,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from lxml import etree
 
-from nitro import ns
-from nitro.authn import Authenticator, Challenge, mechanisms
-from nitro.errors import StanzaError, StreamError, error_reply
-from nitro.jid import JID, InvalidJID
-from nitro.logs import SessionLog, enter_session
-from nitro.module import NonzaEvent, SessionEvent, StreamFeaturesEvent
-from nitro.router import StanzaEvent
-from nitro.sasl import SaslFailure, b64decode_strict, b64encode
-from nitro.sm import (
+from nitro.c2s.authn import Authenticator, Challenge, mechanisms
+from nitro.c2s.sm import (
     REQUEST,
     SM,
     ResumeRequest,
@@ -39,8 +32,15 @@ from nitro.sm import (
     parse_stanza,
     resumed,
 )
+from nitro.core.module import NonzaEvent, SessionEvent, StreamFeaturesEvent
+from nitro.core.router import StanzaEvent
+from nitro.observe.logs import SessionLog, enter_session
 from nitro.storage.errors import StorageUnavailable
-from nitro.xmlstream import (
+from nitro.xmpp import ns
+from nitro.xmpp.errors import StanzaError, StreamError, error_reply
+from nitro.xmpp.jid import JID, InvalidJID
+from nitro.xmpp.sasl import SaslFailure, b64decode_strict, b64encode
+from nitro.xmpp.xmlstream import (
     STREAM_FOOTER,
     StanzaReceived,
     StreamClosed,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from nitro.sasl import SaslFailure
+from nitro.xmpp.sasl import SaslFailure
 
 
 def parse_plain(message: bytes) -> tuple[str | None, str, str]:

@@ -6,7 +6,7 @@ import datetime
 
 from lxml import etree
 
-from nitro import ns
+from nitro.xmpp import ns
 
 
 def element(namespace: str, name: str, **attrib: str) -> etree._Element:

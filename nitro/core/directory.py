@@ -18,9 +18,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from nitro.jid import JID
-from nitro.ring.instance import RingUnavailable
-from nitro.ring.ring import Ring, command
+from nitro.storage.ring.instance import RingUnavailable
+from nitro.storage.ring.ring import Ring, command
+from nitro.xmpp.jid import JID
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ import redis.asyncio as redis
 from uhashring import HashRing
 
 from nitro.config import RedisSection
-from nitro.ring.instance import REDIS_ERRORS, Instance, RingUnavailable
-from nitro.ring.keys import KeySpace
+from nitro.storage.ring.instance import REDIS_ERRORS, Instance, RingUnavailable
+from nitro.storage.ring.keys import KeySpace
 
 log = logging.getLogger(__name__)
 

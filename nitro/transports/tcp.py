@@ -12,8 +12,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, cast
 
-from nitro.c2s import ClientSession
-from nitro.errors import StreamError
+from nitro.c2s.stream import ClientSession
+from nitro.xmpp.errors import StreamError
 
 if TYPE_CHECKING:
     from nitro.server import Server

@@ -1,0 +1,1 @@
+"""The core of the server: events and bus, router, sessions registry and delivery, the module API."""
