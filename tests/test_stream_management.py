@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import slixmpp
 from conftest import PASSWORD, Clients, make_config, wait_for
+from lxml import etree
 from slixmpp.exceptions import IqError
 from test_c2s import HEADER, logged_in, opened, plain, still_serving, stream_error
 
@@ -23,7 +24,7 @@ from nitro.xmpp.jid import JID
 ENABLE = b"<enable xmlns='urn:xmpp:sm:3' resume='true'/>"
 REQUEST = b"<r xmlns='urn:xmpp:sm:3'/>"
 ENABLED = re.compile(rb'<enabled xmlns="urn:xmpp:sm:3" id="([^"]+)" resume="true" max="(\d+)"/>')
-R = re.compile(rb"<r xmlns='urn:xmpp:sm:3'/>")
+R = re.compile(rb"<r xmlns=[\"']urn:xmpp:sm:3[\"']/>")
 
 
 def ack(h: int) -> bytes:
@@ -134,10 +135,10 @@ def bodies(data: bytes) -> list[str]:
 def test_acks_release_what_they_cover_across_the_wrap() -> None:
     state = SmState(h_out=MAX_SEQ - 2)
     for n in range(4):
-        state.sent(f"<message><body>{n}</body></message>".encode())
+        state.sent(parse_stanza(f"<message><body>{n}</body></message>".encode()))
     assert state.h_out == 2
     assert state.acknowledge(0) == 2  # h wrapped: 2^32 - 1, then 0
-    assert [bodies(data) for data in state.unacked] == [["2"], ["3"]]
+    assert [stanza.findtext("{jabber:client}body") for stanza in state.unacked] == ["2", "3"]
     assert state.acknowledge(0) == 0  # the same ack twice is no news
     assert state.acknowledge(2) == 2
     assert not state.unacked
@@ -146,7 +147,7 @@ def test_acks_release_what_they_cover_across_the_wrap() -> None:
 def test_impossible_acks_raise_without_changing_anything() -> None:
     state = SmState()
     for _ in range(3):
-        state.sent(b"<iq/>")
+        state.sent(etree.Element("iq"))
     state.acknowledge(2)
     with pytest.raises(HandledCountTooHigh) as too_high:
         state.acknowledge(4)
@@ -160,32 +161,32 @@ def test_impossible_acks_raise_without_changing_anything() -> None:
 
 def test_ack_requests_are_never_more_than_one_outstanding() -> None:
     state = SmState()
-    state.sent(b"<iq/>")
+    state.sent(etree.Element("iq"))
     assert not state.request_due(2)
-    state.sent(b"<iq/>")
+    state.sent(etree.Element("iq"))
     assert state.request_due(2)
-    state.sent(b"<iq/>")
+    state.sent(etree.Element("iq"))
     assert not state.request_due(2)  # still waiting for the answer
     state.acknowledge(3)
-    state.sent(b"<iq/>")
-    state.sent(b"<iq/>")
+    state.sent(etree.Element("iq"))
+    state.sent(etree.Element("iq"))
     assert state.request_due(2)
 
 
 def test_the_state_survives_a_trip_through_json() -> None:
     state = SmState.start(resume=True, resume_timeout=300)
     state.received()
-    state.sent("<message to='bob@localhost/phone'><body>héllo</body></message>".encode())
+    state.sent(parse_stanza("<message to='bob@localhost/phone'><body>héllo</body></message>".encode()))
     state.jid = "bob@localhost/phone"
     state.priority = 5
     state.presence = b"<presence xmlns='jabber:client'><show>away</show></presence>"
     state.directed_to = ("carol@localhost",)
     state.resume_deadline = 1e9
     copy = SmState.from_dict(json.loads(json.dumps(state.to_dict())))
-    assert copy == state
+    assert copy.to_dict() == state.to_dict()
     assert len(state.id) >= 32
     assert SmState.start(resume=True, resume_timeout=300).id != state.id  # unguessable, never reused
-    message = parse_stanza(copy.unacked[0])
+    message = copy.unacked[0]
     assert message.tag == "{jabber:client}message"
     assert message.findtext("{jabber:client}body") == "héllo"
     assert is_stanza(message)

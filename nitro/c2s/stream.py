@@ -13,25 +13,25 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from lxml import etree
 
 from nitro.c2s.authn import Authenticator, Challenge, mechanisms
 from nitro.c2s.sm import (
-    REQUEST,
     SM,
     ResumeRequest,
     SmState,
     UnackedStanzas,
     ack,
+    ack_request,
     enabled,
     failed,
     is_stanza,
     parse_h,
-    parse_stanza,
     resumed,
 )
+from nitro.c2s.transport import StreamHeader, Transport
 from nitro.core.module import NonzaEvent, SessionEvent, StreamFeaturesEvent
 from nitro.core.router import StanzaEvent
 from nitro.observe.logs import SessionLog, enter_session
@@ -40,16 +40,7 @@ from nitro.xmpp import ns
 from nitro.xmpp.errors import StanzaError, StreamError, error_reply
 from nitro.xmpp.jid import JID, InvalidJID
 from nitro.xmpp.sasl import SaslFailure, b64decode_strict, b64encode
-from nitro.xmpp.xmlstream import (
-    STREAM_FOOTER,
-    StanzaReceived,
-    StreamClosed,
-    StreamEvent,
-    StreamOpened,
-    XMLStreamParser,
-    serialize,
-    stream_header,
-)
+from nitro.xmpp.xmlstream import StanzaReceived, StreamClosed, StreamEvent, StreamOpened
 
 if TYPE_CHECKING:
     from nitro.server import Server
@@ -72,28 +63,31 @@ _INPUTS = {
 }
 
 
-class Transport(Protocol):
-    """What a session needs from its connection."""
-
-    peer_host: str
-    encrypted: bool
-
-    def write(self, data: bytes) -> None: ...
-    async def start_tls(self) -> None: ...
-    def close(self) -> None: ...
-
-
 class _NoTransport:
     """The transport of a session without a connection: a detached one, or a stream that resumed another."""
 
+    kind = "none"
     peer_host = "detached"
     encrypted = True
+    can_starttls = False
 
-    def write(self, data: bytes) -> None:
+    def open_stream(self, header: StreamHeader) -> None:
+        pass
+
+    def send(self, element: etree._Element) -> None:
         pass  # a detached session's stanzas wait in its unacknowledged queue (XEP-0198 §5)
+
+    def send_keepalive(self) -> None:
+        pass
+
+    def restart(self) -> None:
+        pass
 
     async def start_tls(self) -> None:
         raise StreamError("policy-violation", "no connection")
+
+    def close_stream(self, error: StreamError | None) -> None:
+        pass
 
     def close(self) -> None:
         pass
@@ -123,7 +117,6 @@ class ClientSession:
         enter_session(self.log)  # made in the connection's own task: its log lines name this session
         server.metrics.connection_opened()
         self.config = server.config.c2s
-        self.parser = XMLStreamParser(max_stanza_bytes=self.config.max_stanza_bytes)
         self.state = State.WAIT_HEADER
         self.lang = "en"
         self.stream_id = ""
@@ -171,23 +164,27 @@ class ClientSession:
         return self.presence is not None
 
     @property
+    def established(self) -> bool:
+        return self.state is State.ESTABLISHED
+
+    @property
     def closed(self) -> bool:
         return self.state is State.CLOSED
 
-    # -- bytes in -------------------------------------------------------------------------------
+    # -- elements in -----------------------------------------------------------------------------
 
-    async def receive(self, data: bytes) -> None:
-        """Feed bytes from the transport; raises StreamError for the connection to close with."""
-        self.last_read = time.monotonic()
-        self.ping_deadline = None
-        session = self
-        for event in self.parser.feed(data):
-            session = session.current  # after `<resume/>` the rest belongs to the resumed session
-            if session.closed:
-                return
-            restart = await session._on_event(event)
-            if restart:
-                return  # the parser was reset: the rest of this chunk belonged to the old stream
+    def activity(self) -> None:
+        """The peer showed it is alive (any input, a WebSocket pong, a BOSH request)."""
+        session = self.current
+        session.last_read = time.monotonic()
+        session.ping_deadline = None
+
+    async def receive(self, event: StreamEvent) -> None:
+        """One event from the transport; raises StreamError for the connection to close with."""
+        session = self.current  # after `<resume/>` the input belongs to the resumed session
+        if session.closed:
+            return
+        await session._on_event(event)
 
     @property
     def current(self) -> ClientSession:
@@ -228,7 +225,9 @@ class ClientSession:
         domain = self.server.config.server.domain
         self.lang = opened.lang or self.lang
         self.stream_id = secrets.token_hex(8)
-        self.transport.write(stream_header(from_=domain, to=opened.from_, id=self.stream_id, lang=self.lang))
+        self.transport.open_stream(
+            StreamHeader(from_=domain, to=opened.from_, id=self.stream_id, lang=self.lang)
+        )
         self.header_sent = True
         if opened.to is None or _domain_of(opened.to) != domain:
             raise StreamError("host-unknown", f"this server serves {domain}")
@@ -241,7 +240,7 @@ class ClientSession:
         features = etree.Element(f"{{{ns.STREAM}}}features", nsmap={"stream": ns.STREAM})
         if not self.authenticated:
             tls_available = self.server.tls_context is not None
-            if tls_available and not self.transport.encrypted:
+            if tls_available and self.transport.can_starttls:
                 starttls = etree.SubElement(features, f"{{{ns.TLS}}}starttls", nsmap=ns.default_ns(ns.TLS))
                 if self.config.require_encryption:
                     etree.SubElement(starttls, f"{{{ns.TLS}}}required")
@@ -269,7 +268,7 @@ class ClientSession:
         )
 
     async def _on_starttls(self, _element: etree._Element) -> bool:
-        if self.transport.encrypted or self.server.tls_context is None:
+        if not self.transport.can_starttls or self.server.tls_context is None:
             raise StreamError("policy-violation", "STARTTLS is not available on this stream")
         self.send(etree.Element(f"{{{ns.TLS}}}proceed", nsmap=ns.default_ns(ns.TLS)))
         await self.transport.start_tls()
@@ -277,7 +276,7 @@ class ClientSession:
 
     def _restart(self) -> bool:
         """Expect a fresh stream header (after TLS or SASL, RFC 6120 §5.4.3.3, §6.4.6)."""
-        self.parser.reset()
+        self.transport.restart()
         self.state = State.WAIT_HEADER
         return True
 
@@ -482,19 +481,18 @@ class ClientSession:
         old._take_over(self)
         old.log.info("resumed (%d stanzas to resend)", len(old.sm.unacked))
         old.write_element(resumed(old.sm))
-        for data in old.sm.unacked:
-            old.transport.write(data)  # §5: what the client did not acknowledge, in order
+        for stanza in old.sm.unacked:
+            old.transport.send(stanza)  # §5: what the client did not acknowledge, in order
         old.sm.ack_requested = False
         if old.sm.unacked:
             old.sm.ack_requested = True
-            old.transport.write(REQUEST)
+            old.transport.send(ack_request())
         await self.server.bus.fire("sm-resumed", SessionEvent(old))
         return False
 
     def _take_over(self, stream: ClientSession) -> None:
-        """§5: continue on the transport and parser of `stream`, which authenticated as this user."""
+        """§5: continue on the transport of `stream`, which authenticated as this user."""
         self.transport, stream.transport = stream.transport, NO_TRANSPORT
-        self.parser = stream.parser
         self.stream_id = stream.stream_id
         self.lang = stream.lang
         self.header_sent = True
@@ -512,10 +510,7 @@ class ClientSession:
     def _drop_transport(self, error: StreamError | None) -> None:
         """Write a last error and close the transport, keeping the session."""
         transport, self.transport = self.transport, NO_TRANSPORT
-        if error is not None:
-            transport.write(serialize(error.to_element()))
-        transport.write(STREAM_FOOTER)
-        transport.close()
+        transport.close_stream(error)
 
     async def _detach(self) -> None:
         """§5: the connection is gone but the session stays bound and available; stanzas to it queue
@@ -583,11 +578,10 @@ class ClientSession:
         """
         if self.closed:
             return
-        data = serialize(element)
         self.server.metrics.stanza_sent(element.tag)
         sm = self.sm
         if sm is not None and is_stanza(element):
-            sm.sent(data)
+            sm.sent(element)
             settings = self.server.config.stream_management
             if len(sm.unacked) > settings.max_unacked:
                 self._end_soon(
@@ -596,11 +590,11 @@ class ClientSession:
                         f"more than {settings.max_unacked} stanzas unacknowledged (XEP-0198 §4)",
                     )
                 )
-            self.transport.write(data)
+            self.transport.send(element)
             if self.state is State.ESTABLISHED and sm.request_due(settings.ack_request_every):
-                self.transport.write(REQUEST)
+                self.transport.send(ack_request())
         else:
-            self.transport.write(data)
+            self.transport.send(element)
         self.last_write = time.monotonic()
 
     def _end_soon(self, error: StreamError) -> None:
@@ -628,12 +622,10 @@ class ClientSession:
             return
         transport = self.transport
         if error is not None and not self.header_sent:
-            transport.write(stream_header(from_=self.server.config.server.domain, to=None, id=None))
+            transport.open_stream(StreamHeader(from_=self.server.config.server.domain, id=None))
         if self.sm is not None and self.state is State.ESTABLISHED:
-            transport.write(serialize(ack(self.sm)))  # §4 allows unsolicited acks: say what was handled
-        if error is not None:
-            transport.write(serialize(error.to_element()))
-        transport.write(STREAM_FOOTER)
+            transport.send(ack(self.sm))  # §4 allows unsolicited acks: say what was handled
+        transport.close_stream(error)
         await self._finish()
         transport.close()  # after the unbind work: the peer has had time to read the error
 
@@ -663,12 +655,7 @@ class ClientSession:
     async def _unbind(self) -> None:
         self.server.sessions.remove(self)
         if self.sm is not None:
-            stanzas: list[etree._Element] = []
-            for data in self.sm.take_unacked():
-                try:
-                    stanzas.append(parse_stanza(data))
-                except etree.XMLSyntaxError:
-                    self.log.error("unacknowledged stanza unreadable, not re-delivered: %r", data[:200])
+            stanzas = self.sm.take_unacked()
             await self.server.bus.fire("sm-ended", UnackedStanzas(self, stanzas))
         await self.server.bus.fire("resource-unbind", SessionEvent(self))
 
@@ -680,12 +667,9 @@ class ClientSession:
             return self.negotiation_deadline
         if self.ping_deadline is not None:
             return self.ping_deadline
-        deadline = min(
+        return min(
             self.last_read + self.config.idle_ping_after, self.last_write + self.config.keepalive_interval
         )
-        if self.parser.release_due:
-            return min(deadline, self.last_read + self.config.release_parser_after)
-        return deadline
 
     async def on_timer(self) -> None:
         """Negotiation timeout, idle-client ping (XEP-0199 §4.2), whitespace keepalive (RFC 6120 §4.6.1)."""
@@ -694,8 +678,6 @@ class ClientSession:
             if now >= self.negotiation_deadline:
                 raise StreamError("connection-timeout", "stream negotiation took too long")
             return
-        if self.parser.release_due and now >= self.last_read + self.config.release_parser_after:
-            self.parser.release()  # memory of idle sessions; kept if input stopped mid-stanza
         if self.ping_deadline is not None and now >= self.ping_deadline:
             raise StreamError("connection-timeout", "no answer to ping")
         if self.ping_deadline is None and now >= self.last_read + self.config.idle_ping_after:
@@ -709,9 +691,9 @@ class ClientSession:
             sm = self.sm
             if sm is not None and sm.unacked and not sm.ack_requested:
                 sm.ack_requested = True
-                self.transport.write(REQUEST)  # XEP-0198 §4: periodically, while stanzas await an ack
+                self.transport.send(ack_request())  # XEP-0198 §4: periodically, while stanzas await an ack
             else:
-                self.transport.write(b" ")
+                self.transport.send_keepalive()
             self.last_write = now
 
     def _is_ping_reply(self, stanza: etree._Element) -> bool:
