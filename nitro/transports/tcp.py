@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Final, cast
 
 from lxml import etree
 
+from nitro.c2s.driver import ClientStream
 from nitro.c2s.stream import ClientSession
 from nitro.c2s.transport import StreamHeader
 from nitro.xmpp.errors import StreamError
@@ -178,13 +179,17 @@ class ClientConnection(asyncio.Protocol):
         self.write(STREAM_FOOTER)
         self.close()
 
-    async def feed(self, stream: ClientSession, data: bytes) -> None:
-        """Parse `data` and hand each event to the stream, stopping at a restart."""
+    async def feed(self, stream: ClientStream, data: bytes) -> None:
+        """Parse `data` and hand each event to the stream, stopping at a restart or the stream's end."""
         self._restarted = False
         stream.activity()
-        for event in self.parser.feed(data):
-            await stream.receive(event)
-            if self._restarted or self.closing:
+        try:
+            events = self.parser.feed(data)
+        except StreamError as error:  # not-well-formed, restricted XML, too big (RFC 6120 §4.9.3)
+            await stream.close(error)
+            return
+        for event in events:
+            if not await stream.receive(event) or self._restarted or self.closing:
                 return
 
     def next_deadline(self, stream: ClientSession, release_after: float) -> float:
@@ -366,41 +371,23 @@ def connection_factory(server: Server) -> Callable[[], ClientConnection]:
 
 
 async def serve_client(server: Server, connection: ClientConnection) -> None:
-    """Run one connection to its end; this is its catch-log-close boundary.
-
-    The loop drives whichever session owns this transport: after `<resume/>` (XEP-0198 §5) that is the
-    older session the stream resumed; when another connection resumes our session, the loop just stops.
-    """
-    session = ClientSession(server, connection)
-    server.track(session)
+    """Run one connection to its end: read, parse, hand events to the stream, run its timer."""
+    stream = ClientStream(server, connection)
     release_after = server.config.c2s.release_parser_after
     try:
-        while session.transport is connection and not session.closed and not connection.closing:
+        while stream.open and not connection.closing:
+            session = stream.session
             data = await connection.read(connection.next_deadline(session, release_after))
             if data is TIMER:
                 connection.release_idle_parser(session, release_after)
-                await session.on_timer()
+                await stream.tick()
                 continue
-            if not data or session.transport is not connection or session.closed:
+            if not data or not stream.open:
                 break  # the end, or the stream was closed (or resumed elsewhere) while we waited
             assert isinstance(data, bytes)
-            await connection.feed(session, data)
-            session = session.current
-    except StreamError as error:
-        session = session.current
-        if session.transport is connection:
-            await session.close(error)
+            await connection.feed(stream, data)
     except (ConnectionError, TimeoutError, ssl.SSLError) as exc:
-        session.current.log.info("connection lost: %r", exc)
-    except Exception:
-        session = session.current
-        session.log.exception("internal error; closing the stream")
-        if session.transport is connection:
-            await session.close(StreamError("internal-server-error"))
+        stream.session.log.info("connection lost: %r", exc)
     finally:
-        session = session.current
-        if session.transport is connection:
-            await session.connection_lost()  # a resumable session detaches and stays tracked
-        if session.closed:
-            server.untrack(session)
+        await stream.connection_lost()
         await connection.finish()
