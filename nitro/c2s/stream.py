@@ -34,6 +34,7 @@ from nitro.c2s.sm import (
 from nitro.c2s.transport import StreamHeader, Transport
 from nitro.core.module import NonzaEvent, SessionEvent, StreamFeaturesEvent
 from nitro.core.router import StanzaEvent
+from nitro.core.sessions import INTERESTED, LOCAL_NODE, Resource
 from nitro.observe.logs import SessionLog, enter_session
 from nitro.storage.errors import StorageUnavailable
 from nitro.xmpp import ns
@@ -127,10 +128,11 @@ class ClientSession:
         self._jid = JID(None, server.config.server.domain, None)
         self.jid_text = str(self._jid)  # str(self.jid), computed once per change: every stanza is stamped
         # IM state that the roster and presence modules keep on the session (RFC 6121 terms).
-        self.priority = 0
-        self.presence: etree._Element | None = None  # last available presence broadcast, None if not
-        self.interested = False  # requested the roster (RFC 6121 §2.1.6)
-        self.directed_to: set[JID] = set()  # entities that got directed presence (§4.6)
+        self._priority = 0
+        self._presence: etree._Element | None = None  # last available presence broadcast, None if not
+        self._flags: frozenset[str] = frozenset()  # what modules decided about it ("carbons", "interested")
+        self._resource: Resource | None = None  # the value other modules see, rebuilt after a change
+        self._directed_to: frozenset[JID] = frozenset()  # entities that got directed presence (§4.6)
         self.data: dict[str, Any] = {}  # per-module scratch space, keyed by module name
         # Outbound filters run in order on every `send`; one returning False holds the element back.
         self.outbound_filters: list[Callable[[etree._Element], bool]] = []
@@ -158,10 +160,72 @@ class ClientSession:
     def jid(self, jid: JID) -> None:
         self._jid = jid
         self.jid_text = str(jid)
+        self._resource = None
+
+    @property
+    def resource(self) -> Resource:
+        """This session as other modules see it: an immutable value (nitro/core/sessions.py)."""
+        if self._resource is None:
+            self._resource = Resource(
+                self._jid,
+                LOCAL_NODE,
+                self._presence is not None,
+                self._priority,
+                self._flags,
+                self._presence,
+                self._directed_to,
+            )
+        return self._resource
+
+    @property
+    def priority(self) -> int:
+        return self._priority
+
+    @priority.setter
+    def priority(self, value: int) -> None:
+        self._priority = value
+        self._resource = None
+
+    @property
+    def presence(self) -> etree._Element | None:
+        return self._presence
+
+    @presence.setter
+    def presence(self, value: etree._Element | None) -> None:
+        self._presence = value
+        self._resource = None
+
+    @property
+    def directed_to(self) -> frozenset[JID]:
+        return self._directed_to
+
+    @directed_to.setter
+    def directed_to(self, value: frozenset[JID]) -> None:
+        self._directed_to = value
+        self._resource = None
+
+    def has_flag(self, flag: str) -> bool:
+        return flag in self._flags
+
+    def set_flag(self, flag: str, on: bool = True) -> None:
+        """Record a module's decision about this resource, visible in its `Resource` value."""
+        flags = self._flags | {flag} if on else self._flags - {flag}
+        if flags != self._flags:
+            self._flags = frozenset(flags)
+            self._resource = None
+
+    @property
+    def interested(self) -> bool:
+        """Requested the roster (RFC 6121 §2.1.6): gets roster pushes."""
+        return INTERESTED in self._flags
+
+    @interested.setter
+    def interested(self, value: bool) -> None:
+        self.set_flag(INTERESTED, value)
 
     @property
     def available(self) -> bool:
-        return self.presence is not None
+        return self._presence is not None
 
     @property
     def established(self) -> bool:
