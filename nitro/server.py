@@ -18,6 +18,7 @@ from nitro.core.events import EventBus
 from nitro.core.module import BUILTIN_MODULES, DiscoRegistry, Module, load_module
 from nitro.core.router import Router
 from nitro.core.sessions import Sessions
+from nitro.core.slots import SlotRegistry
 from nitro.observe.metrics import Metrics
 from nitro.observe.metrics_http import MetricsEndpoint, serve_metrics
 from nitro.observe.runtime import tuned_gc
@@ -54,6 +55,7 @@ class Server:
         self.tls_context = tls_context
         self.bus = EventBus()
         self.disco = DiscoRegistry()
+        self.slots = SlotRegistry()  # the per-session state modules declare (nitro/core/slots.py)
         self.sessions: Sessions[ClientSession] = Sessions()
         self.delivery = Delivery(self.sessions)
         self.deliver = self.delivery.deliver  # the one way modules reach another entity's session

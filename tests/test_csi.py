@@ -15,7 +15,7 @@ from slixmpp.xmlstream.matcher import MatchXPath
 
 from nitro.c2s.stream import ClientSession
 from nitro.c2s.transport import StreamHeader
-from nitro.modules.csi import MAX_HELD, holder
+from nitro.modules.csi import HOLDER, MAX_HELD, holder
 from nitro.server import Server
 from nitro.xmpp.errors import StreamError
 from nitro.xmpp.jid import JID
@@ -106,7 +106,7 @@ async def inactive_session(server: Server, phone: Phone) -> ClientSession:
     phone.inactive()
     session = server.sessions.get(JID.parse(phone.jid))
     assert session is not None
-    await wait_for(lambda: getattr(session.data.get("csi"), "inactive", False))
+    await wait_for(lambda: getattr(session.slots.peek(HOLDER), "inactive", False))
     return session
 
 

@@ -12,7 +12,7 @@ import copy
 import datetime
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from lxml import etree
 
@@ -20,6 +20,7 @@ from nitro.core.locks import UserLocks
 from nitro.core.module import Module, SessionEvent
 from nitro.core.router import StanzaEvent
 from nitro.core.sessions import Resource
+from nitro.core.slots import Slot
 from nitro.modules.disco import DiscoEvent
 from nitro.modules.presence import parse_priority
 from nitro.storage.errors import NoSuchAccount, StorageUnavailable
@@ -94,11 +95,28 @@ def set_nodes(session: ClientSession, state: Interests, nodes: frozenset[str]) -
     state.nodes = nodes
 
 
+def _dump_interests(state: Interests) -> dict[str, Any]:
+    return {
+        "nodes": sorted(state.nodes),
+        "ver": state.ver,
+        "directed": sorted(str(j) for j in state.directed),
+    }
+
+
+def _load_interests(data: dict[str, Any], _session: object) -> Interests:
+    ver = data.get("ver")
+    return Interests(
+        frozenset(str(n) for n in data.get("nodes", ())),
+        None if ver is None else str(ver),
+        {JID.parse(str(jid)) for jid in data.get("directed", ())},
+    )
+
+
+INTERESTS: Slot[Interests] = Slot("pep", lambda _session: Interests(), _dump_interests, _load_interests)
+
+
 def interests(session: ClientSession) -> Interests:
-    state = session.data.get("pep")
-    if not isinstance(state, Interests):
-        state = session.data["pep"] = Interests()
-    return state
+    return session.slots.get(INTERESTS)
 
 
 @contextlib.contextmanager
@@ -580,6 +598,7 @@ def load(module: Module) -> None:
         for kind in ("get", "set"):
             module.hook(f"iq-{kind}/{to_type}/{PUBSUB}:pubsub", on_pubsub)
             module.hook(f"iq-{kind}/{to_type}/{OWNER}:pubsub", on_owner)
+    module.add_slot(INTERESTS)
     module.hook("pre-presence/self", on_own_presence, priority=10)
     module.hook("pre-presence/bare", on_directed, priority=10)
     module.hook("pre-presence/full", on_directed, priority=10)
