@@ -31,7 +31,10 @@ from nitro.transports.tls import ensure_certificate, server_context
 from nitro.xmpp.errors import StreamError
 
 if TYPE_CHECKING:
-    from nitro.c2s.stream import ClientSession
+    from nitro.c2s.negotiation import Negotiation
+    from nitro.c2s.session import ClientSession
+
+    Tracked = Negotiation | ClientSession  # a connection's stream: negotiating, bound or detached
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +66,7 @@ class Server:
         self.auth_throttle = FailureThrottle(config.auth.throttle_failures, config.auth.throttle_window)
         self.modules: dict[str, Module] = {}
         self.listeners: list[asyncio.Server] = []
-        self._connections: dict[ClientSession, asyncio.Task[Any] | None] = {}
+        self._connections: dict[Tracked, asyncio.Task[Any] | None] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._connection_tasks: set[asyncio.Task[Any]] = set()  # until serve_client returns
         self.metrics.track_sessions(lambda: self._connections)
@@ -84,7 +87,7 @@ class Server:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def track(self, session: ClientSession) -> None:
+    def track(self, session: Tracked) -> None:
         """Called from the connection's own task, which shutdown may have to cancel."""
         self._connections[session] = asyncio.current_task()
 
@@ -94,11 +97,11 @@ class Server:
         self._connection_tasks.add(task)
         task.add_done_callback(self._connection_tasks.discard)
 
-    def untrack(self, session: ClientSession) -> None:
+    def untrack(self, session: Tracked) -> None:
         self._connections.pop(session, None)
 
     @property
-    def connections(self) -> frozenset[ClientSession]:
+    def connections(self) -> frozenset[Tracked]:
         return frozenset(self._connections)
 
     async def start_listeners(self) -> None:

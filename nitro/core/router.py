@@ -23,7 +23,7 @@ from nitro.xmpp.errors import StanzaError, error_reply
 from nitro.xmpp.jid import JID, InvalidJID
 
 if TYPE_CHECKING:
-    from nitro.c2s.stream import ClientSession
+    from nitro.c2s.session import ClientSession
     from nitro.server import Server
 
 log = logging.getLogger(__name__)

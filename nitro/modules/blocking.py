@@ -23,7 +23,7 @@ from nitro.xmpp.stanza import child, element, iq_result, stanza
 from nitro.xmpp.subscription import state_of
 
 if TYPE_CHECKING:
-    from nitro.c2s.stream import ClientSession
+    from nitro.c2s.session import ClientSession
     from nitro.server import Server
 
 BLOCKING = "urn:xmpp:blocking"

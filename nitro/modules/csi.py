@@ -16,7 +16,7 @@ from nitro.xmpp import ns
 from nitro.xmpp.stanza import child
 
 if TYPE_CHECKING:
-    from nitro.c2s.stream import ClientSession
+    from nitro.c2s.session import ClientSession
 
 CSI = "urn:xmpp:csi:0"
 CHATSTATES = "http://jabber.org/protocol/chatstates"  # XEP-0085
@@ -135,7 +135,7 @@ def holder(session: ClientSession) -> Holder:
 def load(module: Module) -> None:
     async def on_features(event: StreamFeaturesEvent) -> None:
         """§4.1: the feature is offered once the stream is authenticated."""
-        if event.session.authenticated:
+        if event.stream.authenticated:
             child(event.features, CSI, "csi")
 
     async def on_inactive(event: NonzaEvent) -> bool:

@@ -59,7 +59,7 @@ from nitro.xmpp.pubsub import (
 from nitro.xmpp.stanza import add_delay, child, element, iq_result, stanza
 
 if TYPE_CHECKING:
-    from nitro.c2s.stream import ClientSession
+    from nitro.c2s.session import ClientSession
 
 DISCO_TIMEOUT = 10.0  # seconds a client has to answer the disco#info query behind its caps
 CAPS_CACHE_SIZE = 4096  # verified caps verification strings remembered with their +notify interests

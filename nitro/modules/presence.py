@@ -32,7 +32,7 @@ from nitro.xmpp.subscription import (
 )
 
 if TYPE_CHECKING:
-    from nitro.c2s.stream import ClientSession
+    from nitro.c2s.session import ClientSession
     from nitro.server import Server
 
 DELIVERY_PRIORITY = -100  # like message delivery: blocking, privacy and the like hook above it

@@ -158,7 +158,7 @@ def load(module: Module) -> None:
     server = module.server
 
     async def on_features(event: StreamFeaturesEvent) -> None:
-        if event.session.authenticated:
+        if event.stream.authenticated:
             event.features.append(element(ns.ROSTER_VER, "ver"))  # XEP-0237 §2, RFC 6121 §2.6.1
             event.features.append(element(ns.PRE_APPROVAL, "sub"))  # RFC 6121 §3.4.1
 

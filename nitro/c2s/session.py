@@ -1,28 +1,24 @@
-"""A client session (RFC 6120): features → STARTTLS → SASL → bind → established, as one transition table.
+"""A bound client session: the resource other users reach, apart from the stream that bound it (RFC 6120 §7).
 
-The session owns no socket: it reads bytes handed to it and writes through a `Transport`. With Stream
-Management (XEP-0198) it counts and queues stanzas, survives the loss of its transport (DETACHED) and
-continues on the transport of a newer stream that resumes it.
+It holds the JID, presence and priority, the modules' typed slots and, with Stream Management (XEP-0198),
+the counters and the queue of unacknowledged elements. It survives the loss of its transport (DETACHED),
+`attach`es to the transport of a stream that resumes it, and exports to plain data and back.
 """
 
 from __future__ import annotations
 
-import enum
-import itertools
 import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from lxml import etree
 
-from nitro.c2s.authn import Authenticator, Challenge, mechanisms
+from nitro.c2s.inputs import State, counted, input_name
 from nitro.c2s.sm import (
-    SM,
-    ResumeRequest,
     SmState,
-    UnackedStanzas,
     ack,
     ack_request,
     enabled,
@@ -33,37 +29,22 @@ from nitro.c2s.sm import (
     resumed,
 )
 from nitro.c2s.transport import StreamHeader, Transport
-from nitro.core.module import NonzaEvent, SessionEvent, StreamFeaturesEvent
-from nitro.core.router import StanzaEvent
+from nitro.core.module import NonzaEvent, SessionEvent
 from nitro.core.sessions import INTERESTED, LOCAL_NODE, Resource
 from nitro.core.slots import SlotValues
 from nitro.observe.logs import SessionLog, enter_session
-from nitro.storage.errors import StorageUnavailable
 from nitro.xmpp import ns
 from nitro.xmpp.errors import StanzaError, StreamError, error_reply
 from nitro.xmpp.jid import JID, InvalidJID
-from nitro.xmpp.sasl import SaslFailure, b64decode_strict, b64encode
-from nitro.xmpp.xmlstream import StanzaReceived, StreamClosed, StreamEvent, StreamOpened
+from nitro.xmpp.xmlstream import StreamClosed, StreamEvent, StreamOpened
 
 if TYPE_CHECKING:
     from nitro.server import Server
 
-log = logging.getLogger(__name__)
-_session_ids = itertools.count(1)
+log = logging.getLogger("nitro.c2s.stream")
 
 _XML_LANG = f"{{{ns.XML}}}lang"
 _IQ = f"{{{ns.CLIENT}}}iq"
-_STANZA_TAGS = frozenset({f"{{{ns.CLIENT}}}message", f"{{{ns.CLIENT}}}presence", f"{{{ns.CLIENT}}}iq"})
-_INPUTS = {
-    f"{{{ns.TLS}}}starttls": "starttls",
-    f"{{{ns.SASL}}}auth": "auth",
-    f"{{{ns.SASL}}}response": "response",
-    f"{{{ns.SASL}}}abort": "abort",
-    f"{{{SM}}}enable": "sm-enable",
-    f"{{{SM}}}resume": "sm-resume",
-    f"{{{SM}}}r": "sm-request",
-    f"{{{SM}}}a": "sm-ack",
-}
 
 
 class _NoTransport:
@@ -99,36 +80,33 @@ class _NoTransport:
 NO_TRANSPORT = _NoTransport()
 
 
-class State(enum.Enum):
-    WAIT_HEADER = "wait-header"  # a (new) stream header is due
-    NEGOTIATING = "negotiating"  # features sent; STARTTLS, SASL or in-band registration next
-    SASL = "sasl"  # a SASL exchange is under way
-    BINDING = "binding"  # authenticated; resource binding next
-    ESTABLISHED = "established"  # bound: stanzas flow
-    DETACHED = "detached"  # bound and resumable, connection lost: stanzas queue until resumed (XEP-0198 §5)
-    CLOSED = "closed"
-
-
 class ClientSession:
-    """One client's stream: stamps 'from', negotiates, then hands stanzas to the router."""
+    """One bound resource: stamps 'from' on what its client sends and hands it to the router; receives
+    what is delivered to it."""
 
-    def __init__(self, server: Server, transport: Transport) -> None:
+    def __init__(
+        self,
+        server: Server,
+        transport: Transport,
+        jid: JID,
+        *,
+        stream_id: str = "",
+        lang: str = "en",
+        mechanism: str | None = None,
+    ) -> None:
         self.server = server
         self.transport = transport
-        self.id = f"c2s{next(_session_ids)}-{secrets.token_hex(4)}"
-        self.log = SessionLog(log, {"session": self.id})
-        enter_session(self.log)  # made in the connection's own task: its log lines name this session
-        server.metrics.connection_opened()
+        self.id = f"c2s-{secrets.token_hex(6)}"
+        self.log = SessionLog(log, {"session": self.id, "jid": jid})
         self.config = server.config.c2s
-        self.state = State.WAIT_HEADER
-        self.lang = "en"
-        self.stream_id = ""
-        self.header_sent = False
-        self.authenticated = False
-        self.username: str | None = None
-        self.mechanism: str | None = None  # the SASL mechanism that authenticated the stream
-        self._jid = JID(None, server.config.server.domain, None)
-        self.jid_text = str(self._jid)  # str(self.jid), computed once per change: every stanza is stamped
+        self.state = State.BINDING  # ESTABLISHED once `bind` or `resume` ran
+        self.lang = lang
+        self.stream_id = stream_id
+        self.authenticated = True
+        self.username: str | None = jid.local
+        self.mechanism = mechanism  # the SASL mechanism that authenticated the stream
+        self._jid = jid
+        self.jid_text = str(jid)  # str(self.jid), computed once per change: every stanza is stamped
         # IM state that the roster and presence modules keep on the session (RFC 6121 terms).
         self._priority = 0
         self._presence: etree._Element | None = None  # last available presence broadcast, None if not
@@ -141,10 +119,7 @@ class ClientSession:
         self.sm: SmState | None = None  # Stream Management (XEP-0198), once enabled
         self.resumed: ClientSession | None = None  # set when this stream resumed that session (XEP-0198 §5)
         self._ending = False  # a close is scheduled (too many unacknowledged stanzas)
-        self._auth: Authenticator | None = None
-        self._auth_failures = 0
         now = time.monotonic()
-        self.negotiation_deadline = now + self.config.negotiation_timeout
         self.last_read = now
         self.last_write = now
         self.ping_deadline: float | None = None
@@ -155,7 +130,7 @@ class ClientSession:
 
     @property
     def jid(self) -> JID:
-        """The user's bare JID once authenticated, the full JID once bound; the domain before."""
+        """The full JID."""
         return self._jid
 
     @jid.setter
@@ -203,17 +178,19 @@ class ClientSession:
     def restore(cls, server: Server, data: dict[str, Any]) -> ClientSession:
         """A session from `export()` data, without a connection (DETACHED if it was bound): the caller
         registers it and a resuming stream `attach`es to it. Slots no loaded module declares are dropped."""
-        session = cls(server, NO_TRANSPORT)
+        mechanism = data.get("mechanism")
+        session = cls(
+            server,
+            NO_TRANSPORT,
+            JID.parse(str(data["jid"])),
+            lang=str(data.get("lang") or "en"),
+            mechanism=None if mechanism is None else str(mechanism),
+        )
         session.id = str(data["id"])
         session.username = None if data.get("username") is None else str(data["username"])
-        session.authenticated = session.username is not None
-        session.mechanism = None if data.get("mechanism") is None else str(data["mechanism"])
-        session.lang = str(data.get("lang") or "en")
-        session.jid = JID.parse(str(data["jid"]))
         session.log.extra = {"session": session.id, "jid": session.jid}
         state = State(data.get("state", State.DETACHED.value))
         session.state = State.DETACHED if state in (State.ESTABLISHED, State.DETACHED) else state
-        session.header_sent = True
         session._priority = int(data.get("priority", 0))
         presence = data.get("presence")
         session._presence = None if presence is None else parse_stanza(str(presence).encode())
@@ -294,211 +271,70 @@ class ClientSession:
         """One event from the transport; raises StreamError for the connection to close with."""
         if self.closed:
             return
-        await self._on_event(event)
-
-    async def _on_event(self, event: StreamEvent) -> bool:
         if isinstance(event, StreamOpened):
-            if self.state is not State.WAIT_HEADER:
-                raise StreamError("invalid-xml", "unexpected stream header")
-            await self._on_header(event)
-            return False
+            raise StreamError("invalid-xml", "unexpected stream header")
         if isinstance(event, StreamClosed):
             await self.close()
-            return False
-        assert isinstance(event, StanzaReceived)
+            return
         element = event.element
         self.server.metrics.stanza_received(element.tag)
-        kind = _INPUTS.get(element.tag)
-        if kind is None and element.tag in _STANZA_TAGS:
-            kind = "bind" if _is_bind(element) else "stanza"
-        handler = _TRANSITIONS.get((self.state, kind or "nonza"))
-        if handler is None:
-            raise self._unexpected(kind or element.tag)
-        restart = await handler(self, element)
-        if kind in ("stanza", "bind") and self.sm is not None and not self.closed:
+        name = input_name(element)
+        action = _TRANSITIONS.get((self.state, name))
+        if action is None:
+            what = name if name != "nonza" else etree.QName(element).localname
+            raise StreamError("policy-violation", f"{what} is not allowed in state {self.state.value}")
+        await action(self, element)
+        if counted(name) and self.sm is not None and not self.closed:
             self.sm.received()  # XEP-0198 §4: counted once handled
-        return restart
 
-    def _unexpected(self, what: str) -> StreamError:
-        if not self.authenticated and self.state is not State.WAIT_HEADER:
-            return StreamError("not-authorized", f"{what} is not allowed before authentication")
-        return StreamError("policy-violation", f"{what} is not allowed in state {self.state.value}")
+    # -- binding (RFC 6120 §7) and resumption (XEP-0198 §5), called by the negotiation --------------------
 
-    # -- negotiation ------------------------------------------------------------------------------
-
-    async def _on_header(self, opened: StreamOpened) -> None:
-        domain = self.server.config.server.domain
-        self.lang = opened.lang or self.lang
-        self.stream_id = secrets.token_hex(8)
-        self.transport.open_stream(
-            StreamHeader(from_=domain, to=opened.from_, id=self.stream_id, lang=self.lang)
-        )
-        self.header_sent = True
-        if opened.to is None or _domain_of(opened.to) != domain:
-            raise StreamError("host-unknown", f"this server serves {domain}")
-        if opened.version is None or not opened.version.startswith("1."):
-            raise StreamError("unsupported-version", "XMPP 1.0 streams only (RFC 6120 §4.7.5)")
-        self.state = State.NEGOTIATING if not self.authenticated else State.BINDING
-        self.send(await self._features())
-
-    async def _features(self) -> etree._Element:
-        features = etree.Element(f"{{{ns.STREAM}}}features", nsmap={"stream": ns.STREAM})
-        if not self.authenticated:
-            tls_available = self.server.tls_context is not None
-            if tls_available and self.transport.can_starttls:
-                starttls = etree.SubElement(features, f"{{{ns.TLS}}}starttls", nsmap=ns.default_ns(ns.TLS))
-                if self.config.require_encryption:
-                    etree.SubElement(starttls, f"{{{ns.TLS}}}required")
-                    return features  # nothing else until TLS is up (RFC 6120 §5.3.1)
-            mechs = etree.SubElement(features, f"{{{ns.SASL}}}mechanisms", nsmap=ns.default_ns(ns.SASL))
-            for name in self._mechanisms():
-                etree.SubElement(mechs, f"{{{ns.SASL}}}mechanism").text = name
-        else:
-            etree.SubElement(features, f"{{{ns.BIND}}}bind", nsmap=ns.default_ns(ns.BIND))
-            session = etree.SubElement(features, f"{{{ns.SESSION}}}session", nsmap=ns.default_ns(ns.SESSION))
-            etree.SubElement(session, f"{{{ns.SESSION}}}optional")  # RFC 3921 session is a no-op
-        await self.server.bus.fire("stream-features", StreamFeaturesEvent(self, features))
-        return features
-
-    def _mechanisms(self) -> list[str]:
-        return mechanisms(
-            encrypted=self.transport.encrypted, allow_plain_without_tls=self.config.allow_plain_without_tls
-        )
-
-    @property
-    def may_negotiate(self) -> bool:
-        """False while TLS is required but not yet up: only STARTTLS is allowed then."""
-        return self.transport.encrypted or not (
-            self.config.require_encryption and self.server.tls_context is not None
-        )
-
-    async def _on_starttls(self, _element: etree._Element) -> bool:
-        if not self.transport.can_starttls or self.server.tls_context is None:
-            raise StreamError("policy-violation", "STARTTLS is not available on this stream")
-        self.send(etree.Element(f"{{{ns.TLS}}}proceed", nsmap=ns.default_ns(ns.TLS)))
-        await self.transport.start_tls()
-        return self._restart()
-
-    def _restart(self) -> bool:
-        """Expect a fresh stream header (after TLS or SASL, RFC 6120 §5.4.3.3, §6.4.6)."""
-        self.transport.restart()
-        self.state = State.WAIT_HEADER
-        return True
-
-    async def _on_auth(self, element: etree._Element) -> bool:
-        if not self.may_negotiate:
-            raise StreamError("policy-violation", "TLS is required before authentication")
-        mechanism = element.get("mechanism") or ""
-        if self.server.auth_throttle.blocked(self.transport.peer_host):
-            self._sasl_failure(SaslFailure("temporary-auth-failure", "too many failed logins, wait a minute"))
-            return False
-        if mechanism not in self._mechanisms():
-            self._sasl_failure(SaslFailure("invalid-mechanism", f"{mechanism!r} is not offered"))
-            return False
-        self._auth = Authenticator(mechanism, self.server.storage.accounts, self.server.config.server.domain)
-        self.state = State.SASL
-        return await self._sasl_step(element)
-
-    async def _on_response(self, element: etree._Element) -> bool:
-        return await self._sasl_step(element)
-
-    async def _on_abort(self, _element: etree._Element) -> bool:
-        self._auth = None
-        self.state = State.NEGOTIATING
-        self._send_sasl("failure", None, condition="aborted")
-        return False
-
-    async def _sasl_step(self, element: etree._Element) -> bool:
-        assert self._auth is not None
-        text = (element.text or "").strip()
-        try:
-            step = await self._auth.step(b64decode_strict(text) if text else None)
-        except SaslFailure as failure:
-            self._sasl_failure(failure)
-            return False
-        except StorageUnavailable:
-            self._sasl_failure(SaslFailure("temporary-auth-failure", "account store unavailable"))
-            return False
-        if isinstance(step, Challenge):
-            self._send_sasl("challenge", step.data)
-            return False
-        self.username = step.username
-        self.mechanism = self._auth.mechanism
-        self.authenticated = True
-        self._auth = None
-        self.jid = JID.make(step.username, self.server.config.server.domain)
-        self.log.extra = {"session": self.id, "jid": self.jid}
-        self.log.info("authenticated as %s", self.jid)
-        self._send_sasl("success", step.data)
-        return self._restart()
-
-    def _sasl_failure(self, failure: SaslFailure) -> None:
-        self._auth = None
-        self.state = State.NEGOTIATING
-        self._send_sasl("failure", None, condition=failure.condition, text=failure.text)
-        if failure.condition in ("not-authorized", "invalid-authzid"):
-            self.server.auth_throttle.record_failure(self.transport.peer_host)
-            self._auth_failures += 1
-            self.log.info("failed login from %s (%s)", self.transport.peer_host, failure.condition)
-            if self._auth_failures >= self.server.config.auth.max_failures_per_stream:
-                raise StreamError("not-authorized", "too many failed attempts (RFC 6120 §6.4.5)")
-
-    def _send_sasl(
-        self, name: str, data: bytes | None, *, condition: str = "", text: str | None = None
-    ) -> None:
-        element = etree.Element(f"{{{ns.SASL}}}{name}", nsmap=ns.default_ns(ns.SASL))
-        if condition:
-            etree.SubElement(element, f"{{{ns.SASL}}}{condition}")
-            if text:
-                etree.SubElement(element, f"{{{ns.SASL}}}text").text = text
-        elif data is not None:
-            element.text = b64encode(data)
-        self.send(element)
-
-    async def _on_unauthenticated_iq(self, element: etree._Element) -> bool:
-        """Before login only in-band registration (XEP-0077) may be spoken, and only when TLS allows."""
-        payload = _payload(element)
-        if not self.may_negotiate or element.tag != f"{{{ns.CLIENT}}}iq" or payload is None:
-            raise self._unexpected(etree.QName(element).localname)
-        name = f"c2s-unauthenticated/iq-{element.get('type')}/{payload.namespace}:{payload.localname}"
-        event = StanzaEvent(element, self, self.jid, None, "host", self.server)
-        try:
-            handled = await self.server.bus.fire(name, event)
-        except StanzaError as error:
-            self.send(error_reply(element, error))
-            return False
-        if not handled:
-            raise self._unexpected(f"iq {payload.namespace}")
-        return False
-
-    async def _on_bind(self, iq: etree._Element) -> bool:
-        """Resource binding (RFC 6120 §7): the server picks a resource if the client names none."""
-        assert self.username is not None
-        requested = iq.findtext(f"{{{ns.BIND}}}bind/{{{ns.BIND}}}resource")
-        domain = self.server.config.server.domain
-        try:
-            jid = JID.make(
-                self.username, domain, requested.strip() if requested and requested.strip() else None
-            )
-        except InvalidJID as exc:
-            self.send(error_reply(iq, StanzaError("bad-request", f"resource not allowed: {exc}")))
-            return False
-        if jid.resource is None:
-            jid = jid.with_resource(f"nitro-{secrets.token_hex(6)}")
-        self.jid = jid
-        self.log.extra = {"session": self.id, "jid": jid}
+    async def bind(self, iq: etree._Element) -> None:
+        """Register as the resource; a session bound to the same full JID is replaced (§7.7.2.2)."""
         previous = self.server.sessions.add(self)
-        if previous is not None:  # RFC 6120 §7.7.2.2: the new session wins, the old one is told why
+        if previous is not None:  # the new session wins, the old one is told why
             await previous.close(StreamError("conflict", "replaced by a new session with this resource"))
         result = etree.Element("iq", type="result")
         if iq.get("id") is not None:
             result.set("id", iq.get("id") or "")
         bind = etree.SubElement(result, f"{{{ns.BIND}}}bind", nsmap=ns.default_ns(ns.BIND))
-        etree.SubElement(bind, f"{{{ns.BIND}}}jid").text = str(jid)
+        etree.SubElement(bind, f"{{{ns.BIND}}}jid").text = self.jid_text
         self.send(result)
         self.state = State.ESTABLISHED
+        self.server.track(self)
         await self.server.bus.fire("resource-bind", SessionEvent(self))
-        return False
+
+    def resumable_by(self, previd: str, user: JID) -> bool:
+        """§5: `previd` names this session and the resuming stream authenticated as its user."""
+        return (
+            not self.closed
+            and self.sm is not None
+            and self.sm.id == previd
+            and self.username == user.local
+            and self.jid.bare == user.bare
+        )
+
+    async def resume(
+        self, transport: Transport, h: int, *, stream_id: str, lang: str, mechanism: str | None
+    ) -> None:
+        """§5: continue on `transport`; resend what the client did not acknowledge."""
+        assert self.sm is not None
+        self.sm.acknowledge(h)  # raises before any change if 'h' is impossible
+        if self.state is State.ESTABLISHED:  # the old connection looks alive but the client has moved on
+            self.log.info("resumed on another connection; closing this one")
+            self._drop_transport(StreamError("conflict", "this session was resumed on another connection"))
+        self.attach(transport, stream_id=stream_id, lang=lang, mechanism=mechanism)
+        self.log.info("resumed (%d stanzas to resend)", len(self.sm.unacked))
+        self.write_element(resumed(self.sm))
+        for stanza in self.sm.unacked:
+            self.transport.send(stanza)  # §5: what the client did not acknowledge, in order
+        self.sm.ack_requested = False
+        if self.sm.unacked:
+            self.sm.ack_requested = True
+            self.transport.send(ack_request())
+        await self.server.bus.fire("sm-resumed", SessionEvent(self))
+
+    # -- negotiation ------------------------------------------------------------------------------
 
     async def _on_nonza(self, element: etree._Element) -> bool:
         """A top-level element that is no stanza (XEP-0198 `<r/>`, XEP-0352 `<active/>`, …): modules
@@ -536,11 +372,6 @@ class ClientSession:
         await self.server.bus.fire("sm-enabled", SessionEvent(self))
         return False
 
-    async def _on_enable_unbound(self, _element: etree._Element) -> bool:
-        """§3: a client enables stream management after resource binding, never before."""
-        self.write_element(failed("unexpected-request", "bind a resource first, or resume"))
-        return False
-
     async def _on_request(self, _element: etree._Element) -> bool:
         """§4: `<r/>` is answered with the count of stanzas handled so far."""
         self.write_element(ack(self._stream_management()))
@@ -560,51 +391,11 @@ class ClientSession:
         self.write_element(failed("unexpected-request", "this stream already has a session"))
         return False
 
-    async def _on_resume(self, element: etree._Element) -> bool:
-        """§5: an authenticated stream takes over a session of the same user instead of binding."""
-        previd = element.get("previd") or ""
-        h = parse_h(element.get("h"))
-        request = ResumeRequest(self, previd)
-        await self.server.bus.fire("sm-resume", request)
-        old = request.found
-        if (
-            old is None
-            or old.closed
-            or old.sm is None
-            or old.sm.id != previd
-            or old.username != self.username
-            or old.jid.bare != self.jid.bare
-        ):
-            self.log.info("no session to resume for the id given")
-            self.write_element(failed("item-not-found", "unknown or expired session id"))
-            return False  # still BINDING: the client may bind a new session
-        assert old.sm is not None
-        old.sm.acknowledge(h)  # raises before any change if 'h' is impossible
-        if old.state is State.ESTABLISHED:  # the old connection looks alive but the client has moved on
-            old.log.info("resumed on another connection; closing this one")
-            old._drop_transport(StreamError("conflict", "this session was resumed on another connection"))
-        old.attach(self.transport, stream_id=self.stream_id, lang=self.lang, mechanism=self.mechanism)
-        self.transport = NO_TRANSPORT  # this unbound stream session ends; its connection drives `old` now
-        self.state = State.CLOSED
-        self.resumed = old
-        self.server.untrack(self)
-        old.log.info("resumed (%d stanzas to resend)", len(old.sm.unacked))
-        old.write_element(resumed(old.sm))
-        for stanza in old.sm.unacked:
-            old.transport.send(stanza)  # §5: what the client did not acknowledge, in order
-        old.sm.ack_requested = False
-        if old.sm.unacked:
-            old.sm.ack_requested = True
-            old.transport.send(ack_request())
-        await self.server.bus.fire("sm-resumed", SessionEvent(old))
-        return False
-
     def attach(self, transport: Transport, *, stream_id: str, lang: str, mechanism: str | None) -> None:
         """§5: continue on `transport`, whose stream authenticated as this user and resumed this session."""
         self.transport = transport
         self.stream_id = stream_id
         self.lang = lang
-        self.header_sent = True
         self.mechanism = mechanism
         self.last_read = self.last_write = time.monotonic()
         self.ping_deadline = None
@@ -727,8 +518,6 @@ class ClientSession:
             await self._detach()
             return
         transport = self.transport
-        if error is not None and not self.header_sent:
-            transport.open_stream(StreamHeader(from_=self.server.config.server.domain, id=None))
         if self.sm is not None and self.state is State.ESTABLISHED:
             transport.send(ack(self.sm))  # §4 allows unsolicited acks: say what was handled
         transport.close_stream(error)
@@ -769,8 +558,6 @@ class ClientSession:
 
     def next_deadline(self) -> float:
         """The monotonic time at which `on_timer` must run next."""
-        if self.state is not State.ESTABLISHED:
-            return self.negotiation_deadline
         if self.ping_deadline is not None:
             return self.ping_deadline
         return min(
@@ -781,8 +568,6 @@ class ClientSession:
         """Negotiation timeout, idle-client ping (XEP-0199 §4.2), whitespace keepalive (RFC 6120 §4.6.1)."""
         now = time.monotonic()
         if self.state is not State.ESTABLISHED:
-            if now >= self.negotiation_deadline:
-                raise StreamError("connection-timeout", "stream negotiation took too long")
             return
         if self.ping_deadline is not None and now >= self.ping_deadline:
             raise StreamError("connection-timeout", "no answer to ping")
@@ -811,38 +596,33 @@ class ClientSession:
         return True
 
 
-def _is_bind(element: etree._Element) -> bool:
-    return element.get("type") == "set" and element.find(f"{{{ns.BIND}}}bind") is not None
+@dataclass(slots=True)
+class ResumeRequest:
+    """Payload of `sm-resume`: a stream authenticated as `user` asks for `previd`; a handler sets `found`."""
+
+    previd: str
+    user: JID
+    found: ClientSession | None = None
 
 
-def _payload(element: etree._Element) -> etree.QName | None:
-    children = [child for child in element if isinstance(child.tag, str)]
-    return etree.QName(children[0]) if len(children) == 1 else None
+@dataclass(slots=True)
+class UnackedStanzas:
+    """Payload of `sm-ended`: a stream-managed session ended without resumption; `stanzas` are what the
+    client never acknowledged, oldest first, to be treated as never delivered (XEP-0198 §4).
+    """
+
+    session: ClientSession
+    stanzas: list[etree._Element]
 
 
-def _domain_of(text: str) -> str | None:
-    try:
-        return JID.parse(text).domain
-    except InvalidJID:
-        return None
+_Action = Callable[[ClientSession, etree._Element], Awaitable[bool]]
 
-
-_Handler = Callable[[ClientSession, etree._Element], Awaitable[bool]]
-
-# Every (state, input) the session accepts; anything else is a stream error naming both.
-_TRANSITIONS: dict[tuple[State, str], _Handler] = {
-    (State.NEGOTIATING, "starttls"): ClientSession._on_starttls,
-    (State.NEGOTIATING, "auth"): ClientSession._on_auth,
-    (State.NEGOTIATING, "stanza"): ClientSession._on_unauthenticated_iq,
-    (State.SASL, "response"): ClientSession._on_response,
-    (State.SASL, "abort"): ClientSession._on_abort,
-    (State.BINDING, "bind"): ClientSession._on_bind,
+# Every (state, input) a bound session accepts; anything else is a stream error naming both.
+_TRANSITIONS: dict[tuple[State, str], _Action] = {
     (State.ESTABLISHED, "stanza"): ClientSession._on_stanza,
     (State.ESTABLISHED, "bind"): ClientSession._on_second_bind,
     (State.ESTABLISHED, "nonza"): ClientSession._on_nonza,
-    # Stream Management (XEP-0198): enable after binding (§3), resume instead of binding (§5), acks (§4).
-    (State.BINDING, "sm-enable"): ClientSession._on_enable_unbound,
-    (State.BINDING, "sm-resume"): ClientSession._on_resume,
+    # Stream Management (XEP-0198): enable after binding (§3), acks (§4); resuming is for unbound streams.
     (State.ESTABLISHED, "sm-enable"): ClientSession._on_enable,
     (State.ESTABLISHED, "sm-resume"): ClientSession._on_resume_bound,
     (State.ESTABLISHED, "sm-request"): ClientSession._on_request,
