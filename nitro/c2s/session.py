@@ -11,13 +11,20 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from lxml import etree
 
 from nitro.c2s.inputs import State, counted, input_name
-from nitro.c2s.sm import (
+from nitro.c2s.transport import StreamHeader, Transport
+from nitro.core.module import NonzaEvent, SessionEvent, UnackedStanzas
+from nitro.core.sessions import INTERESTED, LOCAL_NODE, Resource
+from nitro.core.slots import SlotValues
+from nitro.observe.logs import SessionLog, enter_session
+from nitro.xmpp import ns
+from nitro.xmpp.errors import StanzaError, StreamError, error_reply
+from nitro.xmpp.jid import JID, InvalidJID
+from nitro.xmpp.sm import (
     SmState,
     ack,
     ack_request,
@@ -28,18 +35,10 @@ from nitro.c2s.sm import (
     parse_stanza,
     resumed,
 )
-from nitro.c2s.transport import StreamHeader, Transport
-from nitro.core.module import NonzaEvent, SessionEvent
-from nitro.core.sessions import INTERESTED, LOCAL_NODE, Resource
-from nitro.core.slots import SlotValues
-from nitro.observe.logs import SessionLog, enter_session
-from nitro.xmpp import ns
-from nitro.xmpp.errors import StanzaError, StreamError, error_reply
-from nitro.xmpp.jid import JID, InvalidJID
 from nitro.xmpp.xmlstream import StreamClosed, StreamEvent, StreamOpened
 
 if TYPE_CHECKING:
-    from nitro.server import Server
+    from nitro.core.context import Core
 
 log = logging.getLogger("nitro.c2s.stream")
 
@@ -86,7 +85,7 @@ class ClientSession:
 
     def __init__(
         self,
-        server: Server,
+        server: Core,
         transport: Transport,
         jid: JID,
         *,
@@ -175,7 +174,7 @@ class ClientSession:
         }
 
     @classmethod
-    def restore(cls, server: Server, data: dict[str, Any]) -> ClientSession:
+    def restore(cls, server: Core, data: dict[str, Any]) -> ClientSession:
         """A session from `export()` data, without a connection (DETACHED if it was bound): the caller
         registers it and a resuming stream `attach`es to it. Slots no loaded module declares are dropped."""
         mechanism = data.get("mechanism")
@@ -594,25 +593,6 @@ class ClientSession:
             return False
         self._ping_id = None
         return True
-
-
-@dataclass(slots=True)
-class ResumeRequest:
-    """Payload of `sm-resume`: a stream authenticated as `user` asks for `previd`; a handler sets `found`."""
-
-    previd: str
-    user: JID
-    found: ClientSession | None = None
-
-
-@dataclass(slots=True)
-class UnackedStanzas:
-    """Payload of `sm-ended`: a stream-managed session ended without resumption; `stanzas` are what the
-    client never acknowledged, oldest first, to be treated as never delivered (XEP-0198 §4).
-    """
-
-    session: ClientSession
-    stanzas: list[etree._Element]
 
 
 _Action = Callable[[ClientSession, etree._Element], Awaitable[bool]]
