@@ -18,6 +18,7 @@ from nitro.cli_db import add_db_parser, db_command
 from nitro.config import Config, ConfigError, load_config
 from nitro.observe.logs import configure as configure_logging
 from nitro.observe.runtime import loop_name, run
+from nitro.ops.console import announce_database, terminal_available
 from nitro.storage.errors import AlreadyExists, StorageError
 from nitro.storage.layered import open_storage
 
@@ -95,6 +96,10 @@ async def serve(config: Config) -> int:
 
 
 async def user_command(config: Config, args: argparse.Namespace) -> int:
+    if args.action in ("add", "passwd") and not args.password_stdin and not terminal_available():
+        print("nitro: no terminal to prompt for the password: use --password-stdin", file=sys.stderr)
+        return 2
+    announce_database(config.storage.dsn)
     async with open_storage(config) as storage:  # through the tiers: writes invalidate the ring
         if args.action == "list":
             for name in await storage.accounts.list_usernames():
@@ -134,8 +139,12 @@ async def user_command(config: Config, args: argparse.Namespace) -> int:
 def _read_password(from_stdin: bool) -> str:
     if from_stdin:
         return sys.stdin.readline().rstrip("\n")
-    first = getpass.getpass("Password: ")
-    if getpass.getpass("Again: ") != first:
+    try:
+        first = getpass.getpass("Password: ")
+        again = getpass.getpass("Again: ")
+    except EOFError:  # Ctrl-D at the prompt: no password, and `user_command` says so
+        return ""
+    if again != first:
         print("nitro: passwords differ", file=sys.stderr)
         return ""
     return first
