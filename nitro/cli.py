@@ -89,7 +89,7 @@ async def serve(config: Config) -> int:
             log.info("Nitro %s serving %s on %s", __version__, server.domain, loop_name())
             await stop.wait()
             log.info("shutting down")
-    except (OSError, StorageError) as exc:
+    except (OSError, StorageError, ConfigError) as exc:  # ConfigError: e.g. unusable TLS files
         log.error("cannot serve: %s", exc)  # one clean line for operators
         return 1
     return 0
