@@ -19,6 +19,7 @@ from nitro.config import Config, ConfigError, load_config
 from nitro.observe.logs import configure as configure_logging
 from nitro.observe.runtime import loop_name, run
 from nitro.ops.console import announce_database, terminal_available
+from nitro.ops.limits import raise_fd_limit
 from nitro.storage.errors import AlreadyExists, StorageError
 from nitro.storage.layered import open_storage
 
@@ -80,6 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 async def serve(config: Config) -> int:
     from nitro.server import running_server  # imported late: keeps `nitro user` light
 
+    raise_fd_limit()  # before any listener: each connection needs a descriptor
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):

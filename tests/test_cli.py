@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -158,3 +159,32 @@ async def test_serve_accepts_a_client_and_stops_on_sigterm(tmp_path: Path) -> No
     finally:
         process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(process.wait(), 15) == 0
+
+
+async def test_serve_raises_the_soft_descriptor_limit_to_the_hard_one(tmp_path: Path) -> None:
+    config, _port = write_config(tmp_path)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    soft = min(256, hard)
+    process = await asyncio.create_subprocess_exec(
+        "sh",
+        "-c",
+        f'ulimit -Sn {soft} && exec "$0" -m nitro --config "$1" serve',
+        sys.executable,
+        str(config),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        assert process.stdout is not None
+        output = []
+        while "serving localhost" not in (output or [""])[-1]:
+            output.append((await asyncio.wait_for(process.stdout.readline(), 30)).decode())
+            assert output[-1], "".join(output)
+        limits = resource.prlimit(process.pid, resource.RLIMIT_NOFILE)  # the running server's own limit
+    finally:
+        process.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(process.wait(), 15)
+    if soft < hard:
+        assert any(f"file descriptors: soft limit raised from {soft} to {hard}" in line for line in output)
+    assert limits == (hard, hard)
