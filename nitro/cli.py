@@ -1,4 +1,5 @@
-"""The `nitro` command: `serve` the server; `user add|del|passwd|list` and `db upgrade|copy` for operators."""
+"""The `nitro` command: `serve` the server; `user add|del|passwd|list`, `db upgrade|copy` and `check`
+for operators."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from nitro.cli_db import add_db_parser, db_command
 from nitro.config import Config, ConfigError, load_config
 from nitro.observe.logs import configure as configure_logging
 from nitro.observe.runtime import loop_name, run
+from nitro.ops.check import add_check_parser, check_command
 from nitro.ops.console import announce_database, terminal_available
 from nitro.ops.limits import raise_fd_limit
 from nitro.storage.errors import AlreadyExists, StorageError
@@ -57,11 +59,14 @@ def build_parser() -> argparse.ArgumentParser:
     delete.add_argument("username")
     actions.add_parser("list", help="list accounts, one per line")
     add_db_parser(commands)
+    add_check_parser(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "check":  # reports a broken config as a finding instead of failing on it
+        return run(check_command(args.config))
     try:
         config = load_config(args.config)
     except ConfigError as exc:

@@ -43,7 +43,7 @@ def write_pair(
         .issuer_name(subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(NOW - datetime.timedelta(days=1))
+        .not_valid_before(NOW - datetime.timedelta(days=max(1, 1 - valid_days)))
         .not_valid_after(NOW + datetime.timedelta(days=valid_days))
     )
     if names is not None:

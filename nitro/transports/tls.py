@@ -69,7 +69,7 @@ def ensure_certificate(cert_path: Path, key_path: Path, domain: str) -> bool:
     if cert_exists and key_exists:
         return False
     if cert_exists or key_exists:
-        raise TLSMaterialError(_one_missing(cert_path, key_path, cert_exists))
+        raise TLSMaterialError(one_missing_message(cert_path, key_path, cert_exists))
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, domain)])
     now = datetime.datetime.now(datetime.UTC)
@@ -97,7 +97,7 @@ def ensure_certificate(cert_path: Path, key_path: Path, domain: str) -> bool:
     return True
 
 
-def _one_missing(cert_path: Path, key_path: Path, cert_exists: bool) -> str:
+def one_missing_message(cert_path: Path, key_path: Path, cert_exists: bool) -> str:
     missing, present = (key_path, cert_path) if cert_exists else (cert_path, key_path)
     what = "key" if cert_exists else "certificate"
     return (
@@ -154,24 +154,39 @@ def _public_der(public_key: object) -> bytes:
     return der
 
 
-def certificate_warnings(material: Material, domain: str, now: datetime.datetime | None = None) -> list[str]:
-    """What an operator must hear at start: the leaf does not cover `domain`, is not valid yet, has
-    expired, or expires within EXPIRY_WARNING."""
+@dataclass(frozen=True, slots=True)
+class CertificateProblem:
+    """Something wrong with the leaf certificate; `refused`: clients that verify it will not connect."""
+
+    text: str
+    refused: bool
+
+
+def certificate_problems(
+    material: Material, domain: str, now: datetime.datetime | None = None
+) -> list[CertificateProblem]:
+    """The leaf does not cover `domain`, is not valid yet, has expired, or expires within EXPIRY_WARNING."""
     now = now if now is not None else datetime.datetime.now(datetime.UTC)
     leaf, path = material.leaf, material.cert_path
-    warnings = []
+    problems = []
     if not covers(leaf, domain):
         names = ", ".join(certificate_names(leaf)) or "no names"
-        warnings.append(f"{path}: the certificate does not cover {domain} (it names {names})")
+        problems.append(
+            CertificateProblem(f"{path}: the certificate does not cover {domain} (it names {names})", True)
+        )
     not_before, not_after = leaf.not_valid_before_utc, leaf.not_valid_after_utc
     if now < not_before:
-        warnings.append(f"{path}: the certificate is not valid before {not_before:%Y-%m-%d %H:%M} UTC")
+        text = f"{path}: the certificate is not valid before {not_before:%Y-%m-%d %H:%M} UTC"
+        problems.append(CertificateProblem(text, True))
     if not_after <= now:
-        warnings.append(f"{path}: the certificate expired on {not_after:%Y-%m-%d %H:%M} UTC")
+        problems.append(
+            CertificateProblem(f"{path}: the certificate expired on {not_after:%Y-%m-%d %H:%M} UTC", True)
+        )
     elif not_after - now < EXPIRY_WARNING:
         days = round((not_after - now) / datetime.timedelta(days=1))
-        warnings.append(f"{path}: the certificate expires on {not_after:%Y-%m-%d %H:%M} UTC, in {days} days")
-    return warnings
+        text = f"{path}: the certificate expires on {not_after:%Y-%m-%d %H:%M} UTC, in {days} days"
+        problems.append(CertificateProblem(text, False))
+    return problems
 
 
 def server_context(cert_path: Path, key_path: Path) -> ssl.SSLContext:
@@ -207,8 +222,8 @@ def make_tls_context(config: Config) -> ssl.SSLContext | None:
         log.warning("no TLS certificate at %s: STARTTLS and Direct TLS are off", cert)
         return None
     elif not (cert.exists() and key.exists()):
-        raise TLSMaterialError(_one_missing(cert, key, cert.exists()))
+        raise TLSMaterialError(one_missing_message(cert, key, cert.exists()))
     material = read_material(cert, key)
-    for warning in certificate_warnings(material, config.server.domain):
-        log.warning("%s", warning)
+    for problem in certificate_problems(material, config.server.domain):
+        log.warning("%s", problem.text)  # at start a warning: the operator may be renewing it right now
     return server_context(cert, key)
