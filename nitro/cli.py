@@ -35,7 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--config",
         type=Path,
         default=None,
-        help="TOML configuration file (default: built-in defaults, as in config/nitro.toml)",
+        help=(
+            "TOML configuration file; relative paths inside it are relative to its directory "
+            "(default: the built-in defaults, as in config/nitro.toml, relative to the working directory)"
+        ),
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve_parser = commands.add_parser("serve", help="run the server until SIGINT/SIGTERM")
