@@ -57,6 +57,8 @@ async def db_command(config: Config, args: argparse.Namespace) -> int:
         if args.batch < 1:
             print("nitro: --batch must be at least 1", file=sys.stderr)
             return 2
+        announce_database(args.source, "from")
+        announce_database(args.target, "to")
         counts = await copy_database(
             args.source,
             args.target,

@@ -10,24 +10,26 @@ from pathlib import Path
 from sqlalchemy.engine import make_url
 
 
-def database_line(dsn: str) -> str:
-    """One line naming the database at `dsn` (password hidden); a SQLite file that does not exist yet
-    is called new, so a command run against the wrong config does not pass unnoticed."""
+def database_line(dsn: str, role: str = "") -> str:
+    """One line naming the database at `dsn` (password hidden), after `role` ("from", "to") if given; a
+    SQLite file that does not exist yet is called new, so a command run against the wrong config does
+    not pass unnoticed."""
     url = make_url(dsn)
+    lead = f"nitro: {role} database" if role else "nitro: database"
     if url.get_backend_name() != "sqlite":
-        return f"nitro: database {url.render_as_string(hide_password=True)} (MariaDB/MySQL)"
+        return f"{lead} {url.render_as_string(hide_password=True)} (MariaDB/MySQL)"
     database = url.database or ":memory:"
     if database == ":memory:" or database.startswith("file:"):
-        return f"nitro: database {database} (SQLite)"
+        return f"{lead} {database} (SQLite)"
     path = Path(database).resolve()
     if path.exists():
-        return f"nitro: database {path} (SQLite)"
-    return f"nitro: database {path} (SQLite, a new empty file: it did not exist)"
+        return f"{lead} {path} (SQLite)"
+    return f"{lead} {path} (SQLite, a new empty file: it did not exist)"
 
 
-def announce_database(dsn: str) -> None:
+def announce_database(dsn: str, role: str = "") -> None:
     """Print `database_line` to standard error (standard output stays the command's parseable result)."""
-    print(database_line(dsn), file=sys.stderr)
+    print(database_line(dsn, role), file=sys.stderr)
 
 
 def terminal_available() -> bool:
