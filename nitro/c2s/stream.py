@@ -13,18 +13,18 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from lxml import etree
 
 from nitro.c2s.authn import Authenticator, Challenge, mechanisms
 from nitro.c2s.sm import (
-    REQUEST,
     SM,
     ResumeRequest,
     SmState,
     UnackedStanzas,
     ack,
+    ack_request,
     enabled,
     failed,
     is_stanza,
@@ -32,24 +32,18 @@ from nitro.c2s.sm import (
     parse_stanza,
     resumed,
 )
+from nitro.c2s.transport import StreamHeader, Transport
 from nitro.core.module import NonzaEvent, SessionEvent, StreamFeaturesEvent
 from nitro.core.router import StanzaEvent
+from nitro.core.sessions import INTERESTED, LOCAL_NODE, Resource
+from nitro.core.slots import SlotValues
 from nitro.observe.logs import SessionLog, enter_session
 from nitro.storage.errors import StorageUnavailable
 from nitro.xmpp import ns
 from nitro.xmpp.errors import StanzaError, StreamError, error_reply
 from nitro.xmpp.jid import JID, InvalidJID
 from nitro.xmpp.sasl import SaslFailure, b64decode_strict, b64encode
-from nitro.xmpp.xmlstream import (
-    STREAM_FOOTER,
-    StanzaReceived,
-    StreamClosed,
-    StreamEvent,
-    StreamOpened,
-    XMLStreamParser,
-    serialize,
-    stream_header,
-)
+from nitro.xmpp.xmlstream import StanzaReceived, StreamClosed, StreamEvent, StreamOpened
 
 if TYPE_CHECKING:
     from nitro.server import Server
@@ -72,28 +66,31 @@ _INPUTS = {
 }
 
 
-class Transport(Protocol):
-    """What a session needs from its connection."""
-
-    peer_host: str
-    encrypted: bool
-
-    def write(self, data: bytes) -> None: ...
-    async def start_tls(self) -> None: ...
-    def close(self) -> None: ...
-
-
 class _NoTransport:
     """The transport of a session without a connection: a detached one, or a stream that resumed another."""
 
+    kind = "none"
     peer_host = "detached"
     encrypted = True
+    can_starttls = False
 
-    def write(self, data: bytes) -> None:
+    def open_stream(self, header: StreamHeader) -> None:
+        pass
+
+    def send(self, element: etree._Element) -> None:
         pass  # a detached session's stanzas wait in its unacknowledged queue (XEP-0198 §5)
+
+    def send_keepalive(self) -> None:
+        pass
+
+    def restart(self) -> None:
+        pass
 
     async def start_tls(self) -> None:
         raise StreamError("policy-violation", "no connection")
+
+    def close_stream(self, error: StreamError | None) -> None:
+        pass
 
     def close(self) -> None:
         pass
@@ -123,7 +120,6 @@ class ClientSession:
         enter_session(self.log)  # made in the connection's own task: its log lines name this session
         server.metrics.connection_opened()
         self.config = server.config.c2s
-        self.parser = XMLStreamParser(max_stanza_bytes=self.config.max_stanza_bytes)
         self.state = State.WAIT_HEADER
         self.lang = "en"
         self.stream_id = ""
@@ -134,15 +130,16 @@ class ClientSession:
         self._jid = JID(None, server.config.server.domain, None)
         self.jid_text = str(self._jid)  # str(self.jid), computed once per change: every stanza is stamped
         # IM state that the roster and presence modules keep on the session (RFC 6121 terms).
-        self.priority = 0
-        self.presence: etree._Element | None = None  # last available presence broadcast, None if not
-        self.interested = False  # requested the roster (RFC 6121 §2.1.6)
-        self.directed_to: set[JID] = set()  # entities that got directed presence (§4.6)
-        self.data: dict[str, Any] = {}  # per-module scratch space, keyed by module name
-        # Outbound filters run in order on every `send`; one returning False holds the element back.
-        self.outbound_filters: list[Callable[[etree._Element], bool]] = []
+        self._priority = 0
+        self._presence: etree._Element | None = None  # last available presence broadcast, None if not
+        self._flags: frozenset[str] = frozenset()  # what modules decided about it ("carbons", "interested")
+        self._resource: Resource | None = None  # the value other modules see, rebuilt after a change
+        self._directed_to: frozenset[JID] = frozenset()  # entities that got directed presence (§4.6)
+        self.slots = SlotValues(
+            self
+        )  # typed per-module state (nitro/core/slots.py), exported with the session
         self.sm: SmState | None = None  # Stream Management (XEP-0198), once enabled
-        self.successor: ClientSession | None = None  # the session this stream resumed (XEP-0198 §5)
+        self.resumed: ClientSession | None = None  # set when this stream resumed that session (XEP-0198 §5)
         self._ending = False  # a close is scheduled (too many unacknowledged stanzas)
         self._auth: Authenticator | None = None
         self._auth_failures = 0
@@ -165,34 +162,139 @@ class ClientSession:
     def jid(self, jid: JID) -> None:
         self._jid = jid
         self.jid_text = str(jid)
+        self._resource = None
+
+    @property
+    def resource(self) -> Resource:
+        """This session as other modules see it: an immutable value (nitro/core/sessions.py)."""
+        if self._resource is None:
+            self._resource = Resource(
+                self._jid,
+                LOCAL_NODE,
+                self._presence is not None,
+                self._priority,
+                self._flags,
+                self._presence,
+                self._directed_to,
+            )
+        return self._resource
+
+    # -- the session as data (XEP-0198 resumption elsewhere, a successor process) ----------------------
+
+    def export(self) -> dict[str, Any]:
+        """Everything the session is, as JSON-able data; `restore` makes an equal session from it."""
+        presence = self._presence
+        return {
+            "id": self.id,
+            "jid": self.jid_text,
+            "username": self.username,
+            "mechanism": self.mechanism,
+            "lang": self.lang,
+            "state": self.state.value,
+            "priority": self._priority,
+            "presence": None if presence is None else etree.tostring(presence, encoding="unicode"),
+            "flags": sorted(self._flags),
+            "directed_to": sorted(str(jid) for jid in self._directed_to),
+            "sm": None if self.sm is None else self.sm.to_dict(),
+            "slots": self.slots.export(),
+        }
+
+    @classmethod
+    def restore(cls, server: Server, data: dict[str, Any]) -> ClientSession:
+        """A session from `export()` data, without a connection (DETACHED if it was bound): the caller
+        registers it and a resuming stream `attach`es to it. Slots no loaded module declares are dropped."""
+        session = cls(server, NO_TRANSPORT)
+        session.id = str(data["id"])
+        session.username = None if data.get("username") is None else str(data["username"])
+        session.authenticated = session.username is not None
+        session.mechanism = None if data.get("mechanism") is None else str(data["mechanism"])
+        session.lang = str(data.get("lang") or "en")
+        session.jid = JID.parse(str(data["jid"]))
+        session.log.extra = {"session": session.id, "jid": session.jid}
+        state = State(data.get("state", State.DETACHED.value))
+        session.state = State.DETACHED if state in (State.ESTABLISHED, State.DETACHED) else state
+        session.header_sent = True
+        session._priority = int(data.get("priority", 0))
+        presence = data.get("presence")
+        session._presence = None if presence is None else parse_stanza(str(presence).encode())
+        session._flags = frozenset(str(flag) for flag in data.get("flags", ()))
+        session._directed_to = frozenset(JID.parse(str(jid)) for jid in data.get("directed_to", ()))
+        sm = data.get("sm")
+        session.sm = None if sm is None else SmState.from_dict(sm)
+        for name in session.slots.restore(dict(data.get("slots", {})), server.slots):
+            session.log.warning("session state %r has no module here to take it; dropped", name)
+        return session
+
+    @property
+    def priority(self) -> int:
+        return self._priority
+
+    @priority.setter
+    def priority(self, value: int) -> None:
+        self._priority = value
+        self._resource = None
+
+    @property
+    def presence(self) -> etree._Element | None:
+        return self._presence
+
+    @presence.setter
+    def presence(self, value: etree._Element | None) -> None:
+        self._presence = value
+        self._resource = None
+
+    @property
+    def directed_to(self) -> frozenset[JID]:
+        return self._directed_to
+
+    @directed_to.setter
+    def directed_to(self, value: frozenset[JID]) -> None:
+        self._directed_to = value
+        self._resource = None
+
+    def has_flag(self, flag: str) -> bool:
+        return flag in self._flags
+
+    def set_flag(self, flag: str, on: bool = True) -> None:
+        """Record a module's decision about this resource, visible in its `Resource` value."""
+        flags = self._flags | {flag} if on else self._flags - {flag}
+        if flags != self._flags:
+            self._flags = frozenset(flags)
+            self._resource = None
+
+    @property
+    def interested(self) -> bool:
+        """Requested the roster (RFC 6121 §2.1.6): gets roster pushes."""
+        return INTERESTED in self._flags
+
+    @interested.setter
+    def interested(self, value: bool) -> None:
+        self.set_flag(INTERESTED, value)
 
     @property
     def available(self) -> bool:
-        return self.presence is not None
+        return self._presence is not None
+
+    @property
+    def established(self) -> bool:
+        return self.state is State.ESTABLISHED
 
     @property
     def closed(self) -> bool:
         return self.state is State.CLOSED
 
-    # -- bytes in -------------------------------------------------------------------------------
+    # -- elements in -----------------------------------------------------------------------------
 
-    async def receive(self, data: bytes) -> None:
-        """Feed bytes from the transport; raises StreamError for the connection to close with."""
+    def activity(self) -> None:
+        """The peer showed it is alive (any input, a WebSocket pong, a BOSH request)."""
         self.last_read = time.monotonic()
         self.ping_deadline = None
-        session = self
-        for event in self.parser.feed(data):
-            session = session.current  # after `<resume/>` the rest belongs to the resumed session
-            if session.closed:
-                return
-            restart = await session._on_event(event)
-            if restart:
-                return  # the parser was reset: the rest of this chunk belonged to the old stream
 
-    @property
-    def current(self) -> ClientSession:
-        """The session this stream now drives: itself, or the older one it resumed (XEP-0198 §5)."""
-        return self.successor if self.successor is not None else self
+    async def receive(self, event: StreamEvent) -> None:
+        """One event from the transport; raises StreamError for the connection to close with."""
+        if self.closed:
+            return
+        await self._on_event(event)
 
     async def _on_event(self, event: StreamEvent) -> bool:
         if isinstance(event, StreamOpened):
@@ -228,7 +330,9 @@ class ClientSession:
         domain = self.server.config.server.domain
         self.lang = opened.lang or self.lang
         self.stream_id = secrets.token_hex(8)
-        self.transport.write(stream_header(from_=domain, to=opened.from_, id=self.stream_id, lang=self.lang))
+        self.transport.open_stream(
+            StreamHeader(from_=domain, to=opened.from_, id=self.stream_id, lang=self.lang)
+        )
         self.header_sent = True
         if opened.to is None or _domain_of(opened.to) != domain:
             raise StreamError("host-unknown", f"this server serves {domain}")
@@ -241,7 +345,7 @@ class ClientSession:
         features = etree.Element(f"{{{ns.STREAM}}}features", nsmap={"stream": ns.STREAM})
         if not self.authenticated:
             tls_available = self.server.tls_context is not None
-            if tls_available and not self.transport.encrypted:
+            if tls_available and self.transport.can_starttls:
                 starttls = etree.SubElement(features, f"{{{ns.TLS}}}starttls", nsmap=ns.default_ns(ns.TLS))
                 if self.config.require_encryption:
                     etree.SubElement(starttls, f"{{{ns.TLS}}}required")
@@ -269,7 +373,7 @@ class ClientSession:
         )
 
     async def _on_starttls(self, _element: etree._Element) -> bool:
-        if self.transport.encrypted or self.server.tls_context is None:
+        if not self.transport.can_starttls or self.server.tls_context is None:
             raise StreamError("policy-violation", "STARTTLS is not available on this stream")
         self.send(etree.Element(f"{{{ns.TLS}}}proceed", nsmap=ns.default_ns(ns.TLS)))
         await self.transport.start_tls()
@@ -277,7 +381,7 @@ class ClientSession:
 
     def _restart(self) -> bool:
         """Expect a fresh stream header (after TLS or SASL, RFC 6120 §5.4.3.3, §6.4.6)."""
-        self.parser.reset()
+        self.transport.restart()
         self.state = State.WAIT_HEADER
         return True
 
@@ -479,43 +583,40 @@ class ClientSession:
         if old.state is State.ESTABLISHED:  # the old connection looks alive but the client has moved on
             old.log.info("resumed on another connection; closing this one")
             old._drop_transport(StreamError("conflict", "this session was resumed on another connection"))
-        old._take_over(self)
+        old.attach(self.transport, stream_id=self.stream_id, lang=self.lang, mechanism=self.mechanism)
+        self.transport = NO_TRANSPORT  # this unbound stream session ends; its connection drives `old` now
+        self.state = State.CLOSED
+        self.resumed = old
+        self.server.untrack(self)
         old.log.info("resumed (%d stanzas to resend)", len(old.sm.unacked))
         old.write_element(resumed(old.sm))
-        for data in old.sm.unacked:
-            old.transport.write(data)  # §5: what the client did not acknowledge, in order
+        for stanza in old.sm.unacked:
+            old.transport.send(stanza)  # §5: what the client did not acknowledge, in order
         old.sm.ack_requested = False
         if old.sm.unacked:
             old.sm.ack_requested = True
-            old.transport.write(REQUEST)
+            old.transport.send(ack_request())
         await self.server.bus.fire("sm-resumed", SessionEvent(old))
         return False
 
-    def _take_over(self, stream: ClientSession) -> None:
-        """§5: continue on the transport and parser of `stream`, which authenticated as this user."""
-        self.transport, stream.transport = stream.transport, NO_TRANSPORT
-        self.parser = stream.parser
-        self.stream_id = stream.stream_id
-        self.lang = stream.lang
+    def attach(self, transport: Transport, *, stream_id: str, lang: str, mechanism: str | None) -> None:
+        """§5: continue on `transport`, whose stream authenticated as this user and resumed this session."""
+        self.transport = transport
+        self.stream_id = stream_id
+        self.lang = lang
         self.header_sent = True
-        self.mechanism = stream.mechanism
+        self.mechanism = mechanism
         self.last_read = self.last_write = time.monotonic()
         self.ping_deadline = None
         self._ping_id = None
         self.state = State.ESTABLISHED
-        stream.state = State.CLOSED
-        stream.successor = self
-        self.server.untrack(stream)
         self.server.track(self)
         enter_session(self.log)  # the resuming connection's task now works for this session
 
     def _drop_transport(self, error: StreamError | None) -> None:
         """Write a last error and close the transport, keeping the session."""
         transport, self.transport = self.transport, NO_TRANSPORT
-        if error is not None:
-            transport.write(serialize(error.to_element()))
-        transport.write(STREAM_FOOTER)
-        transport.close()
+        transport.close_stream(error)
 
     async def _detach(self) -> None:
         """§5: the connection is gone but the session stays bound and available; stanzas to it queue
@@ -570,8 +671,8 @@ class ClientSession:
         """Send a stanza or nonza, unless an outbound filter (e.g. CSI, XEP-0352) holds it back."""
         if self.closed:
             return
-        for keep in self.outbound_filters:
-            if not keep(element):
+        for outbound_filter in self.slots.filters:
+            if not outbound_filter.keep(element):
                 return
         self.write_element(element)
 
@@ -583,11 +684,10 @@ class ClientSession:
         """
         if self.closed:
             return
-        data = serialize(element)
         self.server.metrics.stanza_sent(element.tag)
         sm = self.sm
         if sm is not None and is_stanza(element):
-            sm.sent(data)
+            sm.sent(element)
             settings = self.server.config.stream_management
             if len(sm.unacked) > settings.max_unacked:
                 self._end_soon(
@@ -596,11 +696,11 @@ class ClientSession:
                         f"more than {settings.max_unacked} stanzas unacknowledged (XEP-0198 §4)",
                     )
                 )
-            self.transport.write(data)
+            self.transport.send(element)
             if self.state is State.ESTABLISHED and sm.request_due(settings.ack_request_every):
-                self.transport.write(REQUEST)
+                self.transport.send(ack_request())
         else:
-            self.transport.write(data)
+            self.transport.send(element)
         self.last_write = time.monotonic()
 
     def _end_soon(self, error: StreamError) -> None:
@@ -628,12 +728,10 @@ class ClientSession:
             return
         transport = self.transport
         if error is not None and not self.header_sent:
-            transport.write(stream_header(from_=self.server.config.server.domain, to=None, id=None))
+            transport.open_stream(StreamHeader(from_=self.server.config.server.domain, id=None))
         if self.sm is not None and self.state is State.ESTABLISHED:
-            transport.write(serialize(ack(self.sm)))  # §4 allows unsolicited acks: say what was handled
-        if error is not None:
-            transport.write(serialize(error.to_element()))
-        transport.write(STREAM_FOOTER)
+            transport.send(ack(self.sm))  # §4 allows unsolicited acks: say what was handled
+        transport.close_stream(error)
         await self._finish()
         transport.close()  # after the unbind work: the peer has had time to read the error
 
@@ -663,12 +761,7 @@ class ClientSession:
     async def _unbind(self) -> None:
         self.server.sessions.remove(self)
         if self.sm is not None:
-            stanzas: list[etree._Element] = []
-            for data in self.sm.take_unacked():
-                try:
-                    stanzas.append(parse_stanza(data))
-                except etree.XMLSyntaxError:
-                    self.log.error("unacknowledged stanza unreadable, not re-delivered: %r", data[:200])
+            stanzas = self.sm.take_unacked()
             await self.server.bus.fire("sm-ended", UnackedStanzas(self, stanzas))
         await self.server.bus.fire("resource-unbind", SessionEvent(self))
 
@@ -680,12 +773,9 @@ class ClientSession:
             return self.negotiation_deadline
         if self.ping_deadline is not None:
             return self.ping_deadline
-        deadline = min(
+        return min(
             self.last_read + self.config.idle_ping_after, self.last_write + self.config.keepalive_interval
         )
-        if self.parser.release_due:
-            return min(deadline, self.last_read + self.config.release_parser_after)
-        return deadline
 
     async def on_timer(self) -> None:
         """Negotiation timeout, idle-client ping (XEP-0199 §4.2), whitespace keepalive (RFC 6120 §4.6.1)."""
@@ -694,8 +784,6 @@ class ClientSession:
             if now >= self.negotiation_deadline:
                 raise StreamError("connection-timeout", "stream negotiation took too long")
             return
-        if self.parser.release_due and now >= self.last_read + self.config.release_parser_after:
-            self.parser.release()  # memory of idle sessions; kept if input stopped mid-stanza
         if self.ping_deadline is not None and now >= self.ping_deadline:
             raise StreamError("connection-timeout", "no answer to ping")
         if self.ping_deadline is None and now >= self.last_read + self.config.idle_ping_after:
@@ -709,9 +797,9 @@ class ClientSession:
             sm = self.sm
             if sm is not None and sm.unacked and not sm.ack_requested:
                 sm.ack_requested = True
-                self.transport.write(REQUEST)  # XEP-0198 §4: periodically, while stanzas await an ack
+                self.transport.send(ack_request())  # XEP-0198 §4: periodically, while stanzas await an ack
             else:
-                self.transport.write(b" ")
+                self.transport.send_keepalive()
             self.last_write = now
 
     def _is_ping_reply(self, stanza: etree._Element) -> bool:

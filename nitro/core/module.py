@@ -7,11 +7,12 @@ import logging
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from lxml import etree
 
 from nitro.core.events import Handler
+from nitro.core.slots import Slot
 
 if TYPE_CHECKING:
     from nitro.c2s.stream import ClientSession
@@ -128,6 +129,10 @@ class Module:
 
     def add_identity(self, category: str, type_: str, name: str | None = None) -> None:
         self._undo.append(self.server.disco.add_identity(Identity(category, type_, name)))
+
+    def add_slot(self, slot: Slot[Any]) -> None:
+        """Declare per-session state this module keeps (exported and imported with the session)."""
+        self._undo.append(self.server.slots.add(slot))
 
     def on_unload(self, callback: Callable[[], None]) -> None:
         self._undo.append(callback)
