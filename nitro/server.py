@@ -28,7 +28,7 @@ from nitro.storage.layered import open_storage
 from nitro.storage.tiers import Tiers
 from nitro.storage.timed import timed_storage
 from nitro.transports.tcp import connection_factory
-from nitro.transports.tls import ensure_certificate, server_context
+from nitro.transports.tls import make_tls_context
 from nitro.xmpp.errors import StreamError
 
 if TYPE_CHECKING:
@@ -160,18 +160,6 @@ def _addresses(listener: asyncio.Server) -> str:
 def _hits_and_misses(stats: Mapping[str, Mapping[str, int]]) -> dict[str, tuple[int, int]]:
     """A tier's per-kind counters as the metrics' tier source reads them."""
     return {kind: (counters.get("hits", 0), counters.get("misses", 0)) for kind, counters in stats.items()}
-
-
-def make_tls_context(config: Config) -> ssl.SSLContext | None:
-    cert, key = config.path(config.tls.cert), config.path(config.tls.key)
-    if config.tls.generate:
-        ensure_certificate(cert, key, config.server.domain)
-    if not (cert.exists() and key.exists()):
-        if config.c2s.require_encryption:
-            raise FileNotFoundError(f"TLS is required but {cert} or {key} is missing")
-        log.warning("no TLS certificate at %s: STARTTLS and Direct TLS are off", cert)
-        return None
-    return server_context(cert, key)
 
 
 @asynccontextmanager
