@@ -16,6 +16,7 @@ from datetime import datetime
 
 from nitro.config import Config
 from nitro.storage import codecs
+from nitro.storage.fair import fair_storage
 from nitro.storage.models import (
     ArchivePage,
     ArchivePrefs,
@@ -262,6 +263,7 @@ async def open_storage(
         tiers = Tiers.from_config(config)
         await tiers.start()
         try:
-            yield layer(sql if wrap_sql is None else wrap_sql(sql), tiers)
+            shared = fair_storage(sql)  # no account takes the whole SQL pool (nitro/storage/fair.py)
+            yield layer(shared if wrap_sql is None else wrap_sql(shared), tiers)
         finally:
             await tiers.close()
