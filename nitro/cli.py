@@ -1,4 +1,5 @@
-"""The `nitro` command: `serve` the server; `user add|del|passwd|list` and `db upgrade|copy` for operators."""
+"""The `nitro` command: `serve` the server; `user add|del|passwd|list` and `db upgrade|copy` for operators;
+`status|sessions|kick|reload|export|import` (in `nitro.ops.cli`)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from nitro.cli_db import add_db_parser, db_command
 from nitro.config import Config, ConfigError, load_config
 from nitro.observe.logs import configure as configure_logging
 from nitro.observe.runtime import loop_name, run
+from nitro.ops.cli import COMMANDS as OPS_COMMANDS
+from nitro.ops.cli import add_ops_parsers, ops_command, server_running, user_through_server
 from nitro.storage.errors import AlreadyExists, StorageError
 from nitro.storage.layered import open_storage
 
@@ -55,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     delete.add_argument("username")
     actions.add_parser("list", help="list accounts, one per line")
     add_db_parser(commands)
+    add_ops_parsers(commands)
     return parser
 
 
@@ -73,6 +77,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run(serve(config), use_uvloop=config.runtime.uvloop and not args.no_uvloop)
     if args.command == "db":
         return run(db_command(config, args))
+    if args.command in OPS_COMMANDS:
+        return run(ops_command(config, args))
     return run(user_command(config, args))
 
 
@@ -85,8 +91,12 @@ async def serve(config: Config) -> int:
         loop.add_signal_handler(signum, stop.set)
     try:
         async with running_server(config) as server:
+            loop.add_signal_handler(
+                signal.SIGHUP, server.reload
+            )  # re-read the config file (nitro.ops.reload)
             log.info("Nitro %s serving %s on %s", __version__, server.domain, loop_name())
             await stop.wait()
+            loop.remove_signal_handler(signal.SIGHUP)
             log.info("shutting down")
     except (OSError, StorageError) as exc:
         log.error("cannot serve: %s", exc)  # one clean line for operators
@@ -95,6 +105,8 @@ async def serve(config: Config) -> int:
 
 
 async def user_command(config: Config, args: argparse.Namespace) -> int:
+    if args.action != "list" and await server_running(config):  # the server closes sessions, sees the change
+        return await user_through_server(config, args, _read_password)
     async with open_storage(config) as storage:  # through the tiers: writes invalidate the ring
         if args.action == "list":
             for name in await storage.accounts.list_usernames():
