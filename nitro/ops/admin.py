@@ -157,7 +157,12 @@ class AdminChannel:
         report = self.server.reload()
         if report.error is not None:
             raise ChannelError(report.error, "bad-request")
-        return {"applied": list(report.applied), "restart_needed": list(report.restart_needed)}
+        return {
+            "applied": list(report.applied),
+            "restart_needed": list(report.restart_needed),
+            "failed": list(report.failed),
+            "certificate": report.certificate,
+        }
 
     def _username(self, request: dict[str, Any]) -> str:
         try:

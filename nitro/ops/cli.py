@@ -115,6 +115,8 @@ async def _reload(config: Config) -> int:
         print(f"nitro: reload refused, the running configuration stays: {exc}", file=sys.stderr)
         return 1
     print(f"reloaded: {', '.join(result['applied']) or 'nothing changed'}")
+    if result.get("certificate"):
+        print(f"TLS certificate read again from {result['certificate']}")
     if result["restart_needed"]:
         print(f"needs a restart to change: {', '.join(result['restart_needed'])}")
     for failure in result.get("failed", []):

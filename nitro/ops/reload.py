@@ -50,6 +50,7 @@ class ReloadReport:
     restart_needed: tuple[str, ...] = ()
     failed: tuple[str, ...] = ()
     error: str | None = None
+    certificate: str | None = None  # the certificate file read again (every reload reads it: renewals)
 
 
 def reload_config(server: Server, make_tls: TlsFactory) -> ReloadReport:
@@ -65,19 +66,31 @@ def reload_config(server: Server, make_tls: TlsFactory) -> ReloadReport:
     merged, restart_needed = _merge(old, new)
     applied = [key for section in (*RELOADED, "c2s", "server") for key in _changes(old, merged, section)]
     failed: list[str] = []
-    failed.extend(_apply_tls(server, merged, make_tls, applied, restart_needed))
+    certificate, tls_failure = _apply_tls(server, merged, make_tls, applied, restart_needed)
+    failed.extend(tls_failure)
     server.config = merged
     _apply_logging(old, merged)
     server.auth_throttle.limit = merged.auth.throttle_failures
     server.auth_throttle.window = merged.auth.throttle_window
     failed.extend(_apply_modules(server, old, merged, applied))
     server.reloads += 1
+    restart_needed.sort(key=_config_order)
+    applied.sort(key=_config_order)
     if restart_needed:
         log.warning("configuration reloaded; these need a restart to change: %s", ", ".join(restart_needed))
     log.info("configuration reloaded from %s: %s", old.file, ", ".join(applied) or "nothing changed")
     for failure in failed:
         log.error("reload: %s", failure)
-    return ReloadReport(tuple(applied), tuple(restart_needed), tuple(failed))
+    return ReloadReport(tuple(applied), tuple(restart_needed), tuple(failed), certificate=certificate)
+
+
+_SECTIONS = [field.name for field in dataclasses.fields(Config)]
+
+
+def _config_order(key: str) -> int:
+    """Keys as "[section].name" in the order of the sections in the file; other notes after them."""
+    section = key[1:].partition("]")[0] if key.startswith("[") else ""
+    return _SECTIONS.index(section) if section in _SECTIONS else len(_SECTIONS)
 
 
 def _merge(old: Config, new: Config) -> tuple[Config, list[str]]:
@@ -121,29 +134,28 @@ def _changes(old: Config, new: Config, section: str) -> list[str]:
 
 def _apply_tls(
     server: Server, config: Config, make_tls: TlsFactory, applied: list[str], restart: list[str]
-) -> list[str]:
-    """Certificates are read again on every reload (a renewal keeps the paths); a broken one is refused
-    and the running one stays."""
+) -> tuple[str | None, list[str]]:
+    """The certificate read again on every reload (a renewal keeps the paths): the path read, failures.
+    A broken certificate or key is refused and the running one stays."""
     try:
-        fresh = make_tls(config)
+        fresh = make_tls(config)  # checks the pair before the live context is touched
     except (OSError, ssl.SSLError, ValueError) as exc:
-        return [f"TLS certificate not reloaded, the running one stays: {exc}"]
+        return None, [f"TLS certificate not reloaded, the running one stays: {exc}"]
     cert, key = config.path(config.tls.cert), config.path(config.tls.key)
     if fresh is None:
         if server.tls_context is not None:
-            return [f"no certificate at {cert}: the running one stays"]
-        return []
+            return None, [f"no certificate at {cert}: the running one stays"]
+        return None, []
     if server.tls_context is None:
         server.tls_context = fresh  # STARTTLS from now on; the Direct TLS listener is made at start
-        applied.append(f"TLS on with {cert}")
+        applied.append("TLS on (STARTTLS)")
         if config.c2s.direct_tls_port:
-            restart.append("Direct TLS (no listener without a certificate at start)")
-        return []
+            restart.append("[c2s].direct_tls_port (no listener without a certificate at start)")
+        return str(cert), []
     # Into the live context: asyncio keeps the Direct TLS listener's context, so a new object would
     # serve STARTTLS only. Sessions already encrypted keep their own copy of the old certificate.
     server.tls_context.load_cert_chain(cert, key)
-    applied.append(f"TLS certificate {cert}")
-    return []
+    return str(cert), []
 
 
 def _apply_logging(old: Config, new: Config) -> None:
