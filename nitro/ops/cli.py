@@ -19,7 +19,7 @@ from nitro.ops.channel import ChannelError, NotRunning, call, pid_path, socket_p
 from nitro.ops.credentials import credentials_to_wire
 from nitro.xmpp.sasl.credentials import derive_all
 
-COMMANDS = frozenset({"status", "sessions", "kick", "reload"})
+COMMANDS = frozenset({"status", "sessions", "kick", "reload", "export", "import"})
 
 
 def add_ops_parsers(commands: Any) -> None:
@@ -41,9 +41,28 @@ def add_ops_parsers(commands: Any) -> None:
         help="re-read the config file in the running server (same as SIGHUP): TLS certificates, log "
         "level, registration, limits, modules; what needs a restart is named",
     )
+    export = commands.add_parser(
+        "export", help="write every account with its data to an XEP-0227 file (works while serving)"
+    )
+    export.add_argument("file", type=Path, help="the XML file to write ('-' for standard output)")
+    imported = commands.add_parser(
+        "import", help="read accounts and their data from an XEP-0227 file (Nitro's, Prosody's, ejabberd's)"
+    )
+    imported.add_argument("files", type=Path, nargs="+", metavar="FILE", help="XML files (e.g. one per user)")
+    imported.add_argument(
+        "--replace", action="store_true", help="delete and re-create accounts that already exist here"
+    )
 
 
 async def ops_command(config: Config, args: argparse.Namespace) -> int:
+    if args.command == "export":
+        from nitro.ops.xep0227_export import export_command  # imported late: SQLAlchemy is heavy
+
+        return await export_command(config, args.file)
+    if args.command == "import":
+        from nitro.ops.xep0227_import import import_command
+
+        return await import_command(config, args.files, replace=args.replace)
     try:
         if args.command == "reload":
             return await _reload(config)
