@@ -1,14 +1,16 @@
 """An XEP-0227 export written by Prosody's own tools, for the import tests and their committed fixture.
 
-Debian's Prosody runs on loopback in a private directory (its own config, data path and pid file); the
-accounts are made with `prosodyctl register`, their roster, vCard, private XML, PEP, offline message and
-archive through real slixmpp clients; Prosody is stopped and `prosody-migrator` copies its internal
-storage to its `xep0227` storage driver (mod_storage_xep0227), one `<user>@<host>.xml` file per account.
-The Debian script hard-codes its data directory (/var/lib/prosody), which is where that driver writes;
-a copy with only that constant pointed at the private directory is run instead.
+Debian's Prosody runs on loopback in a private directory (its own config, data path and pid file).
+The accounts are made with `prosodyctl register`; their roster, vCard, private XML, PEP and archive
+through real slixmpp clients (Prosody 0.12's xep0227 driver has no offline store, so offline messages
+stay behind). Prosody is stopped and `prosody-migrator` copies its internal storage to its `xep0227`
+storage driver (mod_storage_xep0227), one `<user>@<host>.xml` file per account. The Debian script
+hard-codes its data directory (/var/lib/prosody), which is where that driver reads and writes; a copy
+with only that constant pointed at the private directory is run instead.
 
-Run `python -m tests.prosody_export DIR` to write the files again (tests/fixtures/prosody-0.12/ holds
-the ones the tests use when Prosody is not installed).
+`prosody_logs_in` goes the other way: XEP-0227 files (Nitro's `export --per-user`) into a fresh
+Prosody with the same migrator, then a login there. Run `python -m tests.prosody_export DIR` to write
+the files again (tests/fixtures/prosody-0.12/ holds the ones the tests use).
 """
 
 from __future__ import annotations
@@ -122,25 +124,69 @@ async def _fill(port: int, cert: Path) -> None:
     await _disconnect(carol)
 
 
+def _migrate(directory: Path, xep0227_files: Path, *, to_xep0227: bool) -> None:
+    """prosody-migrator between the internal storage in directory/data and XEP-0227 files (the
+    driver reads and writes `<user>@<host>.xml` in Prosody's data directory, hence the patched copy)."""
+    script = directory / "prosody-migrator.lua"
+    text = MIGRATOR.read_text()
+    assert "CFG_DATADIR='/var/lib/prosody';" in text, "the Debian script changed: look again"
+    script.write_text(
+        text.replace("CFG_DATADIR='/var/lib/prosody';", f"CFG_DATADIR={lua_string(str(xep0227_files))};")
+    )
+    # Reading an archive from xep0227 files fails on the host-level pass in 0.12.3 ("no 227 user element
+    # found"): the archive is only migrated towards XEP-0227.
+    names = STORES if to_xep0227 else tuple(store for store in STORES if store != "archive-archive")
+    stores = "; ".join(lua_string(store) for store in names)
+    internal = f"type = 'internal'; path = {lua_string(str(directory / 'data'))};"
+    xep0227 = "type = 'xep0227';"
+    config = directory / "migrator.cfg.lua"
+    source, target = (internal, xep0227) if to_xep0227 else (xep0227, internal)
+    hosts = f"hosts = {{ [{lua_string(DOMAIN)}] = {{ {stores} }} }};"
+    config.write_text(f"input {{ {hosts} {source} }}\noutput {{ {target} }}\n")
+    _own(directory)
+    _run(["lua5.4", str(script), "--config", str(config), "input", "output"])
+
+
+def _own(directory: Path) -> None:
+    """As root, Prosody, prosodyctl and the migrator switch to the `prosody` user: give it the files."""
+    if os.geteuid() == 0:
+        for path in [directory, *directory.rglob("*")]:
+            shutil.chown(path, "prosody", "prosody")
+
+
 def _export(directory: Path) -> Path:
     """prosody-migrator, internal storage → xep0227 files under directory/export."""
     out = directory / "export"
     out.mkdir()
-    if os.geteuid() == 0:
-        shutil.chown(out, "prosody", "prosody")  # the migrator switches to that user too
-    script = directory / "prosody-migrator.lua"
-    text = MIGRATOR.read_text()
-    assert "CFG_DATADIR='/var/lib/prosody';" in text, "the Debian script changed: look again"
-    script.write_text(text.replace("CFG_DATADIR='/var/lib/prosody';", f"CFG_DATADIR={lua_string(str(out))};"))
-    stores = "; ".join(lua_string(store) for store in STORES)
-    config = directory / "migrator.cfg.lua"
-    config.write_text(
-        f"input {{ hosts = {{ [{lua_string(DOMAIN)}] = {{ {stores} }} }}; type = 'internal'; "
-        f"path = {lua_string(str(directory / 'data'))}; }}\n"
-        "output { type = 'xep0227'; }\n"
-    )
-    _run(["lua5.4", str(script), "--config", str(config), "input", "output"])
+    _migrate(directory, out, to_xep0227=True)
     return out
+
+
+async def prosody_logs_in(directory: Path, xep0227_files: Path, jid: str, password: str) -> list[str]:
+    """Import `xep0227_files` (one `<user>@<host>.xml` each) into a fresh Prosody with prosody-migrator,
+    run it, log `jid` in with `password` (SCRAM-SHA-1, Prosody's hash); the bare JIDs of its roster."""
+    binary, config, port, user = _prepare(directory, register=False)
+    _migrate(directory, xep0227_files, to_xep0227=False)
+    log = directory / "prosody.log"
+    with running(
+        [binary, "-F", "--config", str(config)], port=port, log=log, cwd=directory, cpus=None, user=user
+    ):
+        client = slixmpp.ClientXMPP(f"{jid}/import", password, sasl_mech="SCRAM-SHA-1")
+        client.ca_certs = directory / "tls" / "cert.pem"
+        client.enable_direct_tls = False
+        started = asyncio.get_running_loop().create_future()
+        client.add_event_handler("session_start", lambda _e: started.done() or started.set_result(True))
+        client.add_event_handler(
+            "failed_all_auth",
+            lambda _e: started.done() or started.set_exception(AssertionError("auth failed")),
+        )
+        client.connect("127.0.0.1", port)
+        try:
+            await asyncio.wait_for(started, 20)
+            roster = await client.get_roster()
+            return sorted(str(item["jid"]) for item in roster["roster"])
+        finally:
+            await _disconnect(client)
 
 
 async def make_export(directory: Path) -> Path:
@@ -154,7 +200,7 @@ async def make_export(directory: Path) -> Path:
     return _export(directory)
 
 
-def _prepare(directory: Path) -> tuple[str, Path, int, str | None]:
+def _prepare(directory: Path, *, register: bool = True) -> tuple[str, Path, int, str | None]:
     """Config, certificate, accounts (prosodyctl register); the binary, config, port and user to run as."""
     binary = ensure_installed()
     directory.mkdir(parents=True, exist_ok=True)
@@ -166,11 +212,9 @@ def _prepare(directory: Path) -> tuple[str, Path, int, str | None]:
     (directory / "data").mkdir()
     log = directory / "prosody.log"
     log.touch()
-    user = "prosody" if os.geteuid() == 0 else None  # as root, Prosody and prosodyctl switch to it
-    if user is not None:
-        for path in [directory, *directory.rglob("*")]:
-            shutil.chown(path, user, user)
-    for name, password in PASSWORDS.items():
+    user = "prosody" if os.geteuid() == 0 else None
+    _own(directory)
+    for name, password in PASSWORDS.items() if register else ():
         _run(["prosodyctl", "--config", str(config), "register", name, DOMAIN, password])
     return binary, config, port, user
 

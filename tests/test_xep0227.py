@@ -160,19 +160,43 @@ async def test_prosody_s_own_export_imports(second: Path, tmp_path: Path, client
 
 
 @pytest.mark.slow
-async def test_a_fresh_prosody_export_imports(second: Path, tmp_path: Path, clients_for: Any) -> None:
-    if shutil.which("prosody") is None or shutil.which("lua5.4") is None:
-        pytest.skip("Debian's prosody is not installed (apt-get install prosody)")
+async def test_a_fresh_prosody_export_imports(
+    second: Path, prosody_directory: Path, clients_for: Any
+) -> None:
     from prosody_export import make_export
 
-    # Prosody runs as its own user: a directory it can reach (pytest's tmp_path is private to root).
+    exported = await make_export(prosody_directory / "prosody")
+    await import_prosody_files(second, sorted(exported.glob("*.xml")), clients_for)
+
+
+@pytest.fixture
+def prosody_directory() -> Any:
+    """A directory Prosody (running as its own user) can reach: pytest's tmp_path is private to root."""
+    if shutil.which("prosody") is None or shutil.which("lua5.4") is None:
+        pytest.skip("Debian's prosody is not installed (apt-get install prosody)")
     directory = Path(tempfile.mkdtemp(prefix="nitro-prosody-"))
     os.chmod(directory, 0o755)  # noqa: S103  # traversable by the prosody user, written by it only below
-    try:
-        exported = await make_export(directory / "prosody")
-        await import_prosody_files(second, sorted(exported.glob("*.xml")), clients_for)
-    finally:
-        shutil.rmtree(directory)
+    yield directory
+    shutil.rmtree(directory)
+
+
+@pytest.mark.slow
+async def test_prosody_imports_nitro_s_per_user_export(first: Path, prosody_directory: Path) -> None:
+    """The other way: `export --per-user` writes what Prosody's own migrator reads; alice logs in there
+    with her password (Prosody picks the SCRAM-SHA-1 keys) and finds her roster."""
+    from prosody_export import prosody_logs_in
+
+    async with storage_of(first) as storage:
+        await fill(storage)
+    files = prosody_directory / "from-nitro"
+    code, _out, err = await nitro(first, "export", "--per-user", str(files))
+    assert code == 0, err
+    assert sorted(path.name for path in files.iterdir()) == [f"alice@{DOMAIN}.xml", f"bob@{DOMAIN}.xml"]
+
+    roster = await prosody_logs_in(prosody_directory / "prosody", files, f"alice@{DOMAIN}", PASSWORD)
+
+    assert f"bob@{DOMAIN}" in roster
+    assert "dave@remote.example" in roster
 
 
 async def import_prosody_files(config_file: Path, files: list[Path], clients_for: Any) -> None:

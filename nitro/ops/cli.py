@@ -45,6 +45,11 @@ def add_ops_parsers(commands: Any) -> None:
         "export", help="write every account with its data to an XEP-0227 file (works while serving)"
     )
     export.add_argument("file", type=Path, help="the XML file to write ('-' for standard output)")
+    export.add_argument(
+        "--per-user",
+        action="store_true",
+        help="FILE is a directory: one USER@DOMAIN.xml document per account (Prosody's xep0227 storage)",
+    )
     imported = commands.add_parser(
         "import", help="read accounts and their data from an XEP-0227 file (Nitro's, Prosody's, ejabberd's)"
     )
@@ -58,7 +63,7 @@ async def ops_command(config: Config, args: argparse.Namespace) -> int:
     if args.command == "export":
         from nitro.ops.xep0227_export import export_command  # imported late: SQLAlchemy is heavy
 
-        return await export_command(config, args.file)
+        return await export_command(config, args.file, per_user=args.per_user)
     if args.command == "import":
         from nitro.ops.xep0227_import import import_command
 

@@ -64,11 +64,14 @@ class Counts:
         )
 
 
-async def export_command(config: Config, target: Path) -> int:
+async def export_command(config: Config, target: Path, *, per_user: bool = False) -> int:
     shown = make_url(config.storage.dsn).render_as_string(hide_password=True)
     try:
-        with _output(target) as out:
-            counts = await export_database(config, out)
+        if per_user:
+            counts = await export_database(config, None, per_user=target)
+        else:
+            with _output(target) as out:
+                counts = await export_database(config, out)
     except (StorageError, OSError) as exc:
         print(f"nitro: export failed: {exc}", file=sys.stderr)
         return 1
@@ -78,20 +81,37 @@ async def export_command(config: Config, target: Path) -> int:
 
 @contextlib.contextmanager
 def _output(target: Path) -> Iterator[IO[bytes]]:
+    """The file to write: under a temporary name until it is complete, removed if the export fails."""
     if str(target) == "-":
         yield sys.stdout.buffer
         return
-    partial = target.with_name(target.name + ".partial")  # never a half-written file under the real name
-    with partial.open("wb") as out:
-        yield out
+    partial = target.with_name(target.name + ".partial")
+    try:
+        with partial.open("wb") as out:
+            yield out
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
     partial.replace(target)
 
 
-async def export_database(config: Config, out: IO[bytes]) -> Counts:
-    """Write the XEP-0227 document of `config`'s database to `out`."""
+@contextlib.contextmanager
+def _document(out: IO[bytes], domain: str) -> Iterator[Any]:
+    """An incremental XEP-0227 document, open inside `<server-data><host jid=domain>`."""
+    with etree.xmlfile(out, encoding="utf-8") as document:
+        document.write_declaration()
+        server_data = document.element(f"{{{PIE}}}server-data", nsmap=ns.default_ns(PIE))
+        with server_data, document.element(f"{{{PIE}}}host", jid=domain):
+            yield document
+
+
+async def export_database(config: Config, out: IO[bytes] | None, *, per_user: Path | None = None) -> Counts:
+    """Write the XEP-0227 document of `config`'s database to `out`, or one document per account into the
+    directory `per_user`, named `<user>@<domain>.xml` as Prosody's xep0227 storage expects."""
     url = make_url(config.storage.dsn)
     if url.get_backend_name() == "sqlite" and url.database and not _exists(url.database):
         raise StorageError(f"no database at {url.database}")  # connecting would create an empty one
+    domain = config.server.domain
     engine = create_engine(config.storage.dsn, create_dirs=False, pool=config.storage)
     counts = Counts()
     try:
@@ -101,17 +121,30 @@ async def export_database(config: Config, out: IO[bytes]) -> Counts:
                 accounts = (
                     await conn.execute(select(schema.accounts).order_by(schema.accounts.c.username))
                 ).all()
-                with etree.xmlfile(out, encoding="utf-8") as document:
-                    document.write_declaration()
-                    server_data = document.element(f"{{{PIE}}}server-data", nsmap=ns.default_ns(PIE))
-                    with server_data, document.element(f"{{{PIE}}}host", jid=config.server.domain):
+                if per_user is None:
+                    assert out is not None
+                    with _document(out, domain) as document:
                         for account in accounts:
-                            with document.element(_USER, name=account.username.decode()):
-                                await _user(conn, document, account.id, counts)
-                            counts.accounts += 1
+                            await _account(conn, document, account, counts)
+                else:
+                    _mkdir(per_user)
+                    for account in accounts:
+                        name = f"{account.username.decode()}@{domain}.xml"
+                        with _output(per_user / name) as file, _document(file, domain) as document:
+                            await _account(conn, document, account, counts)
     finally:
         await engine.dispose()
     return counts
+
+
+async def _account(conn: AsyncConnection, document: Any, account: Any, counts: Counts) -> None:
+    with document.element(_USER, name=account.username.decode()):
+        await _user(conn, document, account.id, counts)
+    counts.accounts += 1
+
+
+def _mkdir(path: Path) -> None:
+    path.mkdir(parents=True, exist_ok=True)
 
 
 def _exists(path: str) -> bool:
