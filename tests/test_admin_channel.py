@@ -10,15 +10,19 @@ import socket
 import stat
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import slixmpp
-from conftest import DOMAIN, PASSWORD, Clients, free_port, started_server, wait_for
+from conftest import DOMAIN, PASSWORD, Clients, free_port, make_config, started_server, wait_for
+from redis_servers import RedisServer, redis_servers
 
 from nitro.config import Config, load_config
 from nitro.ops.channel import ChannelError, NotRunning, call, socket_path
 from nitro.server import Server
 from nitro.xmpp.jid import JID
+
+__all__ = ["redis_servers"]
 
 
 def write_config(tmp_path: Path, extra: str = "") -> Path:
@@ -284,3 +288,36 @@ async def test_a_stale_socket_is_replaced_and_a_live_one_is_left_to_its_server(c
     assert not path.exists()
     with pytest.raises(NotRunning):
         await call(config, "status")
+
+
+@pytest.mark.cluster
+async def test_status_lists_every_node_of_the_ring(tmp_path: Path, redis_servers: list[RedisServer]) -> None:
+    ring = {"instances": [s.url for s in redis_servers], "prefix": "admin", "health_interval": 0.2}
+    first = make_config(tmp_path, redis=ring, admin={"socket": "one.sock"})
+    second = make_config(tmp_path, redis=ring, admin={"socket": "two.sock"})
+    async with started_server(first) as one, started_server(second) as two:
+        assert one.tiers is not None
+        assert two.tiers is not None
+        nodes = {one.tiers.node_id, two.tiers.node_id}
+        await wait_for_async(lambda: _nodes(first), nodes)
+        assert (await call(second, "status"))["node"] == two.tiers.node_id
+        pool = Clients(two)
+        try:
+            alice = await pool.user("alice")
+            await pool.login(alice)
+            assert (await call(first, "sessions"))["sessions"] == []  # this node's sessions only
+            (row,) = (await call(second, "sessions"))["sessions"]
+            assert row["jid"].startswith(f"{alice}/")
+        finally:
+            await pool.close_all()
+
+
+async def _nodes(config: Config) -> set[str]:
+    return set((await call(config, "status"))["nodes"])
+
+
+async def wait_for_async(probe: Any, expected: Any, timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while (found := await probe()) != expected:
+        assert asyncio.get_running_loop().time() < deadline, f"{found} != {expected}"
+        await asyncio.sleep(0.1)
