@@ -28,7 +28,7 @@ from nitro.xmpp.errors import StreamCondition, StreamError
 from nitro.xmpp.jid import JID, InvalidJID
 
 if TYPE_CHECKING:
-    from nitro.c2s.stream import ClientSession
+    from nitro.core.context import Session
     from nitro.server import Server
 
 log = logging.getLogger(__name__)
@@ -40,15 +40,17 @@ MAX_NODES = 1000  # nodes listed by `status` at most
 KICK_CONDITION: StreamCondition = "policy-violation"
 
 
-def describe(session: ClientSession, bound_at: float | None) -> dict[str, Any]:
+def describe(session: Session, bound_at: float | None) -> dict[str, Any]:
     """What `sessions` shows of one bound session: the only place that reads session objects."""
     transport = session.transport
+    # "detached": XEP-0198 §5, the connection is lost and the session waits to be resumed
+    state = "detached" if session.detached else "available" if session.available else "bound"
     return {
         "jid": str(session.jid),
         "id": session.id,
-        "state": session.state.value,
+        "state": state,
         "peer": transport.peer_host,
-        "transport": getattr(transport, "kind", "tcp"),
+        "transport": transport.kind,
         "tls": bool(transport.encrypted),
         "since": _iso(bound_at) if bound_at is not None else None,
     }
@@ -64,7 +66,7 @@ class AdminChannel:
     def __init__(self, server: Server) -> None:
         self.server = server
         self.started = time.time()
-        self.bound_at: weakref.WeakKeyDictionary[ClientSession, float] = weakref.WeakKeyDictionary()
+        self.bound_at: weakref.WeakKeyDictionary[Session, float] = weakref.WeakKeyDictionary()
         self.commands: dict[str, Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]] = {
             "status": self.status,
             "sessions": self.sessions,
@@ -143,7 +145,7 @@ class AdminChannel:
             raise ChannelError(f"{jid} is not an account of {self.server.domain}", "bad-request")
         reason = str(request.get("reason") or "kicked by an administrator")
         if jid.resource is None:
-            targets = self.server.sessions.resources(jid)
+            targets = self.server.sessions.sessions_of(jid)
         else:
             found = self.server.sessions.get(jid)
             targets = [] if found is None else [found]
@@ -187,7 +189,7 @@ class AdminChannel:
         username = self._username(request)
         if not await self.server.storage.accounts.set_credentials(username, _credentials(request)):
             raise ChannelError(f"no account {username!r}", "not-found")
-        sessions = self.server.sessions.resources(JID.make(username, self.server.domain))
+        sessions = self.server.sessions.sessions_of(JID.make(username, self.server.domain))
         for session in sessions:
             await session.close(StreamError("reset", "password changed"))
         log.info("admin channel: password of %s changed, %d sessions closed", username, len(sessions))
@@ -196,7 +198,7 @@ class AdminChannel:
     async def user_del(self, request: dict[str, Any]) -> dict[str, Any]:
         username = self._username(request)
         jid = JID.make(username, self.server.domain)
-        sessions = len(self.server.sessions.resources(jid))
+        sessions = len(self.server.sessions.sessions_of(jid))
         if not await delete_account(self.server, username):  # closes the sessions with <not-authorized/>
             raise ChannelError(f"no account {username!r}", "not-found")
         log.info("admin channel: deleted %s, %d sessions closed", username, sessions)
