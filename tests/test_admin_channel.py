@@ -112,6 +112,12 @@ async def test_status_and_sessions_show_who_is_connected(
     rows = (await call(server.config, "sessions"))["sessions"]
     assert [row["jid"] for row in rows] == [f"{alice}/laptop", f"{alice}/phone"]
     assert all(row["peer"] == "127.0.0.1" and row["tls"] and row["since"] for row in rows)
+    assert [row["transport"] for row in rows] == ["tls", "tcp"]  # Direct TLS, STARTTLS
+
+    async def states() -> list[str]:
+        return [row["state"] for row in (await call(server.config, "sessions"))["sessions"]]
+
+    await wait_for_async(states, ["available", "available"])  # once their initial presence is in
 
     code, out, err = await nitro(config_file, "status")
     assert code == 0, err
