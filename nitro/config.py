@@ -180,6 +180,14 @@ class RuntimeSection:
 
 
 @dataclass(frozen=True, slots=True)
+class AdminSection:
+    """The live admin channel (`nitro status`, `sessions`, `kick`, `reload`; `user …` while running)."""
+
+    socket: str = "var/nitro.sock"  # a Unix socket, mode 0600; "" turns the channel off
+    pid_file: str = "var/nitro.pid"  # for `nitro reload` by signal when there is no socket; "" for none
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     server: ServerSection = field(default_factory=ServerSection)
     storage: StorageSection = field(default_factory=StorageSection)
@@ -199,7 +207,10 @@ class Config:
     cache: CacheSection = field(default_factory=CacheSection)
     gc: GCSection = field(default_factory=GCSection)
     runtime: RuntimeSection = field(default_factory=RuntimeSection)
+    admin: AdminSection = field(default_factory=AdminSection)
     base_dir: Path = Path()
+    # The file this configuration was read from (what a reload reads again); not part of equality.
+    file: Path | None = field(default=None, compare=False)
 
     def path(self, relative: str) -> Path:
         """A path from the config: relative ones are relative to the config file's directory (`base_dir`;
@@ -246,16 +257,21 @@ def _section(cls: type[_T], table: Any, where: str) -> _T:
     return cls(**values)
 
 
-def parse_config(document: dict[str, Any], *, source: str = "<config>", base_dir: Path = Path()) -> Config:
+_NOT_SECTIONS = frozenset({"base_dir", "file"})
+
+
+def parse_config(
+    document: dict[str, Any], *, source: str = "<config>", base_dir: Path = Path(), file: Path | None = None
+) -> Config:
     hints = typing.get_type_hints(Config)
     sections: dict[str, Any] = {}
     for name, table in document.items():
         annotation = hints.get(name)
-        if name == "base_dir" or annotation is None or isinstance(annotation, types.GenericAlias):
-            known = ", ".join(f.name for f in dataclasses.fields(Config) if f.name != "base_dir")
+        if name in _NOT_SECTIONS or annotation is None or isinstance(annotation, types.GenericAlias):
+            known = ", ".join(f.name for f in dataclasses.fields(Config) if f.name not in _NOT_SECTIONS)
             raise ConfigError(f"{source}: unknown section [{name}] (known: {known})")
         sections[name] = _section(annotation, table, f"{source}: [{name}]")
-    config = Config(**sections, base_dir=base_dir)
+    config = Config(**sections, base_dir=base_dir, file=file)
     _validate(config, source)
     dsn = resolve_sqlite_dsn(config.storage.dsn, base_dir)
     return dataclasses.replace(config, storage=dataclasses.replace(config.storage, dsn=dsn))
@@ -381,4 +397,4 @@ def load_config(path: Path | None) -> Config:
         raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
-    return parse_config(document, source=str(path), base_dir=path.absolute().parent)
+    return parse_config(document, source=str(path), base_dir=path.absolute().parent, file=path)
