@@ -145,6 +145,7 @@ roster_items = Table(
     Column("approved", Boolean, nullable=False),
     Column("groups", Text, nullable=False),  # JSON array of group names
     Column("in_roster", Boolean, nullable=False, server_default=true()),  # see RosterItem.in_roster
+    Column("request", LargeBinary, nullable=True),  # see RosterItem.request (BLOB: up to 64 KiB)
     CheckConstraint("subscription IN ('none', 'to', 'from', 'both')", name="subscription"),
     **TABLE_OPTIONS,
 )

@@ -112,6 +112,7 @@ def _item_row(item: RosterItem) -> dict[str, Any]:
         "approved": item.approved,
         "groups": json.dumps(list(item.groups), ensure_ascii=False),
         "in_roster": item.in_roster,
+        "request": item.request,
     }
 
 
@@ -128,6 +129,7 @@ def _item_from_row(row: Row[Any]) -> RosterItem:
         approved=bool(row.approved),
         groups=tuple(json.loads(row.groups)),
         in_roster=bool(row.in_roster),
+        request=None if row.request is None else bytes(row.request),
     )
 
 
