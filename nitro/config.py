@@ -76,6 +76,8 @@ class RegistrationSection:
     min_password_length: int = 6
     max_per_address: int = 5
     window: float = 60.0
+    # Addresses or CIDR networks whose registrations are not limited (Prosody exempts loopback too).
+    throttle_exempt: tuple[str, ...] = ("127.0.0.1", "::1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,6 +273,13 @@ def _validate(config: Config, source: str) -> None:
     if config.archive.default not in {"always", "never", "roster"}:
         raise ConfigError(f"{source}: [archive].default must be always, never or roster")
     _validate_storage(config.storage, source)
+    for entry in config.registration.throttle_exempt:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError as exc:
+            raise ConfigError(
+                f"{source}: [registration].throttle_exempt: {entry!r} is not an address"
+            ) from exc
     if min(config.gc.threshold0, config.gc.threshold1, config.gc.threshold2) < 1:
         raise ConfigError(f"{source}: [gc] thresholds must be at least 1")
     if config.logging.level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:

@@ -35,6 +35,8 @@ def test_defaults_match_the_commented_default_file() -> None:
         ({"server": {"admins": "admin@localhost"}}, "expected a list"),
         ({"c2s": {"max_stanza_bytes": 100}}, "at least 10000"),
         ({"logging": {"level": "LOUD"}}, "[logging].level"),
+        ({"registration": {"throttle_exempt": ["localhost"]}}, "[registration].throttle_exempt: 'localhost'"),
+        ({"registration": {"throttle_exempt": ["10.0.0.0/33"]}}, "[registration].throttle_exempt"),
     ],
 )
 def test_mistakes_name_the_key(document: dict[str, dict[str, object]], message: str) -> None:
