@@ -2,8 +2,9 @@
 
 Cached: account credentials, rosters, vCards, block lists, private XML and archive preferences. Every
 write goes to SQL first and invalidates afterwards (also when SQL failed: a commit whose outcome is
-unknown may have happened). Offline messages, the archive and PEP pass straight through to SQL. Each
-wrapper spells out every method of its protocol, so mypy flags a method added later and not wrapped.
+unknown may have happened). Offline messages, the archive, PEP and last activity pass straight through
+to SQL. Each wrapper spells out every method of its protocol, so mypy flags a method added later and not
+wrapped.
 """
 
 from __future__ import annotations
@@ -223,6 +224,7 @@ def layer(sql: Storage, tiers: Tiers) -> LayeredStorage:
         blocklist=CachedBlockListStore(sql.blocklist, tiers),
         vcards=CachedVCardStore(sql.vcards, tiers),
         private=CachedPrivateStore(sql.private, tiers),
+        last=sql.last,  # written at logout, read by a rare query: straight to SQL
         tiers=tiers,
     )
 

@@ -33,6 +33,14 @@ class RosterItem:
 
 
 @dataclass(frozen=True, slots=True)
+class LastActivity:
+    """When an account's last available resource went offline, and the status it left (XEP-0012 §4)."""
+
+    seen_at: datetime  # timezone-aware, UTC
+    status: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Roster:
     """A whole roster with its version (XEP-0237: the version increases with every change)."""
 

@@ -11,6 +11,7 @@ from nitro.storage.models import (
     ArchivePage,
     ArchivePrefs,
     ArchiveQuery,
+    LastActivity,
     OfflineMessage,
     PepItem,
     PepNode,
@@ -201,6 +202,18 @@ class PrivateStore(Protocol):
         ...
 
 
+class LastActivityStore(Protocol):
+    """When each account was last online, with the status of its last unavailable presence (XEP-0012)."""
+
+    async def get(self, username: str) -> LastActivity | None:
+        """None if the account was never seen going offline (or does not exist)."""
+        ...
+
+    async def set(self, username: str, activity: LastActivity) -> None:
+        """Replace what is stored; raises NoSuchAccount."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class Storage:
     """All the repositories of one backend; the server holds one of these."""
@@ -213,3 +226,4 @@ class Storage:
     blocklist: BlockListStore
     vcards: VCardStore
     private: PrivateStore
+    last: LastActivityStore

@@ -258,6 +258,16 @@ vcards = Table(
     **TABLE_OPTIONS,
 )
 
+# XEP-0012: when the account's last resource went offline, and the status of that unavailable presence.
+last_activity = Table(
+    "last_activity",
+    metadata,
+    Column("account_id", Integer, ForeignKey("accounts.id", ondelete="CASCADE"), primary_key=True),
+    Column("seen_at", UTCDateTime(), nullable=False),
+    Column("status", Text, nullable=False),
+    **TABLE_OPTIONS,
+)
+
 # XEP-0049: `key_hash` = SHA-256 of the UTF-8 Clark name kept in `key`.
 private_xml = Table(
     "private_xml",

@@ -35,6 +35,7 @@ from nitro.storage.schema import (
     archive_messages,
     archive_prefs,
     blocked_jids,
+    last_activity,
     offline_messages,
     pep_items,
     pep_nodes,
@@ -63,7 +64,12 @@ from nitro.storage.sql_mysql import (
     mysql_engine,
 )
 from nitro.storage.sql_pep import SqlPepStore
-from nitro.storage.sql_userdata import SqlBlockListStore, SqlPrivateStore, SqlVCardStore
+from nitro.storage.sql_userdata import (
+    SqlBlockListStore,
+    SqlLastActivityStore,
+    SqlPrivateStore,
+    SqlVCardStore,
+)
 from nitro.xmpp.sasl.credentials import HashName, ScramCredential
 
 log = logging.getLogger(__name__)
@@ -214,6 +220,7 @@ class SqlAccountStore:
                 blocked_jids,
                 vcards,
                 private_xml,
+                last_activity,
                 offline_messages,
                 roster_items,
                 roster_versions,
@@ -567,6 +574,7 @@ async def open_sql_storage(
             blocklist=SqlBlockListStore(db),
             vcards=SqlVCardStore(db),
             private=SqlPrivateStore(db),
+            last=SqlLastActivityStore(db),
         )
     finally:
         await engine.dispose()

@@ -1,4 +1,5 @@
-"""Small per-user data on SQL: block lists (XEP-0191), vCards (XEP-0054), private XML (XEP-0049)."""
+"""Small per-user data on SQL: block lists (XEP-0191), vCards (XEP-0054), private XML (XEP-0049), last
+activity (XEP-0012)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,15 @@ from collections.abc import Sequence
 
 from sqlalchemy import delete, insert, select
 
-from nitro.storage.schema import PRIVATE_KEY_MAX_BYTES, accounts, blocked_jids, private_xml, vcards
+from nitro.storage.models import LastActivity
+from nitro.storage.schema import (
+    PRIVATE_KEY_MAX_BYTES,
+    accounts,
+    blocked_jids,
+    last_activity,
+    private_xml,
+    vcards,
+)
 from nitro.storage.sql_base import DELETE_CHUNK, Database, contact_keys, hashed_key, translated, username_key
 
 
@@ -141,3 +150,32 @@ class SqlPrivateStore:
     @staticmethod
     def _key(key: str) -> tuple[bytes, bytes]:
         return hashed_key(key, max_bytes=PRIVATE_KEY_MAX_BYTES, what="private XML key")
+
+
+class SqlLastActivityStore:
+    """LastActivityStore on SQL: one row per account, replaced at each logout."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    @translated
+    async def get(self, username: str) -> LastActivity | None:
+        query = (
+            select(last_activity.c.seen_at, last_activity.c.status)
+            .join_from(last_activity, accounts)
+            .where(accounts.c.username == username_key(username))
+        )
+        async with self._db.engine.connect() as conn:
+            row = (await conn.execute(query)).one_or_none()
+        return None if row is None else LastActivity(seen_at=row.seen_at, status=row.status)
+
+    @translated
+    async def set(self, username: str, activity: LastActivity) -> None:
+        async with self._db.writer.begin() as conn:
+            account_id = await self._db.existing_account_id(conn, username)
+            await conn.execute(delete(last_activity).where(last_activity.c.account_id == account_id))
+            await conn.execute(
+                insert(last_activity).values(
+                    account_id=account_id, seen_at=activity.seen_at, status=activity.status
+                )
+            )
