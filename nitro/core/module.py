@@ -38,6 +38,7 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "pep",
     "vcard",
     "private",
+    "last",
     "directory",
 )
 
