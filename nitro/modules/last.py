@@ -61,7 +61,7 @@ class LastActivityService:
         owner = event.to.bare if event.to is not None else event.from_.bare
         assert owner.local is not None
         await self.check_allowed(owner, event.from_.bare)
-        if any(session.available for session in self.server.sessions.resources(owner)):
+        if await self.available(owner):
             await event.reply(iq_result(event.stanza, _query(0)))  # §4: online now
             return True
         try:
@@ -73,6 +73,15 @@ class LastActivityService:
         seconds = (datetime.datetime.now(datetime.UTC) - last.seen_at).total_seconds()
         await event.reply(iq_result(event.stanza, _query(int(seconds), last.status)))
         return True
+
+    async def available(self, owner: JID) -> bool:
+        """Whether the account has an available resource on any node (the session directory's view)."""
+        if any(session.available for session in self.server.sessions.resources(owner)):
+            return True
+        directory = self.server.directory
+        if directory is None:
+            return False
+        return any(record.presence is not None for record in (await directory.resources(owner)).values())
 
     async def check_allowed(self, owner: JID, requester: JID) -> None:
         """§4: only the user, or a contact with a subscription to the user's presence ('from' or 'both' in
