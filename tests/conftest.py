@@ -48,6 +48,8 @@ def make_config(tmp_path: Path, **sections: dict[str, Any]) -> Config:
         "tls": {"cert": str(tmp_path / "tls" / "cert.pem"), "key": str(tmp_path / "tls" / "key.pem")},
         "auth": {"scram_iterations": 4096},
         "metrics": {"port": 0},
+        # Archive tests file messages under fixed dates (2024): no retention sweep unless a test asks.
+        "archive": {"retention_days": 0},
     }
     if ring := os.environ.get("NITRO_TEST_REDIS"):  # run the suite on a ring: space-separated redis URLs
         prefix = f"test{os.getpid()}-{next(_prefixes)}"  # each test its own cluster on the shared ring

@@ -37,6 +37,11 @@ def test_defaults_match_the_commented_default_file() -> None:
         ({"logging": {"level": "LOUD"}}, "[logging].level"),
         ({"registration": {"throttle_exempt": ["localhost"]}}, "[registration].throttle_exempt: 'localhost'"),
         ({"registration": {"throttle_exempt": ["10.0.0.0/33"]}}, "[registration].throttle_exempt"),
+        ({"roster": {"max_items": -1}}, "[roster].max_items must not be negative"),
+        ({"pep": {"max_items_per_account": -5}}, "[pep].max_items_per_account must not be negative"),
+        ({"private": {"max_namespaces": -1}}, "[private].max_namespaces must not be negative"),
+        ({"archive": {"retention_days": -7}}, "[archive].retention_days must not be negative"),
+        ({"pep": {"max_nodes": 0}}, "[pep].max_nodes must be at least 1"),
     ],
 )
 def test_mistakes_name_the_key(document: dict[str, dict[str, object]], message: str) -> None:

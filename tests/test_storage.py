@@ -247,6 +247,20 @@ def test_the_roster_codec_keeps_the_request_and_reads_items_cached_without_it() 
     )
 
 
+async def test_roster_quota_counts_new_items_only(storage: Storage) -> None:
+    for n in range(3):
+        await storage.rosters.put("juliet", RosterItem(f"c{n}@capulet.lit"), max_items=3)
+    with pytest.raises(QuotaExceeded):
+        await storage.rosters.put("juliet", RosterItem("c3@capulet.lit"), max_items=3)
+    assert len((await storage.rosters.get("juliet")).items) == 3
+    assert await storage.rosters.version("juliet") == 3  # the refused put changed nothing
+    renamed = RosterItem("c0@capulet.lit", name="Nurse")  # replacing an item is no growth
+    await storage.rosters.put("juliet", renamed, max_items=3)
+    assert await storage.rosters.get_item("juliet", "c0@capulet.lit") == renamed
+    await storage.rosters.put("juliet", RosterItem("c3@capulet.lit"))  # no limit given: none applies
+    assert len((await storage.rosters.get("juliet")).items) == 4
+
+
 async def test_roster_of_unknown_user(storage: Storage) -> None:
     assert (await storage.rosters.get("nurse")).items == ()
     assert await storage.rosters.version("nurse") == 0

@@ -27,6 +27,7 @@ from nitro.storage import (
     NoSuchAccount,
     PepItem,
     PepNode,
+    QuotaExceeded,
     Storage,
     StorageError,
     StorageUnavailable,
@@ -494,6 +495,23 @@ async def test_pep_publish_replaces_same_id_and_trims(storage: Storage) -> None:
         await storage.pep.publish("juliet", node, item("a"), max_items=0)
 
 
+async def test_pep_items_per_account_quota(storage: Storage) -> None:
+    """Growth past max_account_items is refused whole; replacing or trimming an item is no growth."""
+    await storage.pep.publish("juliet", "n1", item("a"), max_items=2, max_account_items=3)
+    await storage.pep.publish("juliet", "n1", item("b"), max_items=2, max_account_items=3)
+    await storage.pep.publish("juliet", "n2", item("c"), max_items=2, max_account_items=3)
+    with pytest.raises(QuotaExceeded):
+        await storage.pep.publish("juliet", "n2", item("d"), max_items=2, max_account_items=3)
+    with pytest.raises(QuotaExceeded):  # nor into a new node, which is not created either
+        await storage.pep.publish("juliet", "n3", item("e"), max_items=2, max_account_items=3)
+    assert [i.id for i in await storage.pep.items("juliet", "n2")] == ["c"]
+    assert await storage.pep.get_node("juliet", "n3") is None
+    await storage.pep.publish("juliet", "n2", item("c", 9), max_items=2, max_account_items=3)  # replaced
+    await storage.pep.publish("juliet", "n1", item("f"), max_items=2, max_account_items=3)  # a is trimmed
+    assert [i.id for i in await storage.pep.items("juliet", "n1")] == ["f", "b"]
+    await storage.pep.publish("romeo", "n1", item("a"), max_items=2, max_account_items=3)  # per account
+
+
 async def test_pep_items_newest_first_by_count_and_ids_and_retract(storage: Storage) -> None:
     node = "urn:xmpp:microblog:0"
     for n in range(6):
@@ -583,6 +601,17 @@ async def test_private_xml_set_get_replace_unicode(storage: Storage) -> None:
     assert await storage.private.get("benvolio", key) is None
     with pytest.raises(NoSuchAccount):
         await storage.private.set("benvolio", key, first)
+
+
+async def test_private_xml_quota_counts_new_elements_only(storage: Storage) -> None:
+    for n in range(2):
+        await storage.private.set("juliet", f"{{urn:n{n}}}x", f"<x xmlns='urn:n{n}'/>".encode(), max_keys=2)
+    with pytest.raises(QuotaExceeded):
+        await storage.private.set("juliet", "{urn:n2}x", b"<x xmlns='urn:n2'/>", max_keys=2)
+    assert await storage.private.get("juliet", "{urn:n2}x") is None
+    await storage.private.set("juliet", "{urn:n0}x", b"<x xmlns='urn:n0'>new</x>", max_keys=2)  # replaced
+    assert await storage.private.get("juliet", "{urn:n0}x") == b"<x xmlns='urn:n0'>new</x>"
+    await storage.private.set("romeo", "{urn:n2}x", b"<x xmlns='urn:n2'/>", max_keys=2)  # per account
 
 
 async def test_last_activity_set_get_replace(storage: Storage) -> None:

@@ -14,8 +14,8 @@ from lxml import etree
 
 from nitro.core.module import Module, SessionEvent
 from nitro.core.router import StanzaEvent
-from nitro.modules.roster import is_local, roster_lock, save, storage_error
-from nitro.storage.errors import StorageUnavailable
+from nitro.modules.roster import is_local, roster_full, roster_lock, save, storage_error
+from nitro.storage.errors import QuotaExceeded, StorageUnavailable
 from nitro.storage.models import RosterItem
 from nitro.xmpp import ns
 from nitro.xmpp.errors import StanzaError
@@ -214,6 +214,11 @@ class Presence:
                 await save(self.server, username, before, after)
             except StorageUnavailable as exc:
                 raise storage_error(exc) from exc
+            except QuotaExceeded as exc:
+                if direction is Direction.OUTBOUND:
+                    raise roster_full(self.server) from exc
+                # The contact's request cannot be kept: the user's roster has no room (RFC 6120 §8.3.3.18).
+                raise StanzaError("resource-constraint", "the contact's roster is full", type="wait") from exc
         return step
 
     async def _side_effects(self, user: JID, contact: JID, step: Transition) -> None:

@@ -102,9 +102,9 @@ class CachedRosterStore:
                 found[username] = item
         return found
 
-    async def put(self, username: str, item: RosterItem) -> int:
+    async def put(self, username: str, item: RosterItem, *, max_items: int | None = None) -> int:
         try:
-            return await self._sql.put(username, item)
+            return await self._sql.put(username, item, max_items=max_items)
         finally:
             await self._tiers.invalidate([codecs.ROSTER], username)
 
@@ -206,9 +206,9 @@ class CachedPrivateStore:
             codecs.PRIVATE, username, lambda: self._sql.get(username, key), item=key
         )
 
-    async def set(self, username: str, key: str, payload: bytes) -> None:
+    async def set(self, username: str, key: str, payload: bytes, *, max_keys: int | None = None) -> None:
         try:
-            await self._sql.set(username, key, payload)
+            await self._sql.set(username, key, payload, max_keys=max_keys)
         finally:
             await self._tiers.invalidate([codecs.PRIVATE], username)
 

@@ -306,18 +306,23 @@ class SqlRosterStore:
         return found
 
     @translated
-    async def put(self, username: str, item: RosterItem) -> int:
+    async def put(self, username: str, item: RosterItem, *, max_items: int | None = None) -> int:
         values = _item_row(item)
         async with self._db.writer.begin() as conn:
             account_id = await self._db.account_id(conn, username, lock=True)
             if account_id is None:
                 raise NoSuchAccount(username)
-            await conn.execute(
+            replaced = await conn.execute(
                 delete(roster_items).where(
                     roster_items.c.account_id == account_id,
                     roster_items.c.contact_key == values["contact_key"],
                 )
             )
+            if replaced.rowcount == 0 and max_items is not None:
+                count = select(func.count()).where(roster_items.c.account_id == account_id)
+                held = int((await conn.execute(count)).scalar_one())
+                if held >= max_items:
+                    raise QuotaExceeded(f"{held} roster items, at most {max_items}")
             await conn.execute(insert(roster_items).values(account_id=account_id, **values))
             return await self._bump(conn, account_id)
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, func, insert, select
 
+from nitro.storage.errors import QuotaExceeded
 from nitro.storage.models import LastActivity
 from nitro.storage.schema import (
     PRIVATE_KEY_MAX_BYTES,
@@ -134,15 +135,20 @@ class SqlPrivateStore:
             return payload
 
     @translated
-    async def set(self, username: str, key: str, payload: bytes) -> None:
+    async def set(self, username: str, key: str, payload: bytes, *, max_keys: int | None = None) -> None:
         raw, key_hash = self._key(key)
         async with self._db.writer.begin() as conn:
             account_id = await self._db.existing_account_id(conn, username)
-            await conn.execute(
+            replaced = await conn.execute(
                 delete(private_xml).where(
                     private_xml.c.account_id == account_id, private_xml.c.key_hash == key_hash
                 )
             )
+            if replaced.rowcount == 0 and max_keys is not None:
+                count = select(func.count()).where(private_xml.c.account_id == account_id)
+                held = int((await conn.execute(count)).scalar_one())
+                if held >= max_keys:
+                    raise QuotaExceeded(f"{held} private XML elements, at most {max_keys}")
             await conn.execute(
                 insert(private_xml).values(account_id=account_id, key_hash=key_hash, key=raw, payload=payload)
             )
