@@ -19,7 +19,7 @@ from conftest import PASSWORD, Clients, wait_for
 from test_cli import nitro, serve, write_config
 
 from nitro.config import ConfigError, parse_config
-from nitro.observe.logs import make_handler
+from nitro.observe.logs import LIBRARY_LOGGERS, configure, make_handler
 from nitro.server import Server
 
 
@@ -55,7 +55,7 @@ async def test_text_lines_keep_the_session_prefix_and_module_lines_gain_it(
         logging.getLogger("nitro.test").info("outside any session")
     lines = stream.getvalue().splitlines()
     authenticated = next(line for line in lines if "authenticated as alice@localhost" in line)
-    match = re.search(r"nitro\.c2s: \[(c2s\d+-[0-9a-f]+) alice@localhost\] authenticated", authenticated)
+    match = re.search(r"nitro\.c2s\.\w+: \[(c2s\d+-[0-9a-f]+) alice@localhost\] authenticated", authenticated)
     assert match, authenticated
     session = match.group(1)
     stored = next(line for line in lines if "nitro.modules.offline:" in line and "stored message" in line)
@@ -69,7 +69,7 @@ async def test_json_lines_carry_session_and_jid(server: Server, clients: Clients
         logging.getLogger("nitro.test").info("outside any session")
     records = [json.loads(line) for line in stream.getvalue().splitlines()]
     authenticated = next(r for r in records if r["message"] == "authenticated as alice@localhost")
-    assert authenticated["logger"] == "nitro.c2s.stream"
+    assert authenticated["logger"].startswith("nitro.c2s.")
     assert authenticated["jid"] == "alice@localhost"
     stored = next(r for r in records if r["logger"] == "nitro.modules.offline")
     assert stored["session"] == authenticated["session"]
@@ -137,3 +137,54 @@ async def login(tmp_path: Path, port: int, jid: str) -> slixmpp.ClientXMPP:
 def test_an_unknown_log_format_is_refused(value: str) -> None:
     with pytest.raises(ConfigError, match=r"\[logging\].format must be text or json"):
         parse_config({"logging": {"format": value}})
+
+
+@pytest.fixture
+def restored_logging() -> Iterator[None]:
+    """`configure` replaces the root handlers and sets library levels: put everything back afterwards."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    libraries = {name: logging.getLogger(name).level for name in LIBRARY_LOGGERS}
+    try:
+        yield
+    finally:
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+        for handler in handlers:
+            root.addHandler(handler)
+        root.setLevel(level)
+        for name, library_level in libraries.items():
+            logging.getLogger(name).setLevel(library_level)
+
+
+@pytest.mark.usefixtures("restored_logging")
+@pytest.mark.parametrize(("level", "library_lines"), [("INFO", False), ("WARNING", False), ("DEBUG", True)])
+def test_library_loggers_stay_at_warning_unless_debug(level: str, library_lines: bool) -> None:
+    stream = io.StringIO()
+    configure(level, "text", stream)
+    for name in ("alembic.runtime.migration", "aiosqlite", "sqlalchemy.pool", "aiohttp.access", "redis"):
+        logging.getLogger(name).info("%s chatter", name)
+        logging.getLogger(name).warning("%s trouble", name)
+    logging.getLogger("nitro.test").warning("nitro speaks")
+    text = stream.getvalue()
+    assert ("alembic.runtime.migration chatter" in text) is library_lines
+    assert ("aiohttp.access chatter" in text) is library_lines
+    assert "redis trouble" in text
+    assert "nitro speaks" in text
+
+
+async def test_serve_at_info_prints_no_library_lines(tmp_path: Path) -> None:
+    config, _port = write_config(tmp_path)
+    process = await serve(config)
+    assert process.stdout is not None
+    lines = []
+    try:
+        while not lines or "serving localhost" not in lines[-1]:
+            lines.append((await asyncio.wait_for(process.stdout.readline(), 30)).decode())
+            assert lines[-1], "".join(lines)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        rest, _ = await asyncio.wait_for(process.communicate(), 15)
+    lines += rest.decode().splitlines()
+    assert [line for line in lines if " INFO " in line and " nitro" not in line] == []
+    assert any("SQL storage ready" in line for line in lines)

@@ -12,18 +12,19 @@ from pathlib import Path
 import pytest
 import slixmpp
 from conftest import PASSWORD, Clients, make_config, wait_for
+from lxml import etree
 from slixmpp.exceptions import IqError
 from test_c2s import HEADER, logged_in, opened, plain, still_serving, stream_error
 
-from nitro.c2s.sm import MAX_SEQ, HandledCountTooHigh, SmState, is_stanza, parse_stanza
 from nitro.server import Server, running_server
 from nitro.xmpp.errors import StreamError
 from nitro.xmpp.jid import JID
+from nitro.xmpp.sm import MAX_SEQ, HandledCountTooHigh, SmState, is_stanza, parse_stanza
 
 ENABLE = b"<enable xmlns='urn:xmpp:sm:3' resume='true'/>"
 REQUEST = b"<r xmlns='urn:xmpp:sm:3'/>"
 ENABLED = re.compile(rb'<enabled xmlns="urn:xmpp:sm:3" id="([^"]+)" resume="true" max="(\d+)"/>')
-R = re.compile(rb"<r xmlns='urn:xmpp:sm:3'/>")
+R = re.compile(rb"<r xmlns=[\"']urn:xmpp:sm:3[\"']/>")
 
 
 def ack(h: int) -> bytes:
@@ -92,7 +93,7 @@ async def authenticated(server: Server, username: str) -> Peer:
 
 
 def online(server: Server, jid: str) -> int:
-    return len(server.sessions.resources(JID.parse(jid)))
+    return len(server.sessions.sessions_of(JID.parse(jid)))
 
 
 async def stored_offline(server: Server, username: str, count: int, timeout: float = 5.0) -> None:
@@ -134,10 +135,10 @@ def bodies(data: bytes) -> list[str]:
 def test_acks_release_what_they_cover_across_the_wrap() -> None:
     state = SmState(h_out=MAX_SEQ - 2)
     for n in range(4):
-        state.sent(f"<message><body>{n}</body></message>".encode())
+        state.sent(parse_stanza(f"<message><body>{n}</body></message>".encode()))
     assert state.h_out == 2
     assert state.acknowledge(0) == 2  # h wrapped: 2^32 - 1, then 0
-    assert [bodies(data) for data in state.unacked] == [["2"], ["3"]]
+    assert [stanza.findtext("{jabber:client}body") for stanza in state.unacked] == ["2", "3"]
     assert state.acknowledge(0) == 0  # the same ack twice is no news
     assert state.acknowledge(2) == 2
     assert not state.unacked
@@ -146,7 +147,7 @@ def test_acks_release_what_they_cover_across_the_wrap() -> None:
 def test_impossible_acks_raise_without_changing_anything() -> None:
     state = SmState()
     for _ in range(3):
-        state.sent(b"<iq/>")
+        state.sent(etree.Element("iq"))
     state.acknowledge(2)
     with pytest.raises(HandledCountTooHigh) as too_high:
         state.acknowledge(4)
@@ -160,32 +161,32 @@ def test_impossible_acks_raise_without_changing_anything() -> None:
 
 def test_ack_requests_are_never_more_than_one_outstanding() -> None:
     state = SmState()
-    state.sent(b"<iq/>")
+    state.sent(etree.Element("iq"))
     assert not state.request_due(2)
-    state.sent(b"<iq/>")
+    state.sent(etree.Element("iq"))
     assert state.request_due(2)
-    state.sent(b"<iq/>")
+    state.sent(etree.Element("iq"))
     assert not state.request_due(2)  # still waiting for the answer
     state.acknowledge(3)
-    state.sent(b"<iq/>")
-    state.sent(b"<iq/>")
+    state.sent(etree.Element("iq"))
+    state.sent(etree.Element("iq"))
     assert state.request_due(2)
 
 
 def test_the_state_survives_a_trip_through_json() -> None:
     state = SmState.start(resume=True, resume_timeout=300)
     state.received()
-    state.sent("<message to='bob@localhost/phone'><body>héllo</body></message>".encode())
+    state.sent(parse_stanza("<message to='bob@localhost/phone'><body>héllo</body></message>".encode()))
     state.jid = "bob@localhost/phone"
     state.priority = 5
     state.presence = b"<presence xmlns='jabber:client'><show>away</show></presence>"
     state.directed_to = ("carol@localhost",)
     state.resume_deadline = 1e9
     copy = SmState.from_dict(json.loads(json.dumps(state.to_dict())))
-    assert copy == state
+    assert copy.to_dict() == state.to_dict()
     assert len(state.id) >= 32
     assert SmState.start(resume=True, resume_timeout=300).id != state.id  # unguessable, never reused
-    message = parse_stanza(copy.unacked[0])
+    message = copy.unacked[0]
     assert message.tag == "{jabber:client}message"
     assert message.findtext("{jabber:client}body") == "héllo"
     assert is_stanza(message)
@@ -350,7 +351,7 @@ async def test_resume_drops_what_the_client_acked_and_resends_the_rest(
     bob.send(ack(1) + ping(1))
     await bob.expect(b'id="p1"')
     bob.abort()
-    (session,) = server.sessions.resources(JID.parse("bob@localhost"))
+    (session,) = server.sessions.sessions_of(JID.parse("bob@localhost"))
     await wait_for(lambda: session.detached)
     assert session.available is False  # bob never sent presence; the registry keeps him all the same
     assert online(server, "bob@localhost") == 1
@@ -360,7 +361,7 @@ async def test_resume_drops_what_the_client_acked_and_resends_the_rest(
     await bob.expect(f'<resumed xmlns="urn:xmpp:sm:3" previd="{previd}" h="1"/>'.encode())  # the ping
     rest = await bob.expect(re.compile(rb'.*id="p1"', re.DOTALL))  # message 3, then the ping result
     assert bodies(rest.group(0)) == ["3"]
-    assert server.sessions.resources(JID.parse("bob@localhost")) == [session]
+    assert server.sessions.sessions_of(JID.parse("bob@localhost")) == [session]
     assert str(session.jid) == "bob@localhost/phone"
     alice.send_message(mto="bob@localhost/phone", mbody="4")
     await bob.expect(body(4))
@@ -382,7 +383,7 @@ async def test_a_killed_connection_resumes_and_every_message_arrives_once_in_ord
     bob = await clients.login(bob_jid, plugins=["xep_0198"], setup=collect)
     await wait_for(lambda: bob.plugin["xep_0198"].sm_id is not None)
     full_jid = str(bob.boundjid)
-    (session,) = server.sessions.resources(JID.parse(bob_jid))
+    (session,) = server.sessions.sessions_of(JID.parse(bob_jid))
     for n in range(1, 11):
         alice.send_message(mto=bob_jid, mbody=str(n))
     await wait_for(lambda: len(received) >= 3)
@@ -399,7 +400,7 @@ async def test_a_killed_connection_resumes_and_every_message_arrives_once_in_ord
     await asyncio.sleep(0.1)  # nothing more is coming
     assert received == [str(n) for n in range(1, 21)]
     assert str(bob.boundjid) == full_jid
-    assert server.sessions.resources(JID.parse(bob_jid)) == [session]
+    assert server.sessions.sessions_of(JID.parse(bob_jid)) == [session]
     assert session.available  # presence survived the outage
     alice.send_message(mto=bob_jid, mbody="after")
     await wait_for(lambda: received[-1:] == ["after"])
@@ -564,12 +565,12 @@ async def test_binding_the_resource_of_a_detached_session_replaces_it(
     alice.send_message(mto="bob@localhost/phone", mbody="unacked")
     await bob.expect(body("unacked"))
     bob.abort()
-    (old,) = server.sessions.resources(JID.parse(bob_jid))
+    (old,) = server.sessions.sessions_of(JID.parse(bob_jid))
     await wait_for(lambda: old.detached)
     received = await login_collecting(clients, bob_jid, resource="phone")
     await wait_for(lambda: received == ["unacked"])  # the old session's message, via offline storage
     assert old.closed
-    (new,) = server.sessions.resources(JID.parse(bob_jid))
+    (new,) = server.sessions.sessions_of(JID.parse(bob_jid))
     assert new is not old
     await asyncio.sleep(0.1)
     assert received == ["unacked"]

@@ -16,15 +16,14 @@ from typing import TYPE_CHECKING, Literal
 
 from lxml import etree
 
+from nitro.core.delivery import Delivery
 from nitro.core.events import EventBus
-from nitro.core.sessions import SessionManager
 from nitro.xmpp import ns
 from nitro.xmpp.errors import StanzaError, error_reply
 from nitro.xmpp.jid import JID, InvalidJID
 
 if TYPE_CHECKING:
-    from nitro.c2s.stream import ClientSession
-    from nitro.server import Server
+    from nitro.core.context import Core, Session
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +41,11 @@ class StanzaEvent:
     """What a stanza handler receives."""
 
     stanza: etree._Element
-    origin: ClientSession | None  # the client session that sent it; None when the server generated it
+    origin: Session | None  # the client session that sent it; None when the server generated it
     from_: JID
     to: JID | None  # None: addressed to the sender's own account (RFC 6120 §10.3)
     to_type: ToType
-    server: Server
+    server: Core
 
     @property
     def kind(self) -> str:
@@ -78,14 +77,14 @@ def classify(to: JID | None, from_: JID, domain: str, kind: str) -> ToType:
 class Router:
     """Fires the routing events for each stanza and turns StanzaErrors into error replies."""
 
-    def __init__(self, server: Server, bus: EventBus, sessions: SessionManager) -> None:
+    def __init__(self, server: Core, bus: EventBus, delivery: Delivery) -> None:
         self.server = server
         self.bus = bus
-        self.sessions = sessions
+        self.delivery = delivery
         self.domain = server.config.server.domain
         self._pending_iq: dict[str, asyncio.Future[etree._Element]] = {}
 
-    async def route(self, stanza: etree._Element, origin: ClientSession | None = None) -> None:
+    async def route(self, stanza: etree._Element, origin: Session | None = None) -> None:
         """Route one stanza whose 'from' is already trusted (stamped by the session or the server)."""
         start = time.perf_counter()
         try:
@@ -98,7 +97,7 @@ class Router:
         finally:
             self.server.metrics.routing.observe(time.perf_counter() - start)
 
-    async def _route(self, stanza: etree._Element, origin: ClientSession | None) -> None:
+    async def _route(self, stanza: etree._Element, origin: Session | None) -> None:
         kind = _KINDS.get(stanza.tag)
         if kind is None:
             raise StanzaError("bad-request", "not a stanza")
@@ -149,9 +148,7 @@ class Router:
     def _deliver_full(self, event: StanzaEvent) -> bool:
         return event.to_type == "full" and event.to is not None and self.deliver(event.to, event.stanza)
 
-    async def _reply_error(
-        self, stanza: etree._Element, error: StanzaError, origin: ClientSession | None
-    ) -> None:
+    async def _reply_error(self, stanza: etree._Element, error: StanzaError, origin: Session | None) -> None:
         if stanza.get("type") == "error":
             return  # RFC 6120 §8.3.1: never answer an error with an error
         reply = error_reply(stanza, error)
@@ -161,12 +158,8 @@ class Router:
             await self.route(reply)
 
     def deliver(self, full: JID, stanza: etree._Element) -> bool:
-        """Hand a stanza to the session bound to `full` on this node; False if none is."""
-        session = self.sessions.get(full)
-        if session is None:
-            return False
-        session.send(stanza)
-        return True
+        """Hand a stanza to the resource bound to `full` (nitro/core/delivery.py); False if none is."""
+        return self.delivery.deliver(full, stanza)
 
     async def send_iq(self, iq: etree._Element, timeout: float) -> etree._Element:
         """Send a server-originated IQ get/set and wait for its result (raises TimeoutError)."""

@@ -14,6 +14,7 @@ from lxml import etree
 from nitro.core.locks import UserLocks
 from nitro.core.module import AccountEvent, Module, SessionEvent
 from nitro.core.router import StanzaEvent
+from nitro.core.sessions import Resource
 from nitro.storage.errors import NoSuchAccount, StorageUnavailable
 from nitro.storage.models import RosterItem
 from nitro.xmpp.errors import StanzaError
@@ -22,8 +23,7 @@ from nitro.xmpp.stanza import child, element, iq_result, stanza
 from nitro.xmpp.subscription import state_of
 
 if TYPE_CHECKING:
-    from nitro.c2s.stream import ClientSession
-    from nitro.server import Server
+    from nitro.core.context import Core, Session
 
 BLOCKING = "urn:xmpp:blocking"
 BLOCKING_ERRORS = "urn:xmpp:blocking:errors"
@@ -62,7 +62,7 @@ def unavailable_storage(exc: Exception) -> StanzaError:
 class BlockLists:
     """Every user's block list, cached for users with a bound resource; others are read from storage."""
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: Core) -> None:
         self.server = server
         self.cache: dict[str, frozenset[str]] = {}
         # Bumped by each write: a read that started before a write must not cache what it read.
@@ -132,23 +132,26 @@ def matching(items: Iterable[RosterItem], entries: Iterable[str]) -> list[JID]:
     return contacts
 
 
+LIST_REQUESTED = "blocklist"  # the Resource flag: it retrieved the block list and gets pushes (§3.2)
+
+
 class Blocking:
     """The IQ handlers (§3.2 to §3.5) and the presence side effects of blocking and unblocking."""
 
-    def __init__(self, server: Server, lists: BlockLists) -> None:
+    def __init__(self, server: Core, lists: BlockLists) -> None:
         self.server = server
         self.lists = lists
 
     def push(self, user: JID, action: str, jids: Sequence[str]) -> None:
         """§3.3, §3.4, §3.5: the change, to every resource of the user that retrieved the list (§3.2)."""
-        for session in self.server.sessions.resources(user):
-            if not session.data.get("blocking"):
+        for resource in self.server.sessions.resources(user):
+            if not resource.has(LIST_REQUESTED):
                 continue
-            iq = stanza("iq", type="set", id=f"block-push-{secrets.token_hex(6)}", to=str(session.jid))
+            iq = stanza("iq", type="set", id=f"block-push-{secrets.token_hex(6)}", to=str(resource.jid))
             payload = child(iq, BLOCKING, action)
             for jid in jids:
                 child(payload, BLOCKING, "item", jid=jid)
-            session.send(iq)
+            self.server.deliver(resource.jid, iq)
 
     async def roster(self, username: str) -> tuple[RosterItem, ...]:
         try:
@@ -156,8 +159,8 @@ class Blocking:
         except StorageUnavailable:
             return ()  # presence courtesy only: the block itself is stored and in force
 
-    def available(self, user: JID) -> list[ClientSession]:
-        return [session for session in self.server.sessions.resources(user) if session.available]
+    def available(self, user: JID) -> list[Resource]:
+        return [resource for resource in self.server.sessions.resources(user) if resource.available]
 
     async def withdraw_presence(self, user: JID, added: Sequence[str]) -> None:
         """§3.3: unavailable presence to each newly blocked JID allowed to see the user's presence. Also the
@@ -174,10 +177,9 @@ class Blocking:
                 await self.server.router.route(gone)
         for contact in matching((item for item in items if state_of(item).to), added):
             for theirs in self.available(contact):
-                for session in mine:
-                    session.send(
-                        stanza("presence", type="unavailable", from_=str(theirs.jid), to=str(session.jid))
-                    )
+                for resource in mine:
+                    gone = stanza("presence", type="unavailable", from_=str(theirs.jid), to=str(resource.jid))
+                    self.server.deliver(resource.jid, gone)
 
     async def restore_presence(self, user: JID, removed: Sequence[str]) -> None:
         """§3.4: the user's current presence to each unblocked JID allowed to see it; and the user learns
@@ -208,7 +210,7 @@ class Blocking:
         payload = element(BLOCKING, "blocklist")
         for jid in sorted(entries):
             child(payload, BLOCKING, "item", jid=jid)
-        session.data["blocking"] = True
+        session.set_flag(LIST_REQUESTED)
         await event.reply(iq_result(event.stanza, payload))
         return True
 
@@ -264,7 +266,7 @@ class Blocking:
         return True
 
 
-def _client(event: StanzaEvent) -> ClientSession:
+def _client(event: StanzaEvent) -> Session:
     if event.origin is None or event.origin.username is None:
         raise StanzaError("not-allowed", "only the user's own clients manage the block list")
     return event.origin

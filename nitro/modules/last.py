@@ -14,6 +14,7 @@ from lxml import etree
 
 from nitro.core.module import Module, SessionEvent
 from nitro.core.router import StanzaEvent
+from nitro.core.slots import Slot
 from nitro.modules.disco import DiscoEvent
 from nitro.storage.errors import NoSuchAccount, StorageUnavailable
 from nitro.storage.models import LastActivity
@@ -24,11 +25,12 @@ from nitro.xmpp.stanza import element, iq_result
 from nitro.xmpp.subscription import state_of
 
 if TYPE_CHECKING:
-    from nitro.c2s.stream import ClientSession
+    from nitro.core.context import Session
 
 LAST = "jabber:iq:last"
 MAX_STATUS_CHARS = 1024  # of the last unavailable presence's <status/>, kept for §4's answer
-_STATUS = "last.status"  # session.data key: the <status/> of the unavailable presence being processed
+# The <status/> of the unavailable presence being processed, from the presence hook to `record`.
+STATUS: Slot[str] = Slot("last", lambda _session: "", lambda status: status, lambda data, _s: str(data))
 
 
 def _unavailable() -> StanzaError:
@@ -100,15 +102,17 @@ class LastActivityService:
         """Before the presence module handles an unavailable presence, keep its status for `record`."""
         if event.type == "unavailable" and event.origin is not None:
             status = event.stanza.findtext(f"{{{ns.CLIENT}}}status") or ""
-            event.origin.data[_STATUS] = status[:MAX_STATUS_CHARS]
+            event.origin.slots.set(STATUS, status[:MAX_STATUS_CHARS])
         return False  # the presence module goes on as if nothing happened
 
     async def record(self, event: SessionEvent) -> None:
         """A session became unavailable (explicitly or by closing): store when, with its status."""
-        session: ClientSession = event.session
+        session: Session = event.session
         if session.presence is not None or session.jid.local is None:
             return
-        status = str(session.data.pop(_STATUS, "") or "")
+        status = session.slots.peek(STATUS) or ""
+        if status:
+            session.slots.set(STATUS, "")  # used once: a later logout without status has none
         activity = LastActivity(datetime.datetime.now(datetime.UTC), status)
         try:
             await self.store.set(session.jid.local, activity)
@@ -123,6 +127,7 @@ class LastActivityService:
 
 def load(module: Module) -> None:
     service = LastActivityService(module)
+    module.add_slot(STATUS)
     module.add_feature(LAST)  # §6: the server supports the protocol (and answers §5 uptime queries)
     module.hook("disco-info/account", service.disco_account)
     module.hook(f"iq-get/host/{LAST}:query", service.server_uptime)

@@ -14,6 +14,7 @@ from lxml import etree
 
 from nitro.core.module import Module, SessionEvent
 from nitro.core.router import StanzaEvent
+from nitro.core.sessions import Resource
 from nitro.modules.roster import is_local, roster_full, roster_lock, save, storage_error
 from nitro.storage.errors import QuotaExceeded, StorageUnavailable
 from nitro.storage.models import RosterItem
@@ -32,8 +33,7 @@ from nitro.xmpp.subscription import (
 )
 
 if TYPE_CHECKING:
-    from nitro.c2s.stream import ClientSession
-    from nitro.server import Server
+    from nitro.core.context import Core, Session
 
 DELIVERY_PRIORITY = -100  # like message delivery: blocking, privacy and the like hook above it
 # A subscription request kept for an offline user is stored whole (§3.1.3); one larger than this is refused
@@ -73,7 +73,7 @@ def _addressed(presence: etree._Element, to: JID | str) -> etree._Element:
 class Presence:
     """The presence logic of one server; the hooks in `load` call into it."""
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: Core) -> None:
         self.server = server
 
     async def route(self, presence: etree._Element) -> None:
@@ -86,12 +86,12 @@ class Presence:
         except StorageUnavailable as exc:
             raise storage_error(exc) from exc
 
-    def available_resources(self, user: JID) -> list[ClientSession]:
-        return [session for session in self.server.sessions.resources(user) if session.available]
+    def available_resources(self, user: JID) -> list[Resource]:
+        return [resource for resource in self.server.sessions.resources(user) if resource.available]
 
     # -- broadcast (§4.2, §4.4, §4.5) --------------------------------------------------------------------
 
-    async def available(self, session: ClientSession, presence: etree._Element) -> None:
+    async def available(self, session: Session, presence: etree._Element) -> None:
         """Initial (§4.2.2) or subsequent (§4.4.2) available presence from a client, without 'to'."""
         priority = parse_priority(presence)
         items = await self.roster(session.jid.bare)  # before recording: a storage failure changes nothing
@@ -108,7 +108,7 @@ class Presence:
         # online ones only (an offline contact would not answer), and the user's other resources too.
         await self.probe_contacts(session.jid, items)
         for other in self.available_resources(session.jid.bare):
-            if other is not session:
+            if other.jid != session.jid:
                 await self.send_current(other, session.jid)
         # §3.1.3: subscription requests that arrived while the user was offline are delivered now, whole.
         for item in items:
@@ -116,7 +116,7 @@ class Presence:
                 session.send(_pending_request(item, session.jid.bare))
         await self.server.bus.fire("initial-presence", SessionEvent(session))
 
-    async def unavailable(self, session: ClientSession, presence: etree._Element) -> None:
+    async def unavailable(self, session: Session, presence: etree._Element) -> None:
         """§4.5.2: to the contacts and own resources if the session was available, and to every entity
         that got directed presence (§4.6.3); then the session is unavailable and the list is cleared.
         """
@@ -134,13 +134,13 @@ class Presence:
                 session.log.warning("roster unavailable: contacts get no unavailable presence")
             await self.broadcast(session, presence, items)
         told = {JID.parse(item.jid).bare for item in items if state_of(item).from_}
-        directed, session.directed_to = session.directed_to, set()
+        directed, session.directed_to = session.directed_to, frozenset()
         for target in directed:
             if target.bare not in told:
                 await self.route(_addressed(presence, target))
 
     async def broadcast(
-        self, session: ClientSession, presence: etree._Element, items: tuple[RosterItem, ...]
+        self, session: Session, presence: etree._Element, items: tuple[RosterItem, ...]
     ) -> None:
         """To every contact with a subscription to the user, and to the user's available resources."""
         for item in items:
@@ -149,15 +149,15 @@ class Presence:
         for own in self.available_resources(session.jid.bare):
             await self.route(_addressed(presence, own.jid))
 
-    async def send_current(self, session: ClientSession, to: JID | str) -> None:
-        """The last presence `session` broadcast, sent from its full JID to `to`."""
-        if session.presence is not None:
-            await self.route(_addressed(session.presence, to))
+    async def send_current(self, resource: Resource, to: JID | str) -> None:
+        """The last presence `resource` broadcast, sent from its full JID to `to`."""
+        if resource.presence is not None:
+            await self.route(_addressed(resource.presence, to))
 
     async def send_unavailable(self, user: JID, to: JID | str) -> None:
         """Unavailable from each available resource of `user` (§3.2.2, §3.3.3: the subscription ended)."""
-        for session in self.available_resources(user):
-            await self.route(stanza("presence", type="unavailable", from_=str(session.jid), to=str(to)))
+        for resource in self.available_resources(user):
+            await self.route(stanza("presence", type="unavailable", from_=str(resource.jid), to=str(to)))
 
     # -- subscriptions (§3, Appendix A) --------------------------------------------------------------------
 
@@ -189,8 +189,8 @@ class Presence:
         request = presence if kind == "subscribe" else None
         step = await self._apply(user.local, contact, Direction.INBOUND, kind, request)
         if step.forward:
-            for session in self.available_resources(user):
-                session.send(presence)
+            for resource in self.available_resources(user):
+                self.server.deliver(resource.jid, presence)
         if step.reply is not None:
             await self.route(stanza("presence", type=step.reply, from_=str(user), to=str(contact)))
         await self._side_effects(user, contact, step)
@@ -262,19 +262,19 @@ class Presence:
         if prober.bare != user and not state_of(item).from_:
             await self.route(stanza("presence", type="unsubscribed", from_=str(user), to=str(prober.bare)))
             return
-        for session in self.available_resources(user):
-            await self.send_current(session, prober)  # none available: no answer (§4.3.2 allows it)
+        for resource in self.available_resources(user):
+            await self.send_current(resource, prober)  # none available: no answer (§4.3.2 allows it)
 
-    async def track_directed(self, session: ClientSession, target: JID, available: bool) -> None:
+    async def track_directed(self, session: Session, target: JID, available: bool) -> None:
         """§4.6.2, §4.6.3: remember who got directed presence, unless they see our broadcasts anyway."""
         if available:
             if target.local is not None and target.bare != session.jid.bare:
                 item = await self.server.storage.rosters.get_item(session.jid.local or "", str(target.bare))
                 if state_of(item).from_:
                     return
-            session.directed_to.add(target)
+            session.directed_to = session.directed_to | {target}
         else:
-            session.directed_to.discard(target)
+            session.directed_to = session.directed_to - {target}
 
 
 def _keep_request(
@@ -357,8 +357,8 @@ def load(module: Module) -> None:
         elif kind == "probe":
             await presence.probe(event.from_, to.bare)
         elif kind in (None, "unavailable", "error"):
-            for session in presence.available_resources(to):
-                session.send(event.stanza)  # no available resource: dropped (§8.5.2.2.2)
+            for resource in presence.available_resources(to):
+                server.deliver(resource.jid, event.stanza)  # no available resource: dropped (§8.5.2.2.2)
         return True
 
     async def on_full(event: StanzaEvent) -> bool:
@@ -369,7 +369,7 @@ def load(module: Module) -> None:
         assert to is not None
         if kind in SUBSCRIPTION_TYPES or kind == "probe":
             return await on_bare(event)
-        server.router.deliver(to, event.stanza)
+        server.deliver(to, event.stanza)
         return True
 
     async def on_unbind(event: SessionEvent) -> None:

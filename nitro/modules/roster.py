@@ -17,6 +17,7 @@ from lxml import etree
 from nitro.core.locks import UserLocks
 from nitro.core.module import Module, StreamFeaturesEvent
 from nitro.core.router import StanzaEvent
+from nitro.core.sessions import INTERESTED
 from nitro.storage.errors import QuotaExceeded, StorageUnavailable
 from nitro.storage.models import RosterItem
 from nitro.xmpp import ns
@@ -26,7 +27,7 @@ from nitro.xmpp.stanza import child, element, iq_result, stanza
 from nitro.xmpp.subscription import state_of
 
 if TYPE_CHECKING:
-    from nitro.server import Server
+    from nitro.core.context import Core
 
 # §2.3.3: "a local limit" on the length of <name/> and <group/>; the same as a JID part (RFC 7622 §3.2).
 MAX_NAME_BYTES = 1023
@@ -36,10 +37,10 @@ _ITEM = f"{{{ns.ROSTER}}}item"
 _GROUP = f"{{{ns.ROSTER}}}group"
 
 
-_locks: weakref.WeakKeyDictionary[Server, UserLocks] = weakref.WeakKeyDictionary()
+_locks: weakref.WeakKeyDictionary[Core, UserLocks] = weakref.WeakKeyDictionary()
 
 
-def roster_lock(server: Server, username: str) -> AbstractAsyncContextManager[None]:
+def roster_lock(server: Core, username: str) -> AbstractAsyncContextManager[None]:
     """Hold while reading-changing-writing `username`'s roster, and while pushing the change.
 
     Never route a stanza while holding it: the contact's side may answer and need this user's lock.
@@ -52,13 +53,13 @@ def storage_error(exc: StorageUnavailable) -> StanzaError:
     return StanzaError("internal-server-error", f"roster storage is unavailable: {exc}", type="wait")
 
 
-def roster_full(server: Server) -> StanzaError:
+def roster_full(server: Core) -> StanzaError:
     """`[roster].max_items` reached by the user's own request: a local policy (RFC 6120 §8.3.3.12)."""
     limit = server.config.roster.max_items
     return StanzaError("policy-violation", f"a roster holds at most {limit} items; remove some first")
 
 
-def is_local(server: Server, jid: str) -> bool:
+def is_local(server: Core, jid: str) -> bool:
     """Whether `jid` is on our domain: until s2s exists, presence for other domains is not sent."""
     try:
         return JID.parse(jid).domain == server.domain
@@ -93,18 +94,18 @@ def _visible(item: RosterItem | None) -> tuple[object, ...] | None:
     return (item.name, item.subscription, state.pending_out, state.approved, item.groups)
 
 
-def push(server: Server, username: str, jid: str, item: RosterItem | None, version: int) -> None:
+def push(server: Core, username: str, jid: str, item: RosterItem | None, version: int) -> None:
     """Roster push (§2.1.6) to every interested resource of the user, with the new version (§2.6.3)."""
-    for session in server.sessions.resources(JID.make(username, server.domain)):
-        if not session.interested:
+    for resource in server.sessions.resources(JID.make(username, server.domain)):
+        if not resource.has(INTERESTED):
             continue
-        iq = stanza("iq", type="set", id=f"push-{secrets.token_hex(6)}", to=str(session.jid))
+        iq = stanza("iq", type="set", id=f"push-{secrets.token_hex(6)}", to=str(resource.jid))
         query = child(iq, ns.ROSTER, "query", ver=str(version))
         query.append(item_element(item, jid))
-        session.send(iq)
+        server.deliver(resource.jid, iq)
 
 
-async def save(server: Server, username: str, before: RosterItem | None, after: RosterItem | None) -> None:
+async def save(server: Core, username: str, before: RosterItem | None, after: RosterItem | None) -> None:
     """Write `after` in place of `before` (None: no item) and push what the client can see of the change.
 
     Call with the user's roster lock held; raises StorageUnavailable, or QuotaExceeded for a new item past
@@ -164,7 +165,7 @@ def load(module: Module) -> None:
     server = module.server
 
     async def on_features(event: StreamFeaturesEvent) -> None:
-        if event.session.authenticated:
+        if event.stream.authenticated:
             event.features.append(element(ns.ROSTER_VER, "ver"))  # XEP-0237 §2, RFC 6121 §2.6.1
             event.features.append(element(ns.PRE_APPROVAL, "sub"))  # RFC 6121 §3.4.1
 
@@ -232,9 +233,9 @@ def load(module: Module) -> None:
         if state.from_ or state.pending_in:
             await server.router.route(stanza("presence", type="unsubscribed", from_=str(user), to=jid))
         if state.from_:  # §3.2.2: the contact no longer gets our presence
-            for session in server.sessions.resources(user):
-                if session.available:
-                    gone = stanza("presence", type="unavailable", from_=str(session.jid), to=jid)
+            for resource in server.sessions.resources(user):
+                if resource.available:
+                    gone = stanza("presence", type="unavailable", from_=str(resource.jid), to=jid)
                     await server.router.route(gone)
 
     async def forbidden(event: StanzaEvent) -> bool:

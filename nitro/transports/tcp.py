@@ -1,5 +1,6 @@
-"""The I/O driver of one client connection: an asyncio Protocol that feeds bytes to the session, batches
-what the session writes into one socket write per loop turn, and runs the session's timers on one handle.
+"""The TCP transport (STARTTLS and Direct TLS): an asyncio Protocol that parses the XML stream into elements
+for the c2s stream, serialises what the stream sends, one socket write per loop turn, and runs the stream's
+timers on one handle.
 """
 
 from __future__ import annotations
@@ -12,11 +13,15 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, cast
 
-from nitro.c2s.stream import ClientSession
+from lxml import etree
+
+from nitro.c2s.driver import ClientStream
+from nitro.c2s.transport import StreamHeader
 from nitro.xmpp.errors import StreamError
+from nitro.xmpp.xmlstream import STREAM_FOOTER, XMLStreamParser, serialize, stream_header
 
 if TYPE_CHECKING:
-    from nitro.server import Server
+    from nitro.core.context import Core
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +32,10 @@ TIMER: Final = object()  # what `ClientConnection.read` returns when the session
 
 
 class ClientConnection(asyncio.Protocol):
-    """The `Transport` of a session over one socket, with STARTTLS and a lingering close.
+    """The `Transport` of a stream over one socket, with STARTTLS and a lingering close.
+
+    Framing: one XML document per stream (RFC 6120 §4): the parser turns bytes into stream events, the
+    serialiser writes elements inside the open `<stream:stream>` (its default namespace is not repeated).
 
     Input: chunks are kept until the connection task reads them; reading from the socket pauses while more
     than MAX_INPUT_BUFFER bytes wait, and while the peer is not reading what we write (backpressure).
@@ -49,6 +57,7 @@ class ClientConnection(asyncio.Protocol):
         "_out",
         "_out_bytes",
         "_read_paused",
+        "_restarted",
         "_server",
         "_task",
         "_timer",
@@ -60,17 +69,22 @@ class ClientConnection(asyncio.Protocol):
         "_write_timer",
         "closing",
         "encrypted",
+        "kind",
+        "parser",
         "peer_host",
         "transport",
     )
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: Core) -> None:
         self._server = server
         self._loop = asyncio.get_running_loop()
         self._write_timeout = server.config.c2s.write_timeout
         self.transport: asyncio.Transport | None = None
         self.peer_host = "local"
         self.encrypted = False
+        self.kind = "tcp"
+        self.parser = XMLStreamParser(max_stanza_bytes=server.config.c2s.max_stanza_bytes)
+        self._restarted = False
         self.closing = False
         self._inbox: list[bytes] = []
         self._inbox_bytes = 0
@@ -97,6 +111,7 @@ class ClientConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.peer_host = str(peer[0]) if isinstance(peer, tuple) else "local"
         self.encrypted = transport.get_extra_info("sslcontext") is not None
+        self.kind = "tls" if self.encrypted else "tcp"
         self._task = self._loop.create_task(serve_client(self._server, self))
         self._server.connection_task(self._task)
 
@@ -136,7 +151,61 @@ class ClientConnection(asyncio.Protocol):
             self._write_timer = None
         self._maybe_resume_reading()
 
-    # -- the session's Transport ----------------------------------------------------------------------------
+    # -- the stream's Transport -----------------------------------------------------------------------------
+
+    @property
+    def can_starttls(self) -> bool:
+        return not self.encrypted and self._server.tls_context is not None
+
+    def open_stream(self, header: StreamHeader) -> None:
+        self.write(stream_header(from_=header.from_, to=header.to, id=header.id, lang=header.lang))
+
+    def send(self, element: etree._Element) -> None:
+        self.write(serialize(element))
+
+    def send_keepalive(self) -> None:
+        self.write(b" ")  # RFC 6120 §4.6.1
+
+    def restart(self) -> None:
+        """A new stream on this connection: what was read after the restarting element belonged to the old
+        one (and after STARTTLS, to the clear text), so it is dropped."""
+        self.parser.reset()
+        self._restarted = True
+
+    def close_stream(self, error: StreamError | None) -> None:
+        if error is not None:
+            self.write(serialize(error.to_element()))
+        self.write(STREAM_FOOTER)
+        self.close()
+
+    async def feed(self, stream: ClientStream, data: bytes) -> None:
+        """Parse `data` and hand each event to the stream, stopping at a restart or the stream's end."""
+        self._restarted = False
+        stream.activity()
+        try:
+            events = self.parser.feed(data)
+        except StreamError as error:  # not-well-formed, restricted XML, too big (RFC 6120 §4.9.3)
+            await stream.close(error)
+            return
+        for event in events:
+            if not await stream.receive(event) or self._restarted or self.closing:
+                return
+
+    def next_deadline(self, stream: ClientStream, release_after: float) -> float:
+        """The stream's deadline, or earlier the moment an idle parser may be freed."""
+        deadline = stream.next_deadline()
+        if self.parser.release_due and stream.established:
+            return min(deadline, stream.last_read + release_after)
+        return deadline
+
+    def release_idle_parser(self, stream: ClientStream, release_after: float) -> None:
+        """Free the parser of an idle session (kept if input stopped mid-stanza)."""
+        if (
+            self.parser.release_due
+            and stream.established
+            and time.monotonic() >= stream.last_read + release_after
+        ):
+            self.parser.release()
 
     def write(self, data: bytes) -> None:
         """Queue `data`; everything queued in this loop turn goes out in one socket write."""
@@ -295,45 +364,28 @@ class ClientConnection(asyncio.Protocol):
         self._timer = self._write_timer = None
 
 
-def connection_factory(server: Server) -> Callable[[], ClientConnection]:
+def connection_factory(server: Core) -> Callable[[], ClientConnection]:
     """The protocol factory for `loop.create_server`: each connection runs `serve_client` in its own task."""
     return lambda: ClientConnection(server)
 
 
-async def serve_client(server: Server, connection: ClientConnection) -> None:
-    """Run one connection to its end; this is its catch-log-close boundary.
-
-    The loop drives whichever session owns this transport: after `<resume/>` (XEP-0198 §5) that is the
-    older session the stream resumed; when another connection resumes our session, the loop just stops.
-    """
-    session = ClientSession(server, connection)
-    server.track(session)
+async def serve_client(server: Core, connection: ClientConnection) -> None:
+    """Run one connection to its end: read, parse, hand events to the stream, run its timer."""
+    stream = ClientStream(server, connection)
+    release_after = server.config.c2s.release_parser_after
     try:
-        while session.transport is connection and not session.closed and not connection.closing:
-            data = await connection.read(session.next_deadline())
+        while stream.open and not connection.closing:
+            data = await connection.read(connection.next_deadline(stream, release_after))
             if data is TIMER:
-                await session.on_timer()
+                connection.release_idle_parser(stream, release_after)
+                await stream.tick()
                 continue
-            if not data or session.transport is not connection or session.closed:
+            if not data or not stream.open:
                 break  # the end, or the stream was closed (or resumed elsewhere) while we waited
             assert isinstance(data, bytes)
-            await session.receive(data)
-            session = session.current
-    except StreamError as error:
-        session = session.current
-        if session.transport is connection:
-            await session.close(error)
+            await connection.feed(stream, data)
     except (ConnectionError, TimeoutError, ssl.SSLError) as exc:
-        session.current.log.info("connection lost: %r", exc)
-    except Exception:
-        session = session.current
-        session.log.exception("internal error; closing the stream")
-        if session.transport is connection:
-            await session.close(StreamError("internal-server-error"))
+        stream.log.info("connection lost: %r", exc)
     finally:
-        session = session.current
-        if session.transport is connection:
-            await session.connection_lost()  # a resumable session detaches and stays tracked
-        if session.closed:
-            server.untrack(session)
+        await stream.connection_lost()
         await connection.finish()

@@ -4,11 +4,12 @@ the resumption token as one serialisable value, plus the nonzas and errors of th
 
 from __future__ import annotations
 
+import copy
 import math
 import secrets
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from lxml import etree
 
@@ -16,12 +17,8 @@ from nitro.xmpp import ns
 from nitro.xmpp.errors import StanzaCondition, StreamError
 from nitro.xmpp.stanza import child, element
 
-if TYPE_CHECKING:
-    from nitro.c2s.stream import ClientSession
-
 SM = "urn:xmpp:sm:3"
 MAX_SEQ = 2**32  # §4: 'h' is an xs:unsignedInt and wraps to 0 after 2^32 - 1
-REQUEST = b"<r xmlns='urn:xmpp:sm:3'/>"
 
 _STANZA_NAMES = frozenset({"message", "presence", "iq"})
 # Queued stanzas are wire bytes written inside a jabber:client stream; parsing one back needs that scope.
@@ -51,7 +48,8 @@ class SmState:
     """What a stream-managed session must carry to continue elsewhere (another connection, later another
     process): the §4 counters and queue, the §5 token, and the session as it was when it lost its connection.
 
-    `unacked` holds the last `len(unacked)` stanzas counted in `h_out`, oldest first, as written on the wire.
+    `unacked` holds the last `len(unacked)` stanzas counted in `h_out`, oldest first, as copies of what was
+    sent (a transport of any kind writes them again on resume).
     The session fields (`jid` to `directed_to`) and `resume_deadline` are filled when the session detaches.
     """
 
@@ -59,7 +57,7 @@ class SmState:
     resume_timeout: float = 0.0  # seconds a detached session waits for `<resume/>`
     h_in: int = 0  # stanzas received from the client and handled, mod 2^32
     h_out: int = 0  # stanzas sent to the client, mod 2^32
-    unacked: deque[bytes] = field(default_factory=deque)
+    unacked: deque[etree._Element] = field(default_factory=deque)
     ack_requested: bool = False  # an `<r/>` is outstanding: at most one at a time
     jid: str = ""
     priority: int = 0
@@ -93,10 +91,10 @@ class SmState:
         """§4: one more inbound stanza handled."""
         self.h_in = (self.h_in + 1) % MAX_SEQ
 
-    def sent(self, data: bytes) -> None:
-        """§4: one more outbound stanza, kept until acknowledged."""
+    def sent(self, stanza: etree._Element) -> None:
+        """§4: one more outbound stanza, kept (as a copy: senders may reuse theirs) until acknowledged."""
         self.h_out = (self.h_out + 1) % MAX_SEQ
-        self.unacked.append(data)
+        self.unacked.append(copy.copy(stanza))
 
     def request_due(self, every: int) -> bool:
         """Whether to send `<r/>` now: `every` stanzas await an ack and no request is outstanding."""
@@ -125,7 +123,7 @@ class SmState:
         self.ack_requested = False
         return newly
 
-    def take_unacked(self) -> list[bytes]:
+    def take_unacked(self) -> list[etree._Element]:
         """Empty the queue (the session ends without resumption) and return what it held, oldest first."""
         stanzas = list(self.unacked)
         self.unacked.clear()
@@ -138,7 +136,7 @@ class SmState:
             "resume_timeout": self.resume_timeout,
             "h_in": self.h_in,
             "h_out": self.h_out,
-            "unacked": [data.decode() for data in self.unacked],
+            "unacked": [etree.tostring(stanza, encoding="unicode") for stanza in self.unacked],
             "ack_requested": self.ack_requested,
             "jid": self.jid,
             "priority": self.priority,
@@ -157,7 +155,7 @@ class SmState:
             resume_timeout=float(data["resume_timeout"]),
             h_in=int(data["h_in"]) % MAX_SEQ,
             h_out=int(data["h_out"]) % MAX_SEQ,
-            unacked=deque(str(item).encode() for item in data["unacked"]),
+            unacked=deque(parse_stanza(str(item).encode()) for item in data["unacked"]),
             ack_requested=bool(data.get("ack_requested", False)),
             jid=str(data.get("jid", "")),
             priority=int(data.get("priority", 0)),
@@ -208,6 +206,11 @@ def resumed(state: SmState) -> etree._Element:
     return element(SM, "resumed", previd=state.id, h=str(state.h_in))
 
 
+def ack_request() -> etree._Element:
+    """§4: `<r/>`, asking the peer how many stanzas it has handled."""
+    return element(SM, "r")
+
+
 def ack(state: SmState) -> etree._Element:
     return element(SM, "a", h=str(state.h_in))
 
@@ -219,25 +222,3 @@ def failed(condition: StanzaCondition, text: str | None = None) -> etree._Elemen
     if text:
         child(node, ns.STANZA_ERRORS, "text", text)
     return node
-
-
-# -- what the session tells the stream_management module (bus event payloads) ----------------------------
-
-
-@dataclass(slots=True)
-class ResumeRequest:
-    """Payload of `sm-resume`: an authenticated stream asks for `previd`; a handler sets `found`."""
-
-    session: ClientSession
-    previd: str
-    found: ClientSession | None = None
-
-
-@dataclass(slots=True)
-class UnackedStanzas:
-    """Payload of `sm-ended`: a stream-managed session ended without resumption; `stanzas` are what the
-    client never acknowledged, oldest first, to be treated as never delivered (§4).
-    """
-
-    session: ClientSession
-    stanzas: list[etree._Element]
