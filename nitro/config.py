@@ -56,6 +56,7 @@ class C2SSection:
     keepalive_interval: float = 120.0
     write_timeout: float = 30.0
     release_parser_after: float = 5.0
+    max_resources_per_account: int = 10
 
 
 @dataclass(frozen=True, slots=True)

@@ -267,6 +267,13 @@ class Negotiation:
             return False
         if jid.resource is None:
             jid = jid.with_resource(f"nitro-{secrets.token_hex(6)}")
+        bound = self.server.sessions.resources(jid.bare)
+        limit = self.config.max_resources_per_account
+        if len(bound) >= limit and all(resource.jid != jid for resource in bound):
+            self.log.info("bind refused: %d resources bound already", len(bound))
+            error = StanzaError("resource-constraint", f"at most {limit} resources per account", type="wait")
+            self.send(error_reply(iq, error))  # RFC 6120 §7.6.2.1; the client may retry later
+            return False
         session = ClientSession(
             self.server,
             self.transport,

@@ -342,7 +342,7 @@ class ClientSession(ResourceState):
         self.server.metrics.stanza_sent(element.tag)
         sm = self.sm
         if sm is not None and is_stanza(element):
-            sm.sent(element)
+            sm.sent(element, delay_from=self.server.domain)
             settings = self.server.config.stream_management
             if len(sm.unacked) > settings.max_unacked:
                 self._end_soon(

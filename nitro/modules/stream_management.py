@@ -15,6 +15,7 @@ from lxml import etree
 
 from nitro.core.module import Module, ResumeRequest, SessionEvent, StreamFeaturesEvent, UnackedStanzas
 from nitro.core.router import StanzaEvent
+from nitro.modules.mam import MAM_QUERIED, SID
 from nitro.modules.message import DELIVERY_PRIORITY, deliver_to_bare
 from nitro.xmpp.errors import StanzaError, error_reply
 from nitro.xmpp.jid import JID, InvalidJID
@@ -25,6 +26,12 @@ if TYPE_CHECKING:
     from nitro.core.context import Session
 
 CARBONS = "urn:xmpp:carbons:2"  # XEP-0280
+
+
+def _archived_for(message: etree._Element, user: JID) -> bool:
+    """The message carries the stanza-id our archive of `user` gave it (XEP-0359, XEP-0313 §5.1.1)."""
+    by = str(user)
+    return any(node.get("by") == by for node in message.findall(f"{{{SID}}}stanza-id"))
 
 
 def _is_carbon_copy(message: etree._Element, user: JID) -> bool:
@@ -103,6 +110,11 @@ def load(module: Module) -> None:
 
     async def _undelivered_message(session: Session, message: etree._Element) -> None:
         if _is_carbon_copy(message, session.jid):
+            return
+        if session.has_flag(MAM_QUERIED) and _archived_for(message, session.jid.bare):
+            # A client that syncs from the archive gets it there; storing it offline as well would
+            # deliver it twice (the rule of Prosody's mod_smacks with mod_mam).
+            session.log.debug("unacknowledged message %s is in the archive; not re-stored", message.get("id"))
             return
         try:
             sender = JID.parse(message.get("from") or module.domain)
