@@ -81,6 +81,13 @@ class RegistrationSection:
     min_password_length: int = 6
     max_per_address: int = 5
     window: float = 60.0
+    # Addresses or CIDR networks whose registrations are not limited (Prosody exempts loopback too).
+    throttle_exempt: tuple[str, ...] = ("127.0.0.1", "::1")
+
+
+@dataclass(frozen=True, slots=True)
+class RosterSection:
+    max_items: int = 1000  # per account, pending requests from strangers included; 0: no limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +105,7 @@ class StreamManagementSection:
 @dataclass(frozen=True, slots=True)
 class ArchiveSection:
     default: str = "always"
-    retention_days: int = 0
+    retention_days: int = 7  # as Prosody's archive_expires_after = "1w"; 0 keeps messages forever
     max_page_size: int = 250
 
 
@@ -106,6 +113,13 @@ class ArchiveSection:
 class PepSection:
     max_item_bytes: int = 131072
     max_items_per_node: int = 256
+    max_nodes: int = 1000  # per account
+    max_items_per_account: int = 2000  # over all of an account's nodes; 0: no limit
+
+
+@dataclass(frozen=True, slots=True)
+class PrivateSection:
+    max_namespaces: int = 100  # private XML elements (XEP-0049) per account; 0: no limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,10 +209,12 @@ class Config:
     tls: TLSSection = field(default_factory=TLSSection)
     auth: AuthSection = field(default_factory=AuthSection)
     registration: RegistrationSection = field(default_factory=RegistrationSection)
+    roster: RosterSection = field(default_factory=RosterSection)
     offline: OfflineSection = field(default_factory=OfflineSection)
     stream_management: StreamManagementSection = field(default_factory=StreamManagementSection)
     archive: ArchiveSection = field(default_factory=ArchiveSection)
     pep: PepSection = field(default_factory=PepSection)
+    private: PrivateSection = field(default_factory=PrivateSection)
     vcard: VCardSection = field(default_factory=VCardSection)
     modules: ModulesSection = field(default_factory=ModulesSection)
     logging: LoggingSection = field(default_factory=LoggingSection)
@@ -308,12 +324,23 @@ def _validate(config: Config, source: str) -> None:
     if config.archive.default not in {"always", "never", "roster"}:
         raise ConfigError(f"{source}: [archive].default must be always, never or roster")
     _validate_storage(config.storage, source)
+    _validate_registration(config, source)
     if min(config.gc.threshold0, config.gc.threshold1, config.gc.threshold2) < 1:
         raise ConfigError(f"{source}: [gc] thresholds must be at least 1")
     if config.logging.level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise ConfigError(f"{source}: [logging].level must be DEBUG, INFO, WARNING or ERROR")
     _validate_observability(config, source)
     _validate_tiers(config, source)
+
+
+def _validate_registration(config: Config, source: str) -> None:
+    for entry in config.registration.throttle_exempt:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError as exc:
+            raise ConfigError(
+                f"{source}: [registration].throttle_exempt: {entry!r} is not an address"
+            ) from exc
 
 
 def _validate_observability(config: Config, source: str) -> None:
