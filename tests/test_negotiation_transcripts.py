@@ -227,6 +227,38 @@ async def test_without_a_tls_context_there_is_no_starttls(tmp_path: Path) -> Non
         assert mechanisms(features) == ["SCRAM-SHA-256", "SCRAM-SHA-1"]
 
 
+async def test_starttls_without_a_tls_context_fails_and_closes(tmp_path: Path) -> None:
+    """§5.4.2.2: STARTTLS that was not offered is the failure case: `<failure/>`, then the stream closes."""
+    async with transcript_server(make_config(tmp_path), tls=False) as harness:
+        t = harness.connect(encrypted=False)
+        await t.open()
+        await t.client(STARTTLS)
+        t.expect("failure", ns.TLS)
+        t.expect_close()
+        t.expect_nothing()
+        assert not t.stream.open
+
+
+async def test_starttls_on_an_encrypted_stream_fails_and_closes(harness: Harness) -> None:
+    """§5.4.2.2: Direct TLS (XEP-0368) is already encrypted: STARTTLS is not offered again."""
+    t = harness.connect(encrypted=True)
+    await t.open()
+    await t.client(STARTTLS)
+    t.expect("failure", ns.TLS)
+    t.expect_close()
+    t.expect_nothing()
+
+
+async def test_starttls_twice_fails_the_second_time(harness: Harness) -> None:
+    """§5.4.3.3: after TLS the features carry no STARTTLS, and asking again is the failure case."""
+    t = harness.connect(encrypted=False)
+    await t.open()
+    await starttls(t)
+    await t.client(STARTTLS)
+    t.expect("failure", ns.TLS)
+    t.expect_close()
+
+
 @pytest.mark.parametrize(
     ("element", "condition"),
     [

@@ -157,7 +157,12 @@ class Negotiation:
 
     async def _on_starttls(self, _element: etree._Element) -> bool:
         if not self.transport.can_starttls or self.server.tls_context is None:
-            raise StreamError("policy-violation", "STARTTLS is not available on this stream")
+            # §5.4.2.2: STARTTLS that was not offered is the failure case: <failure/>, then the stream closes
+            # (no stream error; Prosody and ejabberd do the same)
+            self.log.info("STARTTLS asked for but not offered on this stream")
+            self.send(etree.Element(f"{{{ns.TLS}}}failure", nsmap=ns.default_ns(ns.TLS)))
+            await self.close()
+            return False
         self.send(etree.Element(f"{{{ns.TLS}}}proceed", nsmap=ns.default_ns(ns.TLS)))
         await self.transport.start_tls()
         self.transport.restart()  # §5.4.3.3: a fresh stream over TLS
