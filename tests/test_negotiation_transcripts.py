@@ -259,6 +259,20 @@ async def test_starttls_twice_fails_the_second_time(harness: Harness) -> None:
     t.expect_close()
 
 
+async def test_an_error_after_the_tls_restart_comes_with_a_new_header(harness: Harness) -> None:
+    """§5.4.3.3: after TLS the client opens a new stream; an error before that still has a header first
+    (§4.9.1.2)."""
+    t = harness.connect(encrypted=False)
+    await t.open()
+    await t.client(STARTTLS)
+    t.expect("proceed", ns.TLS)
+    t.expect_plain("starttls")
+    t.expect_plain("restart")
+    await t.client("<message/>")
+    t.expect_open()
+    t.expect_stream_error("invalid-namespace")
+
+
 @pytest.mark.parametrize(
     ("element", "condition"),
     [

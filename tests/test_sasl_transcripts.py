@@ -5,6 +5,7 @@ mechanism's exchange, the restart after success, and every failure the RFC names
 from __future__ import annotations
 
 import base64
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Literal
@@ -239,6 +240,35 @@ async def test_a_second_authentication_after_success_is_a_policy_violation(harne
     await t.login("alice")
     await t.client(auth("PLAIN", plain_token("alice", PASSWORD)))
     t.expect_stream_error("policy-violation")
+
+
+async def test_an_error_after_the_restart_comes_with_a_new_header(harness: Harness) -> None:
+    """§6.4.6: after `<success/>` the old stream is gone and ours is not open yet: anything but a new header
+    is refused, and the error comes inside a header of ours (§4.9.1.2), as after a fresh connection."""
+    await harness.user("alice")
+    t = harness.connect()
+    await t.open()
+    await t.client(auth("PLAIN", plain_token("alice", PASSWORD)))
+    t.expect("success", ns.SASL)
+    t.expect_plain("restart")
+    await t.client(f"<iq type='set' id='b1'><bind xmlns='{ns.BIND}'/></iq>")
+    assert t.expect_open().id is None
+    t.expect_stream_error("invalid-namespace")  # the parser wanted a stream header
+    t.expect_nothing()
+
+
+async def test_silence_after_the_restart_times_out_inside_a_new_header(harness: Harness) -> None:
+    """§4.9.3.4 after §6.4.6: a client that never opens the new stream."""
+    await harness.user("alice")
+    t = harness.connect()
+    await t.open()
+    await t.client(auth("PLAIN", plain_token("alice", PASSWORD)))
+    t.expect("success", ns.SASL)
+    t.expect_plain("restart")
+    t.stream.negotiation.negotiation_deadline = time.monotonic() - 1
+    assert not await t.tick()
+    t.expect_open()
+    t.expect_stream_error("connection-timeout")
 
 
 # -- in-band registration before authentication (XEP-0077 §3.1) ---------------------------------------------

@@ -165,8 +165,14 @@ class Negotiation:
             return False
         self.send(etree.Element(f"{{{ns.TLS}}}proceed", nsmap=ns.default_ns(ns.TLS)))
         await self.transport.start_tls()
-        self.transport.restart()  # §5.4.3.3: a fresh stream over TLS
+        self._restart()  # §5.4.3.3: a fresh stream over TLS
         return True
+
+    def _restart(self) -> None:
+        """The stream restarts: until the client's new header is answered, ours is not sent (an error before
+        it must still come with a header, §4.9.1.2)."""
+        self.transport.restart()
+        self.header_sent = False
 
     # -- SASL (§6) -------------------------------------------------------------------------------------
 
@@ -216,7 +222,7 @@ class Negotiation:
         self.log.extra = {"session": self.id, "jid": self.jid}
         self.log.info("authenticated as %s", self.jid)
         self._send_sasl("success", step.data)
-        self.transport.restart()  # §6.4.6: the client opens a new stream
+        self._restart()  # §6.4.6: the client opens a new stream
         self.state = State.WAIT_HEADER
 
     def _sasl_failure(self, failure: SaslFailure) -> None:
