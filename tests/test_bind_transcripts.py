@@ -112,6 +112,18 @@ async def test_the_same_full_jid_bound_again_closes_the_older_session_with_confl
     assert new.stream.open
 
 
+async def test_a_stanza_before_binding_is_not_authorized(harness: Harness) -> None:
+    """§7.1: stanzas flow once a resource is bound; before, an error reply (as Prosody and ejabberd answer)
+    and the stream goes on to bind."""
+    t = harness.connect()
+    await t.login("alice")
+    await t.client(ping(1))
+    assert t.expect_error("not-authorized").get("id") == "p1"
+    await t.client("<iq type='result' id='x1'/>")  # no error for an error or a result (§8.3.1)
+    t.expect_nothing()
+    await t.bind("desk")
+
+
 # -- the bound stream ------------------------------------------------------------------------------------
 
 

@@ -292,6 +292,13 @@ class Negotiation:
         await session.bind(iq)
         return True
 
+    async def _on_unbound_stanza(self, stanza: etree._Element) -> bool:
+        """§7.1: stanzas flow once a resource is bound. Before, an error reply (none to a result or an error,
+        §8.3.1) and the stream goes on to bind, as Prosody and ejabberd answer."""
+        if stanza.get("type") not in ("result", "error"):
+            self.send(error_reply(stanza, StanzaError("not-authorized", "bind a resource first")))
+        return False
+
     async def _on_enable_unbound(self, _element: etree._Element) -> bool:
         """§3: a client enables stream management after resource binding, never before."""
         self.send(failed("unexpected-request", "bind a resource first, or resume"))
@@ -374,6 +381,7 @@ _TRANSITIONS: dict[tuple[State, str], tuple[_Action, State]] = {
     (State.SASL, "response"): _Row(Negotiation._on_response, State.SASL),
     (State.SASL, "abort"): _Row(Negotiation._on_abort, State.NEGOTIATING),
     (State.BINDING, "bind"): _Row(Negotiation._on_bind, State.ESTABLISHED),
+    (State.BINDING, "stanza"): _Row(Negotiation._on_unbound_stanza, State.BINDING),
     # Stream Management (XEP-0198): enable only after binding (§3); resume instead of binding (§5).
     (State.BINDING, "sm-enable"): _Row(Negotiation._on_enable_unbound, State.BINDING),
     (State.BINDING, "sm-resume"): _Row(Negotiation._on_resume, State.ESTABLISHED),
