@@ -276,6 +276,13 @@ class Transcript:
                 return
         raise self._fail(kind)
 
+    def drain(self) -> list[etree._Element]:
+        """Consume everything not read yet and return its elements (fan-out whose order is not under test:
+        presence broadcasts, offline delivery)."""
+        entries = self.transport.entries[self._read :]
+        self._read = len(self.transport.entries)
+        return [entry[1] for entry in entries if entry[0] == "element"]
+
     def expect_nothing(self) -> None:
         if self._read != len(self.transport.entries):
             raise AssertionError(f"expected nothing more\n{self}")
