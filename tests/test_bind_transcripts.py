@@ -182,12 +182,14 @@ async def test_a_lost_connection_ends_the_session_and_others_go_on(harness: Harn
     """Without stream management a session lives as long as its connection (XEP-0198 §5 is the exception)."""
     t, session = await bound(harness)
     other, other_session = await bound(harness, "phone")
+    await t.client("<message to='alice@localhost/phone'><body>half a mess")  # cut mid-stanza
     await t.lose_connection()
     t.expect_nothing()
     assert session.closed
     assert online(harness) == [other_session]
     await other.client(ping(1))
-    assert other.expect("iq").get("id") == "p1"
+    assert other.expect("iq").get("id") == "p1"  # and the half message never arrived
+    other.expect_nothing()
 
 
 # -- silence (§4.6) --------------------------------------------------------------------------------------

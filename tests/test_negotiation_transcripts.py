@@ -116,6 +116,7 @@ async def test_a_second_header_mid_stream_is_a_stream_error(harness: Harness) ->
     ("payload", "condition"),
     [
         ("<message><body>unclosed</message>", "not-well-formed"),  # §4.9.3.13
+        (b"<message to='a@localhost'>\xff\xfe</message>", "not-well-formed"),  # not UTF-8 (§11.6)
         ("<!-- a comment -->", "restricted-xml"),  # §11.1
         ("<?php evil() ?>", "restricted-xml"),
         ("<message><body>&unknown;</body></message>", "restricted-xml"),
@@ -123,7 +124,7 @@ async def test_a_second_header_mid_stream_is_a_stream_error(harness: Harness) ->
     ],
 )
 async def test_bad_xml_after_the_header_is_the_stream_error_the_parser_names(
-    harness: Harness, payload: str, condition: StreamCondition
+    harness: Harness, payload: str | bytes, condition: StreamCondition
 ) -> None:
     t = harness.connect()
     await t.open()
@@ -133,12 +134,27 @@ async def test_bad_xml_after_the_header_is_the_stream_error_the_parser_names(
     assert not t.stream.open
 
 
-async def test_a_dtd_before_the_header_is_restricted_xml_after_our_header(harness: Harness) -> None:
+@pytest.mark.parametrize(
+    "prolog",
+    [
+        "<!DOCTYPE stream [<!ENTITY a 'x'>]>",
+        "<!DOCTYPE lolz [<!ENTITY lol 'lol'><!ENTITY lol2 '&lol;&lol;&lol;&lol;&lol;'>]>",
+        "<!DOCTYPE foo [<!ENTITY xxe SYSTEM 'file:///etc/passwd'>]>",
+    ],
+    ids=["dtd", "entity-bomb", "external-entity"],
+)
+async def test_a_dtd_before_the_header_is_restricted_xml_after_our_header(
+    harness: Harness, prolog: str
+) -> None:
     """§11.1: no DTDs; the error is answered with a header first (§4.9.1.2)."""
     t = harness.connect()
-    await t.client("<?xml version='1.0'?><!DOCTYPE stream [<!ENTITY a 'x'>]><stream:stream>")
+    await t.client(
+        f"<?xml version='1.0'?>{prolog}<stream:stream xmlns='jabber:client' xmlns:stream='{ns.STREAM}' "
+        f"to='{DOMAIN}' version='1.0'>"
+    )
     t.expect_open()
     t.expect_stream_error("restricted-xml")
+    t.expect_nothing()
 
 
 async def test_a_stanza_over_the_size_limit_is_a_policy_violation(tmp_path: Path) -> None:

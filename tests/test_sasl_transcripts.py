@@ -318,3 +318,23 @@ async def test_an_unknown_iq_before_authentication_is_not_authorized(harness: Ha
     await t.open()
     await t.client("<iq type='get' id='v1' to='localhost'><query xmlns='jabber:iq:version'/></iq>")
     t.expect_stream_error("not-authorized")
+
+
+async def test_cancelling_a_registration_before_login_is_unexpected(harness: Harness) -> None:
+    """XEP-0077 §3.2: there is no account to cancel before authentication; the stream goes on."""
+    t = harness.connect()
+    await t.open()
+    await t.client(f"<iq type='set' id='u1'><query xmlns='{ns.REGISTER}'><remove/></query></iq>")
+    assert t.expect_error("unexpected-request").get("id") == "u1"
+    assert t.stream.open
+
+
+async def test_closed_registration_is_not_offered_and_unavailable(tmp_path: Path) -> None:
+    """XEP-0077 §3.1: no in-band registration here: no feature, `<service-unavailable/>`."""
+    async with transcript_server(make_config(tmp_path, registration={"open": False})) as harness:
+        t = harness.connect()
+        features = await t.open()
+        assert features.find(f"{{{ns.REGISTER_FEATURE}}}register") is None
+        await t.client(f"<iq type='get' id='g1'><query xmlns='{ns.REGISTER}'/></iq>")
+        t.expect_error("service-unavailable")
+        assert t.stream.open
