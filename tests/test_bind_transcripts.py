@@ -14,6 +14,7 @@ from transcript import Harness, Transcript, transcript_server
 
 from nitro.c2s.inputs import State
 from nitro.c2s.session import ClientSession
+from nitro.core.context import Session
 from nitro.xmpp import ns
 from nitro.xmpp.jid import JID
 from nitro.xmpp.xmlstream import StreamOpened
@@ -45,7 +46,7 @@ async def bound(harness: Harness, resource: str | None = "desk") -> tuple[Transc
     return t, session
 
 
-def online(harness: Harness) -> list[ClientSession]:
+def online(harness: Harness) -> list[Session]:
     return list(harness.server.sessions.sessions_of(ALICE))
 
 
@@ -110,6 +111,28 @@ async def test_the_same_full_jid_bound_again_closes_the_older_session_with_confl
     assert old_session.closed
     assert online(harness) == [new_session]
     assert new.stream.open
+
+
+async def test_binding_past_the_resource_limit_is_a_resource_constraint(tmp_path: Path) -> None:
+    """§7.6.2.1: the server limits resources per account (wait, the client may retry); binding a resource
+    already bound is a replacement (§7.7.2.2), not one more, and stays allowed."""
+    async with transcript_server(make_config(tmp_path, c2s={"max_resources_per_account": 2})) as harness:
+        await harness.user("alice")
+        _one, _one_session = await bound(harness, "one")
+        two, _two_session = await bound(harness, "two")
+        t = harness.connect()
+        await t.login("alice")
+        await t.client(bind_iq("three", "b3"))
+        error = t.expect_error("resource-constraint")
+        assert error.get("id") == "b3"
+        details = error.find(f"{{{ns.CLIENT}}}error")
+        assert details is not None
+        assert details.get("type") == "wait"
+        assert len(online(harness)) == 2
+        assert t.session is None
+        assert await t.bind("two", "b4") == ALICE.with_resource("two")
+        two.expect_stream_error("conflict")
+        assert len(online(harness)) == 2
 
 
 async def test_a_stanza_before_binding_is_not_authorized(harness: Harness) -> None:

@@ -15,6 +15,7 @@ from lxml import etree
 from transcript import SM, Harness, Transcript, transcript_server
 
 from nitro.c2s.session import ClientSession
+from nitro.core.context import Session
 from nitro.xmpp import ns
 from nitro.xmpp.jid import JID
 
@@ -78,7 +79,7 @@ def session_of(t: Transcript) -> ClientSession:
     return session
 
 
-def online(harness: Harness, jid: JID = ALICE) -> list[ClientSession]:
+def online(harness: Harness, jid: JID = ALICE) -> list[Session]:
     return list(harness.server.sessions.sessions_of(jid))
 
 

@@ -23,8 +23,9 @@ from nitro.c2s.session import ClientSession
 from nitro.c2s.transport import StreamHeader
 from nitro.config import Config
 from nitro.core.module import BUILTIN_MODULES
-from nitro.server import Server, make_tls_context
+from nitro.server import Server
 from nitro.storage.layered import open_storage
+from nitro.transports.tls import make_tls_context
 from nitro.xmpp import ns
 from nitro.xmpp.errors import StreamCondition, StreamError
 from nitro.xmpp.jid import JID
