@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from conftest import DOMAIN, make_config
-from transcript import Harness, Transcript, transcript_server
+from conftest import DOMAIN
+from transcript import Harness, Transcript, transcript_config, transcript_server
 
 from nitro.c2s.inputs import State
 from nitro.c2s.session import ClientSession
@@ -32,7 +32,7 @@ def bind_iq(resource: str, iq_id: str = "b1") -> str:
 
 @pytest.fixture
 async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
-    async with transcript_server(make_config(tmp_path)) as running:
+    async with transcript_server(transcript_config(tmp_path)) as running:
         await running.user("alice")
         yield running
 
@@ -116,7 +116,9 @@ async def test_the_same_full_jid_bound_again_closes_the_older_session_with_confl
 async def test_binding_past_the_resource_limit_is_a_resource_constraint(tmp_path: Path) -> None:
     """§7.6.2.1: the server limits resources per account (wait, the client may retry); binding a resource
     already bound is a replacement (§7.7.2.2), not one more, and stays allowed."""
-    async with transcript_server(make_config(tmp_path, c2s={"max_resources_per_account": 2})) as harness:
+    async with transcript_server(
+        transcript_config(tmp_path, c2s={"max_resources_per_account": 2})
+    ) as harness:
         await harness.user("alice")
         _one, _one_session = await bound(harness, "one")
         two, _two_session = await bound(harness, "two")

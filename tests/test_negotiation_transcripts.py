@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from conftest import DOMAIN, make_config
+from conftest import DOMAIN
 from lxml import etree
-from transcript import Harness, Transcript, transcript_server
+from transcript import Harness, Transcript, transcript_config, transcript_server
 
 from nitro.xmpp import ns
 from nitro.xmpp.errors import StreamCondition
@@ -22,7 +22,7 @@ STARTTLS = f"<starttls xmlns='{ns.TLS}'/>"
 
 @pytest.fixture
 async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
-    async with transcript_server(make_config(tmp_path)) as running:
+    async with transcript_server(transcript_config(tmp_path)) as running:
         yield running
 
 
@@ -159,7 +159,7 @@ async def test_a_dtd_before_the_header_is_restricted_xml_after_our_header(
 
 async def test_a_stanza_over_the_size_limit_is_a_policy_violation(tmp_path: Path) -> None:
     """§13.12 (4): the server limits stanza size; §4.9.3.14."""
-    async with transcript_server(make_config(tmp_path, c2s={"max_stanza_bytes": 10_000})) as harness:
+    async with transcript_server(transcript_config(tmp_path, c2s={"max_stanza_bytes": 10_000})) as harness:
         t = harness.connect()
         await t.open()
         await t.client("<message><body>" + "x" * 20_000)
@@ -224,7 +224,7 @@ async def test_required_starttls_is_the_only_feature_and_leads_to_the_real_ones(
 
 async def test_optional_starttls_is_offered_beside_mechanisms_without_plain(tmp_path: Path) -> None:
     """§5.3.1: voluntary TLS; PLAIN only over TLS (RFC 4616 §6) unless configured."""
-    config = make_config(tmp_path, c2s={"require_encryption": False})
+    config = transcript_config(tmp_path, c2s={"require_encryption": False})
     async with transcript_server(config) as harness:
         t = harness.connect(encrypted=False)
         features = await t.open()
@@ -236,7 +236,7 @@ async def test_optional_starttls_is_offered_beside_mechanisms_without_plain(tmp_
 
 
 async def test_without_a_tls_context_there_is_no_starttls(tmp_path: Path) -> None:
-    async with transcript_server(make_config(tmp_path), tls=False) as harness:
+    async with transcript_server(transcript_config(tmp_path), tls=False) as harness:
         t = harness.connect(encrypted=False)
         features = await t.open()
         assert children(features) == ["mechanisms", "register"]
@@ -245,7 +245,7 @@ async def test_without_a_tls_context_there_is_no_starttls(tmp_path: Path) -> Non
 
 async def test_starttls_without_a_tls_context_fails_and_closes(tmp_path: Path) -> None:
     """§5.4.2.2: STARTTLS that was not offered is the failure case: `<failure/>`, then the stream closes."""
-    async with transcript_server(make_config(tmp_path), tls=False) as harness:
+    async with transcript_server(transcript_config(tmp_path), tls=False) as harness:
         t = harness.connect(encrypted=False)
         await t.open()
         await t.client(STARTTLS)

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Literal
 
 import pytest
-from conftest import DOMAIN, PASSWORD, make_config
+from conftest import DOMAIN, PASSWORD
 from lxml import etree
-from transcript import PEER, Harness, ScramClient, Transcript, transcript_server
+from transcript import PEER, Harness, ScramClient, Transcript, transcript_config, transcript_server
 
 from nitro.xmpp import ns
 from nitro.xmpp.jid import JID
@@ -23,7 +23,7 @@ SCRAM_HASHES: dict[str, Literal["sha1", "sha256"]] = {"SCRAM-SHA-1": "sha1", "SC
 
 @pytest.fixture
 async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
-    async with transcript_server(make_config(tmp_path)) as running:
+    async with transcript_server(transcript_config(tmp_path)) as running:
         yield running
 
 
@@ -91,7 +91,7 @@ async def test_scram_challenge_response_success(harness: Harness, mechanism: str
 
 async def test_scram_is_offered_on_a_plain_stream_where_plain_is_not(tmp_path: Path) -> None:
     """RFC 4616 §6: PLAIN only over TLS; SCRAM works without it (when TLS is not required)."""
-    config = make_config(tmp_path, c2s={"require_encryption": False})
+    config = transcript_config(tmp_path, c2s={"require_encryption": False})
     async with transcript_server(config) as harness:
         await harness.user("alice")
         t = harness.connect(encrypted=False)
@@ -331,7 +331,7 @@ async def test_cancelling_a_registration_before_login_is_unexpected(harness: Har
 
 async def test_closed_registration_is_not_offered_and_unavailable(tmp_path: Path) -> None:
     """XEP-0077 §3.1: no in-band registration here: no feature, `<service-unavailable/>`."""
-    async with transcript_server(make_config(tmp_path, registration={"open": False})) as harness:
+    async with transcript_server(transcript_config(tmp_path, registration={"open": False})) as harness:
         t = harness.connect()
         features = await t.open()
         assert features.find(f"{{{ns.REGISTER_FEATURE}}}register") is None

@@ -10,9 +10,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from conftest import DOMAIN, make_config, wait_for
+from conftest import DOMAIN, wait_for
 from lxml import etree
-from transcript import SM, Harness, Transcript, transcript_server
+from transcript import SM, Harness, Transcript, transcript_config, transcript_server
 
 from nitro.c2s.session import ClientSession
 from nitro.core.context import Session
@@ -54,7 +54,7 @@ def body(message: etree._Element) -> str | None:
 
 @pytest.fixture
 async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
-    async with transcript_server(make_config(tmp_path)) as running:
+    async with transcript_server(transcript_config(tmp_path)) as running:
         await running.user("alice")
         await running.user("bob")
         yield running
@@ -152,7 +152,7 @@ async def test_enable_twice_fails_and_the_first_stays(harness: Harness) -> None:
 
 
 async def test_without_the_module_nothing_is_offered_and_enable_fails(tmp_path: Path) -> None:
-    config = make_config(tmp_path, modules={"disabled": ["stream_management"]})
+    config = transcript_config(tmp_path, modules={"disabled": ["stream_management"]})
     async with transcript_server(config) as harness:
         await harness.user("alice")
         t = harness.connect()
@@ -185,7 +185,7 @@ async def test_r_is_answered_with_the_count_of_handled_stanzas(harness: Harness)
 async def test_the_server_asks_for_acks_every_n_stanzas_one_at_a_time(tmp_path: Path) -> None:
     """§4: the server may send `<r/>`; never a second while one is outstanding."""
     async with transcript_server(
-        make_config(tmp_path, stream_management={"ack_request_every": 2})
+        transcript_config(tmp_path, stream_management={"ack_request_every": 2})
     ) as harness:
         await harness.user("alice")
         t, _previd = await managed(harness)
@@ -250,7 +250,7 @@ async def test_acks_before_enable_are_unsupported(harness: Harness, element: str
 
 async def test_a_client_that_never_acks_is_cut_off_and_nothing_is_lost(tmp_path: Path) -> None:
     """§4: the server bounds the unacknowledged queue; what was never acked goes to offline storage."""
-    config = make_config(tmp_path, stream_management={"max_unacked": 3, "ack_request_every": 100})
+    config = transcript_config(tmp_path, stream_management={"max_unacked": 3, "ack_request_every": 100})
     async with transcript_server(config) as harness:
         await harness.user("alice")
         await harness.user("bob")
@@ -402,7 +402,7 @@ async def test_an_unanswered_ping_detaches_a_resumable_session(harness: Harness)
 
 async def test_an_expired_session_cannot_be_resumed_and_its_messages_went_offline(tmp_path: Path) -> None:
     """§5: after the window the id is unknown; what the session held is treated as undelivered (§4)."""
-    config = make_config(tmp_path, stream_management={"resume_timeout": 0.01})
+    config = transcript_config(tmp_path, stream_management={"resume_timeout": 0.01})
     async with transcript_server(config) as harness:
         await harness.user("alice")
         await harness.user("bob")

@@ -12,9 +12,10 @@ import hmac
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
-from conftest import DOMAIN, PASSWORD
+from conftest import DOMAIN, PASSWORD, make_config
 from lxml import etree
 
 from nitro.accounts import create_account
@@ -416,6 +417,13 @@ class Harness:
         for transcript in self.transcripts:
             if not transcript.lost:
                 await transcript.lose_connection()
+
+
+def transcript_config(tmp_path: Path, **sections: dict[str, Any]) -> Config:
+    """`make_config` (tests/conftest.py) without its free ports: nothing listens here (port 0, as no two
+    free ports picked one after the other can then turn out to be the same)."""
+    c2s = {"port": 0, "direct_tls_port": 0, **sections.pop("c2s", {})}
+    return make_config(tmp_path, c2s=c2s, **sections)
 
 
 @contextlib.asynccontextmanager
