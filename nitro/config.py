@@ -57,6 +57,7 @@ class C2SSection:
     write_timeout: float = 30.0
     release_parser_after: float = 5.0
     max_resources_per_account: int = 10
+    max_negotiating: int = 100
 
 
 @dataclass(frozen=True, slots=True)

@@ -65,6 +65,7 @@ class Server:
         self.delivery = Delivery(self.sessions)
         self.deliver = self.delivery.deliver  # the one way modules reach another entity's session
         self.router = Router(self, self.bus, self.delivery)
+        self.negotiations = asyncio.Semaphore(config.c2s.max_negotiating)
         self.auth_throttle = FailureThrottle(config.auth.throttle_failures, config.auth.throttle_window)
         self.modules: dict[str, Module] = {}
         self.listeners: list[asyncio.Server] = []
