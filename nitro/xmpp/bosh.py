@@ -42,7 +42,7 @@ LEGACY_STATUS: Final[Mapping[str, int]] = {"bad-request": 400, "policy-violation
 _BODY: Final = f"{{{HTTPBIND}}}body"
 _XML_LANG: Final = f"{{{ns.XML}}}lang"
 _SPACE: Final = " \t\r\n"
-_SLICE: Final = 16 * 1024
+_SLICE: Final = 4096  # lxml is fed this much at once: the stanza limit is exact to about two slices
 _MARKUP: Final = re.compile(rb"<(.)", re.DOTALL)
 _ENCODING_DECL: Final = re.compile(rb"(?:\xef\xbb\xbf)?<\?xml\s[^?]*?encoding\s*=\s*[\"']([^\"']*)[\"']")
 _STANZAS: Final = frozenset(("message", "presence", "iq"))
@@ -136,7 +136,6 @@ def parse_body(data: bytes, *, max_stanza_bytes: int, max_depth: int = 64) -> Bo
                 depth += 1
                 if depth == 1:
                     root = _check_root(element)
-                    pending = 0
                 elif depth - 1 > max_depth:
                     raise BoshError("policy-violation", f"elements nested deeper than {max_depth}")
             else:

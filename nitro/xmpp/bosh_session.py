@@ -287,23 +287,20 @@ class BoshSession:
 
     def flush(self, now: float) -> list[Reply]:
         """The requests to answer now: with queued payloads, past `hold`, after `wait`, or terminal."""
-        if not self.processing:
-            terminal = self._terminal
-            if terminal is not None:
-                for handle in [held.handle for held in self._held]:
-                    self._answer_terminal(handle)
-                for handle in [pending.handle for pending in self._pending.values()]:
-                    self._answer_terminal(handle)
-                self._held.clear()
-                self._pending.clear()
-            else:
-                if self._outbox and self._held and not self._held[0].pause:
-                    held = self._held.pop(0)
-                    self._respond(held, self._outbox, now)
-                    self._outbox = []
-                pausing = any(held.pause for held in self._held)
-                while self._held and (len(self._held) > self.hold or pausing or self._held[0].due <= now):
-                    self._respond(self._held.pop(0), [], now)
+        if self._terminal is not None:
+            for handle in [held.handle for held in self._held]:
+                self._answer_terminal(handle)
+            for handle in [pending.handle for pending in self._pending.values()]:
+                self._answer_terminal(handle)
+            self._held.clear()
+            self._pending.clear()
+        elif not self.processing:
+            if self._outbox and self._held and not self._held[0].pause:
+                self._respond(self._held.pop(0), self._outbox, now)
+                self._outbox = []
+            pausing = any(held.pause for held in self._held)
+            while self._held and (len(self._held) > self.hold or pausing or self._held[0].due <= now):
+                self._respond(self._held.pop(0), [], now)
         replies, self._replies = self._replies, []
         return replies
 
