@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import pytest
 from lxml import etree
 
@@ -15,8 +17,17 @@ RID = 1000
 STANZA = b"<message xmlns='jabber:client' to='bob@localhost'><body>hi</body></message>"
 
 
-def request(rid: int, *, sid: str | None = SID, content: bytes = b"", **attrs: str) -> bytes:
-    rendered = "".join(f" {name.replace('__', ':').rstrip('_')}='{value}'" for name, value in attrs.items())
+def request(
+    rid: int,
+    *,
+    sid: str | None = SID,
+    content: bytes = b"",
+    extra: Mapping[str, str] | None = None,
+    **attrs: str,
+) -> bytes:
+    """A request body; attribute names with '__' stand for a prefix (xmpp__restart is xmpp:restart)."""
+    merged = {**attrs, **(extra or {})}
+    rendered = "".join(f" {name.replace('__', ':')}='{value}'" for name, value in merged.items())
     sid_attr = f" sid='{sid}'" if sid else ""
     return (
         f"<body xmlns='{HTTPBIND}' xmlns:xmpp='{XBOSH}' rid='{rid}'{sid_attr}{rendered}>".encode()
@@ -26,13 +37,11 @@ def request(rid: int, *, sid: str | None = SID, content: bytes = b"", **attrs: s
 
 
 def start(
-    now: float = 0.0, settings: Settings | None = None, **attrs: str
+    now: float = 0.0, settings: Settings | None = None, attrs: Mapping[str, str] | None = None
 ) -> tuple[BoshSession, list[object]]:
     """A session from its creation request (handle 1); the stream's answer is queued as it would be."""
-    creation = parse_body(
-        request(RID, sid=None, **{"to": "localhost", "ver": "1.11", "wait": "30", "hold": "1", **attrs}),
-        max_stanza_bytes=10000,
-    )
+    defaults = {"to": "localhost", "ver": "1.11", "wait": "30", "hold": "1"}
+    creation = parse_body(request(RID, sid=None, extra={**defaults, **(attrs or {})}), max_stanza_bytes=10000)
     session = BoshSession(SID, creation, settings or Settings(), "localhost", now)
     events: list[object] = list(session.create(1, creation, now))
     session.stream_opened("stream-id")
@@ -45,6 +54,10 @@ def receive(session: BoshSession, handle: int, data: bytes, now: float = 0.0) ->
 
 def answered(replies: list[Reply]) -> dict[int, etree._Element]:
     return {reply.handle: etree.fromstring(reply.body) for reply in replies}
+
+
+def attributes(element: etree._Element) -> dict[str, str]:
+    return {str(name): str(value) for name, value in element.attrib.items()}
 
 
 def kinds(events: list[object]) -> list[str]:
@@ -61,9 +74,9 @@ def kinds(events: list[object]) -> list[str]:
     return names
 
 
-def ready(now: float = 0.0, **attrs: str) -> BoshSession:
+def ready(now: float = 0.0, attrs: Mapping[str, str] | None = None) -> BoshSession:
     """A session whose creation request was answered (nothing held)."""
-    session, _ = start(now, **attrs)
+    session, _ = start(now, attrs=attrs)
     session.send(b"<stream:features/>")
     session.flush(now)
     return session
@@ -84,7 +97,7 @@ def test_creation_response_carries_the_session_parameters() -> None:
     first = etree.fromstring(reply.body)
     assert reply.handle == 1
     assert first.tag == f"{{{HTTPBIND}}}body"
-    assert dict(first.attrib) == {
+    assert attributes(first) == {
         "sid": SID,
         "wait": "20",  # the client's 30, capped
         "requests": "2",
@@ -119,7 +132,7 @@ def test_creation_response_carries_the_session_parameters() -> None:
 def test_creation_refused(attrs: dict[str, str], condition: str) -> None:
     from nitro.xmpp.bosh import BoshError
 
-    creation = parse_body(request(RID, sid=None, **attrs), max_stanza_bytes=10000)
+    creation = parse_body(request(RID, sid=None, extra=attrs), max_stanza_bytes=10000)
     with pytest.raises(BoshError) as refused:
         BoshSession(SID, creation, Settings(), "localhost", 0.0)
     assert refused.value.condition == condition
@@ -232,7 +245,7 @@ def test_one_more_request_is_allowed_to_pause_or_terminate() -> None:
 
 
 def test_polling_too_often_is_a_policy_violation() -> None:
-    session = ready(now=0.0, hold="0")
+    session = ready(now=0.0, attrs={"hold": "0"})
     receive(session, 2, request(RID + 1), now=1.0)
     session.flush(1.0)
     receive(session, 3, request(RID + 2), now=4.0)  # 'polling' is 2 s: fine
@@ -280,7 +293,7 @@ def test_client_terminate_delivers_payloads_then_closes() -> None:
     assert kinds(events) == ["messagebye", "close"]
     session.terminate(None)
     (reply,) = session.flush(0.0)
-    assert dict(etree.fromstring(reply.body).attrib) == {"type": "terminate"}
+    assert attributes(etree.fromstring(reply.body)) == {"type": "terminate"}
     receive(session, 3, request(RID + 2))  # the session is over
     (late,) = session.flush(0.0)
     assert etree.fromstring(late.body).get("type") == "terminate"
@@ -301,7 +314,7 @@ def test_our_terminate_carries_queued_payloads_and_the_stream_error() -> None:
 
 
 def test_acks_when_the_client_asks_for_them() -> None:
-    session, _ = start(ack="1")
+    session, _ = start(attrs={"ack": "1"})
     session.send(b"<stream:features/>")
     (creation,) = session.flush(0.0)
     assert etree.fromstring(creation.body).get("ack") == str(RID)  # §9.1
