@@ -75,7 +75,8 @@ class BoshClient:
     ) -> aiohttp.ClientResponse:
         headers = {"Content-Type": content_type} if content_type else {}
         async with asyncio.timeout(self.wait + 15):
-            response = await self.http.post(self.url, data=data, headers=headers)
+            skip = () if content_type else ("Content-Type",)  # aiohttp would say application/octet-stream
+            response = await self.http.post(self.url, data=data, headers=headers, skip_auto_headers=skip)
             await response.read()
         return response
 

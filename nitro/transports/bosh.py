@@ -91,6 +91,9 @@ class BoshService:
             body = parse_body(data, max_stanza_bytes=self.server.config.c2s.max_stanza_bytes)
         except BoshError as error:
             log.info("bad BOSH request: %s", error)
+            named = self.sessions.get(error.sid) if error.sid is not None else None
+            if named is not None:  # XEP-0124 §17.2: a terminal condition ends the session it names
+                named.abort(error.condition)
             return _response(terminal(error.condition), headers)
         peer, encrypted = self.client_info(request)
         handle = next(self.handles)

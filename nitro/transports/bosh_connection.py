@@ -137,6 +137,11 @@ class BoshConnection:
         finally:
             self._waiters.pop(handle, None)
 
+    def abort(self, condition: Condition) -> None:
+        """A request for this session was refused with a terminal condition: the session ends with it."""
+        self.core.terminate(condition)
+        self._flush()
+
     def shut_down(self) -> None:
         """The server stops: the task closes the stream with `system-shutdown`."""
         self._shutdown = True

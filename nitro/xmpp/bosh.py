@@ -56,6 +56,7 @@ class BoshError(Exception):
         super().__init__(f"{condition}: {text}" if text else condition)
         self.condition: Condition = condition
         self.text = text
+        self.sid: str | None = None  # the session the bad request named, if it got that far
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,36 +125,40 @@ def parse_body(data: bytes, *, max_stanza_bytes: int, max_depth: int = 64) -> Bo
     depth = 0
     pending = 0  # bytes fed since the last payload was complete
     closed = False
-    for offset in range(0, len(data), _SLICE):
-        chunk = data[offset : offset + _SLICE]
-        pending += len(chunk)
-        _feed(parser, chunk)
-        for event, element in parser.read_events():
-            if closed or event in ("comment", "pi"):
-                raise BoshError("bad-request", "comments, processing instructions or data after the body")
-            assert isinstance(element, etree._Element)
-            if event == "start":
-                depth += 1
-                if depth == 1:
-                    root = _check_root(element)
-                elif depth - 1 > max_depth:
-                    raise BoshError("policy-violation", f"elements nested deeper than {max_depth}")
-            else:
-                depth -= 1
-                if depth == 1:
-                    payloads.append(element)
-                    pending = 0
-                elif depth == 0:
-                    closed = True
-        if pending > max_stanza_bytes:
-            raise BoshError("policy-violation", f"a payload larger than {max_stanza_bytes} bytes")
     try:
-        parser.close()
-    except etree.XMLSyntaxError as error:
-        raise BoshError("bad-request", f"not well-formed: {error}") from error
-    if root is None or not closed:
-        raise BoshError("bad-request", "no complete <body/> element")
-    return _body(root, payloads)
+        for offset in range(0, len(data), _SLICE):
+            chunk = data[offset : offset + _SLICE]
+            pending += len(chunk)
+            _feed(parser, chunk)
+            for event, element in parser.read_events():
+                if closed or event in ("comment", "pi"):
+                    raise BoshError("bad-request", "comments, processing instructions or data after the body")
+                assert isinstance(element, etree._Element)
+                if event == "start":
+                    depth += 1
+                    if depth == 1:
+                        root = _check_root(element)
+                    elif depth - 1 > max_depth:
+                        raise BoshError("policy-violation", f"elements nested deeper than {max_depth}")
+                else:
+                    depth -= 1
+                    if depth == 1:
+                        payloads.append(element)
+                        pending = 0
+                    elif depth == 0:
+                        closed = True
+            if pending > max_stanza_bytes:
+                raise BoshError("policy-violation", f"a payload larger than {max_stanza_bytes} bytes")
+        try:
+            parser.close()
+        except etree.XMLSyntaxError as error:
+            raise BoshError("bad-request", f"not well-formed: {error}") from error
+        if root is None or not closed:
+            raise BoshError("bad-request", "no complete <body/> element")
+        return _body(root, payloads)
+    except BoshError as error:
+        error.sid = root.get("sid") if root is not None else None
+        raise
 
 
 def _check_prolog(data: bytes) -> None:
