@@ -62,7 +62,8 @@ class BoshClient:
         self._responses: dict[int, etree._Element] = {}
         self._next_to_read = 0
         self._poller: asyncio.Task[None] | None = None
-        self._sending: set[asyncio.Task[None]] = set()
+        self._sender: asyncio.Task[None] | None = None
+        self._outgoing: list[Payload] = []
 
     # -- raw requests --------------------------------------------------------------------------------
 
@@ -145,11 +146,18 @@ class BoshClient:
         while self.terminal is None:
             await self.request([])
 
-    async def request(self, payloads: Iterable[Payload] = (), **attrs: str) -> None:
-        """Send payloads in a new request (waiting for a free slot); response payloads go to `recv`."""
+    async def request(
+        self, payloads: list[Payload] | tuple[()] = (), *, take: bool = False, **attrs: str
+    ) -> None:
+        """Send payloads in a new request (waiting for a free slot); response payloads go to `recv`.
+        With `take`, the request carries (and empties) the list as it is once a slot is free."""
         async with self._slots:
             rid = self.next_rid()
-            response = await self.post(rid, payloads, **attrs)
+            batch = list(payloads)
+            if take:
+                assert isinstance(payloads, list)
+                payloads.clear()
+            response = await self.post(rid, batch, **attrs)
         self._responses[rid] = response
         while self._next_to_read in self._responses:  # the client reads responses in rid order (§14.2)
             body = self._responses.pop(self._next_to_read)
@@ -161,11 +169,16 @@ class BoshClient:
                 self._incoming.put_nowait(body)
 
     async def send(self, *payloads: Payload) -> None:
-        """Queue payloads in a new request, as a browser client does; its response arrives in `recv`."""
-        task = asyncio.get_running_loop().create_task(self.request(payloads))
-        self._sending.add(task)
-        task.add_done_callback(self._sending.discard)
-        await asyncio.sleep(0)  # the request takes its rid (and slot) in the order of the calls
+        """Queue payloads; like Strophe.js, whatever is queued when a request slot is free goes in one
+        request. Its response arrives in `recv`."""
+        self._outgoing.extend(payloads)
+        if self._sender is None or self._sender.done():
+            self._sender = asyncio.get_running_loop().create_task(self._send_queued())
+        await asyncio.sleep(0)
+
+    async def _send_queued(self) -> None:
+        while self._outgoing and self.terminal is None:
+            await self.request(self._outgoing, take=True)
 
     async def recv(
         self, match: Callable[[etree._Element], bool] = lambda _element: True, timeout: float = 10.0
@@ -194,7 +207,9 @@ class BoshClient:
 
     async def stop(self) -> None:
         """Stop polling and sending without a word (the session then ends after 'inactivity')."""
-        for task in [*([self._poller] if self._poller else []), *self._sending]:
+        for task in (self._poller, self._sender):
+            if task is None:
+                continue
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
