@@ -208,8 +208,10 @@ class BoshConnection:
     async def _linger(self) -> None:
         """A terminated session stays to give its terminal body to the next request, for a while."""
         core = self.core
+        if self._shutdown or core.condition == "system-shutdown":
+            return  # the server is stopping: it waits for this task
         deadline = time.monotonic() + core.settings.inactivity
-        while core.terminated and not core.terminal_delivered and not self._shutdown:
+        while core.terminated and not core.terminal_delivered:
             if time.monotonic() >= deadline:
                 return
             await self._sleep_until(deadline)
