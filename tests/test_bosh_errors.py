@@ -310,11 +310,15 @@ async def test_a_legacy_client_gets_http_error_codes(
 async def test_shutdown_ends_every_session_with_system_shutdown(tmp_path: Path) -> None:
     async with serving(tmp_path) as (server, url, http):
         alice = await logged_in(server, http, url)
+        await logged_in(server, http, url, "bob")  # between two requests: nothing held
         waiting = asyncio.ensure_future(alice.post(alice.next_rid()))  # held by the server
         await asyncio.sleep(0.2)
+        began = asyncio.get_running_loop().time()
         await server.shutdown()
+        assert asyncio.get_running_loop().time() - began < 2.0  # nobody waits for bob's next request
         ended = await asyncio.wait_for(waiting, 5)
         assert (ended.get("type"), ended.get("condition")) == ("terminate", "system-shutdown")  # §17.2
+        assert not server.connections
 
 
 async def test_http_shutdown_ends_held_requests_with_system_shutdown(tmp_path: Path) -> None:
