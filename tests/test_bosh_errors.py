@@ -23,12 +23,11 @@ STREAM_ERRORS = "urn:ietf:params:xml:ns:xmpp-streams"
 
 
 @contextlib.asynccontextmanager
-async def serving(
-    tmp_path: Path, client_info: bosh.ClientInfo = bosh.direct_client, **bosh_config: object
+async def endpoint_on(
+    server: Server, client_info: bosh.ClientInfo = bosh.direct_client
 ) -> AsyncIterator[tuple[Server, str, aiohttp.ClientSession]]:
-    """A server with [bosh] settings, /http-bind on a loopback port, and an HTTP client."""
-    config = make_config(tmp_path, bosh=dict(bosh_config))
-    async with started_server(config) as server, aiohttp.ClientSession() as http:
+    """/http-bind of `server` on a loopback port, and an HTTP client."""
+    async with aiohttp.ClientSession() as http:
         app = web.Application()
         bosh.add_routes(app, server, client_info=client_info)
         runner = web.AppRunner(app, shutdown_timeout=5.0)
@@ -42,22 +41,29 @@ async def serving(
             await runner.cleanup()
 
 
-@pytest.fixture
-async def setup(tmp_path: Path) -> AsyncIterator[tuple[Server, str, aiohttp.ClientSession]]:
-    async with serving(tmp_path) as running:
+@contextlib.asynccontextmanager
+async def serving(
+    tmp_path: Path, client_info: bosh.ClientInfo = bosh.direct_client, **bosh_config: object
+) -> AsyncIterator[tuple[Server, str, aiohttp.ClientSession]]:
+    """A server of its own with these [bosh] settings."""
+    config = make_config(tmp_path, bosh=dict(bosh_config))
+    async with started_server(config) as server, endpoint_on(server, client_info) as running:
         yield running
 
 
-async def bystander(server: Server) -> tuple[Clients, slixmpp.ClientXMPP]:
+@pytest.fixture
+async def setup(server: Server) -> AsyncIterator[tuple[Server, str, aiohttp.ClientSession]]:
+    async with endpoint_on(server) as running:
+        yield running
+
+
+async def bystander(clients: Clients) -> slixmpp.ClientXMPP:
     """A TCP user logged in before the bad input: it must keep working."""
-    pool = Clients(server)
-    client = await pool.login(await pool.user("carol"))
-    return pool, client
+    return await clients.login(await clients.user("carol"))
 
 
-async def still_working(pool: Clients, client: slixmpp.ClientXMPP) -> None:
+async def still_working(client: slixmpp.ClientXMPP) -> None:
     await client.plugin["xep_0199"].send_ping(slixmpp.JID(DOMAIN), timeout=5)
-    await pool.close_all()
 
 
 def terminal_of(data: bytes) -> tuple[str | None, str | None]:
@@ -73,13 +79,15 @@ async def logged_in(server: Server, http: aiohttp.ClientSession, url: str, name:
     return client
 
 
-async def test_an_unknown_sid_is_item_not_found(setup: tuple[Server, str, aiohttp.ClientSession]) -> None:
-    server, url, http = setup
-    pool, carol = await bystander(server)
+async def test_an_unknown_sid_is_item_not_found(
+    setup: tuple[Server, str, aiohttp.ClientSession], clients: Clients
+) -> None:
+    _server, url, http = setup
+    carol = await bystander(clients)
     response = await http.post(url, data=f"<body xmlns='{HTTPBIND}' rid='5' sid='nope'/>")
     assert response.status == 200
     assert terminal_of(await response.read()) == ("terminate", "item-not-found")  # XEP-0124 §17.2
-    await still_working(pool, carol)
+    await still_working(carol)
 
 
 async def test_a_terminated_sid_is_item_not_found(setup: tuple[Server, str, aiohttp.ClientSession]) -> None:
@@ -104,14 +112,14 @@ async def test_a_terminated_sid_is_item_not_found(setup: tuple[Server, str, aioh
     ],
 )
 async def test_what_is_not_a_body_is_bad_request(
-    setup: tuple[Server, str, aiohttp.ClientSession], data: bytes
+    setup: tuple[Server, str, aiohttp.ClientSession], clients: Clients, data: bytes
 ) -> None:
-    server, url, http = setup
-    pool, carol = await bystander(server)
+    _server, url, http = setup
+    carol = await bystander(clients)
     response = await http.post(url, data=data, headers={"Content-Type": "text/xml; charset=utf-8"})
     assert response.status == 200
     assert terminal_of(await response.read()) == ("terminate", "bad-request")
-    await still_working(pool, carol)
+    await still_working(carol)
 
 
 @pytest.mark.parametrize(
@@ -168,15 +176,15 @@ async def test_a_stanza_over_the_limit_ends_the_session_with_policy_violation(
 
 
 async def test_a_rid_outside_the_window_ends_the_session(
-    setup: tuple[Server, str, aiohttp.ClientSession],
+    setup: tuple[Server, str, aiohttp.ClientSession], clients: Clients
 ) -> None:
     server, url, http = setup
-    pool, carol = await bystander(server)
+    carol = await bystander(clients)
     alice = await logged_in(server, http, url)
     response = await alice.post(alice.next_rid() + 5)
     assert (response.get("type"), response.get("condition")) == ("terminate", "item-not-found")  # §14.2
     await wait_for(lambda: server.sessions.get(JID.parse(alice.jid)) is None)  # the connection is lost
-    await still_working(pool, carol)
+    await still_working(carol)
 
 
 async def test_a_repeated_rid_gets_the_same_response(
@@ -212,16 +220,16 @@ async def test_more_simultaneous_requests_than_allowed_is_policy_violation(tmp_p
 
 
 async def test_a_restart_before_sasl_success_is_policy_violation(
-    setup: tuple[Server, str, aiohttp.ClientSession],
+    setup: tuple[Server, str, aiohttp.ClientSession], clients: Clients
 ) -> None:
-    server, url, http = setup
-    pool, carol = await bystander(server)
+    _server, url, http = setup
+    carol = await bystander(clients)
     client = BoshClient(http, url)
     await client.create()
     with pytest.raises(Terminated) as ended:
         await client.step(xmpp__restart="true")
     assert ended.value.terminal.get("condition") == "policy-violation"  # XEP-0206 §5
-    await still_working(pool, carol)
+    await still_working(carol)
 
 
 async def test_a_stream_error_travels_as_remote_stream_error(
