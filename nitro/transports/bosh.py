@@ -45,7 +45,11 @@ def direct_client(request: web.Request) -> tuple[str, bool]:
 
 
 def add_routes(app: web.Application, server: Server, *, client_info: ClientInfo = direct_client) -> None:
-    """Serve BOSH at /http-bind of `app` (POST, and OPTIONS for CORS preflight); sessions end on shutdown."""
+    """Serve BOSH at /http-bind of `app` (POST, and OPTIONS for CORS preflight); sessions end on shutdown.
+
+    `client_info` tells a request's client address and whether it counts as encrypted (the HTTP server's
+    rules: TLS, a loopback peer, or a trusted proxy's X-Forwarded-Proto: https); the default knows no proxies.
+    """
     service = BoshService(server, client_info)
     app[SERVICE] = service
     app.router.add_route("POST", PATH, service.post)
@@ -87,15 +91,15 @@ class BoshService:
             return web.Response(status=413, headers=headers)
         except TimeoutError:
             return web.Response(status=408, headers=headers)
+        peer, encrypted = self.client_info(request)
         try:
             body = parse_body(data, max_stanza_bytes=self.server.config.c2s.max_stanza_bytes)
         except BoshError as error:
-            log.info("bad BOSH request: %s", error)
+            log.info("bad BOSH request from %s: %s", peer, error)
             named = self.sessions.get(error.sid) if error.sid is not None else None
-            if named is not None:  # XEP-0124 §17.2: a terminal condition ends the session it names
-                named.abort(error.condition)
+            if named is not None and (encrypted or not named.encrypted):
+                named.abort(error.condition)  # XEP-0124 §17.2: a terminal condition ends the session
             return _response(terminal(error.condition), headers)
-        peer, encrypted = self.client_info(request)
         handle = next(self.handles)
         if body.sid is None:
             created = self._create(body, peer, encrypted)
