@@ -19,7 +19,7 @@ from nitro.xmpp.errors import StreamError
 from nitro.xmpp.xmlstream import StreamEvent
 
 if TYPE_CHECKING:
-    from nitro.server import Server
+    from nitro.core.context import Core
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ class ClientStream:
 
     __slots__ = ("_session", "negotiation", "transport")
 
-    def __init__(self, server: Server, transport: Transport) -> None:
+    def __init__(self, server: Core, transport: Transport) -> None:
         self.transport = transport
         self.negotiation = Negotiation(server, transport)
         self._session: ClientSession | None = None

@@ -32,7 +32,7 @@ from nitro.xmpp.rsm import InvalidSet, PageInfo, PageRequest, find_set
 from nitro.xmpp.stanza import child, element, iq_result, stanza, utc_stamp
 
 if TYPE_CHECKING:
-    from nitro.server import Server
+    from nitro.core.context import Core
 
 MAM = "urn:xmpp:mam:2"
 MAM_EXTENDED = "urn:xmpp:mam:2#extended"  # §7: before-id/after-id/ids, flipped pages, metadata
@@ -263,7 +263,7 @@ def parse_prefs(node: etree._Element) -> ArchivePrefs:
 class Archive:
     """The archive side of the module: what to store for whom, and how to answer a query."""
 
-    def __init__(self, server: Server, module: Module) -> None:
+    def __init__(self, server: Core, module: Module) -> None:
         self.server = server
         self.store = server.storage.archive
         self.log = module.log

@@ -13,17 +13,16 @@ from typing import TYPE_CHECKING
 
 from lxml import etree
 
-from nitro.c2s.session import ResumeRequest, UnackedStanzas
-from nitro.c2s.sm import SM
-from nitro.core.module import Module, SessionEvent, StreamFeaturesEvent
+from nitro.core.module import Module, ResumeRequest, SessionEvent, StreamFeaturesEvent, UnackedStanzas
 from nitro.core.router import StanzaEvent
 from nitro.modules.message import DELIVERY_PRIORITY, deliver_to_bare
 from nitro.xmpp.errors import StanzaError, error_reply
 from nitro.xmpp.jid import JID, InvalidJID
+from nitro.xmpp.sm import SM
 from nitro.xmpp.stanza import child
 
 if TYPE_CHECKING:
-    from nitro.c2s.session import ClientSession
+    from nitro.core.context import Session
 
 CARBONS = "urn:xmpp:carbons:2"  # XEP-0280
 
@@ -37,7 +36,7 @@ def _is_carbon_copy(message: etree._Element, user: JID) -> bool:
 
 def load(module: Module) -> None:
     server = module.server
-    resumable: dict[str, ClientSession] = {}  # resumption id → session, attached or detached
+    resumable: dict[str, Session] = {}  # resumption id → session, attached or detached
     expiries: dict[str, asyncio.Task[None]] = {}  # resumption id → the timer of a detached session
 
     async def features(event: StreamFeaturesEvent) -> None:
@@ -55,7 +54,7 @@ def load(module: Module) -> None:
         request.found = resumable.get(request.previd)
         return request.found is not None
 
-    async def expire(session: ClientSession, delay: float) -> None:
+    async def expire(session: Session, delay: float) -> None:
         await asyncio.sleep(delay)
         assert session.sm is not None
         expiries.pop(session.sm.id, None)
@@ -102,7 +101,7 @@ def load(module: Module) -> None:
             except Exception:
                 session.log.exception("unacknowledged %s %s not handled", kind, stanza.get("id"))
 
-    async def _undelivered_message(session: ClientSession, message: etree._Element) -> None:
+    async def _undelivered_message(session: Session, message: etree._Element) -> None:
         if _is_carbon_copy(message, session.jid):
             return
         try:
