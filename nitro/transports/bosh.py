@@ -20,7 +20,7 @@ from nitro.xmpp.bosh import Body, BoshError, parse_body, terminal
 from nitro.xmpp.bosh_session import BoshSession, Settings
 
 if TYPE_CHECKING:
-    from nitro.server import Server
+    from nitro.core.context import Core
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def direct_client(request: web.Request) -> tuple[str, bool]:
     return peer, request.secure or is_loopback(peer)
 
 
-def add_routes(app: web.Application, server: Server, *, client_info: ClientInfo = direct_client) -> None:
+def add_routes(app: web.Application, server: Core, *, client_info: ClientInfo = direct_client) -> None:
     """Serve BOSH at /http-bind of `app` (POST, and OPTIONS for CORS preflight); sessions end on shutdown.
 
     `client_info` tells a request's client address and whether it counts as encrypted (the HTTP server's
@@ -65,7 +65,7 @@ class _TooLarge(Exception):
 class BoshService:
     """The BOSH sessions of one HTTP application, by sid."""
 
-    def __init__(self, server: Server, client_info: ClientInfo) -> None:
+    def __init__(self, server: Core, client_info: ClientInfo) -> None:
         self.server = server
         self.config = server.config.bosh
         self.settings = Settings(

@@ -27,7 +27,7 @@ from nitro.xmpp.errors import StreamError
 from nitro.xmpp.xmlstream import StreamEvent
 
 if TYPE_CHECKING:
-    from nitro.server import Server
+    from nitro.core.context import Core
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ class BoshConnection:
 
     def __init__(
         self,
-        server: Server,
+        server: Core,
         core: BoshSession,
         *,
         peer_host: str,
