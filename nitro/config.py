@@ -61,6 +61,20 @@ class C2SSection:
 
 
 @dataclass(frozen=True, slots=True)
+class BoshSection:
+    """BOSH (XEP-0124, XEP-0206) at /http-bind of the HTTP server: what each session is held to."""
+
+    max_wait: int = 60  # longest a request is held ('wait' is capped to it)
+    max_hold: int = 1  # most requests held at once ('hold' is capped to it; 'requests' is hold + 1)
+    max_inactivity: int = 60  # seconds without a request before the session ends ('inactivity')
+    polling: int = 2  # shortest polling interval of a polling session (hold = 0)
+    max_pause: int = 300  # longest 'pause' a client may ask for
+    max_body_bytes: int = 1048576  # larger request bodies get HTTP 413
+    read_timeout: float = 10.0  # seconds a request body may take to arrive
+    cors_origins: tuple[str, ...] = ("*",)  # Access-Control-Allow-Origin: "*", or these origins only
+
+
+@dataclass(frozen=True, slots=True)
 class TLSSection:
     cert: str = "var/tls/cert.pem"
     key: str = "var/tls/key.pem"
@@ -206,6 +220,7 @@ class Config:
     server: ServerSection = field(default_factory=ServerSection)
     storage: StorageSection = field(default_factory=StorageSection)
     c2s: C2SSection = field(default_factory=C2SSection)
+    bosh: BoshSection = field(default_factory=BoshSection)
     tls: TLSSection = field(default_factory=TLSSection)
     auth: AuthSection = field(default_factory=AuthSection)
     registration: RegistrationSection = field(default_factory=RegistrationSection)
@@ -321,6 +336,7 @@ def _validate(config: Config, source: str) -> None:
         raise ConfigError(f"{source}: {problem}")
     if config.c2s.max_stanza_bytes < 10_000:
         raise ConfigError(f"{source}: [c2s].max_stanza_bytes must be at least 10000 (RFC 6120 §13.12)")
+    _validate_bosh(config.bosh, source)
     if config.archive.default not in {"always", "never", "roster"}:
         raise ConfigError(f"{source}: [archive].default must be always, never or roster")
     _validate_storage(config.storage, source)
@@ -341,6 +357,15 @@ def _validate_registration(config: Config, source: str) -> None:
             raise ConfigError(
                 f"{source}: [registration].throttle_exempt: {entry!r} is not an address"
             ) from exc
+
+
+def _validate_bosh(bosh: BoshSection, source: str) -> None:
+    for key in ("max_wait", "max_inactivity", "max_body_bytes", "read_timeout"):
+        if getattr(bosh, key) <= 0:
+            raise ConfigError(f"{source}: [bosh].{key} must be positive")
+    for key in ("max_hold", "polling", "max_pause"):
+        if getattr(bosh, key) < 0:
+            raise ConfigError(f"{source}: [bosh].{key} must not be negative")
 
 
 def _validate_observability(config: Config, source: str) -> None:
