@@ -30,23 +30,20 @@ from nitro.xmpp.pubsub import (
     OWNER,
     PUBLISH_OPTIONS,
     PUBSUB,
-    NodeOptions,
     checked_name,
-    config_form,
     delete_event,
     denial,
     elements,
     event_message,
     items_element,
     node_name,
-    parse_options,
     parse_publish,
     pubsub_error,
-    read_form,
     retract_event,
     unsupported,
     with_affiliations,
 )
+from nitro.xmpp.pubsub_config import NodeOptions, config_form, parse_options, read_form
 from nitro.xmpp.stanza import child, element, iq_result
 
 _QUALIFIERS = frozenset({f"{{{PUBSUB}}}publish-options", f"{{{PUBSUB}}}configure"})
