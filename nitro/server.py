@@ -14,6 +14,7 @@ from nitro.c2s.throttle import FailureThrottle
 from nitro.config import Config
 from nitro.core.directory import SessionDirectory
 from nitro.core.events import EventBus
+from nitro.core.hosts import HostTable
 from nitro.core.module import BUILTIN_MODULES, DiscoRegistry, Module, load_module
 from nitro.core.router import Router
 from nitro.core.sessions import SessionManager
@@ -51,6 +52,7 @@ class Server:
         self.metrics_endpoint: MetricsEndpoint | None = None
         self.storage = storage
         self.tls_context = tls_context
+        self.hosts = HostTable(config.server.domain)  # domain → local IM host or component (core/hosts.py)
         self.bus = EventBus()
         self.disco = DiscoRegistry()
         self.sessions = SessionManager()

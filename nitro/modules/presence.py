@@ -333,7 +333,7 @@ def load(module: Module) -> None:
     module.hook("pre-presence/self", on_self)
     module.hook("pre-presence/bare", on_outbound)
     module.hook("pre-presence/full", on_outbound)
-    module.hook("pre-presence/host", on_host)
     module.hook("presence/bare", on_bare, priority=DELIVERY_PRIORITY)
     module.hook("presence/full", on_full, priority=DELIVERY_PRIORITY)
+    module.hook("presence/host", on_host)  # recipient side: presence to another host (a component) goes on
     module.hook("resource-unbind", on_unbind)
