@@ -173,10 +173,7 @@ class Presence:
     ) -> None:
         """A subscription presence from `contact` for the local `user` (A.3)."""
         assert user.local is not None
-        try:
-            exists = await self.server.storage.accounts.exists(user.local)
-        except StorageUnavailable as exc:
-            raise storage_error(exc) from exc
+        exists = await self.server.storage.accounts.exists(user.local)
         if not exists:
             if kind == "subscribe":  # §3.1.3: no such user; the request is refused on its behalf
                 await self.route(stanza("presence", type="unsubscribed", from_=str(user), to=str(contact)))
@@ -194,13 +191,10 @@ class Presence:
     ) -> Transition:
         jid = str(contact)
         async with roster_lock(self.server, username):
-            try:
-                before = await self.server.storage.rosters.get_item(username, jid)
-                step = transition(state_of(before), direction, kind)
-                after = apply(before, jid, step, inbound=direction is Direction.INBOUND)
-                await save(self.server, username, before, after)
-            except StorageUnavailable as exc:
-                raise storage_error(exc) from exc
+            before = await self.server.storage.rosters.get_item(username, jid)
+            step = transition(state_of(before), direction, kind)
+            after = apply(before, jid, step, inbound=direction is Direction.INBOUND)
+            await save(self.server, username, before, after)
         return step
 
     async def _side_effects(self, user: JID, contact: JID, step: Transition) -> None:
@@ -215,10 +209,7 @@ class Presence:
         assert user.local is not None
         item: RosterItem | None = None
         if prober.bare != user:
-            try:
-                item = await self.server.storage.rosters.get_item(user.local, str(prober.bare))
-            except StorageUnavailable as exc:
-                raise storage_error(exc) from exc
+            item = await self.server.storage.rosters.get_item(user.local, str(prober.bare))
         await self.answer_probe(prober, user, item)
 
     async def probe_contacts(self, prober: JID, items: Sequence[RosterItem]) -> None:
@@ -287,10 +278,7 @@ def load(module: Module) -> None:
                 await presence.outbound(event.from_.bare, to.bare, event.stanza, subscription)
             return True
         if kind is None or kind == "unavailable":
-            try:
-                await presence.track_directed(session, to, available=kind is None)
-            except StorageUnavailable as exc:
-                raise storage_error(exc) from exc
+            await presence.track_directed(session, to, available=kind is None)
         return False
 
     async def on_host(event: StanzaEvent) -> bool:
