@@ -12,12 +12,14 @@ from typing import TYPE_CHECKING, Any
 
 from nitro.c2s.throttle import FailureThrottle
 from nitro.config import Config
+from nitro.core.delivery import Delivery
 from nitro.core.directory import SessionDirectory
 from nitro.core.events import EventBus
 from nitro.core.hosts import HostTable
 from nitro.core.module import BUILTIN_MODULES, DiscoRegistry, Module, load_module
 from nitro.core.router import Router
-from nitro.core.sessions import SessionManager
+from nitro.core.sessions import Sessions
+from nitro.core.slots import SlotRegistry
 from nitro.observe.metrics import Metrics
 from nitro.observe.metrics_http import MetricsEndpoint, serve_metrics
 from nitro.observe.runtime import tuned_gc
@@ -55,8 +57,11 @@ class Server:
         self.hosts = HostTable(config.server.domain)  # domain → local IM host or component (core/hosts.py)
         self.bus = EventBus()
         self.disco = DiscoRegistry()
-        self.sessions = SessionManager()
-        self.router = Router(self, self.bus, self.sessions)
+        self.slots = SlotRegistry()  # the per-session state modules declare (nitro/core/slots.py)
+        self.sessions: Sessions[ClientSession] = Sessions()
+        self.delivery = Delivery(self.sessions)
+        self.deliver = self.delivery.deliver  # the one way modules reach another entity's session
+        self.router = Router(self, self.bus, self.delivery)
         self.auth_throttle = FailureThrottle(config.auth.throttle_failures, config.auth.throttle_window)
         self.modules: dict[str, Module] = {}
         self.listeners: list[asyncio.Server] = []

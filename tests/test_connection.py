@@ -151,7 +151,7 @@ async def test_an_idle_session_frees_its_parser_and_reads_on_when_the_client_spe
         try:
             alice = await clients.user("alice")
             client = await clients.login(alice)
-            [session] = server.sessions.resources(JID.parse(alice))
+            [session] = server.sessions.sessions_of(JID.parse(alice))
             await wait_for(lambda: session.transport.parser.released, 10)
             client.send_message(mto=alice, mbody="still listening?")
             message = await client.wait_until("message", 5)

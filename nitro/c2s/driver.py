@@ -37,7 +37,9 @@ class ClientStream:
     @property
     def session(self) -> ClientSession:
         """The session this connection drives now (the resumed one after `<resume/>`)."""
-        self._session = self._session.current
+        resumed = self._session.resumed
+        if resumed is not None:
+            self._session = resumed
         return self._session
 
     @property

@@ -29,11 +29,14 @@ from nitro.c2s.sm import (
     failed,
     is_stanza,
     parse_h,
+    parse_stanza,
     resumed,
 )
 from nitro.c2s.transport import StreamHeader, Transport
 from nitro.core.module import NonzaEvent, SessionEvent, StreamFeaturesEvent
 from nitro.core.router import StanzaEvent
+from nitro.core.sessions import INTERESTED, LOCAL_NODE, Resource
+from nitro.core.slots import SlotValues
 from nitro.observe.logs import SessionLog, enter_session
 from nitro.storage.errors import StorageUnavailable
 from nitro.xmpp import ns
@@ -127,15 +130,16 @@ class ClientSession:
         self._jid = JID(None, server.config.server.domain, None)
         self.jid_text = str(self._jid)  # str(self.jid), computed once per change: every stanza is stamped
         # IM state that the roster and presence modules keep on the session (RFC 6121 terms).
-        self.priority = 0
-        self.presence: etree._Element | None = None  # last available presence broadcast, None if not
-        self.interested = False  # requested the roster (RFC 6121 §2.1.6)
-        self.directed_to: set[JID] = set()  # entities that got directed presence (§4.6)
-        self.data: dict[str, Any] = {}  # per-module scratch space, keyed by module name
-        # Outbound filters run in order on every `send`; one returning False holds the element back.
-        self.outbound_filters: list[Callable[[etree._Element], bool]] = []
+        self._priority = 0
+        self._presence: etree._Element | None = None  # last available presence broadcast, None if not
+        self._flags: frozenset[str] = frozenset()  # what modules decided about it ("carbons", "interested")
+        self._resource: Resource | None = None  # the value other modules see, rebuilt after a change
+        self._directed_to: frozenset[JID] = frozenset()  # entities that got directed presence (§4.6)
+        self.slots = SlotValues(
+            self
+        )  # typed per-module state (nitro/core/slots.py), exported with the session
         self.sm: SmState | None = None  # Stream Management (XEP-0198), once enabled
-        self.successor: ClientSession | None = None  # the session this stream resumed (XEP-0198 §5)
+        self.resumed: ClientSession | None = None  # set when this stream resumed that session (XEP-0198 §5)
         self._ending = False  # a close is scheduled (too many unacknowledged stanzas)
         self._auth: Authenticator | None = None
         self._auth_failures = 0
@@ -158,10 +162,118 @@ class ClientSession:
     def jid(self, jid: JID) -> None:
         self._jid = jid
         self.jid_text = str(jid)
+        self._resource = None
+
+    @property
+    def resource(self) -> Resource:
+        """This session as other modules see it: an immutable value (nitro/core/sessions.py)."""
+        if self._resource is None:
+            self._resource = Resource(
+                self._jid,
+                LOCAL_NODE,
+                self._presence is not None,
+                self._priority,
+                self._flags,
+                self._presence,
+                self._directed_to,
+            )
+        return self._resource
+
+    # -- the session as data (XEP-0198 resumption elsewhere, a successor process) ----------------------
+
+    def export(self) -> dict[str, Any]:
+        """Everything the session is, as JSON-able data; `restore` makes an equal session from it."""
+        presence = self._presence
+        return {
+            "id": self.id,
+            "jid": self.jid_text,
+            "username": self.username,
+            "mechanism": self.mechanism,
+            "lang": self.lang,
+            "state": self.state.value,
+            "priority": self._priority,
+            "presence": None if presence is None else etree.tostring(presence, encoding="unicode"),
+            "flags": sorted(self._flags),
+            "directed_to": sorted(str(jid) for jid in self._directed_to),
+            "sm": None if self.sm is None else self.sm.to_dict(),
+            "slots": self.slots.export(),
+        }
+
+    @classmethod
+    def restore(cls, server: Server, data: dict[str, Any]) -> ClientSession:
+        """A session from `export()` data, without a connection (DETACHED if it was bound): the caller
+        registers it and a resuming stream `attach`es to it. Slots no loaded module declares are dropped."""
+        session = cls(server, NO_TRANSPORT)
+        session.id = str(data["id"])
+        session.username = None if data.get("username") is None else str(data["username"])
+        session.authenticated = session.username is not None
+        session.mechanism = None if data.get("mechanism") is None else str(data["mechanism"])
+        session.lang = str(data.get("lang") or "en")
+        session.jid = JID.parse(str(data["jid"]))
+        session.log.extra = {"session": session.id, "jid": session.jid}
+        state = State(data.get("state", State.DETACHED.value))
+        session.state = State.DETACHED if state in (State.ESTABLISHED, State.DETACHED) else state
+        session.header_sent = True
+        session._priority = int(data.get("priority", 0))
+        presence = data.get("presence")
+        session._presence = None if presence is None else parse_stanza(str(presence).encode())
+        session._flags = frozenset(str(flag) for flag in data.get("flags", ()))
+        session._directed_to = frozenset(JID.parse(str(jid)) for jid in data.get("directed_to", ()))
+        sm = data.get("sm")
+        session.sm = None if sm is None else SmState.from_dict(sm)
+        for name in session.slots.restore(dict(data.get("slots", {})), server.slots):
+            session.log.warning("session state %r has no module here to take it; dropped", name)
+        return session
+
+    @property
+    def priority(self) -> int:
+        return self._priority
+
+    @priority.setter
+    def priority(self, value: int) -> None:
+        self._priority = value
+        self._resource = None
+
+    @property
+    def presence(self) -> etree._Element | None:
+        return self._presence
+
+    @presence.setter
+    def presence(self, value: etree._Element | None) -> None:
+        self._presence = value
+        self._resource = None
+
+    @property
+    def directed_to(self) -> frozenset[JID]:
+        return self._directed_to
+
+    @directed_to.setter
+    def directed_to(self, value: frozenset[JID]) -> None:
+        self._directed_to = value
+        self._resource = None
+
+    def has_flag(self, flag: str) -> bool:
+        return flag in self._flags
+
+    def set_flag(self, flag: str, on: bool = True) -> None:
+        """Record a module's decision about this resource, visible in its `Resource` value."""
+        flags = self._flags | {flag} if on else self._flags - {flag}
+        if flags != self._flags:
+            self._flags = frozenset(flags)
+            self._resource = None
+
+    @property
+    def interested(self) -> bool:
+        """Requested the roster (RFC 6121 §2.1.6): gets roster pushes."""
+        return INTERESTED in self._flags
+
+    @interested.setter
+    def interested(self, value: bool) -> None:
+        self.set_flag(INTERESTED, value)
 
     @property
     def available(self) -> bool:
-        return self.presence is not None
+        return self._presence is not None
 
     @property
     def established(self) -> bool:
@@ -175,21 +287,14 @@ class ClientSession:
 
     def activity(self) -> None:
         """The peer showed it is alive (any input, a WebSocket pong, a BOSH request)."""
-        session = self.current
-        session.last_read = time.monotonic()
-        session.ping_deadline = None
+        self.last_read = time.monotonic()
+        self.ping_deadline = None
 
     async def receive(self, event: StreamEvent) -> None:
         """One event from the transport; raises StreamError for the connection to close with."""
-        session = self.current  # after `<resume/>` the input belongs to the resumed session
-        if session.closed:
+        if self.closed:
             return
-        await session._on_event(event)
-
-    @property
-    def current(self) -> ClientSession:
-        """The session this stream now drives: itself, or the older one it resumed (XEP-0198 §5)."""
-        return self.successor if self.successor is not None else self
+        await self._on_event(event)
 
     async def _on_event(self, event: StreamEvent) -> bool:
         if isinstance(event, StreamOpened):
@@ -478,7 +583,11 @@ class ClientSession:
         if old.state is State.ESTABLISHED:  # the old connection looks alive but the client has moved on
             old.log.info("resumed on another connection; closing this one")
             old._drop_transport(StreamError("conflict", "this session was resumed on another connection"))
-        old._take_over(self)
+        old.attach(self.transport, stream_id=self.stream_id, lang=self.lang, mechanism=self.mechanism)
+        self.transport = NO_TRANSPORT  # this unbound stream session ends; its connection drives `old` now
+        self.state = State.CLOSED
+        self.resumed = old
+        self.server.untrack(self)
         old.log.info("resumed (%d stanzas to resend)", len(old.sm.unacked))
         old.write_element(resumed(old.sm))
         for stanza in old.sm.unacked:
@@ -490,20 +599,17 @@ class ClientSession:
         await self.server.bus.fire("sm-resumed", SessionEvent(old))
         return False
 
-    def _take_over(self, stream: ClientSession) -> None:
-        """§5: continue on the transport of `stream`, which authenticated as this user."""
-        self.transport, stream.transport = stream.transport, NO_TRANSPORT
-        self.stream_id = stream.stream_id
-        self.lang = stream.lang
+    def attach(self, transport: Transport, *, stream_id: str, lang: str, mechanism: str | None) -> None:
+        """§5: continue on `transport`, whose stream authenticated as this user and resumed this session."""
+        self.transport = transport
+        self.stream_id = stream_id
+        self.lang = lang
         self.header_sent = True
-        self.mechanism = stream.mechanism
+        self.mechanism = mechanism
         self.last_read = self.last_write = time.monotonic()
         self.ping_deadline = None
         self._ping_id = None
         self.state = State.ESTABLISHED
-        stream.state = State.CLOSED
-        stream.successor = self
-        self.server.untrack(stream)
         self.server.track(self)
         enter_session(self.log)  # the resuming connection's task now works for this session
 
@@ -565,8 +671,8 @@ class ClientSession:
         """Send a stanza or nonza, unless an outbound filter (e.g. CSI, XEP-0352) holds it back."""
         if self.closed:
             return
-        for keep in self.outbound_filters:
-            if not keep(element):
+        for outbound_filter in self.slots.filters:
+            if not outbound_filter.keep(element):
                 return
         self.write_element(element)
 

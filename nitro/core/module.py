@@ -21,6 +21,7 @@ from nitro.core.events import (
 )
 from nitro.core.events import AccountEvent as AccountEvent  # re-exported: it used to live here
 from nitro.core.hosts import Host
+from nitro.core.slots import Slot
 
 if TYPE_CHECKING:
     from nitro.c2s.stream import ClientSession
@@ -156,6 +157,10 @@ class Module:
 
     def add_identity(self, category: str, type_: str, name: str | None = None) -> None:
         self._undo.append(self.server.disco.add_identity(Identity(category, type_, name)))
+
+    def add_slot(self, slot: Slot[Any]) -> None:
+        """Declare per-session state this module keeps (exported and imported with the session)."""
+        self._undo.append(self.server.slots.add(slot))
 
     def on_unload(self, callback: Callable[[], None]) -> None:
         self._undo.append(callback)
