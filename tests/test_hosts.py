@@ -190,6 +190,23 @@ async def test_a_component_sends_only_from_its_own_domain(clients: Clients, echo
     assert inbox == []
 
 
+async def test_a_component_iq_without_to_is_for_the_component_not_a_local_account(
+    clients: Clients, server: Server, echo: Echo
+) -> None:
+    await clients.user("bot")  # a local account with the component user's localpart
+    await server.storage.vcards.set("bot", b"<vCard xmlns='vcard-temp'><FN>Local Bot</FN></vCard>")
+
+    query = (
+        f"<iq xmlns='{ns.COMPONENT}' type='get' from='bot@{ECHO}' id='v1'><vCard xmlns='vcard-temp'/></iq>"
+    )
+    await echo.link.send(etree.fromstring(query))
+
+    await wait_for(lambda: len(echo.received) >= 1)  # RFC 6120 §10.3: handled by its own server
+    iq = echo.received[0]
+    assert (iq.get("type"), iq.get("id"), iq.get("to")) == ("get", "v1", ECHO)
+    assert b"Local Bot" not in etree.tostring(iq)
+
+
 def test_from_checks() -> None:
     check_component_from(ECHO, etree.fromstring(f"<message from='a@{ECHO}/r'/>"))
     for sender in (None, DOMAIN, f"a@sub.{ECHO}", "@@"):

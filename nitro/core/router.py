@@ -140,7 +140,7 @@ class Router:
         await self.bus.fire(_EVENTS[kind, to_type], event)
 
     def _addresses(self, stanza: etree._Element) -> tuple[str, JID, JID | None]:
-        """The stanza's kind, sender and recipient; a message with no 'to' gets its sender's bare JID."""
+        """The stanza's kind, sender and recipient; a stanza with no 'to' gets one (RFC 6120 §10.3)."""
         kind = _KINDS.get(stanza.tag)
         if kind is None:
             raise StanzaError("bad-request", "not a stanza")
@@ -153,6 +153,11 @@ class Router:
         if to is None and kind == "message":
             to = from_.bare  # RFC 6120 §10.3.1: a message with no 'to' is for the sender's bare JID
             stanza.set("to", str(to))
+        elif to is None and from_.domain != self.domain:
+            # §10.3: no 'to' means the sender's own server; a component's is its own domain, never the
+            # IM host (whose `self` handlers would take the sender's localpart for a local account).
+            to = JID(None, from_.domain, None)
+            stanza.set("to", from_.domain)
         return kind, from_, to
 
     async def _route_iq(self, event: StanzaEvent) -> None:
