@@ -10,16 +10,17 @@ from collections.abc import AsyncIterator, Coroutine, Mapping
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
-from nitro.c2s.throttle import FailureThrottle
 from nitro.config import Config
 from nitro.core.delivery import Delivery
 from nitro.core.directory import SessionDirectory
+from nitro.core.disco import DiscoRegistry
 from nitro.core.events import EventBus
 from nitro.core.hosts import HostTable
-from nitro.core.module import BUILTIN_MODULES, DiscoRegistry, Module, load_module
+from nitro.core.module import BUILTIN_MODULES, Module, load_module
 from nitro.core.router import Router
 from nitro.core.sessions import Sessions
 from nitro.core.slots import SlotRegistry
+from nitro.core.throttle import FailureThrottle
 from nitro.observe.metrics import Metrics
 from nitro.observe.metrics_http import MetricsEndpoint, serve_metrics
 from nitro.observe.runtime import tuned_gc
@@ -28,11 +29,15 @@ from nitro.storage.layered import open_storage
 from nitro.storage.tiers import Tiers
 from nitro.storage.timed import timed_storage
 from nitro.transports.tcp import connection_factory
-from nitro.transports.tls import ensure_certificate, server_context
+from nitro.transports.tls import make_tls_context
 from nitro.xmpp.errors import StreamError
 
 if TYPE_CHECKING:
-    from nitro.c2s.stream import ClientSession
+    from nitro.c2s.negotiation import Negotiation
+    from nitro.c2s.session import ClientSession
+    from nitro.core.context import Session
+
+    Tracked = Negotiation | ClientSession  # a connection's stream: negotiating, bound or detached
 
 log = logging.getLogger(__name__)
 
@@ -58,14 +63,14 @@ class Server:
         self.bus = EventBus()
         self.disco = DiscoRegistry()
         self.slots = SlotRegistry()  # the per-session state modules declare (nitro/core/slots.py)
-        self.sessions: Sessions[ClientSession] = Sessions()
+        self.sessions: Sessions[Session] = Sessions()
         self.delivery = Delivery(self.sessions)
         self.deliver = self.delivery.deliver  # the one way modules reach another entity's session
         self.router = Router(self, self.bus, self.delivery)
         self.auth_throttle = FailureThrottle(config.auth.throttle_failures, config.auth.throttle_window)
         self.modules: dict[str, Module] = {}
         self.listeners: list[asyncio.Server] = []
-        self._connections: dict[ClientSession, asyncio.Task[Any] | None] = {}
+        self._connections: dict[Tracked, asyncio.Task[Any] | None] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._connection_tasks: set[asyncio.Task[Any]] = set()  # until serve_client returns
         self.metrics.track_sessions(lambda: self._connections)
@@ -86,7 +91,7 @@ class Server:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def track(self, session: ClientSession) -> None:
+    def track(self, session: Tracked) -> None:
         """Called from the connection's own task, which shutdown may have to cancel."""
         self._connections[session] = asyncio.current_task()
 
@@ -96,11 +101,11 @@ class Server:
         self._connection_tasks.add(task)
         task.add_done_callback(self._connection_tasks.discard)
 
-    def untrack(self, session: ClientSession) -> None:
+    def untrack(self, session: Tracked) -> None:
         self._connections.pop(session, None)
 
     @property
-    def connections(self) -> frozenset[ClientSession]:
+    def connections(self) -> frozenset[Tracked]:
         return frozenset(self._connections)
 
     async def start_listeners(self) -> None:
@@ -157,18 +162,6 @@ def _addresses(listener: asyncio.Server) -> str:
 def _hits_and_misses(stats: Mapping[str, Mapping[str, int]]) -> dict[str, tuple[int, int]]:
     """A tier's per-kind counters as the metrics' tier source reads them."""
     return {kind: (counters.get("hits", 0), counters.get("misses", 0)) for kind, counters in stats.items()}
-
-
-def make_tls_context(config: Config) -> ssl.SSLContext | None:
-    cert, key = config.path(config.tls.cert), config.path(config.tls.key)
-    if config.tls.generate:
-        ensure_certificate(cert, key, config.server.domain)
-    if not (cert.exists() and key.exists()):
-        if config.c2s.require_encryption:
-            raise FileNotFoundError(f"TLS is required but {cert} or {key} is missing")
-        log.warning("no TLS certificate at %s: STARTTLS and Direct TLS are off", cert)
-        return None
-    return server_context(cert, key)
 
 
 @asynccontextmanager

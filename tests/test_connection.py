@@ -13,7 +13,7 @@ from pathlib import Path
 from conftest import PASSWORD, Clients, make_config, read_until, wait_for
 from test_c2s import HEADER, plain
 
-from nitro.c2s.stream import ClientSession
+from nitro.c2s.session import ClientSession
 from nitro.server import Server, running_server
 from nitro.transports.tcp import ClientConnection
 from nitro.xmpp.jid import JID

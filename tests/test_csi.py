@@ -13,7 +13,7 @@ from slixmpp.xmlstream import ET
 from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import MatchXPath
 
-from nitro.c2s.stream import ClientSession
+from nitro.c2s.session import ClientSession
 from nitro.c2s.transport import StreamHeader
 from nitro.modules.csi import HOLDER, MAX_HELD, holder
 from nitro.server import Server
@@ -243,7 +243,7 @@ class Recorder:
 
 async def test_the_held_queue_is_bounded(server: Server) -> None:
     recorder = Recorder()
-    session = ClientSession(server, recorder)
+    session = ClientSession(server, recorder, JID.parse(f"alice@{DOMAIN}/test"))
     held = holder(session)
     held.inactive = True
 

@@ -8,7 +8,7 @@ import json
 from conftest import DOMAIN, Clients, wait_for
 from test_stream_management import managed
 
-from nitro.c2s.stream import ClientSession
+from nitro.c2s.session import ClientSession
 from nitro.modules.csi import HOLDER
 from nitro.modules.pep import INTERESTS
 from nitro.server import Server

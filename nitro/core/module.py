@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import importlib
 import logging
-from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, overload
 
 from lxml import etree
 
+from nitro.core.disco import Identity
 from nitro.core.events import (
     DEFAULT_FILTER_TIMEOUT,
     EventKey,
@@ -21,11 +21,11 @@ from nitro.core.events import (
 )
 from nitro.core.events import AccountEvent as AccountEvent  # re-exported: it used to live here
 from nitro.core.hosts import Host
-from nitro.core.slots import Slot
+from nitro.core.slots import Slot, SlotValues
+from nitro.xmpp.jid import JID
 
 if TYPE_CHECKING:
-    from nitro.c2s.stream import ClientSession
-    from nitro.server import Server
+    from nitro.core.context import Core, Session
 
 P = TypeVar("P")
 F = TypeVar("F", bound=Filterable)
@@ -55,68 +55,91 @@ BUILTIN_MODULES: tuple[str, ...] = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Identity:
-    category: str
-    type: str
-    name: str | None = None
-
-
 @dataclass(slots=True)
 class SessionEvent:
     """Payload of `resource-bind` and `resource-unbind` (the session is bound, or was)."""
 
-    session: ClientSession
+    session: Session
 
 
 @dataclass(slots=True)
 class NonzaEvent:
     """Payload of `c2s-nonza/<ns>:<name>`: a top-level non-stanza element from an established client."""
 
-    session: ClientSession
+    session: Session
     element: etree._Element
+
+
+class PeerInfo(Protocol):
+    """What a module may know of the connection under a stream."""
+
+    @property
+    def peer_host(self) -> str: ...
+
+    @property
+    def encrypted(self) -> bool: ...
+
+
+class UnboundStream(Protocol):
+    """A client stream before binding, as modules see it (stream features, in-band registration)."""
+
+    @property
+    def authenticated(self) -> bool: ...
+
+    @property
+    def may_negotiate(self) -> bool: ...
+
+    @property
+    def transport(self) -> PeerInfo: ...
+
+    @property
+    def slots(self) -> SlotValues: ...
+
+    @property
+    def log(self) -> logging.LoggerAdapter[logging.Logger]: ...
+
+    def send(self, element: etree._Element) -> None: ...
 
 
 @dataclass(slots=True)
 class StreamFeaturesEvent:
     """Payload of `stream-features`: handlers append their feature elements to `features`."""
 
-    session: ClientSession
+    stream: UnboundStream
     features: etree._Element
 
 
-class DiscoRegistry:
-    """The server's own disco#info: features and identities, reference-counted by the modules adding them."""
+@dataclass(slots=True)
+class UnauthenticatedIq:
+    """Payload of `c2s-unauthenticated/iq-<type>/<ns>:<name>`: an IQ before login (in-band registration)."""
 
-    def __init__(self) -> None:
-        self.features: Counter[str] = Counter()
-        self.identities: Counter[Identity] = Counter()
+    stream: UnboundStream
+    stanza: etree._Element
 
-    def add_feature(self, var: str) -> Callable[[], None]:
-        self.features[var] += 1
 
-        def remove() -> None:
-            self.features[var] -= 1
-            if self.features[var] <= 0:
-                del self.features[var]
+@dataclass(slots=True)
+class ResumeRequest:
+    """Payload of `sm-resume`: a stream authenticated as `user` asks for `previd`; a handler sets `found`."""
 
-        return remove
+    previd: str
+    user: JID
+    found: Session | None = None
 
-    def add_identity(self, identity: Identity) -> Callable[[], None]:
-        self.identities[identity] += 1
 
-        def remove() -> None:
-            self.identities[identity] -= 1
-            if self.identities[identity] <= 0:
-                del self.identities[identity]
+@dataclass(slots=True)
+class UnackedStanzas:
+    """Payload of `sm-ended`: a stream-managed session ended without resumption; `stanzas` are what the
+    client never acknowledged, oldest first, to be treated as never delivered (XEP-0198 §4).
+    """
 
-        return remove
+    session: Session
+    stanzas: list[etree._Element]
 
 
 class Module:
     """One loaded feature module; every registration it makes is recorded and undone by `unload`."""
 
-    def __init__(self, server: Server, name: str) -> None:
+    def __init__(self, server: Core, name: str) -> None:
         self.server = server
         self.name = name
         self.log = logging.getLogger(f"nitro.modules.{name}")
@@ -170,7 +193,7 @@ class Module:
             self._undo.pop()()
 
 
-def load_module(server: Server, name: str) -> Module:
+def load_module(server: Core, name: str) -> Module:
     """Import `nitro.modules.<name>` and call its `load(module)`."""
     python_module = importlib.import_module(f"nitro.modules.{name}")
     module = Module(server, name)

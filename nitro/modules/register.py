@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from lxml import etree
 
 from nitro.accounts import InvalidUsername, change_password, create_account, delete_account, prepare_username
-from nitro.c2s.throttle import FailureThrottle
-from nitro.core.module import AccountEvent, Module, StreamFeaturesEvent
+from nitro.core.module import AccountEvent, Module, StreamFeaturesEvent, UnauthenticatedIq
 from nitro.core.router import StanzaEvent
 from nitro.core.slots import Slot
+from nitro.core.throttle import FailureThrottle
 from nitro.storage.errors import AlreadyExists, StorageUnavailable
 from nitro.xmpp import ns
 from nitro.xmpp.dataforms import Field, Form, InvalidForm, find_form, form_type_field
@@ -93,21 +93,19 @@ def load(module: Module) -> None:
 
     async def stream_features(event: StreamFeaturesEvent) -> None:
         """XEP-0077 §8: advertise registration before login, only while it is open and allowed."""
-        session = event.session
-        if config.open and not session.authenticated and session.may_negotiate:
+        stream = event.stream
+        if config.open and not stream.authenticated and stream.may_negotiate:
             child(event.features, ns.REGISTER_FEATURE, "register")
 
-    async def unauthenticated_get(event: StanzaEvent) -> bool:
+    async def unauthenticated_get(event: UnauthenticatedIq) -> bool:
         if not config.open:
             raise StanzaError("service-unavailable", "in-band registration is disabled")  # §3.1
-        assert event.origin is not None
-        event.origin.send(iq_result(event.stanza, _registration_form()))
+        event.stream.send(iq_result(event.stanza, _registration_form()))
         return True
 
-    async def unauthenticated_set(event: StanzaEvent) -> bool:
+    async def unauthenticated_set(event: UnauthenticatedIq) -> bool:
         """XEP-0077 §3.1.1: a new account, then the client authenticates on this same stream."""
-        session = event.origin
-        assert session is not None
+        session = event.stream
         if not config.open:
             raise StanzaError("service-unavailable", "in-band registration is disabled")  # §3.1
         query = event.stanza.find(f"{_Q}query")
