@@ -22,7 +22,7 @@ from nitro.accounts import create_account
 from nitro.config import Config, parse_config
 from nitro.server import Server, running_server
 
-pytest_plugins = ["tests.sqlbackends"]  # sql_backend, mariadb_backend: storage tests on every backend
+pytest_plugins = ["sqlbackends"]  # sql_backend, mariadb_backend: storage tests on every backend
 
 DOMAIN = "localhost"
 PASSWORD = "correct horse battery"

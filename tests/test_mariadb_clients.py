@@ -19,10 +19,10 @@ import test_private
 import test_roster
 import test_vcard
 from conftest import Clients, make_config, next_event
+from sqlbackends import SqlBackend
 
 from nitro.config import Config
 from nitro.server import Server
-from tests.sqlbackends import SqlBackend
 
 SCENARIOS = {
     test_c2s: (

@@ -17,6 +17,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, event
+from sqlbackends import SqlBackend
 
 from nitro.storage import (
     ArchivedMessage,
@@ -36,7 +37,6 @@ from nitro.storage.sql_archive import SqlArchiveStore
 from nitro.storage.sql_base import Database
 from nitro.storage.sql_pep import SqlPepStore
 from nitro.storage.sql_userdata import SqlBlockListStore, SqlPrivateStore, SqlVCardStore
-from tests.sqlbackends import SqlBackend
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 ROMEO = "romeo@montague.lit"

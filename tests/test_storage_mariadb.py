@@ -12,13 +12,13 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import Connection, text
 from sqlalchemy.engine import make_url
+from sqlbackends import MariaDB, SqlBackend, create_test_database
 
 from nitro.config import ConfigError, StorageSection, parse_config
 from nitro.storage import AlreadyExists, ArchiveQuery, RosterItem, StorageUnavailable
 from nitro.storage.schema import metadata
 from nitro.storage.sql import create_engine, open_sql_storage
 from nitro.storage.sql_mysql import MIGRATION_LOCK, ensure_database
-from tests.sqlbackends import MariaDB, SqlBackend, create_test_database
 
 FOUR_BYTE = "𝄞 🎸😀 𠜎 🏳️‍🌈"  # astral-plane characters: utf8mb4, not MySQL's 3-byte "utf8"
 
