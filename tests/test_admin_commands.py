@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import slixmpp
 from conftest import DOMAIN, Clients, wait_for
 from slixmpp.exceptions import IqError
 
@@ -68,7 +69,7 @@ async def test_admin_sees_the_command_list_others_see_none(clients: Clients) -> 
     alice = await clients.login(await clients.user("alice"))
 
     listed = await admin.plugin["xep_0030"].get_items(jid=DOMAIN, node=ns.COMMANDS, local=False)
-    hidden = await alice.plugin["xep_0030"].get_items(jid=DOMAIN, node=ns.COMMANDS, local=False)
+    hidden = await alice.plugin["xep_0030"].get_items(jid=slixmpp.JID(DOMAIN), node=ns.COMMANDS, local=False)
 
     items = {(str(jid), node, name) for jid, node, name in listed["disco_items"]["items"]}
     assert items == {
@@ -86,7 +87,7 @@ async def test_command_node_info_is_for_admins_only(clients: Clients) -> None:
 
     info = await admin.plugin["xep_0030"].get_info(jid=DOMAIN, node=ADD_USER, local=False)
     with pytest.raises(IqError) as error:
-        await alice.plugin["xep_0030"].get_info(jid=DOMAIN, node=ADD_USER, local=False)
+        await alice.plugin["xep_0030"].get_info(jid=slixmpp.JID(DOMAIN), node=ADD_USER, local=False)
 
     assert {(c, t) for c, t, _lang, _name in info["disco_info"]["identities"]} == {
         ("automation", "command-node")

@@ -92,7 +92,7 @@ def condition(error: Any) -> str:
 
 async def test_the_server_advertises_blocking(clients: Clients) -> None:
     alice, _bob = await alice_and_bob(clients)
-    info = await alice.client.plugin["xep_0030"].get_info(jid=DOMAIN, timeout=5)
+    info = await alice.client.plugin["xep_0030"].get_info(jid=slixmpp.JID(DOMAIN), timeout=5)
     assert BLOCKING in info["disco_info"]["features"]
 
 

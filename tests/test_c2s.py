@@ -61,7 +61,7 @@ async def still_serving(clients: Clients) -> None:
     """Another user can still log in and talk to themselves after a misbehaving client."""
     jid = await clients.user(f"witness{len(clients.connected)}")
     client = await clients.login(jid)
-    client.send_message(mto=jid, mbody="still here")
+    client.send_message(mto=slixmpp.JID(jid), mbody="still here")
     message = await client.wait_until("message", 5)
     assert message["body"] == "still here"
 
@@ -371,7 +371,7 @@ async def test_answered_pings_keep_the_session(tmp_path: Path) -> None:
         client = await pool.login(jid)  # slixmpp answers XEP-0199 pings
         await asyncio.sleep(1.5)
         assert len(server.sessions) == 1
-        client.send_message(mto=jid, mbody="alive")
+        client.send_message(mto=slixmpp.JID(jid), mbody="alive")
         assert (await client.wait_until("message", 5))["body"] == "alive"
         await pool.close_all()
 

@@ -87,7 +87,7 @@ async def alice_and_bob(clients: Clients) -> tuple[Resource, Resource, Resource]
 
 async def test_the_server_advertises_carbons(clients: Clients) -> None:
     alice = await resource(clients, await clients.user("alice"))
-    info = await alice.client.plugin["xep_0030"].get_info(jid=DOMAIN, timeout=5)
+    info = await alice.client.plugin["xep_0030"].get_info(jid=slixmpp.JID(DOMAIN), timeout=5)
     assert CARBONS in info["disco_info"]["features"]
 
 

@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import slixmpp
 from conftest import PASSWORD, Clients, make_config, read_until, wait_for
 from test_c2s import HEADER, plain
 
@@ -74,7 +75,7 @@ async def test_many_messages_arrive_in_the_order_they_were_sent(server: Server, 
     received: list[str] = []
     receiver.add_event_handler("message", lambda message: received.append(message["body"]))
     for n in range(300):
-        sender.send_message(mto=bob, mbody=str(n), mtype="chat")
+        sender.send_message(mto=slixmpp.JID(bob), mbody=str(n), mtype="chat")
     await wait_for(lambda: len(received) == 300, 20)
     assert received == [str(n) for n in range(300)]
 
@@ -153,7 +154,7 @@ async def test_an_idle_session_frees_its_parser_and_reads_on_when_the_client_spe
             client = await clients.login(alice)
             [session] = server.sessions.sessions_of(JID.parse(alice))
             await wait_for(lambda: session.transport.parser.released, 10)
-            client.send_message(mto=alice, mbody="still listening?")
+            client.send_message(mto=slixmpp.JID(alice), mbody="still listening?")
             message = await client.wait_until("message", 5)
             assert message["body"] == "still listening?"
             await wait_for(lambda: session.transport.parser.released, 10)  # and freed again once idle

@@ -173,7 +173,7 @@ class Traffic:
         message = self.alice.make_message(mto=self.carol, mbody=body, mtype="chat")
         message["id"] = f"m{self.sent}"
         message.send()
-        await self.alice.plugin["xep_0199"].send_ping("localhost", timeout=ANSWER_WITHIN)
+        await self.alice.plugin["xep_0199"].send_ping(slixmpp.JID("localhost"), timeout=ANSWER_WITHIN)
         await asyncio.sleep(0.05)
         (self.offline_errors if f"m{self.sent}" in self.message_errors else self.offline_acked).append(body)
 
@@ -192,7 +192,7 @@ async def chat_keeps_flowing(alice: slixmpp.ClientXMPP, bob: slixmpp.ClientXMPP,
 
     bob.add_event_handler("message", on_message)
     try:
-        alice.send_message(mto=bob.boundjid.bare, mbody=f"live {n}", mtype="chat")
+        alice.send_message(mto=slixmpp.JID(bob.boundjid.bare), mbody=f"live {n}", mtype="chat")
         await asyncio.wait_for(arrived, ANSWER_WITHIN)
     finally:
         bob.del_event_handler("message", on_message)

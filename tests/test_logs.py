@@ -43,7 +43,7 @@ async def alice_writes_to_offline_bob(clients: Clients) -> None:
     """Alice logs in and sends Bob, who is offline, a message: the offline module logs on her behalf."""
     alice = await clients.login(await clients.user("alice"))
     bob = await clients.user("bob")
-    alice.send_message(mto=bob, mbody="while you were out", mtype="chat")
+    alice.send_message(mto=slixmpp.JID(bob), mbody="while you were out", mtype="chat")
     await wait_for(lambda: clients.server.metrics.offline_stored == 1)
 
 
@@ -97,7 +97,7 @@ async def test_json_logs_of_two_sessions_on_stdout(tmp_path: Path) -> None:
             lines.append(line)
         lines.append(line)
         clients = [await login(tmp_path, port, f"{name}@localhost") for name in ("alice", "bob")]
-        clients[0].send_message(mto="bob@localhost", mbody="hi", mtype="chat")
+        clients[0].send_message(mto=slixmpp.JID("bob@localhost"), mbody="hi", mtype="chat")
         await clients[1].wait_until("message", 5)
         for client in clients:
             client.disconnect(wait=0.2)

@@ -889,8 +889,8 @@ async def test_account_and_server_advertise_mam_and_stanza_ids(clients: Clients)
     alice, _ = await online(clients, alice_jid)
     wanted = {MAM, f"{MAM}#extended", SID}
 
-    account = await alice.plugin["xep_0030"].get_info(jid=alice_jid, timeout=10)
-    server = await alice.plugin["xep_0030"].get_info(jid=DOMAIN, timeout=10)
+    account = await alice.plugin["xep_0030"].get_info(jid=slixmpp.JID(alice_jid), timeout=10)
+    server = await alice.plugin["xep_0030"].get_info(jid=slixmpp.JID(DOMAIN), timeout=10)
 
     assert wanted <= set(account["disco_info"]["features"])
     assert wanted <= set(server["disco_info"]["features"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import slixmpp
 import test_c2s
 import test_mam
 import test_message
@@ -79,7 +80,7 @@ async def test_the_server_really_stores_in_mariadb(
     alice = await clients.login(await clients.user("alice"))
     bob_jid = await clients.user("bob")
     await alice.update_roster(bob_jid, name="Bob 🎸", groups=["Ami·e·s 😀"])
-    alice.send_message(mto=bob_jid, mbody="hors ligne 𝄞🚀", mtype="chat")
+    alice.send_message(mto=slixmpp.JID(bob_jid), mbody="hors ligne 𝄞🚀", mtype="chat")
     bob = await clients.login(bob_jid)
     message = await next_event(bob, "message")
     assert message["body"] == "hors ligne 𝄞🚀"

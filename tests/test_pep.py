@@ -173,7 +173,7 @@ async def test_alice_publishes_an_avatar_and_her_subscribed_contact_is_notified_
     assert bob_events.of(DATA) == []
 
     # bob fetches the data item the metadata names
-    result = await bob_client.plugin["xep_0084"].retrieve_avatar(alice, avatar_id, timeout=5)
+    result = await bob_client.plugin["xep_0084"].retrieve_avatar(slixmpp.JID(alice), avatar_id, timeout=5)
     assert result["pubsub"]["items"]["item"]["avatar_data"]["value"] == AVATAR
 
 
@@ -190,7 +190,7 @@ async def test_a_stranger_may_not_read_presence_nodes(clients: Clients, server: 
     )
     # nor does the disco#items of the account show anything to someone who may not see it
     with pytest.raises(IqError):
-        await mallory_client.plugin["xep_0030"].get_items(jid=alice, local=False, timeout=5)
+        await mallory_client.plugin["xep_0030"].get_items(jid=slixmpp.JID(alice), local=False, timeout=5)
 
 
 async def test_a_contact_without_interest_in_a_node_is_not_notified(clients: Clients, server: Server) -> None:
@@ -560,7 +560,7 @@ async def test_the_account_shows_pep_in_disco_and_lists_the_nodes_a_contact_may_
     bob_client = await clients.login(bob)
 
     # XEP-0163 §6.1: the account owner learns PEP is there
-    info = await alice_client.plugin["xep_0030"].get_info(jid=alice, local=False, timeout=5)
+    info = await alice_client.plugin["xep_0030"].get_info(jid=slixmpp.JID(alice), local=False, timeout=5)
     identities = {(category, type_) for category, type_, _lang, _name in info["disco_info"]["identities"]}
     assert ("pubsub", "pep") in identities
     assert {f"{PUBSUB}#publish", f"{PUBSUB}#publish-options", f"{PUBSUB}#access-whitelist"} <= set(
@@ -568,9 +568,9 @@ async def test_the_account_shows_pep_in_disco_and_lists_the_nodes_a_contact_may_
     )
 
     # XEP-0060 §5.2: bob sees the nodes he may read, alice all of hers
-    listed = await bob_client.plugin["xep_0030"].get_items(jid=alice, local=False, timeout=5)
+    listed = await bob_client.plugin["xep_0030"].get_items(jid=slixmpp.JID(alice), local=False, timeout=5)
     assert [node for _jid, node, _name in listed["disco_items"]["items"]] == [METADATA]
-    own = await alice_client.plugin["xep_0030"].get_items(jid=alice, local=False, timeout=5)
+    own = await alice_client.plugin["xep_0030"].get_items(jid=slixmpp.JID(alice), local=False, timeout=5)
     assert sorted(node for _jid, node, _name in own["disco_items"]["items"]) == [METADATA, BOOKMARKS]
 
 
@@ -683,7 +683,9 @@ async def test_a_stranger_who_sends_directed_presence_hears_about_open_nodes_onl
 
     # unavailable presence ends it (RFC 6121 §4.6.3)
     stranger.send_presence(pto=alice, ptype="unavailable")
-    await stranger.plugin["xep_0199"].ping(DOMAIN, timeout=5)  # her session has handled it by now
+    await stranger.plugin["xep_0199"].ping(
+        slixmpp.JID(DOMAIN), timeout=5
+    )  # her session has handled it by now
     await request(alice_client, "set", publish_xml(DEVICES, devices, "next"))
     await asyncio.sleep(0.2)
     assert len(events.of(DEVICES)) == 2

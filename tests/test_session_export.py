@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import slixmpp
 from conftest import DOMAIN, Clients, wait_for
 from test_stream_management import managed
 
@@ -34,7 +35,7 @@ async def test_a_live_session_round_trips_through_json(server: Server, clients: 
     assert session is not None
     await wait_for(lambda: session.directed_to != frozenset() and session.slots.peek(HOLDER) is not None)
     sender = await clients.login(alice)
-    sender.send_message(mto=str(bob_jid), mbody="kept until acknowledged")
+    sender.send_message(mto=slixmpp.JID(str(bob_jid)), mbody="kept until acknowledged")
     sender.send_presence(pto=str(bob_jid))  # held back by CSI: bob is inactive
     await wait_for(lambda: session.sm is not None and len(session.sm.unacked) >= 1)
     await wait_for(lambda: bool(session.slots.get(HOLDER).held))

@@ -57,7 +57,7 @@ async def test_alice_stores_her_vcard_and_bob_reads_it(clients: Clients) -> None
     own = await request(alice_client, "get", f"<vCard xmlns='{VCARD}'/>")
     assert full_name(own) == "Alice Liddell"
     # §3.3: bob asks her bare JID and the server answers for her
-    theirs = await bob_client.plugin["xep_0054"].get_vcard(alice, local=False, timeout=5)
+    theirs = await bob_client.plugin["xep_0054"].get_vcard(slixmpp.JID(alice), local=False, timeout=5)
     assert theirs["vcard_temp"]["FN"] == "Alice Liddell"
     assert str(theirs["from"]) == alice
 
@@ -143,7 +143,7 @@ async def test_a_10_mib_vcard_closes_only_that_stream_and_the_stored_vcard_is_in
 
 async def test_vcard_temp_is_advertised(clients: Clients) -> None:
     client = await clients.login(await clients.user("alice"))
-    info = await client.plugin["xep_0030"].get_info(jid=DOMAIN, local=False, timeout=5)
+    info = await client.plugin["xep_0030"].get_info(jid=slixmpp.JID(DOMAIN), local=False, timeout=5)
     assert VCARD in info["disco_info"]["features"]  # XEP-0054 §4
 
 
