@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
@@ -25,7 +26,7 @@ async def admin_client(clients: Clients) -> Any:
     return await clients.login(await clients.user("admin"), plugins=PLUGINS)
 
 
-def submit_form(client: Any, fields: dict[str, str | list[str]]) -> Any:
+def submit_form(client: Any, fields: Mapping[str, str | list[str]]) -> Any:
     form = client.plugin["xep_0004"].make_form(ftype="submit")
     form.add_field(var="FORM_TYPE", ftype="hidden", value=ns.ADMIN)
     for var, value in fields.items():
@@ -37,13 +38,13 @@ async def execute(client: Any, node: str) -> Any:
     return await client.plugin["xep_0050"].send_command(DOMAIN, node)
 
 
-async def complete(client: Any, node: str, session_id: str, fields: dict[str, str | list[str]]) -> Any:
+async def complete(client: Any, node: str, session_id: str, fields: Mapping[str, str | list[str]]) -> Any:
     return await client.plugin["xep_0050"].send_command(
         DOMAIN, node, action="complete", sessionid=session_id, payload=submit_form(client, fields)
     )
 
 
-async def run(client: Any, node: str, fields: dict[str, str | list[str]]) -> Any:
+async def run(client: Any, node: str, fields: Mapping[str, str | list[str]]) -> Any:
     """Execute a command, then submit its form: the XEP-0050 §2.4.2 multi-stage flow."""
     started = await execute(client, node)
     assert started["command"]["status"] == "executing"

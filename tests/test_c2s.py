@@ -10,6 +10,7 @@ import pytest
 import slixmpp
 from conftest import PASSWORD, Clients, make_config, raw_stream, read_until, wait_for
 
+from nitro.c2s.session import ClientSession
 from nitro.server import Server, running_server
 from nitro.xmpp.jid import JID
 
@@ -79,6 +80,7 @@ async def test_each_mechanism_logs_in_over_starttls(clients: Clients, mechanism:
     client = await clients.login(jid, setup=only)
     assert str(client.boundjid.bare) == jid
     (session,) = clients.server.sessions
+    assert isinstance(session, ClientSession)  # the registry is typed by the protocol modules see
     assert session.mechanism == mechanism
     assert str(session.jid) == str(client.boundjid)
 

@@ -12,7 +12,7 @@ from slixmpp.exceptions import IqError
 from nitro.core.disco import Identity
 from nitro.modules.disco import CAPS_NODE, caps_ver
 from nitro.server import Server
-from nitro.storage import RosterItem
+from nitro.storage import RosterItem, Subscription
 from nitro.xmpp import ns
 
 
@@ -132,11 +132,11 @@ async def test_an_account_is_hidden_from_strangers_and_missing_accounts_look_the
     ("subscription", "visible"), [("from", True), ("both", True), ("to", False), ("none", False)]
 )
 async def test_an_account_is_visible_to_contacts_it_shares_presence_with(
-    server: Server, clients: Clients, subscription: str, visible: bool
+    server: Server, clients: Clients, subscription: Subscription, visible: bool
 ) -> None:
     alice_jid = await clients.user("alice")
     bob_jid = await clients.user("bob")
-    await server.storage.rosters.put("alice", RosterItem(bob_jid, subscription=subscription))  # type: ignore[arg-type]
+    await server.storage.rosters.put("alice", RosterItem(bob_jid, subscription=subscription))
     bob = await clients.login(bob_jid)
 
     if visible:

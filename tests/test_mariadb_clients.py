@@ -19,7 +19,7 @@ import test_presence
 import test_private
 import test_roster
 import test_vcard
-from conftest import Clients, make_config, next_event
+from conftest import Clients, make_config, next_event, result_of
 from sqlbackends import SqlBackend
 
 from nitro.config import Config
@@ -79,7 +79,7 @@ async def test_the_server_really_stores_in_mariadb(
     """Alice and Bob chat with emoji in roster names and bodies; the rows are in MariaDB, intact."""
     alice = await clients.login(await clients.user("alice"))
     bob_jid = await clients.user("bob")
-    await alice.update_roster(bob_jid, name="Bob 🎸", groups=["Ami·e·s 😀"])
+    await result_of(alice.update_roster(slixmpp.JID(bob_jid), name="Bob 🎸", groups=["Ami·e·s 😀"]))
     alice.send_message(mto=slixmpp.JID(bob_jid), mbody="hors ligne 𝄞🚀", mtype="chat")
     bob = await clients.login(bob_jid)
     message = await next_event(bob, "message")

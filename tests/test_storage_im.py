@@ -460,7 +460,7 @@ async def test_pep_nodes_create_configure_list_delete(storage: Storage) -> None:
     with pytest.raises(NoSuchAccount):
         await storage.pep.put_node("benvolio", avatar)
     with pytest.raises(ValueError, match="access model"):
-        await storage.pep.put_node("juliet", PepNode("n", access_model="everyone"))  # type: ignore[arg-type]
+        await storage.pep.put_node("juliet", PepNode("n", access_model="everyone"))  # type: ignore[arg-type]  # on purpose
     with pytest.raises(ValueError, match="node name"):
         await storage.pep.put_node("juliet", PepNode("n" * 1024))
 

@@ -105,6 +105,12 @@ async def stored_offline(server: Server, username: str, count: int, timeout: flo
         await asyncio.sleep(0.02)
 
 
+def cut(client: slixmpp.ClientXMPP) -> None:
+    """Drop the client's TCP connection without closing its stream: a network failure."""
+    assert client.transport is not None, "the client is not connected"
+    client.transport.abort()
+
+
 async def login_collecting(pool: Clients, jid: str, resource: str | None = None) -> list[str]:
     """Log in (with initial presence, so offline messages flow) and collect message bodies as they come."""
     received: list[str] = []
@@ -387,7 +393,7 @@ async def test_a_killed_connection_resumes_and_every_message_arrives_once_in_ord
     for n in range(1, 11):
         alice.send_message(mto=slixmpp.JID(bob_jid), mbody=str(n))
     await wait_for(lambda: len(received) >= 3)
-    bob.transport.abort()  # mid-conversation: some of 1..10 may still be in flight
+    cut(bob)  # mid-conversation: some of 1..10 may still be in flight
     for n in range(11, 21):
         alice.send_message(mto=slixmpp.JID(bob_jid), mbody=str(n))
     await wait_for(lambda: session.detached)
@@ -510,7 +516,7 @@ async def test_a_slixmpp_session_not_resumed_in_time_gets_its_messages_at_next_l
         alice = await pool.login(alice_jid)
         bob = await pool.login(bob_jid, plugins=["xep_0198"])
         await wait_for(lambda: bob.plugin["xep_0198"].sm_id is not None)
-        bob.transport.abort()
+        cut(bob)
         await wait_for(lambda: any(s.detached for s in server.sessions))
         for n in (1, 2, 3):
             alice.send_message(mto=slixmpp.JID(bob_jid), mbody=str(n))  # bob is still "available": queued

@@ -6,11 +6,12 @@ from __future__ import annotations
 import sqlite3
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 import slixmpp
 from conftest import DOMAIN, Clients, wait_for
+from slixmpp import Iq
 from slixmpp.exceptions import IqError
 
 from nitro.server import Server
@@ -19,14 +20,16 @@ from nitro.xmpp.jid import JID
 VCARD = "vcard-temp"
 
 
-async def request(client: slixmpp.ClientXMPP, kind: str, payload: str, to: str | None = None) -> Any:
+async def request(
+    client: slixmpp.ClientXMPP, kind: Literal["get", "set"], payload: str, to: str | None = None
+) -> Any:
     iq = client.make_iq(ito=to, itype=kind)
     iq.append(ET.fromstring(payload))  # noqa: S314  # the test's own literal
     return await iq.send(timeout=5)
 
 
 async def refused(
-    client: slixmpp.ClientXMPP, kind: str, payload: str, to: str | None = None
+    client: slixmpp.ClientXMPP, kind: Literal["get", "set"], payload: str, to: str | None = None
 ) -> tuple[str, str]:
     with pytest.raises(IqError) as failure:
         await request(client, kind, payload, to)
@@ -39,7 +42,7 @@ def vcard(full_name: str, description: str = "") -> str:
     return f"<vCard xmlns='{VCARD}'><FN>{full_name}</FN><NICKNAME>al</NICKNAME>{desc}</vCard>"
 
 
-def full_name(result: Any) -> str | None:
+def full_name(result: Iq) -> str | None:
     return result.xml.findtext(f"{{{VCARD}}}vCard/{{{VCARD}}}FN")
 
 
