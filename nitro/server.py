@@ -23,6 +23,8 @@ from nitro.core.throttle import FailureThrottle
 from nitro.observe.metrics import Metrics
 from nitro.observe.metrics_http import MetricsEndpoint, serve_metrics
 from nitro.observe.runtime import tuned_gc
+from nitro.ops.admin import serve_admin
+from nitro.ops.reload import ReloadReport, reload_config
 from nitro.storage import Storage
 from nitro.storage.layered import open_storage
 from nitro.storage.tiers import Tiers
@@ -65,6 +67,7 @@ class Server:
         self.delivery = Delivery(self.sessions)
         self.deliver = self.delivery.deliver  # the one way modules reach another entity's session
         self.router = Router(self, self.bus, self.delivery)
+        self.negotiations = asyncio.Semaphore(config.c2s.max_negotiating)
         self.auth_throttle = FailureThrottle(config.auth.throttle_failures, config.auth.throttle_window)
         self.modules: dict[str, Module] = {}
         self.listeners: list[asyncio.Server] = []
@@ -74,10 +77,15 @@ class Server:
         self.metrics.track_sessions(lambda: self._connections)
         self.tiers: Tiers | None = None  # cache and ring statistics (`tiers.cache.stats`, `tiers.ring.stats`)
         self.directory: SessionDirectory | None = None  # set by the `directory` module
+        self.reloads = 0  # configuration reloads applied (SIGHUP, `nitro reload`)
 
     @property
     def domain(self) -> str:
         return self.config.server.domain
+
+    def reload(self) -> ReloadReport:
+        """Re-read the config file and apply what can change without a restart (nitro.ops.reload)."""
+        return reload_config(self, make_tls_context)
 
     def load_modules(self, names: tuple[str, ...] = BUILTIN_MODULES) -> None:
         for name in names:
@@ -178,8 +186,9 @@ async def running_server(config: Config) -> AsyncIterator[Server]:
         async with serve_metrics(metrics, config.metrics) as server.metrics_endpoint:  # up during the drain
             server.load_modules(tuple(m for m in BUILTIN_MODULES if m not in config.modules.disabled))
             try:
-                await server.start_listeners()
-                with tuned_gc(config.gc):
-                    yield server
+                async with serve_admin(server):  # `nitro status|sessions|kick|reload`; before the listeners
+                    await server.start_listeners()
+                    with tuned_gc(config.gc):
+                        yield server
             finally:
                 await server.shutdown()

@@ -39,6 +39,15 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free ports (held together while picked, so no two are the same)."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
+
+
 _prefixes = itertools.count()
 
 
@@ -47,10 +56,12 @@ def make_config(tmp_path: Path, **sections: dict[str, Any]) -> Config:
     document: dict[str, dict[str, Any]] = {
         "server": {"domain": DOMAIN, "admins": [f"admin@{DOMAIN}"]},
         "storage": {"dsn": f"sqlite+aiosqlite:///{tmp_path}/nitro.db"},
-        "c2s": {"port": free_port(), "direct_tls_port": free_port(), "negotiation_timeout": 20.0},
+        "c2s": dict(zip(("port", "direct_tls_port"), free_ports(2), strict=True), negotiation_timeout=20.0),
         "tls": {"cert": str(tmp_path / "tls" / "cert.pem"), "key": str(tmp_path / "tls" / "key.pem")},
         "auth": {"scram_iterations": 4096},
         "metrics": {"port": 0},
+        # Archive tests file messages under fixed dates (2024): no retention sweep unless a test asks.
+        "archive": {"retention_days": 0},
     }
     if ring := os.environ.get("NITRO_TEST_REDIS"):  # run the suite on a ring: space-separated redis URLs
         prefix = f"test{os.getpid()}-{next(_prefixes)}"  # each test its own cluster on the shared ring

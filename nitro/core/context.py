@@ -193,6 +193,10 @@ class Core(Protocol):
     @property
     def auth_throttle(self) -> FailureThrottle: ...
 
+    @property
+    def negotiations(self) -> asyncio.Semaphore:
+        """Slots for streams negotiating at once (`[c2s] max_negotiating`)."""
+
     def deliver(self, to: JID, stanza: etree._Element) -> bool:
         """The only way to reach another entity's session (nitro/core/delivery.py)."""
 
