@@ -189,6 +189,12 @@ def resolve(future: asyncio.Future[T], value: T) -> None:
         future.set_result(value)
 
 
+def reject(future: asyncio.Future[Any], error: BaseException) -> None:
+    """Fail `future` with `error` unless it is already done."""
+    if not future.done():
+        future.set_exception(error)
+
+
 async def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
     """Poll `predicate` until it holds (bounded); fail the test if it never does."""
     deadline = asyncio.get_running_loop().time() + timeout
