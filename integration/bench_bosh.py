@@ -3,7 +3,7 @@
     python -m integration.bench_bosh --pairs 50 --rate 1000 --duration 10
 
 One Nitro with /http-bind runs in a child process (this module with --serve, until http.py serves BOSH
-from `nitro serve`); the clients run here: the load generator's TCP clients and tests/boshclient.py's
+from `nitro serve`); the clients run here: the load generator's TCP clients and integration/boshclient.py's
 BOSH client, which batches what is queued into one request as browser clients do. Each pair sends
 paced messages from sender to receiver; latency is from the send call to the receiver reading it.
 """
@@ -26,12 +26,12 @@ import aiohttp
 from aiohttp import web
 from lxml import etree
 
+from integration.boshclient import CLIENT, BoshClient, local
 from integration.loadgen.accounts import PASSWORD, USER_FORMAT
 from integration.loadgen.client import LoginPlan, Stanza
 from integration.loadgen.connection import Connection, connect
 from integration.loadgen.process import running
 from integration.loadgen.stats import percentile
-from tests.boshclient import CLIENT, BoshClient, local
 
 DOMAIN = "bench.test"
 MODES = ("tcp -> tcp", "tcp -> bosh", "bosh -> tcp", "bosh -> bosh")

@@ -11,11 +11,11 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
-from boshclient import CLIENT, SM, STREAM, BoshClient, Terminated, local
 from conftest import DOMAIN, PASSWORD, Clients, make_config, next_event, started_server, wait_for
 from lxml import etree
 from slixmpp import JID
 
+from integration.boshclient import CLIENT, SM, STREAM, BoshClient, Terminated, local
 from nitro.server import Server
 from nitro.storage.models import RosterItem
 from nitro.transports import bosh

@@ -11,10 +11,10 @@ import aiohttp
 import pytest
 import slixmpp
 from aiohttp import web
-from boshclient import CLIENT, HTTPBIND, SASL, STREAM, BoshClient, Terminated, local
 from conftest import DOMAIN, PASSWORD, Clients, make_config, started_server, wait_for
 from lxml import etree
 
+from integration.boshclient import CLIENT, HTTPBIND, SASL, STREAM, BoshClient, Terminated, local
 from nitro.server import Server
 from nitro.transports import bosh
 from nitro.xmpp.jid import JID

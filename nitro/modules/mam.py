@@ -12,7 +12,7 @@ from nitro.core.router import StanzaEvent
 from nitro.modules.disco import DiscoEvent
 from nitro.modules.mam_archive import SID, Archive, retention
 from nitro.modules.mam_query import MAM, parse_prefs, parse_request, prefs_element, query_form, result_message
-from nitro.storage.errors import ItemNotFound, NoSuchAccount, StorageUnavailable
+from nitro.storage.errors import ItemNotFound, NoSuchAccount
 from nitro.storage.models import ArchiveQuery
 from nitro.xmpp.errors import StanzaError
 from nitro.xmpp.jid import JID
@@ -55,8 +55,6 @@ class ArchiveIq:
             answer = await self.archive.answer(username, request)
         except ItemNotFound as exc:
             raise StanzaError("item-not-found", "no archived message has this id") from exc
-        except StorageUnavailable as exc:
-            raise StanzaError("internal-server-error", "the archive is unavailable", type="wait") from exc
         for item in reversed(answer.messages) if request.flip else answer.messages:
             reply = result_message(owner, event.from_, request.queryid, item)
             if event.origin is not None:
@@ -80,11 +78,8 @@ class ArchiveIq:
         _owner, username = owner_of(event)
         metadata = element(MAM, "metadata")
         store = self.archive.store
-        try:
-            first = await store.query(username, ArchiveQuery(limit=1, with_count=False))
-            last = await store.query(username, ArchiveQuery(before_id="", limit=1, with_count=False))
-        except StorageUnavailable as exc:
-            raise StanzaError("internal-server-error", "the archive is unavailable", type="wait") from exc
+        first = await store.query(username, ArchiveQuery(limit=1, with_count=False))
+        last = await store.query(username, ArchiveQuery(before_id="", limit=1, with_count=False))
         for name, page in (("start", first), ("end", last)):
             if page.messages:
                 item = page.messages[0]
@@ -102,10 +97,6 @@ class ArchiveIq:
                 await self.archive.store.set_prefs(username, prefs)  # durable before the result
             else:
                 prefs = await self.archive.store.get_prefs(username) or self.archive.default_prefs
-        except StorageUnavailable as exc:
-            raise StanzaError(
-                "internal-server-error", "the archive is unavailable, nothing was changed", type="wait"
-            ) from exc
         except NoSuchAccount as exc:
             raise StanzaError("item-not-found", "no such account") from exc
         await event.reply(iq_result(event.stanza, prefs_element(prefs)))

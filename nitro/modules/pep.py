@@ -19,7 +19,7 @@ from nitro.core.sessions import Resource
 from nitro.modules.disco import DiscoEvent
 from nitro.modules.pep_interests import INTERESTS
 from nitro.modules.pep_notify import PepNotifier
-from nitro.storage.errors import NoSuchAccount, QuotaExceeded, StorageUnavailable
+from nitro.storage.errors import NoSuchAccount, QuotaExceeded
 from nitro.storage.models import PepItem, PepNode
 from nitro.xmpp.errors import StanzaError
 from nitro.xmpp.jid import JID
@@ -51,11 +51,9 @@ _QUALIFIERS = frozenset({f"{{{PUBSUB}}}publish-options", f"{{{PUBSUB}}}configure
 
 @contextlib.contextmanager
 def storage_errors() -> Iterator[None]:
-    """Storage failures as the client sees them: `wait` when nothing was done (RFC 6120 §8.3.3.6)."""
+    """A missing account as the client sees it (an unavailable store becomes `wait` at the router)."""
     try:
         yield
-    except StorageUnavailable as exc:
-        raise StanzaError("internal-server-error", "PEP storage is unavailable", type="wait") from exc
     except NoSuchAccount as exc:
         raise StanzaError("item-not-found", "no such account") from exc
 
