@@ -563,7 +563,7 @@ def load(module: Module) -> None:
     if retention_days > 0:
         stopped = asyncio.Event()
         module.on_unload(stopped.set)
-        server.spawn(_retention(archive, datetime.timedelta(days=retention_days), stopped))
+        module.spawn(_retention(archive, datetime.timedelta(days=retention_days), stopped))
 
 
 async def _retention(archive: Archive, keep: datetime.timedelta, stopped: asyncio.Event) -> None:
