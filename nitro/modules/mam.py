@@ -135,4 +135,4 @@ def load(module: Module) -> None:
     if retention_days > 0:
         stopped = asyncio.Event()
         module.on_unload(stopped.set)
-        server.spawn(retention(archive, datetime.timedelta(days=retention_days), stopped))
+        module.spawn(retention(archive, datetime.timedelta(days=retention_days), stopped))
