@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 CONFIG ?= config/nitro.toml
 
-.PHONY: run test lint bench system-deps clean
+.PHONY: run test lint bench system-deps web-client clean
 
 $(BIN)/nitro: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,8 +13,28 @@ $(BIN)/nitro: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
-run: $(BIN)/nitro
+run: $(BIN)/nitro web-client
 	$(BIN)/nitro --config $(CONFIG) serve
+
+# The web client served at http://127.0.0.1:5280/: Converse.js from the npm registry (`npm pack` checks the
+# tarball against the registry's checksum), unpacked into var/web/converse.js. Not committed.
+CONVERSE_VERSION := 14.0.0
+WEB_CLIENT_DIR   := var/web/converse.js
+
+web-client: $(WEB_CLIENT_DIR)/.installed-$(CONVERSE_VERSION)
+
+$(WEB_CLIENT_DIR)/.installed-$(CONVERSE_VERSION):
+	@command -v npm >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null; \
+	  else echo "error: npm (Debian package npm) is needed to fetch Converse.js"; exit 1; fi; }
+	rm -rf $(WEB_CLIENT_DIR) var/web/converse.js-*.tgz
+	mkdir -p $(WEB_CLIENT_DIR)
+	cd var/web && npm pack --silent converse.js@$(CONVERSE_VERSION) >/dev/null
+	tar xzf var/web/converse.js-$(CONVERSE_VERSION).tgz -C $(WEB_CLIENT_DIR) --strip-components=1 \
+	  --wildcards 'package/dist/*' 'package/LICENSE*' package/package.json
+	rm var/web/converse.js-$(CONVERSE_VERSION).tgz
+	touch $@
 
 # go-sendxmpp is the real Debian client one end-to-end test drives; MariaDB's server and client run the
 # SQL backend tests. Both are installed when we are root.
@@ -39,8 +59,13 @@ system-deps:
 	  if [ "$$(id -u)" = 0 ]; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
 	  else echo "note: install redis-server (Debian package) to run the Redis ring tests"; fi; }
+	@# Debian's Chromium and its WebDriver: the browser test loads the web client in it (tests/test_browser.py).
+	@{ command -v chromium && command -v chromedriver; } >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	  else echo "note: install chromium and chromium-driver (Debian packages) to run the browser test"; fi; }
 
-test: $(BIN)/nitro system-deps
+test: $(BIN)/nitro system-deps web-client
 	$(BIN)/python -m pytest
 
 lint: $(BIN)/nitro

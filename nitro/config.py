@@ -56,6 +56,24 @@ class C2SSection:
 
 
 @dataclass(frozen=True, slots=True)
+class HttpSection:
+    """The HTTP server: WebSocket (RFC 7395), BOSH, XEP-0156 discovery and the web client."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 5280  # plain HTTP; 0 turns it off
+    tls_port: int = 5281  # HTTPS with the [tls] certificate; 0 turns it off
+    trusted_proxies: tuple[
+        str, ...
+    ] = ()  # addresses or CIDR networks whose X-Forwarded-* headers are believed
+    max_body_bytes: int = 1048576
+    header_timeout: float = 10.0
+    read_timeout: float = 30.0
+    web_client: bool = True
+    web_client_dir: str = "var/web/converse.js"
+
+
+@dataclass(frozen=True, slots=True)
 class TLSSection:
     cert: str = "var/tls/cert.pem"
     key: str = "var/tls/key.pem"
@@ -179,6 +197,7 @@ class Config:
     server: ServerSection = field(default_factory=ServerSection)
     storage: StorageSection = field(default_factory=StorageSection)
     c2s: C2SSection = field(default_factory=C2SSection)
+    http: HttpSection = field(default_factory=HttpSection)
     tls: TLSSection = field(default_factory=TLSSection)
     auth: AuthSection = field(default_factory=AuthSection)
     registration: RegistrationSection = field(default_factory=RegistrationSection)
@@ -277,6 +296,7 @@ def _validate(config: Config, source: str) -> None:
         raise ConfigError(f"{source}: [logging].level must be DEBUG, INFO, WARNING or ERROR")
     _validate_observability(config, source)
     _validate_tiers(config, source)
+    _validate_http(config, source)
 
 
 def _validate_observability(config: Config, source: str) -> None:
@@ -292,6 +312,24 @@ def _validate_observability(config: Config, source: str) -> None:
             f"{source}: [metrics].host {metrics.host!r} is not a loopback address: set [metrics].token "
             "so that only scrapers holding it can read the metrics"
         )
+
+
+def _validate_http(config: Config, source: str) -> None:
+    http = config.http
+    for key in ("port", "tls_port"):
+        if not 0 <= getattr(http, key) <= 65535:
+            raise ConfigError(f"{source}: [http].{key} must be between 0 and 65535 (0 turns it off)")
+    for proxy in http.trusted_proxies:
+        try:
+            ipaddress.ip_network(proxy, strict=False)
+        except ValueError as exc:
+            raise ConfigError(
+                f"{source}: [http].trusted_proxies: {proxy!r} is not an address or network"
+            ) from exc
+    if http.max_body_bytes < config.c2s.max_stanza_bytes:
+        raise ConfigError(f"{source}: [http].max_body_bytes must be at least [c2s].max_stanza_bytes")
+    if http.header_timeout <= 0 or http.read_timeout <= 0:
+        raise ConfigError(f"{source}: [http].header_timeout and read_timeout must be positive")
 
 
 def is_loopback(host: str) -> bool:

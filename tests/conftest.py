@@ -25,6 +25,7 @@ from nitro.server import Server, running_server
 pytest_plugins = ["tests.sqlbackends"]  # sql_backend, mariadb_backend: storage tests on every backend
 
 DOMAIN = "localhost"
+WEB_CLIENT_DIR = Path(__file__).resolve().parent.parent / "var" / "web" / "converse.js"  # `make web-client`
 PASSWORD = "correct horse battery"
 
 logging.getLogger("slixmpp").setLevel(logging.WARNING)
@@ -45,6 +46,7 @@ def make_config(tmp_path: Path, **sections: dict[str, Any]) -> Config:
         "server": {"domain": DOMAIN, "admins": [f"admin@{DOMAIN}"]},
         "storage": {"dsn": f"sqlite+aiosqlite:///{tmp_path}/nitro.db"},
         "c2s": {"port": free_port(), "direct_tls_port": free_port(), "negotiation_timeout": 20.0},
+        "http": {"port": free_port(), "tls_port": free_port(), "web_client_dir": str(WEB_CLIENT_DIR)},
         "tls": {"cert": str(tmp_path / "tls" / "cert.pem"), "key": str(tmp_path / "tls" / "key.pem")},
         "auth": {"scram_iterations": 4096},
         "metrics": {"port": 0},
@@ -73,7 +75,8 @@ async def started_server(config: Config, attempts: int = 5) -> AsyncIterator[Ser
             if error.errno != errno.EADDRINUSE or attempt == attempts - 1:
                 raise
             c2s = dataclasses.replace(config.c2s, port=free_port(), direct_tls_port=free_port())
-            config = dataclasses.replace(config, c2s=c2s)
+            http = dataclasses.replace(config.http, port=free_port(), tls_port=free_port())
+            config = dataclasses.replace(config, c2s=c2s, http=http)
             continue
         try:
             yield running

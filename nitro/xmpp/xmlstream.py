@@ -347,11 +347,14 @@ _IN_SCOPE: dict[str, tuple[bytes, ...]] = {
 }
 
 
-def serialize(element: etree._Element) -> bytes:
+def serialize(element: etree._Element, *, standalone: bool = False) -> bytes:
     """One element as UTF-8 bytes to write inside an open stream: no XML declaration, no tail.
 
     An element built from a Clark name without an nsmap makes lxml invent a prefix (`<ns0:message>`), which
     many XMPP clients mishandle; such trees are written with default namespace declarations instead.
+    `standalone`: the element must parse on its own (an RFC 7395 §3.3.1 WebSocket message, a stanza in a
+    BOSH body): it keeps its declarations, and an element built without a namespace, which inherits the
+    stream's on TCP, declares jabber:client.
     """
     data = etree.tostring(element, encoding="utf-8", xml_declaration=False, with_tail=False)
     # An invented prefix is declared as xmlns:ns0="…"; one search of the bytes spares the tree walk.
@@ -360,6 +363,11 @@ def serialize(element: etree._Element) -> bytes:
     ):
         element = _with_default_namespaces(element, None)
         data = etree.tostring(element, encoding="utf-8", xml_declaration=False, with_tail=False)
+    if standalone:
+        if element.tag[0] != "{" and None not in element.nsmap:
+            name_end = 1 + len(element.tag.encode())  # b"<" + the name, then a space, "/" or ">"
+            data = b"%s xmlns='%s'%s" % (data[:name_end], ns.CLIENT.encode(), data[name_end:])
+        return data
     # The stream header already declares these two; repeating them on every stanza is noise.
     for declaration in _IN_SCOPE.get(element.tag, ()):
         if data.startswith(declaration, data.index(b" ") if b" " in data[:64] else 0):

@@ -1,0 +1,146 @@
+"""The HTTP server on [http] (aiohttp), plain and TLS: the routes of the web transports and the web client,
+XEP-0156 connection discovery, and the limits that cut off slow or oversized requests."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final, Protocol, cast
+
+from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
+from lxml import etree
+
+from nitro.transports.forwarded import Network, connection_urls, trusted_networks
+
+if TYPE_CHECKING:
+    from nitro.server import Server
+
+log = logging.getLogger(__name__)
+
+# Each module adds its routes with `add_routes(app, server)`; BOSH joins with "nitro.transports.bosh".
+ROUTE_MODULES: Final[tuple[str, ...]] = ("nitro.transports.websocket", "nitro.transports.webclient")
+
+SHUTDOWN_GRACE: Final = 5.0  # seconds requests still running at shutdown get before they are cancelled
+LINGER: Final = 2.0  # seconds an unread request body is still read (and dropped) before the connection closes
+
+# XEP-0156 §3: the link relations of the two HTTP connection methods, in XRD (RFC 6415) and JRD form.
+XRD: Final = "http://docs.oasis-open.org/ns/xri/xrd-1.0"
+RELATIONS: Final = {
+    "websocket": "urn:xmpp:alt-connections:websocket",
+    "bosh": "urn:xmpp:alt-connections:xbosh",
+}
+CORS: Final = {"Access-Control-Allow-Origin": "*"}
+
+
+class RouteModule(Protocol):
+    """What a module in ROUTE_MODULES provides."""
+
+    def add_routes(self, app: web.Application, server: Server) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class HttpEndpoint:
+    """Where the HTTP server listens: (host, port) of each site, the plain one first."""
+
+    addresses: tuple[tuple[str, int], ...]
+
+
+def body_in_time(read_timeout: float) -> Middleware:
+    """A middleware that reads a request's body before the handler, within `read_timeout` seconds (else 408)
+    and within the app's client_max_size (else 413), so that no handler waits on a slow client."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.body_exists:
+            try:
+                async with asyncio.timeout(read_timeout):
+                    await request.read()  # kept by aiohttp: the handler's read() returns it at once
+            except TimeoutError:
+                log.info("%s: request body not received within %.0f s", request.remote, read_timeout)
+                response = web.Response(status=408, text="408: the request body took too long\n")
+                response.force_close()
+                return response
+        return await handler(request)
+
+    return middleware
+
+
+class Discovery:
+    """XEP-0156 §3: /.well-known/host-meta (XRD) and host-meta.json (JRD) name the WebSocket and BOSH URLs,
+    absolute, as the client reached us (the scheme a trusted proxy reports, the Host header)."""
+
+    def __init__(self, app: web.Application, networks: tuple[Network, ...]) -> None:
+        self._app = app
+        self._networks = networks
+
+    def add_routes(self) -> None:
+        self._app.router.add_get("/.well-known/host-meta", self.xrd)
+        self._app.router.add_get("/.well-known/host-meta.json", self.jrd)
+
+    def links(self, request: web.Request) -> list[tuple[str, str]]:
+        return [(RELATIONS[kind], url) for kind, url in connection_urls(request, self._networks).items()]
+
+    async def xrd(self, request: web.Request) -> web.Response:
+        root = etree.Element(f"{{{XRD}}}XRD", nsmap={None: XRD})  # type: ignore[dict-item]
+        for rel, href in self.links(request):
+            etree.SubElement(root, f"{{{XRD}}}Link", rel=rel, href=href)
+        body = etree.tostring(root, encoding="utf-8", xml_declaration=True)
+        return web.Response(body=body, content_type="application/xrd+xml", charset="utf-8", headers=CORS)
+
+    async def jrd(self, request: web.Request) -> web.Response:
+        links = [{"rel": rel, "href": href} for rel, href in self.links(request)]
+        return web.Response(text=json.dumps({"links": links}), content_type="application/json", headers=CORS)
+
+
+def make_app(server: Server) -> web.Application:
+    """The application: discovery, then each ROUTE_MODULES module's routes."""
+    settings = server.config.http
+    app = web.Application(
+        client_max_size=settings.max_body_bytes, middlewares=[body_in_time(settings.read_timeout)]
+    )
+    Discovery(app, trusted_networks(settings.trusted_proxies)).add_routes()
+    for name in ROUTE_MODULES:
+        cast(RouteModule, importlib.import_module(name)).add_routes(app, server)
+    return app
+
+
+@asynccontextmanager
+async def serve_http(server: Server) -> AsyncIterator[HttpEndpoint | None]:
+    """Serve HTTP for the duration of the scope (nothing when [http] is disabled). On exit: stop listening,
+    close the web transports' streams (their modules hook the app's on_shutdown), give running requests
+    SHUTDOWN_GRACE seconds, cancel the rest."""
+    settings = server.config.http
+    if not settings.enabled or not (settings.port or settings.tls_port):
+        yield None
+        return
+    runner = web.AppRunner(
+        make_app(server),
+        access_log=None,
+        handle_signals=False,
+        shutdown_timeout=SHUTDOWN_GRACE,
+        keepalive_timeout=settings.header_timeout,  # also bounds the wait for a request's headers
+        lingering_time=LINGER,
+        max_field_size=8190,
+        max_line_size=8190,
+    )
+    await runner.setup()
+    try:
+        backlog = server.config.c2s.backlog
+        if settings.port:
+            await web.TCPSite(runner, settings.host, settings.port, backlog=backlog).start()
+        if settings.tls_port and server.tls_context is not None:
+            site = web.TCPSite(
+                runner, settings.host, settings.tls_port, ssl_context=server.tls_context, backlog=backlog
+            )
+            await site.start()
+        addresses = tuple((str(address[0]), int(address[1])) for address in runner.addresses)
+        log.info("http listening on %s", ", ".join(f"{host}:{port}" for host, port in addresses))
+        yield HttpEndpoint(addresses)
+    finally:
+        await runner.cleanup()
