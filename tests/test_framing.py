@@ -142,7 +142,7 @@ def test_nesting_deeper_than_the_limit_is_a_policy_violation() -> None:
 def test_our_open_carries_from_id_version_and_lang() -> None:
     opened = etree.fromstring(open_message(from_="example.com", id="s1&2", lang="en"))
     assert opened.tag == f"{{{ns.FRAMING}}}open"
-    assert dict(opened.attrib) == {
+    assert {str(name): value for name, value in opened.attrib.items()} == {
         "from": "example.com",
         "id": "s1&2",
         "version": "1.0",

@@ -151,7 +151,7 @@ async def test_alice_on_websocket_and_bob_on_tcp_subscribe_and_chat(
 
     await alice.send(message(bob_jid, "Wherefore art thou?"))
     await wait_for(lambda: bob_inbox == ["Wherefore art thou?"])
-    bob.send_message(mto=alice.jid, mbody="Here, on the balcony.", mtype="chat")
+    bob.send_message(mto=slixmpp.JID(alice.jid), mbody="Here, on the balcony.", mtype="chat")
     received = await alice.until(is_message("Here, on the balcony."))
     assert received.get("from") == str(bob.boundjid)
     assert received.get("to") == alice.jid
@@ -178,7 +178,7 @@ async def test_carbons_reach_alices_other_websocket(clients: Clients, sockets: W
     phone = await sockets.login("alice", "phone")
     await desktop.iq(iq("set", f"<enable xmlns='{CARBONS}'/>"))
 
-    bob.send_message(mto=phone.jid, mbody="to the phone", mtype="chat")
+    bob.send_message(mto=slixmpp.JID(phone.jid), mbody="to the phone", mtype="chat")
     await phone.until(is_message("to the phone"))
     copy = await desktop.until(lambda e: e.find(q("received", CARBONS)) is not None)
     forwarded = copy.find(f"{q('received', CARBONS)}/{q('forwarded', FORWARD)}/{q('message')}")
@@ -201,7 +201,7 @@ async def test_alice_reads_her_archive_over_websocket(clients: Clients, sockets:
     alice = await sockets.login("alice")
     await alice.send(message(bob_jid, "one"))
     await wait_for(lambda: bob_inbox == ["one"])
-    bob.send_message(mto=alice.jid, mbody="two", mtype="chat")
+    bob.send_message(mto=slixmpp.JID(alice.jid), mbody="two", mtype="chat")
     await alice.until(is_message("two"))
 
     query = iq("set", f"<query xmlns='{MAM}' queryid='q1'/>")
@@ -236,18 +236,19 @@ async def test_a_lost_websocket_resumes_on_a_new_one_and_nothing_is_lost(
     await alice.send_raw(f"<enable xmlns='{SM}' resume='true'/>")
     enabled = await alice.until(lambda e: e.tag == q("enabled", SM))
     previd = enabled.get("id")
-    assert previd and enabled.get("resume") == "true"
+    assert previd
+    assert enabled.get("resume") == "true"
     await alice.send(stanza("presence"))
     handled = 0  # stanzas alice received since <enabled/> (XEP-0198 §4 counts them)
     for text in ("first", "second"):
-        bob.send_message(mto=alice.jid, mbody=text, mtype="chat")
+        bob.send_message(mto=slixmpp.JID(alice.jid), mbody=text, mtype="chat")
         while body(element := await alice.receive()) != text:
             handled += element.tag in (q("message"), q("presence"), q("iq"))
         handled += 1
 
     await alice.ws.close()  # the WebSocket goes without <close/>: a lost connection (RFC 7395 §3.6)
     await wait_for(lambda: any(session.detached for session in server.sessions))
-    bob.send_message(mto=alice.jid, mbody="while away", mtype="chat")
+    bob.send_message(mto=slixmpp.JID(alice.jid), mbody="while away", mtype="chat")
 
     again = await sockets.connect()
     await again.open()
@@ -257,7 +258,7 @@ async def test_a_lost_websocket_resumes_on_a_new_one_and_nothing_is_lost(
     assert resumed.get("previd") == previd
     replayed = [body(await again.until(lambda e: e.tag == q("message"))) for _ in range(2)]
     assert replayed == ["second", "while away"]
-    bob.send_message(mto=alice.jid, mbody="after resume", mtype="chat")
+    bob.send_message(mto=slixmpp.JID(alice.jid), mbody="after resume", mtype="chat")
     await again.until(is_message("after resume"))
     (session,) = [session for session in server.sessions if session.username == "alice"]
     assert session.transport.kind == "websocket"

@@ -8,6 +8,7 @@ import base64
 import itertools
 import ssl
 from collections.abc import Callable, Sequence
+
 import aiohttp
 from lxml import etree
 
@@ -236,7 +237,7 @@ def message(to: str, body: str, **attributes: str) -> etree._Element:
 
 
 def iq(type: str, payload: str, to: str | None = None) -> etree._Element:
-    """An IQ with one payload element given as XML text, e.g. iq("get", "<query xmlns='jabber:iq:roster'/>")."""
+    """An IQ with one payload given as XML text: iq("get", "<query xmlns='jabber:iq:roster'/>")."""
     element = stanza("iq", type=type)
     if to is not None:
         element.set("to", to)
