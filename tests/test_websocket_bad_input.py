@@ -1,5 +1,5 @@
-"""Bad input on /xmpp-websocket, each with its RFC 7395 / RFC 6120 answer; every time, other users (one on TCP,
-one on WebSocket) keep chatting."""
+"""Bad input on /xmpp-websocket, each with its RFC 7395 / RFC 6120 answer; every time, other users (one on
+TCP, one on WebSocket) keep chatting."""
 
 from __future__ import annotations
 
