@@ -43,7 +43,7 @@ async def delete_account(server: Server, username: str) -> bool:
     """Delete the account and everything stored for it, then end its sessions."""
     deleted = await server.storage.accounts.delete(username)
     if deleted:
-        for session in server.sessions.resources(JID.make(username, server.domain)):
+        for session in server.sessions.sessions_of(JID.make(username, server.domain)):
             await session.close(StreamError("not-authorized", "account deleted"))
         await server.bus.fire("account-deleted", AccountEvent(username))
     return deleted

@@ -12,11 +12,13 @@ from typing import TYPE_CHECKING, Any
 
 from nitro.c2s.throttle import FailureThrottle
 from nitro.config import Config
+from nitro.core.delivery import Delivery
 from nitro.core.directory import SessionDirectory
 from nitro.core.events import EventBus
 from nitro.core.module import BUILTIN_MODULES, DiscoRegistry, Module, load_module
 from nitro.core.router import Router
-from nitro.core.sessions import SessionManager
+from nitro.core.sessions import Sessions
+from nitro.core.slots import SlotRegistry
 from nitro.observe.metrics import Metrics
 from nitro.observe.metrics_http import MetricsEndpoint, serve_metrics
 from nitro.observe.runtime import tuned_gc
@@ -30,7 +32,10 @@ from nitro.transports.tls import ensure_certificate, server_context
 from nitro.xmpp.errors import StreamError
 
 if TYPE_CHECKING:
-    from nitro.c2s.stream import ClientSession
+    from nitro.c2s.negotiation import Negotiation
+    from nitro.c2s.session import ClientSession
+
+    Tracked = Negotiation | ClientSession  # a connection's stream: negotiating, bound or detached
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +59,15 @@ class Server:
         self.tls_context = tls_context
         self.bus = EventBus()
         self.disco = DiscoRegistry()
-        self.sessions = SessionManager()
-        self.router = Router(self, self.bus, self.sessions)
+        self.slots = SlotRegistry()  # the per-session state modules declare (nitro/core/slots.py)
+        self.sessions: Sessions[ClientSession] = Sessions()
+        self.delivery = Delivery(self.sessions)
+        self.deliver = self.delivery.deliver  # the one way modules reach another entity's session
+        self.router = Router(self, self.bus, self.delivery)
         self.auth_throttle = FailureThrottle(config.auth.throttle_failures, config.auth.throttle_window)
         self.modules: dict[str, Module] = {}
         self.listeners: list[asyncio.Server] = []
-        self._connections: dict[ClientSession, asyncio.Task[Any] | None] = {}
+        self._connections: dict[Tracked, asyncio.Task[Any] | None] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._connection_tasks: set[asyncio.Task[Any]] = set()  # until serve_client returns
         self.metrics.track_sessions(lambda: self._connections)
@@ -80,7 +88,7 @@ class Server:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def track(self, session: ClientSession) -> None:
+    def track(self, session: Tracked) -> None:
         """Called from the connection's own task, which shutdown may have to cancel."""
         self._connections[session] = asyncio.current_task()
 
@@ -90,11 +98,11 @@ class Server:
         self._connection_tasks.add(task)
         task.add_done_callback(self._connection_tasks.discard)
 
-    def untrack(self, session: ClientSession) -> None:
+    def untrack(self, session: Tracked) -> None:
         self._connections.pop(session, None)
 
     @property
-    def connections(self) -> frozenset[ClientSession]:
+    def connections(self) -> frozenset[Tracked]:
         return frozenset(self._connections)
 
     async def start_listeners(self) -> None:

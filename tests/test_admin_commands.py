@@ -207,7 +207,7 @@ async def test_admin_deletes_bob_while_he_is_online(server: Server, clients: Cli
     assert done["command"]["notes"] == [("warn", f"Deleted: bob@{DOMAIN}. No such account: nobody@{DOMAIN}")]
     assert not await server.storage.accounts.exists("bob")
     await wait_for(lambda: errors == ["not-authorized"])  # XEP-0133 §4.2: the sessions end
-    assert server.sessions.resources(JID.parse(f"bob@{DOMAIN}")) == []
+    assert server.sessions.sessions_of(JID.parse(f"bob@{DOMAIN}")) == []
 
 
 async def test_delete_user_checks_every_jid_before_deleting_any(server: Server, clients: Clients) -> None:

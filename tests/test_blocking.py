@@ -212,7 +212,7 @@ async def test_a_blocked_sender_is_refused_while_alice_is_offline_too(
     alice, bob = await alice_and_bob(clients)
     await alice.blocking.block(slixmpp.JID("bob@localhost"), timeout=5)
     await alice.client.disconnect()
-    await wait_for(lambda: not server.sessions.resources(JID.parse("alice@localhost")))
+    await wait_for(lambda: not server.sessions.sessions_of(JID.parse("alice@localhost")))
 
     bob.say("alice@localhost", "Are you ignoring me?")
 

@@ -235,7 +235,7 @@ async def test_an_enable_disable_storm_is_answered_in_order_and_the_last_one_win
     assert [answer["type"] for answer in answers] == ["result"] * 100
     session = server.sessions.get(JID.parse(phone.jid))
     assert session is not None
-    assert session.data["carbons"] is False  # the 100th request was a disable
+    assert not session.has_flag("carbons")  # the 100th request was a disable
     bob.send("alice@localhost", "After the storm")
     await wait_for(lambda: len(desk.messages) == 1)
     await phone.settle()

@@ -13,7 +13,7 @@ from pathlib import Path
 from conftest import PASSWORD, Clients, make_config, read_until, wait_for
 from test_c2s import HEADER, plain
 
-from nitro.c2s.stream import ClientSession
+from nitro.c2s.session import ClientSession
 from nitro.server import Server, running_server
 from nitro.transports.tcp import ClientConnection
 from nitro.xmpp.jid import JID
@@ -151,7 +151,7 @@ async def test_an_idle_session_frees_its_parser_and_reads_on_when_the_client_spe
         try:
             alice = await clients.user("alice")
             client = await clients.login(alice)
-            [session] = server.sessions.resources(JID.parse(alice))
+            [session] = server.sessions.sessions_of(JID.parse(alice))
             await wait_for(lambda: session.transport.parser.released, 10)
             client.send_message(mto=alice, mbody="still listening?")
             message = await client.wait_until("message", 5)

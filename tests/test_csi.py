@@ -13,11 +13,14 @@ from slixmpp.xmlstream import ET
 from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import MatchXPath
 
-from nitro.c2s.stream import ClientSession
-from nitro.modules.csi import MAX_HELD, holder
+from nitro.c2s.session import ClientSession
+from nitro.c2s.transport import StreamHeader
+from nitro.modules.csi import HOLDER, MAX_HELD, holder
 from nitro.server import Server
+from nitro.xmpp.errors import StreamError
 from nitro.xmpp.jid import JID
 from nitro.xmpp.stanza import stanza
+from nitro.xmpp.xmlstream import serialize
 
 CSI = "urn:xmpp:csi:0"
 CHATSTATES = "http://jabber.org/protocol/chatstates"
@@ -103,7 +106,7 @@ async def inactive_session(server: Server, phone: Phone) -> ClientSession:
     phone.inactive()
     session = server.sessions.get(JID.parse(phone.jid))
     assert session is not None
-    await wait_for(lambda: getattr(session.data.get("csi"), "inactive", False))
+    await wait_for(lambda: getattr(session.slots.peek(HOLDER), "inactive", False))
     return session
 
 
@@ -208,17 +211,31 @@ async def test_an_unknown_csi_element_is_a_stream_error(clients: Clients) -> Non
 class Recorder:
     """A transport that keeps what the session writes (the session under test is real)."""
 
+    kind = "test"
     peer_host = "127.0.0.1"
     encrypted = True
+    can_starttls = False
 
     def __init__(self) -> None:
         self.written: list[bytes] = []
 
-    def write(self, data: bytes) -> None:
-        self.written.append(data)
+    def open_stream(self, header: StreamHeader) -> None:
+        raise AssertionError("not used")
+
+    def send(self, element: etree._Element) -> None:
+        self.written.append(serialize(element))
+
+    def send_keepalive(self) -> None:
+        pass
+
+    def restart(self) -> None:
+        raise AssertionError("not used")
 
     async def start_tls(self) -> None:
         raise AssertionError("not used")
+
+    def close_stream(self, error: StreamError | None) -> None:
+        pass
 
     def close(self) -> None:
         pass
@@ -226,7 +243,7 @@ class Recorder:
 
 async def test_the_held_queue_is_bounded(server: Server) -> None:
     recorder = Recorder()
-    session = ClientSession(server, recorder)
+    session = ClientSession(server, recorder, JID.parse(f"alice@{DOMAIN}/test"))
     held = holder(session)
     held.inactive = True
 

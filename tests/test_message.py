@@ -7,7 +7,7 @@ from typing import Any
 import slixmpp
 from conftest import DOMAIN, Clients, wait_for
 
-from nitro.c2s.stream import ClientSession
+from nitro.c2s.session import ClientSession
 from nitro.server import Server
 from nitro.xmpp.jid import JID
 

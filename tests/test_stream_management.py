@@ -93,7 +93,7 @@ async def authenticated(server: Server, username: str) -> Peer:
 
 
 def online(server: Server, jid: str) -> int:
-    return len(server.sessions.resources(JID.parse(jid)))
+    return len(server.sessions.sessions_of(JID.parse(jid)))
 
 
 async def stored_offline(server: Server, username: str, count: int, timeout: float = 5.0) -> None:
@@ -351,7 +351,7 @@ async def test_resume_drops_what_the_client_acked_and_resends_the_rest(
     bob.send(ack(1) + ping(1))
     await bob.expect(b'id="p1"')
     bob.abort()
-    (session,) = server.sessions.resources(JID.parse("bob@localhost"))
+    (session,) = server.sessions.sessions_of(JID.parse("bob@localhost"))
     await wait_for(lambda: session.detached)
     assert session.available is False  # bob never sent presence; the registry keeps him all the same
     assert online(server, "bob@localhost") == 1
@@ -361,7 +361,7 @@ async def test_resume_drops_what_the_client_acked_and_resends_the_rest(
     await bob.expect(f'<resumed xmlns="urn:xmpp:sm:3" previd="{previd}" h="1"/>'.encode())  # the ping
     rest = await bob.expect(re.compile(rb'.*id="p1"', re.DOTALL))  # message 3, then the ping result
     assert bodies(rest.group(0)) == ["3"]
-    assert server.sessions.resources(JID.parse("bob@localhost")) == [session]
+    assert server.sessions.sessions_of(JID.parse("bob@localhost")) == [session]
     assert str(session.jid) == "bob@localhost/phone"
     alice.send_message(mto="bob@localhost/phone", mbody="4")
     await bob.expect(body(4))
@@ -383,7 +383,7 @@ async def test_a_killed_connection_resumes_and_every_message_arrives_once_in_ord
     bob = await clients.login(bob_jid, plugins=["xep_0198"], setup=collect)
     await wait_for(lambda: bob.plugin["xep_0198"].sm_id is not None)
     full_jid = str(bob.boundjid)
-    (session,) = server.sessions.resources(JID.parse(bob_jid))
+    (session,) = server.sessions.sessions_of(JID.parse(bob_jid))
     for n in range(1, 11):
         alice.send_message(mto=bob_jid, mbody=str(n))
     await wait_for(lambda: len(received) >= 3)
@@ -400,7 +400,7 @@ async def test_a_killed_connection_resumes_and_every_message_arrives_once_in_ord
     await asyncio.sleep(0.1)  # nothing more is coming
     assert received == [str(n) for n in range(1, 21)]
     assert str(bob.boundjid) == full_jid
-    assert server.sessions.resources(JID.parse(bob_jid)) == [session]
+    assert server.sessions.sessions_of(JID.parse(bob_jid)) == [session]
     assert session.available  # presence survived the outage
     alice.send_message(mto=bob_jid, mbody="after")
     await wait_for(lambda: received[-1:] == ["after"])
@@ -565,12 +565,12 @@ async def test_binding_the_resource_of_a_detached_session_replaces_it(
     alice.send_message(mto="bob@localhost/phone", mbody="unacked")
     await bob.expect(body("unacked"))
     bob.abort()
-    (old,) = server.sessions.resources(JID.parse(bob_jid))
+    (old,) = server.sessions.sessions_of(JID.parse(bob_jid))
     await wait_for(lambda: old.detached)
     received = await login_collecting(clients, bob_jid, resource="phone")
     await wait_for(lambda: received == ["unacked"])  # the old session's message, via offline storage
     assert old.closed
-    (new,) = server.sessions.resources(JID.parse(bob_jid))
+    (new,) = server.sessions.sessions_of(JID.parse(bob_jid))
     assert new is not old
     await asyncio.sleep(0.1)
     assert received == ["unacked"]

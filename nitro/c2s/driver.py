@@ -12,7 +12,8 @@ import logging
 import ssl
 from typing import TYPE_CHECKING
 
-from nitro.c2s.stream import ClientSession
+from nitro.c2s.negotiation import Negotiation
+from nitro.c2s.session import ClientSession
 from nitro.c2s.transport import Transport
 from nitro.xmpp.errors import StreamError
 from nitro.xmpp.xmlstream import StreamEvent
@@ -25,73 +26,101 @@ log = logging.getLogger(__name__)
 
 class ClientStream:
     """One connection's stream; every method is an error boundary (a StreamError closes the stream with it,
-    an unexpected exception closes it with `<internal-server-error/>`), so a transport needs no try/except."""
+    an unexpected exception closes it with `<internal-server-error/>`), so a transport needs no try/except.
 
-    __slots__ = ("_session", "transport")
+    Until a resource is bound the input goes to the `Negotiation`; then to the bound `ClientSession`.
+    """
+
+    __slots__ = ("_session", "negotiation", "transport")
 
     def __init__(self, server: Server, transport: Transport) -> None:
         self.transport = transport
-        self._session = ClientSession(server, transport)
-        server.track(self._session)
+        self.negotiation = Negotiation(server, transport)
+        self._session: ClientSession | None = None
+        server.track(self.negotiation)
 
     @property
-    def session(self) -> ClientSession:
-        """The session this connection drives now (the resumed one after `<resume/>`)."""
-        self._session = self._session.current
+    def session(self) -> ClientSession | None:
+        """The session this connection drives, once bound or resumed."""
+        if self._session is None:
+            self._session = self.negotiation.bound
         return self._session
+
+    @property
+    def _current(self) -> Negotiation | ClientSession:
+        session = self.session
+        return self.negotiation if session is None else session
+
+    @property
+    def log(self) -> logging.LoggerAdapter[logging.Logger]:
+        return self._current.log
 
     @property
     def open(self) -> bool:
         """Still ours and not closed: input should keep flowing to it."""
+        current = self._current
+        return current.transport is self.transport and not current.closed
+
+    @property
+    def established(self) -> bool:
         session = self.session
-        return session.transport is self.transport and not session.closed
+        return session is not None and session.established
+
+    @property
+    def last_read(self) -> float:
+        session = self.session
+        return session.last_read if session is not None else 0.0
 
     def activity(self) -> None:
-        self.session.activity()
+        session = self.session
+        if session is not None:
+            session.activity()
 
     def next_deadline(self) -> float:
-        return self.session.next_deadline()
+        return self._current.next_deadline()
 
     async def receive(self, event: StreamEvent) -> bool:
         """Handle one input event; False once the stream is over (closed, or resumed elsewhere)."""
         try:
-            await self.session.receive(event)
+            await self._current.receive(event)
         except StreamError as error:
             await self.close(error)
         except (ConnectionError, TimeoutError, ssl.SSLError) as exc:
-            self.session.log.info("connection lost: %r", exc)
+            self.log.info("connection lost: %r", exc)
             await self.connection_lost()
         except Exception:
-            self.session.log.exception("internal error; closing the stream")
+            self.log.exception("internal error; closing the stream")
             await self.close(StreamError("internal-server-error"))
         return self.open
 
     async def tick(self) -> bool:
         """Run the stream's timer work (timeouts, pings, keepalives); False once the stream is over."""
         try:
-            await self.session.on_timer()
+            await self._current.on_timer()
         except StreamError as error:
             await self.close(error)
         except Exception:
-            self.session.log.exception("internal error in a timer; closing the stream")
+            self.log.exception("internal error in a timer; closing the stream")
             await self.close(StreamError("internal-server-error"))
         return self.open
 
     async def close(self, error: StreamError | None = None) -> None:
         """Close the stream (the transport's own framing errors come here too), if it is still ours."""
-        session = self.session
-        if session.transport is self.transport:
+        current = self._current
+        if current.transport is self.transport:
             try:
-                await session.close(error)
+                await current.close(error)
             except Exception:
-                session.log.exception("internal error while closing")
+                current.log.exception("internal error while closing")
 
     async def connection_lost(self) -> None:
         """The connection is gone: a resumable session detaches and stays tracked, any other ends."""
-        session = self.session
+        current = self._current
+        server = self.negotiation.server
         try:
-            if session.transport is self.transport:
-                await session.connection_lost()
+            if current.transport is self.transport:
+                await current.connection_lost()
         finally:
-            if session.closed:
-                session.server.untrack(session)
+            server.untrack(self.negotiation)
+            if current.closed:
+                server.untrack(current)

@@ -9,16 +9,13 @@ import math
 import secrets
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from lxml import etree
 
 from nitro.xmpp import ns
 from nitro.xmpp.errors import StanzaCondition, StreamError
 from nitro.xmpp.stanza import child, element
-
-if TYPE_CHECKING:
-    from nitro.c2s.stream import ClientSession
 
 SM = "urn:xmpp:sm:3"
 MAX_SEQ = 2**32  # §4: 'h' is an xs:unsignedInt and wraps to 0 after 2^32 - 1
@@ -225,25 +222,3 @@ def failed(condition: StanzaCondition, text: str | None = None) -> etree._Elemen
     if text:
         child(node, ns.STANZA_ERRORS, "text", text)
     return node
-
-
-# -- what the session tells the stream_management module (bus event payloads) ----------------------------
-
-
-@dataclass(slots=True)
-class ResumeRequest:
-    """Payload of `sm-resume`: an authenticated stream asks for `previd`; a handler sets `found`."""
-
-    session: ClientSession
-    previd: str
-    found: ClientSession | None = None
-
-
-@dataclass(slots=True)
-class UnackedStanzas:
-    """Payload of `sm-ended`: a stream-managed session ended without resumption; `stanzas` are what the
-    client never acknowledged, oldest first, to be treated as never delivered (§4).
-    """
-
-    session: ClientSession
-    stanzas: list[etree._Element]

@@ -7,14 +7,15 @@ import logging
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 from lxml import etree
 
 from nitro.core.events import Handler
+from nitro.core.slots import Slot, SlotValues
 
 if TYPE_CHECKING:
-    from nitro.c2s.stream import ClientSession
+    from nitro.c2s.session import ClientSession
     from nitro.server import Server
 
 # The built-in modules, in load order; `[modules].disabled` in the config removes some.
@@ -64,12 +65,51 @@ class NonzaEvent:
     element: etree._Element
 
 
+class PeerInfo(Protocol):
+    """What a module may know of the connection under a stream."""
+
+    @property
+    def peer_host(self) -> str: ...
+
+    @property
+    def encrypted(self) -> bool: ...
+
+
+class UnboundStream(Protocol):
+    """A client stream before binding, as modules see it (stream features, in-band registration)."""
+
+    @property
+    def authenticated(self) -> bool: ...
+
+    @property
+    def may_negotiate(self) -> bool: ...
+
+    @property
+    def transport(self) -> PeerInfo: ...
+
+    @property
+    def slots(self) -> SlotValues: ...
+
+    @property
+    def log(self) -> logging.LoggerAdapter[logging.Logger]: ...
+
+    def send(self, element: etree._Element) -> None: ...
+
+
 @dataclass(slots=True)
 class StreamFeaturesEvent:
     """Payload of `stream-features`: handlers append their feature elements to `features`."""
 
-    session: ClientSession
+    stream: UnboundStream
     features: etree._Element
+
+
+@dataclass(slots=True)
+class UnauthenticatedIq:
+    """Payload of `c2s-unauthenticated/iq-<type>/<ns>:<name>`: an IQ before login (in-band registration)."""
+
+    stream: UnboundStream
+    stanza: etree._Element
 
 
 @dataclass(slots=True)
@@ -128,6 +168,10 @@ class Module:
 
     def add_identity(self, category: str, type_: str, name: str | None = None) -> None:
         self._undo.append(self.server.disco.add_identity(Identity(category, type_, name)))
+
+    def add_slot(self, slot: Slot[Any]) -> None:
+        """Declare per-session state this module keeps (exported and imported with the session)."""
+        self._undo.append(self.server.slots.add(slot))
 
     def on_unload(self, callback: Callable[[], None]) -> None:
         self._undo.append(callback)

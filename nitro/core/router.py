@@ -16,14 +16,14 @@ from typing import TYPE_CHECKING, Literal
 
 from lxml import etree
 
+from nitro.core.delivery import Delivery
 from nitro.core.events import EventBus
-from nitro.core.sessions import SessionManager
 from nitro.xmpp import ns
 from nitro.xmpp.errors import StanzaError, error_reply
 from nitro.xmpp.jid import JID, InvalidJID
 
 if TYPE_CHECKING:
-    from nitro.c2s.stream import ClientSession
+    from nitro.c2s.session import ClientSession
     from nitro.server import Server
 
 log = logging.getLogger(__name__)
@@ -78,10 +78,10 @@ def classify(to: JID | None, from_: JID, domain: str, kind: str) -> ToType:
 class Router:
     """Fires the routing events for each stanza and turns StanzaErrors into error replies."""
 
-    def __init__(self, server: Server, bus: EventBus, sessions: SessionManager) -> None:
+    def __init__(self, server: Server, bus: EventBus, delivery: Delivery) -> None:
         self.server = server
         self.bus = bus
-        self.sessions = sessions
+        self.delivery = delivery
         self.domain = server.config.server.domain
         self._pending_iq: dict[str, asyncio.Future[etree._Element]] = {}
 
@@ -161,12 +161,8 @@ class Router:
             await self.route(reply)
 
     def deliver(self, full: JID, stanza: etree._Element) -> bool:
-        """Hand a stanza to the session bound to `full` on this node; False if none is."""
-        session = self.sessions.get(full)
-        if session is None:
-            return False
-        session.send(stanza)
-        return True
+        """Hand a stanza to the resource bound to `full` (nitro/core/delivery.py); False if none is."""
+        return self.delivery.deliver(full, stanza)
 
     async def send_iq(self, iq: etree._Element, timeout: float) -> etree._Element:
         """Send a server-originated IQ get/set and wait for its result (raises TimeoutError)."""

@@ -1,23 +1,81 @@
-"""Which client sessions are online on this node: bare JID → resource → session."""
+"""The sessions registry: which resources are bound, answered as immutable `Resource` values.
+
+Modules ask `resources(bare)` / `resource(full)` and reach other entities only through `deliver()`
+(nitro/core/delivery.py); the session objects themselves stay with the c2s layer, the admin channel and the
+tests (`get`, `sessions_of`, iteration). The cluster issue adds other nodes' resources behind the same calls.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import Generic, Protocol, TypeVar
+
+from lxml import etree
 
 from nitro.xmpp.jid import JID
 
-if TYPE_CHECKING:
-    from nitro.c2s.stream import ClientSession
+LOCAL_NODE = "local"
+INTERESTED = "interested"  # Resource flag: it requested the roster, gets roster pushes (RFC 6121 §2.1.6)
 
 
-class SessionManager:
-    """The registry of bound resources; the cluster issue backs it with the Redis ring."""
+@dataclass(frozen=True, slots=True)
+class Resource:
+    """One bound resource as modules see it: a value, never the live session.
+
+    `flags` are what modules decided about the resource (e.g. "carbons", "interested", "blocklist");
+    `presence` is its last available presence (None when unavailable), not to be mutated.
+    """
+
+    jid: JID
+    node: str
+    available: bool
+    priority: int
+    flags: frozenset[str]
+    presence: etree._Element | None = None
+    directed_to: frozenset[JID] = frozenset()  # entities that got directed presence from it (RFC 6121 §4.6)
+
+    def has(self, flag: str) -> bool:
+        return flag in self.flags
+
+
+class BoundSession(Protocol):
+    """What the registry needs from a bound session."""
+
+    @property
+    def jid(self) -> JID: ...
+
+    @property
+    def resource(self) -> Resource: ...
+
+    def send(self, element: etree._Element) -> None: ...
+
+
+S = TypeVar("S", bound=BoundSession)
+
+
+class Sessions(Generic[S]):
+    """This node's bound sessions by bare JID and resource (one registry; the cluster directory joins it)."""
 
     def __init__(self) -> None:
-        self._by_bare: dict[JID, dict[str, ClientSession]] = {}
+        self._by_bare: dict[JID, dict[str, S]] = {}
 
-    def add(self, session: ClientSession) -> ClientSession | None:
+    # -- what modules ask ----------------------------------------------------------------------------
+
+    def resources(self, bare: JID) -> list[Resource]:
+        """Every bound resource of an account, as values."""
+        return [session.resource for session in self._by_bare.get(bare.bare, {}).values()]
+
+    def resource(self, full: JID) -> Resource | None:
+        session = self.get(full)
+        return None if session is None else session.resource
+
+    def online(self, bare: JID) -> bool:
+        return bool(self._by_bare.get(bare.bare))
+
+    # -- the c2s layer, delivery, admin and tests ----------------------------------------------------
+
+    def add(self, session: S) -> S | None:
         """Register a bound session; returns the session it replaces (same full JID), if any."""
         jid = session.jid
         assert jid.resource is not None
@@ -26,7 +84,7 @@ class SessionManager:
         resources[jid.resource] = session
         return previous
 
-    def remove(self, session: ClientSession) -> None:
+    def remove(self, session: S) -> None:
         jid = session.jid
         resources = self._by_bare.get(jid.bare)
         if resources is None or jid.resource is None or resources.get(jid.resource) is not session:
@@ -35,15 +93,17 @@ class SessionManager:
         if not resources:
             del self._by_bare[jid.bare]
 
-    def get(self, full: JID) -> ClientSession | None:
+    def get(self, full: JID) -> S | None:
+        """This node's session bound to `full` (not for modules: they deliver)."""
         if full.resource is None:
             return None
         return self._by_bare.get(full.bare, {}).get(full.resource)
 
-    def resources(self, bare: JID) -> list[ClientSession]:
+    def sessions_of(self, bare: JID) -> list[S]:
+        """This node's sessions of an account (not for modules: they use `resources`)."""
         return list(self._by_bare.get(bare.bare, {}).values())
 
-    def __iter__(self) -> Iterator[ClientSession]:
+    def __iter__(self) -> Iterator[S]:
         for resources in list(self._by_bare.values()):
             yield from list(resources.values())
 

@@ -14,6 +14,7 @@ from lxml import etree
 from nitro.core.locks import UserLocks
 from nitro.core.module import AccountEvent, Module, SessionEvent
 from nitro.core.router import StanzaEvent
+from nitro.core.sessions import Resource
 from nitro.storage.errors import NoSuchAccount, StorageUnavailable
 from nitro.storage.models import RosterItem
 from nitro.xmpp.errors import StanzaError
@@ -22,7 +23,7 @@ from nitro.xmpp.stanza import child, element, iq_result, stanza
 from nitro.xmpp.subscription import state_of
 
 if TYPE_CHECKING:
-    from nitro.c2s.stream import ClientSession
+    from nitro.c2s.session import ClientSession
     from nitro.server import Server
 
 BLOCKING = "urn:xmpp:blocking"
@@ -132,6 +133,9 @@ def matching(items: Iterable[RosterItem], entries: Iterable[str]) -> list[JID]:
     return contacts
 
 
+LIST_REQUESTED = "blocklist"  # the Resource flag: it retrieved the block list and gets pushes (§3.2)
+
+
 class Blocking:
     """The IQ handlers (§3.2 to §3.5) and the presence side effects of blocking and unblocking."""
 
@@ -141,14 +145,14 @@ class Blocking:
 
     def push(self, user: JID, action: str, jids: Sequence[str]) -> None:
         """§3.3, §3.4, §3.5: the change, to every resource of the user that retrieved the list (§3.2)."""
-        for session in self.server.sessions.resources(user):
-            if not session.data.get("blocking"):
+        for resource in self.server.sessions.resources(user):
+            if not resource.has(LIST_REQUESTED):
                 continue
-            iq = stanza("iq", type="set", id=f"block-push-{secrets.token_hex(6)}", to=str(session.jid))
+            iq = stanza("iq", type="set", id=f"block-push-{secrets.token_hex(6)}", to=str(resource.jid))
             payload = child(iq, BLOCKING, action)
             for jid in jids:
                 child(payload, BLOCKING, "item", jid=jid)
-            session.send(iq)
+            self.server.deliver(resource.jid, iq)
 
     async def roster(self, username: str) -> tuple[RosterItem, ...]:
         try:
@@ -156,8 +160,8 @@ class Blocking:
         except StorageUnavailable:
             return ()  # presence courtesy only: the block itself is stored and in force
 
-    def available(self, user: JID) -> list[ClientSession]:
-        return [session for session in self.server.sessions.resources(user) if session.available]
+    def available(self, user: JID) -> list[Resource]:
+        return [resource for resource in self.server.sessions.resources(user) if resource.available]
 
     async def withdraw_presence(self, user: JID, added: Sequence[str]) -> None:
         """§3.3: unavailable presence to each newly blocked JID allowed to see the user's presence. Also the
@@ -174,10 +178,9 @@ class Blocking:
                 await self.server.router.route(gone)
         for contact in matching((item for item in items if state_of(item).to), added):
             for theirs in self.available(contact):
-                for session in mine:
-                    session.send(
-                        stanza("presence", type="unavailable", from_=str(theirs.jid), to=str(session.jid))
-                    )
+                for resource in mine:
+                    gone = stanza("presence", type="unavailable", from_=str(theirs.jid), to=str(resource.jid))
+                    self.server.deliver(resource.jid, gone)
 
     async def restore_presence(self, user: JID, removed: Sequence[str]) -> None:
         """§3.4: the user's current presence to each unblocked JID allowed to see it; and the user learns
@@ -208,7 +211,7 @@ class Blocking:
         payload = element(BLOCKING, "blocklist")
         for jid in sorted(entries):
             child(payload, BLOCKING, "item", jid=jid)
-        session.data["blocking"] = True
+        session.set_flag(LIST_REQUESTED)
         await event.reply(iq_result(event.stanza, payload))
         return True
 

@@ -11,6 +11,7 @@ from lxml import etree
 
 from nitro.core.module import Module
 from nitro.core.router import StanzaEvent
+from nitro.core.sessions import Resource
 from nitro.modules.message import DELIVERY_PRIORITY, message_type, top_resources
 from nitro.xmpp import ns
 from nitro.xmpp.errors import StanzaError
@@ -18,7 +19,6 @@ from nitro.xmpp.jid import JID
 from nitro.xmpp.stanza import child, iq_result, stanza
 
 if TYPE_CHECKING:
-    from nitro.c2s.stream import ClientSession
     from nitro.server import Server
 
 CARBONS = "urn:xmpp:carbons:2"
@@ -41,9 +41,11 @@ _NO_COPY = f"{{{HINTS}}}no-copy"
 _WRAPPERS = (f"{{{CARBONS}}}sent", f"{{{CARBONS}}}received")
 
 
-def enabled(session: ClientSession) -> bool:
-    """Whether this resource asked for carbons (§4) and has not disabled them since (§5)."""
-    return bool(session.data.get("carbons"))
+CARBONS_ON = "carbons"  # the Resource flag: this resource asked for carbons (§4), not disabled since (§5)
+
+
+def enabled(resource: Resource) -> bool:
+    return resource.has(CARBONS_ON)
 
 
 def eligible(event: StanzaEvent, *, outbound: bool) -> bool:
@@ -79,11 +81,11 @@ def wrap(message: etree._Element, direction: str, user: JID, to: JID) -> etree._
     return carbon
 
 
-def receivers(server: Server, event: StanzaEvent) -> list[ClientSession]:
+def receivers(server: Server, event: StanzaEvent) -> list[Resource]:
     """The resources that get the message itself under RFC 6121 §8.5, as nitro.modules.message decides."""
     assert event.to is not None
-    if event.to_type == "full" and (session := server.sessions.get(event.to)) is not None:
-        return [session]  # §8.5.3.1
+    if event.to_type == "full" and (resource := server.sessions.resource(event.to)) is not None:
+        return [resource]  # §8.5.3.1
     if message_type(event.stanza) == "error":
         return []  # §8.5.2.1.1, §8.5.3.2.1: an error to the bare JID or to a gone resource is dropped
     return top_resources(server, event.to.bare)
@@ -99,7 +101,7 @@ def load(module: Module) -> None:
         if session is None:
             raise StanzaError("not-allowed", "carbons are for this server's own clients (XEP-0280 §4.1)")
         on = etree.QName(event.stanza[0]).localname == "enable"
-        session.data["carbons"] = on
+        session.set_flag(CARBONS_ON, on)
         session.log.debug("carbons %s", "enabled" if on else "disabled")
         await event.reply(iq_result(event.stanza))
         return True
@@ -112,9 +114,9 @@ def load(module: Module) -> None:
             return  # to one's own account: the recipient side (below) decides who sees it
         if not eligible(event, outbound=True):
             return
-        for session in server.sessions.resources(sender.bare):
-            if session is not event.origin and enabled(session):
-                session.send(wrap(event.stanza, "sent", sender.bare, session.jid))
+        for resource in server.sessions.resources(sender.bare):
+            if resource.jid != sender and enabled(resource):
+                server.deliver(resource.jid, wrap(event.stanza, "sent", sender.bare, resource.jid))
 
     async def on_received(event: StanzaEvent) -> None:
         """§7: a copy to each carbons-enabled resource of the recipient that does not get the message."""
@@ -125,14 +127,14 @@ def load(module: Module) -> None:
             message.remove(private)  # §9: "the receiving server SHOULD remove the <private/> element"
             return
         user = event.to.bare
-        copies = [session for session in server.sessions.resources(user) if enabled(session)]
+        copies = [resource for resource in server.sessions.resources(user) if enabled(resource)]
         if not copies or not eligible(event, outbound=False):
             return
-        skip = set(receivers(server, event))
-        for session in copies:
+        skip = {resource.jid for resource in receivers(server, event)}
+        for resource in copies:
             # Neither the resources that get the original (§7) nor, for a note to self, the sender (§8).
-            if session not in skip and session.jid != event.from_:
-                session.send(wrap(message, "received", user, session.jid))
+            if resource.jid not in skip and resource.jid != event.from_:
+                server.deliver(resource.jid, wrap(message, "received", user, resource.jid))
 
     for name in ("enable", "disable"):
         module.hook(f"iq-set/self/{CARBONS}:{name}", on_toggle)

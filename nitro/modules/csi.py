@@ -5,16 +5,18 @@ chat-state notifications for it wait (only the latest per sender), and go out in
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from lxml import etree
 
+from nitro.c2s.sm import parse_stanza
 from nitro.core.module import Module, NonzaEvent, StreamFeaturesEvent
+from nitro.core.slots import Slot
 from nitro.xmpp import ns
 from nitro.xmpp.stanza import child
 
 if TYPE_CHECKING:
-    from nitro.c2s.stream import ClientSession
+    from nitro.c2s.session import ClientSession
 
 CSI = "urn:xmpp:csi:0"
 CHATSTATES = "http://jabber.org/protocol/chatstates"  # XEP-0085
@@ -72,6 +74,20 @@ class Holder:
         self.inactive = False
         self.held: dict[HoldKey, etree._Element] = {}  # insertion order is sending order
 
+    def dump(self) -> dict[str, Any]:
+        held = [
+            [list(key), etree.tostring(element, encoding="unicode")] for key, element in self.held.items()
+        ]
+        return {"inactive": self.inactive, "held": held}
+
+    @classmethod
+    def load(cls, data: dict[str, Any], session: ClientSession) -> Holder:
+        holder = cls(session)
+        holder.inactive = bool(data.get("inactive", False))
+        for key, text in data.get("held", ()):
+            holder.held[tuple(str(part) for part in key)] = parse_stanza(str(text).encode())
+        return holder
+
     def keep(self, element: etree._Element) -> bool:
         """The filter: False holds `element` back; everything not a presence update or a chat state passes."""
         if not self.inactive:
@@ -108,21 +124,18 @@ class Holder:
             self.session.write_element(element)
 
 
+# The session's holder, an outbound filter from the first time the client goes inactive.
+HOLDER: Slot[Holder] = Slot("csi", Holder, Holder.dump, Holder.load)
+
+
 def holder(session: ClientSession) -> Holder:
-    """The session's holder, installed as an outbound filter the first time the client goes inactive."""
-    existing = session.data.get("csi")
-    if isinstance(existing, Holder):
-        return existing
-    created = Holder(session)
-    session.data["csi"] = created
-    session.outbound_filters.append(created.keep)
-    return created
+    return session.slots.get(HOLDER)
 
 
 def load(module: Module) -> None:
     async def on_features(event: StreamFeaturesEvent) -> None:
         """§4.1: the feature is offered once the stream is authenticated."""
-        if event.session.authenticated:
+        if event.stream.authenticated:
             child(event.features, CSI, "csi")
 
     async def on_inactive(event: NonzaEvent) -> bool:
@@ -132,19 +145,19 @@ def load(module: Module) -> None:
 
     async def on_active(event: NonzaEvent) -> bool:
         """§4.2, §5.1: active again, so what was held goes out now, before anything the client sends next."""
-        current = event.session.data.get("csi")
-        if isinstance(current, Holder):
+        current = event.session.slots.peek(HOLDER)
+        if current is not None:
             current.inactive = False
             current.flush()
         return True
 
     def on_unload() -> None:
         for session in module.server.sessions:
-            current = session.data.pop("csi", None)
-            if isinstance(current, Holder):
-                session.outbound_filters.remove(current.keep)
+            current = session.slots.pop(HOLDER)
+            if current is not None:
                 current.flush()
 
+    module.add_slot(HOLDER)
     module.hook("stream-features", on_features)
     module.hook(f"c2s-nonza/{CSI}:inactive", on_inactive)
     module.hook(f"c2s-nonza/{CSI}:active", on_active)

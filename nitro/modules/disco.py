@@ -168,7 +168,7 @@ def load(module: Module) -> None:
 
     async def stream_features(event: StreamFeaturesEvent) -> None:
         """XEP-0115 §6.3: the server announces its own caps in the stream features after login."""
-        if event.session.authenticated:
+        if event.stream.authenticated:
             child(event.features, ns.CAPS, "c", hash="sha-1", node=CAPS_NODE, ver=server_ver())
 
     module.hook(f"iq-get/host/{ns.DISCO_INFO}:query", host_info)

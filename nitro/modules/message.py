@@ -12,12 +12,12 @@ from lxml import etree
 
 from nitro.core.module import Module
 from nitro.core.router import StanzaEvent
+from nitro.core.sessions import Resource
 from nitro.storage.errors import StorageUnavailable
 from nitro.xmpp.errors import StanzaError
 from nitro.xmpp.jid import JID
 
 if TYPE_CHECKING:
-    from nitro.c2s.stream import ClientSession
     from nitro.server import Server
 
 log = logging.getLogger(__name__)
@@ -33,23 +33,23 @@ def message_type(stanza: etree._Element) -> MessageType:
     return _TYPES.get(stanza.get("type"), "normal")
 
 
-def top_resources(server: Server, bare: JID) -> list[ClientSession]:
+def top_resources(server: Server, bare: JID) -> list[Resource]:
     """The available resources of highest non-negative priority (RFC 6121 §8.5.2.1.1).
 
     Both chat and normal messages to the bare JID go to these only, as in Prosody (`top_resources` in
     sessionmanager.lua, used by mod_message.lua) and ejabberd (`ejabberd_sm:route_message`); copies to
     the other resources are Message Carbons' job (XEP-0280).
     """
-    eligible = [s for s in server.sessions.resources(bare) if s.available and s.priority >= 0]
+    eligible = [r for r in server.sessions.resources(bare) if r.available and r.priority >= 0]
     if not eligible:
         return []
-    highest = max(s.priority for s in eligible)
-    return [s for s in eligible if s.priority == highest]
+    highest = max(r.priority for r in eligible)
+    return [r for r in eligible if r.priority == highest]
 
 
-def _send(session: ClientSession, stanza: etree._Element) -> None:
-    log.debug("message %s from %s delivered to %s", stanza.get("id"), stanza.get("from"), session.jid)
-    session.send(stanza)
+def _send(server: Server, to: JID, stanza: etree._Element) -> None:
+    if server.deliver(to, stanza):
+        log.debug("message %s from %s delivered to %s", stanza.get("id"), stanza.get("from"), to)
 
 
 async def deliver_to_bare(event: StanzaEvent, *, addressed_to_full: bool = False) -> None:
@@ -65,14 +65,14 @@ async def deliver_to_bare(event: StanzaEvent, *, addressed_to_full: bool = False
     if kind == "headline":
         # §8.5.2.1.1: to every non-negative available resource; §8.5.2.2.1 and §8.5.3.2.1: otherwise dropped.
         if not addressed_to_full:
-            for session in event.server.sessions.resources(bare):
-                if session.available and session.priority >= 0:
-                    _send(session, event.stanza)
+            for resource in event.server.sessions.resources(bare):
+                if resource.available and resource.priority >= 0:
+                    _send(event.server, resource.jid, event.stanza)
         return
     recipients = top_resources(event.server, bare)
     if recipients:
-        for session in recipients:
-            _send(session, event.stanza)
+        for resource in recipients:
+            _send(event.server, resource.jid, event.stanza)
         return
     # §8.5.2.2.1: no available resource with a non-negative priority; §8.5.1 if there is no such user.
     try:
@@ -93,10 +93,8 @@ def load(module: Module) -> None:
 
     async def on_full(event: StanzaEvent) -> bool:
         assert event.to is not None
-        session = event.server.sessions.get(event.to)
-        if session is not None:
-            _send(session, event.stanza)  # §8.5.3.1: the connected resource gets it, whatever its priority
-            return True
+        if event.server.deliver(event.to, event.stanza):
+            return True  # §8.5.3.1: the connected resource gets it, whatever its priority
         await deliver_to_bare(event, addressed_to_full=True)  # §8.5.3.2.1
         return True
 

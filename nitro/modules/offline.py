@@ -21,7 +21,7 @@ from nitro.xmpp.stanza import add_delay
 CHATSTATES = "http://jabber.org/protocol/chatstates"  # XEP-0085
 HINTS = "urn:xmpp:hints"  # XEP-0334
 
-_FLUSHED = "offline"  # session.data key: this session's stored messages were delivered
+_FLUSHED = "offline-flushed"  # Resource flag: this resource's stored messages were delivered to it
 # Rows hold self-contained XML (xmlns='jabber:client' declared, unlike the wire form of xmlstream.serialize);
 # they are our own serialization, still never let parsing reach the network or expand entities.
 _PARSER = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False)
@@ -54,9 +54,9 @@ def load(module: Module) -> None:
         async with locks.hold(username):
             # The user may have come online (and been flushed) while we waited: deliver instead.
             recipients = top_resources(server, event.to.bare)
-            if any(session.data.get(_FLUSHED) for session in recipients):
-                for session in recipients:
-                    session.send(event.stanza)
+            if any(resource.has(_FLUSHED) for resource in recipients):
+                for resource in recipients:
+                    server.deliver(resource.jid, event.stanza)
                 return True
             stored = copy.deepcopy(event.stanza)
             add_delay(stored, datetime.datetime.now(datetime.UTC), module.domain, "Offline Storage")
@@ -90,7 +90,7 @@ def load(module: Module) -> None:
         async with locks.hold(username):
             if session.closed:
                 return
-            session.data[_FLUSHED] = True
+            session.set_flag(_FLUSHED)
             try:
                 stored = await server.storage.offline.list(username)
             except StorageUnavailable as exc:

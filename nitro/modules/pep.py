@@ -12,13 +12,15 @@ import copy
 import datetime
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from lxml import etree
 
 from nitro.core.locks import UserLocks
 from nitro.core.module import Module, SessionEvent
 from nitro.core.router import StanzaEvent
+from nitro.core.sessions import Resource
+from nitro.core.slots import Slot
 from nitro.modules.disco import DiscoEvent
 from nitro.modules.presence import parse_priority
 from nitro.storage.errors import NoSuchAccount, StorageUnavailable
@@ -57,7 +59,7 @@ from nitro.xmpp.pubsub import (
 from nitro.xmpp.stanza import add_delay, child, element, iq_result, stanza
 
 if TYPE_CHECKING:
-    from nitro.c2s.stream import ClientSession
+    from nitro.c2s.session import ClientSession
 
 DISCO_TIMEOUT = 10.0  # seconds a client has to answer the disco#info query behind its caps
 CAPS_CACHE_SIZE = 4096  # verified caps verification strings remembered with their +notify interests
@@ -77,11 +79,44 @@ class Interests:
     directed: set[JID] = field(default_factory=set)  # local accounts it sent directed presence to
 
 
+NOTIFY_FLAG = "pep+notify:"  # Resource flags "pep+notify:<node>": the resource wants the node's events
+
+
+def wants(resource: Resource, node: str) -> bool:
+    return resource.has(NOTIFY_FLAG + node)
+
+
+def set_nodes(session: ClientSession, state: Interests, nodes: frozenset[str]) -> None:
+    """Record a session's +notify nodes, in its state and as flags of its Resource value."""
+    for gone in state.nodes - nodes:
+        session.set_flag(NOTIFY_FLAG + gone, False)
+    for new in nodes - state.nodes:
+        session.set_flag(NOTIFY_FLAG + new)
+    state.nodes = nodes
+
+
+def _dump_interests(state: Interests) -> dict[str, Any]:
+    return {
+        "nodes": sorted(state.nodes),
+        "ver": state.ver,
+        "directed": sorted(str(j) for j in state.directed),
+    }
+
+
+def _load_interests(data: dict[str, Any], _session: object) -> Interests:
+    ver = data.get("ver")
+    return Interests(
+        frozenset(str(n) for n in data.get("nodes", ())),
+        None if ver is None else str(ver),
+        {JID.parse(str(jid)) for jid in data.get("directed", ())},
+    )
+
+
+INTERESTS: Slot[Interests] = Slot("pep", lambda _session: Interests(), _dump_interests, _load_interests)
+
+
 def interests(session: ClientSession) -> Interests:
-    state = session.data.get("pep")
-    if not isinstance(state, Interests):
-        state = session.data["pep"] = Interests()
-    return state
+    return session.slots.get(INTERESTS)
 
 
 @contextlib.contextmanager
@@ -263,7 +298,7 @@ class PepService:
         form = read_form(request) if kind == "configure" else None
         if kind == "configure" and form is None:
             raise StanzaError("bad-request", "configure needs a data form")  # §8.2.4
-        told: list[ClientSession] = []
+        told: list[Resource] = []
         async with self.locks.hold(owner.local):
             with storage_errors():
                 node = await self.store.get_node(owner.local, name)
@@ -287,13 +322,13 @@ class PepService:
 
     # -- notifications (XEP-0163 §4.3) ----------------------------------------------------------------
 
-    def sessions_of(self, jid: str) -> list[ClientSession]:
+    def resources_of(self, jid: str) -> list[Resource]:
         try:
             return self.server.sessions.resources(JID.parse(jid))
         except InvalidJID:
             return []
 
-    async def recipients(self, owner: JID, node: PepNode) -> list[ClientSession]:
+    async def recipients(self, owner: JID, node: PepNode) -> list[Resource]:
         """XEP-0163 §4: the owner's resources and the readers the access model admits, each available
         with a non-negative priority (§4.3.2) and interested in the node (§4.2)."""
         assert owner.local is not None
@@ -307,46 +342,44 @@ class PepService:
             wanted = SHARES_PRESENCE if node.access_model == "presence" else _KNOWN
             for item in roster.items if roster is not None else ():
                 if item.subscription in wanted:
-                    candidates += self.sessions_of(item.jid)
+                    candidates += self.resources_of(item.jid)
             if node.access_model == "open":  # and those who sent the owner directed presence
                 candidates += [
-                    s for full in self.directed.get(owner, ()) if (s := self.server.sessions.get(full))
+                    r for full in self.directed.get(owner, ()) if (r := self.server.sessions.resource(full))
                 ]
         elif node.access_model == "whitelist":
             for jid in node.whitelist:
-                candidates += self.sessions_of(jid)
-        unique = {session.id: session for session in candidates}
+                candidates += self.resources_of(jid)
+        unique = {resource.jid: resource for resource in candidates}
         return [
-            session
-            for session in unique.values()
-            if session.available and session.priority >= 0 and node.name in interests(session).nodes
+            resource
+            for resource in unique.values()
+            if resource.available and resource.priority >= 0 and wants(resource, node.name)
         ]
 
     async def notify(self, owner: JID, node: PepNode, content: etree._Element) -> None:
-        for session in await self.recipients(owner, node):
+        for resource in await self.recipients(owner, node):
             await self.server.router.route(
-                event_message(str(owner), str(session.jid), copy.deepcopy(content))
+                event_message(str(owner), str(resource.jid), copy.deepcopy(content))
             )
 
-    async def send_last(self, owner: JID, session: ClientSession, wanted: frozenset[str]) -> None:
-        """XEP-0163 §4.3.3 and §4.3.4: the last item of each node `session` wants and may read."""
-        if not wanted or owner.local is None or session.closed:
+    async def send_last(self, owner: JID, to: JID, wanted: frozenset[str]) -> None:
+        """XEP-0163 §4.3.3 and §4.3.4: the last item of each node the resource `to` wants and may read."""
+        if not wanted or owner.local is None or self.server.sessions.resource(to) is None:
             return
         try:
             nodes = [node for node in await self.store.list_nodes(owner.local) if node.name in wanted]
-            item = await self.roster_item(owner, session.jid) if nodes else None
+            item = await self.roster_item(owner, to) if nodes else None
             for node in nodes:
-                if denial(owner, node, session.jid, item) is not None:
+                if denial(owner, node, to, item) is not None:
                     continue
                 last = await self.store.items(owner.local, node.name, max_items=1)
-                if last and not session.closed:
-                    message = event_message(
-                        str(owner), str(session.jid), items_element(EVENT, node.name, last)
-                    )
+                if last and self.server.sessions.resource(to) is not None:
+                    message = event_message(str(owner), str(to), items_element(EVENT, node.name, last))
                     add_delay(message, last[0].published_at, str(owner))
                     await self.server.router.route(message)
         except StorageUnavailable as exc:
-            session.log.warning("last published items of %s not sent: %s", owner, exc)
+            self.log.warning("last published items of %s not sent to %s: %s", owner, to, exc)
 
     # -- interests from caps (XEP-0115, XEP-0163 §4.2) ------------------------------------------------
 
@@ -362,14 +395,14 @@ class PepService:
             state.ver = ver
             found = await self.resolve(session, caps)
             if state.ver == ver:  # not superseded by a later presence meanwhile
-                state.nodes = found if found is not None else state.nodes
+                set_nodes(session, state, found if found is not None else state.nodes)
                 state.ver = ver if found is not None else None
         wanted = state.nodes if initial or owner is not None else state.nodes - before
         if not wanted or session.closed:
             return
         owners = [owner] if owner is not None else await self.watched(session)
         for watched in owners:
-            await self.send_last(watched, session, wanted)
+            await self.send_last(watched, session.jid, wanted)
 
     async def watched(self, session: ClientSession) -> list[JID]:
         """The accounts whose nodes `session` may hear about: its own and its contacts'."""
@@ -537,9 +570,10 @@ def load(module: Module) -> None:
             or owner.domain != server.domain
         ):
             return
-        for session in server.sessions.resources(contact.bare):
-            if session.available and session.priority >= 0 and interests(session).nodes:
-                server.spawn(pep.send_last(owner, session, interests(session).nodes))
+        for resource in server.sessions.resources(contact.bare):
+            nodes = frozenset(f[len(NOTIFY_FLAG) :] for f in resource.flags if f.startswith(NOTIFY_FLAG))
+            if resource.available and resource.priority >= 0 and nodes:
+                server.spawn(pep.send_last(owner, resource.jid, nodes))
 
     async def on_unbind(event: SessionEvent) -> None:
         pep.undirect(event.session)
@@ -564,6 +598,7 @@ def load(module: Module) -> None:
         for kind in ("get", "set"):
             module.hook(f"iq-{kind}/{to_type}/{PUBSUB}:pubsub", on_pubsub)
             module.hook(f"iq-{kind}/{to_type}/{OWNER}:pubsub", on_owner)
+    module.add_slot(INTERESTS)
     module.hook("pre-presence/self", on_own_presence, priority=10)
     module.hook("pre-presence/bare", on_directed, priority=10)
     module.hook("pre-presence/full", on_directed, priority=10)

@@ -13,6 +13,7 @@ from lxml import etree
 
 from nitro.core.module import Module, SessionEvent
 from nitro.core.router import StanzaEvent
+from nitro.core.sessions import Resource
 from nitro.modules.roster import is_local, roster_lock, save, storage_error
 from nitro.storage.errors import StorageUnavailable
 from nitro.storage.models import RosterItem
@@ -31,7 +32,7 @@ from nitro.xmpp.subscription import (
 )
 
 if TYPE_CHECKING:
-    from nitro.c2s.stream import ClientSession
+    from nitro.c2s.session import ClientSession
     from nitro.server import Server
 
 DELIVERY_PRIORITY = -100  # like message delivery: blocking, privacy and the like hook above it
@@ -80,8 +81,8 @@ class Presence:
         except StorageUnavailable as exc:
             raise storage_error(exc) from exc
 
-    def available_resources(self, user: JID) -> list[ClientSession]:
-        return [session for session in self.server.sessions.resources(user) if session.available]
+    def available_resources(self, user: JID) -> list[Resource]:
+        return [resource for resource in self.server.sessions.resources(user) if resource.available]
 
     # -- broadcast (§4.2, §4.4, §4.5) --------------------------------------------------------------------
 
@@ -102,7 +103,7 @@ class Presence:
         # online ones only (an offline contact would not answer), and the user's other resources too.
         await self.probe_contacts(session.jid, items)
         for other in self.available_resources(session.jid.bare):
-            if other is not session:
+            if other.jid != session.jid:
                 await self.send_current(other, session.jid)
         # §3.1.3: subscription requests that arrived while the user was offline are delivered now.
         for item in items:
@@ -129,7 +130,7 @@ class Presence:
                 session.log.warning("roster unavailable: contacts get no unavailable presence")
             await self.broadcast(session, presence, items)
         told = {JID.parse(item.jid).bare for item in items if state_of(item).from_}
-        directed, session.directed_to = session.directed_to, set()
+        directed, session.directed_to = session.directed_to, frozenset()
         for target in directed:
             if target.bare not in told:
                 await self.route(_addressed(presence, target))
@@ -144,15 +145,15 @@ class Presence:
         for own in self.available_resources(session.jid.bare):
             await self.route(_addressed(presence, own.jid))
 
-    async def send_current(self, session: ClientSession, to: JID | str) -> None:
-        """The last presence `session` broadcast, sent from its full JID to `to`."""
-        if session.presence is not None:
-            await self.route(_addressed(session.presence, to))
+    async def send_current(self, resource: Resource, to: JID | str) -> None:
+        """The last presence `resource` broadcast, sent from its full JID to `to`."""
+        if resource.presence is not None:
+            await self.route(_addressed(resource.presence, to))
 
     async def send_unavailable(self, user: JID, to: JID | str) -> None:
         """Unavailable from each available resource of `user` (§3.2.2, §3.3.3: the subscription ended)."""
-        for session in self.available_resources(user):
-            await self.route(stanza("presence", type="unavailable", from_=str(session.jid), to=str(to)))
+        for resource in self.available_resources(user):
+            await self.route(stanza("presence", type="unavailable", from_=str(resource.jid), to=str(to)))
 
     # -- subscriptions (§3, Appendix A) --------------------------------------------------------------------
 
@@ -183,8 +184,8 @@ class Presence:
             return
         step = await self._apply(user.local, contact, Direction.INBOUND, kind)
         if step.forward:
-            for session in self.available_resources(user):
-                session.send(presence)
+            for resource in self.available_resources(user):
+                self.server.deliver(resource.jid, presence)
         if step.reply is not None:
             await self.route(stanza("presence", type=step.reply, from_=str(user), to=str(contact)))
         await self._side_effects(user, contact, step)
@@ -244,8 +245,8 @@ class Presence:
         if prober.bare != user and not state_of(item).from_:
             await self.route(stanza("presence", type="unsubscribed", from_=str(user), to=str(prober.bare)))
             return
-        for session in self.available_resources(user):
-            await self.send_current(session, prober)  # none available: no answer (§4.3.2 allows it)
+        for resource in self.available_resources(user):
+            await self.send_current(resource, prober)  # none available: no answer (§4.3.2 allows it)
 
     async def track_directed(self, session: ClientSession, target: JID, available: bool) -> None:
         """§4.6.2, §4.6.3: remember who got directed presence, unless they see our broadcasts anyway."""
@@ -254,9 +255,9 @@ class Presence:
                 item = await self.server.storage.rosters.get_item(session.jid.local or "", str(target.bare))
                 if state_of(item).from_:
                     return
-            session.directed_to.add(target)
+            session.directed_to = session.directed_to | {target}
         else:
-            session.directed_to.discard(target)
+            session.directed_to = session.directed_to - {target}
 
 
 def load(module: Module) -> None:
@@ -307,8 +308,8 @@ def load(module: Module) -> None:
         elif kind == "probe":
             await presence.probe(event.from_, to.bare)
         elif kind in (None, "unavailable", "error"):
-            for session in presence.available_resources(to):
-                session.send(event.stanza)  # no available resource: dropped (§8.5.2.2.2)
+            for resource in presence.available_resources(to):
+                server.deliver(resource.jid, event.stanza)  # no available resource: dropped (§8.5.2.2.2)
         return True
 
     async def on_full(event: StanzaEvent) -> bool:
@@ -319,7 +320,7 @@ def load(module: Module) -> None:
         assert to is not None
         if kind in SUBSCRIPTION_TYPES or kind == "probe":
             return await on_bare(event)
-        server.router.deliver(to, event.stanza)
+        server.deliver(to, event.stanza)
         return True
 
     async def on_unbind(event: SessionEvent) -> None:

@@ -8,8 +8,9 @@ from lxml import etree
 
 from nitro.accounts import InvalidUsername, change_password, create_account, delete_account, prepare_username
 from nitro.c2s.throttle import FailureThrottle
-from nitro.core.module import AccountEvent, Module, StreamFeaturesEvent
+from nitro.core.module import AccountEvent, Module, StreamFeaturesEvent, UnauthenticatedIq
 from nitro.core.router import StanzaEvent
+from nitro.core.slots import Slot
 from nitro.storage.errors import AlreadyExists, StorageUnavailable
 from nitro.xmpp import ns
 from nitro.xmpp.dataforms import Field, Form, InvalidForm, find_form, form_type_field
@@ -19,6 +20,10 @@ from nitro.xmpp.stanza import child, element, iq_result
 # Accounts one address may create per window; past that, resource-constraint (type wait).
 
 _Q = f"{{{ns.REGISTER}}}"
+# The account this (unauthenticated) stream registered: one per stream (XEP-0077 §3.1.1).
+REGISTERED: Slot[str | None] = Slot(
+    "register", lambda _session: None, lambda name: name, lambda data, _s: data
+)
 _FORM_TYPES = (ns.REGISTER, f"{ns.REGISTER}:changepassword")  # XEP-0077 §13.4
 _INSTRUCTIONS = "Choose a username and password to register with this server."
 
@@ -70,6 +75,7 @@ def _registration_form() -> etree._Element:
 
 
 def load(module: Module) -> None:
+    module.add_slot(REGISTERED)
     server = module.server
     config = server.config.registration
     throttle = FailureThrottle(config.max_per_address, config.window)
@@ -87,21 +93,19 @@ def load(module: Module) -> None:
 
     async def stream_features(event: StreamFeaturesEvent) -> None:
         """XEP-0077 §8: advertise registration before login, only while it is open and allowed."""
-        session = event.session
-        if config.open and not session.authenticated and session.may_negotiate:
+        stream = event.stream
+        if config.open and not stream.authenticated and stream.may_negotiate:
             child(event.features, ns.REGISTER_FEATURE, "register")
 
-    async def unauthenticated_get(event: StanzaEvent) -> bool:
+    async def unauthenticated_get(event: UnauthenticatedIq) -> bool:
         if not config.open:
             raise StanzaError("service-unavailable", "in-band registration is disabled")  # §3.1
-        assert event.origin is not None
-        event.origin.send(iq_result(event.stanza, _registration_form()))
+        event.stream.send(iq_result(event.stanza, _registration_form()))
         return True
 
-    async def unauthenticated_set(event: StanzaEvent) -> bool:
+    async def unauthenticated_set(event: UnauthenticatedIq) -> bool:
         """XEP-0077 §3.1.1: a new account, then the client authenticates on this same stream."""
-        session = event.origin
-        assert session is not None
+        session = event.stream
         if not config.open:
             raise StanzaError("service-unavailable", "in-band registration is disabled")  # §3.1
         query = event.stanza.find(f"{_Q}query")
@@ -109,7 +113,7 @@ def load(module: Module) -> None:
         submission = _read(query)
         if submission.remove:
             raise StanzaError("unexpected-request", "not registered: log in to cancel an account")  # §3.2
-        if session.data.get(module.name):
+        if session.slots.peek(REGISTERED):
             raise StanzaError("not-acceptable", "one registration per stream: log in now")  # §3.1.1
         peer = session.transport.peer_host
         if throttle.blocked(peer):
@@ -133,7 +137,7 @@ def load(module: Module) -> None:
             raise StanzaError("conflict", "this username is taken") from exc
         except StorageUnavailable as exc:
             raise StanzaError("internal-server-error", "try again later", type="wait") from exc
-        session.data[module.name] = username
+        session.slots.set(REGISTERED, username)
         session.log.info("registered account %s from %s", username, peer)
         session.send(iq_result(event.stanza))
         await server.bus.fire("account-created", AccountEvent(username))

@@ -17,6 +17,7 @@ from lxml import etree
 from nitro.core.locks import UserLocks
 from nitro.core.module import Module, StreamFeaturesEvent
 from nitro.core.router import StanzaEvent
+from nitro.core.sessions import INTERESTED
 from nitro.storage.errors import StorageUnavailable
 from nitro.storage.models import RosterItem
 from nitro.xmpp import ns
@@ -89,13 +90,13 @@ def _visible(item: RosterItem | None) -> tuple[object, ...] | None:
 
 def push(server: Server, username: str, jid: str, item: RosterItem | None, version: int) -> None:
     """Roster push (§2.1.6) to every interested resource of the user, with the new version (§2.6.3)."""
-    for session in server.sessions.resources(JID.make(username, server.domain)):
-        if not session.interested:
+    for resource in server.sessions.resources(JID.make(username, server.domain)):
+        if not resource.has(INTERESTED):
             continue
-        iq = stanza("iq", type="set", id=f"push-{secrets.token_hex(6)}", to=str(session.jid))
+        iq = stanza("iq", type="set", id=f"push-{secrets.token_hex(6)}", to=str(resource.jid))
         query = child(iq, ns.ROSTER, "query", ver=str(version))
         query.append(item_element(item, jid))
-        session.send(iq)
+        server.deliver(resource.jid, iq)
 
 
 async def save(server: Server, username: str, before: RosterItem | None, after: RosterItem | None) -> None:
@@ -157,7 +158,7 @@ def load(module: Module) -> None:
     server = module.server
 
     async def on_features(event: StreamFeaturesEvent) -> None:
-        if event.session.authenticated:
+        if event.stream.authenticated:
             event.features.append(element(ns.ROSTER_VER, "ver"))  # XEP-0237 §2, RFC 6121 §2.6.1
             event.features.append(element(ns.PRE_APPROVAL, "sub"))  # RFC 6121 §3.4.1
 
@@ -223,9 +224,9 @@ def load(module: Module) -> None:
         if state.from_ or state.pending_in:
             await server.router.route(stanza("presence", type="unsubscribed", from_=str(user), to=jid))
         if state.from_:  # §3.2.2: the contact no longer gets our presence
-            for session in server.sessions.resources(user):
-                if session.available:
-                    gone = stanza("presence", type="unavailable", from_=str(session.jid), to=jid)
+            for resource in server.sessions.resources(user):
+                if resource.available:
+                    gone = stanza("presence", type="unavailable", from_=str(resource.jid), to=jid)
                     await server.router.route(gone)
 
     async def forbidden(event: StanzaEvent) -> bool:

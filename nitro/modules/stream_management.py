@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING
 
 from lxml import etree
 
-from nitro.c2s.sm import SM, ResumeRequest, UnackedStanzas
+from nitro.c2s.session import ResumeRequest, UnackedStanzas
+from nitro.c2s.sm import SM
 from nitro.core.module import Module, SessionEvent, StreamFeaturesEvent
 from nitro.core.router import StanzaEvent
 from nitro.modules.message import DELIVERY_PRIORITY, deliver_to_bare
@@ -22,7 +23,7 @@ from nitro.xmpp.jid import JID, InvalidJID
 from nitro.xmpp.stanza import child
 
 if TYPE_CHECKING:
-    from nitro.c2s.stream import ClientSession
+    from nitro.c2s.session import ClientSession
 
 CARBONS = "urn:xmpp:carbons:2"  # XEP-0280
 
@@ -41,7 +42,7 @@ def load(module: Module) -> None:
 
     async def features(event: StreamFeaturesEvent) -> None:
         """§2: offered once the client is authenticated (to enable after binding, or to resume)."""
-        if event.session.authenticated:
+        if event.stream.authenticated:
             child(event.features, SM, "sm")
 
     async def enabled(event: SessionEvent) -> bool:

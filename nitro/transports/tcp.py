@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Final, cast
 from lxml import etree
 
 from nitro.c2s.driver import ClientStream
-from nitro.c2s.stream import ClientSession
 from nitro.c2s.transport import StreamHeader
 from nitro.xmpp.errors import StreamError
 from nitro.xmpp.xmlstream import STREAM_FOOTER, XMLStreamParser, serialize, stream_header
@@ -192,14 +191,14 @@ class ClientConnection(asyncio.Protocol):
             if not await stream.receive(event) or self._restarted or self.closing:
                 return
 
-    def next_deadline(self, stream: ClientSession, release_after: float) -> float:
+    def next_deadline(self, stream: ClientStream, release_after: float) -> float:
         """The stream's deadline, or earlier the moment an idle parser may be freed."""
         deadline = stream.next_deadline()
         if self.parser.release_due and stream.established:
             return min(deadline, stream.last_read + release_after)
         return deadline
 
-    def release_idle_parser(self, stream: ClientSession, release_after: float) -> None:
+    def release_idle_parser(self, stream: ClientStream, release_after: float) -> None:
         """Free the parser of an idle session (kept if input stopped mid-stanza)."""
         if (
             self.parser.release_due
@@ -376,10 +375,9 @@ async def serve_client(server: Server, connection: ClientConnection) -> None:
     release_after = server.config.c2s.release_parser_after
     try:
         while stream.open and not connection.closing:
-            session = stream.session
-            data = await connection.read(connection.next_deadline(session, release_after))
+            data = await connection.read(connection.next_deadline(stream, release_after))
             if data is TIMER:
-                connection.release_idle_parser(session, release_after)
+                connection.release_idle_parser(stream, release_after)
                 await stream.tick()
                 continue
             if not data or not stream.open:
@@ -387,7 +385,7 @@ async def serve_client(server: Server, connection: ClientConnection) -> None:
             assert isinstance(data, bytes)
             await connection.feed(stream, data)
     except (ConnectionError, TimeoutError, ssl.SSLError) as exc:
-        stream.session.log.info("connection lost: %r", exc)
+        stream.log.info("connection lost: %r", exc)
     finally:
         await stream.connection_lost()
         await connection.finish()

@@ -1,0 +1,630 @@
+"""A bound client session: the resource other users reach, apart from the stream that bound it (RFC 6120 §7).
+
+It holds the JID, presence and priority, the modules' typed slots and, with Stream Management (XEP-0198),
+the counters and the queue of unacknowledged elements. It survives the loss of its transport (DETACHED),
+`attach`es to the transport of a stream that resumes it, and exports to plain data and back.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from lxml import etree
+
+from nitro.c2s.inputs import State, counted, input_name
+from nitro.c2s.sm import (
+    SmState,
+    ack,
+    ack_request,
+    enabled,
+    failed,
+    is_stanza,
+    parse_h,
+    parse_stanza,
+    resumed,
+)
+from nitro.c2s.transport import StreamHeader, Transport
+from nitro.core.module import NonzaEvent, SessionEvent
+from nitro.core.sessions import INTERESTED, LOCAL_NODE, Resource
+from nitro.core.slots import SlotValues
+from nitro.observe.logs import SessionLog, enter_session
+from nitro.xmpp import ns
+from nitro.xmpp.errors import StanzaError, StreamError, error_reply
+from nitro.xmpp.jid import JID, InvalidJID
+from nitro.xmpp.xmlstream import StreamClosed, StreamEvent, StreamOpened
+
+if TYPE_CHECKING:
+    from nitro.server import Server
+
+log = logging.getLogger("nitro.c2s.stream")
+
+_XML_LANG = f"{{{ns.XML}}}lang"
+_IQ = f"{{{ns.CLIENT}}}iq"
+
+
+class _NoTransport:
+    """The transport of a session without a connection: a detached one, or a stream that resumed another."""
+
+    kind = "none"
+    peer_host = "detached"
+    encrypted = True
+    can_starttls = False
+
+    def open_stream(self, header: StreamHeader) -> None:
+        pass
+
+    def send(self, element: etree._Element) -> None:
+        pass  # a detached session's stanzas wait in its unacknowledged queue (XEP-0198 §5)
+
+    def send_keepalive(self) -> None:
+        pass
+
+    def restart(self) -> None:
+        pass
+
+    async def start_tls(self) -> None:
+        raise StreamError("policy-violation", "no connection")
+
+    def close_stream(self, error: StreamError | None) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+NO_TRANSPORT = _NoTransport()
+
+
+class ClientSession:
+    """One bound resource: stamps 'from' on what its client sends and hands it to the router; receives
+    what is delivered to it."""
+
+    def __init__(
+        self,
+        server: Server,
+        transport: Transport,
+        jid: JID,
+        *,
+        stream_id: str = "",
+        lang: str = "en",
+        mechanism: str | None = None,
+    ) -> None:
+        self.server = server
+        self.transport = transport
+        self.id = f"c2s-{secrets.token_hex(6)}"
+        self.log = SessionLog(log, {"session": self.id, "jid": jid})
+        self.config = server.config.c2s
+        self.state = State.BINDING  # ESTABLISHED once `bind` or `resume` ran
+        self.lang = lang
+        self.stream_id = stream_id
+        self.authenticated = True
+        self.username: str | None = jid.local
+        self.mechanism = mechanism  # the SASL mechanism that authenticated the stream
+        self._jid = jid
+        self.jid_text = str(jid)  # str(self.jid), computed once per change: every stanza is stamped
+        # IM state that the roster and presence modules keep on the session (RFC 6121 terms).
+        self._priority = 0
+        self._presence: etree._Element | None = None  # last available presence broadcast, None if not
+        self._flags: frozenset[str] = frozenset()  # what modules decided about it ("carbons", "interested")
+        self._resource: Resource | None = None  # the value other modules see, rebuilt after a change
+        self._directed_to: frozenset[JID] = frozenset()  # entities that got directed presence (§4.6)
+        self.slots = SlotValues(
+            self
+        )  # typed per-module state (nitro/core/slots.py), exported with the session
+        self.sm: SmState | None = None  # Stream Management (XEP-0198), once enabled
+        self.resumed: ClientSession | None = None  # set when this stream resumed that session (XEP-0198 §5)
+        self._ending = False  # a close is scheduled (too many unacknowledged stanzas)
+        now = time.monotonic()
+        self.last_read = now
+        self.last_write = now
+        self.ping_deadline: float | None = None
+        self._ping_id: str | None = None
+
+    def __repr__(self) -> str:
+        return f"<ClientSession {self.id} {self.jid} {self.state.value}>"
+
+    @property
+    def jid(self) -> JID:
+        """The full JID."""
+        return self._jid
+
+    @jid.setter
+    def jid(self, jid: JID) -> None:
+        self._jid = jid
+        self.jid_text = str(jid)
+        self._resource = None
+
+    @property
+    def resource(self) -> Resource:
+        """This session as other modules see it: an immutable value (nitro/core/sessions.py)."""
+        if self._resource is None:
+            self._resource = Resource(
+                self._jid,
+                LOCAL_NODE,
+                self._presence is not None,
+                self._priority,
+                self._flags,
+                self._presence,
+                self._directed_to,
+            )
+        return self._resource
+
+    # -- the session as data (XEP-0198 resumption elsewhere, a successor process) ----------------------
+
+    def export(self) -> dict[str, Any]:
+        """Everything the session is, as JSON-able data; `restore` makes an equal session from it."""
+        presence = self._presence
+        return {
+            "id": self.id,
+            "jid": self.jid_text,
+            "username": self.username,
+            "mechanism": self.mechanism,
+            "lang": self.lang,
+            "state": self.state.value,
+            "priority": self._priority,
+            "presence": None if presence is None else etree.tostring(presence, encoding="unicode"),
+            "flags": sorted(self._flags),
+            "directed_to": sorted(str(jid) for jid in self._directed_to),
+            "sm": None if self.sm is None else self.sm.to_dict(),
+            "slots": self.slots.export(),
+        }
+
+    @classmethod
+    def restore(cls, server: Server, data: dict[str, Any]) -> ClientSession:
+        """A session from `export()` data, without a connection (DETACHED if it was bound): the caller
+        registers it and a resuming stream `attach`es to it. Slots no loaded module declares are dropped."""
+        mechanism = data.get("mechanism")
+        session = cls(
+            server,
+            NO_TRANSPORT,
+            JID.parse(str(data["jid"])),
+            lang=str(data.get("lang") or "en"),
+            mechanism=None if mechanism is None else str(mechanism),
+        )
+        session.id = str(data["id"])
+        session.username = None if data.get("username") is None else str(data["username"])
+        session.log.extra = {"session": session.id, "jid": session.jid}
+        state = State(data.get("state", State.DETACHED.value))
+        session.state = State.DETACHED if state in (State.ESTABLISHED, State.DETACHED) else state
+        session._priority = int(data.get("priority", 0))
+        presence = data.get("presence")
+        session._presence = None if presence is None else parse_stanza(str(presence).encode())
+        session._flags = frozenset(str(flag) for flag in data.get("flags", ()))
+        session._directed_to = frozenset(JID.parse(str(jid)) for jid in data.get("directed_to", ()))
+        sm = data.get("sm")
+        session.sm = None if sm is None else SmState.from_dict(sm)
+        for name in session.slots.restore(dict(data.get("slots", {})), server.slots):
+            session.log.warning("session state %r has no module here to take it; dropped", name)
+        return session
+
+    @property
+    def priority(self) -> int:
+        return self._priority
+
+    @priority.setter
+    def priority(self, value: int) -> None:
+        self._priority = value
+        self._resource = None
+
+    @property
+    def presence(self) -> etree._Element | None:
+        return self._presence
+
+    @presence.setter
+    def presence(self, value: etree._Element | None) -> None:
+        self._presence = value
+        self._resource = None
+
+    @property
+    def directed_to(self) -> frozenset[JID]:
+        return self._directed_to
+
+    @directed_to.setter
+    def directed_to(self, value: frozenset[JID]) -> None:
+        self._directed_to = value
+        self._resource = None
+
+    def has_flag(self, flag: str) -> bool:
+        return flag in self._flags
+
+    def set_flag(self, flag: str, on: bool = True) -> None:
+        """Record a module's decision about this resource, visible in its `Resource` value."""
+        flags = self._flags | {flag} if on else self._flags - {flag}
+        if flags != self._flags:
+            self._flags = frozenset(flags)
+            self._resource = None
+
+    @property
+    def interested(self) -> bool:
+        """Requested the roster (RFC 6121 §2.1.6): gets roster pushes."""
+        return INTERESTED in self._flags
+
+    @interested.setter
+    def interested(self, value: bool) -> None:
+        self.set_flag(INTERESTED, value)
+
+    @property
+    def available(self) -> bool:
+        return self._presence is not None
+
+    @property
+    def established(self) -> bool:
+        return self.state is State.ESTABLISHED
+
+    @property
+    def closed(self) -> bool:
+        return self.state is State.CLOSED
+
+    # -- elements in -----------------------------------------------------------------------------
+
+    def activity(self) -> None:
+        """The peer showed it is alive (any input, a WebSocket pong, a BOSH request)."""
+        self.last_read = time.monotonic()
+        self.ping_deadline = None
+
+    async def receive(self, event: StreamEvent) -> None:
+        """One event from the transport; raises StreamError for the connection to close with."""
+        if self.closed:
+            return
+        if isinstance(event, StreamOpened):
+            raise StreamError("invalid-xml", "unexpected stream header")
+        if isinstance(event, StreamClosed):
+            await self.close()
+            return
+        element = event.element
+        self.server.metrics.stanza_received(element.tag)
+        name = input_name(element)
+        action = _TRANSITIONS.get((self.state, name))
+        if action is None:
+            what = name if name != "nonza" else etree.QName(element).localname
+            raise StreamError("policy-violation", f"{what} is not allowed in state {self.state.value}")
+        await action(self, element)
+        if counted(name) and self.sm is not None and not self.closed:
+            self.sm.received()  # XEP-0198 §4: counted once handled
+
+    # -- binding (RFC 6120 §7) and resumption (XEP-0198 §5), called by the negotiation --------------------
+
+    async def bind(self, iq: etree._Element) -> None:
+        """Register as the resource; a session bound to the same full JID is replaced (§7.7.2.2)."""
+        previous = self.server.sessions.add(self)
+        if previous is not None:  # the new session wins, the old one is told why
+            await previous.close(StreamError("conflict", "replaced by a new session with this resource"))
+        result = etree.Element("iq", type="result")
+        if iq.get("id") is not None:
+            result.set("id", iq.get("id") or "")
+        bind = etree.SubElement(result, f"{{{ns.BIND}}}bind", nsmap=ns.default_ns(ns.BIND))
+        etree.SubElement(bind, f"{{{ns.BIND}}}jid").text = self.jid_text
+        self.send(result)
+        self.state = State.ESTABLISHED
+        self.server.track(self)
+        await self.server.bus.fire("resource-bind", SessionEvent(self))
+
+    def resumable_by(self, previd: str, user: JID) -> bool:
+        """§5: `previd` names this session and the resuming stream authenticated as its user."""
+        return (
+            not self.closed
+            and self.sm is not None
+            and self.sm.id == previd
+            and self.username == user.local
+            and self.jid.bare == user.bare
+        )
+
+    async def resume(
+        self, transport: Transport, h: int, *, stream_id: str, lang: str, mechanism: str | None
+    ) -> None:
+        """§5: continue on `transport`; resend what the client did not acknowledge."""
+        assert self.sm is not None
+        self.sm.acknowledge(h)  # raises before any change if 'h' is impossible
+        if self.state is State.ESTABLISHED:  # the old connection looks alive but the client has moved on
+            self.log.info("resumed on another connection; closing this one")
+            self._drop_transport(StreamError("conflict", "this session was resumed on another connection"))
+        self.attach(transport, stream_id=stream_id, lang=lang, mechanism=mechanism)
+        self.log.info("resumed (%d stanzas to resend)", len(self.sm.unacked))
+        self.write_element(resumed(self.sm))
+        for stanza in self.sm.unacked:
+            self.transport.send(stanza)  # §5: what the client did not acknowledge, in order
+        self.sm.ack_requested = False
+        if self.sm.unacked:
+            self.sm.ack_requested = True
+            self.transport.send(ack_request())
+        await self.server.bus.fire("sm-resumed", SessionEvent(self))
+
+    # -- negotiation ------------------------------------------------------------------------------
+
+    async def _on_nonza(self, element: etree._Element) -> bool:
+        """A top-level element that is no stanza (XEP-0198 `<r/>`, XEP-0352 `<active/>`, …): modules
+        hook `c2s-nonza/<ns>:<name>` with a NonzaEvent; nothing claiming it is a stream error."""
+        name = etree.QName(element)
+        if not await self.server.bus.fire(
+            f"c2s-nonza/{name.namespace}:{name.localname}", NonzaEvent(self, element)
+        ):
+            raise StreamError(
+                "unsupported-stanza-type", f"<{name.localname} xmlns='{name.namespace}'/> is not supported"
+            )
+        return False
+
+    async def _on_second_bind(self, iq: etree._Element) -> bool:
+        self.send(error_reply(iq, StanzaError("not-allowed", "this stream already has a resource")))
+        return False
+
+    # -- stream management (XEP-0198) -------------------------------------------------------------------
+
+    async def _on_enable(self, element: etree._Element) -> bool:
+        """§3: counting starts with `<enabled/>`; resume='true' lets the session outlive its connection."""
+        if self.sm is not None:
+            self.write_element(failed("unexpected-request", "stream management is already enabled"))
+            return False
+        if not self.server.bus.has("sm-enabled"):  # the stream_management module is not loaded
+            self.write_element(failed("service-unavailable", "stream management is not offered"))
+            return False
+        timeout = self.server.config.stream_management.resume_timeout
+        requested = element.get("max") or ""
+        if requested.isascii() and requested.isdigit() and int(requested) > 0:
+            timeout = min(timeout, float(requested))  # §3: the client's preferred maximum
+        self.sm = SmState.start(resume=element.get("resume") in ("true", "1"), resume_timeout=timeout)
+        self.write_element(enabled(self.sm))  # nothing awaited in between: no stanza slips in uncounted
+        self.log.debug("stream management enabled%s", " (resumable)" if self.sm.resumable else "")
+        await self.server.bus.fire("sm-enabled", SessionEvent(self))
+        return False
+
+    async def _on_request(self, _element: etree._Element) -> bool:
+        """§4: `<r/>` is answered with the count of stanzas handled so far."""
+        self.write_element(ack(self._stream_management()))
+        return False
+
+    async def _on_ack(self, element: etree._Element) -> bool:
+        """§4: `<a h/>` releases the stanzas it covers; an impossible 'h' ends the stream."""
+        self._stream_management().acknowledge(parse_h(element.get("h")))
+        return False
+
+    def _stream_management(self) -> SmState:
+        if self.sm is None:
+            raise StreamError("unsupported-stanza-type", "stream management is not enabled (XEP-0198 §3)")
+        return self.sm
+
+    async def _on_resume_bound(self, _element: etree._Element) -> bool:
+        self.write_element(failed("unexpected-request", "this stream already has a session"))
+        return False
+
+    def attach(self, transport: Transport, *, stream_id: str, lang: str, mechanism: str | None) -> None:
+        """§5: continue on `transport`, whose stream authenticated as this user and resumed this session."""
+        self.transport = transport
+        self.stream_id = stream_id
+        self.lang = lang
+        self.mechanism = mechanism
+        self.last_read = self.last_write = time.monotonic()
+        self.ping_deadline = None
+        self._ping_id = None
+        self.state = State.ESTABLISHED
+        self.server.track(self)
+        enter_session(self.log)  # the resuming connection's task now works for this session
+
+    def _drop_transport(self, error: StreamError | None) -> None:
+        """Write a last error and close the transport, keeping the session."""
+        transport, self.transport = self.transport, NO_TRANSPORT
+        transport.close_stream(error)
+
+    async def _detach(self) -> None:
+        """§5: the connection is gone but the session stays bound and available; stanzas to it queue
+        until a new stream resumes it or the stream_management module ends it when the window closes.
+        """
+        assert self.sm is not None
+        self.state = State.DETACHED
+        self.transport = NO_TRANSPORT
+        sm = self.sm
+        sm.jid = self.jid_text
+        sm.priority = self.priority
+        sm.presence = None if self.presence is None else etree.tostring(self.presence, encoding="utf-8")
+        sm.interested = self.interested
+        sm.directed_to = tuple(sorted(str(jid) for jid in self.directed_to))
+        sm.resume_deadline = time.time() + sm.resume_timeout
+        self.log.info("connection lost; resumable for %.1f s", sm.resume_timeout)
+        await self.server.bus.fire("sm-detached", SessionEvent(self))
+
+    @property
+    def detached(self) -> bool:
+        """Bound and waiting for a stream to resume it (XEP-0198 §5)."""
+        return self.state is State.DETACHED
+
+    @property
+    def resumable(self) -> bool:
+        return self.state is State.ESTABLISHED and self.sm is not None and self.sm.resumable
+
+    # -- established ------------------------------------------------------------------------------
+
+    async def _on_stanza(self, stanza: etree._Element) -> bool:
+        """Stamp 'from' with the session's full JID (RFC 6120 §8.1.2.1) and route."""
+        jid_text = self.jid_text
+        claimed = stanza.get("from")
+        if claimed is not None and claimed != jid_text:
+            try:
+                claimed_jid = JID.parse(claimed)
+            except InvalidJID as exc:
+                raise StreamError("invalid-from", f"'from' is not a JID: {exc}") from exc
+            if claimed_jid not in (self.jid, self.jid.bare):
+                raise StreamError("invalid-from", "'from' does not match the authenticated JID")
+        stanza.set("from", jid_text)
+        if stanza.get(_XML_LANG) is None:
+            stanza.set(_XML_LANG, self.lang)  # RFC 6120 §4.7.4
+        if self._is_ping_reply(stanza):
+            return False
+        await self.server.router.route(stanza, origin=self)
+        return False
+
+    # -- bytes out --------------------------------------------------------------------------------
+
+    def send(self, element: etree._Element) -> None:
+        """Send a stanza or nonza, unless an outbound filter (e.g. CSI, XEP-0352) holds it back."""
+        if self.closed:
+            return
+        for outbound_filter in self.slots.filters:
+            if not outbound_filter.keep(element):
+                return
+        self.write_element(element)
+
+    def write_element(self, element: etree._Element) -> None:
+        """Write past the outbound filters (a filter flushing what it held uses this).
+
+        With stream management every stanza is counted and queued until acknowledged (XEP-0198 §4); a
+        detached session only queues.
+        """
+        if self.closed:
+            return
+        self.server.metrics.stanza_sent(element.tag)
+        sm = self.sm
+        if sm is not None and is_stanza(element):
+            sm.sent(element)
+            settings = self.server.config.stream_management
+            if len(sm.unacked) > settings.max_unacked:
+                self._end_soon(
+                    StreamError(
+                        "policy-violation",
+                        f"more than {settings.max_unacked} stanzas unacknowledged (XEP-0198 §4)",
+                    )
+                )
+            self.transport.send(element)
+            if self.state is State.ESTABLISHED and sm.request_due(settings.ack_request_every):
+                self.transport.send(ack_request())
+        else:
+            self.transport.send(element)
+        self.last_write = time.monotonic()
+
+    def _end_soon(self, error: StreamError) -> None:
+        """Close from a synchronous path: the close runs as a server task, once."""
+        if not self._ending:
+            self._ending = True
+            self.server.spawn(self.close(error))
+
+    async def close(self, error: StreamError | None = None) -> None:
+        """Close the stream: an error if any, then `</stream:stream>` (RFC 6120 §4.4, §4.9.1.2).
+
+        A resumable session whose client stopped answering (connection-timeout) only loses its connection
+        (XEP-0198 §5); a detached session just ends (no resumption).
+        """
+        if self.closed:
+            return
+        if error is not None:
+            self.log.info("closing with <%s/>: %s", error.condition, error.text)
+        if self.state is State.DETACHED:
+            await self._finish()
+            return
+        if error is not None and error.condition == "connection-timeout" and self.resumable:
+            self._drop_transport(error)
+            await self._detach()
+            return
+        transport = self.transport
+        if self.sm is not None and self.state is State.ESTABLISHED:
+            transport.send(ack(self.sm))  # §4 allows unsolicited acks: say what was handled
+        transport.close_stream(error)
+        await self._finish()
+        transport.close()  # after the unbind work: the peer has had time to read the error
+
+    async def connection_lost(self) -> None:
+        """The transport is gone (EOF, reset, or after close): a resumable session detaches (XEP-0198 §5),
+        any other leaves the session registry.
+        """
+        if self.resumable:
+            await self._detach()
+        else:
+            await self._finish()
+
+    async def _finish(self) -> None:
+        """The session ends: out of the registries; XEP-0198 §4 for what the client never acknowledged,
+        then `resource-unbind` (unavailable presence).
+        """
+        if self.closed:
+            return
+        was_bound = self.state in (State.ESTABLISHED, State.DETACHED)
+        self.state = State.CLOSED
+        try:
+            if was_bound:
+                await self._unbind()
+        finally:
+            self.server.untrack(self)  # last: shutdown waits for this before closing storage
+
+    async def _unbind(self) -> None:
+        self.server.sessions.remove(self)
+        if self.sm is not None:
+            stanzas = self.sm.take_unacked()
+            await self.server.bus.fire("sm-ended", UnackedStanzas(self, stanzas))
+        await self.server.bus.fire("resource-unbind", SessionEvent(self))
+
+    # -- timers (driven by the connection) ----------------------------------------------------------
+
+    def next_deadline(self) -> float:
+        """The monotonic time at which `on_timer` must run next."""
+        if self.ping_deadline is not None:
+            return self.ping_deadline
+        return min(
+            self.last_read + self.config.idle_ping_after, self.last_write + self.config.keepalive_interval
+        )
+
+    async def on_timer(self) -> None:
+        """Negotiation timeout, idle-client ping (XEP-0199 §4.2), whitespace keepalive (RFC 6120 §4.6.1)."""
+        now = time.monotonic()
+        if self.state is not State.ESTABLISHED:
+            return
+        if self.ping_deadline is not None and now >= self.ping_deadline:
+            raise StreamError("connection-timeout", "no answer to ping")
+        if self.ping_deadline is None and now >= self.last_read + self.config.idle_ping_after:
+            self._ping_id = f"ping-{secrets.token_hex(4)}"
+            ping = etree.Element("iq", type="get", id=self._ping_id, to=str(self.jid))
+            ping.set("from", self.server.config.server.domain)
+            etree.SubElement(ping, f"{{{ns.PING}}}ping", nsmap=ns.default_ns(ns.PING))
+            self.send(ping)
+            self.ping_deadline = now + self.config.ping_timeout
+        elif now >= self.last_write + self.config.keepalive_interval:
+            sm = self.sm
+            if sm is not None and sm.unacked and not sm.ack_requested:
+                sm.ack_requested = True
+                self.transport.send(ack_request())  # XEP-0198 §4: periodically, while stanzas await an ack
+            else:
+                self.transport.send_keepalive()
+            self.last_write = now
+
+    def _is_ping_reply(self, stanza: etree._Element) -> bool:
+        if self._ping_id is None or stanza.get("id") != self._ping_id or stanza.tag != _IQ:
+            return False
+        if stanza.get("type") not in ("result", "error"):
+            return False
+        self._ping_id = None
+        return True
+
+
+@dataclass(slots=True)
+class ResumeRequest:
+    """Payload of `sm-resume`: a stream authenticated as `user` asks for `previd`; a handler sets `found`."""
+
+    previd: str
+    user: JID
+    found: ClientSession | None = None
+
+
+@dataclass(slots=True)
+class UnackedStanzas:
+    """Payload of `sm-ended`: a stream-managed session ended without resumption; `stanzas` are what the
+    client never acknowledged, oldest first, to be treated as never delivered (XEP-0198 §4).
+    """
+
+    session: ClientSession
+    stanzas: list[etree._Element]
+
+
+_Action = Callable[[ClientSession, etree._Element], Awaitable[bool]]
+
+# Every (state, input) a bound session accepts; anything else is a stream error naming both.
+_TRANSITIONS: dict[tuple[State, str], _Action] = {
+    (State.ESTABLISHED, "stanza"): ClientSession._on_stanza,
+    (State.ESTABLISHED, "bind"): ClientSession._on_second_bind,
+    (State.ESTABLISHED, "nonza"): ClientSession._on_nonza,
+    # Stream Management (XEP-0198): enable after binding (§3), acks (§4); resuming is for unbound streams.
+    (State.ESTABLISHED, "sm-enable"): ClientSession._on_enable,
+    (State.ESTABLISHED, "sm-resume"): ClientSession._on_resume_bound,
+    (State.ESTABLISHED, "sm-request"): ClientSession._on_request,
+    (State.ESTABLISHED, "sm-ack"): ClientSession._on_ack,
+}
