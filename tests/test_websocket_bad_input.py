@@ -146,6 +146,16 @@ async def test_a_binary_message_is_not_xmpp(server: Server, others: Bystanders, 
     await others.still_chatting()
 
 
+async def test_a_text_message_that_is_not_utf8_is_not_well_formed(server: Server, others: Bystanders) -> None:
+    client = await logged_in(server)
+    try:
+        await client.ws.send_frame(b"<message><body>\xff\xfe</body></message>", aiohttp.WSMsgType.TEXT)
+        assert (await client.stream_error())[0] == "not-well-formed"
+    finally:
+        await client.close()
+    await others.still_chatting()
+
+
 async def test_a_message_over_the_stanza_limit_is_a_policy_violation(tmp_path: Path) -> None:
     async with started_server(make_config(tmp_path, c2s={"max_stanza_bytes": 10_000})) as server:
         async for others, _pool in serving(server):

@@ -8,7 +8,7 @@ import collections
 import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Literal
 
 from aiohttp import WSCloseCode, WSMsgType, web
 from lxml import etree
@@ -47,7 +47,7 @@ class WebSocketConnection:
     kind = "websocket"
     can_starttls = False  # RFC 7395 §3.8: TLS is negotiated below the WebSocket (wss://), never in the stream
 
-    def __init__(self, ws: web.WebSocketResponse, peer: Peer, write_timeout: float) -> None:
+    def __init__(self, ws: web.WebSocketResponse[Literal[False]], peer: Peer, write_timeout: float) -> None:
         self.ws = ws
         self.peer_host = peer.host
         self.encrypted = peer.encrypted
@@ -156,7 +156,8 @@ class WebSocketEndpoint:
         app.on_shutdown.append(self.shutdown)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        ws = web.WebSocketResponse(
+        ws: web.WebSocketResponse[Literal[False]] = web.WebSocketResponse(
+            decode_text=False,  # the parser takes bytes (and refuses bad UTF-8 as not-well-formed)
             protocols=(SUBPROTOCOL,),
             autoping=False,  # pings and pongs reach us: a pong shows the client is alive
             max_msg_size=self._max_stanza_bytes * HARD_LIMIT_FACTOR,
@@ -194,7 +195,7 @@ class WebSocketEndpoint:
         return ws
 
     async def _read_loop(
-        self, ws: web.WebSocketResponse, connection: WebSocketConnection, stream: ClientStream
+        self, ws: web.WebSocketResponse[Literal[False]], connection: WebSocketConnection, stream: ClientStream
     ) -> None:
         parser = FrameParser(max_stanza_bytes=self._max_stanza_bytes)
         while stream.open and not connection.closing:
@@ -207,7 +208,7 @@ class WebSocketEndpoint:
             if message.type is WSMsgType.TEXT:
                 stream.activity()
                 try:
-                    event = parser.parse(message.data.encode())
+                    event = parser.parse(message.data)
                 except StreamError as error:
                     await stream.close(error)
                     return
