@@ -1,20 +1,33 @@
-# Nitro: `make run` starts the server on the embedded default; `make test` installs what the
-# suite needs and runs it. Everything lives in .venv; system packages only for the Debian client test.
+# Nitro: `make run` starts the server on the embedded default with the runtime dependencies only;
+# `make test` installs what the suite needs too (pytest, slixmpp, ruff, mypy, …) and runs it.
+# Everything lives in .venv; system packages only for the Debian client, MariaDB and Redis tests.
 PYTHON ?= python3
-VENV   := .venv
+VENV   ?= .venv
 BIN    := $(VENV)/bin
 CONFIG ?= config/nitro.toml
+RUNTIME := $(VENV)/.runtime-installed
+DEV     := $(VENV)/.dev-installed
 
-.PHONY: run test lint bench system-deps web-client clean
+.PHONY: run check test lint bench system-deps web-client clean
 
-$(BIN)/nitro: pyproject.toml
+# The runtime install: the same commands the Dockerfile runs (tests/test_packaging.py compares them).
+$(RUNTIME): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+# The test and lint tools on top (the `dev` extra of pyproject.toml).
+$(DEV): $(RUNTIME)
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
-run: $(BIN)/nitro web-client
+run: $(RUNTIME) web-client
 	$(BIN)/nitro --config $(CONFIG) serve
+
+# What would stop or weaken a start: config, certificates, storage, Redis, ports (see the README).
+check: $(RUNTIME)
+	$(BIN)/nitro --config $(CONFIG) check
 
 # The web client served at http://127.0.0.1:5280/: Converse.js from the npm registry (`npm pack` checks the
 # tarball against the registry's checksum), unpacked into var/web/converse.js. Not committed.
@@ -37,9 +50,8 @@ $(WEB_CLIENT_DIR)/.installed-$(CONVERSE_VERSION):
 	touch $@
 
 # go-sendxmpp is the real Debian client one end-to-end test drives; MariaDB's server and client run the
-# SQL backend tests. Both are installed when we are root.
-# go-sendxmpp is the real Debian client one end-to-end test drives, redis-server what the ring tests
-# start (three of them on free ports); installed when we are root.
+# SQL backend tests; redis-server is what the ring tests start (three of them on free ports). All are
+# installed when we are root.
 system-deps:
 	@command -v go-sendxmpp >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then \
@@ -65,17 +77,17 @@ system-deps:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
 	  else echo "note: install chromium and chromium-driver (Debian packages) to run the browser test"; fi; }
 
-test: $(BIN)/nitro system-deps web-client
+test: $(DEV) system-deps web-client
 	$(BIN)/python -m pytest
 
-lint: $(BIN)/nitro
+lint: $(DEV)
 	$(BIN)/ruff format --check nitro tests integration
 	$(BIN)/ruff check nitro tests integration
 	$(BIN)/mypy
 
 # The load generator against Nitro and Prosody side by side (installs Debian's prosody when root).
 # Prints a table; never fails on slow figures. Narrow it with e.g. BENCH_ARGS='--scenario chat'.
-bench: $(BIN)/nitro
+bench: $(DEV)
 	$(BIN)/python -m integration.bench --compare-prosody $(BENCH_ARGS)
 
 clean:

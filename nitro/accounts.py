@@ -12,7 +12,7 @@ from nitro.xmpp.jid import JID, InvalidJID
 from nitro.xmpp.sasl.credentials import derive_all
 
 if TYPE_CHECKING:
-    from nitro.server import Server
+    from nitro.core.context import Core
 
 
 class InvalidUsername(ValueError):
@@ -39,7 +39,7 @@ async def change_password(storage: Storage, username: str, password: str, *, ite
     return await storage.accounts.set_credentials(username, credentials)
 
 
-async def delete_account(server: Server, username: str) -> bool:
+async def delete_account(server: Core, username: str) -> bool:
     """Delete the account and everything stored for it, then end its sessions."""
     deleted = await server.storage.accounts.delete(username)
     if deleted:

@@ -1,4 +1,5 @@
-"""The `nitro` command: `serve` the server; `user add|del|passwd|list` and `db upgrade|copy` for operators."""
+"""The `nitro` command: `serve` the server; `user add|del|passwd|list`, `db upgrade|copy` and `check`
+for operators."""
 
 from __future__ import annotations
 
@@ -18,6 +19,9 @@ from nitro.cli_db import add_db_parser, db_command
 from nitro.config import Config, ConfigError, load_config
 from nitro.observe.logs import configure as configure_logging
 from nitro.observe.runtime import loop_name, run
+from nitro.ops.check import add_check_parser, check_command
+from nitro.ops.console import announce_database, terminal_available
+from nitro.ops.limits import raise_fd_limit
 from nitro.storage.errors import AlreadyExists, StorageError
 from nitro.storage.layered import open_storage
 
@@ -31,7 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--config",
         type=Path,
         default=None,
-        help="TOML configuration file (default: built-in defaults, as in config/nitro.toml)",
+        help=(
+            "TOML configuration file; relative paths inside it are relative to its directory "
+            "(default: the built-in defaults, as in config/nitro.toml, relative to the working directory)"
+        ),
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve_parser = commands.add_parser("serve", help="run the server until SIGINT/SIGTERM")
@@ -55,11 +62,14 @@ def build_parser() -> argparse.ArgumentParser:
     delete.add_argument("username")
     actions.add_parser("list", help="list accounts, one per line")
     add_db_parser(commands)
+    add_check_parser(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "check":  # reports a broken config as a finding instead of failing on it
+        return run(check_command(args.config))
     try:
         config = load_config(args.config)
     except ConfigError as exc:
@@ -79,6 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 async def serve(config: Config) -> int:
     from nitro.server import running_server  # imported late: keeps `nitro user` light
 
+    raise_fd_limit()  # before any listener: each connection needs a descriptor
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -88,13 +99,17 @@ async def serve(config: Config) -> int:
             log.info("Nitro %s serving %s on %s", __version__, server.domain, loop_name())
             await stop.wait()
             log.info("shutting down")
-    except (OSError, StorageError) as exc:
+    except (OSError, StorageError, ConfigError) as exc:  # ConfigError: e.g. unusable TLS files
         log.error("cannot serve: %s", exc)  # one clean line for operators
         return 1
     return 0
 
 
 async def user_command(config: Config, args: argparse.Namespace) -> int:
+    if args.action in ("add", "passwd") and not args.password_stdin and not terminal_available():
+        print("nitro: no terminal to prompt for the password: use --password-stdin", file=sys.stderr)
+        return 2
+    announce_database(config.storage.dsn)
     async with open_storage(config) as storage:  # through the tiers: writes invalidate the ring
         if args.action == "list":
             for name in await storage.accounts.list_usernames():
@@ -134,8 +149,12 @@ async def user_command(config: Config, args: argparse.Namespace) -> int:
 def _read_password(from_stdin: bool) -> str:
     if from_stdin:
         return sys.stdin.readline().rstrip("\n")
-    first = getpass.getpass("Password: ")
-    if getpass.getpass("Again: ") != first:
+    try:
+        first = getpass.getpass("Password: ")
+        again = getpass.getpass("Again: ")
+    except EOFError:  # Ctrl-D at the prompt: no password, and `user_command` says so
+        return ""
+    if again != first:
         print("nitro: passwords differ", file=sys.stderr)
         return ""
     return first

@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy.engine import make_url
 
 from nitro.config import Config
+from nitro.ops.console import announce_database
 from nitro.storage.copy import copy_database
 from nitro.storage.errors import StorageError
 from nitro.storage.sql import create_engine, upgrade_schema
@@ -56,6 +57,8 @@ async def db_command(config: Config, args: argparse.Namespace) -> int:
         if args.batch < 1:
             print("nitro: --batch must be at least 1", file=sys.stderr)
             return 2
+        announce_database(args.source, "from")
+        announce_database(args.target, "to")
         counts = await copy_database(
             args.source,
             args.target,
@@ -73,6 +76,7 @@ async def db_command(config: Config, args: argparse.Namespace) -> int:
 
 
 async def _upgrade(config: Config) -> int:
+    announce_database(config.storage.dsn)
     engine = create_engine(config.storage.dsn, pool=config.storage)
     try:
         if is_mysql(engine.url) and await ensure_database(engine.url, config.storage):

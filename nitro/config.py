@@ -11,6 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from sqlalchemy.engine import make_url
+
+from nitro.config_ranges import range_problems
 from nitro.storage.ring.keys import PREFIX
 from nitro.xmpp.jid import JID, InvalidJID
 
@@ -53,6 +56,8 @@ class C2SSection:
     keepalive_interval: float = 120.0
     write_timeout: float = 30.0
     release_parser_after: float = 5.0
+    max_resources_per_account: int = 10
+    max_negotiating: int = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,7 +221,8 @@ class Config:
     base_dir: Path = Path()
 
     def path(self, relative: str) -> Path:
-        """A path from the config, relative to the directory Nitro was started in."""
+        """A path from the config: relative ones are relative to the config file's directory (`base_dir`;
+        the working directory when Nitro runs on its built-in defaults)."""
         return self.base_dir / relative
 
     @property
@@ -270,7 +276,20 @@ def parse_config(document: dict[str, Any], *, source: str = "<config>", base_dir
         sections[name] = _section(annotation, table, f"{source}: [{name}]")
     config = Config(**sections, base_dir=base_dir)
     _validate(config, source)
-    return config
+    dsn = resolve_sqlite_dsn(config.storage.dsn, base_dir)
+    return dataclasses.replace(config, storage=dataclasses.replace(config.storage, dsn=dsn))
+
+
+def resolve_sqlite_dsn(dsn: str, base_dir: Path) -> str:
+    """A SQLite DSN whose relative file path is made relative to `base_dir` (the config file's directory);
+    any other DSN, in-memory and `file:` URI databases, and absolute paths are returned unchanged."""
+    url = make_url(dsn)
+    database = url.database
+    if url.get_backend_name() != "sqlite" or not database or database == ":memory:":
+        return dsn
+    if database.startswith("file:") or Path(database).is_absolute() or base_dir == Path():
+        return dsn
+    return url.set(database=str(base_dir / database)).render_as_string(hide_password=False)
 
 
 def _validate(config: Config, source: str) -> None:
@@ -285,6 +304,8 @@ def _validate(config: Config, source: str) -> None:
             JID.parse(admin)
         except InvalidJID as exc:
             raise ConfigError(f"{source}: [server].admins: {admin!r} is not a JID: {exc}") from exc
+    if (problem := next(range_problems(config), None)) is not None:
+        raise ConfigError(f"{source}: {problem}")
     if config.c2s.max_stanza_bytes < 10_000:
         raise ConfigError(f"{source}: [c2s].max_stanza_bytes must be at least 10000 (RFC 6120 §13.12)")
     if config.archive.default not in {"always", "never", "roster"}:
@@ -386,7 +407,9 @@ def _validate_tiers(config: Config, source: str) -> None:
 
 
 def load_config(path: Path | None) -> Config:
-    """Load `path` (or the built-in defaults when None); paths inside are relative to the working dir."""
+    """Load `path` (or the built-in defaults when None). Relative paths inside it (TLS files, the SQLite
+    database) are relative to the file's own directory, so every command finds the same files wherever
+    it is run from; the built-in defaults are relative to the working directory."""
     if path is None:
         return parse_config({})
     try:
@@ -396,4 +419,4 @@ def load_config(path: Path | None) -> Config:
         raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
-    return parse_config(document, source=str(path))
+    return parse_config(document, source=str(path), base_dir=path.absolute().parent)

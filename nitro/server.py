@@ -10,15 +10,16 @@ from collections.abc import AsyncIterator, Coroutine, Mapping
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
-from nitro.c2s.throttle import FailureThrottle
 from nitro.config import Config
 from nitro.core.delivery import Delivery
 from nitro.core.directory import SessionDirectory
+from nitro.core.disco import DiscoRegistry
 from nitro.core.events import EventBus
-from nitro.core.module import BUILTIN_MODULES, DiscoRegistry, Module, load_module
+from nitro.core.module import BUILTIN_MODULES, Module, load_module
 from nitro.core.router import Router
 from nitro.core.sessions import Sessions
 from nitro.core.slots import SlotRegistry
+from nitro.core.throttle import FailureThrottle
 from nitro.observe.metrics import Metrics
 from nitro.observe.metrics_http import MetricsEndpoint, serve_metrics
 from nitro.observe.runtime import tuned_gc
@@ -28,12 +29,13 @@ from nitro.storage.tiers import Tiers
 from nitro.storage.timed import timed_storage
 from nitro.transports.http import serve_http
 from nitro.transports.tcp import connection_factory
-from nitro.transports.tls import ensure_certificate, server_context
+from nitro.transports.tls import make_tls_context
 from nitro.xmpp.errors import StreamError
 
 if TYPE_CHECKING:
     from nitro.c2s.negotiation import Negotiation
     from nitro.c2s.session import ClientSession
+    from nitro.core.context import Session
 
     Tracked = Negotiation | ClientSession  # a connection's stream: negotiating, bound or detached
 
@@ -60,10 +62,11 @@ class Server:
         self.bus = EventBus()
         self.disco = DiscoRegistry()
         self.slots = SlotRegistry()  # the per-session state modules declare (nitro/core/slots.py)
-        self.sessions: Sessions[ClientSession] = Sessions()
+        self.sessions: Sessions[Session] = Sessions()
         self.delivery = Delivery(self.sessions)
         self.deliver = self.delivery.deliver  # the one way modules reach another entity's session
         self.router = Router(self, self.bus, self.delivery)
+        self.negotiations = asyncio.Semaphore(config.c2s.max_negotiating)
         self.auth_throttle = FailureThrottle(config.auth.throttle_failures, config.auth.throttle_window)
         self.modules: dict[str, Module] = {}
         self.listeners: list[asyncio.Server] = []
@@ -159,18 +162,6 @@ def _addresses(listener: asyncio.Server) -> str:
 def _hits_and_misses(stats: Mapping[str, Mapping[str, int]]) -> dict[str, tuple[int, int]]:
     """A tier's per-kind counters as the metrics' tier source reads them."""
     return {kind: (counters.get("hits", 0), counters.get("misses", 0)) for kind, counters in stats.items()}
-
-
-def make_tls_context(config: Config) -> ssl.SSLContext | None:
-    cert, key = config.path(config.tls.cert), config.path(config.tls.key)
-    if config.tls.generate:
-        ensure_certificate(cert, key, config.server.domain)
-    if not (cert.exists() and key.exists()):
-        if config.c2s.require_encryption:
-            raise FileNotFoundError(f"TLS is required but {cert} or {key} is missing")
-        log.warning("no TLS certificate at %s: STARTTLS and Direct TLS are off", cert)
-        return None
-    return server_context(cert, key)
 
 
 @asynccontextmanager

@@ -11,6 +11,7 @@ import slixmpp
 from conftest import PASSWORD, Clients, make_config, raw_stream, read_until, wait_for
 
 from nitro.server import Server, running_server
+from nitro.xmpp.jid import JID
 
 HEADER = (
     b"<?xml version='1.0'?><stream:stream to='localhost' version='1.0' xmlns='jabber:client' "
@@ -402,3 +403,37 @@ async def test_unknown_nonza_is_unsupported_stanza_type(server: Server, clients:
     writer.write(b"<frobnicate xmlns='urn:example:nothing'/>")
     await stream_error(reader, "unsupported-stanza-type")
     writer.close()
+
+
+async def test_binding_past_the_resource_limit_is_a_resource_constraint(tmp_path: Path) -> None:
+    config = make_config(tmp_path, c2s={"max_resources_per_account": 2})
+    async with running_server(config) as server:
+        pool = Clients(server)
+        await pool.user("alice")
+        first = await logged_in(server, "alice", "one")
+        second = await logged_in(server, "alice", "two")
+        reader, writer = await opened(server)
+        writer.write(plain("alice", PASSWORD))
+        await read_until(reader, b"<success")
+        writer.write(HEADER)
+        await read_until(reader, b"</stream:features>")
+        writer.write(
+            b"<iq type='set' id='b3'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>"
+            b"<resource>three</resource></bind></iq>"
+        )
+        refused = await read_until(reader, b"</iq>")
+        assert b'type="error"' in refused
+        assert b"<resource-constraint" in refused
+        assert b'type="wait"' in refused
+        assert len(server.sessions.sessions_of(JID.parse("alice@localhost"))) == 2
+        # the same resource again is a replacement, not one more: always allowed (RFC 6120 §7.7.2.2)
+        writer.write(
+            b"<iq type='set' id='b4'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>"
+            b"<resource>two</resource></bind></iq>"
+        )
+        replaced = await read_until(reader, b"</iq>")
+        assert b'type="result"' in replaced
+        assert b"<conflict" in await read_until(second[0], b"</stream:stream>")
+        for _reader, stream in (first, second, (reader, writer)):
+            stream.close()
+        await pool.close_all()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -80,6 +81,49 @@ def test_the_database_never_holds_the_password(tmp_path: Path) -> None:
     assert b"find-me-if-you-can" not in (tmp_path / "nitro.db").read_bytes()
 
 
+def test_relative_paths_are_found_from_any_working_directory(tmp_path: Path) -> None:
+    etc, one, two = tmp_path / "etc", tmp_path / "one", tmp_path / "two"
+    for directory in (etc, one, two):
+        directory.mkdir()
+    (etc / "nitro.toml").write_text('[storage]\ndsn = "sqlite+aiosqlite:///../var/nitro.db"\n')
+    database = tmp_path / "var" / "nitro.db"
+
+    def run_in(cwd: Path, config: str, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "nitro", "--config", config, *args]
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
+        return subprocess.run(
+            command, input=stdin, capture_output=True, text=True, timeout=60, check=False, cwd=cwd, env=env
+        )
+
+    added = run_in(one, "../etc/nitro.toml", "user", "add", "alice", "--password-stdin", stdin="s3cret!\n")
+    assert added.returncode == 0, added.stderr
+    assert added.stderr == f"nitro: database {database} (SQLite, a new empty file: it did not exist)\n"
+    assert database.exists()
+    assert not (one / "var").exists()
+    listed = run_in(two, str(etc / "nitro.toml"), "user", "list")
+    assert listed.stdout == "alice\n"  # stdout stays parseable: the database line is on stderr
+    assert listed.stderr == f"nitro: database {database} (SQLite)\n"
+    upgraded = run_in(two, "../etc/nitro.toml", "db", "upgrade")
+    assert upgraded.stderr == f"nitro: database {database} (SQLite)\n"
+
+
+def test_user_add_without_a_terminal_is_a_one_line_error(tmp_path: Path) -> None:
+    config, _port = write_config(tmp_path)
+    for action in ("add", "passwd"):
+        result = subprocess.run(
+            [sys.executable, "-m", "nitro", "--config", str(config), "user", action, "alice"],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            start_new_session=True,  # no controlling terminal, as under cron or a pipeline
+        )
+        assert result.returncode == 2
+        assert result.stderr == "nitro: no terminal to prompt for the password: use --password-stdin\n"
+    assert not (tmp_path / "nitro.db").exists()
+
+
 async def serve(config: Path, stderr: int = asyncio.subprocess.STDOUT) -> asyncio.subprocess.Process:
     """`nitro serve` as a child process with its output piped; the test stops it with SIGTERM."""
     return await asyncio.create_subprocess_exec(
@@ -115,3 +159,32 @@ async def test_serve_accepts_a_client_and_stops_on_sigterm(tmp_path: Path) -> No
     finally:
         process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(process.wait(), 15) == 0
+
+
+async def test_serve_raises_the_soft_descriptor_limit_to_the_hard_one(tmp_path: Path) -> None:
+    config, _port = write_config(tmp_path)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    soft = min(256, hard)
+    process = await asyncio.create_subprocess_exec(
+        "sh",
+        "-c",
+        f'ulimit -Sn {soft} && exec "$0" -m nitro --config "$1" serve',
+        sys.executable,
+        str(config),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        assert process.stdout is not None
+        output = []
+        while "serving localhost" not in (output or [""])[-1]:
+            output.append((await asyncio.wait_for(process.stdout.readline(), 30)).decode())
+            assert output[-1], "".join(output)
+        limits = resource.prlimit(process.pid, resource.RLIMIT_NOFILE)  # the running server's own limit
+    finally:
+        process.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(process.wait(), 15)
+    if soft < hard:
+        assert any(f"file descriptors: soft limit raised from {soft} to {hard}" in line for line in output)
+    assert limits == (hard, hard)

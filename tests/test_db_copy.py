@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy.engine import make_url
 
 from nitro.storage import ArchivePrefs, ArchiveQuery, PepItem, PepNode, RosterItem, Storage
 from nitro.storage.copy import TABLES, CopyError, copy_database
@@ -181,6 +182,8 @@ def test_cli_copy_and_upgrade(tmp_path: Path, sqlite_install: str, mariadb: Mari
         upgraded = nitro("db", "upgrade", config=config)
         assert upgraded.returncode == 0, upgraded.stderr
         assert f"created database {fresh.database}" in upgraded.stdout
+        shown = make_url(fresh.dsn).render_as_string(hide_password=True)
+        assert upgraded.stderr.startswith(f"nitro: database {shown} (MariaDB/MySQL)\n")
         charset = fresh.rows(
             "SELECT default_character_set_name, default_collation_name FROM information_schema.schemata"
             " WHERE schema_name = %s",
@@ -195,6 +198,10 @@ def test_cli_copy_and_upgrade(tmp_path: Path, sqlite_install: str, mariadb: Mari
         assert copied.returncode == 0, copied.stderr
         assert "accounts: 5 rows" in copied.stdout
         assert "every table's row count matches" in copied.stdout
+        source_file = Path(make_url(sqlite_install).database or "").resolve()
+        assert copied.stderr.startswith(
+            f"nitro: from database {source_file} (SQLite)\nnitro: to database {shown} (MariaDB/MySQL)\n"
+        )
 
         refused = nitro("db", "copy", "--from", sqlite_install, "--to", fresh.dsn)
         assert refused.returncode == 1

@@ -8,7 +8,7 @@ import pytest
 from conftest import DOMAIN, Clients
 from slixmpp.exceptions import IqError
 
-from nitro.core.module import Identity
+from nitro.core.disco import Identity
 from nitro.modules.disco import CAPS_NODE, caps_ver
 from nitro.server import Server
 from nitro.storage import RosterItem

@@ -19,7 +19,7 @@ from conftest import PASSWORD, Clients, wait_for
 from test_cli import nitro, serve, write_config
 
 from nitro.config import ConfigError, parse_config
-from nitro.observe.logs import make_handler
+from nitro.observe.logs import LIBRARY_LOGGERS, configure, make_handler
 from nitro.server import Server
 
 
@@ -137,3 +137,54 @@ async def login(tmp_path: Path, port: int, jid: str) -> slixmpp.ClientXMPP:
 def test_an_unknown_log_format_is_refused(value: str) -> None:
     with pytest.raises(ConfigError, match=r"\[logging\].format must be text or json"):
         parse_config({"logging": {"format": value}})
+
+
+@pytest.fixture
+def restored_logging() -> Iterator[None]:
+    """`configure` replaces the root handlers and sets library levels: put everything back afterwards."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    libraries = {name: logging.getLogger(name).level for name in LIBRARY_LOGGERS}
+    try:
+        yield
+    finally:
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+        for handler in handlers:
+            root.addHandler(handler)
+        root.setLevel(level)
+        for name, library_level in libraries.items():
+            logging.getLogger(name).setLevel(library_level)
+
+
+@pytest.mark.usefixtures("restored_logging")
+@pytest.mark.parametrize(("level", "library_lines"), [("INFO", False), ("WARNING", False), ("DEBUG", True)])
+def test_library_loggers_stay_at_warning_unless_debug(level: str, library_lines: bool) -> None:
+    stream = io.StringIO()
+    configure(level, "text", stream)
+    for name in ("alembic.runtime.migration", "aiosqlite", "sqlalchemy.pool", "aiohttp.access", "redis"):
+        logging.getLogger(name).info("%s chatter", name)
+        logging.getLogger(name).warning("%s trouble", name)
+    logging.getLogger("nitro.test").warning("nitro speaks")
+    text = stream.getvalue()
+    assert ("alembic.runtime.migration chatter" in text) is library_lines
+    assert ("aiohttp.access chatter" in text) is library_lines
+    assert "redis trouble" in text
+    assert "nitro speaks" in text
+
+
+async def test_serve_at_info_prints_no_library_lines(tmp_path: Path) -> None:
+    config, _port = write_config(tmp_path)
+    process = await serve(config)
+    assert process.stdout is not None
+    lines = []
+    try:
+        while not lines or "serving localhost" not in lines[-1]:
+            lines.append((await asyncio.wait_for(process.stdout.readline(), 30)).decode())
+            assert lines[-1], "".join(lines)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        rest, _ = await asyncio.wait_for(process.communicate(), 15)
+    lines += rest.decode().splitlines()
+    assert [line for line in lines if " INFO " in line and " nitro" not in line] == []
+    assert any("SQL storage ready" in line for line in lines)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shlex
 import shutil
 from pathlib import Path
 
@@ -52,3 +53,27 @@ async def test_go_sendxmpp_sends_bob_a_message(server: Server, clients: Clients,
     assert message["body"].strip() == "Hello from go-sendxmpp"
     assert message["from"].bare == alice_jid
     assert str(message["to"]) == bob_jid
+
+
+async def test_the_readme_example_works_with_debian_go_sendxmpp(server: Server, clients: Clients) -> None:
+    """The command the README shows, with this test's port and password, run by a shell."""
+    if shutil.which("go-sendxmpp") is None:
+        pytest.skip("go-sendxmpp is not installed (Debian package go-sendxmpp)")
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    [example] = [line for line in readme.splitlines() if "| go-sendxmpp " in line]
+    await clients.user("alice")
+    _bob, inbox = await online(clients, await clients.user("bob"))
+    command = example.replace("127.0.0.1:5222", f"127.0.0.1:{server.config.c2s.port}")
+    command = command.replace("PASSWORD", shlex.quote(PASSWORD))
+    process = await asyncio.create_subprocess_exec(
+        "sh", "-c", command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    try:
+        output, _ = await asyncio.wait_for(process.communicate(), RUN_TIMEOUT)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise
+    assert process.returncode == 0, output.decode(errors="replace")
+    await wait_for(lambda: len(inbox) == 1)
+    assert inbox[0]["body"].strip() == "hello bob"

@@ -16,10 +16,10 @@ from lxml import etree
 from slixmpp.exceptions import IqError
 from test_c2s import HEADER, logged_in, opened, plain, still_serving, stream_error
 
-from nitro.c2s.sm import MAX_SEQ, HandledCountTooHigh, SmState, is_stanza, parse_stanza
 from nitro.server import Server, running_server
 from nitro.xmpp.errors import StreamError
 from nitro.xmpp.jid import JID
+from nitro.xmpp.sm import MAX_SEQ, HandledCountTooHigh, SmState, is_stanza, parse_stanza
 
 ENABLE = b"<enable xmlns='urn:xmpp:sm:3' resume='true'/>"
 REQUEST = b"<r xmlns='urn:xmpp:sm:3'/>"

@@ -8,8 +8,10 @@ turns False and the transport stops.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
+import time
 from typing import TYPE_CHECKING
 
 from nitro.c2s.negotiation import Negotiation
@@ -19,7 +21,7 @@ from nitro.xmpp.errors import StreamError
 from nitro.xmpp.xmlstream import StreamEvent
 
 if TYPE_CHECKING:
-    from nitro.server import Server
+    from nitro.core.context import Core
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +33,13 @@ class ClientStream:
     Until a resource is bound the input goes to the `Negotiation`; then to the bound `ClientSession`.
     """
 
-    __slots__ = ("_session", "negotiation", "transport")
+    __slots__ = ("_admitted", "_session", "negotiation", "transport")
 
-    def __init__(self, server: Server, transport: Transport) -> None:
+    def __init__(self, server: Core, transport: Transport) -> None:
         self.transport = transport
         self.negotiation = Negotiation(server, transport)
         self._session: ClientSession | None = None
+        self._admitted = False  # holds one of the server's negotiation slots
         server.track(self.negotiation)
 
     @property
@@ -82,7 +85,11 @@ class ClientStream:
     async def receive(self, event: StreamEvent) -> bool:
         """Handle one input event; False once the stream is over (closed, or resumed elsewhere)."""
         try:
+            if not self._admitted and self.session is None:
+                await self._admit()
             await self._current.receive(event)
+            if self._admitted and self.session is not None:
+                self._release()  # bound: the expensive part is over
         except StreamError as error:
             await self.close(error)
         except (ConnectionError, TimeoutError, ssl.SSLError) as exc:
@@ -92,6 +99,24 @@ class ClientStream:
             self.log.exception("internal error; closing the stream")
             await self.close(StreamError("internal-server-error"))
         return self.open
+
+    async def _admit(self) -> None:
+        """Wait for a negotiation slot (`[c2s] max_negotiating`): a login storm is admitted a bounded number
+        of streams at a time, so the sessions already up keep the event loop (the waiting ones do not read).
+        """
+        negotiation = self.negotiation
+        remaining = negotiation.negotiation_deadline - time.monotonic()
+        try:
+            async with asyncio.timeout(max(0.0, remaining)):
+                await negotiation.server.negotiations.acquire()
+        except TimeoutError:
+            raise StreamError("connection-timeout", "stream negotiation took too long") from None
+        self._admitted = True
+
+    def _release(self) -> None:
+        if self._admitted:
+            self._admitted = False
+            self.negotiation.server.negotiations.release()
 
     async def tick(self) -> bool:
         """Run the stream's timer work (timeouts, pings, keepalives); False once the stream is over."""
@@ -107,6 +132,7 @@ class ClientStream:
     async def close(self, error: StreamError | None = None) -> None:
         """Close the stream (the transport's own framing errors come here too), if it is still ours."""
         current = self._current
+        self._release()
         if current.transport is self.transport:
             try:
                 await current.close(error)
@@ -117,6 +143,7 @@ class ClientStream:
         """The connection is gone: a resumable session detaches and stays tracked, any other ends."""
         current = self._current
         server = self.negotiation.server
+        self._release()
         try:
             if current.transport is self.transport:
                 await current.connection_lost()

@@ -10,8 +10,8 @@ import enum
 
 from lxml import etree
 
-from nitro.c2s.sm import SM
 from nitro.xmpp import ns
+from nitro.xmpp.sm import SM
 
 
 class State(enum.Enum):

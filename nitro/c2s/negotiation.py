@@ -18,10 +18,9 @@ from lxml import etree
 
 from nitro.c2s.authn import Authenticator, Challenge, mechanisms
 from nitro.c2s.inputs import State, input_name
-from nitro.c2s.session import ClientSession, ResumeRequest
-from nitro.c2s.sm import failed, parse_h
+from nitro.c2s.session import ClientSession
 from nitro.c2s.transport import StreamHeader, Transport
-from nitro.core.module import StreamFeaturesEvent, UnauthenticatedIq
+from nitro.core.module import ResumeRequest, StreamFeaturesEvent, UnauthenticatedIq
 from nitro.core.slots import SlotValues
 from nitro.observe.logs import SessionLog, enter_session
 from nitro.storage.errors import StorageUnavailable
@@ -29,10 +28,11 @@ from nitro.xmpp import ns
 from nitro.xmpp.errors import StanzaError, StreamError, error_reply
 from nitro.xmpp.jid import JID, InvalidJID
 from nitro.xmpp.sasl import SaslFailure, b64decode_strict, b64encode
+from nitro.xmpp.sm import failed, parse_h
 from nitro.xmpp.xmlstream import StreamClosed, StreamEvent, StreamOpened
 
 if TYPE_CHECKING:
-    from nitro.server import Server
+    from nitro.core.context import Core
 
 log = logging.getLogger("nitro.c2s.stream")
 _stream_ids = itertools.count(1)
@@ -41,7 +41,7 @@ _stream_ids = itertools.count(1)
 class Negotiation:
     """One connection's stream until a resource is bound (then `bound` is the session it drives)."""
 
-    def __init__(self, server: Server, transport: Transport) -> None:
+    def __init__(self, server: Core, transport: Transport) -> None:
         self.server = server
         self.transport = transport
         self.id = f"c2s{next(_stream_ids)}-{secrets.token_hex(4)}"
@@ -272,6 +272,13 @@ class Negotiation:
             return False
         if jid.resource is None:
             jid = jid.with_resource(f"nitro-{secrets.token_hex(6)}")
+        bound = self.server.sessions.resources(jid.bare)
+        limit = self.config.max_resources_per_account
+        if len(bound) >= limit and all(resource.jid != jid for resource in bound):
+            self.log.info("bind refused: %d resources bound already", len(bound))
+            error = StanzaError("resource-constraint", f"at most {limit} resources per account", type="wait")
+            self.send(error_reply(iq, error))  # RFC 6120 §7.6.2.1; the client may retry later
+            return False
         session = ClientSession(
             self.server,
             self.transport,
@@ -298,7 +305,7 @@ class Negotiation:
         request = ResumeRequest(previd, self.jid)
         await self.server.bus.fire("sm-resume", request)
         old = request.found
-        if old is None or not old.resumable_by(previd, self.jid):
+        if not isinstance(old, ClientSession) or not old.resumable_by(previd, self.jid):
             self.log.info("no session to resume for the id given")
             self.send(failed("item-not-found", "unknown or expired session id"))
             return False  # still BINDING: the client may bind a new session

@@ -11,35 +11,30 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from lxml import etree
 
+from nitro.c2s import acks
 from nitro.c2s.inputs import State, counted, input_name
-from nitro.c2s.sm import (
-    SmState,
-    ack,
-    ack_request,
-    enabled,
-    failed,
-    is_stanza,
-    parse_h,
-    parse_stanza,
-    resumed,
-)
+from nitro.c2s.resource_state import ResourceState
 from nitro.c2s.transport import StreamHeader, Transport
-from nitro.core.module import NonzaEvent, SessionEvent
-from nitro.core.sessions import INTERESTED, LOCAL_NODE, Resource
-from nitro.core.slots import SlotValues
+from nitro.core.module import NonzaEvent, SessionEvent, UnackedStanzas
 from nitro.observe.logs import SessionLog, enter_session
 from nitro.xmpp import ns
 from nitro.xmpp.errors import StanzaError, StreamError, error_reply
 from nitro.xmpp.jid import JID, InvalidJID
+from nitro.xmpp.sm import (
+    SmState,
+    ack,
+    ack_request,
+    is_stanza,
+    resumed,
+)
 from nitro.xmpp.xmlstream import StreamClosed, StreamEvent, StreamOpened
 
 if TYPE_CHECKING:
-    from nitro.server import Server
+    from nitro.core.context import Core, Session
 
 log = logging.getLogger("nitro.c2s.stream")
 
@@ -80,13 +75,13 @@ class _NoTransport:
 NO_TRANSPORT = _NoTransport()
 
 
-class ClientSession:
+class ClientSession(ResourceState):
     """One bound resource: stamps 'from' on what its client sends and hands it to the router; receives
     what is delivered to it."""
 
     def __init__(
         self,
-        server: Server,
+        server: Core,
         transport: Transport,
         jid: JID,
         *,
@@ -105,17 +100,7 @@ class ClientSession:
         self.authenticated = True
         self.username: str | None = jid.local
         self.mechanism = mechanism  # the SASL mechanism that authenticated the stream
-        self._jid = jid
-        self.jid_text = str(jid)  # str(self.jid), computed once per change: every stanza is stamped
-        # IM state that the roster and presence modules keep on the session (RFC 6121 terms).
-        self._priority = 0
-        self._presence: etree._Element | None = None  # last available presence broadcast, None if not
-        self._flags: frozenset[str] = frozenset()  # what modules decided about it ("carbons", "interested")
-        self._resource: Resource | None = None  # the value other modules see, rebuilt after a change
-        self._directed_to: frozenset[JID] = frozenset()  # entities that got directed presence (§4.6)
-        self.slots = SlotValues(
-            self
-        )  # typed per-module state (nitro/core/slots.py), exported with the session
+        super().__init__(jid)
         self.sm: SmState | None = None  # Stream Management (XEP-0198), once enabled
         self.resumed: ClientSession | None = None  # set when this stream resumed that session (XEP-0198 §5)
         self._ending = False  # a close is scheduled (too many unacknowledged stanzas)
@@ -125,57 +110,28 @@ class ClientSession:
         self.ping_deadline: float | None = None
         self._ping_id: str | None = None
 
+    def as_session(self) -> Session:
+        return self
+
     def __repr__(self) -> str:
         return f"<ClientSession {self.id} {self.jid} {self.state.value}>"
-
-    @property
-    def jid(self) -> JID:
-        """The full JID."""
-        return self._jid
-
-    @jid.setter
-    def jid(self, jid: JID) -> None:
-        self._jid = jid
-        self.jid_text = str(jid)
-        self._resource = None
-
-    @property
-    def resource(self) -> Resource:
-        """This session as other modules see it: an immutable value (nitro/core/sessions.py)."""
-        if self._resource is None:
-            self._resource = Resource(
-                self._jid,
-                LOCAL_NODE,
-                self._presence is not None,
-                self._priority,
-                self._flags,
-                self._presence,
-                self._directed_to,
-            )
-        return self._resource
 
     # -- the session as data (XEP-0198 resumption elsewhere, a successor process) ----------------------
 
     def export(self) -> dict[str, Any]:
         """Everything the session is, as JSON-able data; `restore` makes an equal session from it."""
-        presence = self._presence
         return {
             "id": self.id,
-            "jid": self.jid_text,
             "username": self.username,
             "mechanism": self.mechanism,
             "lang": self.lang,
             "state": self.state.value,
-            "priority": self._priority,
-            "presence": None if presence is None else etree.tostring(presence, encoding="unicode"),
-            "flags": sorted(self._flags),
-            "directed_to": sorted(str(jid) for jid in self._directed_to),
+            **self.export_resource(),
             "sm": None if self.sm is None else self.sm.to_dict(),
-            "slots": self.slots.export(),
         }
 
     @classmethod
-    def restore(cls, server: Server, data: dict[str, Any]) -> ClientSession:
+    def restore(cls, server: Core, data: dict[str, Any]) -> ClientSession:
         """A session from `export()` data, without a connection (DETACHED if it was bound): the caller
         registers it and a resuming stream `attach`es to it. Slots no loaded module declares are dropped."""
         mechanism = data.get("mechanism")
@@ -191,66 +147,11 @@ class ClientSession:
         session.log.extra = {"session": session.id, "jid": session.jid}
         state = State(data.get("state", State.DETACHED.value))
         session.state = State.DETACHED if state in (State.ESTABLISHED, State.DETACHED) else state
-        session._priority = int(data.get("priority", 0))
-        presence = data.get("presence")
-        session._presence = None if presence is None else parse_stanza(str(presence).encode())
-        session._flags = frozenset(str(flag) for flag in data.get("flags", ()))
-        session._directed_to = frozenset(JID.parse(str(jid)) for jid in data.get("directed_to", ()))
+        for name in session.restore_resource(data, server.slots):
+            session.log.warning("session state %r has no module here to take it; dropped", name)
         sm = data.get("sm")
         session.sm = None if sm is None else SmState.from_dict(sm)
-        for name in session.slots.restore(dict(data.get("slots", {})), server.slots):
-            session.log.warning("session state %r has no module here to take it; dropped", name)
         return session
-
-    @property
-    def priority(self) -> int:
-        return self._priority
-
-    @priority.setter
-    def priority(self, value: int) -> None:
-        self._priority = value
-        self._resource = None
-
-    @property
-    def presence(self) -> etree._Element | None:
-        return self._presence
-
-    @presence.setter
-    def presence(self, value: etree._Element | None) -> None:
-        self._presence = value
-        self._resource = None
-
-    @property
-    def directed_to(self) -> frozenset[JID]:
-        return self._directed_to
-
-    @directed_to.setter
-    def directed_to(self, value: frozenset[JID]) -> None:
-        self._directed_to = value
-        self._resource = None
-
-    def has_flag(self, flag: str) -> bool:
-        return flag in self._flags
-
-    def set_flag(self, flag: str, on: bool = True) -> None:
-        """Record a module's decision about this resource, visible in its `Resource` value."""
-        flags = self._flags | {flag} if on else self._flags - {flag}
-        if flags != self._flags:
-            self._flags = frozenset(flags)
-            self._resource = None
-
-    @property
-    def interested(self) -> bool:
-        """Requested the roster (RFC 6121 §2.1.6): gets roster pushes."""
-        return INTERESTED in self._flags
-
-    @interested.setter
-    def interested(self, value: bool) -> None:
-        self.set_flag(INTERESTED, value)
-
-    @property
-    def available(self) -> bool:
-        return self._presence is not None
 
     @property
     def established(self) -> bool:
@@ -354,43 +255,6 @@ class ClientSession:
 
     # -- stream management (XEP-0198) -------------------------------------------------------------------
 
-    async def _on_enable(self, element: etree._Element) -> bool:
-        """§3: counting starts with `<enabled/>`; resume='true' lets the session outlive its connection."""
-        if self.sm is not None:
-            self.write_element(failed("unexpected-request", "stream management is already enabled"))
-            return False
-        if not self.server.bus.has("sm-enabled"):  # the stream_management module is not loaded
-            self.write_element(failed("service-unavailable", "stream management is not offered"))
-            return False
-        timeout = self.server.config.stream_management.resume_timeout
-        requested = element.get("max") or ""
-        if requested.isascii() and requested.isdigit() and int(requested) > 0:
-            timeout = min(timeout, float(requested))  # §3: the client's preferred maximum
-        self.sm = SmState.start(resume=element.get("resume") in ("true", "1"), resume_timeout=timeout)
-        self.write_element(enabled(self.sm))  # nothing awaited in between: no stanza slips in uncounted
-        self.log.debug("stream management enabled%s", " (resumable)" if self.sm.resumable else "")
-        await self.server.bus.fire("sm-enabled", SessionEvent(self))
-        return False
-
-    async def _on_request(self, _element: etree._Element) -> bool:
-        """§4: `<r/>` is answered with the count of stanzas handled so far."""
-        self.write_element(ack(self._stream_management()))
-        return False
-
-    async def _on_ack(self, element: etree._Element) -> bool:
-        """§4: `<a h/>` releases the stanzas it covers; an impossible 'h' ends the stream."""
-        self._stream_management().acknowledge(parse_h(element.get("h")))
-        return False
-
-    def _stream_management(self) -> SmState:
-        if self.sm is None:
-            raise StreamError("unsupported-stanza-type", "stream management is not enabled (XEP-0198 §3)")
-        return self.sm
-
-    async def _on_resume_bound(self, _element: etree._Element) -> bool:
-        self.write_element(failed("unexpected-request", "this stream already has a session"))
-        return False
-
     def attach(self, transport: Transport, *, stream_id: str, lang: str, mechanism: str | None) -> None:
         """§5: continue on `transport`, whose stream authenticated as this user and resumed this session."""
         self.transport = transport
@@ -478,7 +342,7 @@ class ClientSession:
         self.server.metrics.stanza_sent(element.tag)
         sm = self.sm
         if sm is not None and is_stanza(element):
-            sm.sent(element)
+            sm.sent(element, delay_from=self.server.domain)
             settings = self.server.config.stream_management
             if len(sm.unacked) > settings.max_unacked:
                 self._end_soon(
@@ -596,25 +460,6 @@ class ClientSession:
         return True
 
 
-@dataclass(slots=True)
-class ResumeRequest:
-    """Payload of `sm-resume`: a stream authenticated as `user` asks for `previd`; a handler sets `found`."""
-
-    previd: str
-    user: JID
-    found: ClientSession | None = None
-
-
-@dataclass(slots=True)
-class UnackedStanzas:
-    """Payload of `sm-ended`: a stream-managed session ended without resumption; `stanzas` are what the
-    client never acknowledged, oldest first, to be treated as never delivered (XEP-0198 §4).
-    """
-
-    session: ClientSession
-    stanzas: list[etree._Element]
-
-
 _Action = Callable[[ClientSession, etree._Element], Awaitable[bool]]
 
 # Every (state, input) a bound session accepts; anything else is a stream error naming both.
@@ -623,8 +468,8 @@ _TRANSITIONS: dict[tuple[State, str], _Action] = {
     (State.ESTABLISHED, "bind"): ClientSession._on_second_bind,
     (State.ESTABLISHED, "nonza"): ClientSession._on_nonza,
     # Stream Management (XEP-0198): enable after binding (§3), acks (§4); resuming is for unbound streams.
-    (State.ESTABLISHED, "sm-enable"): ClientSession._on_enable,
-    (State.ESTABLISHED, "sm-resume"): ClientSession._on_resume_bound,
-    (State.ESTABLISHED, "sm-request"): ClientSession._on_request,
-    (State.ESTABLISHED, "sm-ack"): ClientSession._on_ack,
+    (State.ESTABLISHED, "sm-enable"): acks.enable,
+    (State.ESTABLISHED, "sm-resume"): acks.resume_bound,
+    (State.ESTABLISHED, "sm-request"): acks.request,
+    (State.ESTABLISHED, "sm-ack"): acks.acknowledge,
 }

@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import importlib
 import logging
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from lxml import etree
 
+from nitro.core.disco import Identity
 from nitro.core.events import Handler
 from nitro.core.slots import Slot, SlotValues
+from nitro.xmpp.jid import JID
 
 if TYPE_CHECKING:
-    from nitro.c2s.session import ClientSession
-    from nitro.server import Server
+    from nitro.core.context import Core, Session
 
 # The built-in modules, in load order; `[modules].disabled` in the config removes some.
 BUILTIN_MODULES: tuple[str, ...] = (
@@ -43,25 +43,18 @@ BUILTIN_MODULES: tuple[str, ...] = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Identity:
-    category: str
-    type: str
-    name: str | None = None
-
-
 @dataclass(slots=True)
 class SessionEvent:
     """Payload of `resource-bind` and `resource-unbind` (the session is bound, or was)."""
 
-    session: ClientSession
+    session: Session
 
 
 @dataclass(slots=True)
 class NonzaEvent:
     """Payload of `c2s-nonza/<ns>:<name>`: a top-level non-stanza element from an established client."""
 
-    session: ClientSession
+    session: Session
     element: etree._Element
 
 
@@ -119,38 +112,29 @@ class AccountEvent:
     username: str
 
 
-class DiscoRegistry:
-    """The server's own disco#info: features and identities, reference-counted by the modules adding them."""
+@dataclass(slots=True)
+class ResumeRequest:
+    """Payload of `sm-resume`: a stream authenticated as `user` asks for `previd`; a handler sets `found`."""
 
-    def __init__(self) -> None:
-        self.features: Counter[str] = Counter()
-        self.identities: Counter[Identity] = Counter()
+    previd: str
+    user: JID
+    found: Session | None = None
 
-    def add_feature(self, var: str) -> Callable[[], None]:
-        self.features[var] += 1
 
-        def remove() -> None:
-            self.features[var] -= 1
-            if self.features[var] <= 0:
-                del self.features[var]
+@dataclass(slots=True)
+class UnackedStanzas:
+    """Payload of `sm-ended`: a stream-managed session ended without resumption; `stanzas` are what the
+    client never acknowledged, oldest first, to be treated as never delivered (XEP-0198 §4).
+    """
 
-        return remove
-
-    def add_identity(self, identity: Identity) -> Callable[[], None]:
-        self.identities[identity] += 1
-
-        def remove() -> None:
-            self.identities[identity] -= 1
-            if self.identities[identity] <= 0:
-                del self.identities[identity]
-
-        return remove
+    session: Session
+    stanzas: list[etree._Element]
 
 
 class Module:
     """One loaded feature module; every registration it makes is recorded and undone by `unload`."""
 
-    def __init__(self, server: Server, name: str) -> None:
+    def __init__(self, server: Core, name: str) -> None:
         self.server = server
         self.name = name
         self.log = logging.getLogger(f"nitro.modules.{name}")
@@ -181,7 +165,7 @@ class Module:
             self._undo.pop()()
 
 
-def load_module(server: Server, name: str) -> Module:
+def load_module(server: Core, name: str) -> Module:
     """Import `nitro.modules.<name>` and call its `load(module)`."""
     python_module = importlib.import_module(f"nitro.modules.{name}")
     module = Module(server, name)

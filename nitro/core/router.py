@@ -23,8 +23,7 @@ from nitro.xmpp.errors import StanzaError, error_reply
 from nitro.xmpp.jid import JID, InvalidJID
 
 if TYPE_CHECKING:
-    from nitro.c2s.session import ClientSession
-    from nitro.server import Server
+    from nitro.core.context import Core, Session
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +41,11 @@ class StanzaEvent:
     """What a stanza handler receives."""
 
     stanza: etree._Element
-    origin: ClientSession | None  # the client session that sent it; None when the server generated it
+    origin: Session | None  # the client session that sent it; None when the server generated it
     from_: JID
     to: JID | None  # None: addressed to the sender's own account (RFC 6120 §10.3)
     to_type: ToType
-    server: Server
+    server: Core
 
     @property
     def kind(self) -> str:
@@ -78,14 +77,14 @@ def classify(to: JID | None, from_: JID, domain: str, kind: str) -> ToType:
 class Router:
     """Fires the routing events for each stanza and turns StanzaErrors into error replies."""
 
-    def __init__(self, server: Server, bus: EventBus, delivery: Delivery) -> None:
+    def __init__(self, server: Core, bus: EventBus, delivery: Delivery) -> None:
         self.server = server
         self.bus = bus
         self.delivery = delivery
         self.domain = server.config.server.domain
         self._pending_iq: dict[str, asyncio.Future[etree._Element]] = {}
 
-    async def route(self, stanza: etree._Element, origin: ClientSession | None = None) -> None:
+    async def route(self, stanza: etree._Element, origin: Session | None = None) -> None:
         """Route one stanza whose 'from' is already trusted (stamped by the session or the server)."""
         start = time.perf_counter()
         try:
@@ -98,7 +97,7 @@ class Router:
         finally:
             self.server.metrics.routing.observe(time.perf_counter() - start)
 
-    async def _route(self, stanza: etree._Element, origin: ClientSession | None) -> None:
+    async def _route(self, stanza: etree._Element, origin: Session | None) -> None:
         kind = _KINDS.get(stanza.tag)
         if kind is None:
             raise StanzaError("bad-request", "not a stanza")
@@ -149,9 +148,7 @@ class Router:
     def _deliver_full(self, event: StanzaEvent) -> bool:
         return event.to_type == "full" and event.to is not None and self.deliver(event.to, event.stanza)
 
-    async def _reply_error(
-        self, stanza: etree._Element, error: StanzaError, origin: ClientSession | None
-    ) -> None:
+    async def _reply_error(self, stanza: etree._Element, error: StanzaError, origin: Session | None) -> None:
         if stanza.get("type") == "error":
             return  # RFC 6120 §8.3.1: never answer an error with an error
         reply = error_reply(stanza, error)

@@ -24,7 +24,7 @@ from nitro.xmpp.jid import JID, InvalidJID
 from nitro.xmpp.stanza import child, element, iq_result
 
 if TYPE_CHECKING:
-    from nitro.server import Server
+    from nitro.core.context import Core
 
 SESSION_LIFETIME = 600.0  # an unfinished command expires after ten minutes
 MAX_SESSIONS_PER_REQUESTER = 5  # starting a sixth drops the oldest
@@ -55,7 +55,7 @@ class Outcome:
 class Context:
     """What a command runs with; `after_reply` runs once the result has been sent."""
 
-    server: Server
+    server: Core
     requester: JID
     after_reply: list[Callable[[], Awaitable[object]]] = field(default_factory=list)
 
@@ -67,7 +67,7 @@ class Command:
     node: str
     name: str
     run: Callable[[Context, Form | None], Awaitable[Outcome]]
-    form: Callable[[Server], Form] | None = None
+    form: Callable[[Core], Form] | None = None
 
 
 @dataclass(slots=True)
@@ -141,7 +141,7 @@ def _result(*fields: Field) -> Form:
     return Form("result", (form_type_field(ns.ADMIN), *fields))
 
 
-def _local_account(server: Server, text: str) -> str:
+def _local_account(server: Core, text: str) -> str:
     """The username of a JID on this server; the wrong domain or a full JID is not-acceptable."""
     try:
         jid = JID.parse(text.strip())
@@ -163,7 +163,7 @@ def _bad_payload(text: str) -> StanzaError:
     return _command_error("bad-request", "bad-payload", text)
 
 
-def _add_user_form(server: Server) -> Form:
+def _add_user_form(server: Core) -> Form:
     return _admin_form(
         "Adding a User",
         "Fill out this form to add a user.",
@@ -193,7 +193,7 @@ async def _add_user(context: Context, form: Form | None) -> Outcome:
     return Outcome(f"Account {username}@{server.domain} created")
 
 
-def _delete_user_form(server: Server) -> Form:
+def _delete_user_form(server: Core) -> Form:
     return _admin_form(
         "Deleting a User",
         "Fill out this form to delete a user.",
@@ -239,7 +239,7 @@ async def _registered_users_num(context: Context, _form: Form | None) -> Outcome
 _LIST_SIZES = ("25", "50", "75", "100", "150", "200")
 
 
-def _registered_users_list_form(server: Server) -> Form:
+def _registered_users_list_form(server: Core) -> Form:
     options = (*(Option(size, size) for size in _LIST_SIZES), Option("none", "None"))
     return _admin_form(
         "Requesting List of Registered Users",

@@ -23,8 +23,7 @@ from nitro.xmpp.stanza import child, element, iq_result, stanza
 from nitro.xmpp.subscription import state_of
 
 if TYPE_CHECKING:
-    from nitro.c2s.session import ClientSession
-    from nitro.server import Server
+    from nitro.core.context import Core, Session
 
 BLOCKING = "urn:xmpp:blocking"
 BLOCKING_ERRORS = "urn:xmpp:blocking:errors"
@@ -63,7 +62,7 @@ def unavailable_storage(exc: Exception) -> StanzaError:
 class BlockLists:
     """Every user's block list, cached for users with a bound resource; others are read from storage."""
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: Core) -> None:
         self.server = server
         self.cache: dict[str, frozenset[str]] = {}
         # Bumped by each write: a read that started before a write must not cache what it read.
@@ -139,7 +138,7 @@ LIST_REQUESTED = "blocklist"  # the Resource flag: it retrieved the block list a
 class Blocking:
     """The IQ handlers (§3.2 to §3.5) and the presence side effects of blocking and unblocking."""
 
-    def __init__(self, server: Server, lists: BlockLists) -> None:
+    def __init__(self, server: Core, lists: BlockLists) -> None:
         self.server = server
         self.lists = lists
 
@@ -267,7 +266,7 @@ class Blocking:
         return True
 
 
-def _client(event: StanzaEvent) -> ClientSession:
+def _client(event: StanzaEvent) -> Session:
     if event.origin is None or event.origin.username is None:
         raise StanzaError("not-allowed", "only the user's own clients manage the block list")
     return event.origin

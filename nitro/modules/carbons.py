@@ -19,7 +19,7 @@ from nitro.xmpp.jid import JID
 from nitro.xmpp.stanza import child, iq_result, stanza
 
 if TYPE_CHECKING:
-    from nitro.server import Server
+    from nitro.core.context import Core
 
 CARBONS = "urn:xmpp:carbons:2"
 FORWARD = "urn:xmpp:forward:0"  # XEP-0297
@@ -81,7 +81,7 @@ def wrap(message: etree._Element, direction: str, user: JID, to: JID) -> etree._
     return carbon
 
 
-def receivers(server: Server, event: StanzaEvent) -> list[Resource]:
+def receivers(server: Core, event: StanzaEvent) -> list[Resource]:
     """The resources that get the message itself under RFC 6121 §8.5, as nitro.modules.message decides."""
     assert event.to is not None
     if event.to_type == "full" and (resource := server.sessions.resource(event.to)) is not None:

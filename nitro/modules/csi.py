@@ -9,14 +9,14 @@ from typing import TYPE_CHECKING, Any
 
 from lxml import etree
 
-from nitro.c2s.sm import parse_stanza
 from nitro.core.module import Module, NonzaEvent, StreamFeaturesEvent
 from nitro.core.slots import Slot
 from nitro.xmpp import ns
+from nitro.xmpp.sm import parse_stanza
 from nitro.xmpp.stanza import child
 
 if TYPE_CHECKING:
-    from nitro.c2s.session import ClientSession
+    from nitro.core.context import Session
 
 CSI = "urn:xmpp:csi:0"
 CHATSTATES = "http://jabber.org/protocol/chatstates"  # XEP-0085
@@ -69,7 +69,7 @@ def _chat_state_only(message: etree._Element) -> bool:
 class Holder:
     """The outbound filter of one session: holds back what an inactive client can do without (§3.2)."""
 
-    def __init__(self, session: ClientSession) -> None:
+    def __init__(self, session: Session) -> None:
         self.session = session
         self.inactive = False
         self.held: dict[HoldKey, etree._Element] = {}  # insertion order is sending order
@@ -81,7 +81,7 @@ class Holder:
         return {"inactive": self.inactive, "held": held}
 
     @classmethod
-    def load(cls, data: dict[str, Any], session: ClientSession) -> Holder:
+    def load(cls, data: dict[str, Any], session: Session) -> Holder:
         holder = cls(session)
         holder.inactive = bool(data.get("inactive", False))
         for key, text in data.get("held", ()):
@@ -128,7 +128,7 @@ class Holder:
 HOLDER: Slot[Holder] = Slot("csi", Holder, Holder.dump, Holder.load)
 
 
-def holder(session: ClientSession) -> Holder:
+def holder(session: Session) -> Holder:
     return session.slots.get(HOLDER)
 
 

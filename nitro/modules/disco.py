@@ -17,7 +17,8 @@ from functools import lru_cache
 
 from lxml import etree
 
-from nitro.core.module import Identity, Module, StreamFeaturesEvent
+from nitro.core.disco import Identity
+from nitro.core.module import Module, StreamFeaturesEvent
 from nitro.core.router import StanzaEvent
 from nitro.xmpp import ns
 from nitro.xmpp.errors import StanzaError

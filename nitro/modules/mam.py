@@ -32,12 +32,13 @@ from nitro.xmpp.rsm import InvalidSet, PageInfo, PageRequest, find_set
 from nitro.xmpp.stanza import child, element, iq_result, stanza, utc_stamp
 
 if TYPE_CHECKING:
-    from nitro.server import Server
+    from nitro.core.context import Core
 
 MAM = "urn:xmpp:mam:2"
 MAM_EXTENDED = "urn:xmpp:mam:2#extended"  # §7: before-id/after-id/ids, flipped pages, metadata
 MAM_GROUPCHAT_FIELD = "urn:xmpp:mam:2#groupchat-field"  # §7: we understand 'include-groupchat'
 SID = "urn:xmpp:sid:0"  # XEP-0359
+MAM_QUERIED = "mam-queried"  # Resource flag: the client queried its archive during this session
 FORWARD = "urn:xmpp:forward:0"  # XEP-0297
 HINTS = "urn:xmpp:hints"  # XEP-0334
 XDATA_VALIDATE = "http://jabber.org/protocol/xdata-validate"  # XEP-0122
@@ -263,7 +264,7 @@ def parse_prefs(node: etree._Element) -> ArchivePrefs:
 class Archive:
     """The archive side of the module: what to store for whom, and how to answer a query."""
 
-    def __init__(self, server: Server, module: Module) -> None:
+    def __init__(self, server: Core, module: Module) -> None:
         self.server = server
         self.store = server.storage.archive
         self.log = module.log
@@ -481,6 +482,8 @@ def load(module: Module) -> None:
         owner, username = owner_of(event)
         query = event.stanza.find(f"{{{MAM}}}query")
         assert query is not None
+        if event.origin is not None:
+            event.origin.set_flag(MAM_QUERIED)  # it syncs from the archive (see stream_management)
         if query.get("node") is not None:
             raise StanzaError("item-not-found", "a user archive has no nodes (XEP-0442)")
         request = parse_request(query, archive.max_page_size)

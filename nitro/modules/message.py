@@ -18,7 +18,7 @@ from nitro.xmpp.errors import StanzaError
 from nitro.xmpp.jid import JID
 
 if TYPE_CHECKING:
-    from nitro.server import Server
+    from nitro.core.context import Core
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ def message_type(stanza: etree._Element) -> MessageType:
     return _TYPES.get(stanza.get("type"), "normal")
 
 
-def top_resources(server: Server, bare: JID) -> list[Resource]:
+def top_resources(server: Core, bare: JID) -> list[Resource]:
     """The available resources of highest non-negative priority (RFC 6121 §8.5.2.1.1).
 
     Both chat and normal messages to the bare JID go to these only, as in Prosody (`top_resources` in
@@ -47,7 +47,7 @@ def top_resources(server: Server, bare: JID) -> list[Resource]:
     return [r for r in eligible if r.priority == highest]
 
 
-def _send(server: Server, to: JID, stanza: etree._Element) -> None:
+def _send(server: Core, to: JID, stanza: etree._Element) -> None:
     if server.deliver(to, stanza):
         log.debug("message %s from %s delivered to %s", stanza.get("id"), stanza.get("from"), to)
 

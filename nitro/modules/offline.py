@@ -59,7 +59,8 @@ def load(module: Module) -> None:
                     server.deliver(resource.jid, event.stanza)
                 return True
             stored = copy.deepcopy(event.stanza)
-            add_delay(stored, datetime.datetime.now(datetime.UTC), module.domain, "Offline Storage")
+            if stored.find(f"{{{ns.DELAY}}}delay") is None:  # a re-stored message keeps its first stamp
+                add_delay(stored, datetime.datetime.now(datetime.UTC), module.domain, "Offline Storage")
             try:
                 await server.storage.offline.push(
                     username, etree.tostring(stored, encoding="utf-8"), quota=server.config.offline.quota

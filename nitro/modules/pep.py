@@ -59,7 +59,7 @@ from nitro.xmpp.pubsub import (
 from nitro.xmpp.stanza import add_delay, child, element, iq_result, stanza
 
 if TYPE_CHECKING:
-    from nitro.c2s.session import ClientSession
+    from nitro.core.context import Session
 
 DISCO_TIMEOUT = 10.0  # seconds a client has to answer the disco#info query behind its caps
 CAPS_CACHE_SIZE = 4096  # verified caps verification strings remembered with their +notify interests
@@ -86,7 +86,7 @@ def wants(resource: Resource, node: str) -> bool:
     return resource.has(NOTIFY_FLAG + node)
 
 
-def set_nodes(session: ClientSession, state: Interests, nodes: frozenset[str]) -> None:
+def set_nodes(session: Session, state: Interests, nodes: frozenset[str]) -> None:
     """Record a session's +notify nodes, in its state and as flags of its Resource value."""
     for gone in state.nodes - nodes:
         session.set_flag(NOTIFY_FLAG + gone, False)
@@ -115,7 +115,7 @@ def _load_interests(data: dict[str, Any], _session: object) -> Interests:
 INTERESTS: Slot[Interests] = Slot("pep", lambda _session: Interests(), _dump_interests, _load_interests)
 
 
-def interests(session: ClientSession) -> Interests:
+def interests(session: Session) -> Interests:
     return session.slots.get(INTERESTS)
 
 
@@ -384,7 +384,7 @@ class PepService:
     # -- interests from caps (XEP-0115, XEP-0163 §4.2) ------------------------------------------------
 
     async def refresh(
-        self, session: ClientSession, caps: etree._Element | None, *, initial: bool, owner: JID | None = None
+        self, session: Session, caps: etree._Element | None, *, initial: bool, owner: JID | None = None
     ) -> None:
         """A presence from `session` (broadcast, or directed to `owner`): learn its interests from its
         caps, then send the last items it has not seen: all on initial presence, else the new ones."""
@@ -404,7 +404,7 @@ class PepService:
         for watched in owners:
             await self.send_last(watched, session.jid, wanted)
 
-    async def watched(self, session: ClientSession) -> list[JID]:
+    async def watched(self, session: Session) -> list[JID]:
         """The accounts whose nodes `session` may hear about: its own and its contacts'."""
         owners = [session.jid.bare]
         try:
@@ -419,7 +419,7 @@ class PepService:
                         owners.append(contact)
         return owners
 
-    async def resolve(self, session: ClientSession, caps: etree._Element) -> frozenset[str] | None:
+    async def resolve(self, session: Session, caps: etree._Element) -> frozenset[str] | None:
         """The `+notify` nodes behind caps: cached by verification string once the hash checks out
         (XEP-0115 §5.4), else asked of the session with disco#info (§6.2); None if that fails."""
         ver, hash_name = caps.get("ver") or "", caps.get("hash")
@@ -450,7 +450,7 @@ class PepService:
                 del self.resolving[ver]
                 future.set_result(verified)
 
-    async def disco_info(self, session: ClientSession, node: str) -> etree._Element | None:
+    async def disco_info(self, session: Session, node: str) -> etree._Element | None:
         iq = stanza("iq", type="get", from_=self.server.domain, to=str(session.jid))
         child(iq, ns.DISCO_INFO, "query", node=node)
         try:
@@ -462,7 +462,7 @@ class PepService:
             return None
         return reply.find(f"{{{ns.DISCO_INFO}}}query")
 
-    def undirect(self, session: ClientSession, owners: set[JID] | None = None) -> None:
+    def undirect(self, session: Session, owners: set[JID] | None = None) -> None:
         state = interests(session)
         for owner in list(state.directed if owners is None else owners):
             state.directed.discard(owner)

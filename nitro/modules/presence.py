@@ -32,8 +32,7 @@ from nitro.xmpp.subscription import (
 )
 
 if TYPE_CHECKING:
-    from nitro.c2s.session import ClientSession
-    from nitro.server import Server
+    from nitro.core.context import Core, Session
 
 DELIVERY_PRIORITY = -100  # like message delivery: blocking, privacy and the like hook above it
 
@@ -68,7 +67,7 @@ def _addressed(presence: etree._Element, to: JID | str) -> etree._Element:
 class Presence:
     """The presence logic of one server; the hooks in `load` call into it."""
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: Core) -> None:
         self.server = server
 
     async def route(self, presence: etree._Element) -> None:
@@ -86,7 +85,7 @@ class Presence:
 
     # -- broadcast (§4.2, §4.4, §4.5) --------------------------------------------------------------------
 
-    async def available(self, session: ClientSession, presence: etree._Element) -> None:
+    async def available(self, session: Session, presence: etree._Element) -> None:
         """Initial (§4.2.2) or subsequent (§4.4.2) available presence from a client, without 'to'."""
         priority = parse_priority(presence)
         items = await self.roster(session.jid.bare)  # before recording: a storage failure changes nothing
@@ -112,7 +111,7 @@ class Presence:
                 session.send(request)
         await self.server.bus.fire("initial-presence", SessionEvent(session))
 
-    async def unavailable(self, session: ClientSession, presence: etree._Element) -> None:
+    async def unavailable(self, session: Session, presence: etree._Element) -> None:
         """§4.5.2: to the contacts and own resources if the session was available, and to every entity
         that got directed presence (§4.6.3); then the session is unavailable and the list is cleared.
         """
@@ -136,7 +135,7 @@ class Presence:
                 await self.route(_addressed(presence, target))
 
     async def broadcast(
-        self, session: ClientSession, presence: etree._Element, items: tuple[RosterItem, ...]
+        self, session: Session, presence: etree._Element, items: tuple[RosterItem, ...]
     ) -> None:
         """To every contact with a subscription to the user, and to the user's available resources."""
         for item in items:
@@ -248,7 +247,7 @@ class Presence:
         for resource in self.available_resources(user):
             await self.send_current(resource, prober)  # none available: no answer (§4.3.2 allows it)
 
-    async def track_directed(self, session: ClientSession, target: JID, available: bool) -> None:
+    async def track_directed(self, session: Session, target: JID, available: bool) -> None:
         """§4.6.2, §4.6.3: remember who got directed presence, unless they see our broadcasts anyway."""
         if available:
             if target.local is not None and target.bare != session.jid.bare:

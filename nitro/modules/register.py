@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from lxml import etree
 
 from nitro.accounts import InvalidUsername, change_password, create_account, delete_account, prepare_username
-from nitro.c2s.throttle import FailureThrottle
 from nitro.core.module import AccountEvent, Module, StreamFeaturesEvent, UnauthenticatedIq
 from nitro.core.router import StanzaEvent
 from nitro.core.slots import Slot
+from nitro.core.throttle import FailureThrottle
 from nitro.storage.errors import AlreadyExists, StorageUnavailable
 from nitro.xmpp import ns
 from nitro.xmpp.dataforms import Field, Form, InvalidForm, find_form, form_type_field

@@ -27,7 +27,7 @@ from nitro.xmpp.stanza import child, element, iq_result, stanza
 from nitro.xmpp.subscription import state_of
 
 if TYPE_CHECKING:
-    from nitro.server import Server
+    from nitro.core.context import Core
 
 # §2.3.3: "a local limit" on the length of <name/> and <group/>; the same as a JID part (RFC 7622 §3.2).
 MAX_NAME_BYTES = 1023
@@ -37,10 +37,10 @@ _ITEM = f"{{{ns.ROSTER}}}item"
 _GROUP = f"{{{ns.ROSTER}}}group"
 
 
-_locks: weakref.WeakKeyDictionary[Server, UserLocks] = weakref.WeakKeyDictionary()
+_locks: weakref.WeakKeyDictionary[Core, UserLocks] = weakref.WeakKeyDictionary()
 
 
-def roster_lock(server: Server, username: str) -> AbstractAsyncContextManager[None]:
+def roster_lock(server: Core, username: str) -> AbstractAsyncContextManager[None]:
     """Hold while reading-changing-writing `username`'s roster, and while pushing the change.
 
     Never route a stanza while holding it: the contact's side may answer and need this user's lock.
@@ -53,7 +53,7 @@ def storage_error(exc: StorageUnavailable) -> StanzaError:
     return StanzaError("internal-server-error", f"roster storage is unavailable: {exc}", type="wait")
 
 
-def is_local(server: Server, jid: str) -> bool:
+def is_local(server: Core, jid: str) -> bool:
     """Whether `jid` is on our domain: until s2s exists, presence for other domains is not sent."""
     try:
         return JID.parse(jid).domain == server.domain
@@ -88,7 +88,7 @@ def _visible(item: RosterItem | None) -> tuple[object, ...] | None:
     return (item.name, item.subscription, state.pending_out, state.approved, item.groups)
 
 
-def push(server: Server, username: str, jid: str, item: RosterItem | None, version: int) -> None:
+def push(server: Core, username: str, jid: str, item: RosterItem | None, version: int) -> None:
     """Roster push (§2.1.6) to every interested resource of the user, with the new version (§2.6.3)."""
     for resource in server.sessions.resources(JID.make(username, server.domain)):
         if not resource.has(INTERESTED):
@@ -99,7 +99,7 @@ def push(server: Server, username: str, jid: str, item: RosterItem | None, versi
         server.deliver(resource.jid, iq)
 
 
-async def save(server: Server, username: str, before: RosterItem | None, after: RosterItem | None) -> None:
+async def save(server: Core, username: str, before: RosterItem | None, after: RosterItem | None) -> None:
     """Write `after` in place of `before` (None: no item) and push what the client can see of the change.
 
     Call with the user's roster lock held; raises StorageUnavailable before anything is pushed.

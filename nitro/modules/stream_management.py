@@ -13,19 +13,25 @@ from typing import TYPE_CHECKING
 
 from lxml import etree
 
-from nitro.c2s.session import ResumeRequest, UnackedStanzas
-from nitro.c2s.sm import SM
-from nitro.core.module import Module, SessionEvent, StreamFeaturesEvent
+from nitro.core.module import Module, ResumeRequest, SessionEvent, StreamFeaturesEvent, UnackedStanzas
 from nitro.core.router import StanzaEvent
+from nitro.modules.mam import MAM_QUERIED, SID
 from nitro.modules.message import DELIVERY_PRIORITY, deliver_to_bare
 from nitro.xmpp.errors import StanzaError, error_reply
 from nitro.xmpp.jid import JID, InvalidJID
+from nitro.xmpp.sm import SM
 from nitro.xmpp.stanza import child
 
 if TYPE_CHECKING:
-    from nitro.c2s.session import ClientSession
+    from nitro.core.context import Session
 
 CARBONS = "urn:xmpp:carbons:2"  # XEP-0280
+
+
+def _archived_for(message: etree._Element, user: JID) -> bool:
+    """The message carries the stanza-id our archive of `user` gave it (XEP-0359, XEP-0313 §5.1.1)."""
+    by = str(user)
+    return any(node.get("by") == by for node in message.findall(f"{{{SID}}}stanza-id"))
 
 
 def _is_carbon_copy(message: etree._Element, user: JID) -> bool:
@@ -37,7 +43,7 @@ def _is_carbon_copy(message: etree._Element, user: JID) -> bool:
 
 def load(module: Module) -> None:
     server = module.server
-    resumable: dict[str, ClientSession] = {}  # resumption id → session, attached or detached
+    resumable: dict[str, Session] = {}  # resumption id → session, attached or detached
     expiries: dict[str, asyncio.Task[None]] = {}  # resumption id → the timer of a detached session
 
     async def features(event: StreamFeaturesEvent) -> None:
@@ -55,7 +61,7 @@ def load(module: Module) -> None:
         request.found = resumable.get(request.previd)
         return request.found is not None
 
-    async def expire(session: ClientSession, delay: float) -> None:
+    async def expire(session: Session, delay: float) -> None:
         await asyncio.sleep(delay)
         assert session.sm is not None
         expiries.pop(session.sm.id, None)
@@ -102,8 +108,13 @@ def load(module: Module) -> None:
             except Exception:
                 session.log.exception("unacknowledged %s %s not handled", kind, stanza.get("id"))
 
-    async def _undelivered_message(session: ClientSession, message: etree._Element) -> None:
+    async def _undelivered_message(session: Session, message: etree._Element) -> None:
         if _is_carbon_copy(message, session.jid):
+            return
+        if session.has_flag(MAM_QUERIED) and _archived_for(message, session.jid.bare):
+            # A client that syncs from the archive gets it there; storing it offline as well would
+            # deliver it twice (the rule of Prosody's mod_smacks with mod_mam).
+            session.log.debug("unacknowledged message %s is in the archive; not re-stored", message.get("id"))
             return
         try:
             sender = JID.parse(message.get("from") or module.domain)

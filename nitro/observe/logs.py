@@ -94,10 +94,28 @@ def make_handler(format: str, stream: IO[str] | None = None) -> logging.Handler:
     return handler
 
 
-def configure(level: str, format: str) -> None:
-    """Replace the root logger's handlers with one that writes to standard output."""
+# Libraries whose INFO lines are for their own developers (alembic's "Context impl SQLiteImpl.", aiohttp's
+# access log of every scrape, SQLAlchemy's pool): WARNING and above unless the configured level is DEBUG.
+LIBRARY_LOGGERS = (
+    "aiosqlite",
+    "asyncmy",
+    "sqlalchemy",
+    "alembic",
+    "redis",
+    "aiohttp",
+    "aiohttp.access",
+    "uvloop",
+)
+
+
+def configure(level: str, format: str, stream: IO[str] | None = None) -> None:
+    """Replace the root logger's handlers with one that writes to `stream` (standard output); third-party
+    loggers at WARNING unless `level` is DEBUG."""
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
-    root.addHandler(make_handler(format))
+    root.addHandler(make_handler(format, stream))
     root.setLevel(level.upper())
+    library_level = logging.NOTSET if level.upper() == "DEBUG" else logging.WARNING
+    for name in LIBRARY_LOGGERS:
+        logging.getLogger(name).setLevel(library_level)

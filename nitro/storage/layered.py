@@ -8,6 +8,7 @@ wrapper spells out every method of its protocol, so mypy flags a method added la
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from datetime import datetime
 
 from nitro.config import Config
 from nitro.storage import codecs
+from nitro.storage.fair import fair_storage
 from nitro.storage.models import (
     ArchivePage,
     ArchivePrefs,
@@ -81,12 +83,29 @@ class CachedAccountStore:
 
 
 class CachedRosterStore:
+    """Rosters through the tiers; concurrent reads of one roster share a single read (all of a user's
+    sessions coming online at once read it once), and a write makes later reads start afresh."""
+
     def __init__(self, sql: RosterStore, tiers: Tiers) -> None:
         self._sql = sql
         self._tiers = tiers
+        self._reading: dict[str, asyncio.Future[Roster]] = {}
 
     async def get(self, username: str) -> Roster:
-        return await self._tiers.read(codecs.ROSTER, username, lambda: self._sql.get(username))
+        pending = self._reading.get(username)
+        if pending is None:
+            pending = asyncio.ensure_future(
+                self._tiers.read(codecs.ROSTER, username, lambda: self._sql.get(username))
+            )
+            self._reading[username] = pending
+            pending.add_done_callback(lambda done: self._forget(username, done))
+        return await asyncio.shield(pending)
+
+    def _forget(self, username: str, done: asyncio.Future[Roster]) -> None:
+        if self._reading.get(username) is done:
+            del self._reading[username]
+        if not done.cancelled():
+            done.exception()  # retrieved: a failed read nobody waits for any more is not "never retrieved"
 
     async def get_item(self, username: str, contact: str) -> RosterItem | None:
         return next((item for item in (await self.get(username)).items if item.jid == contact), None)
@@ -102,16 +121,20 @@ class CachedRosterStore:
         return found
 
     async def put(self, username: str, item: RosterItem) -> int:
+        self._reading.pop(username, None)  # a read begun before this write is not shared after it
         try:
             return await self._sql.put(username, item)
         finally:
             await self._tiers.invalidate([codecs.ROSTER], username)
+            self._reading.pop(username, None)  # after the invalidation: later reads see the write
 
     async def remove(self, username: str, contact: str) -> int | None:
+        self._reading.pop(username, None)
         try:
             return await self._sql.remove(username, contact)
         finally:
             await self._tiers.invalidate([codecs.ROSTER], username)
+            self._reading.pop(username, None)  # after the invalidation: later reads see the write
 
     async def version(self, username: str) -> int:
         return (await self.get(username)).version
@@ -240,6 +263,7 @@ async def open_storage(
         tiers = Tiers.from_config(config)
         await tiers.start()
         try:
-            yield layer(sql if wrap_sql is None else wrap_sql(sql), tiers)
+            shared = fair_storage(sql)  # no account takes the whole SQL pool (nitro/storage/fair.py)
+            yield layer(shared if wrap_sql is None else wrap_sql(shared), tiers)
         finally:
             await tiers.close()

@@ -21,7 +21,7 @@ from nitro.xmpp.errors import StreamError
 from nitro.xmpp.xmlstream import STREAM_FOOTER, XMLStreamParser, serialize, stream_header
 
 if TYPE_CHECKING:
-    from nitro.server import Server
+    from nitro.core.context import Core
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ class ClientConnection(asyncio.Protocol):
         "transport",
     )
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: Core) -> None:
         self._server = server
         self._loop = asyncio.get_running_loop()
         self._write_timeout = server.config.c2s.write_timeout
@@ -364,12 +364,12 @@ class ClientConnection(asyncio.Protocol):
         self._timer = self._write_timer = None
 
 
-def connection_factory(server: Server) -> Callable[[], ClientConnection]:
+def connection_factory(server: Core) -> Callable[[], ClientConnection]:
     """The protocol factory for `loop.create_server`: each connection runs `serve_client` in its own task."""
     return lambda: ClientConnection(server)
 
 
-async def serve_client(server: Server, connection: ClientConnection) -> None:
+async def serve_client(server: Core, connection: ClientConnection) -> None:
     """Run one connection to its end: read, parse, hand events to the stream, run its timer."""
     stream = ClientStream(server, connection)
     release_after = server.config.c2s.release_parser_after

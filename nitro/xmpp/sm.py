@@ -5,6 +5,7 @@ the resumption token as one serialisable value, plus the nonzas and errors of th
 from __future__ import annotations
 
 import copy
+import datetime
 import math
 import secrets
 from collections import deque
@@ -15,12 +16,14 @@ from lxml import etree
 
 from nitro.xmpp import ns
 from nitro.xmpp.errors import StanzaCondition, StreamError
-from nitro.xmpp.stanza import child, element
+from nitro.xmpp.stanza import add_delay, child, element
 
 SM = "urn:xmpp:sm:3"
 MAX_SEQ = 2**32  # §4: 'h' is an xs:unsignedInt and wraps to 0 after 2^32 - 1
 
 _STANZA_NAMES = frozenset({"message", "presence", "iq"})
+_STAMPED = frozenset({"message", "presence"})
+_DELAY = f"{{{ns.DELAY}}}delay"
 # Queued stanzas are wire bytes written inside a jabber:client stream; parsing one back needs that scope.
 _PARSER = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False)
 _SCOPE_OPEN = b"<stream xmlns='jabber:client'>"
@@ -91,10 +94,17 @@ class SmState:
         """§4: one more inbound stanza handled."""
         self.h_in = (self.h_in + 1) % MAX_SEQ
 
-    def sent(self, stanza: etree._Element) -> None:
-        """§4: one more outbound stanza, kept (as a copy: senders may reuse theirs) until acknowledged."""
+    def sent(self, stanza: etree._Element, *, delay_from: str | None = None) -> None:
+        """§4: one more outbound stanza, kept (as a copy: senders may reuse theirs) until acknowledged.
+
+        With `delay_from`, the kept copy of a message or presence is stamped now (XEP-0203) unless it
+        carries a stamp already: resent on resume or stored offline later, it still says when it was sent.
+        """
         self.h_out = (self.h_out + 1) % MAX_SEQ
-        self.unacked.append(copy.copy(stanza))
+        kept = copy.copy(stanza)
+        if delay_from is not None and etree.QName(kept).localname in _STAMPED and kept.find(_DELAY) is None:
+            add_delay(kept, datetime.datetime.now(datetime.UTC), delay_from)
+        self.unacked.append(kept)
 
     def request_due(self, every: int) -> bool:
         """Whether to send `<r/>` now: `every` stanzas await an ack and no request is outstanding."""

@@ -1,0 +1,127 @@
+"""The part of a bound session other users see: JID, presence, priority, directed presence, the flags
+modules set, and the modules' typed slots — kept as one `Resource` value that is rebuilt when they change.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lxml import etree
+
+from nitro.core.sessions import INTERESTED, LOCAL_NODE, Resource
+from nitro.core.slots import SlotRegistry, SlotValues
+from nitro.xmpp.jid import JID
+from nitro.xmpp.sm import parse_stanza
+
+
+class ResourceState:
+    """RFC 6121 state of one bound resource, and the modules' per-session slots."""
+
+    def __init__(self, jid: JID) -> None:
+        self._jid = jid
+        self.jid_text = str(jid)  # str(self.jid), computed once per change: every stanza is stamped
+        self._priority = 0
+        self._presence: etree._Element | None = None  # last available presence broadcast, None if not
+        self._flags: frozenset[str] = frozenset()  # what modules decided about it ("carbons", "interested")
+        self._resource: Resource | None = None  # the value other modules see, rebuilt after a change
+        self._directed_to: frozenset[JID] = frozenset()  # entities that got directed presence (§4.6)
+        self.slots = SlotValues(self)  # typed per-module state (nitro/core/slots.py)
+
+    @property
+    def jid(self) -> JID:
+        """The full JID."""
+        return self._jid
+
+    @jid.setter
+    def jid(self, jid: JID) -> None:
+        self._jid = jid
+        self.jid_text = str(jid)
+        self._resource = None
+
+    @property
+    def resource(self) -> Resource:
+        """This session as other modules see it: an immutable value (nitro/core/sessions.py)."""
+        if self._resource is None:
+            self._resource = Resource(
+                self._jid,
+                LOCAL_NODE,
+                self._presence is not None,
+                self._priority,
+                self._flags,
+                self._presence,
+                self._directed_to,
+            )
+        return self._resource
+
+    @property
+    def priority(self) -> int:
+        return self._priority
+
+    @priority.setter
+    def priority(self, value: int) -> None:
+        self._priority = value
+        self._resource = None
+
+    @property
+    def presence(self) -> etree._Element | None:
+        return self._presence
+
+    @presence.setter
+    def presence(self, value: etree._Element | None) -> None:
+        self._presence = value
+        self._resource = None
+
+    @property
+    def directed_to(self) -> frozenset[JID]:
+        return self._directed_to
+
+    @directed_to.setter
+    def directed_to(self, value: frozenset[JID]) -> None:
+        self._directed_to = value
+        self._resource = None
+
+    def has_flag(self, flag: str) -> bool:
+        return flag in self._flags
+
+    def set_flag(self, flag: str, on: bool = True) -> None:
+        """Record a module's decision about this resource, visible in its `Resource` value."""
+        flags = self._flags | {flag} if on else self._flags - {flag}
+        if flags != self._flags:
+            self._flags = frozenset(flags)
+            self._resource = None
+
+    @property
+    def interested(self) -> bool:
+        """Requested the roster (RFC 6121 §2.1.6): gets roster pushes."""
+        return INTERESTED in self._flags
+
+    @interested.setter
+    def interested(self, value: bool) -> None:
+        self.set_flag(INTERESTED, value)
+
+    @property
+    def available(self) -> bool:
+        return self._presence is not None
+
+    # -- as data ----------------------------------------------------------------------------------------
+
+    def export_resource(self) -> dict[str, Any]:
+        presence = self._presence
+        return {
+            "jid": self.jid_text,
+            "priority": self._priority,
+            "presence": None if presence is None else etree.tostring(presence, encoding="unicode"),
+            "flags": sorted(self._flags),
+            "directed_to": sorted(str(jid) for jid in self._directed_to),
+            "slots": self.slots.export(),
+        }
+
+    def restore_resource(self, data: dict[str, Any], registry: SlotRegistry) -> list[str]:
+        """Load what `export_resource` wrote; returns the slot names no loaded module declares."""
+        self._priority = int(data.get("priority", 0))
+        presence = data.get("presence")
+        self._presence = None if presence is None else parse_stanza(str(presence).encode())
+        self._flags = frozenset(str(flag) for flag in data.get("flags", ()))
+        self._directed_to = frozenset(JID.parse(str(jid)) for jid in data.get("directed_to", ()))
+        self._resource = None
+        return self.slots.restore(dict(data.get("slots", {})), registry)
