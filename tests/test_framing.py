@@ -117,7 +117,7 @@ def test_a_message_that_is_not_exactly_one_element_is_not_well_formed(data: byte
         (b"<message><!-- hidden --></message>", "restricted-xml"),
         (b"<message><?php echo 1; ?></message>", "restricted-xml"),
         (b"<!-- before --><presence/>", "restricted-xml"),
-        (b"<presence/>trailing text", "bad-format"),
+        (b"<presence/>trailing text", "not-well-formed"),
         (b"<message><p:body/></message>", "bad-namespace-prefix"),
     ],
 )

@@ -1,7 +1,7 @@
 """RFC 7395 framing, sans-IO: one WebSocket text message in, one stream event out; elements in, messages out.
 
-Each message is parsed alone by a fresh `XMLStreamParser`, so the stream's XML restrictions (no DTD, entity,
-comment or processing instruction; size and depth limits; RFC 6120 §11) hold for every message.
+Each message is a document of its own (§3.3.1), parsed in one call and held to the XML stream's rules:
+no DTD, entity, comment or processing instruction (RFC 6120 §11.1), the stanza size and depth limits.
 """
 
 from __future__ import annotations
@@ -14,12 +14,11 @@ from lxml import etree
 from nitro.xmpp import ns
 from nitro.xmpp.errors import StreamError
 from nitro.xmpp.xmlstream import (
-    STREAM_FOOTER,
     StanzaReceived,
     StreamClosed,
     StreamEvent,
     StreamOpened,
-    XMLStreamParser,
+    logged_error,
     serialize,
 )
 
@@ -28,15 +27,19 @@ __all__ = ["CLOSE", "FrameParser", "frame", "open_message"]
 _OPEN: Final = f"{{{ns.FRAMING}}}open"
 _CLOSE: Final = f"{{{ns.FRAMING}}}close"
 _XML_LANG: Final = f"{{{ns.XML}}}lang"
-# Every message is parsed inside this stream element, which emits no event of its own: an element without a
-# namespace declaration reads as jabber:client there, as it would on a TCP stream.
-_ENVELOPE: Final = f"<stream:stream xmlns='{ns.CLIENT}' xmlns:stream='{ns.STREAM}'>".encode()
 _XML_DECLARATION: Final = re.compile(rb"<\?xml\s[^?>]*\?>")
 _ENCODING: Final = re.compile(rb"""encoding\s*=\s*["']([^"']*)["']""")
+_ROOT_NAME: Final = re.compile(rb"<[^\s/>]+")
+_JABBER_CLIENT: Final = f" xmlns='{ns.CLIENT}'".encode()
 _WHITESPACE: Final = b" \t\r\n"
 _ATTR_ESCAPES: Final = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", "'": "&apos;", '"': "&quot;"})
-
 _ONE_ELEMENT: Final = "a WebSocket message must hold exactly one complete element (RFC 7395 §3.3.1)"
+_NOT_ALLOWED: Final = (etree.Comment, etree.ProcessingInstruction, etree.Entity)
+# One parser for every message (parsing keeps no state from one document to the next); entities are never
+# resolved, nothing is fetched, and libxml2's own size limits stay on (huge_tree off).
+_PARSER: Final = etree.XMLParser(
+    resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False, collect_ids=False
+)
 
 CLOSE: Final = f"<close xmlns='{ns.FRAMING}'/>".encode()  # RFC 7395 §3.6; see-other-uri is not used
 
@@ -47,6 +50,7 @@ class FrameParser:
     `<open/>` becomes `StreamOpened` (the content namespace is jabber:client, §3.3.2), `<close/>` becomes
     `StreamClosed` (§3.6), any other element `StanzaReceived`. A message that is not exactly one complete
     element is `<not-well-formed/>` (§3.3.1); one over `max_stanza_bytes` is `<policy-violation/>`.
+    An element without a namespace declaration is read as jabber:client, as it would be on a TCP stream.
     """
 
     __slots__ = ("_max_depth", "_max_stanza_bytes")
@@ -65,19 +69,43 @@ class FrameParser:
             return None
         if data.startswith(b"<?xml"):
             data = _without_declaration(data)
-        if data.startswith(b"<!"):  # RFC 6120 §11.1: no DTD, hence no entity declarations
-            raise StreamError("restricted-xml", "a DTD or comment in a WebSocket message")
-        parser = XMLStreamParser(max_stanza_bytes=self._max_stanza_bytes, max_depth=self._max_depth)
-        try:
-            events = parser.feed(_ENVELOPE + data + STREAM_FOOTER)
-        except StreamError as error:
-            if error.condition != "not-well-formed":
-                raise
-            events = []  # lxml's text would point into the envelope, not into the client's message
-        match events:
-            case [StreamOpened(), StanzaReceived(element), StreamClosed()]:
-                return _event(element)
-        raise StreamError("not-well-formed", _ONE_ELEMENT)
+        if data.startswith((b"<!", b"<?")):  # RFC 6120 §11.1: no DTD (hence no entity declarations)
+            raise StreamError("restricted-xml", "a DTD, comment or processing instruction in a message")
+        root = _parse(data)
+        if root.tag[0] != "{" and None not in root.nsmap:  # undeclared: jabber:client, as on a TCP stream
+            name = _ROOT_NAME.match(data)
+            assert name is not None
+            root = _parse(data[: name.end()] + _JABBER_CLIENT + data[name.end() :])
+        if data.count(b"<") > self._max_depth and _depth(root) > self._max_depth:
+            raise StreamError("policy-violation", f"elements nested deeper than {self._max_depth}")
+        return _event(root)
+
+
+def _parse(data: bytes) -> etree._Element:
+    try:
+        root = etree.fromstring(data, _PARSER)
+    except etree.XMLSyntaxError as error:
+        found = logged_error(_PARSER.error_log)
+        if found is None or found.condition == "not-well-formed":
+            found = StreamError("not-well-formed", _ONE_ELEMENT)
+        raise found from error
+    if (found := logged_error(_PARSER.error_log)) is not None:
+        raise found
+    if (
+        root.getprevious() is not None
+        or root.getnext() is not None
+        or next(root.iter(*_NOT_ALLOWED), None) is not None
+    ):
+        raise StreamError("restricted-xml", "an entity reference, comment or processing instruction")
+    return root
+
+
+def _depth(root: etree._Element) -> int:
+    deepest = depth = 0
+    for event, _element in etree.iterwalk(root, events=("start", "end")):
+        depth += 1 if event == "start" else -1
+        deepest = max(deepest, depth)
+    return deepest
 
 
 def _without_declaration(data: bytes) -> bytes:

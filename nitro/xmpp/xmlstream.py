@@ -23,6 +23,7 @@ __all__ = [
     "StreamEvent",
     "StreamOpened",
     "XMLStreamParser",
+    "logged_error",
     "serialize",
     "stream_header",
 ]
@@ -233,18 +234,7 @@ class XMLStreamParser:
 
     def _logged_error(self) -> StreamError | None:
         assert self._parser is not None
-        for entry in self._parser.feed_error_log:
-            if "UNDECLARED_ENTITY" in entry.type_name:  # RFC 6120 §11.1: only the five predefined entities
-                return StreamError("restricted-xml", f"entity reference: {entry.message}")
-            if entry.type_name == "NS_ERR_UNDEFINED_NAMESPACE":  # RFC 6120 §4.9.3.2
-                return StreamError("bad-namespace-prefix", entry.message)
-            if entry.type_name == "ERR_RESOURCE_LIMIT":  # libxml2's own depth and length limits
-                return StreamError("policy-violation", entry.message)
-            if entry.level > etree.ErrorLevels.WARNING:  # warnings include relative URIs like vcard-temp
-                return StreamError(
-                    "not-well-formed", f"{entry.message} (line {entry.line}, column {entry.column})"
-                )
-        return None
+        return logged_error(self._parser.feed_error_log)
 
     def _read_events(self, events: list[StreamEvent]) -> None:
         assert self._parser is not None
@@ -314,6 +304,22 @@ class XMLStreamParser:
         self._root.text = None
         self._root.remove(element)
         return standalone
+
+
+def logged_error(error_log: etree._ListErrorLog) -> StreamError | None:
+    """The stream error for what libxml2 logged while parsing (some errors are only logged, not raised)."""
+    for entry in error_log:
+        if "UNDECLARED_ENTITY" in entry.type_name:  # RFC 6120 §11.1: only the five predefined entities
+            return StreamError("restricted-xml", f"entity reference: {entry.message}")
+        if entry.type_name == "NS_ERR_UNDEFINED_NAMESPACE":  # RFC 6120 §4.9.3.2
+            return StreamError("bad-namespace-prefix", entry.message)
+        if entry.type_name == "ERR_RESOURCE_LIMIT":  # libxml2's own depth and length limits
+            return StreamError("policy-violation", entry.message)
+        if entry.level > etree.ErrorLevels.WARNING:  # warnings include relative URIs like vcard-temp
+            return StreamError(
+                "not-well-formed", f"{entry.message} (line {entry.line}, column {entry.column})"
+            )
+    return None
 
 
 def stream_header(
