@@ -19,7 +19,7 @@ from lxml import etree
 from nitro.transports.forwarded import Network, connection_urls, trusted_networks
 
 if TYPE_CHECKING:
-    from nitro.server import Server
+    from nitro.core.context import Core
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ CORS: Final = {"Access-Control-Allow-Origin": "*"}
 class RouteModule(Protocol):
     """What a module in ROUTE_MODULES provides."""
 
-    def add_routes(self, app: web.Application, server: Server) -> None: ...
+    def add_routes(self, app: web.Application, server: Core) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +98,7 @@ class Discovery:
         return web.Response(text=json.dumps({"links": links}), content_type="application/json", headers=CORS)
 
 
-def make_app(server: Server) -> web.Application:
+def make_app(server: Core) -> web.Application:
     """The application: discovery, then each ROUTE_MODULES module's routes."""
     settings = server.config.http
     app = web.Application(
@@ -111,7 +111,7 @@ def make_app(server: Server) -> web.Application:
 
 
 @asynccontextmanager
-async def serve_http(server: Server) -> AsyncIterator[HttpEndpoint | None]:
+async def serve_http(server: Core) -> AsyncIterator[HttpEndpoint | None]:
     """Serve HTTP for the duration of the scope (nothing when [http] is disabled). On exit: stop listening,
     close the web transports' streams (their modules hook the app's on_shutdown), give running requests
     SHUTDOWN_GRACE seconds, cancel the rest."""

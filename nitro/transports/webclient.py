@@ -15,7 +15,7 @@ from aiohttp import web
 from nitro.transports.forwarded import Network, connection_urls, trusted_networks
 
 if TYPE_CHECKING:
-    from nitro.server import Server
+    from nitro.core.context import Core
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +28,12 @@ NOT_INSTALLED: Final = "503: the web client is not installed; run `make web-clie
 class WebClient:
     """GET / (and /?transport=websocket or bosh to use only that one) and the files under ASSETS."""
 
-    def __init__(self, app: web.Application, server: Server) -> None:
+    def __init__(self, app: web.Application, server: Core) -> None:
         self._app = app
         self._domain = server.domain
-        self._registration = server.config.registration.open and "register" in server.modules
+        self._registration = (
+            server.config.registration.open and "register" not in server.config.modules.disabled
+        )
         self._networks: tuple[Network, ...] = trusted_networks(server.config.http.trusted_proxies)
         self._dist = server.config.path(server.config.http.web_client_dir) / "dist"
         self._template = Template(TEMPLATE.read_text(encoding="utf-8"))
@@ -79,6 +81,6 @@ class WebClient:
         return web.Response(text=page, content_type="text/html", headers=headers)
 
 
-def add_routes(app: web.Application, server: Server) -> None:
+def add_routes(app: web.Application, server: Core) -> None:
     if server.config.http.web_client:
         WebClient(app, server).add_routes()

@@ -20,7 +20,7 @@ from nitro.xmpp.errors import StreamError
 from nitro.xmpp.framing import CLOSE, FrameParser, frame, open_message
 
 if TYPE_CHECKING:
-    from nitro.server import Server
+    from nitro.core.context import Core
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ class WebSocketConnection:
 class WebSocketEndpoint:
     """The request handler of /xmpp-websocket, and the set of its live streams (closed at shutdown)."""
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: Core) -> None:
         self.server = server
         self.networks: tuple[Network, ...] = trusted_networks(server.config.http.trusted_proxies)
         self.streams: set[ClientStream] = set()
@@ -234,5 +234,5 @@ class WebSocketEndpoint:
             await stream.close(StreamError("system-shutdown"))
 
 
-def add_routes(app: web.Application, server: Server) -> None:
+def add_routes(app: web.Application, server: Core) -> None:
     WebSocketEndpoint(server).add_routes(app)
