@@ -99,6 +99,13 @@ class RegistrationSection:
     min_password_length: int = 6
     max_per_address: int = 5
     window: float = 60.0
+    # Addresses or CIDR networks whose registrations are not limited (Prosody exempts loopback too).
+    throttle_exempt: tuple[str, ...] = ("127.0.0.1", "::1")
+
+
+@dataclass(frozen=True, slots=True)
+class RosterSection:
+    max_items: int = 1000  # per account, pending requests from strangers included; 0: no limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +123,7 @@ class StreamManagementSection:
 @dataclass(frozen=True, slots=True)
 class ArchiveSection:
     default: str = "always"
-    retention_days: int = 0
+    retention_days: int = 7  # as Prosody's archive_expires_after = "1w"; 0 keeps messages forever
     max_page_size: int = 250
 
 
@@ -124,6 +131,13 @@ class ArchiveSection:
 class PepSection:
     max_item_bytes: int = 131072
     max_items_per_node: int = 256
+    max_nodes: int = 1000  # per account
+    max_items_per_account: int = 2000  # over all of an account's nodes; 0: no limit
+
+
+@dataclass(frozen=True, slots=True)
+class PrivateSection:
+    max_namespaces: int = 100  # private XML elements (XEP-0049) per account; 0: no limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +212,14 @@ class RuntimeSection:
 
 
 @dataclass(frozen=True, slots=True)
+class AdminSection:
+    """The live admin channel (`nitro status`, `sessions`, `kick`, `reload`; `user …` while running)."""
+
+    socket: str = "var/nitro.sock"  # a Unix socket, mode 0600; "" turns the channel off
+    pid_file: str = "var/nitro.pid"  # for `nitro reload` by signal when there is no socket; "" for none
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     server: ServerSection = field(default_factory=ServerSection)
     storage: StorageSection = field(default_factory=StorageSection)
@@ -206,10 +228,12 @@ class Config:
     tls: TLSSection = field(default_factory=TLSSection)
     auth: AuthSection = field(default_factory=AuthSection)
     registration: RegistrationSection = field(default_factory=RegistrationSection)
+    roster: RosterSection = field(default_factory=RosterSection)
     offline: OfflineSection = field(default_factory=OfflineSection)
     stream_management: StreamManagementSection = field(default_factory=StreamManagementSection)
     archive: ArchiveSection = field(default_factory=ArchiveSection)
     pep: PepSection = field(default_factory=PepSection)
+    private: PrivateSection = field(default_factory=PrivateSection)
     vcard: VCardSection = field(default_factory=VCardSection)
     modules: ModulesSection = field(default_factory=ModulesSection)
     logging: LoggingSection = field(default_factory=LoggingSection)
@@ -218,7 +242,10 @@ class Config:
     cache: CacheSection = field(default_factory=CacheSection)
     gc: GCSection = field(default_factory=GCSection)
     runtime: RuntimeSection = field(default_factory=RuntimeSection)
+    admin: AdminSection = field(default_factory=AdminSection)
     base_dir: Path = Path()
+    # The file this configuration was read from (what a reload reads again); not part of equality.
+    file: Path | None = field(default=None, compare=False)
 
     def path(self, relative: str) -> Path:
         """A path from the config: relative ones are relative to the config file's directory (`base_dir`;
@@ -265,16 +292,21 @@ def _section(cls: type[_T], table: Any, where: str) -> _T:
     return cls(**values)
 
 
-def parse_config(document: dict[str, Any], *, source: str = "<config>", base_dir: Path = Path()) -> Config:
+_NOT_SECTIONS = frozenset({"base_dir", "file"})
+
+
+def parse_config(
+    document: dict[str, Any], *, source: str = "<config>", base_dir: Path = Path(), file: Path | None = None
+) -> Config:
     hints = typing.get_type_hints(Config)
     sections: dict[str, Any] = {}
     for name, table in document.items():
         annotation = hints.get(name)
-        if name == "base_dir" or annotation is None or isinstance(annotation, types.GenericAlias):
-            known = ", ".join(f.name for f in dataclasses.fields(Config) if f.name != "base_dir")
+        if name in _NOT_SECTIONS or annotation is None or isinstance(annotation, types.GenericAlias):
+            known = ", ".join(f.name for f in dataclasses.fields(Config) if f.name not in _NOT_SECTIONS)
             raise ConfigError(f"{source}: unknown section [{name}] (known: {known})")
         sections[name] = _section(annotation, table, f"{source}: [{name}]")
-    config = Config(**sections, base_dir=base_dir)
+    config = Config(**sections, base_dir=base_dir, file=file)
     _validate(config, source)
     dsn = resolve_sqlite_dsn(config.storage.dsn, base_dir)
     return dataclasses.replace(config, storage=dataclasses.replace(config.storage, dsn=dsn))
@@ -311,6 +343,7 @@ def _validate(config: Config, source: str) -> None:
     if config.archive.default not in {"always", "never", "roster"}:
         raise ConfigError(f"{source}: [archive].default must be always, never or roster")
     _validate_storage(config.storage, source)
+    _validate_registration(config, source)
     if min(config.gc.threshold0, config.gc.threshold1, config.gc.threshold2) < 1:
         raise ConfigError(f"{source}: [gc] thresholds must be at least 1")
     if config.logging.level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
@@ -318,6 +351,16 @@ def _validate(config: Config, source: str) -> None:
     _validate_observability(config, source)
     _validate_tiers(config, source)
     _validate_http(config, source)
+
+
+def _validate_registration(config: Config, source: str) -> None:
+    for entry in config.registration.throttle_exempt:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError as exc:
+            raise ConfigError(
+                f"{source}: [registration].throttle_exempt: {entry!r} is not an address"
+            ) from exc
 
 
 def _validate_observability(config: Config, source: str) -> None:
@@ -419,4 +462,4 @@ def load_config(path: Path | None) -> Config:
         raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
-    return parse_config(document, source=str(path), base_dir=path.absolute().parent)
+    return parse_config(document, source=str(path), base_dir=path.absolute().parent, file=path)

@@ -40,6 +40,7 @@ RANGES: dict[str, dict[str, _Range]] = {
         "max_per_address": _AT_LEAST_ONE,
         "window": _POSITIVE,
     },
+    "roster": {"max_items": _NOT_NEGATIVE},  # 0: no limit
     "offline": {"quota": _NOT_NEGATIVE},
     "stream_management": {
         "resume_timeout": _NOT_NEGATIVE,  # 0: no resumption
@@ -47,7 +48,13 @@ RANGES: dict[str, dict[str, _Range]] = {
         "max_unacked": _AT_LEAST_ONE,
     },
     "archive": {"retention_days": _NOT_NEGATIVE, "max_page_size": _AT_LEAST_ONE},
-    "pep": {"max_item_bytes": _AT_LEAST_ONE, "max_items_per_node": _AT_LEAST_ONE},
+    "pep": {
+        "max_item_bytes": _AT_LEAST_ONE,
+        "max_items_per_node": _AT_LEAST_ONE,
+        "max_nodes": _AT_LEAST_ONE,
+        "max_items_per_account": _NOT_NEGATIVE,  # 0: no limit
+    },
+    "private": {"max_namespaces": _NOT_NEGATIVE},  # 0: no limit
     "vcard": {"max_bytes": _AT_LEAST_ONE},
     "metrics": {"port": _PORT},
 }

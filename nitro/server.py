@@ -23,6 +23,8 @@ from nitro.core.throttle import FailureThrottle
 from nitro.observe.metrics import Metrics
 from nitro.observe.metrics_http import MetricsEndpoint, serve_metrics
 from nitro.observe.runtime import tuned_gc
+from nitro.ops.admin import serve_admin
+from nitro.ops.reload import ReloadReport, reload_config
 from nitro.storage import Storage
 from nitro.storage.layered import open_storage
 from nitro.storage.tiers import Tiers
@@ -76,10 +78,15 @@ class Server:
         self.metrics.track_sessions(lambda: self._connections)
         self.tiers: Tiers | None = None  # cache and ring statistics (`tiers.cache.stats`, `tiers.ring.stats`)
         self.directory: SessionDirectory | None = None  # set by the `directory` module
+        self.reloads = 0  # configuration reloads applied (SIGHUP, `nitro reload`)
 
     @property
     def domain(self) -> str:
         return self.config.server.domain
+
+    def reload(self) -> ReloadReport:
+        """Re-read the config file and apply what can change without a restart (nitro.ops.reload)."""
+        return reload_config(self, make_tls_context)
 
     def load_modules(self, names: tuple[str, ...] = BUILTIN_MODULES) -> None:
         for name in names:
@@ -180,9 +187,10 @@ async def running_server(config: Config) -> AsyncIterator[Server]:
         async with serve_metrics(metrics, config.metrics) as server.metrics_endpoint:  # up during the drain
             server.load_modules(tuple(m for m in BUILTIN_MODULES if m not in config.modules.disabled))
             try:
-                await server.start_listeners()
-                async with serve_http(server):  # WebSocket, BOSH, discovery, web client ([http])
-                    with tuned_gc(config.gc):
-                        yield server
+                async with serve_admin(server):  # `nitro status|sessions|kick|reload`; before the listeners
+                    await server.start_listeners()
+                    async with serve_http(server):  # WebSocket, BOSH, discovery, web client ([http])
+                        with tuned_gc(config.gc):
+                            yield server
             finally:
                 await server.shutdown()

@@ -37,19 +37,31 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free ports (held together while picked, so no two are the same)."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
+
+
 _prefixes = itertools.count()
 
 
 def make_config(tmp_path: Path, **sections: dict[str, Any]) -> Config:
     """A config for one test: free ports, files under tmp_path, fast timers; override per section."""
+    ports = free_ports(4)  # c2s STARTTLS and Direct TLS, HTTP and HTTPS
     document: dict[str, dict[str, Any]] = {
         "server": {"domain": DOMAIN, "admins": [f"admin@{DOMAIN}"]},
         "storage": {"dsn": f"sqlite+aiosqlite:///{tmp_path}/nitro.db"},
-        "c2s": {"port": free_port(), "direct_tls_port": free_port(), "negotiation_timeout": 20.0},
-        "http": {"port": free_port(), "tls_port": free_port(), "web_client_dir": str(WEB_CLIENT_DIR)},
+        "c2s": dict(zip(("port", "direct_tls_port"), ports[:2], strict=True), negotiation_timeout=20.0),
+        "http": {"port": ports[2], "tls_port": ports[3], "web_client_dir": str(WEB_CLIENT_DIR)},
         "tls": {"cert": str(tmp_path / "tls" / "cert.pem"), "key": str(tmp_path / "tls" / "key.pem")},
         "auth": {"scram_iterations": 4096},
         "metrics": {"port": 0},
+        # Archive tests file messages under fixed dates (2024): no retention sweep unless a test asks.
+        "archive": {"retention_days": 0},
     }
     if ring := os.environ.get("NITRO_TEST_REDIS"):  # run the suite on a ring: space-separated redis URLs
         prefix = f"test{os.getpid()}-{next(_prefixes)}"  # each test its own cluster on the shared ring
@@ -74,8 +86,9 @@ async def started_server(config: Config, attempts: int = 5) -> AsyncIterator[Ser
         except OSError as error:
             if error.errno != errno.EADDRINUSE or attempt == attempts - 1:
                 raise
-            c2s = dataclasses.replace(config.c2s, port=free_port(), direct_tls_port=free_port())
-            http = dataclasses.replace(config.http, port=free_port(), tls_port=free_port())
+            ports = free_ports(4)
+            c2s = dataclasses.replace(config.c2s, port=ports[0], direct_tls_port=ports[1])
+            http = dataclasses.replace(config.http, port=ports[2], tls_port=ports[3])
             config = dataclasses.replace(config, c2s=c2s, http=http)
             continue
         try:

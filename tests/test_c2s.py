@@ -243,6 +243,17 @@ async def test_dtds_are_restricted_xml(server: Server, clients: Clients, prolog:
     await still_serving(clients)
 
 
+async def test_a_nul_byte_in_the_xml_declaration_is_not_well_formed_at_once(
+    server: Server, clients: Clients
+) -> None:
+    """Issue 11 item 6: the server answers at once, not at the size limit or the negotiation timeout."""
+    reader, writer = await raw_stream(server)
+    writer.write(b"<?xml version='1.0'\x00?>")  # and nothing more: the stream header never comes
+    await stream_error(reader, "not-well-formed")  # read_until's 5 s, far below the 20 s negotiation timeout
+    writer.close()
+    await still_serving(clients)
+
+
 async def test_oversized_stanza_is_a_policy_violation(server: Server, clients: Clients) -> None:
     await clients.user("alice")
     reader, writer = await logged_in(server, "alice")

@@ -5,6 +5,7 @@ transcripts: alice and bob chat, then page through what their archives kept.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime
 import itertools
 import sqlite3
@@ -24,6 +25,7 @@ from slixmpp.xmlstream.matcher import MatchXPath
 from sqlalchemy import insert
 from test_message import roundtrip, session_of
 
+from nitro.config import ArchiveSection
 from nitro.modules.mam import new_archive_id
 from nitro.server import Server, running_server
 from nitro.storage.models import ArchiveQuery
@@ -913,3 +915,29 @@ async def test_retention_deletes_the_oldest_messages_at_start(tmp_path: Path) ->
             await asyncio.sleep(0.02)
         page = await server.storage.archive.query("alice", ArchiveQuery())
         assert [message.id for message in page.messages] == [recent]
+
+
+async def test_archives_expire_after_a_week_by_default(tmp_path: Path) -> None:
+    """Issue 11 item 5: the shipped default keeps a week, as Prosody's archive_expires_after; 0 is forever."""
+    assert ArchiveSection().retention_days == 7
+    now = datetime.datetime.now(datetime.UTC)
+    async with running_server(make_config(tmp_path)) as server:  # the tests' config keeps everything
+        await Clients(server).user("alice")
+        await fill(server, "alice", 2, start=now - datetime.timedelta(days=8))
+        kept = await fill(server, "alice", 1, start=now - datetime.timedelta(days=6))
+
+    shipped = dataclasses.replace(make_config(tmp_path), archive=ArchiveSection())
+    async with running_server(shipped) as server:
+        for _ in range(250):
+            if await server.storage.archive.count("alice") == 1:
+                break
+            await asyncio.sleep(0.02)
+        page = await server.storage.archive.query("alice", ArchiveQuery())
+        assert [message.id for message in page.messages] == kept
+
+    forever = make_config(tmp_path, archive={"retention_days": 0})
+    async with running_server(forever) as server:
+        await fill(server, "alice", 1, start=now - datetime.timedelta(days=3650))
+    async with running_server(forever) as server:
+        await asyncio.sleep(0.2)
+        assert await server.storage.archive.count("alice") == 2  # nothing expires

@@ -342,7 +342,17 @@ async def test_the_timing_proxy_covers_every_repository_and_failures(server: Ser
     timed = timed_storage(
         server.storage, lambda repository, operation, _seconds: calls.append((repository, operation))
     )
-    for name in ("accounts", "rosters", "offline", "archive", "pep", "blocklist", "vcards", "private"):
+    for name in (
+        "accounts",
+        "rosters",
+        "offline",
+        "archive",
+        "pep",
+        "blocklist",
+        "vcards",
+        "private",
+        "last",
+    ):
         assert isinstance(getattr(timed, name), TimedRepository), name
     assert await timed.accounts.exists("nobody") is False
     await timed.accounts.create("alice", {})

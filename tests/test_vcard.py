@@ -87,12 +87,22 @@ async def test_no_vcard_is_an_empty_one_for_its_owner_and_an_error_for_others(cl
         0
     ] == "service-unavailable"
 
-    # storing an empty vCard deletes it
+
+async def test_an_empty_vcard_that_was_set_is_stored_and_returned(clients: Clients) -> None:
+    """Issue 11 item 11: XEP-0054 has no delete; an empty vCard is the vCard the user set, not an error."""
+    alice, bob = await clients.user("alice"), await clients.user("bob")
+    alice_client = await clients.login(alice)
+    bob_client = await clients.login(bob)
     await request(alice_client, "set", vcard("Alice"))
+
     await request(alice_client, "set", f"<vCard xmlns='{VCARD}'/>")
-    assert (await refused(bob_client, "get", f"<vCard xmlns='{VCARD}'/>", to=alice))[
-        0
-    ] == "service-unavailable"
+
+    for client, to in ((bob_client, alice), (alice_client, None)):
+        result = await request(client, "get", f"<vCard xmlns='{VCARD}'/>", to=to)
+        card = result.xml.find(f"{{{VCARD}}}vCard")
+        assert card is not None
+        assert len(card) == 0
+        assert not (card.text or "").strip()
 
 
 async def test_setting_another_users_vcard_is_forbidden(clients: Clients, server: Server) -> None:

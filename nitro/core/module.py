@@ -39,6 +39,7 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "pep",
     "vcard",
     "private",
+    "last",
     "directory",
 )
 

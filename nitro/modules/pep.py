@@ -23,7 +23,7 @@ from nitro.core.sessions import Resource
 from nitro.core.slots import Slot
 from nitro.modules.disco import DiscoEvent
 from nitro.modules.presence import parse_priority
-from nitro.storage.errors import NoSuchAccount, StorageUnavailable
+from nitro.storage.errors import NoSuchAccount, QuotaExceeded, StorageUnavailable
 from nitro.storage.models import PepItem, PepNode, RosterItem
 from nitro.xmpp import ns
 from nitro.xmpp.errors import StanzaError
@@ -63,7 +63,6 @@ if TYPE_CHECKING:
 
 DISCO_TIMEOUT = 10.0  # seconds a client has to answer the disco#info query behind its caps
 CAPS_CACHE_SIZE = 4096  # verified caps verification strings remembered with their +notify interests
-MAX_NODES = 1000  # nodes one account may hold (a candidate for a [pep] config key)
 
 _KNOWN = frozenset({"to", "from", "both"})  # presence flows one way or the other
 _CAPS = f"{{{ns.CAPS}}}c"
@@ -170,8 +169,10 @@ class PepService:
         return parse_options(form, form_type, max_items_cap=self.config.max_items_per_node)
 
     async def create_node(self, username: str, node: PepNode) -> None:
-        if len(await self.store.list_nodes(username)) >= MAX_NODES:
-            raise StanzaError("not-allowed", f"an account holds at most {MAX_NODES} nodes")
+        """`[pep].max_nodes` is a local policy (XEP-0060 names no condition for it): policy-violation."""
+        limit = self.config.max_nodes
+        if len(await self.store.list_nodes(username)) >= limit:
+            raise StanzaError("policy-violation", f"an account holds at most {limit} PEP nodes")
         await self.store.put_node(username, node)
 
     async def publish(self, event: StanzaEvent, owner: JID, request: etree._Element) -> None:
@@ -193,7 +194,15 @@ class PepService:
                     await self.create_node(owner.local, node)
                 if node.persist_items:
                     cap = min(node.max_items, self.config.max_items_per_node)
-                    await self.store.publish(owner.local, name, item, max_items=cap)
+                    quota = self.config.max_items_per_account or None
+                    try:
+                        await self.store.publish(
+                            owner.local, name, item, max_items=cap, max_account_items=quota
+                        )
+                    except QuotaExceeded as exc:
+                        raise StanzaError(
+                            "policy-violation", f"an account holds at most {quota} PEP items; retract some"
+                        ) from exc
         result = element(PUBSUB, "pubsub")
         child(child(result, PUBSUB, "publish", node=name), PUBSUB, "item", id=item_id)  # §7.1.2
         await event.reply(iq_result(event.stanza, result))

@@ -47,7 +47,8 @@ def load(module: Module) -> None:
         return True
 
     async def on_set(event: StanzaEvent) -> bool:
-        """§3.2: the user replaces the whole vCard; an empty one deletes it."""
+        """§3.2: the user replaces the whole vCard. XEP-0054 has no delete: an empty vCard is stored as set,
+        and others then read that empty vCard rather than an error (as Prosody and ejabberd do)."""
         owner = event.to.bare if event.to is not None else event.from_.bare
         if owner != event.from_.bare:
             raise StanzaError("forbidden", "a vCard is set by its owner only")  # §3.2
@@ -57,9 +58,8 @@ def load(module: Module) -> None:
         limit = server.config.vcard.max_bytes
         if len(data) > limit:
             raise StanzaError("not-acceptable", f"the vCard is {len(data)} bytes, at most {limit} are stored")
-        empty = len(vcard) == 0 and not (vcard.text or "").strip()
         try:
-            await store.set(owner.local, None if empty else data)
+            await store.set(owner.local, data)
         except StorageUnavailable as exc:
             raise _unavailable() from exc
         except NoSuchAccount as exc:

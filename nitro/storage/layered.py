@@ -2,8 +2,9 @@
 
 Cached: account credentials, rosters, vCards, block lists, private XML and archive preferences. Every
 write goes to SQL first and invalidates afterwards (also when SQL failed: a commit whose outcome is
-unknown may have happened). Offline messages, the archive and PEP pass straight through to SQL. Each
-wrapper spells out every method of its protocol, so mypy flags a method added later and not wrapped.
+unknown may have happened). Offline messages, the archive, PEP and last activity pass straight through
+to SQL. Each wrapper spells out every method of its protocol, so mypy flags a method added later and not
+wrapped.
 """
 
 from __future__ import annotations
@@ -120,10 +121,10 @@ class CachedRosterStore:
                 found[username] = item
         return found
 
-    async def put(self, username: str, item: RosterItem) -> int:
+    async def put(self, username: str, item: RosterItem, *, max_items: int | None = None) -> int:
         self._reading.pop(username, None)  # a read begun before this write is not shared after it
         try:
-            return await self._sql.put(username, item)
+            return await self._sql.put(username, item, max_items=max_items)
         finally:
             await self._tiers.invalidate([codecs.ROSTER], username)
             self._reading.pop(username, None)  # after the invalidation: later reads see the write
@@ -228,9 +229,9 @@ class CachedPrivateStore:
             codecs.PRIVATE, username, lambda: self._sql.get(username, key), item=key
         )
 
-    async def set(self, username: str, key: str, payload: bytes) -> None:
+    async def set(self, username: str, key: str, payload: bytes, *, max_keys: int | None = None) -> None:
         try:
-            await self._sql.set(username, key, payload)
+            await self._sql.set(username, key, payload, max_keys=max_keys)
         finally:
             await self._tiers.invalidate([codecs.PRIVATE], username)
 
@@ -246,6 +247,7 @@ def layer(sql: Storage, tiers: Tiers) -> LayeredStorage:
         blocklist=CachedBlockListStore(sql.blocklist, tiers),
         vcards=CachedVCardStore(sql.vcards, tiers),
         private=CachedPrivateStore(sql.private, tiers),
+        last=sql.last,  # written at logout, read by a rare query: straight to SQL
         tiers=tiers,
     )
 

@@ -35,6 +35,7 @@ from nitro.storage.schema import (
     archive_messages,
     archive_prefs,
     blocked_jids,
+    last_activity,
     offline_messages,
     pep_items,
     pep_nodes,
@@ -63,7 +64,12 @@ from nitro.storage.sql_mysql import (
     mysql_engine,
 )
 from nitro.storage.sql_pep import SqlPepStore
-from nitro.storage.sql_userdata import SqlBlockListStore, SqlPrivateStore, SqlVCardStore
+from nitro.storage.sql_userdata import (
+    SqlBlockListStore,
+    SqlLastActivityStore,
+    SqlPrivateStore,
+    SqlVCardStore,
+)
 from nitro.xmpp.sasl.credentials import HashName, ScramCredential
 
 log = logging.getLogger(__name__)
@@ -112,6 +118,7 @@ def _item_row(item: RosterItem) -> dict[str, Any]:
         "approved": item.approved,
         "groups": json.dumps(list(item.groups), ensure_ascii=False),
         "in_roster": item.in_roster,
+        "request": item.request,
     }
 
 
@@ -128,6 +135,7 @@ def _item_from_row(row: Row[Any]) -> RosterItem:
         approved=bool(row.approved),
         groups=tuple(json.loads(row.groups)),
         in_roster=bool(row.in_roster),
+        request=None if row.request is None else bytes(row.request),
     )
 
 
@@ -212,6 +220,7 @@ class SqlAccountStore:
                 blocked_jids,
                 vcards,
                 private_xml,
+                last_activity,
                 offline_messages,
                 roster_items,
                 roster_versions,
@@ -297,18 +306,23 @@ class SqlRosterStore:
         return found
 
     @translated
-    async def put(self, username: str, item: RosterItem) -> int:
+    async def put(self, username: str, item: RosterItem, *, max_items: int | None = None) -> int:
         values = _item_row(item)
         async with self._db.writer.begin() as conn:
             account_id = await self._db.account_id(conn, username, lock=True)
             if account_id is None:
                 raise NoSuchAccount(username)
-            await conn.execute(
+            replaced = await conn.execute(
                 delete(roster_items).where(
                     roster_items.c.account_id == account_id,
                     roster_items.c.contact_key == values["contact_key"],
                 )
             )
+            if replaced.rowcount == 0 and max_items is not None:
+                count = select(func.count()).where(roster_items.c.account_id == account_id)
+                held = int((await conn.execute(count)).scalar_one())
+                if held >= max_items:
+                    raise QuotaExceeded(f"{held} roster items, at most {max_items}")
             await conn.execute(insert(roster_items).values(account_id=account_id, **values))
             return await self._bump(conn, account_id)
 
@@ -565,6 +579,7 @@ async def open_sql_storage(
             blocklist=SqlBlockListStore(db),
             vcards=SqlVCardStore(db),
             private=SqlPrivateStore(db),
+            last=SqlLastActivityStore(db),
         )
     finally:
         await engine.dispose()

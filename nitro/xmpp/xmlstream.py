@@ -179,6 +179,10 @@ class XMLStreamParser:
                 self._check_prolog(data)
             elif self._resume is not None:
                 self._recreate()
+            if b"\x00" in data:
+                # XML 1.0 §2.2: U+0000 is no Char anywhere. libxml2 refuses it in content, but in the XML
+                # declaration it waits for more input, until the size limit or the negotiation timeout.
+                raise StreamError("not-well-formed", "a NUL byte in the stream (XML 1.0 §2.2)")
             self._keep_tail(data)
             events: list[StreamEvent] = []
             for offset in range(0, len(data), _SLICE):
