@@ -37,16 +37,16 @@ WEB_CLIENT_DIR   := var/web/converse.js
 web-client: $(WEB_CLIENT_DIR)/.installed-$(CONVERSE_VERSION)
 
 $(WEB_CLIENT_DIR)/.installed-$(CONVERSE_VERSION):
-	@command -v npm >/dev/null 2>&1 || { \
+	@if ! command -v npm >/dev/null 2>&1; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null; \
-	  else echo "error: npm (Debian package npm) is needed to fetch Converse.js"; exit 1; fi; }
-	rm -rf $(WEB_CLIENT_DIR) var/web/converse.js-*.tgz
-	mkdir -p $(WEB_CLIENT_DIR)
-	cd var/web && npm pack --silent converse.js@$(CONVERSE_VERSION) >/dev/null
+	  else echo "note: install npm (Debian package) for the web client; / answers 503 until then"; exit 0; fi; \
+	fi; \
+	set -e; rm -rf $(WEB_CLIENT_DIR) var/web/converse.js-*.tgz; mkdir -p $(WEB_CLIENT_DIR); \
+	cd var/web && npm pack --silent converse.js@$(CONVERSE_VERSION) >/dev/null && cd ../..; \
 	tar xzf var/web/converse.js-$(CONVERSE_VERSION).tgz -C $(WEB_CLIENT_DIR) --strip-components=1 \
-	  --wildcards 'package/dist/*' 'package/LICENSE*' package/package.json
-	rm var/web/converse.js-$(CONVERSE_VERSION).tgz
+	  --wildcards 'package/dist/*' 'package/LICENSE*' package/package.json; \
+	rm var/web/converse.js-$(CONVERSE_VERSION).tgz; \
 	touch $@
 
 # go-sendxmpp is the real Debian client one end-to-end test drives; MariaDB's server and client run the
