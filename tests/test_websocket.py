@@ -83,7 +83,7 @@ async def test_alice_logs_in_over_websocket(
     await clients.user("alice")
     alice = await sockets.connect()
     features = await alice.open()
-    # Loopback counts as encrypted: PLAIN is offered, STARTTLS never is over WebSocket (RFC 7395 §3.8).
+    # Loopback counts as encrypted: PLAIN is offered, STARTTLS never is over WebSocket (RFC 7395 §3.9).
     assert features.find(q("starttls", ns.TLS)) is None
     assert alice.mechanisms() == ["SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN"]
     await alice.authenticate("alice", PASSWORD, mechanism)
@@ -264,7 +264,7 @@ async def test_a_lost_websocket_resumes_on_a_new_one_and_nothing_is_lost(
     assert session.transport.kind == "websocket"
 
 
-# -- keepalive: WebSocket pings (RFC 7395 §3.7) ---------------------------------------------------
+# -- keepalive: WebSocket pings (RFC 7395 §3.8) ---------------------------------------------------
 
 
 async def test_a_client_that_never_answers_pings_is_closed_after_the_timeout(tmp_path: Path) -> None:

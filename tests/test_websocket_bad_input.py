@@ -201,7 +201,7 @@ async def test_a_bad_open_gets_our_open_then_the_error(
         await client.send_raw(header)
         found, before = await client.stream_error()
         assert found == condition
-        assert f'xmlns="{FRAMING}"' in before[0] or f"xmlns='{FRAMING}'" in before[0]  # RFC 7395 §3.3.3
+        assert f'xmlns="{FRAMING}"' in before[0] or f"xmlns='{FRAMING}'" in before[0]  # RFC 7395 §3.5
         assert "<open" in before[0]
     finally:
         await client.close()

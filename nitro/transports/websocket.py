@@ -45,7 +45,7 @@ class WebSocketConnection:
     """
 
     kind = "websocket"
-    can_starttls = False  # RFC 7395 §3.8: TLS is negotiated below the WebSocket (wss://), never in the stream
+    can_starttls = False  # RFC 7395 §3.9: TLS is negotiated below the WebSocket (wss://), never in the stream
 
     def __init__(self, ws: web.WebSocketResponse[Literal[False]], peer: Peer, write_timeout: float) -> None:
         self.ws = ws
@@ -71,13 +71,13 @@ class WebSocketConnection:
         self._queue(frame(element))
 
     def send_keepalive(self) -> None:
-        self._queue(b"", WSMsgType.PING)  # RFC 7395 §3.7: WebSocket pings, not whitespace
+        self._queue(b"", WSMsgType.PING)  # RFC 7395 §3.8: WebSocket pings, not whitespace
 
     def restart(self) -> None:
         """Nothing is buffered between messages: the client's next `<open/>` starts the new stream."""
 
     async def start_tls(self) -> None:
-        raise StreamError("policy-violation", "no STARTTLS over WebSocket (RFC 7395 §3.8): use wss://")
+        raise StreamError("policy-violation", "no STARTTLS over WebSocket (RFC 7395 §3.9): use wss://")
 
     def close_stream(self, error: StreamError | None) -> None:
         """RFC 7395 §3.6: the stream error if any, `<close/>`, then the WebSocket closes."""
@@ -167,7 +167,7 @@ class WebSocketEndpoint:
         if not ws.can_prepare(request).ok:
             return web.Response(text=NOT_WEBSOCKET)  # a browser or curl looking at the URL, as Prosody
         offered = [token.strip() for token in request.headers.get("Sec-WebSocket-Protocol", "").split(",")]
-        if SUBPROTOCOL not in offered:  # RFC 7395 §3.2: only the 'xmpp' subprotocol is spoken here
+        if SUBPROTOCOL not in offered:  # RFC 7395 §3.1: only the 'xmpp' subprotocol is spoken here
             log.info("%s: WebSocket without the 'xmpp' subprotocol refused", request.remote)
             return web.Response(status=400, text="400: the 'xmpp' WebSocket subprotocol is required\n")
         await ws.prepare(request)

@@ -116,7 +116,7 @@ def _without_declaration(data: bytes) -> bytes:
         raise StreamError("not-well-formed", "a malformed XML declaration")
     encoding = _ENCODING.search(declaration[0])
     if encoding is not None and encoding[1].lower() not in (b"utf-8", b"utf8"):
-        raise StreamError("unsupported-encoding", "WebSocket messages are UTF-8 (RFC 7395 §3.3.1)")
+        raise StreamError("unsupported-encoding", "WebSocket messages are UTF-8 (RFC 7395 §3.2)")
     return data[declaration.end() :].lstrip(_WHITESPACE)
 
 
