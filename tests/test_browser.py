@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TypeVar
@@ -48,7 +47,7 @@ T = TypeVar("T")
 
 def require_chromium() -> None:
     """Skip only where the browser cannot be installed; `make test` installs it as root (system-deps)."""
-    if all(Path(path).exists() for path in (CHROMIUM, CHROMEDRIVER)) or shutil.which("chromedriver"):
+    if all(Path(path).exists() for path in (CHROMIUM, CHROMEDRIVER)):
         return
     if os.geteuid() == 0:
         pytest.fail("chromium and chromium-driver are missing: `make test` installs them (make system-deps)")
