@@ -68,14 +68,25 @@ class HttpSection:
     host: str = "127.0.0.1"
     port: int = 5280  # plain HTTP; 0 turns it off
     tls_port: int = 5281  # HTTPS with the [tls] certificate; 0 turns it off
-    trusted_proxies: tuple[
-        str, ...
-    ] = ()  # addresses or CIDR networks whose X-Forwarded-* headers are believed
-    max_body_bytes: int = 1048576
-    header_timeout: float = 10.0
-    read_timeout: float = 30.0
+    trusted_proxies: tuple[str, ...] = ()  # addresses or CIDR networks whose X-Forwarded-* are believed
+    max_body_bytes: int = 1048576  # aiohttp's client_max_size: what a handler may read whole
+    header_timeout: float = 10.0  # seconds to send a request's headers
     web_client: bool = True
     web_client_dir: str = "var/web/converse.js"
+
+
+@dataclass(frozen=True, slots=True)
+class BoshSection:
+    """BOSH (XEP-0124, XEP-0206) at /http-bind of the HTTP server: what each session is held to."""
+
+    max_wait: int = 60  # longest a request is held ('wait' is capped to it)
+    max_hold: int = 1  # most requests held at once ('hold' is capped to it; 'requests' is hold + 1)
+    max_inactivity: int = 60  # seconds without a request before the session ends ('inactivity')
+    polling: int = 2  # shortest polling interval of a polling session (hold = 0)
+    max_pause: int = 300  # longest 'pause' a client may ask for
+    max_body_bytes: int = 1048576  # larger request bodies get HTTP 413
+    read_timeout: float = 10.0  # seconds a request body may take to arrive
+    cors_origins: tuple[str, ...] = ("*",)  # Access-Control-Allow-Origin: "*", or these origins only
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,6 +236,7 @@ class Config:
     storage: StorageSection = field(default_factory=StorageSection)
     c2s: C2SSection = field(default_factory=C2SSection)
     http: HttpSection = field(default_factory=HttpSection)
+    bosh: BoshSection = field(default_factory=BoshSection)
     tls: TLSSection = field(default_factory=TLSSection)
     auth: AuthSection = field(default_factory=AuthSection)
     registration: RegistrationSection = field(default_factory=RegistrationSection)
@@ -340,6 +352,7 @@ def _validate(config: Config, source: str) -> None:
         raise ConfigError(f"{source}: {problem}")
     if config.c2s.max_stanza_bytes < 10_000:
         raise ConfigError(f"{source}: [c2s].max_stanza_bytes must be at least 10000 (RFC 6120 §13.12)")
+    _validate_bosh(config.bosh, source)
     if config.archive.default not in {"always", "never", "roster"}:
         raise ConfigError(f"{source}: [archive].default must be always, never or roster")
     _validate_storage(config.storage, source)
@@ -361,6 +374,15 @@ def _validate_registration(config: Config, source: str) -> None:
             raise ConfigError(
                 f"{source}: [registration].throttle_exempt: {entry!r} is not an address"
             ) from exc
+
+
+def _validate_bosh(bosh: BoshSection, source: str) -> None:
+    for key in ("max_wait", "max_inactivity", "max_body_bytes", "read_timeout"):
+        if getattr(bosh, key) <= 0:
+            raise ConfigError(f"{source}: [bosh].{key} must be positive")
+    for key in ("max_hold", "polling", "max_pause"):
+        if getattr(bosh, key) < 0:
+            raise ConfigError(f"{source}: [bosh].{key} must not be negative")
 
 
 def _validate_observability(config: Config, source: str) -> None:
@@ -392,8 +414,8 @@ def _validate_http(config: Config, source: str) -> None:
             ) from exc
     if http.max_body_bytes < config.c2s.max_stanza_bytes:
         raise ConfigError(f"{source}: [http].max_body_bytes must be at least [c2s].max_stanza_bytes")
-    if http.header_timeout <= 0 or http.read_timeout <= 0:
-        raise ConfigError(f"{source}: [http].header_timeout and read_timeout must be positive")
+    if http.header_timeout <= 0:
+        raise ConfigError(f"{source}: [http].header_timeout must be positive")
 
 
 def is_loopback(host: str) -> bool:

@@ -15,6 +15,7 @@ from nitro.core.delivery import Delivery
 from nitro.core.directory import SessionDirectory
 from nitro.core.disco import DiscoRegistry
 from nitro.core.events import EventBus
+from nitro.core.hosts import HostTable
 from nitro.core.module import BUILTIN_MODULES, Module, load_module
 from nitro.core.router import Router
 from nitro.core.sessions import Sessions
@@ -61,6 +62,7 @@ class Server:
         self.metrics_endpoint: MetricsEndpoint | None = None
         self.storage = storage
         self.tls_context = tls_context
+        self.hosts = HostTable(config.server.domain)  # domain → local IM host or component (core/hosts.py)
         self.bus = EventBus()
         self.disco = DiscoRegistry()
         self.slots = SlotRegistry()  # the per-session state modules declare (nitro/core/slots.py)

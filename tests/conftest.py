@@ -13,16 +13,19 @@ import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import slixmpp
+from slixmpp import Iq
 
 from nitro.accounts import create_account
 from nitro.config import Config, parse_config
 from nitro.server import Server, running_server
 
-pytest_plugins = ["tests.sqlbackends"]  # sql_backend, mariadb_backend: storage tests on every backend
+pytest_plugins = ["sqlbackends"]  # sql_backend, mariadb_backend: storage tests on every backend
+
+T = TypeVar("T")
 
 DOMAIN = "localhost"
 WEB_CLIENT_DIR = Path(__file__).resolve().parent.parent / "var" / "web" / "converse.js"  # `make web-client`
@@ -185,6 +188,18 @@ async def clients(server: Server) -> AsyncIterator[Clients]:
     await pool.close_all()
 
 
+def resolve(future: asyncio.Future[T], value: T) -> None:
+    """Give `future` its result unless it has one (slixmpp events may fire more than once)."""
+    if not future.done():
+        future.set_result(value)
+
+
+def reject(future: asyncio.Future[Any], error: BaseException) -> None:
+    """Fail `future` with `error` unless it is already done."""
+    if not future.done():
+        future.set_exception(error)
+
+
 async def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
     """Poll `predicate` until it holds (bounded); fail the test if it never does."""
     deadline = asyncio.get_running_loop().time() + timeout
@@ -197,6 +212,19 @@ async def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
 async def next_event(client: slixmpp.ClientXMPP, event: str, timeout: float = 5.0) -> Any:
     """The next occurrence of a slixmpp event (e.g. 'message'), or a failed test after `timeout`."""
     return await client.wait_until(event, timeout)
+
+
+async def result_of(sent: Awaitable[Iq | None] | None) -> Iq:
+    """The answer to an IQ get/set a client sent (IqError if the server refused it).
+
+    slixmpp types allow None: a component sends no roster IQ, and a result/error IQ awaits nothing.
+    """
+    if sent is None:
+        raise AssertionError("slixmpp sent no IQ (a component has no roster)")
+    answer = await sent
+    if answer is None:
+        raise AssertionError("slixmpp sent an IQ that expects no answer")
+    return answer
 
 
 async def raw_stream(

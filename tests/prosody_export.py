@@ -52,7 +52,9 @@ def free_port() -> int:
 
 
 def _run(command: list[str], **kwargs: Any) -> str:
-    result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False, **kwargs)
+    result: subprocess.CompletedProcess[str] = subprocess.run(
+        command, capture_output=True, text=True, timeout=120, check=False, **kwargs
+    )
     if result.returncode != 0:
         raise RuntimeError(
             f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout}{result.stderr}"
@@ -89,7 +91,9 @@ async def _fill(port: int, cert: Path) -> None:
     alice = await _client(port, cert, "alice", ("xep_0054", "xep_0049", "xep_0163", "xep_0172", "xep_0313"))
     alice.send_presence()
     # Roster with a name and a group, and a mutual subscription with bob (RFC 6121 §3).
-    await alice.update_roster(f"bob@{DOMAIN}", name="Bob", groups=["Friends"])
+    roster_set = alice.update_roster(slixmpp.JID(f"bob@{DOMAIN}"), name="Bob", groups=["Friends"])
+    assert roster_set is not None  # None only for components
+    await roster_set
     bob.add_event_handler(
         "presence_subscribe", lambda p: bob.send_presence(pto=p["from"].bare, ptype="subscribed")
     )
@@ -108,13 +112,13 @@ async def _fill(port: int, cert: Path) -> None:
     storage = slixmpp.xmlstream.ET.fromstring(
         "<storage xmlns='storage:rosternotes'><note jid='bob@localhost'>met at the tea party</note></storage>"
     )
-    await alice.plugin["xep_0049"].store(storage)
+    await alice.plugin["xep_0049"].store(storage)  # type: ignore[arg-type]  # it appends plain XML too
     await alice.plugin["xep_0172"].publish_nick("Queen Alice")
-    alice.send_message(mto=f"bob@{DOMAIN}", mbody="hello bob", mtype="chat")
+    alice.send_message(mto=slixmpp.JID(f"bob@{DOMAIN}"), mbody="hello bob", mtype="chat")
     await asyncio.sleep(1.0)
     await _disconnect(bob)
     await asyncio.sleep(0.5)
-    alice.send_message(mto=f"bob@{DOMAIN}", mbody="while you were out", mtype="chat")  # offline for bob
+    alice.send_message(mto=slixmpp.JID(f"bob@{DOMAIN}"), mbody="while you were out", mtype="chat")  # offline
     await asyncio.sleep(1.0)
     # A subscription request from carol that alice has not answered (pending in, RFC 6121 §3.1.3).
     await _disconnect(alice)
@@ -174,16 +178,23 @@ async def prosody_logs_in(directory: Path, xep0227_files: Path, jid: str, passwo
         client = slixmpp.ClientXMPP(f"{jid}/import", password, sasl_mech="SCRAM-SHA-1")
         client.ca_certs = directory / "tls" / "cert.pem"
         client.enable_direct_tls = False
-        started = asyncio.get_running_loop().create_future()
-        client.add_event_handler("session_start", lambda _e: started.done() or started.set_result(True))
-        client.add_event_handler(
-            "failed_all_auth",
-            lambda _e: started.done() or started.set_exception(AssertionError("auth failed")),
-        )
+        started: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+
+        def on_start(_event: Any) -> None:
+            if not started.done():
+                started.set_result(True)
+
+        def on_failure(_event: Any) -> None:
+            if not started.done():
+                started.set_exception(AssertionError("auth failed"))
+
+        client.add_event_handler("session_start", on_start)
+        client.add_event_handler("failed_all_auth", on_failure)
         client.connect("127.0.0.1", port)
         try:
             await asyncio.wait_for(started, 20)
             roster = await client.get_roster()
+            assert roster is not None  # None only for an IQ that expects no answer
             return sorted(str(item["jid"]) for item in roster["roster"])
         finally:
             await _disconnect(client)

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import slixmpp
-from conftest import DOMAIN, PASSWORD, Clients, free_port, make_config, started_server, wait_for
+from conftest import DOMAIN, PASSWORD, Clients, free_port, make_config, resolve, started_server, wait_for
 from redis_servers import RedisServer, redis_servers
 
 from nitro.config import Config, load_config
@@ -206,8 +206,8 @@ async def test_user_passwd_through_the_running_server_resets_the_sessions(
     await wait_for(lambda: errors == ["reset"])  # as Prosody: log in again with the new password
     await clients.login(alice, "n3w-pass")
     refused = clients.make(alice, PASSWORD)
-    failed = asyncio.get_running_loop().create_future()
-    refused.add_event_handler("failed_all_auth", lambda _e: failed.done() or failed.set_result(True))
+    failed: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+    refused.add_event_handler("failed_all_auth", lambda _e: resolve(failed, True))
     await clients.connect(refused)
     assert await asyncio.wait_for(failed, 15)
 

@@ -25,7 +25,7 @@ from nitro.storage.models import RosterItem
 
 pytestmark = pytest.mark.slow
 
-TRANSPORTS = ["websocket"]  # "bosh" joins once BOSH is served (nitro/transports/bosh.py)
+TRANSPORTS = ["websocket", "bosh"]
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 # Headless, and nothing that reaches beyond this machine (the sandbox needs --no-sandbox when run as root).

@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 from sqlalchemy.engine import make_url
+from sqlbackends import MariaDB, SqlBackend, create_test_database
 
 from nitro.storage import ArchivePrefs, ArchiveQuery, LastActivity, PepItem, PepNode, RosterItem, Storage
 from nitro.storage.copy import TABLES, CopyError, copy_database
 from nitro.storage.sql import create_engine, open_sql_storage
 from nitro.xmpp.sasl.credentials import ScramCredential
-from tests.sqlbackends import MariaDB, SqlBackend, create_test_database
 
 T0 = datetime(2026, 12, 1, 8, 0, 0, 123456, tzinfo=UTC)
 

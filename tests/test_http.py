@@ -103,7 +103,7 @@ async def test_host_meta_names_the_websocket_url_as_the_client_reached_us(
     links = {link.get("rel"): link.get("href") for link in xrd.iter(f"{{{XRD}}}Link")}
     port = server.config.http.port
     assert links[REL_WEBSOCKET] == f"ws://127.0.0.1:{port}/xmpp-websocket"
-    assert (REL_BOSH in links) == has_bosh(server)
+    assert links[REL_BOSH] == f"http://127.0.0.1:{port}/http-bind"
 
     async with http.get(
         f"{base(server)}/.well-known/host-meta.json", headers={"Host": "chat.example"}
@@ -116,12 +116,6 @@ async def test_host_meta_names_the_websocket_url_as_the_client_reached_us(
     assert links[REL_WEBSOCKET] == "ws://chat.example/xmpp-websocket"
 
 
-def has_bosh(server: Server) -> bool:
-    from nitro.transports.http import ROUTE_MODULES
-
-    return "nitro.transports.bosh" in ROUTE_MODULES
-
-
 async def test_behind_a_trusted_tls_proxy_the_urls_are_secure(tmp_path: Path) -> None:
     config = make_config(tmp_path, http={"trusted_proxies": ["127.0.0.1"]})
     async with started_server(config) as server, aiohttp.ClientSession() as http:
@@ -129,6 +123,7 @@ async def test_behind_a_trusted_tls_proxy_the_urls_are_secure(tmp_path: Path) ->
         async with http.get(f"{base(server)}/.well-known/host-meta.json", headers=headers) as got:
             links = {link["rel"]: link["href"] for link in json.loads(await got.text())["links"]}
         assert links[REL_WEBSOCKET] == "wss://chat.example/xmpp-websocket"
+        assert links[REL_BOSH] == "https://chat.example/http-bind"
 
 
 async def test_https_on_the_tls_port(tmp_path: Path) -> None:
@@ -190,12 +185,15 @@ async def test_a_silent_connection_is_disconnected(tmp_path: Path) -> None:
 
 
 async def test_a_body_too_slow_to_arrive_gets_408(tmp_path: Path) -> None:
-    config = make_config(tmp_path, http={"read_timeout": 0.5})
+    config = make_config(tmp_path, bosh={"read_timeout": 0.5})
     async with started_server(config) as server:
         pool = Clients(server)
         try:
             reader, writer = await asyncio.open_connection("127.0.0.1", server.config.http.port)
-            writer.write(b"POST /http-bind HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n<body")
+            writer.write(
+                b"POST /http-bind HTTP/1.1\r\nHost: localhost\r\nContent-Type: text/xml\r\n"
+                b"Content-Length: 100\r\n\r\n<body"
+            )
             answer = await read_all(reader, 10)
             assert answer.startswith(b"HTTP/1.1 408 "), answer[:100]
             writer.close()
@@ -207,8 +205,9 @@ async def test_a_body_too_slow_to_arrive_gets_408(tmp_path: Path) -> None:
 async def test_an_oversized_body_gets_413(
     server: Server, clients: Clients, http: aiohttp.ClientSession
 ) -> None:
-    big = b"<body>" + b"x" * server.config.http.max_body_bytes + b"</body>"
-    async with http.post(f"{base(server)}/http-bind", data=io.BytesIO(big)) as got:
+    big = b"<body>" + b"x" * server.config.bosh.max_body_bytes + b"</body>"
+    headers = {"Content-Type": "text/xml"}
+    async with http.post(f"{base(server)}/http-bind", data=io.BytesIO(big), headers=headers) as got:
         assert got.status == 413
     await chat_still_works(clients)
 
@@ -237,7 +236,7 @@ async def test_the_web_client_is_configured_for_this_server(
         html = await got.text()
     options = page_options(html)
     assert options["websocket_url"] == f"ws://127.0.0.1:{server.config.http.port}/xmpp-websocket"
-    assert ("bosh_service_url" in options) == has_bosh(server)
+    assert options["bosh_service_url"] == f"http://127.0.0.1:{server.config.http.port}/http-bind"
     assert options["locked_domain"] == DOMAIN
     assert options["view_mode"] == "fullscreen"
     assert options["allow_registration"] is True
@@ -246,7 +245,9 @@ async def test_the_web_client_is_configured_for_this_server(
         async with http.get(f"{base(server)}/converse/{asset}") as got:
             assert got.status == 200
     async with http.get(f"{base(server)}/?transport=bosh") as got:
-        assert "websocket_url" not in page_options(await got.text())
+        options = page_options(await got.text())
+        assert "websocket_url" not in options
+        assert "bosh_service_url" in options
     async with http.get(f"{base(server)}/?transport=carrier-pigeon") as got:
         assert got.status == 400
 

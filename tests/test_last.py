@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import datetime
 from collections.abc import Callable
-from typing import Any
 
 import pytest
 import slixmpp
@@ -13,7 +12,7 @@ from conftest import DOMAIN, Clients
 from slixmpp.exceptions import IqError
 
 from nitro.server import Server
-from nitro.storage.models import LastActivity, RosterItem
+from nitro.storage.models import LastActivity, RosterItem, Subscription
 from nitro.xmpp import ns
 
 LAST = "jabber:iq:last"
@@ -33,9 +32,10 @@ async def refused(client: slixmpp.ClientXMPP, to: str) -> str:
     return str(caught.value.iq["error"]["condition"])
 
 
-async def friends(server: Server, a: str, b: str, subscription: Any = "both") -> None:
+async def friends(server: Server, a: str, b: str, subscription: Subscription = "both") -> None:
     """`b` sees `a`'s presence (a has b as 'from' or 'both'), and the reverse for 'both'."""
-    reverse = {"both": "both", "from": "to", "to": "from"}[subscription]
+    reverses: dict[Subscription, Subscription] = {"both": "both", "from": "to", "to": "from"}
+    reverse = reverses[subscription]
     await server.storage.rosters.put(a.split("@")[0], RosterItem(b, subscription=subscription))
     await server.storage.rosters.put(b.split("@")[0], RosterItem(a, subscription=reverse))
 
@@ -101,7 +101,7 @@ async def test_a_session_that_just_ends_is_recorded_too(server: Server, clients:
     alice.send_presence(ptype="unavailable", pstatus="brb")
     await stored(server, "alice", lambda activity: activity.status == "brb")
     alice.send_presence(pstatus="back")  # available again; then the connection drops
-    await alice.plugin["xep_0199"].ping(DOMAIN, timeout=5)  # the presence before it is handled by now
+    await alice.plugin["xep_0199"].ping(slixmpp.JID(DOMAIN), timeout=5)  # the presence before it is handled
 
     alice.abort()  # no unavailable presence: the server sends one for her (RFC 6121 §4.5.2) and records it
     await stored(server, "alice", lambda activity: activity.status == "")  # "brb" does not stick
@@ -137,8 +137,8 @@ async def test_last_activity_is_advertised(server: Server, clients: Clients) -> 
     """§6: in the server's disco#info, and in the account's for those allowed to see it."""
     alice_jid = await clients.user("alice")
     alice = await clients.login(alice_jid)
-    server_info = await alice.plugin["xep_0030"].get_info(jid=DOMAIN, local=False)
+    server_info = await alice.plugin["xep_0030"].get_info(jid=slixmpp.JID(DOMAIN), local=False)
     assert LAST in server_info["disco_info"]["features"]
     assert ns.PING in server_info["disco_info"]["features"]
-    account_info = await alice.plugin["xep_0030"].get_info(jid=alice_jid, local=False)
+    account_info = await alice.plugin["xep_0030"].get_info(jid=slixmpp.JID(alice_jid), local=False)
     assert LAST in account_info["disco_info"]["features"]

@@ -16,9 +16,10 @@ from typing import Any
 
 import pytest
 import slixmpp
-from conftest import DOMAIN, Clients, make_config, wait_for
+from conftest import DOMAIN, Clients, make_config, result_of, wait_for
 from slixmpp.exceptions import IqError
 from slixmpp.stanza import Error as StanzaErrorPlugin
+from slixmpp.types import MessageTypes
 from slixmpp.xmlstream import ET
 from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import MatchXPath
@@ -69,7 +70,9 @@ async def online(clients: Clients, jid: str) -> tuple[slixmpp.ClientXMPP, list[A
     return client, inbox
 
 
-def chat(client: slixmpp.ClientXMPP, to: str, body: str, *, extra: str = "", mtype: str = "chat") -> None:
+def chat(
+    client: slixmpp.ClientXMPP, to: str, body: str, *, extra: str = "", mtype: MessageTypes = "chat"
+) -> None:
     message = client.make_message(mto=to, mbody=body, mtype=mtype)
     for node in ET.fromstring(f"<x>{extra}</x>"):
         message.xml.append(node)
@@ -200,7 +203,7 @@ async def refused(call: Any) -> str:
 async def iq_set(client: slixmpp.ClientXMPP, payload: str, *, get: bool = False) -> ET.Element:
     iq = client.make_iq_get() if get else client.make_iq_set()
     iq.xml.append(ET.fromstring(payload))
-    reply = await iq.send(timeout=10)
+    reply = await result_of(iq.send(timeout=10))
     assert len(reply.xml) == 1
     return reply.xml[0]
 
@@ -364,7 +367,7 @@ async def test_a_message_kept_offline_carries_its_archive_id(clients: Clients) -
     ],
 )
 async def test_messages_that_are_not_archived_get_no_stanza_id(
-    clients: Clients, extra: str, mtype: str
+    clients: Clients, extra: str, mtype: MessageTypes
 ) -> None:
     alice_jid, bob_jid = await clients.user("alice"), await clients.user("bob")
     alice, _ = await online(clients, alice_jid)
@@ -533,7 +536,7 @@ async def test_default_roster_archives_contacts_only(clients: Clients) -> None:
     bob, _ = await online(clients, bob_jid)
     eve, _ = await online(clients, eve_jid)
     await iq_set(alice, prefs_xml("roster"))
-    await alice.plugin["xep_0030"].xmpp.update_roster(bob_jid, timeout=10)
+    await result_of(alice.update_roster(slixmpp.JID(bob_jid), timeout=10))
 
     chat(bob, alice_jid, "from a contact")
     chat(eve, alice_jid, "from a stranger")
@@ -891,8 +894,8 @@ async def test_account_and_server_advertise_mam_and_stanza_ids(clients: Clients)
     alice, _ = await online(clients, alice_jid)
     wanted = {MAM, f"{MAM}#extended", SID}
 
-    account = await alice.plugin["xep_0030"].get_info(jid=alice_jid, timeout=10)
-    server = await alice.plugin["xep_0030"].get_info(jid=DOMAIN, timeout=10)
+    account = await alice.plugin["xep_0030"].get_info(jid=slixmpp.JID(alice_jid), timeout=10)
+    server = await alice.plugin["xep_0030"].get_info(jid=slixmpp.JID(DOMAIN), timeout=10)
 
     assert wanted <= set(account["disco_info"]["features"])
     assert wanted <= set(server["disco_info"]["features"])

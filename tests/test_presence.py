@@ -37,7 +37,7 @@ class Inbox:
 
 def manual(client: slixmpp.ClientXMPP) -> None:
     """No automatic answers to subscription requests: the test decides."""
-    client.roster.auto_authorize = None
+    client.roster.auto_authorize = None  # type: ignore[assignment]  # documented "don't answer", typed bool
     client.roster.auto_subscribe = False
 
 

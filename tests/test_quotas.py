@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 import slixmpp
@@ -41,7 +41,7 @@ def policy_violation_known(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(StanzaErrorPlugin, "conditions", StanzaErrorPlugin.conditions | {"policy-violation"})
 
 
-async def request(client: slixmpp.ClientXMPP, kind: str, payload: str) -> Any:
+async def request(client: slixmpp.ClientXMPP, kind: Literal["get", "set"], payload: str) -> Any:
     iq = client.make_iq(itype=kind)
     iq.append(ET.fromstring(payload))  # noqa: S314  # the test's own literal
     return await iq.send(timeout=5)
@@ -55,7 +55,9 @@ def condition(stanza: Any) -> tuple[str | None, str | None]:
     return error.get("type"), next(name for name in names if name != "text")
 
 
-async def refused(client: slixmpp.ClientXMPP, kind: str, payload: str) -> tuple[str | None, str | None]:
+async def refused(
+    client: slixmpp.ClientXMPP, kind: Literal["get", "set"], payload: str
+) -> tuple[str | None, str | None]:
     with pytest.raises(IqError) as failure:
         await request(client, kind, payload)
     return condition(failure.value.iq)

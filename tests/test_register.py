@@ -60,7 +60,7 @@ class RawClient:
                     self.depth += 1
                 else:
                     self.depth -= 1
-                    if self.depth == 1:
+                    if self.depth == 1 and isinstance(node, etree._Element):  # start/end events: elements
                         self.ready.append(node)
         return self.ready.pop(0)
 

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import slixmpp
 from conftest import DOMAIN, PASSWORD, Clients, started_server
 from slixmpp.exceptions import IqError
 from test_admin_channel import nitro, write_config
@@ -23,6 +24,8 @@ from nitro.ops.channel import pid_path
 from nitro.server import Server
 from nitro.transports.tls import ensure_certificate
 from nitro.xmpp import ns
+
+SERVER_JID = slixmpp.JID(DOMAIN)  # whom XEP-0092 version requests go to
 
 
 def edit(path: Path, old: str, new: str) -> None:
@@ -154,7 +157,7 @@ async def test_modules_are_enabled_and_disabled_where_safe(
 ) -> None:
     alice = await clients.user("alice")
     client = await clients.login(alice, plugins=["xep_0092"])
-    assert (await client.plugin["xep_0092"].get_version(DOMAIN))["software_version"]["name"] == "Nitro"
+    assert (await client.plugin["xep_0092"].get_version(SERVER_JID))["software_version"]["name"] == "Nitro"
     append(config_file, '[modules]\ndisabled = ["version", "presence"]\n')
 
     report = server.reload()
@@ -164,14 +167,14 @@ async def test_modules_are_enabled_and_disabled_where_safe(
     assert "presence" in server.modules
     assert "version" not in server.modules
     with pytest.raises(IqError) as refused:
-        await client.plugin["xep_0092"].get_version(DOMAIN)
+        await client.plugin["xep_0092"].get_version(SERVER_JID)
     assert refused.value.iq["error"]["condition"] == "service-unavailable"
 
     edit(config_file, '["version", "presence"]', "[]")
     report = server.reload()
 
     assert "module version loaded" in report.applied
-    assert (await client.plugin["xep_0092"].get_version(DOMAIN))["software_version"]["name"] == "Nitro"
+    assert (await client.plugin["xep_0092"].get_version(SERVER_JID))["software_version"]["name"] == "Nitro"
 
 
 async def test_nitro_reload_goes_through_the_admin_socket(server: Server, config_file: Path) -> None:

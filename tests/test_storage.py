@@ -17,6 +17,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection
 from sqlalchemy.dialects import mysql
 from sqlalchemy.schema import CreateTable
+from sqlbackends import SqlBackend
 
 from nitro.storage import (
     AlreadyExists,
@@ -31,7 +32,6 @@ from nitro.storage import (
 from nitro.storage.schema import metadata
 from nitro.storage.sql import alembic_config, create_engine, open_sql_storage
 from nitro.xmpp.sasl.credentials import HashName, ScramCredential
-from tests.sqlbackends import SqlBackend
 
 
 def credential(hash_name: HashName, seed: int) -> ScramCredential:

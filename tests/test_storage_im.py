@@ -17,6 +17,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, event
+from sqlbackends import SqlBackend
 
 from nitro.storage import (
     ArchivedMessage,
@@ -38,7 +39,6 @@ from nitro.storage.sql_archive import SqlArchiveStore
 from nitro.storage.sql_base import Database
 from nitro.storage.sql_pep import SqlPepStore
 from nitro.storage.sql_userdata import SqlBlockListStore, SqlPrivateStore, SqlVCardStore
-from tests.sqlbackends import SqlBackend
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 ROMEO = "romeo@montague.lit"
@@ -463,7 +463,7 @@ async def test_pep_nodes_create_configure_list_delete(storage: Storage) -> None:
     with pytest.raises(NoSuchAccount):
         await storage.pep.put_node("benvolio", avatar)
     with pytest.raises(ValueError, match="access model"):
-        await storage.pep.put_node("juliet", PepNode("n", access_model="everyone"))  # type: ignore[arg-type]
+        await storage.pep.put_node("juliet", PepNode("n", access_model="everyone"))  # type: ignore[arg-type]  # on purpose
     with pytest.raises(ValueError, match="node name"):
         await storage.pep.put_node("juliet", PepNode("n" * 1024))
 

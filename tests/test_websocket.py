@@ -15,6 +15,7 @@ from conftest import DOMAIN, PASSWORD, Clients, make_config, started_server, wai
 from lxml import etree
 from wsclient import FRAMING, WsClient, iq, message, q, stanza
 
+from nitro.c2s.session import ClientSession
 from nitro.server import Server
 from nitro.xmpp import ns
 
@@ -89,6 +90,7 @@ async def test_alice_logs_in_over_websocket(
     await alice.authenticate("alice", PASSWORD, mechanism)
     assert await alice.bind("browser") == f"alice@{DOMAIN}/browser"
     (session,) = server.sessions
+    assert isinstance(session, ClientSession)  # the registry is typed by the protocol modules see
     assert (session.transport.kind, session.transport.peer_host, session.mechanism) == (
         "websocket",
         "127.0.0.1",

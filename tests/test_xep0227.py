@@ -10,13 +10,13 @@ import datetime
 import os
 import shutil
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import slixmpp
-from conftest import DOMAIN, PASSWORD, Clients, started_server
+from conftest import DOMAIN, PASSWORD, Clients, reject, resolve, started_server
 from lxml import etree
 from test_admin_channel import nitro, write_config
 
@@ -97,7 +97,8 @@ async def fill(storage: Storage) -> None:
 
 
 def c14n(data: bytes) -> str:
-    return etree.canonicalize(data.decode())
+    canonical: str = etree.canonicalize(data.decode())  # lxml-stubs leave its result untyped
+    return canonical
 
 
 async def snapshot(storage: Storage, username: str) -> dict[str, Any]:
@@ -125,7 +126,7 @@ async def snapshot(storage: Storage, username: str) -> dict[str, Any]:
 
 
 async def test_export_then_import_into_a_fresh_database_keeps_everything(
-    first: Path, second: Path, tmp_path: Path, clients_for: Any
+    first: Path, second: Path, tmp_path: Path, clients_for: ClientsFor
 ) -> None:
     async with storage_of(first) as storage:
         await fill(storage)
@@ -153,7 +154,7 @@ async def test_export_then_import_into_a_fresh_database_keeps_everything(
         await clients.login(f"bob@{DOMAIN}", sasl_mech="SCRAM-SHA-1")
 
 
-async def test_prosody_s_own_export_imports(second: Path, tmp_path: Path, clients_for: Any) -> None:
+async def test_prosody_s_own_export_imports(second: Path, tmp_path: Path, clients_for: ClientsFor) -> None:
     """tests/fixtures/prosody-0.12: written by Debian's Prosody 0.12.3 (prosody-migrator to its xep0227
     storage, see tests/prosody_export.py) from accounts filled by real clients."""
     await import_prosody_files(second, sorted(FIXTURE.glob("*.xml")), clients_for)
@@ -161,7 +162,7 @@ async def test_prosody_s_own_export_imports(second: Path, tmp_path: Path, client
 
 @pytest.mark.slow
 async def test_a_fresh_prosody_export_imports(
-    second: Path, prosody_directory: Path, clients_for: Any
+    second: Path, prosody_directory: Path, clients_for: ClientsFor
 ) -> None:
     from prosody_export import make_export
 
@@ -199,7 +200,7 @@ async def test_prosody_imports_nitro_s_per_user_export(first: Path, prosody_dire
     assert "dave@remote.example" in roster
 
 
-async def import_prosody_files(config_file: Path, files: list[Path], clients_for: Any) -> None:
+async def import_prosody_files(config_file: Path, files: list[Path], clients_for: ClientsFor) -> None:
     code, _out, err = await nitro(config_file, "import", *map(str, files))
     assert code == 0, err
     assert "imported 3 accounts" in err
@@ -232,7 +233,7 @@ async def import_prosody_files(config_file: Path, files: list[Path], clients_for
         await clients.login(f"carol@{DOMAIN}", "carol-s3cret", sasl_mech="PLAIN")
 
 
-async def test_ejabberd_password_forms_import(second: Path, tmp_path: Path, clients_for: Any) -> None:
+async def test_ejabberd_password_forms_import(second: Path, tmp_path: Path, clients_for: ClientsFor) -> None:
     """Written by hand in the forms ejabberd's export_piefxis uses (no ejabberd package here): the old
     namespace, a plain password attribute, `scram:` passwords (SHA-1 and sha256:) and an xi:include."""
     sha1 = derive_credential("scram-one", "SHA-1", iterations=4096)
@@ -325,27 +326,31 @@ async def test_export_refuses_a_missing_database(tmp_path: Path) -> None:
 
 
 class LoginClients(Clients):
-    async def login(
-        self, jid: str, password: str = PASSWORD, *, sasl_mech: str | None = None, **kw: Any
-    ) -> Any:  # type: ignore[override]
+    async def login(  # Clients.login, or a minimal login with one SASL mechanism
+        self, jid: str, password: str = PASSWORD, *args: Any, sasl_mech: str | None = None, **kw: Any
+    ) -> slixmpp.ClientXMPP:
         if sasl_mech is None:
-            return await super().login(jid, password, **kw)
+            return await super().login(jid, password, *args, **kw)
         client = slixmpp.ClientXMPP(jid, password, sasl_mech=sasl_mech)
         client.register_plugin("xep_0030")
         client.ca_certs = self.server.config.path(self.server.config.tls.cert)
         client.enable_direct_tls = False
         self.connected.append(client)
-        started = asyncio.get_running_loop().create_future()
-        client.add_event_handler("session_start", lambda _e: started.done() or started.set_result(True))
-        failed = lambda _e: started.done() or started.set_exception(AssertionError(f"{jid}: auth failed"))  # noqa: E731
-        client.add_event_handler("failed_all_auth", failed)
+        started: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        client.add_event_handler("session_start", lambda _e: resolve(started, True))
+        client.add_event_handler(
+            "failed_all_auth", lambda _e: reject(started, AssertionError(f"{jid}: auth failed"))
+        )
         await self.connect(client)
         await asyncio.wait_for(started, 15)
         return client
 
 
+ClientsFor = Callable[[Path], contextlib.AbstractAsyncContextManager[LoginClients]]
+
+
 @pytest.fixture
-def clients_for() -> Any:
+def clients_for() -> ClientsFor:
     @contextlib.asynccontextmanager
     async def running(config_file: Path) -> AsyncIterator[LoginClients]:
         config: Config = load_config(config_file)

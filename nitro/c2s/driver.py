@@ -85,11 +85,11 @@ class ClientStream:
     async def receive(self, event: StreamEvent) -> bool:
         """Handle one input event; False once the stream is over (closed, or resumed elsewhere)."""
         try:
-            if not self._admitted and self.session is None:
+            if not self._admitted and not self.negotiation.authenticated:
                 await self._admit()
             await self._current.receive(event)
-            if self._admitted and self.session is not None:
-                self._release()  # bound: the expensive part is over
+            if self._admitted and self.negotiation.authenticated:
+                self._release()  # authenticated: the expensive part (TLS, SASL) is over
         except StreamError as error:
             await self.close(error)
         except (ConnectionError, TimeoutError, ssl.SSLError) as exc:
@@ -102,7 +102,8 @@ class ClientStream:
 
     async def _admit(self) -> None:
         """Wait for a negotiation slot (`[c2s] max_negotiating`): a login storm is admitted a bounded number
-        of streams at a time, so the sessions already up keep the event loop (the waiting ones do not read).
+        of streams at a time until they are authenticated, so the sessions already up keep the event loop
+        (the waiting ones do not read).
         """
         negotiation = self.negotiation
         remaining = negotiation.negotiation_deadline - time.monotonic()

@@ -19,6 +19,7 @@ from nitro.config import Config
 from nitro.core.directory import SessionDirectory
 from nitro.core.disco import DiscoRegistry
 from nitro.core.events import EventBus
+from nitro.core.hosts import HostTable
 from nitro.core.sessions import Resource
 from nitro.core.slots import SlotRegistry, SlotValues
 from nitro.core.throttle import FailureThrottle
@@ -165,6 +166,9 @@ class Core(Protocol):
 
     @property
     def router(self) -> Routing: ...
+
+    @property
+    def hosts(self) -> HostTable: ...
 
     @property
     def sessions(self) -> SessionsView: ...

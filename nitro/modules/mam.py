@@ -22,7 +22,7 @@ from nitro.core.module import Module
 from nitro.core.router import StanzaEvent
 from nitro.modules.disco import DiscoEvent
 from nitro.modules.message import message_type
-from nitro.storage.errors import ItemNotFound, NoSuchAccount, StorageError, StorageUnavailable
+from nitro.storage.errors import ItemNotFound, NoSuchAccount, StorageError
 from nitro.storage.models import ArchiveDefault, ArchivedMessage, ArchivePrefs, ArchiveQuery
 from nitro.xmpp import ns
 from nitro.xmpp.dataforms import Field, Form, InvalidForm, find_form, form_type_field
@@ -491,8 +491,6 @@ def load(module: Module) -> None:
             answer = await archive.answer(username, request)
         except ItemNotFound as exc:
             raise StanzaError("item-not-found", "no archived message has this id") from exc
-        except StorageUnavailable as exc:
-            raise StanzaError("internal-server-error", "the archive is unavailable", type="wait") from exc
         for item in reversed(answer.messages) if request.flip else answer.messages:
             reply = result_message(owner, event.from_, request.queryid, item)
             if event.origin is not None:
@@ -515,11 +513,8 @@ def load(module: Module) -> None:
         """§5: the first and the last message of the archive; empty for an empty archive."""
         _owner, username = owner_of(event)
         metadata = element(MAM, "metadata")
-        try:
-            first = await archive.store.query(username, ArchiveQuery(limit=1, with_count=False))
-            last = await archive.store.query(username, ArchiveQuery(before_id="", limit=1, with_count=False))
-        except StorageUnavailable as exc:
-            raise StanzaError("internal-server-error", "the archive is unavailable", type="wait") from exc
+        first = await archive.store.query(username, ArchiveQuery(limit=1, with_count=False))
+        last = await archive.store.query(username, ArchiveQuery(before_id="", limit=1, with_count=False))
         for name, page in (("start", first), ("end", last)):
             if page.messages:
                 item = page.messages[0]
@@ -537,10 +532,6 @@ def load(module: Module) -> None:
                 await archive.store.set_prefs(username, prefs)  # durable before the result
             else:
                 prefs = await archive.store.get_prefs(username) or archive.default_prefs
-        except StorageUnavailable as exc:
-            raise StanzaError(
-                "internal-server-error", "the archive is unavailable, nothing was changed", type="wait"
-            ) from exc
         except NoSuchAccount as exc:
             raise StanzaError("item-not-found", "no such account") from exc
         await event.reply(iq_result(event.stanza, prefs_element(prefs)))

@@ -120,11 +120,9 @@ def interests(session: Session) -> Interests:
 
 @contextlib.contextmanager
 def storage_errors() -> Iterator[None]:
-    """Storage failures as the client sees them: `wait` when nothing was done (RFC 6120 §8.3.3.6)."""
+    """A missing account as the client sees it (an unavailable store becomes `wait` at the router)."""
     try:
         yield
-    except StorageUnavailable as exc:
-        raise StanzaError("internal-server-error", "PEP storage is unavailable", type="wait") from exc
     except NoSuchAccount as exc:
         raise StanzaError("item-not-found", "no such account") from exc
 

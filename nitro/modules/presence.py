@@ -178,10 +178,7 @@ class Presence:
     ) -> None:
         """A subscription presence from `contact` for the local `user` (A.3)."""
         assert user.local is not None
-        try:
-            exists = await self.server.storage.accounts.exists(user.local)
-        except StorageUnavailable as exc:
-            raise storage_error(exc) from exc
+        exists = await self.server.storage.accounts.exists(user.local)
         if not exists:
             if kind == "subscribe":  # §3.1.3: no such user; the request is refused on its behalf
                 await self.route(stanza("presence", type="unsubscribed", from_=str(user), to=str(contact)))
@@ -212,8 +209,6 @@ class Presence:
                     before, apply(before, jid, step, inbound=direction is Direction.INBOUND), request
                 )
                 await save(self.server, username, before, after)
-            except StorageUnavailable as exc:
-                raise storage_error(exc) from exc
             except QuotaExceeded as exc:
                 if direction is Direction.OUTBOUND:
                     raise roster_full(self.server) from exc
@@ -233,10 +228,7 @@ class Presence:
         assert user.local is not None
         item: RosterItem | None = None
         if prober.bare != user:
-            try:
-                item = await self.server.storage.rosters.get_item(user.local, str(prober.bare))
-            except StorageUnavailable as exc:
-                raise storage_error(exc) from exc
+            item = await self.server.storage.rosters.get_item(user.local, str(prober.bare))
         await self.answer_probe(prober, user, item)
 
     async def probe_contacts(self, prober: JID, items: Sequence[RosterItem]) -> None:
@@ -337,10 +329,7 @@ def load(module: Module) -> None:
                 await presence.outbound(event.from_.bare, to.bare, event.stanza, subscription)
             return True
         if kind is None or kind == "unavailable":
-            try:
-                await presence.track_directed(session, to, available=kind is None)
-            except StorageUnavailable as exc:
-                raise storage_error(exc) from exc
+            await presence.track_directed(session, to, available=kind is None)
         return False
 
     async def on_host(event: StanzaEvent) -> bool:
@@ -383,7 +372,7 @@ def load(module: Module) -> None:
     module.hook("pre-presence/self", on_self)
     module.hook("pre-presence/bare", on_outbound)
     module.hook("pre-presence/full", on_outbound)
-    module.hook("pre-presence/host", on_host)
     module.hook("presence/bare", on_bare, priority=DELIVERY_PRIORITY)
     module.hook("presence/full", on_full, priority=DELIVERY_PRIORITY)
+    module.hook("presence/host", on_host)  # recipient side: presence to another host (a component) goes on
     module.hook("resource-unbind", on_unbind)

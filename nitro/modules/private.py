@@ -11,7 +11,7 @@ from lxml import etree
 
 from nitro.core.module import Module
 from nitro.core.router import StanzaEvent
-from nitro.storage.errors import NoSuchAccount, QuotaExceeded, StorageUnavailable
+from nitro.storage.errors import NoSuchAccount, QuotaExceeded
 from nitro.xmpp import ns
 from nitro.xmpp.errors import StanzaError
 from nitro.xmpp.stanza import element, iq_result
@@ -38,10 +38,6 @@ def _fragments(query: etree._Element) -> list[etree._Element]:
     return fragments
 
 
-def _unavailable() -> StanzaError:
-    return StanzaError("internal-server-error", "private storage is unavailable", type="wait")
-
-
 def load(module: Module) -> None:
     server = module.server
     store = server.storage.private
@@ -61,10 +57,7 @@ def load(module: Module) -> None:
         if len(fragments) != 1:
             raise StanzaError("bad-request", "ask for one element per get (XEP-0049 §2.3)")
         asked = fragments[0]
-        try:
-            stored = await store.get(username, asked.tag)
-        except StorageUnavailable as exc:
-            raise _unavailable() from exc
+        stored = await store.get(username, asked.tag)
         query = element(PRIVATE, "query")
         if stored is not None:
             query.append(etree.fromstring(stored, _PARSER))
@@ -88,8 +81,6 @@ def load(module: Module) -> None:
         try:
             for key, data in stored:
                 await store.set(username, key, data, max_keys=quota)
-        except StorageUnavailable as exc:
-            raise _unavailable() from exc
         except QuotaExceeded as exc:  # a local policy (RFC 6120 §8.3.3.12); the elements before it are kept
             raise StanzaError(
                 "policy-violation", f"an account stores at most {quota} private elements"

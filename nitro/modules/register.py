@@ -245,12 +245,9 @@ def load(module: Module) -> None:
         if named != username:
             raise StanzaError("bad-request", "you can only change the password of your own account")
         password = check_password(submission.password, changing=True)
-        try:
-            changed = await change_password(
-                server.storage, username, password, iterations=server.config.auth.scram_iterations
-            )
-        except StorageUnavailable as exc:
-            raise StanzaError("internal-server-error", "try again later", type="wait") from exc
+        changed = await change_password(
+            server.storage, username, password, iterations=server.config.auth.scram_iterations
+        )
         if not changed:
             raise StanzaError("registration-required", "this account no longer exists")
         session.log.info("password changed in-band")

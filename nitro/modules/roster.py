@@ -176,10 +176,7 @@ def load(module: Module) -> None:
             return False
         ver = event.stanza[0].get("ver")
         async with roster_lock(server, username):  # no push can slip between this read and the answer
-            try:
-                roster = await server.storage.rosters.get(username)
-            except StorageUnavailable as exc:
-                raise storage_error(exc) from exc
+            roster = await server.storage.rosters.get(username)
             if ver is not None and _VERSION.fullmatch(ver) and int(ver) == roster.version:
                 await event.reply(iq_result(event.stanza))
             else:
@@ -207,8 +204,6 @@ def load(module: Module) -> None:
                     before or RosterItem(jid), name=name, groups=groups, in_roster=True
                 )
                 await save(server, username, before, after)
-            except StorageUnavailable as exc:
-                raise storage_error(exc) from exc
             except QuotaExceeded as exc:
                 raise roster_full(server) from exc
         await event.reply(iq_result(event.stanza))
@@ -216,13 +211,10 @@ def load(module: Module) -> None:
 
     async def remove_item(event: StanzaEvent, username: str, jid: str) -> None:
         async with roster_lock(server, username):
-            try:
-                before = await server.storage.rosters.get_item(username, jid)
-                if before is None:
-                    raise StanzaError("item-not-found", f"{jid} is not in the roster (RFC 6121 §2.5.3)")
-                await save(server, username, before, None)
-            except StorageUnavailable as exc:
-                raise storage_error(exc) from exc
+            before = await server.storage.rosters.get_item(username, jid)
+            if before is None:
+                raise StanzaError("item-not-found", f"{jid} is not in the roster (RFC 6121 §2.5.3)")
+            await save(server, username, before, None)
         await event.reply(iq_result(event.stanza))
         if not is_local(server, jid):
             return

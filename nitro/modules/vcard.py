@@ -9,7 +9,7 @@ from lxml import etree
 
 from nitro.core.module import Module
 from nitro.core.router import StanzaEvent
-from nitro.storage.errors import NoSuchAccount, StorageUnavailable
+from nitro.storage.errors import NoSuchAccount
 from nitro.xmpp.errors import StanzaError
 from nitro.xmpp.stanza import element, iq_result
 
@@ -17,10 +17,6 @@ VCARD = "vcard-temp"
 
 # Stored vCards are our own serialization; still, parsing never reaches the network or expands entities.
 _PARSER = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False)
-
-
-def _unavailable() -> StanzaError:
-    return StanzaError("internal-server-error", "vCard storage is unavailable", type="wait")
 
 
 def load(module: Module) -> None:
@@ -33,10 +29,7 @@ def load(module: Module) -> None:
         service-unavailable whether the vCard or the account is missing, which reveals neither)."""
         owner = event.to.bare if event.to is not None else event.from_.bare
         assert owner.local is not None
-        try:
-            stored = await store.get(owner.local)
-        except StorageUnavailable as exc:
-            raise _unavailable() from exc
+        stored = await store.get(owner.local)
         if stored is not None:
             vcard = etree.fromstring(stored, _PARSER)
         elif owner == event.from_.bare:
@@ -60,8 +53,6 @@ def load(module: Module) -> None:
             raise StanzaError("not-acceptable", f"the vCard is {len(data)} bytes, at most {limit} are stored")
         try:
             await store.set(owner.local, data)
-        except StorageUnavailable as exc:
-            raise _unavailable() from exc
         except NoSuchAccount as exc:
             raise StanzaError("item-not-found", "no such account") from exc
         await event.reply(iq_result(event.stanza))

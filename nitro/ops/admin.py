@@ -29,7 +29,7 @@ from nitro.xmpp.jid import JID, InvalidJID
 
 if TYPE_CHECKING:
     from nitro.core.context import Session
-    from nitro.server import Server
+    from nitro.ops.reload import Running
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def _iso(timestamp: float) -> str:
 class AdminChannel:
     """The commands; each takes the request's arguments and returns the result or raises ChannelError."""
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: Running) -> None:
         self.server = server
         self.started = time.time()
         self.bound_at: weakref.WeakKeyDictionary[Session, float] = weakref.WeakKeyDictionary()
@@ -292,7 +292,7 @@ def _bind(path: Path) -> socket.socket | None:
 
 
 @asynccontextmanager
-async def serve_admin(server: Server) -> AsyncIterator[AdminChannel]:
+async def serve_admin(server: Running) -> AsyncIterator[AdminChannel]:
     """The channel (and the pid file) for the lifetime of the server; an unusable socket path is logged
     and the server runs without the channel."""
     channel = AdminChannel(server)
@@ -343,7 +343,7 @@ async def serve_admin(server: Server) -> AsyncIterator[AdminChannel]:
                     pid_file.unlink()
 
 
-def _write_pid_file(server: Server) -> Path | None:
+def _write_pid_file(server: Running) -> Path | None:
     path = pid_path(server.config)
     if path is None:
         return None

@@ -14,14 +14,15 @@ import logging
 import ssl
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from nitro.config import Config, ConfigError, load_config
+from nitro.core.context import Core
 from nitro.core.module import BUILTIN_MODULES, load_module
 from nitro.observe.logs import configure as configure_logging
 
 if TYPE_CHECKING:
-    from nitro.server import Server
+    from nitro.core.module import Module
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,19 @@ class ReloadReport:
     certificate: str | None = None  # the certificate file read again (every reload reads it: renewals)
 
 
-def reload_config(server: Server, make_tls: TlsFactory) -> ReloadReport:
+class Running(Core, Protocol):
+    """The running server as the admin channel and reload see it (nitro/server.py): the façade modules see,
+    plus what a reload replaces."""
+
+    config: Config  # settable here: a reload swaps it
+    tls_context: ssl.SSLContext | None
+    modules: dict[str, Module]
+    reloads: int
+
+    def reload(self) -> ReloadReport: ...
+
+
+def reload_config(server: Running, make_tls: TlsFactory) -> ReloadReport:
     """Re-read `server.config.file` and apply it; an unreadable or invalid file changes nothing."""
     old = server.config
     if old.file is None:
@@ -133,7 +146,7 @@ def _changes(old: Config, new: Config, section: str) -> list[str]:
 
 
 def _apply_tls(
-    server: Server, config: Config, make_tls: TlsFactory, applied: list[str], restart: list[str]
+    server: Running, config: Config, make_tls: TlsFactory, applied: list[str], restart: list[str]
 ) -> tuple[str | None, list[str]]:
     """The certificate read again on every reload (a renewal keeps the paths): the path read, failures.
     A broken certificate or key is refused and the running one stays."""
@@ -165,7 +178,7 @@ def _apply_logging(old: Config, new: Config) -> None:
         logging.getLogger().setLevel(new.logging.level.upper())
 
 
-def _apply_modules(server: Server, old: Config, new: Config, applied: list[str]) -> list[str]:
+def _apply_modules(server: Running, old: Config, new: Config, applied: list[str]) -> list[str]:
     failed: list[str] = []
     reload = {
         MODULE_OF_SECTION[section]

@@ -9,7 +9,6 @@ wrapped.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from nitro.storage.protocols import (
     Storage,
     VCardStore,
 )
+from nitro.storage.singleflight import SingleFlight
 from nitro.storage.sql import open_sql_storage
 from nitro.storage.tiers import Tiers
 from nitro.xmpp.sasl.credentials import HashName, ScramCredential
@@ -47,31 +47,40 @@ class LayeredStorage(Storage):
 
 
 class CachedAccountStore:
+    """Credentials through the tiers; concurrent reads of one account's credentials share a single read."""
+
     def __init__(self, sql: AccountStore, tiers: Tiers) -> None:
         self._sql = sql
         self._tiers = tiers
+        self._flights: SingleFlight[dict[HashName, ScramCredential] | None] = SingleFlight()
 
     async def create(self, username: str, credentials: Mapping[HashName, ScramCredential]) -> None:
-        try:
-            await self._sql.create(username, credentials)
-        finally:
-            await self._tiers.invalidate([codecs.ACCOUNT], username)  # "no such account" was cacheable
+        with self._flights.writing(username):
+            try:
+                await self._sql.create(username, credentials)
+            finally:
+                await self._tiers.invalidate([codecs.ACCOUNT], username)  # "no such account" was cacheable
 
     async def get_credentials(self, username: str) -> dict[HashName, ScramCredential] | None:
-        found = await self._tiers.read(codecs.ACCOUNT, username, lambda: self._sql.get_credentials(username))
+        found = await self._flights.read(
+            username,
+            lambda: self._tiers.read(codecs.ACCOUNT, username, lambda: self._sql.get_credentials(username)),
+        )
         return None if found is None else dict(found)  # a copy: the cached dict is shared
 
     async def set_credentials(self, username: str, credentials: Mapping[HashName, ScramCredential]) -> bool:
-        try:
-            return await self._sql.set_credentials(username, credentials)
-        finally:
-            await self._tiers.invalidate([codecs.ACCOUNT], username)
+        with self._flights.writing(username):
+            try:
+                return await self._sql.set_credentials(username, credentials)
+            finally:
+                await self._tiers.invalidate([codecs.ACCOUNT], username)
 
     async def delete(self, username: str) -> bool:
-        try:
-            return await self._sql.delete(username)
-        finally:
-            await self._tiers.invalidate(codecs.CACHED_KINDS, username)
+        with self._flights.writing(username):
+            try:
+                return await self._sql.delete(username)
+            finally:
+                await self._tiers.invalidate(codecs.CACHED_KINDS, username)
 
     async def exists(self, username: str) -> bool:
         return await self.get_credentials(username) is not None
@@ -90,23 +99,12 @@ class CachedRosterStore:
     def __init__(self, sql: RosterStore, tiers: Tiers) -> None:
         self._sql = sql
         self._tiers = tiers
-        self._reading: dict[str, asyncio.Future[Roster]] = {}
+        self._flights: SingleFlight[Roster] = SingleFlight()
 
     async def get(self, username: str) -> Roster:
-        pending = self._reading.get(username)
-        if pending is None:
-            pending = asyncio.ensure_future(
-                self._tiers.read(codecs.ROSTER, username, lambda: self._sql.get(username))
-            )
-            self._reading[username] = pending
-            pending.add_done_callback(lambda done: self._forget(username, done))
-        return await asyncio.shield(pending)
-
-    def _forget(self, username: str, done: asyncio.Future[Roster]) -> None:
-        if self._reading.get(username) is done:
-            del self._reading[username]
-        if not done.cancelled():
-            done.exception()  # retrieved: a failed read nobody waits for any more is not "never retrieved"
+        return await self._flights.read(
+            username, lambda: self._tiers.read(codecs.ROSTER, username, lambda: self._sql.get(username))
+        )
 
     async def get_item(self, username: str, contact: str) -> RosterItem | None:
         return next((item for item in (await self.get(username)).items if item.jid == contact), None)
@@ -122,20 +120,18 @@ class CachedRosterStore:
         return found
 
     async def put(self, username: str, item: RosterItem, *, max_items: int | None = None) -> int:
-        self._reading.pop(username, None)  # a read begun before this write is not shared after it
-        try:
-            return await self._sql.put(username, item, max_items=max_items)
-        finally:
-            await self._tiers.invalidate([codecs.ROSTER], username)
-            self._reading.pop(username, None)  # after the invalidation: later reads see the write
+        with self._flights.writing(username):  # reads begun before this write are not shared after it
+            try:
+                return await self._sql.put(username, item, max_items=max_items)
+            finally:
+                await self._tiers.invalidate([codecs.ROSTER], username)
 
     async def remove(self, username: str, contact: str) -> int | None:
-        self._reading.pop(username, None)
-        try:
-            return await self._sql.remove(username, contact)
-        finally:
-            await self._tiers.invalidate([codecs.ROSTER], username)
-            self._reading.pop(username, None)  # after the invalidation: later reads see the write
+        with self._flights.writing(username):
+            try:
+                return await self._sql.remove(username, contact)
+            finally:
+                await self._tiers.invalidate([codecs.ROSTER], username)
 
     async def version(self, username: str) -> int:
         return (await self.get(username)).version

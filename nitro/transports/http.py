@@ -1,30 +1,25 @@
-"""The HTTP server on [http] (aiohttp), plain and TLS: the routes of the web transports and the web client,
-XEP-0156 connection discovery, and the limits that cut off slow or oversized requests."""
+"""The HTTP server on [http] (aiohttp), plain and TLS: WebSocket, BOSH and the web client, XEP-0156 connection
+discovery, and the limits that cut off slow or oversized requests."""
 
 from __future__ import annotations
 
-import asyncio
-import importlib
 import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, Protocol, cast
+from typing import TYPE_CHECKING, Final
 
 from aiohttp import web
-from aiohttp.typedefs import Handler, Middleware
 from lxml import etree
 
-from nitro.transports.forwarded import Network, connection_urls, trusted_networks
+from nitro.transports import bosh, webclient, websocket
+from nitro.transports.forwarded import Network, connection_urls, peer_of, trusted_networks
 
 if TYPE_CHECKING:
     from nitro.core.context import Core
 
 log = logging.getLogger(__name__)
-
-# Each module adds its routes with `add_routes(app, server)`; BOSH joins with "nitro.transports.bosh".
-ROUTE_MODULES: Final[tuple[str, ...]] = ("nitro.transports.websocket", "nitro.transports.webclient")
 
 SHUTDOWN_GRACE: Final = 5.0  # seconds requests still running at shutdown get before they are cancelled
 LINGER: Final = 2.0  # seconds an unread request body is still read (and dropped) before the connection closes
@@ -38,37 +33,11 @@ RELATIONS: Final = {
 CORS: Final = {"Access-Control-Allow-Origin": "*"}
 
 
-class RouteModule(Protocol):
-    """What a module in ROUTE_MODULES provides."""
-
-    def add_routes(self, app: web.Application, server: Core) -> None: ...
-
-
 @dataclass(frozen=True, slots=True)
 class HttpEndpoint:
     """Where the HTTP server listens: (host, port) of each site, the plain one first."""
 
     addresses: tuple[tuple[str, int], ...]
-
-
-def body_in_time(read_timeout: float) -> Middleware:
-    """A middleware that reads a request's body before the handler, within `read_timeout` seconds (else 408)
-    and within the app's client_max_size (else 413), so that no handler waits on a slow client."""
-
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.body_exists:
-            try:
-                async with asyncio.timeout(read_timeout):
-                    await request.read()  # kept by aiohttp: the handler's read() returns it at once
-            except TimeoutError:
-                log.info("%s: request body not received within %.0f s", request.remote, read_timeout)
-                response = web.Response(status=408, text="408: the request body took too long\n")
-                response.force_close()
-                return response
-        return await handler(request)
-
-    return middleware
 
 
 class Discovery:
@@ -99,14 +68,19 @@ class Discovery:
 
 
 def make_app(server: Core) -> web.Application:
-    """The application: discovery, then each ROUTE_MODULES module's routes."""
+    """The application: discovery, WebSocket, BOSH (told who is behind a trusted proxy), the web client."""
     settings = server.config.http
-    app = web.Application(
-        client_max_size=settings.max_body_bytes, middlewares=[body_in_time(settings.read_timeout)]
-    )
-    Discovery(app, trusted_networks(settings.trusted_proxies)).add_routes()
-    for name in ROUTE_MODULES:
-        cast(RouteModule, importlib.import_module(name)).add_routes(app, server)
+    networks = trusted_networks(settings.trusted_proxies)
+
+    def client_info(request: web.Request) -> tuple[str, bool]:
+        peer = peer_of(request, networks)
+        return peer.host, peer.encrypted
+
+    app = web.Application(client_max_size=settings.max_body_bytes)
+    Discovery(app, networks).add_routes()
+    websocket.add_routes(app, server)
+    bosh.add_routes(app, server, client_info=client_info)
+    webclient.add_routes(app, server)
     return app
 
 
