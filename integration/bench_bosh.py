@@ -91,6 +91,7 @@ def write_config(directory: Path, port: int) -> Path:
         '[modules]\ndisabled = ["mam"]\n'
         '[logging]\nlevel = "WARNING"\n'
         "[metrics]\nenabled = false\n"
+        "[http]\nenabled = false\n"  # this module serves /http-bind itself, on its own port
     )
     return path
 

@@ -34,6 +34,7 @@ def validate(config: Config, source: str) -> None:
     if config.c2s.max_stanza_bytes < 10_000:
         raise ConfigError(f"{source}: [c2s].max_stanza_bytes must be at least 10000 (RFC 6120 §13.12)")
     _validate_bosh(config.bosh, source)
+    _validate_http(config, source)
     if config.archive.default not in {"always", "never", "roster"}:
         raise ConfigError(f"{source}: [archive].default must be always, never or roster")
     _validate_storage(config.storage, source)
@@ -131,3 +132,21 @@ def _validate_tiers(config: Config, source: str) -> None:
         raise ConfigError(f"{source}: [redis].generation_ttl must exceed twice value_ttl and [cache].ttl")
     if config.cache.max_entries < 0 or config.cache.max_bytes < 0 or config.cache.ttl <= 0:
         raise ConfigError(f"{source}: [cache] sizes must not be negative and ttl must be positive")
+
+
+def _validate_http(config: Config, source: str) -> None:
+    http = config.http
+    for key in ("port", "tls_port"):
+        if not 0 <= getattr(http, key) <= 65535:
+            raise ConfigError(f"{source}: [http].{key} must be between 0 and 65535 (0 turns it off)")
+    for proxy in http.trusted_proxies:
+        try:
+            ipaddress.ip_network(proxy, strict=False)
+        except ValueError as exc:
+            raise ConfigError(
+                f"{source}: [http].trusted_proxies: {proxy!r} is not an address or network"
+            ) from exc
+    if http.max_body_bytes < config.c2s.max_stanza_bytes:
+        raise ConfigError(f"{source}: [http].max_body_bytes must be at least [c2s].max_stanza_bytes")
+    if http.header_timeout <= 0:
+        raise ConfigError(f"{source}: [http].header_timeout must be positive")

@@ -51,6 +51,21 @@ class C2SSection:
 
 
 @dataclass(frozen=True, slots=True)
+class HttpSection:
+    """The HTTP server: WebSocket (RFC 7395), BOSH, XEP-0156 discovery and the web client."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 5280  # plain HTTP; 0 turns it off
+    tls_port: int = 5281  # HTTPS with the [tls] certificate; 0 turns it off
+    trusted_proxies: tuple[str, ...] = ()  # addresses or CIDR networks whose X-Forwarded-* are believed
+    max_body_bytes: int = 1048576  # aiohttp's client_max_size: what a handler may read whole
+    header_timeout: float = 10.0  # seconds to send a request's headers
+    web_client: bool = True
+    web_client_dir: str = "var/web/converse.js"
+
+
+@dataclass(frozen=True, slots=True)
 class BoshSection:
     """BOSH (XEP-0124, XEP-0206) at /http-bind of the HTTP server: what each session is held to."""
 
@@ -210,6 +225,7 @@ class Config:
     server: ServerSection = field(default_factory=ServerSection)
     storage: StorageSection = field(default_factory=StorageSection)
     c2s: C2SSection = field(default_factory=C2SSection)
+    http: HttpSection = field(default_factory=HttpSection)
     bosh: BoshSection = field(default_factory=BoshSection)
     tls: TLSSection = field(default_factory=TLSSection)
     auth: AuthSection = field(default_factory=AuthSection)

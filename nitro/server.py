@@ -30,6 +30,7 @@ from nitro.storage import Storage
 from nitro.storage.layered import open_storage
 from nitro.storage.tiers import Tiers
 from nitro.storage.timed import timed_storage
+from nitro.transports.http import serve_http
 from nitro.transports.tcp import connection_factory
 from nitro.transports.tls import make_tls_context
 from nitro.xmpp.errors import StreamError
@@ -192,7 +193,8 @@ async def running_server(config: Config) -> AsyncIterator[Server]:
             try:
                 async with serve_admin(server):  # `nitro status|sessions|kick|reload`; before the listeners
                     await server.start_listeners()
-                    with tuned_gc(config.gc):
-                        yield server
+                    async with serve_http(server):  # WebSocket, BOSH, discovery, web client ([http])
+                        with tuned_gc(config.gc):
+                            yield server
             finally:
                 await server.shutdown()

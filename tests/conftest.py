@@ -28,6 +28,7 @@ pytest_plugins = ["sqlbackends"]  # sql_backend, mariadb_backend: storage tests 
 T = TypeVar("T")
 
 DOMAIN = "localhost"
+WEB_CLIENT_DIR = Path(__file__).resolve().parent.parent / "var" / "web" / "converse.js"  # `make web-client`
 PASSWORD = "correct horse battery"
 
 logging.getLogger("slixmpp").setLevel(logging.WARNING)
@@ -53,10 +54,12 @@ _prefixes = itertools.count()
 
 def make_config(tmp_path: Path, **sections: dict[str, Any]) -> Config:
     """A config for one test: free ports, files under tmp_path, fast timers; override per section."""
+    ports = free_ports(4)  # c2s STARTTLS and Direct TLS, HTTP and HTTPS
     document: dict[str, dict[str, Any]] = {
         "server": {"domain": DOMAIN, "admins": [f"admin@{DOMAIN}"]},
         "storage": {"dsn": f"sqlite+aiosqlite:///{tmp_path}/nitro.db"},
-        "c2s": dict(zip(("port", "direct_tls_port"), free_ports(2), strict=True), negotiation_timeout=20.0),
+        "c2s": dict(zip(("port", "direct_tls_port"), ports[:2], strict=True), negotiation_timeout=20.0),
+        "http": {"port": ports[2], "tls_port": ports[3], "web_client_dir": str(WEB_CLIENT_DIR)},
         "tls": {"cert": str(tmp_path / "tls" / "cert.pem"), "key": str(tmp_path / "tls" / "key.pem")},
         "auth": {"scram_iterations": 4096},
         "metrics": {"port": 0},
@@ -86,8 +89,10 @@ async def started_server(config: Config, attempts: int = 5) -> AsyncIterator[Ser
         except OSError as error:
             if error.errno != errno.EADDRINUSE or attempt == attempts - 1:
                 raise
-            c2s = dataclasses.replace(config.c2s, port=free_port(), direct_tls_port=free_port())
-            config = dataclasses.replace(config, c2s=c2s)
+            ports = free_ports(4)
+            c2s = dataclasses.replace(config.c2s, port=ports[0], direct_tls_port=ports[1])
+            http = dataclasses.replace(config.http, port=ports[2], tls_port=ports[3])
+            config = dataclasses.replace(config, c2s=c2s, http=http)
             continue
         try:
             yield running

@@ -249,15 +249,12 @@ async def test_plain_http_from_afar_may_not_authenticate(tmp_path: Path) -> None
     async with serving(tmp_path, client_info=lambda _request: ("203.0.113.7", False)) as (server, url, http):
         await Clients(server).user("alice")
         client = BoshClient(http, url)
-        creation = await client.create()
-        mechanisms = creation.findall(f"{{{STREAM}}}features/{{{SASL}}}mechanisms/{{{SASL}}}mechanism")
-        assert "PLAIN" not in [m.text for m in mechanisms]
-        assert creation.find(f"{{{STREAM}}}features/{{urn:ietf:params:xml:ns:xmpp-tls}}starttls") is None
+        # No feature could lead anywhere (no STARTTLS over HTTP): the session ends at once, as Prosody
+        # closes a stream it has no feature for, instead of offering SASL it would then refuse.
         with pytest.raises(Terminated) as ended:
-            await client.step(
-                [f"<auth xmlns='{SASL}' mechanism='SCRAM-SHA-1'>biwsbj1hbGljZSxyPWFiYw==</auth>"]
-            )
+            await client.create()
         assert ended.value.terminal.find(f"{{{STREAM}}}error/{{{STREAM_ERRORS}}}policy-violation") is not None
+        assert ended.value.terminal.find(f".//{{{SASL}}}mechanisms") is None
 
 
 async def test_a_secure_session_refuses_a_request_in_the_clear(tmp_path: Path) -> None:

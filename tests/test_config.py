@@ -36,7 +36,16 @@ def test_defaults_match_the_commented_default_file() -> None:
     )
     for key in ("cert", "key"):
         assert shipped.path(getattr(shipped.tls, key)).resolve() == defaults.path(getattr(defaults.tls, key))
-    same_paths = dataclasses.replace(shipped, base_dir=REPOSITORY, storage=defaults.storage, tls=defaults.tls)
+    web_client = shipped.path(shipped.http.web_client_dir).resolve()
+    assert (
+        web_client
+        == defaults.path(defaults.http.web_client_dir)
+        == REPOSITORY / "var" / "web" / "converse.js"
+    )
+    http = dataclasses.replace(shipped.http, web_client_dir=defaults.http.web_client_dir)
+    same_paths = dataclasses.replace(
+        shipped, base_dir=REPOSITORY, storage=defaults.storage, tls=defaults.tls, http=http
+    )
     assert same_paths == defaults
 
 

@@ -131,6 +131,11 @@ class Negotiation:
                 if self.config.require_encryption:
                     etree.SubElement(starttls, f"{{{ns.TLS}}}required")
                     return features  # nothing else until TLS is up (RFC 6120 §5.3.1)
+            elif not self.may_negotiate:
+                # Encryption is required and this transport cannot add it (WebSocket or BOSH over plain HTTP
+                # from afar, RFC 7395 §3.9): no feature would lead anywhere, so say why now, as Prosody does
+                # (it closes such a stream when it has no feature to offer).
+                raise StreamError("policy-violation", "encryption is required: connect over TLS (https, wss)")
             mechs = etree.SubElement(features, f"{{{ns.SASL}}}mechanisms", nsmap=ns.default_ns(ns.SASL))
             for name in self._mechanisms():
                 etree.SubElement(mechs, f"{{{ns.SASL}}}mechanism").text = name
