@@ -107,6 +107,8 @@ def nitro_config(directory: Path, port: int, plan: Plan, cert: Path, key: Path, 
         "modules": {"disabled": [] if plan.archive else ["mam"]},
         "logging": {"level": "WARNING"},
         "metrics": {"port": metrics_port},  # read after each phase: event-loop lag and GC pauses
+        "http": {"enabled": False},  # TCP only: the web transports have their own benchmarks
+        "admin": {"socket": "", "pid_file": ""},
     }
     text = "# Written by integration/bench.py for one benchmark run.\n"
     for name, values in sections.items():

@@ -33,20 +33,30 @@ class ClientStream:
     Until a resource is bound the input goes to the `Negotiation`; then to the bound `ClientSession`.
     """
 
-    __slots__ = ("_admitted", "_session", "negotiation", "transport")
+    __slots__ = ("_admitted", "_negotiation", "_server", "_session", "transport")
 
     def __init__(self, server: Core, transport: Transport) -> None:
         self.transport = transport
-        self.negotiation = Negotiation(server, transport)
+        self._server = server
+        self._negotiation: Negotiation | None = Negotiation(server, transport)
         self._session: ClientSession | None = None
         self._admitted = False  # holds one of the server's negotiation slots
-        server.track(self.negotiation)
+        server.track(self._negotiation)
+
+    @property
+    def negotiation(self) -> Negotiation:
+        """The stream's negotiation, until a session is bound (then it is let go: idle memory)."""
+        assert self._negotiation is not None, "the stream is bound"
+        return self._negotiation
 
     @property
     def session(self) -> ClientSession | None:
         """The session this connection drives, once bound or resumed."""
         if self._session is None:
-            self._session = self.negotiation.bound
+            negotiation = self._negotiation
+            if negotiation is not None and negotiation.bound is not None:
+                self._session = negotiation.bound
+                self._negotiation = None  # done with; its state lives on in the session
         return self._session
 
     @property
@@ -85,10 +95,10 @@ class ClientStream:
     async def receive(self, event: StreamEvent) -> bool:
         """Handle one input event; False once the stream is over (closed, or resumed elsewhere)."""
         try:
-            if not self._admitted and not self.negotiation.authenticated:
+            if not self._admitted and self.session is None and not self.negotiation.authenticated:
                 await self._admit()
             await self._current.receive(event)
-            if self._admitted and self.negotiation.authenticated:
+            if self._admitted and (self.session is not None or self.negotiation.authenticated):
                 self._release()  # authenticated: the expensive part (TLS, SASL) is over
         except StreamError as error:
             await self.close(error)
@@ -109,7 +119,7 @@ class ClientStream:
         remaining = negotiation.negotiation_deadline - time.monotonic()
         try:
             async with asyncio.timeout(max(0.0, remaining)):
-                await negotiation.server.negotiations.acquire()
+                await self._server.negotiations.acquire()
         except TimeoutError:
             raise StreamError("connection-timeout", "stream negotiation took too long") from None
         self._admitted = True
@@ -117,7 +127,7 @@ class ClientStream:
     def _release(self) -> None:
         if self._admitted:
             self._admitted = False
-            self.negotiation.server.negotiations.release()
+            self._server.negotiations.release()
 
     async def tick(self) -> bool:
         """Run the stream's timer work (timeouts, pings, keepalives); False once the stream is over."""
@@ -143,12 +153,13 @@ class ClientStream:
     async def connection_lost(self) -> None:
         """The connection is gone: a resumable session detaches and stays tracked, any other ends."""
         current = self._current
-        server = self.negotiation.server
+        server = self._server
         self._release()
         try:
             if current.transport is self.transport:
                 await current.connection_lost()
         finally:
-            server.untrack(self.negotiation)
+            if self._negotiation is not None:
+                server.untrack(self._negotiation)
             if current.closed:
                 server.untrack(current)
