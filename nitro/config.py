@@ -92,6 +92,8 @@ class StreamManagementSection:
     resume_timeout: float = 300.0
     ack_request_every: int = 5
     max_unacked: int = 5000
+    max_unacked_bytes: int = 1024 * 1024  # per session, serialised size of the queued stanzas
+    max_unacked_bytes_total: int = 256 * 1024 * 1024  # all sessions of this process together
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +176,19 @@ class GCSection:
 
 
 @dataclass(frozen=True, slots=True)
+class LimitsSection:
+    """What one client connection may cost (nitro/transports/limits.py; see config/nitro.toml)."""
+
+    bytes_per_second: int = 10_000  # 0: no byte rate
+    stanzas_per_second: float = 50.0  # in cost units (most stanzas cost 1); 0: no stanza rate
+    burst_seconds: float = 2.0
+    max_connections_per_address: int = 100  # 0: no cap
+    exempt_addresses: tuple[str, ...] = ()  # addresses and networks the per-address cap leaves alone
+    max_names_before_auth: int = 256  # distinct XML names an unauthenticated stream may use
+    preauth_streams_per_thread: int = 64  # 0: parse unauthenticated streams on the event loop's thread
+
+
+@dataclass(frozen=True, slots=True)
 class RuntimeSection:
     uvloop: bool = True  # uvloop as the event loop when it is installed; false: asyncio's own
 
@@ -198,6 +213,7 @@ class Config:
     cache: CacheSection = field(default_factory=CacheSection)
     gc: GCSection = field(default_factory=GCSection)
     runtime: RuntimeSection = field(default_factory=RuntimeSection)
+    limits: LimitsSection = field(default_factory=LimitsSection)
     base_dir: Path = Path()
 
     def path(self, relative: str) -> Path:
@@ -297,6 +313,17 @@ def _validate(config: Config, source: str) -> None:
         raise ConfigError(f"{source}: [logging].level must be DEBUG, INFO, WARNING or ERROR")
     _validate_observability(config, source)
     _validate_tiers(config, source)
+    _validate_limits(config, source)
+
+
+def _validate_limits(config: Config, source: str) -> None:
+    for entry in config.limits.exempt_addresses:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError as exc:
+            raise ConfigError(
+                f"{source}: [limits].exempt_addresses: {entry!r} is not an address or network"
+            ) from exc
 
 
 def _validate_observability(config: Config, source: str) -> None:

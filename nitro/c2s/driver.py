@@ -4,19 +4,25 @@ A transport creates one `ClientStream` per connection (TCP socket, WebSocket, BO
 events, ticks its timer and tells it when the connection is gone. The stream follows the session it drives:
 after `<resume/>` (XEP-0198 §5) that is the older session; when another connection resumes ours, `open`
 turns False and the transport stops.
+
+For operators it logs, at INFO, one line when the connection opens (address, transport), when a resource is
+bound, and when the connection is gone (duration, reason); at DEBUG (logger `nitro.trace`) every element
+read (nitro/observe/trace.py; transports trace what they write).
 """
 
 from __future__ import annotations
 
 import logging
 import ssl
+import time
 from typing import TYPE_CHECKING
 
 from nitro.c2s.negotiation import Negotiation
 from nitro.c2s.session import ClientSession
 from nitro.c2s.transport import Transport
+from nitro.observe import trace
 from nitro.xmpp.errors import StreamError
-from nitro.xmpp.xmlstream import StreamEvent
+from nitro.xmpp.xmlstream import StreamClosed, StreamEvent
 
 if TYPE_CHECKING:
     from nitro.core.context import Core
@@ -31,13 +37,16 @@ class ClientStream:
     Until a resource is bound the input goes to the `Negotiation`; then to the bound `ClientSession`.
     """
 
-    __slots__ = ("_session", "negotiation", "transport")
+    __slots__ = ("_end_reason", "_opened_at", "_session", "negotiation", "transport")
 
     def __init__(self, server: Core, transport: Transport) -> None:
         self.transport = transport
         self.negotiation = Negotiation(server, transport)
         self._session: ClientSession | None = None
+        self._opened_at = time.monotonic()
+        self._end_reason: str | None = None  # why the connection ends, once known
         server.track(self.negotiation)
+        self.negotiation.log.info("connected from %s over %s", transport.peer_host, transport.kind)
 
     @property
     def session(self) -> ClientSession | None:
@@ -45,6 +54,11 @@ class ClientStream:
         if self._session is None:
             self._session = self.negotiation.bound
         return self._session
+
+    @property
+    def authenticated(self) -> bool:
+        """The client authenticated (SASL success): its stream is no longer anonymous."""
+        return self.negotiation.authenticated
 
     @property
     def _current(self) -> Negotiation | ClientSession:
@@ -79,18 +93,35 @@ class ClientStream:
     def next_deadline(self) -> float:
         return self._current.next_deadline()
 
+    def note_end(self, reason: str) -> None:
+        """Why the connection ends, as the transport knows it (e.g. a client that stopped reading)."""
+        if self._end_reason is None:
+            self._end_reason = reason
+
     async def receive(self, event: StreamEvent) -> bool:
         """Handle one input event; False once the stream is over (closed, or resumed elsewhere)."""
+        current = self._current
+        if trace.enabled():
+            trace.read(current.log.extra, event)
+        if isinstance(event, StreamClosed):
+            self.note_end("the client closed the stream")
         try:
-            await self._current.receive(event)
+            await current.receive(event)
         except StreamError as error:
             await self.close(error)
         except (ConnectionError, TimeoutError, ssl.SSLError) as exc:
             self.log.info("connection lost: %r", exc)
+            self.note_end(f"connection lost: {exc!r}")
             await self.connection_lost()
         except Exception:
             self.log.exception("internal error; closing the stream")
             await self.close(StreamError("internal-server-error"))
+        if (
+            self._session is None
+            and (session := self.session) is not None
+            and session.id == self.negotiation.id
+        ):
+            session.log.info("bound %s", session.jid)  # a resumed session has its own id, and says so
         return self.open
 
     async def tick(self) -> bool:
@@ -107,6 +138,8 @@ class ClientStream:
     async def close(self, error: StreamError | None = None) -> None:
         """Close the stream (the transport's own framing errors come here too), if it is still ours."""
         current = self._current
+        if error is not None:
+            self.note_end(_described(error))
         if current.transport is self.transport:
             try:
                 await current.close(error)
@@ -117,6 +150,7 @@ class ClientStream:
         """The connection is gone: a resumable session detaches and stays tracked, any other ends."""
         current = self._current
         server = self.negotiation.server
+        moved = current.transport is not self.transport and not current.closed
         try:
             if current.transport is self.transport:
                 await current.connection_lost()
@@ -124,3 +158,21 @@ class ClientStream:
             server.untrack(self.negotiation)
             if current.closed:
                 server.untrack(current)
+            if self._opened_at:
+                self._opened_at, opened_at = 0.0, self._opened_at
+                reason = self._end_reason or _closed_by_server(current, moved)
+                self.log.info("disconnected after %.1f s: %s", time.monotonic() - opened_at, reason)
+
+
+def _described(error: StreamError) -> str:
+    return f"<{error.condition}/> {error.text}" if error.text else f"<{error.condition}/>"
+
+
+def _closed_by_server(current: Negotiation | ClientSession, moved: bool) -> str:
+    if moved:
+        return "the session was resumed on another connection"
+    if current.closed_with is not None:
+        return _described(current.closed_with)
+    if current.closed:
+        return "the server closed the stream"
+    return "the client closed the connection"

@@ -1,6 +1,7 @@
 """The TCP transport (STARTTLS and Direct TLS): an asyncio Protocol that parses the XML stream into elements
 for the c2s stream, serialises what the stream sends, one socket write per loop turn, and runs the stream's
-timers on one handle.
+timers on one handle. It applies the shared limits (nitro/transports/limits.py): connections per address,
+traffic shaping by pausing reads, and parsing before authentication on a thread of its own.
 """
 
 from __future__ import annotations
@@ -8,15 +9,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import ssl
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Final, cast
+from typing import TYPE_CHECKING, cast
 
 from lxml import etree
 
 from nitro.c2s.driver import ClientStream
 from nitro.c2s.transport import StreamHeader
+from nitro.observe import trace
+from nitro.transports.limits import AddressSlot, Shaper, SharedLimits, too_many_connections
+from nitro.transports.tcp_task import TIMER, StreamInput, serve_client
 from nitro.xmpp.errors import StreamError
 from nitro.xmpp.xmlstream import STREAM_FOOTER, XMLStreamParser, serialize, stream_header
 
@@ -28,7 +31,6 @@ log = logging.getLogger(__name__)
 MAX_INPUT_BUFFER = 128 * 1024  # unread input past this pauses reading from the socket
 MAX_WRITE_BUFFER = 8 * 1024 * 1024  # a client that stops reading is cut off past this
 LINGER = 2.0  # seconds a closed stream keeps reading, waiting for the peer to close its side
-TIMER: Final = object()  # what `ClientConnection.read` returns when the session's deadline has passed
 
 
 class ClientConnection(asyncio.Protocol):
@@ -44,6 +46,8 @@ class ClientConnection(asyncio.Protocol):
     full for write_timeout seconds, or lets MAX_WRITE_BUFFER bytes pile up, is cut off.
     Timers: one `call_at` handle, moved only when the session's deadline comes earlier; when it fires
     early (the deadline moved later) it re-arms itself instead of waking the task.
+    Limits: a connection past `[limits].max_connections_per_address` gets `<policy-violation/>` at once;
+    what is read is shaped and parsed by `incoming` (nitro/transports/tcp_task.py).
     """
 
     __slots__ = (
@@ -53,12 +57,15 @@ class ClientConnection(asyncio.Protocol):
         "_flush_handle",
         "_inbox",
         "_inbox_bytes",
+        "_input_held",
+        "_limits",
         "_loop",
         "_out",
         "_out_bytes",
         "_read_paused",
-        "_restarted",
         "_server",
+        "_slot",
+        "_stream",
         "_task",
         "_timer",
         "_timer_at",
@@ -69,22 +76,31 @@ class ClientConnection(asyncio.Protocol):
         "_write_timer",
         "closing",
         "encrypted",
+        "incoming",
         "kind",
-        "parser",
         "peer_host",
+        "refused",
         "transport",
     )
 
-    def __init__(self, server: Core) -> None:
+    def __init__(self, server: Core, limits: SharedLimits) -> None:
         self._server = server
+        self._limits = limits
         self._loop = asyncio.get_running_loop()
         self._write_timeout = server.config.c2s.write_timeout
         self.transport: asyncio.Transport | None = None
         self.peer_host = "local"
         self.encrypted = False
         self.kind = "tcp"
-        self.parser = XMLStreamParser(max_stanza_bytes=server.config.c2s.max_stanza_bytes)
-        self._restarted = False
+        parser = XMLStreamParser(
+            max_stanza_bytes=server.config.c2s.max_stanza_bytes,
+            max_names=server.config.limits.max_names_before_auth,
+        )
+        self.incoming = StreamInput(parser, Shaper(server.config.limits), None)
+        self.refused: StreamError | None = None  # the connection is one too many from its address
+        self._slot: AddressSlot | None = None
+        self._stream: ClientStream | None = None
+        self._input_held = False
         self.closing = False
         self._inbox: list[bytes] = []
         self._inbox_bytes = 0
@@ -112,6 +128,11 @@ class ClientConnection(asyncio.Protocol):
         self.peer_host = str(peer[0]) if isinstance(peer, tuple) else "local"
         self.encrypted = transport.get_extra_info("sslcontext") is not None
         self.kind = "tls" if self.encrypted else "tcp"
+        self._slot = self._limits.addresses.acquire(self.peer_host)
+        if self._slot is None:
+            self.refused = too_many_connections(self._server.config.limits.max_connections_per_address)
+        else:
+            self.incoming.lane = self._limits.preauth.lane()
         self._task = self._loop.create_task(serve_client(self._server, self))
         self._server.connection_task(self._task)
 
@@ -133,6 +154,8 @@ class ClientConnection(asyncio.Protocol):
         self._eof = True
         self._out.clear()
         self._cancel_timers()
+        if self._slot is not None:
+            self._slot.release()
         if not self._closed.done():
             self._closed.set_result(None)
         self._wake()
@@ -154,6 +177,10 @@ class ClientConnection(asyncio.Protocol):
     # -- the stream's Transport -----------------------------------------------------------------------------
 
     @property
+    def parser(self) -> XMLStreamParser:
+        return self.incoming.parser
+
+    @property
     def can_starttls(self) -> bool:
         return not self.encrypted and self._server.tls_context is not None
 
@@ -161,51 +188,45 @@ class ClientConnection(asyncio.Protocol):
         self.write(stream_header(from_=header.from_, to=header.to, id=header.id, lang=header.lang))
 
     def send(self, element: etree._Element) -> None:
+        if self._stream is not None and trace.enabled():
+            trace.written(self._stream.log.extra, element)
         self.write(serialize(element))
 
     def send_keepalive(self) -> None:
         self.write(b" ")  # RFC 6120 §4.6.1
 
     def restart(self) -> None:
-        """A new stream on this connection: what was read after the restarting element belonged to the old
-        one (and after STARTTLS, to the clear text), so it is dropped."""
-        self.parser.reset()
-        self._restarted = True
+        self.incoming.restart(self._stream is not None and self._stream.authenticated)
 
     def close_stream(self, error: StreamError | None) -> None:
         if error is not None:
-            self.write(serialize(error.to_element()))
+            self.send(error.to_element())
         self.write(STREAM_FOOTER)
         self.close()
 
-    async def feed(self, stream: ClientStream, data: bytes) -> None:
-        """Parse `data` and hand each event to the stream, stopping at a restart or the stream's end."""
-        self._restarted = False
-        stream.activity()
-        try:
-            events = self.parser.feed(data)
-        except StreamError as error:  # not-well-formed, restricted XML, too big (RFC 6120 §4.9.3)
-            await stream.close(error)
-            return
-        for event in events:
-            if not await stream.receive(event) or self._restarted or self.closing:
-                return
+    def attach(self, stream: ClientStream) -> None:
+        """The stream this connection carries (its session's log names what the connection logs)."""
+        self._stream = stream
 
-    def next_deadline(self, stream: ClientStream, release_after: float) -> float:
-        """The stream's deadline, or earlier the moment an idle parser may be freed."""
-        deadline = stream.next_deadline()
-        if self.parser.release_due and stream.established:
-            return min(deadline, stream.last_read + release_after)
-        return deadline
+    async def sleep_until(self, when: float) -> bool:
+        self._set_deadline(when)
+        while not self._timer_due:
+            if self.closing:
+                return False
+            self._waiter = self._loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        self._timer_due = False
+        return True
 
-    def release_idle_parser(self, stream: ClientStream, release_after: float) -> None:
-        """Free the parser of an idle session (kept if input stopped mid-stanza)."""
-        if (
-            self.parser.release_due
-            and stream.established
-            and time.monotonic() >= stream.last_read + release_after
-        ):
-            self.parser.release()
+    def hold_input(self, held: bool) -> None:
+        self._input_held = held
+        if held:
+            self._pause_reading()
+        else:
+            self._maybe_resume_reading()
 
     def write(self, data: bytes) -> None:
         """Queue `data`; everything queued in this loop turn goes out in one socket write."""
@@ -229,8 +250,7 @@ class ClientConnection(asyncio.Protocol):
         self._out_bytes = 0
         transport.write(data)
         if transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
-            log.warning("%s is not reading; dropping the connection", self.peer_host)
-            transport.abort()
+            self._cut_off(f"{MAX_WRITE_BUFFER} bytes unread")
 
     async def start_tls(self) -> None:
         """Send what is queued (the `<proceed/>`) in the clear, then upgrade the socket (RFC 6120 §5.4)."""
@@ -283,6 +303,7 @@ class ClientConnection(asyncio.Protocol):
     async def finish(self) -> None:
         """Flush, read and discard until the peer closes (at most LINGER seconds), then close."""
         self.closing = True
+        self.incoming.leave_lane()
         self.flush()
         try:
             with contextlib.suppress(TimeoutError):
@@ -322,14 +343,28 @@ class ClientConnection(asyncio.Protocol):
             self.transport.pause_reading()
 
     def _maybe_resume_reading(self) -> None:
-        if self._read_paused and not self._write_paused and self._inbox_bytes <= MAX_INPUT_BUFFER:
+        if (
+            self._read_paused
+            and not self._write_paused
+            and not self._input_held
+            and self._inbox_bytes <= MAX_INPUT_BUFFER
+        ):
             self._read_paused = False
             if self.transport is not None and not self.transport.is_closing():
                 self.transport.resume_reading()
 
     def _write_timed_out(self) -> None:
         self._write_timer = None
-        log.info("%s read nothing for %.1f s; dropping the connection", self.peer_host, self._write_timeout)
+        self._cut_off(f"nothing read for {self._write_timeout:.1f} s")
+
+    def _cut_off(self, why: str) -> None:
+        """Drop a client that does not read what we write, logged under its own session (this runs in the
+        task of whoever wrote last, whose session the log context would otherwise name)."""
+        stream = self._stream
+        logger = stream.log if stream is not None else log
+        logger.warning("%s is not reading (%s); dropping the connection", self.peer_host, why)
+        if stream is not None:
+            stream.note_end(f"not reading: {why}")
         if self.transport is not None:
             self.transport.abort()
 
@@ -364,28 +399,6 @@ class ClientConnection(asyncio.Protocol):
         self._timer = self._write_timer = None
 
 
-def connection_factory(server: Core) -> Callable[[], ClientConnection]:
+def connection_factory(server: Core, limits: SharedLimits) -> Callable[[], ClientConnection]:
     """The protocol factory for `loop.create_server`: each connection runs `serve_client` in its own task."""
-    return lambda: ClientConnection(server)
-
-
-async def serve_client(server: Core, connection: ClientConnection) -> None:
-    """Run one connection to its end: read, parse, hand events to the stream, run its timer."""
-    stream = ClientStream(server, connection)
-    release_after = server.config.c2s.release_parser_after
-    try:
-        while stream.open and not connection.closing:
-            data = await connection.read(connection.next_deadline(stream, release_after))
-            if data is TIMER:
-                connection.release_idle_parser(stream, release_after)
-                await stream.tick()
-                continue
-            if not data or not stream.open:
-                break  # the end, or the stream was closed (or resumed elsewhere) while we waited
-            assert isinstance(data, bytes)
-            await connection.feed(stream, data)
-    except (ConnectionError, TimeoutError, ssl.SSLError) as exc:
-        stream.log.info("connection lost: %r", exc)
-    finally:
-        await stream.connection_lost()
-        await connection.finish()
+    return lambda: ClientConnection(server, limits)

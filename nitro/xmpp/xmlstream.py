@@ -18,6 +18,7 @@ from nitro.xmpp.ns import default_ns
 
 __all__ = [
     "STREAM_FOOTER",
+    "NameBudget",
     "StanzaReceived",
     "StreamClosed",
     "StreamEvent",
@@ -40,6 +41,9 @@ _INVENTED_PREFIX: Final = re.compile(r"ns\d+")
 # The stream's bytes from its last '<' are kept (up to _TAIL_MAX) to tell whether input stopped between
 # two top-level elements: then they are one complete end tag or empty-element tag, and whitespace.
 _TAIL_MAX: Final = 4096
+_EVENTS: Final = ("start", "end", "comment", "pi")
+_COUNTED_EVENTS: Final = ("start-ns", *_EVENTS)  # namespace declarations name their prefix
+_NAME_CHUNK: Final = 64  # characters of a name that count as one name
 _ENDS_ELEMENT: Final = re.compile(
     rb"""(?:</[^\s>]+\s*>|<[^\s/>'"]+(?:\s+[^\s=/>]+\s*=\s*(?:'[^']*'|"[^"]*"))*\s*/>)[ \t\r\n]*"""
 )  # what lxml names a namespace that has no prefix
@@ -84,6 +88,34 @@ class StreamClosed:
 StreamEvent = StreamOpened | StanzaReceived | StreamClosed
 
 
+class NameBudget:
+    """The distinct names a stream has made lxml intern (issue 11 item 1): element and attribute local names
+    and namespace prefixes, which the parser keeps in a dictionary of its thread that never shrinks. Past
+    `limit`, `<policy-violation/>` (RFC 6120 §4.9.3.14, a local policy like the stanza size limit)."""
+
+    __slots__ = ("_seen", "limit", "used")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._seen: set[str] = set()
+
+    def add(self, name: str) -> None:
+        if name not in self._seen:
+            self._seen.add(name)
+            self.used += 1 + len(name) // _NAME_CHUNK
+            if self.used > self.limit:
+                raise StreamError(
+                    "policy-violation", f"more than {self.limit} distinct XML names in this stream"
+                )
+
+    def element(self, element: etree._Element) -> None:
+        add = self.add
+        add(element.tag.rpartition("}")[2])
+        for key in element.attrib:
+            add(str(key).rpartition("}")[2])
+
+
 class XMLStreamParser:
     """Turns the bytes of one inbound XML stream into `StreamEvent`s; raises `StreamError` when they break it.
 
@@ -97,14 +129,19 @@ class XMLStreamParser:
         content_namespaces: frozenset[str] = frozenset({ns.CLIENT}),
         max_stanza_bytes: int = 262144,
         max_depth: int = 64,
+        max_names: int | None = None,
     ) -> None:
         self._content_namespaces = content_namespaces
         self._max_stanza_bytes = max_stanza_bytes
         self._max_depth = max_depth
+        # Distinct names (element and attribute local names, namespace prefixes) one stream may use, each 64
+        # characters of a name counting as one more; None: no cap. Takes effect at the next `reset`.
+        self.max_names = max_names
         self.reset()
 
     def reset(self) -> None:
         """Drop all state and buffered bytes; expect a new stream header (RFC 6120 §5.4.3.3, §6.4.6)."""
+        self._names: NameBudget | None = None if self.max_names is None else NameBudget(self.max_names)
         self._parser: etree.XMLPullParser | None = self._new_parser()
         self._root: etree._Element | None = None
         self._depth = 0  # open elements, the stream element included
@@ -115,10 +152,9 @@ class XMLStreamParser:
         self._resume: bytes | None = None  # while released: the stream header that recreates the parser
         self.release_due = False  # bytes came since the parser was last kept or recreated
 
-    @staticmethod
-    def _new_parser() -> etree.XMLPullParser:
+    def _new_parser(self) -> etree.XMLPullParser:
         return etree.XMLPullParser(
-            events=("start", "end", "comment", "pi"),
+            events=_COUNTED_EVENTS if self._names is not None else _EVENTS,
             encoding="utf-8",  # RFC 6120 §11.6; a declaration claiming otherwise is refused in _check_prolog
             resolve_entities=False,
             no_network=True,
@@ -251,6 +287,8 @@ class XMLStreamParser:
         for event in self._parser.read_events():
             match event:
                 case ("start", element):
+                    if self._names is not None:
+                        self._names.element(element)
                     self._depth += 1
                     if self._depth == 1:
                         events.append(self._open(element))
@@ -265,6 +303,9 @@ class XMLStreamParser:
                         self._pending = 0
                     elif self._depth == 0:
                         events.append(StreamClosed())
+                case ("start-ns", (str() as prefix, _uri)):
+                    assert self._names is not None
+                    self._names.add(prefix)
                 case (kind, _):  # RFC 6120 §11.1
                     found = "a processing instruction" if kind == "pi" else "a comment"
                     raise StreamError("restricted-xml", f"{found} in the stream")
