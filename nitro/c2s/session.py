@@ -352,6 +352,13 @@ class ClientSession(ResourceState):
                         f"more than {settings.max_unacked} stanzas unacknowledged (XEP-0198 §4)",
                     )
                 )
+            elif sm.unacked_bytes > settings.max_unacked_bytes:
+                self._end_soon(
+                    StreamError(
+                        "policy-violation",
+                        f"more than {settings.max_unacked_bytes} bytes unacknowledged (XEP-0198 §4)",
+                    )
+                )
             self.transport.send(element)
             if self.state is State.ESTABLISHED and sm.request_due(settings.ack_request_every):
                 self.transport.send(ack_request())
