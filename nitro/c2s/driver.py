@@ -101,6 +101,7 @@ class ClientStream:
     async def receive(self, event: StreamEvent) -> bool:
         """Handle one input event; False once the stream is over (closed, or resumed elsewhere)."""
         current = self._current
+        bound_before = self.negotiation.bound
         if trace.enabled():
             trace.read(current.log.extra, event)
         if isinstance(event, StreamClosed):
@@ -116,12 +117,9 @@ class ClientStream:
         except Exception:
             self.log.exception("internal error; closing the stream")
             await self.close(StreamError("internal-server-error"))
-        if (
-            self._session is None
-            and (session := self.session) is not None
-            and session.id == self.negotiation.id
-        ):
-            session.log.info("bound %s", session.jid)  # a resumed session has its own id, and says so
+        bound = self.negotiation.bound
+        if bound is not bound_before and bound is not None and bound.id == self.negotiation.id:
+            bound.log.info("bound %s", bound.jid)  # a resumed session has its own id, and says so
         return self.open
 
     async def tick(self) -> bool:
@@ -151,6 +149,7 @@ class ClientStream:
         current = self._current
         server = self.negotiation.server
         moved = current.transport is not self.transport and not current.closed
+        closed_by_server = current.closed  # before connection_lost() marks it closed
         try:
             if current.transport is self.transport:
                 await current.connection_lost()
@@ -160,7 +159,7 @@ class ClientStream:
                 server.untrack(current)
             if self._opened_at:
                 self._opened_at, opened_at = 0.0, self._opened_at
-                reason = self._end_reason or _closed_by_server(current, moved)
+                reason = self._end_reason or _closed_by_server(current, moved, closed_by_server)
                 self.log.info("disconnected after %.1f s: %s", time.monotonic() - opened_at, reason)
 
 
@@ -168,11 +167,11 @@ def _described(error: StreamError) -> str:
     return f"<{error.condition}/> {error.text}" if error.text else f"<{error.condition}/>"
 
 
-def _closed_by_server(current: Negotiation | ClientSession, moved: bool) -> str:
+def _closed_by_server(current: Negotiation | ClientSession, moved: bool, closed: bool) -> str:
     if moved:
         return "the session was resumed on another connection"
     if current.closed_with is not None:
         return _described(current.closed_with)
-    if current.closed:
+    if closed:
         return "the server closed the stream"
     return "the client closed the connection"
