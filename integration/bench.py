@@ -107,6 +107,8 @@ def nitro_config(directory: Path, port: int, plan: Plan, cert: Path, key: Path, 
         "modules": {"disabled": [] if plan.archive else ["mam"]},
         "logging": {"level": "WARNING"},
         "metrics": {"port": metrics_port},  # read after each phase: event-loop lag and GC pauses
+        # like the Prosody it is compared with: no traffic shaping, and thousands of clients from loopback
+        "limits": {"bytes_per_second": 0, "stanzas_per_second": 0, "max_connections_per_address": 0},
     }
     text = "# Written by integration/bench.py for one benchmark run.\n"
     for name, values in sections.items():

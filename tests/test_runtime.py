@@ -88,7 +88,7 @@ def test_connection_timers_survive_uvloops_past_deadlines(tmp_path: Path) -> Non
     server = Server(make_config(tmp_path), None, None)  # type: ignore[arg-type]  # no storage needed here
 
     async def scenario() -> list[object]:
-        connection = ClientConnection(server)
+        connection = ClientConnection(server, server.transport_limits)
         past = time.monotonic() - 1.0
         seen = [await connection.read(past)]  # the timer fires at once
         connection.data_received(b"<presence/>")
