@@ -137,7 +137,7 @@ class ClientStream:
         """Close the stream (the transport's own framing errors come here too), if it is still ours."""
         current = self._current
         if error is not None:
-            self.note_end(_described(error))
+            self.note_end(error.described)
         if current.transport is self.transport:
             try:
                 await current.close(error)
@@ -163,15 +163,11 @@ class ClientStream:
                 self.log.info("disconnected after %.1f s: %s", time.monotonic() - opened_at, reason)
 
 
-def _described(error: StreamError) -> str:
-    return f"<{error.condition}/> {error.text}" if error.text else f"<{error.condition}/>"
-
-
 def _closed_by_server(current: Negotiation | ClientSession, moved: bool, closed: bool) -> str:
     if moved:
         return "the session was resumed on another connection"
     if current.closed_with is not None:
-        return _described(current.closed_with)
+        return current.closed_with
     if closed:
         return "the server closed the stream"
     return "the client closed the connection"

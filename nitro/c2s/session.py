@@ -104,7 +104,7 @@ class ClientSession(ResourceState):
         self.sm: SmState | None = None  # Stream Management (XEP-0198), once enabled
         self.resumed: ClientSession | None = None  # set when this stream resumed that session (XEP-0198 §5)
         self._ending = False  # a close is scheduled (too many unacknowledged stanzas)
-        self.closed_with: StreamError | None = None  # the stream error the session was closed with
+        self.closed_with: str | None = None  # the stream error the session was closed with, for the log
         now = time.monotonic()
         self.last_read = now
         self.last_write = now
@@ -381,7 +381,7 @@ class ClientSession(ResourceState):
         if self.closed:
             return
         if error is not None:
-            self.closed_with = error
+            self.closed_with = error.described  # not the exception: its traceback
             self.log.info("closing with <%s/>: %s", error.condition, error.text)
         if self.state is State.DETACHED:
             await self._finish()

@@ -65,6 +65,11 @@ class Lane:
             return function(*args)
         return generation.run(function, *args)
 
+    @property
+    def stopped(self) -> bool:
+        """Its thread was stopped (at shutdown) while the stream still held the lane: `run` runs inline."""
+        return self._generation is not None and self._generation.stopped
+
     def release(self) -> None:
         generation, self._generation = self._generation, None
         if generation is not None:

@@ -303,7 +303,7 @@ class ClientConnection(asyncio.Protocol):
     async def finish(self) -> None:
         """Flush, read and discard until the peer closes (at most LINGER seconds), then close."""
         self.closing = True
-        self.incoming.leave_lane()
+        self.incoming.close()
         self.flush()
         try:
             with contextlib.suppress(TimeoutError):
@@ -316,6 +316,7 @@ class ClientConnection(asyncio.Protocol):
                     await asyncio.shield(self._closed)
         finally:
             self._cancel_timers()
+            self._stream = None  # no cycle through the stream: the connection and its parser go at once
             if self.transport is not None:
                 self.transport.close()
         with contextlib.suppress(TimeoutError):

@@ -65,6 +65,16 @@ class StreamInput:
         self.parser.reset()
         self.restarted = True
 
+    def close(self) -> None:
+        """The connection is over: its parser's memory goes now, not when a cycle is collected. (On its lane:
+        ending a parse re-initialises lxml's parser context with the current thread's name dictionary.)"""
+        lane = self.lane
+        if lane is None:
+            self.parser.dispose()
+        elif not lane.stopped:  # else (only at shutdown) the garbage collector frees it
+            lane.run(self.parser.dispose)
+        self.leave_lane()
+
     def leave_lane(self) -> None:
         lane, self.lane = self.lane, None
         if lane is not None:

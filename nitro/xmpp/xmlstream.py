@@ -5,6 +5,7 @@ Wraps lxml's incremental parser and closes the holes it leaves open to a hostile
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import re
 from dataclasses import dataclass
@@ -147,7 +148,7 @@ class XMLStreamParser:
         self._depth = 0  # open elements, the stream element included
         self._pending = 0  # bytes fed since the stream header or the last top-level element was complete
         self._prolog: bytearray | None = bytearray()  # the raw bytes until the stream element starts
-        self._error: StreamError | None = None
+        self._error: StreamError | None = None  # raised again by each later feed
         self._tail: bytes | None = b""  # the input from its last '<' on; None if longer than _TAIL_MAX
         self._resume: bytes | None = None  # while released: the stream header that recreates the parser
         self.release_due = False  # bytes came since the parser was last kept or recreated
@@ -189,6 +190,24 @@ class XMLStreamParser:
         self._root = None
         self._pending = 0
         return True
+
+    def dispose(self) -> None:
+        """The stream is over: free lxml's parser and the stream tree now (feeding again is an error)."""
+        parser, self._parser = self._parser, None
+        self._root = None
+        if parser is not None:
+            # lxml's parser, its unread events, their elements and the elements' document (which refers to
+            # the parser) form a cycle: dropped as they are, they wait for the garbage collector with what
+            # an unfinished element holds (a start tag of thousands of attributes: a megabyte). Ending
+            # the parse, then reading the events that leaves, lets them all go now.
+            with contextlib.suppress(etree.XMLSyntaxError):
+                parser.close()
+            for _event in parser.read_events():
+                pass
+        self._prolog = None
+        self._resume = None
+        # a new error: the first one's traceback holds this parser's frames, a cycle of its own
+        self._error = StreamError("undefined-condition", "the stream is over")
 
     @property
     def released(self) -> bool:
