@@ -215,16 +215,23 @@ async def hostile(port: int, size: int) -> None:
         raw.close()
 
 
-async def names(port: int, pid: int, connections: int, size: int) -> None:
+async def names(port: int, pid: int, connections: int, size: int, waves: int) -> None:
+    """Waves of hostile connections: memory that is given back levels off, memory kept for good grows."""
     before = rss_mib(pid)
-    for start in range(0, connections, 50):
-        await asyncio.gather(*(hostile(port, size) for _ in range(min(50, connections - start))))
-    await asyncio.sleep(5)
-    after = rss_mib(pid)
-    grown = after - before
-    print(f"  {connections} unauthenticated connections sending {size / 1000:.0f} kB of new names each")
-    print(f"  RSS {before:.0f} MiB before, {after:.0f} MiB 5 s after they closed: +{grown:.1f} MiB")
-    print(f"  left behind per hostile connection: {grown * 1024 / connections:.1f} KiB")
+    print(
+        f"  {waves} waves of {connections} unauthenticated connections, "
+        f"each sending {size / 1000:.0f} kB of new names"
+    )
+    print(f"  RSS before: {before:.0f} MiB")
+    for wave in range(1, waves + 1):
+        for start in range(0, connections, 50):
+            await asyncio.gather(*(hostile(port, size) for _ in range(min(50, connections - start))))
+        await asyncio.sleep(5)
+        grown = rss_mib(pid) - before
+        print(
+            f"  5 s after wave {wave}: +{grown:.1f} MiB, "
+            f"{grown * 1024 / (connections * wave):.1f} KiB per hostile connection so far"
+        )
 
 
 # -- item 3: one client floods, a pair chats ---------------------------------------------------------------
@@ -350,7 +357,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--source", type=Path, default=Path(__file__).resolve().parent.parent)
     parser.add_argument("--scenario", choices=SCENARIOS, action="append")
-    parser.add_argument("--connections", type=int, default=400, help="hostile connections (names)")
+    parser.add_argument("--connections", type=int, default=400, help="hostile connections a wave (names)")
+    parser.add_argument("--waves", type=int, default=3, help="waves of hostile connections (names)")
     parser.add_argument("--stanza-kb", type=int, default=230, help="kB of names each sends (names)")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of flood (flood)")
     parser.add_argument("--messages", type=int, default=1000, help="messages to the lazy client (sm)")
@@ -363,7 +371,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if scenario == "names":
             print("\nitem 1: distinct names before authentication")
             with server(source, (), {}) as (port, pid):
-                asyncio.run(names(port, pid, args.connections, args.stanza_kb * 1000))
+                asyncio.run(names(port, pid, args.connections, args.stanza_kb * 1000, args.waves))
         elif scenario == "flood":
             print("\nitem 3: a flooding client and a chatting pair (default settings)")
             with server(source, ("flood", "sink", "alice", "bob"), {}) as (port, pid):

@@ -4,6 +4,7 @@ flooding client is slowed down by traffic shaping while others keep chatting (it
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from pathlib import Path
 
@@ -128,3 +129,26 @@ async def test_a_flooding_client_is_slowed_while_another_pair_keeps_chatting(tmp
             await wait_for(lambda: len(got) == count, count / RATE + 30)  # and every message arrives
         finally:
             await clients.close_all()
+
+
+async def test_clear_text_after_starttls_is_dropped_even_when_shaping_splits_the_read(tmp_path: Path) -> None:
+    """RFC 6120 §5.4.3.3: nothing sent before the TLS handshake belongs to the new stream. A shaped read takes
+    1 kB of the 3 kB the client sent with `<starttls/>`; the rest, a stream header and an IQ injected in
+    clear text, must not be read as the start of the encrypted stream."""
+    config = make_config(tmp_path, limits={"bytes_per_second": 1000, "burst_seconds": 1.0})
+    async with running_server(config) as server:
+        reader, writer = await raw_stream(server)
+        writer.write(HEADER)
+        await read_until(reader, b"</stream:features>")
+        await asyncio.sleep(1.5)  # the header's bytes paid back: the next read may take 1 kB
+        injected = HEADER + b"<iq type='get' id='injected'><query xmlns='jabber:iq:register'/></iq>"
+        writer.write(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>" + b" " * 1500 + injected)
+        await read_until(reader, b"<proceed")
+        context = ssl.create_default_context(cafile=str(server.config.path(server.config.tls.cert)))
+        await writer.start_tls(context, server_hostname="localhost")
+        writer.write(HEADER)
+        await read_until(reader, b"</stream:features>", timeout=10)
+        writer.write(b"<iq type='get' id='mine'><query xmlns='jabber:iq:register'/></iq>")
+        data = await read_until(reader, b'id="mine"', timeout=10)
+        assert b"injected" not in data
+        writer.close()

@@ -4,9 +4,10 @@ stanza costs, paid by pausing reads) and the count of connections per address. P
 How a transport uses them (TCP in nitro/transports/tcp.py; WebSocket and BOSH the same way):
 - at accept, `AddressCounter.acquire(peer_host)`; None: close the stream at once with the
   `<policy-violation/>` of `too_many_connections()`; else `release()` the slot when the connection ends;
-- per connection, a `Shaper`: `take_bytes(len(data))` for what it reads, `take(event)` for each stream event
-  it hands to the stream, and before reading or handing on more, `delay()` seconds of not reading from the
-  peer (pause the socket, hold back the next WebSocket message or BOSH request body) while it is positive.
+- per connection, a `Shaper`: `take_bytes(len(data))` for what it reads (at most `allowance()` bytes at a
+  time where the transport can split its input), `take(event)` for each stream event it hands to the
+  stream, and before reading or handing on more, `delay()` seconds of not reading from the peer (pause
+  the socket, hold back the next WebSocket message or BOSH request body) while it is positive.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ IQ_COSTS: Final[dict[tuple[str, str], int]] = {
 }
 SUBSCRIPTION_COST: Final = 5  # a roster write for both users, pushes, probes (RFC 6121 §3)
 SASL_COST: Final = 10  # PLAIN derives SCRAM keys (PBKDF2) from the password to check it
+MIN_READ: Final = 1024  # bytes a shaped connection may always read once out of debt
 
 
 def cost(event: StreamEvent) -> int:
@@ -122,6 +124,16 @@ class Shaper:
     def take(self, event: StreamEvent) -> None:
         if self._stanzas.rate:
             self._stanzas.take(cost(event), self._clock())
+
+    def allowance(self) -> int | None:
+        """Bytes that may be read now without going into debt (at least MIN_READ, so that a connection
+        always moves on), None without a byte rate. Reading only that much keeps the pace even: what was
+        read is charged at once, and a whole socket buffer read at once would be a debt of seconds."""
+        bucket = self._bytes
+        if not bucket.rate:
+            return None
+        bucket.take(0, self._clock())
+        return max(MIN_READ, int(bucket.tokens))
 
     def delay(self) -> float:
         """Seconds to read nothing more from this connection (0: go on)."""

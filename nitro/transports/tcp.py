@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
@@ -18,6 +17,7 @@ from lxml import etree
 from nitro.c2s.driver import ClientStream
 from nitro.c2s.transport import StreamHeader
 from nitro.observe import trace
+from nitro.transports.deadline import Deadline
 from nitro.transports.limits import AddressSlot, Shaper, SharedLimits, too_many_connections
 from nitro.transports.tcp_task import TIMER, StreamInput, serve_client
 from nitro.xmpp.errors import StreamError
@@ -44,15 +44,13 @@ class ClientConnection(asyncio.Protocol):
     Output: `write` only queues; one `transport.write` per loop turn sends everything queued, so a fan-out
     of many stanzas to one client costs one system call. A client that leaves the socket's send buffer
     full for write_timeout seconds, or lets MAX_WRITE_BUFFER bytes pile up, is cut off.
-    Timers: one `call_at` handle, moved only when the session's deadline comes earlier; when it fires
-    early (the deadline moved later) it re-arms itself instead of waking the task.
+    Timers: one `Deadline` (nitro/transports/deadline.py) for the stream's timer work, one for writes.
     Limits: a connection past `[limits].max_connections_per_address` gets `<policy-violation/>` at once;
     what is read is shaped and parsed by `incoming` (nitro/transports/tcp_task.py).
     """
 
     __slots__ = (
         "_closed",
-        "_deadline",
         "_eof",
         "_flush_handle",
         "_inbox",
@@ -68,8 +66,7 @@ class ClientConnection(asyncio.Protocol):
         "_stream",
         "_task",
         "_timer",
-        "_timer_at",
-        "_timer_due",
+        "_tls_started",
         "_waiter",
         "_write_paused",
         "_write_timeout",
@@ -101,6 +98,7 @@ class ClientConnection(asyncio.Protocol):
         self._slot: AddressSlot | None = None
         self._stream: ClientStream | None = None
         self._input_held = False
+        self._tls_started = False  # STARTTLS upgraded the socket; the stream's restart is next
         self.closing = False
         self._inbox: list[bytes] = []
         self._inbox_bytes = 0
@@ -113,10 +111,7 @@ class ClientConnection(asyncio.Protocol):
         self._read_paused = False
         self._write_paused = False
         self._write_timer: asyncio.Handle | None = None
-        self._deadline = 0.0
-        self._timer: asyncio.Handle | None = None
-        self._timer_at = 0.0
-        self._timer_due = False
+        self._timer = Deadline(self._loop, self._wake)
         self._task: asyncio.Task[None] | None = None
 
     # -- asyncio.Protocol -------------------------------------------------------------------------------
@@ -196,7 +191,14 @@ class ClientConnection(asyncio.Protocol):
         self.write(b" ")  # RFC 6120 §4.6.1
 
     def restart(self) -> None:
+        """What the client sent after the restarting element belongs to the old stream, also what still waits
+        unread (a shaped read takes part of it): dropped. After STARTTLS that was done before the handshake
+        (`start_tls`); what waits now came over TLS."""
         self.incoming.restart(self._stream is not None and self._stream.authenticated)
+        if self._tls_started:
+            self._tls_started = False
+        else:
+            self._drop_unread()
 
     def close_stream(self, error: StreamError | None) -> None:
         if error is not None:
@@ -209,8 +211,8 @@ class ClientConnection(asyncio.Protocol):
         self._stream = stream
 
     async def sleep_until(self, when: float) -> bool:
-        self._set_deadline(when)
-        while not self._timer_due:
+        self._timer.set(when)
+        while not self._timer.due:
             if self.closing:
                 return False
             self._waiter = self._loop.create_future()
@@ -218,7 +220,7 @@ class ClientConnection(asyncio.Protocol):
                 await self._waiter
             finally:
                 self._waiter = None
-        self._timer_due = False
+        self._timer.consume()
         return True
 
     def hold_input(self, held: bool) -> None:
@@ -259,6 +261,8 @@ class ClientConnection(asyncio.Protocol):
         assert self.transport is not None
         self.flush()
         await self._writable(self._write_timeout)
+        self._drop_unread()  # RFC 6120 §5.4.3.3: clear text sent after <starttls/> is not the new stream
+        self._tls_started = True
         self.transport = await self._loop.start_tls(
             self.transport,
             self,
@@ -280,14 +284,14 @@ class ClientConnection(asyncio.Protocol):
 
     # -- the connection task's side ------------------------------------------------------------------------
 
-    async def read(self, deadline: float) -> bytes | object:
-        """The input received so far; b"" at the end of input or once closing; TIMER past `deadline`."""
-        self._set_deadline(deadline)
+    async def read(self, deadline: float, limit: int | None = None) -> bytes | object:
+        """The input received so far (at most `limit` bytes; the rest waits for the next read); b"" at the
+        end of input or once closing; TIMER past `deadline`."""
+        self._timer.set(deadline)
         while not self._inbox:
             if self._eof or self.closing:
                 return b""
-            if self._timer_due:
-                self._timer_due = False
+            if self._timer.consume():
                 return TIMER
             self._waiter = self._loop.create_future()
             try:
@@ -296,7 +300,10 @@ class ClientConnection(asyncio.Protocol):
                 self._waiter = None
         data = self._inbox[0] if len(self._inbox) == 1 else b"".join(self._inbox)
         self._inbox.clear()
-        self._inbox_bytes = 0
+        if limit is not None and len(data) > limit:
+            data, rest = data[:limit], data[limit:]
+            self._inbox.append(rest)
+        self._inbox_bytes = len(self._inbox[0]) if self._inbox else 0
         self._maybe_resume_reading()
         return data
 
@@ -358,6 +365,11 @@ class ClientConnection(asyncio.Protocol):
         self._write_timer = None
         self._cut_off(f"nothing read for {self._write_timeout:.1f} s")
 
+    def _drop_unread(self) -> None:
+        self._inbox.clear()
+        self._inbox_bytes = 0
+        self._maybe_resume_reading()
+
     def _cut_off(self, why: str) -> None:
         """Drop a client that does not read what we write, logged under its own session (this runs in the
         task of whoever wrote last, whose session the log context would otherwise name)."""
@@ -369,35 +381,11 @@ class ClientConnection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
-    def _set_deadline(self, deadline: float) -> None:
-        self._deadline = deadline
-        if self._timer is None or self._timer_at > deadline:
-            self._arm(deadline)
-
-    def _arm(self, deadline: float) -> None:
-        # uvloop turns a call_at in the past into a plain Handle without when(): the time is kept here
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer_at = deadline
-        self._timer = self._loop.call_at(self._loop_time(deadline), self._on_timer)
-
-    def _on_timer(self) -> None:
-        self._timer = None
-        if time.monotonic() >= self._deadline:
-            self._timer_due = True
-            self._wake()
-        else:  # the deadline moved later since the timer was set: just follow it
-            self._arm(self._deadline)
-
-    def _loop_time(self, monotonic: float) -> float:
-        """The session keeps time.monotonic(); asyncio's clock may differ by an offset."""
-        return monotonic - time.monotonic() + self._loop.time()
-
     def _cancel_timers(self) -> None:
-        for timer in (self._timer, self._write_timer):
-            if timer is not None:
-                timer.cancel()
-        self._timer = self._write_timer = None
+        self._timer.cancel()
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
 
 
 def connection_factory(server: Core, limits: SharedLimits) -> Callable[[], ClientConnection]:

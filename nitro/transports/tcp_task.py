@@ -31,8 +31,9 @@ class Socket(Transport, Protocol):
 
     def attach(self, stream: ClientStream) -> None: ...
 
-    async def read(self, deadline: float) -> bytes | object:
-        """The input received so far; b"" at its end or once closing; TIMER past `deadline`."""
+    async def read(self, deadline: float, limit: int | None = None) -> bytes | object:
+        """The input received so far, at most `limit` bytes; b"" at its end or once closing; TIMER past
+        `deadline`."""
 
     async def sleep_until(self, when: float) -> bool:
         """Wait until `when` (time.monotonic()); False if the connection started closing first."""
@@ -82,7 +83,7 @@ class StreamInput:
 
     async def feed(self, socket: Socket, stream: ClientStream, data: bytes) -> None:
         """Parse `data` and hand each event to the stream, stopping at a restart or the stream's end; while
-        the shaper is in debt, wait before the next event (and before returning for more input)."""
+        the shaper is in debt, wait before the next event."""
         self.restarted = False
         stream.activity()
         self.shaper.take_bytes(len(data))
@@ -98,7 +99,6 @@ class StreamInput:
             self.shaper.take(event)
             if not await stream.receive(event) or self.restarted or socket.closing:
                 return
-        await self.pace(socket, stream)
 
     async def pace(self, socket: Socket, stream: ClientStream) -> bool:
         """Traffic shaping: read nothing from the client until the shaper's debt is paid (TCP then slows the
@@ -145,7 +145,10 @@ async def serve_client(server: Core, connection: Socket) -> None:
         if connection.refused is not None:
             await stream.close(connection.refused)  # RFC 6120 §4.9.1.2: our header, the error, the close
         while stream.open and not connection.closing:
-            data = await connection.read(received.next_deadline(stream, release_after))
+            if not await received.pace(connection, stream):
+                break  # shaped: no more than the byte rate allows is read, then the next waits its turn
+            deadline = received.next_deadline(stream, release_after)
+            data = await connection.read(deadline, received.shaper.allowance())
             if data is TIMER:
                 received.release_idle_parser(stream, release_after)
                 await stream.tick()
