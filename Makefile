@@ -8,7 +8,7 @@ CONFIG ?= config/nitro.toml
 RUNTIME := $(VENV)/.runtime-installed
 DEV     := $(VENV)/.dev-installed
 
-.PHONY: run check test lint bench system-deps clean
+.PHONY: run check test lint bench system-deps web-client clean
 
 # The runtime install: the same commands the Dockerfile runs (tests/test_packaging.py compares them).
 $(RUNTIME): pyproject.toml
@@ -22,12 +22,32 @@ $(DEV): $(RUNTIME)
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
-run: $(RUNTIME)
+run: $(RUNTIME) web-client
 	$(BIN)/nitro --config $(CONFIG) serve
 
 # What would stop or weaken a start: config, certificates, storage, Redis, ports (see the README).
 check: $(RUNTIME)
 	$(BIN)/nitro --config $(CONFIG) check
+
+# The web client served at http://127.0.0.1:5280/: Converse.js from the npm registry (`npm pack` checks the
+# tarball against the registry's checksum), unpacked into var/web/converse.js. Not committed.
+CONVERSE_VERSION := 14.0.0
+WEB_CLIENT_DIR   := var/web/converse.js
+
+web-client: $(WEB_CLIENT_DIR)/.installed-$(CONVERSE_VERSION)
+
+$(WEB_CLIENT_DIR)/.installed-$(CONVERSE_VERSION):
+	@if ! command -v npm >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null; \
+	  else echo "note: install npm (Debian package) for the web client; / answers 503 until then"; exit 0; fi; \
+	fi; \
+	set -e; rm -rf $(WEB_CLIENT_DIR) var/web/converse.js-*.tgz; mkdir -p $(WEB_CLIENT_DIR); \
+	cd var/web && npm pack --silent converse.js@$(CONVERSE_VERSION) >/dev/null && cd ../..; \
+	tar xzf var/web/converse.js-$(CONVERSE_VERSION).tgz -C $(WEB_CLIENT_DIR) --strip-components=1 \
+	  --wildcards 'package/dist/*' 'package/LICENSE*' package/package.json; \
+	rm var/web/converse.js-$(CONVERSE_VERSION).tgz; \
+	touch $@
 
 # go-sendxmpp is the real Debian client one end-to-end test drives; MariaDB's server and client run the
 # SQL backend tests; redis-server is what the ring tests start (three of them on free ports). All are
@@ -51,8 +71,13 @@ system-deps:
 	  if [ "$$(id -u)" = 0 ]; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
 	  else echo "note: install redis-server (Debian package) to run the Redis ring tests"; fi; }
+	@# Debian's Chromium and its WebDriver: the browser test loads the web client in it (tests/test_browser.py).
+	@{ command -v chromium && command -v chromedriver; } >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	  else echo "note: install chromium and chromium-driver (Debian packages) to run the browser test"; fi; }
 
-test: $(DEV) system-deps
+test: $(DEV) system-deps web-client
 	$(BIN)/python -m pytest
 
 lint: $(DEV)

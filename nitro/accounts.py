@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
-from nitro.core.module import AccountEvent
+from nitro.core.events import ACCOUNT_DELETED, AccountEvent
 from nitro.storage import Storage
 from nitro.xmpp.errors import StreamError
 from nitro.xmpp.jid import JID, InvalidJID
@@ -45,5 +45,5 @@ async def delete_account(server: Core, username: str) -> bool:
     if deleted:
         for session in server.sessions.sessions_of(JID.make(username, server.domain)):
             await session.close(StreamError("not-authorized", "account deleted"))
-        await server.bus.fire("account-deleted", AccountEvent(username))
+        await server.bus.notify(ACCOUNT_DELETED, AccountEvent(username))
     return deleted

@@ -1,5 +1,5 @@
-"""The `nitro` command: `serve` the server; `user add|del|passwd|list`, `db upgrade|copy` and `check`
-for operators."""
+"""The `nitro` command: `serve` the server; `user add|del|passwd|list`, `db upgrade|copy` and `check` for
+operators; `status|sessions|kick|reload|export|import` (in `nitro.ops.cli`)."""
 
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ from nitro.config import Config, ConfigError, load_config
 from nitro.observe.logs import configure as configure_logging
 from nitro.observe.runtime import loop_name, run
 from nitro.ops.check import add_check_parser, check_command
+from nitro.ops.cli import COMMANDS as OPS_COMMANDS
+from nitro.ops.cli import add_ops_parsers, ops_command, server_running, user_through_server
 from nitro.ops.console import announce_database, terminal_available
 from nitro.ops.limits import raise_fd_limit
 from nitro.storage.errors import AlreadyExists, StorageError
@@ -63,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     actions.add_parser("list", help="list accounts, one per line")
     add_db_parser(commands)
     add_check_parser(commands)
+    add_ops_parsers(commands)
     return parser
 
 
@@ -83,6 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run(serve(config), use_uvloop=config.runtime.uvloop and not args.no_uvloop)
     if args.command == "db":
         return run(db_command(config, args))
+    if args.command in OPS_COMMANDS:
+        return run(ops_command(config, args))
     return run(user_command(config, args))
 
 
@@ -96,8 +101,12 @@ async def serve(config: Config) -> int:
         loop.add_signal_handler(signum, stop.set)
     try:
         async with running_server(config) as server:
+            loop.add_signal_handler(
+                signal.SIGHUP, server.reload
+            )  # re-read the config file (nitro.ops.reload)
             log.info("Nitro %s serving %s on %s", __version__, server.domain, loop_name())
             await stop.wait()
+            loop.remove_signal_handler(signal.SIGHUP)
             log.info("shutting down")
     except (OSError, StorageError, ConfigError) as exc:  # ConfigError: e.g. unusable TLS files
         log.error("cannot serve: %s", exc)  # one clean line for operators
@@ -109,6 +118,8 @@ async def user_command(config: Config, args: argparse.Namespace) -> int:
     if args.action in ("add", "passwd") and not args.password_stdin and not terminal_available():
         print("nitro: no terminal to prompt for the password: use --password-stdin", file=sys.stderr)
         return 2
+    if args.action != "list" and await server_running(config):  # the server closes sessions, sees the change
+        return await user_through_server(config, args, _read_password)
     announce_database(config.storage.dsn)
     async with open_storage(config) as storage:  # through the tiers: writes invalidate the ring
         if args.action == "list":

@@ -27,6 +27,7 @@ RANGES: dict[str, dict[str, _Range]] = {
         "write_timeout": _POSITIVE,
         "release_parser_after": _POSITIVE,
         "max_resources_per_account": _AT_LEAST_ONE,
+        "max_negotiating": _AT_LEAST_ONE,
     },
     "auth": {
         "max_failures_per_stream": _AT_LEAST_ONE,
@@ -39,6 +40,7 @@ RANGES: dict[str, dict[str, _Range]] = {
         "max_per_address": _AT_LEAST_ONE,
         "window": _POSITIVE,
     },
+    "roster": {"max_items": _NOT_NEGATIVE},  # 0: no limit
     "offline": {"quota": _NOT_NEGATIVE},
     "stream_management": {
         "resume_timeout": _NOT_NEGATIVE,  # 0: no resumption
@@ -56,7 +58,13 @@ RANGES: dict[str, dict[str, _Range]] = {
         "preauth_streams_per_thread": _NOT_NEGATIVE,  # 0: no parsing threads
     },
     "archive": {"retention_days": _NOT_NEGATIVE, "max_page_size": _AT_LEAST_ONE},
-    "pep": {"max_item_bytes": _AT_LEAST_ONE, "max_items_per_node": _AT_LEAST_ONE},
+    "pep": {
+        "max_item_bytes": _AT_LEAST_ONE,
+        "max_items_per_node": _AT_LEAST_ONE,
+        "max_nodes": _AT_LEAST_ONE,
+        "max_items_per_account": _NOT_NEGATIVE,  # 0: no limit
+    },
+    "private": {"max_namespaces": _NOT_NEGATIVE},  # 0: no limit
     "vcard": {"max_bytes": _AT_LEAST_ONE},
     "metrics": {"port": _PORT},
 }

@@ -15,6 +15,7 @@ from nitro.core.delivery import Delivery
 from nitro.core.directory import SessionDirectory
 from nitro.core.disco import DiscoRegistry
 from nitro.core.events import EventBus
+from nitro.core.hosts import HostTable
 from nitro.core.module import BUILTIN_MODULES, Module, load_module
 from nitro.core.router import Router
 from nitro.core.sessions import Sessions
@@ -23,10 +24,13 @@ from nitro.core.throttle import FailureThrottle
 from nitro.observe.metrics import Metrics
 from nitro.observe.metrics_http import MetricsEndpoint, serve_metrics
 from nitro.observe.runtime import tuned_gc
+from nitro.ops.admin import serve_admin
+from nitro.ops.reload import ReloadReport, reload_config
 from nitro.storage import Storage
 from nitro.storage.layered import open_storage
 from nitro.storage.tiers import Tiers
 from nitro.storage.timed import timed_storage
+from nitro.transports.http import serve_http
 from nitro.transports.limits import SharedLimits
 from nitro.transports.tcp import connection_factory
 from nitro.transports.tls import make_tls_context
@@ -59,6 +63,7 @@ class Server:
         self.metrics_endpoint: MetricsEndpoint | None = None
         self.storage = storage
         self.tls_context = tls_context
+        self.hosts = HostTable(config.server.domain)  # domain → local IM host or component (core/hosts.py)
         self.bus = EventBus()
         self.disco = DiscoRegistry()
         self.slots = SlotRegistry()  # the per-session state modules declare (nitro/core/slots.py)
@@ -66,6 +71,7 @@ class Server:
         self.delivery = Delivery(self.sessions)
         self.deliver = self.delivery.deliver  # the one way modules reach another entity's session
         self.router = Router(self, self.bus, self.delivery)
+        self.negotiations = asyncio.Semaphore(config.c2s.max_negotiating)
         self.auth_throttle = FailureThrottle(config.auth.throttle_failures, config.auth.throttle_window)
         # connections per address and pre-authentication parsing, shared by every transport
         self.transport_limits = SharedLimits.of(lambda: self.config)
@@ -77,10 +83,15 @@ class Server:
         self.metrics.track_sessions(lambda: self._connections)
         self.tiers: Tiers | None = None  # cache and ring statistics (`tiers.cache.stats`, `tiers.ring.stats`)
         self.directory: SessionDirectory | None = None  # set by the `directory` module
+        self.reloads = 0  # configuration reloads applied (SIGHUP, `nitro reload`)
 
     @property
     def domain(self) -> str:
         return self.config.server.domain
+
+    def reload(self) -> ReloadReport:
+        """Re-read the config file and apply what can change without a restart (nitro.ops.reload)."""
+        return reload_config(self, make_tls_context)
 
     def load_modules(self, names: tuple[str, ...] = BUILTIN_MODULES) -> None:
         for name in names:
@@ -150,6 +161,8 @@ class Server:
             task.cancel()
         await asyncio.gather(*leftovers, return_exceptions=True)
         for module in reversed(list(self.modules.values())):
+            await module.stop()  # its tasks end while storage is still open
+        for module in reversed(list(self.modules.values())):
             module.unload()
         self.transport_limits.preauth.close()
         for listener in self.listeners:
@@ -182,8 +195,10 @@ async def running_server(config: Config) -> AsyncIterator[Server]:
         async with serve_metrics(metrics, config.metrics) as server.metrics_endpoint:  # up during the drain
             server.load_modules(tuple(m for m in BUILTIN_MODULES if m not in config.modules.disabled))
             try:
-                await server.start_listeners()
-                with tuned_gc(config.gc):
-                    yield server
+                async with serve_admin(server):  # `nitro status|sessions|kick|reload`; before the listeners
+                    await server.start_listeners()
+                    async with serve_http(server):  # WebSocket, BOSH, discovery, web client ([http])
+                        with tuned_gc(config.gc):
+                            yield server
             finally:
                 await server.shutdown()

@@ -13,18 +13,22 @@ import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import slixmpp
+from slixmpp import Iq
 
 from nitro.accounts import create_account
 from nitro.config import Config, parse_config
 from nitro.server import Server, running_server
 
-pytest_plugins = ["tests.sqlbackends"]  # sql_backend, mariadb_backend: storage tests on every backend
+pytest_plugins = ["sqlbackends"]  # sql_backend, mariadb_backend: storage tests on every backend
+
+T = TypeVar("T")
 
 DOMAIN = "localhost"
+WEB_CLIENT_DIR = Path(__file__).resolve().parent.parent / "var" / "web" / "converse.js"  # `make web-client`
 PASSWORD = "correct horse battery"
 
 logging.getLogger("slixmpp").setLevel(logging.WARNING)
@@ -36,18 +40,31 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free ports (held together while picked, so no two are the same)."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
+
+
 _prefixes = itertools.count()
 
 
 def make_config(tmp_path: Path, **sections: dict[str, Any]) -> Config:
     """A config for one test: free ports, files under tmp_path, fast timers; override per section."""
+    ports = free_ports(4)  # c2s STARTTLS and Direct TLS, HTTP and HTTPS
     document: dict[str, dict[str, Any]] = {
         "server": {"domain": DOMAIN, "admins": [f"admin@{DOMAIN}"]},
         "storage": {"dsn": f"sqlite+aiosqlite:///{tmp_path}/nitro.db"},
-        "c2s": {"port": free_port(), "direct_tls_port": free_port(), "negotiation_timeout": 20.0},
+        "c2s": dict(zip(("port", "direct_tls_port"), ports[:2], strict=True), negotiation_timeout=20.0),
+        "http": {"port": ports[2], "tls_port": ports[3], "web_client_dir": str(WEB_CLIENT_DIR)},
         "tls": {"cert": str(tmp_path / "tls" / "cert.pem"), "key": str(tmp_path / "tls" / "key.pem")},
         "auth": {"scram_iterations": 4096},
         "metrics": {"port": 0},
+        # Archive tests file messages under fixed dates (2024): no retention sweep unless a test asks.
+        "archive": {"retention_days": 0},
         # shaping stays on (stanzas at the default rate), but bytes fast enough for the tests that send
         # payloads of a few hundred kB to reach a size limit; tests/test_fair_service.py shapes input
         "limits": {"bytes_per_second": 1_000_000},
@@ -75,8 +92,10 @@ async def started_server(config: Config, attempts: int = 5) -> AsyncIterator[Ser
         except OSError as error:
             if error.errno != errno.EADDRINUSE or attempt == attempts - 1:
                 raise
-            c2s = dataclasses.replace(config.c2s, port=free_port(), direct_tls_port=free_port())
-            config = dataclasses.replace(config, c2s=c2s)
+            ports = free_ports(4)
+            c2s = dataclasses.replace(config.c2s, port=ports[0], direct_tls_port=ports[1])
+            http = dataclasses.replace(config.http, port=ports[2], tls_port=ports[3])
+            config = dataclasses.replace(config, c2s=c2s, http=http)
             continue
         try:
             yield running
@@ -172,6 +191,18 @@ async def clients(server: Server) -> AsyncIterator[Clients]:
     await pool.close_all()
 
 
+def resolve(future: asyncio.Future[T], value: T) -> None:
+    """Give `future` its result unless it has one (slixmpp events may fire more than once)."""
+    if not future.done():
+        future.set_result(value)
+
+
+def reject(future: asyncio.Future[Any], error: BaseException) -> None:
+    """Fail `future` with `error` unless it is already done."""
+    if not future.done():
+        future.set_exception(error)
+
+
 async def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
     """Poll `predicate` until it holds (bounded); fail the test if it never does."""
     deadline = asyncio.get_running_loop().time() + timeout
@@ -184,6 +215,19 @@ async def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
 async def next_event(client: slixmpp.ClientXMPP, event: str, timeout: float = 5.0) -> Any:
     """The next occurrence of a slixmpp event (e.g. 'message'), or a failed test after `timeout`."""
     return await client.wait_until(event, timeout)
+
+
+async def result_of(sent: Awaitable[Iq | None] | None) -> Iq:
+    """The answer to an IQ get/set a client sent (IqError if the server refused it).
+
+    slixmpp types allow None: a component sends no roster IQ, and a result/error IQ awaits nothing.
+    """
+    if sent is None:
+        raise AssertionError("slixmpp sent no IQ (a component has no roster)")
+    answer = await sent
+    if answer is None:
+        raise AssertionError("slixmpp sent an IQ that expects no answer")
+    return answer
 
 
 async def raw_stream(

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
+import slixmpp
 from conftest import DOMAIN, Clients, wait_for
 from slixmpp.exceptions import IqError
 
@@ -24,7 +26,7 @@ async def admin_client(clients: Clients) -> Any:
     return await clients.login(await clients.user("admin"), plugins=PLUGINS)
 
 
-def submit_form(client: Any, fields: dict[str, str | list[str]]) -> Any:
+def submit_form(client: Any, fields: Mapping[str, str | list[str]]) -> Any:
     form = client.plugin["xep_0004"].make_form(ftype="submit")
     form.add_field(var="FORM_TYPE", ftype="hidden", value=ns.ADMIN)
     for var, value in fields.items():
@@ -36,13 +38,13 @@ async def execute(client: Any, node: str) -> Any:
     return await client.plugin["xep_0050"].send_command(DOMAIN, node)
 
 
-async def complete(client: Any, node: str, session_id: str, fields: dict[str, str | list[str]]) -> Any:
+async def complete(client: Any, node: str, session_id: str, fields: Mapping[str, str | list[str]]) -> Any:
     return await client.plugin["xep_0050"].send_command(
         DOMAIN, node, action="complete", sessionid=session_id, payload=submit_form(client, fields)
     )
 
 
-async def run(client: Any, node: str, fields: dict[str, str | list[str]]) -> Any:
+async def run(client: Any, node: str, fields: Mapping[str, str | list[str]]) -> Any:
     """Execute a command, then submit its form: the XEP-0050 §2.4.2 multi-stage flow."""
     started = await execute(client, node)
     assert started["command"]["status"] == "executing"
@@ -68,7 +70,7 @@ async def test_admin_sees_the_command_list_others_see_none(clients: Clients) -> 
     alice = await clients.login(await clients.user("alice"))
 
     listed = await admin.plugin["xep_0030"].get_items(jid=DOMAIN, node=ns.COMMANDS, local=False)
-    hidden = await alice.plugin["xep_0030"].get_items(jid=DOMAIN, node=ns.COMMANDS, local=False)
+    hidden = await alice.plugin["xep_0030"].get_items(jid=slixmpp.JID(DOMAIN), node=ns.COMMANDS, local=False)
 
     items = {(str(jid), node, name) for jid, node, name in listed["disco_items"]["items"]}
     assert items == {
@@ -86,7 +88,7 @@ async def test_command_node_info_is_for_admins_only(clients: Clients) -> None:
 
     info = await admin.plugin["xep_0030"].get_info(jid=DOMAIN, node=ADD_USER, local=False)
     with pytest.raises(IqError) as error:
-        await alice.plugin["xep_0030"].get_info(jid=DOMAIN, node=ADD_USER, local=False)
+        await alice.plugin["xep_0030"].get_info(jid=slixmpp.JID(DOMAIN), node=ADD_USER, local=False)
 
     assert {(c, t) for c, t, _lang, _name in info["disco_info"]["identities"]} == {
         ("automation", "command-node")

@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import slixmpp
 from conftest import Clients, make_config, started_server, wait_for
 from sqlalchemy.engine import make_url
 from sqlbackends import SqlBackend, create_test_database
@@ -47,7 +48,7 @@ async def test_sqlite_online_backup_of_a_running_server_restores(tmp_path: Path)
         try:
             alice = await clients.login(await clients.user("alice"))
             bob = await clients.user("bob")
-            alice.send_message(mto=bob, mbody="kept in the backup", mtype="chat")
+            alice.send_message(mto=slixmpp.JID(bob), mbody="kept in the backup", mtype="chat")
             await wait_for(lambda: server.metrics.offline_stored == 1)
             # While the server runs (its WAL not checkpointed), from other threads as from other processes.
             await asyncio.to_thread(python_backup, live, backups["python"])

@@ -9,7 +9,7 @@ import pytest
 import slixmpp
 from conftest import DOMAIN, Clients, wait_for
 from slixmpp.exceptions import IqError
-from slixmpp.xmlstream import ET
+from slixmpp.xmlstream import ET, StanzaBase
 
 from nitro.modules.blocking import candidates
 from nitro.server import Server
@@ -82,7 +82,7 @@ async def alice_and_bob(clients: Clients) -> tuple[Client, Client]:
     return await online(clients, f"{alice}/desk"), await online(clients, f"{bob}/home")
 
 
-def condition(error: Any) -> str:
+def condition(error: StanzaBase) -> str:
     """The defined condition of an error reply (slixmpp puts the blocked app condition first)."""
     node = error.xml.find(f"{{{CLIENT}}}error")
     assert node is not None
@@ -92,7 +92,7 @@ def condition(error: Any) -> str:
 
 async def test_the_server_advertises_blocking(clients: Clients) -> None:
     alice, _bob = await alice_and_bob(clients)
-    info = await alice.client.plugin["xep_0030"].get_info(jid=DOMAIN, timeout=5)
+    info = await alice.client.plugin["xep_0030"].get_info(jid=slixmpp.JID(DOMAIN), timeout=5)
     assert BLOCKING in info["disco_info"]["features"]
 
 

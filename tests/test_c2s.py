@@ -10,6 +10,7 @@ import pytest
 import slixmpp
 from conftest import PASSWORD, Clients, make_config, raw_stream, read_until, wait_for
 
+from nitro.c2s.session import ClientSession
 from nitro.server import Server, running_server
 from nitro.xmpp.jid import JID
 
@@ -61,7 +62,7 @@ async def still_serving(clients: Clients) -> None:
     """Another user can still log in and talk to themselves after a misbehaving client."""
     jid = await clients.user(f"witness{len(clients.connected)}")
     client = await clients.login(jid)
-    client.send_message(mto=jid, mbody="still here")
+    client.send_message(mto=slixmpp.JID(jid), mbody="still here")
     message = await client.wait_until("message", 5)
     assert message["body"] == "still here"
 
@@ -79,6 +80,7 @@ async def test_each_mechanism_logs_in_over_starttls(clients: Clients, mechanism:
     client = await clients.login(jid, setup=only)
     assert str(client.boundjid.bare) == jid
     (session,) = clients.server.sessions
+    assert isinstance(session, ClientSession)  # the registry is typed by the protocol modules see
     assert session.mechanism == mechanism
     assert str(session.jid) == str(client.boundjid)
 
@@ -243,6 +245,17 @@ async def test_dtds_are_restricted_xml(server: Server, clients: Clients, prolog:
     await still_serving(clients)
 
 
+async def test_a_nul_byte_in_the_xml_declaration_is_not_well_formed_at_once(
+    server: Server, clients: Clients
+) -> None:
+    """Issue 11 item 6: the server answers at once, not at the size limit or the negotiation timeout."""
+    reader, writer = await raw_stream(server)
+    writer.write(b"<?xml version='1.0'\x00?>")  # and nothing more: the stream header never comes
+    await stream_error(reader, "not-well-formed")  # read_until's 5 s, far below the 20 s negotiation timeout
+    writer.close()
+    await still_serving(clients)
+
+
 async def test_oversized_stanza_is_a_policy_violation(server: Server, clients: Clients) -> None:
     await clients.user("alice")
     reader, writer = await logged_in(server, "alice")
@@ -371,7 +384,7 @@ async def test_answered_pings_keep_the_session(tmp_path: Path) -> None:
         client = await pool.login(jid)  # slixmpp answers XEP-0199 pings
         await asyncio.sleep(1.5)
         assert len(server.sessions) == 1
-        client.send_message(mto=jid, mbody="alive")
+        client.send_message(mto=slixmpp.JID(jid), mbody="alive")
         assert (await client.wait_until("message", 5))["body"] == "alive"
         await pool.close_all()
 

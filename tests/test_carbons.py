@@ -9,7 +9,9 @@ from typing import Any
 import pytest
 import slixmpp
 from conftest import DOMAIN, Clients, wait_for
+from slixmpp import Message
 from slixmpp.exceptions import IqError
+from slixmpp.types import MessageTypes
 from slixmpp.xmlstream import ET
 
 from nitro.server import Server
@@ -47,7 +49,7 @@ class Resource:
         """Ping the server: whatever it wrote to this resource before the answer has now arrived."""
         await self.client.plugin["xep_0199"].send_ping(slixmpp.JID(DOMAIN), timeout=5)
 
-    def send(self, to: str, body: str, mtype: str = "chat", *extra: str) -> None:
+    def send(self, to: str, body: str, mtype: MessageTypes = "chat", *extra: str) -> None:
         message = self.client.make_message(mto=to, mbody=body, mtype=mtype)
         for payload in extra:
             message.xml.append(ET.fromstring(payload))
@@ -69,7 +71,7 @@ async def resource(clients: Clients, jid: str, priority: int = 0) -> Resource:
     return holder
 
 
-def forwarded(carbon: Any, direction: str) -> ET.Element:
+def forwarded(carbon: Message, direction: str) -> ET.Element:
     """The original message inside a carbon."""
     inner = carbon.xml.find(f"{{{CARBONS}}}{direction}/{{{FORWARD}}}forwarded/{{{CLIENT}}}message")
     assert inner is not None, carbon
@@ -87,7 +89,7 @@ async def alice_and_bob(clients: Clients) -> tuple[Resource, Resource, Resource]
 
 async def test_the_server_advertises_carbons(clients: Clients) -> None:
     alice = await resource(clients, await clients.user("alice"))
-    info = await alice.client.plugin["xep_0030"].get_info(jid=DOMAIN, timeout=5)
+    info = await alice.client.plugin["xep_0030"].get_info(jid=slixmpp.JID(DOMAIN), timeout=5)
     assert CARBONS in info["disco_info"]["features"]
 
 

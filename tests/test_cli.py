@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import slixmpp
-from conftest import free_port
+from conftest import free_port, resolve
 
 
 def write_config(tmp_path: Path) -> tuple[Path, int]:
@@ -150,8 +150,8 @@ async def test_serve_accepts_a_client_and_stops_on_sigterm(tmp_path: Path) -> No
         client = slixmpp.ClientXMPP("alice@localhost", "s3cret!")
         client.ca_certs = tmp_path / "cert.pem"
         client.enable_direct_tls = False
-        started = asyncio.get_running_loop().create_future()
-        client.add_event_handler("session_start", lambda _e: started.done() or started.set_result(True))
+        started: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        client.add_event_handler("session_start", lambda _e: resolve(started, True))
         client.connect("127.0.0.1", port)
         await asyncio.wait_for(started, 15)
         client.disconnect(wait=0.2)
@@ -177,7 +177,7 @@ async def test_serve_raises_the_soft_descriptor_limit_to_the_hard_one(tmp_path: 
     )
     try:
         assert process.stdout is not None
-        output = []
+        output: list[str] = []
         while "serving localhost" not in (output or [""])[-1]:
             output.append((await asyncio.wait_for(process.stdout.readline(), 30)).decode())
             assert output[-1], "".join(output)

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import slixmpp
-from conftest import Clients, make_config
+from conftest import Clients, make_config, result_of
 from redis_servers import RedisServer, redis_servers
 from slixmpp.exceptions import IqError
 from test_cli import nitro
@@ -112,12 +112,14 @@ async def test_a_redis_restarted_from_a_stale_snapshot_serves_nothing_stale(
     alice_jid = await a.user("alice")
     alice_a = await a.login(alice_jid)
     alice_b = await b.login(alice_jid)
-    await alice_a.update_roster("old@localhost", name="Old")
+    await result_of(alice_a.update_roster(slixmpp.JID("old@localhost"), name="Old"))
     assert await roster_jids(alice_b) == {"old@localhost"}  # now cached in the ring and b's cache
     assert await roster_jids(alice_a) == {"old@localhost"}
     holder = server_of(redis_servers, a.server, "alice")
     holder.snapshot()  # the instance's keys as they are now
-    await alice_b.update_roster("new@localhost", name="New")  # acknowledged: SQL has it
+    await result_of(
+        alice_b.update_roster(slixmpp.JID("new@localhost"), name="New")
+    )  # acknowledged: SQL has it
     holder.kill()
     holder.start()  # comes back with the snapshot: the old roster under the old epoch
     for _ in range(30):  # while it is fenced, flushed and readmitted, and after
@@ -141,7 +143,9 @@ async def test_a_roster_change_through_one_node_is_seen_at_once_through_the_othe
     assert await roster_jids(on_b) == set()  # cached on b (and in the ring)
     for index in range(10):
         writer, reader = (on_a, on_b) if index % 2 == 0 else (on_b, on_a)
-        await writer.update_roster(f"c{index}@localhost", name=f"C{index}")  # waits for the IQ result
+        await result_of(
+            writer.update_roster(slixmpp.JID(f"c{index}@localhost"), name=f"C{index}")
+        )  # waits for the IQ result
         assert f"c{index}@localhost" in await roster_jids(reader)  # no delay: the write was acknowledged
     removed: Any = on_a.Iq()
     removed["type"] = "set"
@@ -171,7 +175,7 @@ async def test_sql_down_under_traffic_gives_errors_not_silence_and_loses_no_ackn
             locker: sqlite3.Connection | None = None
             for index in range(24):
                 if index == 8:  # SQL goes away: its connections drop, another process holds the lock
-                    await server.storage.accounts._sql._db.engine.dispose()  # type: ignore[attr-defined]
+                    await server.storage.accounts._sql._db.engine.dispose()  # type: ignore[attr-defined]  # SQL pool
                     locker = sqlite3.connect(tmp_path / "nitro.db", isolation_level=None, timeout=5)
                     locker.execute("PRAGMA locking_mode=EXCLUSIVE")
                     locker.execute("BEGIN EXCLUSIVE")
@@ -182,7 +186,9 @@ async def test_sql_down_under_traffic_gives_errors_not_silence_and_loses_no_ackn
                     locker = None
                 contact = f"c{index}@localhost"
                 try:
-                    await alice.update_roster(contact, timeout=10)  # an answer, never silence
+                    await result_of(
+                        alice.update_roster(slixmpp.JID(contact), timeout=10)
+                    )  # an answer, never silence
                     acknowledged.append(contact)
                 except IqError as error:
                     refused.append((contact, error.iq["error"]["type"], error.iq["error"]["condition"]))

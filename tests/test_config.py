@@ -36,7 +36,16 @@ def test_defaults_match_the_commented_default_file() -> None:
     )
     for key in ("cert", "key"):
         assert shipped.path(getattr(shipped.tls, key)).resolve() == defaults.path(getattr(defaults.tls, key))
-    same_paths = dataclasses.replace(shipped, base_dir=REPOSITORY, storage=defaults.storage, tls=defaults.tls)
+    web_client = shipped.path(shipped.http.web_client_dir).resolve()
+    assert (
+        web_client
+        == defaults.path(defaults.http.web_client_dir)
+        == REPOSITORY / "var" / "web" / "converse.js"
+    )
+    http = dataclasses.replace(shipped.http, web_client_dir=defaults.http.web_client_dir)
+    same_paths = dataclasses.replace(
+        shipped, base_dir=REPOSITORY, storage=defaults.storage, tls=defaults.tls, http=http
+    )
     assert same_paths == defaults
 
 
@@ -72,6 +81,12 @@ def test_defaults_match_the_commented_default_file() -> None:
         ({"archive": {"retention_days": -1}}, "[archive].retention_days must be at least 0"),
         ({"pep": {"max_items_per_node": 0}}, "[pep].max_items_per_node must be at least 1"),
         ({"vcard": {"max_bytes": 0}}, "[vcard].max_bytes must be at least 1"),
+        ({"registration": {"throttle_exempt": ["localhost"]}}, "[registration].throttle_exempt: 'localhost'"),
+        ({"registration": {"throttle_exempt": ["10.0.0.0/33"]}}, "[registration].throttle_exempt"),
+        ({"roster": {"max_items": -1}}, "[roster].max_items must be at least 0, got -1"),
+        ({"pep": {"max_items_per_account": -5}}, "[pep].max_items_per_account must be at least 0"),
+        ({"pep": {"max_nodes": 0}}, "[pep].max_nodes must be at least 1"),
+        ({"private": {"max_namespaces": -1}}, "[private].max_namespaces must be at least 0"),
     ],
 )
 def test_mistakes_name_the_key(document: dict[str, dict[str, object]], message: str) -> None:

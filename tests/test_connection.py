@@ -10,10 +10,11 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import slixmpp
 from conftest import PASSWORD, Clients, make_config, read_until, wait_for
 from test_c2s import HEADER, plain
 
-from nitro.c2s.session import ClientSession
+from nitro.core.context import Session
 from nitro.server import Server, running_server
 from nitro.transports.tcp import ClientConnection
 from nitro.xmpp.jid import JID
@@ -76,7 +77,7 @@ async def test_many_messages_arrive_in_the_order_they_were_sent(server: Server, 
     received: list[str] = []
     receiver.add_event_handler("message", lambda message: received.append(message["body"]))
     for n in range(300):
-        sender.send_message(mto=bob, mbody=str(n), mtype="chat")
+        sender.send_message(mto=slixmpp.JID(bob), mbody=str(n), mtype="chat")
     await wait_for(lambda: len(received) == 300, 20)
     assert received == [str(n) for n in range(300)]
 
@@ -98,7 +99,7 @@ async def bob_flooded(tmp_path: Path, write_timeout: float) -> AsyncIterator[Flo
         await clients.user("alice")
         await clients.user("bob")
         bob = await raw_login(server, "bob", receive_buffer=SMALL_BUFFER)
-        bob[1].transport.pause_reading()  # type: ignore[attr-defined]
+        bob[1].transport.pause_reading()  # type: ignore[attr-defined]  # typed WriteTransport; TCP reads too
         alice = await raw_login(server, "alice")
         assert server.sessions.get(BOB) is not None
         flood(alice[1], str(BOB), COUNT)
@@ -120,7 +121,7 @@ async def test_a_slow_reader_gets_everything_once_it_reads(tmp_path: Path) -> No
         reader, writer = flooded.bob
         sock = writer.get_extra_info("socket")
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 2**20)  # now he reads quickly
-        writer.transport.resume_reading()  # type: ignore[attr-defined]
+        writer.transport.resume_reading()  # type: ignore[attr-defined]  # typed WriteTransport; TCP reads too
         data = await read_until(reader, f"<body>{COUNT - 1} {BODY}</body></message>".encode(), 30)
         numbers = [int(n) for n in re.findall(rb"<body>(\d+) x", data)]
         assert numbers == list(range(COUNT))
@@ -128,7 +129,7 @@ async def test_a_slow_reader_gets_everything_once_it_reads(tmp_path: Path) -> No
         assert b"p1" in await read_until(reader, b"p1")  # still connected
 
 
-def backlog(session: ClientSession) -> int:
+def backlog(session: Session) -> int:
     """Bytes the server holds for `session` that the socket did not take yet."""
     transport = session.transport
     assert isinstance(transport, ClientConnection)
@@ -154,10 +155,12 @@ async def test_an_idle_session_frees_its_parser_and_reads_on_when_the_client_spe
             alice = await clients.user("alice")
             client = await clients.login(alice)
             [session] = server.sessions.sessions_of(JID.parse(alice))
-            await wait_for(lambda: session.transport.parser.released, 10)
-            client.send_message(mto=alice, mbody="still listening?")
+            connection = session.transport
+            assert isinstance(connection, ClientConnection)  # sessions show modules only PeerInfo
+            await wait_for(lambda: connection.parser.released, 10)
+            client.send_message(mto=slixmpp.JID(alice), mbody="still listening?")
             message = await client.wait_until("message", 5)
             assert message["body"] == "still listening?"
-            await wait_for(lambda: session.transport.parser.released, 10)  # and freed again once idle
+            await wait_for(lambda: connection.parser.released, 10)  # and freed again once idle
         finally:
             await clients.close_all()

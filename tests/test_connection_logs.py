@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
+import slixmpp
 from conftest import PASSWORD, Clients, make_config, raw_stream, read_until, wait_for
 from test_c2s import stream_error
 from test_connection import BOB, bob_flooded
@@ -79,7 +80,7 @@ async def test_debug_traces_each_element_without_credentials(server: Server, cli
         async with raw_client(server) as (client, _features):
             await client.iq(register_iq("dora", "s3cret-passw0rd"))
         bob = await clients.login(await clients.user("bob"))
-        bob.send_message(mto="bob@localhost", mbody="x" * (MAX_CHARS + 500))
+        bob.send_message(mto=slixmpp.JID("bob@localhost"), mbody="x" * (MAX_CHARS + 500))
         await bob.wait_until("message", 5)
     text = stream.getvalue()
     assert PASSWORD not in text

@@ -9,12 +9,14 @@ from typing import Any
 import slixmpp
 from conftest import DOMAIN, Clients, raw_stream, read_until, wait_for
 from lxml import etree
+from slixmpp.types import PresenceTypes
 from slixmpp.xmlstream import ET
 from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import MatchXPath
 
 from nitro.c2s.session import ClientSession
 from nitro.c2s.transport import StreamHeader
+from nitro.core.context import Session
 from nitro.modules.csi import HOLDER, MAX_HELD, holder
 from nitro.server import Server
 from nitro.xmpp.errors import StreamError
@@ -79,7 +81,7 @@ class Bob:
     def __init__(self, client: slixmpp.ClientXMPP) -> None:
         self.client = client
 
-    def presence(self, to: str, show: str | None = None, ptype: str | None = None) -> None:
+    def presence(self, to: str, show: str | None = None, ptype: PresenceTypes | None = None) -> None:
         self.client.send_presence(pto=to, pshow=show, ptype=ptype)
 
     def chat_state(self, to: str, state: str) -> None:
@@ -102,7 +104,7 @@ async def phone_and_bob(clients: Clients) -> tuple[Phone, Bob]:
     return Phone(phone), Bob(await clients.login(f"{bob}/home"))
 
 
-async def inactive_session(server: Server, phone: Phone) -> ClientSession:
+async def inactive_session(server: Server, phone: Phone) -> Session:
     phone.inactive()
     session = server.sessions.get(JID.parse(phone.jid))
     assert session is not None

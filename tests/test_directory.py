@@ -130,7 +130,9 @@ async def in_memory_directory(server: Server, clients: Clients) -> None:
     assert directory is not None
     assert directory.ring is None
     changes: list[tuple[JID, bytes | None]] = []
-    directory.on_change.append(lambda jid, record: changes.append((jid, record and record.presence)))
+    directory.on_change.append(
+        lambda jid, record: changes.append((jid, None if record is None else record.presence))
+    )
     jid = await clients.user("alice")
     client = await clients.login(jid)
     bound = JID.parse(str(client.boundjid))

@@ -8,6 +8,7 @@ import ssl
 import time
 from pathlib import Path
 
+import slixmpp
 from conftest import PASSWORD, Clients, make_config, raw_stream, read_until, wait_for
 from test_c2s import HEADER, plain, stream_error
 
@@ -118,7 +119,7 @@ async def test_a_flooding_client_is_slowed_while_another_pair_keeps_chatting(tmp
             started = time.monotonic()
             for n in range(10):  # Alice and Carol, during the flood
                 sent = time.monotonic()
-                alice.send_message(mto="carol@localhost", mbody=f"ping {n}", mtype="chat")
+                alice.send_message(mto=slixmpp.JID("carol@localhost"), mbody=f"ping {n}", mtype="chat")
                 await alice.wait_until("message", 5)
                 answers.append(time.monotonic() - sent)
                 await asyncio.sleep(max(0.0, started + (n + 1) * WINDOW / 10 - time.monotonic()))

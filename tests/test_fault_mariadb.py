@@ -20,7 +20,7 @@ from typing import Any
 import pymysql
 import pytest
 import slixmpp
-from conftest import Clients, free_port, make_config, wait_for
+from conftest import Clients, free_port, make_config, resolve, result_of, wait_for
 from slixmpp.exceptions import IqError
 from slixmpp.xmlstream import ET
 
@@ -173,7 +173,7 @@ class Traffic:
         message = self.alice.make_message(mto=self.carol, mbody=body, mtype="chat")
         message["id"] = f"m{self.sent}"
         message.send()
-        await self.alice.plugin["xep_0199"].send_ping("localhost", timeout=ANSWER_WITHIN)
+        await self.alice.plugin["xep_0199"].send_ping(slixmpp.JID("localhost"), timeout=ANSWER_WITHIN)
         await asyncio.sleep(0.05)
         (self.offline_errors if f"m{self.sent}" in self.message_errors else self.offline_acked).append(body)
 
@@ -192,7 +192,7 @@ async def chat_keeps_flowing(alice: slixmpp.ClientXMPP, bob: slixmpp.ClientXMPP,
 
     bob.add_event_handler("message", on_message)
     try:
-        alice.send_message(mto=bob.boundjid.bare, mbody=f"live {n}", mtype="chat")
+        alice.send_message(mto=slixmpp.JID(bob.boundjid.bare), mbody=f"live {n}", mtype="chat")
         await asyncio.wait_for(arrived, ANSWER_WITHIN)
     finally:
         bob.del_event_handler("message", on_message)
@@ -202,10 +202,8 @@ async def login_outcome(clients: Clients, jid: str) -> str:
     """'ok', or the SASL failure condition of the first failed attempt."""
     client = clients.make(jid)
     outcome: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-    client.add_event_handler("session_start", lambda _e: outcome.done() or outcome.set_result("ok"))
-    client.add_event_handler(
-        "failed_auth", lambda failure: outcome.done() or outcome.set_result(failure["condition"])
-    )
+    client.add_event_handler("session_start", lambda _e: resolve(outcome, "ok"))
+    client.add_event_handler("failed_auth", lambda failure: resolve(outcome, failure["condition"]))
     await clients.connect(client)
     result = await asyncio.wait_for(outcome, ANSWER_WITHIN)
     client.abort()
@@ -269,7 +267,7 @@ async def test_mariadb_frozen_then_killed_under_traffic(
     assert traffic.offline_errors, "no offline message was refused while MariaDB was away"
 
     # Nothing acknowledged was lost: every roster set that got a result is on the roster...
-    roster = await alice.get_roster(timeout=ANSWER_WITHIN)
+    roster = await result_of(alice.get_roster(timeout=ANSWER_WITHIN))
     stored = set(roster["roster"]["items"].keys())
     assert {str(jid) for jid in stored} >= set(traffic.roster_acked)
     # ...and Carol gets every offline message that was not refused, in order.

@@ -199,7 +199,7 @@ def test_jids_are_hashable_values() -> None:
     seen = {JID.parse("juliet@example.com/a"), JID.parse("JULIET@EXAMPLE.COM/a")}
     assert len(seen) == 1
     with pytest.raises(AttributeError):
-        JID.parse("juliet@example.com").local = "romeo"  # type: ignore[misc]
+        JID.parse("juliet@example.com").local = "romeo"  # type: ignore[misc]  # frozen, on purpose
 
 
 def test_invalid_jid_is_a_value_error_naming_the_part() -> None:

@@ -21,6 +21,7 @@ from nitro.storage import codecs
 from nitro.storage.errors import StorageUnavailable
 from nitro.storage.layered import LayeredStorage, open_storage
 from nitro.storage.models import ArchivePrefs, Roster, RosterItem
+from nitro.storage.protocols import RosterStore
 
 __all__ = ["redis_servers"]
 
@@ -72,7 +73,7 @@ async def test_the_read_path_fills_ring_and_cache(
     holder = ring.owner("alice")
     assert holder is not None
     stored = await holder.control.get(ring.keys.key("roster", 1, "alice"))
-    assert stored is not None
+    assert isinstance(stored, bytes)  # present; redis-py types it bytes | str (no decode_responses here)
     assert codecs.ROSTER.decode(stored.partition(b"\n")[2]) == first
 
     assert await a.rosters.get("alice") == first  # from a's cache
@@ -128,7 +129,7 @@ async def test_a_slow_reader_never_stores_an_old_value_over_a_newer_write(
     nodes: list[LayeredStorage],
 ) -> None:
     a, b = nodes
-    sql_rosters = b.rosters._sql  # type: ignore[attr-defined]
+    sql_rosters: RosterStore = b.rosters._sql  # type: ignore[attr-defined]  # the SQL tier under the cache
     await a.rosters.put("alice", item("old@localhost"))
 
     async def slow_load() -> Roster:
@@ -202,7 +203,7 @@ async def lock_sql(tmp_path: Path, held: list[sqlite3.Connection], nodes: list[L
     """Every node loses its SQL connections (as when a database server restarts), and another process
     holds SQLite's exclusive lock: no node can read or write SQL until it is released."""
     for node in nodes:
-        await node.accounts._sql._db.engine.dispose()  # type: ignore[attr-defined]
+        await node.accounts._sql._db.engine.dispose()  # type: ignore[attr-defined]  # the SQL tier's pool
     locker = sqlite3.connect(tmp_path / "nitro.db", isolation_level=None, timeout=5)
     locker.execute("PRAGMA locking_mode=EXCLUSIVE")
     locker.execute("BEGIN EXCLUSIVE")
@@ -278,7 +279,7 @@ async def test_a_ring_value_of_another_shape_is_a_miss(nodes: list[LayeredStorag
     assert holder is not None
     key = ring.keys.key("roster", 1, "alice")
     stored = await holder.control.get(key)
-    assert stored is not None
+    assert isinstance(stored, bytes)  # present; redis-py types it bytes | str (no decode_responses here)
     generation = stored.partition(b"\n")[0]
     client = redis.Redis.from_url(holder.url)
     try:

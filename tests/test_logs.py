@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import slixmpp
-from conftest import PASSWORD, Clients, wait_for
+from conftest import PASSWORD, Clients, resolve, wait_for
 from test_cli import nitro, serve, write_config
 
 from nitro.config import ConfigError, parse_config
@@ -43,7 +43,7 @@ async def alice_writes_to_offline_bob(clients: Clients) -> None:
     """Alice logs in and sends Bob, who is offline, a message: the offline module logs on her behalf."""
     alice = await clients.login(await clients.user("alice"))
     bob = await clients.user("bob")
-    alice.send_message(mto=bob, mbody="while you were out", mtype="chat")
+    alice.send_message(mto=slixmpp.JID(bob), mbody="while you were out", mtype="chat")
     await wait_for(lambda: clients.server.metrics.offline_stored == 1)
 
 
@@ -97,7 +97,7 @@ async def test_json_logs_of_two_sessions_on_stdout(tmp_path: Path) -> None:
             lines.append(line)
         lines.append(line)
         clients = [await login(tmp_path, port, f"{name}@localhost") for name in ("alice", "bob")]
-        clients[0].send_message(mto="bob@localhost", mbody="hi", mtype="chat")
+        clients[0].send_message(mto=slixmpp.JID("bob@localhost"), mbody="hi", mtype="chat")
         await clients[1].wait_until("message", 5)
         for client in clients:
             client.disconnect(wait=0.2)
@@ -125,8 +125,8 @@ async def login(tmp_path: Path, port: int, jid: str) -> slixmpp.ClientXMPP:
     client = slixmpp.ClientXMPP(jid, PASSWORD)
     client.ca_certs = tmp_path / "cert.pem"
     client.enable_direct_tls = False
-    started = asyncio.get_running_loop().create_future()
-    client.add_event_handler("session_start", lambda _e: started.done() or started.set_result(True))
+    started: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+    client.add_event_handler("session_start", lambda _e: resolve(started, True))
     client.add_event_handler("session_start", lambda _e: client.send_presence())
     client.connect("127.0.0.1", port)
     await asyncio.wait_for(started, 15)
@@ -177,7 +177,7 @@ async def test_serve_at_info_prints_no_library_lines(tmp_path: Path) -> None:
     config, _port = write_config(tmp_path)
     process = await serve(config)
     assert process.stdout is not None
-    lines = []
+    lines: list[str] = []
     try:
         while not lines or "serving localhost" not in lines[-1]:
             lines.append((await asyncio.wait_for(process.stdout.readline(), 30)).decode())

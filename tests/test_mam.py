@@ -5,6 +5,7 @@ transcripts: alice and bob chat, then page through what their archives kept.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime
 import itertools
 import sqlite3
@@ -15,16 +16,18 @@ from typing import Any
 
 import pytest
 import slixmpp
-from conftest import DOMAIN, Clients, make_config, wait_for
+from conftest import DOMAIN, Clients, make_config, result_of, wait_for
 from slixmpp.exceptions import IqError
 from slixmpp.stanza import Error as StanzaErrorPlugin
+from slixmpp.types import MessageTypes
 from slixmpp.xmlstream import ET
 from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import MatchXPath
 from sqlalchemy import insert
 from test_message import roundtrip, session_of
 
-from nitro.modules.mam import new_archive_id
+from nitro.config import ArchiveSection
+from nitro.modules.mam_archive import new_archive_id
 from nitro.server import Server, running_server
 from nitro.storage.models import ArchiveQuery
 from nitro.storage.schema import archive_messages
@@ -67,7 +70,9 @@ async def online(clients: Clients, jid: str) -> tuple[slixmpp.ClientXMPP, list[A
     return client, inbox
 
 
-def chat(client: slixmpp.ClientXMPP, to: str, body: str, *, extra: str = "", mtype: str = "chat") -> None:
+def chat(
+    client: slixmpp.ClientXMPP, to: str, body: str, *, extra: str = "", mtype: MessageTypes = "chat"
+) -> None:
     message = client.make_message(mto=to, mbody=body, mtype=mtype)
     for node in ET.fromstring(f"<x>{extra}</x>"):
         message.xml.append(node)
@@ -198,7 +203,7 @@ async def refused(call: Any) -> str:
 async def iq_set(client: slixmpp.ClientXMPP, payload: str, *, get: bool = False) -> ET.Element:
     iq = client.make_iq_get() if get else client.make_iq_set()
     iq.xml.append(ET.fromstring(payload))
-    reply = await iq.send(timeout=10)
+    reply = await result_of(iq.send(timeout=10))
     assert len(reply.xml) == 1
     return reply.xml[0]
 
@@ -362,7 +367,7 @@ async def test_a_message_kept_offline_carries_its_archive_id(clients: Clients) -
     ],
 )
 async def test_messages_that_are_not_archived_get_no_stanza_id(
-    clients: Clients, extra: str, mtype: str
+    clients: Clients, extra: str, mtype: MessageTypes
 ) -> None:
     alice_jid, bob_jid = await clients.user("alice"), await clients.user("bob")
     alice, _ = await online(clients, alice_jid)
@@ -531,7 +536,7 @@ async def test_default_roster_archives_contacts_only(clients: Clients) -> None:
     bob, _ = await online(clients, bob_jid)
     eve, _ = await online(clients, eve_jid)
     await iq_set(alice, prefs_xml("roster"))
-    await alice.plugin["xep_0030"].xmpp.update_roster(bob_jid, timeout=10)
+    await result_of(alice.update_roster(slixmpp.JID(bob_jid), timeout=10))
 
     chat(bob, alice_jid, "from a contact")
     chat(eve, alice_jid, "from a stranger")
@@ -889,8 +894,8 @@ async def test_account_and_server_advertise_mam_and_stanza_ids(clients: Clients)
     alice, _ = await online(clients, alice_jid)
     wanted = {MAM, f"{MAM}#extended", SID}
 
-    account = await alice.plugin["xep_0030"].get_info(jid=alice_jid, timeout=10)
-    server = await alice.plugin["xep_0030"].get_info(jid=DOMAIN, timeout=10)
+    account = await alice.plugin["xep_0030"].get_info(jid=slixmpp.JID(alice_jid), timeout=10)
+    server = await alice.plugin["xep_0030"].get_info(jid=slixmpp.JID(DOMAIN), timeout=10)
 
     assert wanted <= set(account["disco_info"]["features"])
     assert wanted <= set(server["disco_info"]["features"])
@@ -913,3 +918,29 @@ async def test_retention_deletes_the_oldest_messages_at_start(tmp_path: Path) ->
             await asyncio.sleep(0.02)
         page = await server.storage.archive.query("alice", ArchiveQuery())
         assert [message.id for message in page.messages] == [recent]
+
+
+async def test_archives_expire_after_a_week_by_default(tmp_path: Path) -> None:
+    """Issue 11 item 5: the shipped default keeps a week, as Prosody's archive_expires_after; 0 is forever."""
+    assert ArchiveSection().retention_days == 7
+    now = datetime.datetime.now(datetime.UTC)
+    async with running_server(make_config(tmp_path)) as server:  # the tests' config keeps everything
+        await Clients(server).user("alice")
+        await fill(server, "alice", 2, start=now - datetime.timedelta(days=8))
+        kept = await fill(server, "alice", 1, start=now - datetime.timedelta(days=6))
+
+    shipped = dataclasses.replace(make_config(tmp_path), archive=ArchiveSection())
+    async with running_server(shipped) as server:
+        for _ in range(250):
+            if await server.storage.archive.count("alice") == 1:
+                break
+            await asyncio.sleep(0.02)
+        page = await server.storage.archive.query("alice", ArchiveQuery())
+        assert [message.id for message in page.messages] == kept
+
+    forever = make_config(tmp_path, archive={"retention_days": 0})
+    async with running_server(forever) as server:
+        await fill(server, "alice", 1, start=now - datetime.timedelta(days=3650))
+    async with running_server(forever) as server:
+        await asyncio.sleep(0.2)
+        assert await server.storage.archive.count("alice") == 2  # nothing expires

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import slixmpp
 import test_c2s
 import test_mam
 import test_message
@@ -18,11 +19,11 @@ import test_presence
 import test_private
 import test_roster
 import test_vcard
-from conftest import Clients, make_config, next_event
+from conftest import Clients, make_config, next_event, result_of
+from sqlbackends import SqlBackend
 
 from nitro.config import Config
 from nitro.server import Server
-from tests.sqlbackends import SqlBackend
 
 SCENARIOS = {
     test_c2s: (
@@ -78,8 +79,8 @@ async def test_the_server_really_stores_in_mariadb(
     """Alice and Bob chat with emoji in roster names and bodies; the rows are in MariaDB, intact."""
     alice = await clients.login(await clients.user("alice"))
     bob_jid = await clients.user("bob")
-    await alice.update_roster(bob_jid, name="Bob 🎸", groups=["Ami·e·s 😀"])
-    alice.send_message(mto=bob_jid, mbody="hors ligne 𝄞🚀", mtype="chat")
+    await result_of(alice.update_roster(slixmpp.JID(bob_jid), name="Bob 🎸", groups=["Ami·e·s 😀"]))
+    alice.send_message(mto=slixmpp.JID(bob_jid), mbody="hors ligne 𝄞🚀", mtype="chat")
     bob = await clients.login(bob_jid)
     message = await next_event(bob, "message")
     assert message["body"] == "hors ligne 𝄞🚀"

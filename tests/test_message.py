@@ -6,15 +6,16 @@ from typing import Any
 
 import slixmpp
 from conftest import DOMAIN, Clients, wait_for
+from slixmpp.types import MessageTypes
 
-from nitro.c2s.session import ClientSession
+from nitro.core.context import Session
 from nitro.server import Server
 from nitro.xmpp.jid import JID
 
 STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
 
 
-def session_of(server: Server, client: slixmpp.ClientXMPP) -> ClientSession | None:
+def session_of(server: Server, client: slixmpp.ClientXMPP) -> Session | None:
     return server.sessions.get(JID.parse(str(client.boundjid)))
 
 
@@ -52,7 +53,9 @@ def condition(error_message: Any) -> str | None:
     return next((name for name in names if name != "text"), None)
 
 
-def send(client: slixmpp.ClientXMPP, to: str, body: str, mtype: str | None = "chat", id_: str = "m1") -> None:
+def send(
+    client: slixmpp.ClientXMPP, to: str, body: str, mtype: MessageTypes | None = "chat", id_: str = "m1"
+) -> None:
     message = client.make_message(mto=to, mbody=body, mtype=mtype)
     message["id"] = id_
     message.send()

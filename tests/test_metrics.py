@@ -137,7 +137,7 @@ async def test_stanzas_in_and_out_by_kind_and_routing_latency(server: Server, cl
     await settled(alice, bob)
     before = await scrape(server)
     for n in range(3):
-        alice.send_message(mto="bob@localhost", mbody=f"hello {n}", mtype="chat")
+        alice.send_message(mto=slixmpp.JID("bob@localhost"), mbody=f"hello {n}", mtype="chat")
     await wait_for(lambda: len(received) == 3)
     await settled(alice)  # her messages' routing (archiving included) has finished: one more iq each way
     after = await scrape(server)
@@ -173,7 +173,7 @@ async def test_offline_messages_are_counted_and_the_queue_measured_at_login(
     await settled(alice)
     before = await scrape(server)
     for n in range(2):
-        alice.send_message(mto=bob_jid, mbody=f"while you were out {n}", mtype="chat")
+        alice.send_message(mto=slixmpp.JID(bob_jid), mbody=f"while you were out {n}", mtype="chat")
     await wait_for(lambda: server.metrics.offline_stored == before("nitro_offline_messages_stored_total") + 2)
     received = await login_collecting(clients, bob_jid)
     await wait_for(lambda: len(received) == 2)
@@ -342,7 +342,17 @@ async def test_the_timing_proxy_covers_every_repository_and_failures(server: Ser
     timed = timed_storage(
         server.storage, lambda repository, operation, _seconds: calls.append((repository, operation))
     )
-    for name in ("accounts", "rosters", "offline", "archive", "pep", "blocklist", "vcards", "private"):
+    for name in (
+        "accounts",
+        "rosters",
+        "offline",
+        "archive",
+        "pep",
+        "blocklist",
+        "vcards",
+        "private",
+        "last",
+    ):
         assert isinstance(getattr(timed, name), TimedRepository), name
     assert await timed.accounts.exists("nobody") is False
     await timed.accounts.create("alice", {})

@@ -7,6 +7,7 @@ import datetime
 from pathlib import Path
 from typing import Any
 
+import slixmpp
 from conftest import DOMAIN, Clients, make_config, wait_for
 from test_message import condition, errors_of, online, roundtrip, send
 
@@ -199,6 +200,6 @@ async def test_a_chat_with_body_and_chat_state_is_stored(server: Server, clients
 async def test_the_server_advertises_msgoffline(clients: Clients) -> None:
     alice, _ = await online(clients, await clients.user("alice"))
 
-    info = await alice.plugin["xep_0030"].get_info(jid=DOMAIN, timeout=5)
+    info = await alice.plugin["xep_0030"].get_info(jid=slixmpp.JID(DOMAIN), timeout=5)
 
     assert "msgoffline" in info["disco_info"]["features"]

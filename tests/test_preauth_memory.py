@@ -8,6 +8,7 @@ import gc
 import secrets
 
 import pytest
+import slixmpp
 from conftest import Clients, raw_stream, read_until, wait_for
 from lxml import etree
 from test_c2s import HEADER, logged_in, still_serving, stream_error
@@ -67,7 +68,7 @@ async def test_parsing_threads_end_with_the_unauthenticated_streams(server: Serv
     await wait_for(lambda: not server.connections, 10)
     assert server.transport_limits.preauth.threads <= 1
     alice = await clients.login(await clients.user("alice"))
-    alice.send_message(mto="alice@localhost", mbody="hello")
+    alice.send_message(mto=slixmpp.JID("alice@localhost"), mbody="hello")
     assert (await alice.wait_until("message", 5))["body"] == "hello"
 
 

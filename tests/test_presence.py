@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import xml.etree.ElementTree as ET
 from typing import Any
 
 import slixmpp
@@ -35,7 +37,7 @@ class Inbox:
 
 def manual(client: slixmpp.ClientXMPP) -> None:
     """No automatic answers to subscription requests: the test decides."""
-    client.roster.auto_authorize = None
+    client.roster.auto_authorize = None  # type: ignore[assignment]  # documented "don't answer", typed bool
     client.roster.auto_subscribe = False
 
 
@@ -71,6 +73,16 @@ async def eventually(server: Server, user: str, contact: str, expected: RosterIt
             return
         await asyncio.sleep(0.02)
     assert await subscription(server, user, contact) == expected
+
+
+async def pending_request(server: Server, user: str, contact: str) -> RosterItem:
+    """Wait until `user` keeps `contact`'s subscription request, and return that item."""
+    for _ in range(100):
+        item = await subscription(server, user, contact)
+        if item is not None and item.pending_in:
+            return item
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"{user} keeps no request from {contact}")
 
 
 def session_of(server: Server, client: slixmpp.ClientXMPP) -> Any:
@@ -134,9 +146,9 @@ async def test_a_subscription_request_to_an_offline_user_is_delivered_when_they_
 
     alice.send_presence(pto=bob_jid, ptype="subscribe")
     await wait_for(lambda: alice.client_roster[bob_jid]["pending_out"])
-    await eventually(
-        server, "bob", alice_jid, RosterItem(alice_jid, pending_in=True, in_roster=False)
-    )  # kept for bob, not on his roster
+    kept = await pending_request(server, "bob", alice_jid)
+    assert kept.request is not None  # kept whole (§3.1.3) for bob, but not on his roster
+    assert dataclasses.replace(kept, request=None) == RosterItem(alice_jid, pending_in=True, in_roster=False)
 
     bob, bob_inbox = await login_with_inbox(clients, bob_jid, answer=False)
     request = await bob_inbox.receives("subscribe", alice_jid)
@@ -147,6 +159,50 @@ async def test_a_subscription_request_to_an_offline_user_is_delivered_when_they_
     await alice_inbox.receives("available", str(bob.boundjid))
     await wait_for(lambda: alice.client_roster[bob_jid]["subscription"] == "to")
     assert (await subscription(server, "bob", alice_jid)) == RosterItem(alice_jid, subscription="from")
+
+
+PARS = "urn:xmpp:pars:0"  # XEP-0401 pre-authenticated roster subscription
+NICK = "http://jabber.org/protocol/nick"  # XEP-0172
+
+
+async def test_a_stored_request_is_delivered_whole_with_its_extended_content(
+    server: Server, clients: Clients
+) -> None:
+    """Issue 11 item 10, RFC 6121 §3.1.3: status, nick and a pre-auth token reach the user at login."""
+    alice_jid, bob_jid = await clients.user("alice"), await clients.user("bob")
+    alice = await clients.login(alice_jid)
+    request = alice.make_presence(pto=bob_jid, ptype="subscribe", pstatus="it's Alice, from the party")
+    request.append(ET.fromstring(f"<nick xmlns='{NICK}'>Ally</nick>"))  # noqa: S314  # our own literal
+    request.append(ET.fromstring(f"<preauth xmlns='{PARS}' token='f0rb0b'/>"))  # noqa: S314
+    request.send()
+    await pending_request(server, "bob", alice_jid)  # bob is offline: the request is kept
+
+    bob, bob_inbox = await login_with_inbox(clients, bob_jid, answer=False)
+    delivered = await bob_inbox.receives("subscribe", alice_jid)
+
+    assert delivered["status"] == "it's Alice, from the party"
+    assert delivered.xml.findtext(f"{{{NICK}}}nick") == "Ally"
+    preauth = delivered.xml.find(f"{{{PARS}}}preauth")
+    assert preauth is not None
+    assert preauth.get("token") == "f0rb0b"
+    assert delivered["to"].bare == bob_jid
+
+    bob.send_presence(pto=alice_jid, ptype="subscribed")  # once answered, nothing of it is kept
+    await eventually(server, "bob", alice_jid, RosterItem(alice_jid, subscription="from"))
+
+
+async def test_a_request_too_large_to_keep_is_a_policy_violation(server: Server, clients: Clients) -> None:
+    alice_jid, bob_jid = await clients.user("alice"), await clients.user("bob")
+    alice, alice_inbox = await login_with_inbox(clients, alice_jid)
+    alice.send_presence(pto=bob_jid, ptype="subscribe", pstatus="x" * 20000)
+
+    error = await alice_inbox.receives("error", bob_jid)
+    # slixmpp's Error lacks RFC 6120's policy-violation among its conditions: read the element itself
+    assert (
+        error.xml.find("{jabber:client}error/{urn:ietf:params:xml:ns:xmpp-stanzas}policy-violation")
+        is not None
+    )
+    assert await subscription(server, "bob", alice_jid) is None  # nothing kept for bob
 
 
 async def test_a_request_is_delivered_once_even_if_sent_twice(clients: Clients) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import sqlite3
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 import slixmpp
@@ -19,13 +19,17 @@ PRIVATE = "jabber:iq:private"
 PREFS = "<prefs xmlns='urn:example:prefs'><theme>dark</theme></prefs>"
 
 
-async def request(client: slixmpp.ClientXMPP, kind: str, payload: str, to: str | None = None) -> Any:
+async def request(
+    client: slixmpp.ClientXMPP, kind: Literal["get", "set"], payload: str, to: str | None = None
+) -> Any:
     iq = client.make_iq(ito=to, itype=kind)
     iq.append(ET.fromstring(payload))  # noqa: S314  # the test's own literal
     return await iq.send(timeout=5)
 
 
-async def refused(client: slixmpp.ClientXMPP, kind: str, payload: str, to: str | None = None) -> str:
+async def refused(
+    client: slixmpp.ClientXMPP, kind: Literal["get", "set"], payload: str, to: str | None = None
+) -> str:
     with pytest.raises(IqError) as failure:
         await request(client, kind, payload, to)
     return str(failure.value.iq["error"]["condition"])

@@ -15,6 +15,8 @@ from lxml import etree
 from slixmpp.exceptions import IqError
 from slixmpp.xmlstream import ET
 
+from nitro.accounts import create_account
+from nitro.modules.register import SignupWindow
 from nitro.server import Server, running_server
 from nitro.xmpp import ns
 
@@ -58,7 +60,7 @@ class RawClient:
                     self.depth += 1
                 else:
                     self.depth -= 1
-                    if self.depth == 1:
+                    if self.depth == 1 and isinstance(node, etree._Element):  # start/end events: elements
                         self.ready.append(node)
         return self.ready.pop(0)
 
@@ -224,7 +226,16 @@ async def test_cancelling_before_login_is_unexpected(server: Server) -> None:
     assert condition(answer) == "unexpected-request"  # XEP-0077 §3.2 error table
 
 
-async def test_registrations_per_address_are_throttled(server: Server) -> None:
+@pytest.fixture
+async def throttled(tmp_path: Path) -> AsyncIterator[Server]:
+    """A server that limits loopback too (the tests connect from 127.0.0.1, exempt by default)."""
+    config = make_config(tmp_path, registration={"throttle_exempt": [], "max_per_address": 3})
+    async with running_server(config) as server:
+        yield server
+
+
+async def test_registrations_per_address_are_throttled(throttled: Server) -> None:
+    server = throttled
     for n in range(server.config.registration.max_per_address):
         async with raw_client(server) as (client, _features):
             assert condition(await client.iq(register_iq(f"user{n}", PASSWORD))) is None
@@ -237,6 +248,77 @@ async def test_registrations_per_address_are_throttled(server: Server) -> None:
     assert error is not None
     assert error.get("type") == "wait"
     assert not await server.storage.accounts.exists("one-too-many")
+
+
+async def test_failed_registrations_do_not_count_towards_the_limit(throttled: Server) -> None:
+    """Issue 11 item 15: only created accounts count, not a taken username (conflict) or a refused one."""
+    server = throttled
+    await create_account(server.storage, "taken", PASSWORD)
+    limit = server.config.registration.max_per_address
+    for attempt in range(2 * limit):
+        async with raw_client(server) as (client, _features):
+            assert condition(await client.iq(register_iq("taken", PASSWORD, f"c{attempt}"))) == "conflict"
+            bad = await client.iq(register_iq("bad@name", PASSWORD, f"b{attempt}"))
+            assert condition(bad) == "not-acceptable"
+
+    for n in range(limit):  # the whole allowance is still there
+        async with raw_client(server) as (client, _features):
+            assert condition(await client.iq(register_iq(f"fresh{n}", PASSWORD))) is None
+    async with raw_client(server) as (client, _features):
+        assert condition(await client.iq(register_iq("one-too-many", PASSWORD))) == "resource-constraint"
+
+
+async def test_loopback_is_exempt_by_default(tmp_path: Path) -> None:
+    """Like Prosody, 127.0.0.1 and ::1 are not limited unless [registration].throttle_exempt says so."""
+    config = make_config(tmp_path, registration={"max_per_address": 1})
+    assert config.registration.throttle_exempt == ("127.0.0.1", "::1")
+    async with running_server(config) as server:
+        for n in range(3):
+            async with raw_client(server) as (client, _features):
+                assert condition(await client.iq(register_iq(f"local{n}", PASSWORD))) is None
+
+
+@pytest.mark.parametrize(
+    ("exempt", "limited"),
+    [
+        (["127.0.0.0/8"], False),
+        (["10.0.0.0/8", "127.0.0.1/32"], False),
+        (["10.0.0.0/8", "::1"], True),
+    ],
+)
+async def test_throttle_exemption_takes_cidr_networks(
+    tmp_path: Path, exempt: list[str], limited: bool
+) -> None:
+    config = make_config(tmp_path, registration={"max_per_address": 1, "throttle_exempt": exempt})
+    async with running_server(config) as server:
+        outcomes = []
+        for n in range(2):
+            async with raw_client(server) as (client, _features):
+                outcomes.append(condition(await client.iq(register_iq(f"net{n}", PASSWORD))))
+    assert outcomes == ([None, "resource-constraint"] if limited else [None, None])
+
+
+def test_the_exemption_list_understands_addresses_and_networks() -> None:
+    window = SignupWindow(1, 60.0, ["127.0.0.1", "::1", "192.0.2.0/24", "2001:db8::/32"])
+    for host in ("127.0.0.1", "::1", "::ffff:127.0.0.1", "192.0.2.77", "2001:db8::5"):
+        assert window.is_exempt(host), host
+    for host in ("127.0.0.2", "198.51.100.1", "2001:db9::1", "local", "detached"):
+        assert not window.is_exempt(host), host
+
+
+def test_a_released_slot_is_free_again_and_slots_age_out() -> None:
+    now = [100.0]
+    window = SignupWindow(2, 60.0, [], clock=lambda: now[0])
+    first = window.reserve("192.0.2.1")
+    second = window.reserve("192.0.2.1")
+    assert first is not None
+    assert second is not None
+    assert window.reserve("192.0.2.1") is None
+    window.release("192.0.2.1", second)
+    assert window.reserve("192.0.2.1") is not None
+    assert window.reserve("192.0.2.2") is not None  # per address
+    now[0] += 61.0
+    assert window.reserve("192.0.2.1") is not None
 
 
 async def test_closed_registration_is_not_advertised_and_unavailable(tmp_path: Path) -> None:

@@ -61,7 +61,7 @@ async def direct(server: RedisServer) -> redis.Redis:
 
 async def test_ketama_spreads_owners_over_every_instance(ring: Ring) -> None:
     assert all(instance.live for instance in ring.instances)
-    shares = Counter(ring.owner(owner).url for owner in OWNERS)  # type: ignore[union-attr]
+    shares = Counter(ring.owner(owner).url for owner in OWNERS)  # type: ignore[union-attr]  # all instances are live
     assert set(shares) == {instance.url for instance in ring.instances}
     assert all(count > len(OWNERS) * 0.2 for count in shares.values()), shares
 
@@ -70,7 +70,7 @@ async def test_weights_give_an_instance_a_bigger_share(redis_servers: list[Redis
     ring = Ring(settings(redis_servers, weights=(1, 1, 4)))
     await ring.start()
     try:
-        shares = Counter(ring.owner(owner).url for owner in OWNERS)  # type: ignore[union-attr]
+        shares = Counter(ring.owner(owner).url for owner in OWNERS)  # type: ignore[union-attr]  # all instances are live
         heavy = shares[redis_servers[2].url]
         assert heavy > shares[redis_servers[0].url] * 2
         assert heavy > shares[redis_servers[1].url] * 2
@@ -95,7 +95,7 @@ async def test_set_many_and_get_many_send_one_pipeline_per_instance(redis_server
     observers = [await direct(server) for server in redis_servers]
     try:
         items = [(owner, keys.key("test", 1, owner), owner.encode()) for owner in OWNERS[:300]]
-        per_instance = Counter(ring.owner(owner).url for owner, _, _ in items)  # type: ignore[union-attr]
+        per_instance = Counter(ring.owner(owner).url for owner, _, _ in items)  # type: ignore[union-attr]  # all instances are live
         assert min(per_instance.values()) >= 50
         before = [int((await client.info("stats"))["total_reads_processed"]) for client in observers]
         assert await ring.set_many(items, ttl=60) == len(items)

@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 import slixmpp
-from conftest import Clients, wait_for
+from conftest import Clients, result_of, wait_for
+from slixmpp import Iq
 from slixmpp.exceptions import IqError
 from slixmpp.xmlstream import ET
 
@@ -38,7 +39,12 @@ async def error_of(
 def pushes(client: slixmpp.ClientXMPP) -> list[Any]:
     """Roster pushes (iq type='set') the client receives from now on."""
     received: list[Any] = []
-    client.add_event_handler("roster_update", lambda iq: iq["type"] == "set" and received.append(iq))
+
+    def on_update(iq: Iq) -> None:
+        if iq["type"] == "set":
+            received.append(iq)
+
+    client.add_event_handler("roster_update", on_update)
     return received
 
 
@@ -51,7 +57,7 @@ async def test_roster_set_then_get_returns_the_item_with_a_version(clients: Clie
     alice = await clients.login(await clients.user("alice"), send_presence=False)
     await alice.get_roster()
     assert len(alice.client_roster) == 0
-    await alice.update_roster("bob@localhost", name="Bob", groups=["Friends", "Work"])
+    await result_of(alice.update_roster(slixmpp.JID("bob@localhost"), name="Bob", groups=["Friends", "Work"]))
 
     result = await roster_iq(alice, "get", f"<query xmlns='{ROSTER}' ver=''/>").send(timeout=5)
     (item,) = result["roster"]["items"].values()
@@ -70,7 +76,7 @@ async def test_roster_push_reaches_every_interested_resource(clients: Clients) -
     await laptop.get_roster()
     on_phone, on_laptop, on_quiet = pushes(phone), pushes(laptop), pushes(quiet)
 
-    await phone.update_roster("bob@localhost", name="Bob")
+    await result_of(phone.update_roster(slixmpp.JID("bob@localhost"), name="Bob"))
 
     await wait_for(lambda: bool(on_phone) and bool(on_laptop))
     assert on_laptop[0]["roster"]["items"]["bob@localhost"]["name"] == "Bob"
@@ -82,14 +88,14 @@ async def test_roster_push_reaches_every_interested_resource(clients: Clients) -
 
 async def test_unchanged_roster_version_gives_an_empty_result(clients: Clients) -> None:
     alice = await clients.login(await clients.user("alice"), send_presence=False)
-    await alice.update_roster("bob@localhost", name="Bob")
+    await result_of(alice.update_roster(slixmpp.JID("bob@localhost"), name="Bob"))
     first = await roster_iq(alice, "get", f"<query xmlns='{ROSTER}' ver=''/>").send(timeout=5)
     ver = first["roster"]["ver"]
 
     same = await roster_iq(alice, "get", f"<query xmlns='{ROSTER}' ver='{ver}'/>").send(timeout=5)
     assert same.xml.find(f"{{{ROSTER}}}query") is None  # XEP-0237 §3: nothing changed, nothing sent
 
-    await alice.update_roster("carol@localhost", name="Carol")
+    await result_of(alice.update_roster(slixmpp.JID("carol@localhost"), name="Carol"))
     newer = await roster_iq(alice, "get", f"<query xmlns='{ROSTER}' ver='{ver}'/>").send(timeout=5)
     assert set(newer["roster"]["items"]) == {"bob@localhost", "carol@localhost"}
     assert newer["roster"]["ver"] != ver
@@ -100,7 +106,7 @@ async def test_a_stale_client_gets_the_whole_roster_after_reconnecting(clients: 
     alice = await clients.login(alice_jid, send_presence=False)
     await alice.get_roster()
     cached = alice.client_roster.version
-    await alice.update_roster("bob@localhost", name="Bob")
+    await result_of(alice.update_roster(slixmpp.JID("bob@localhost"), name="Bob"))
 
     later = await clients.login(f"{alice_jid}/later", send_presence=False)
     result = await roster_iq(later, "get", f"<query xmlns='{ROSTER}' ver='{cached}'/>").send(timeout=5)
@@ -113,7 +119,7 @@ async def test_roster_remove_deletes_the_item_and_pushes_removal(server: Server,
     other = await clients.login(f"{alice_jid}/other", send_presence=False)
     await alice.get_roster()
     await other.get_roster()
-    await alice.update_roster("bob@localhost", name="Bob")
+    await result_of(alice.update_roster(slixmpp.JID("bob@localhost"), name="Bob"))
     await wait_for(lambda: "bob@localhost" in other.client_roster)
     seen = pushes(other)
 

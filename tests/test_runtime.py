@@ -16,7 +16,8 @@ from test_cli import write_config
 
 from nitro.config import ConfigError, parse_config
 from nitro.server import Server, running_server
-from nitro.transports.tcp import TIMER, ClientConnection
+from nitro.transports.tcp import ClientConnection
+from nitro.transports.tcp_task import TIMER
 
 
 async def test_gc_is_tuned_while_the_server_runs_and_restored_after(tmp_path: Path) -> None:

@@ -30,7 +30,7 @@ def slixmpp_client(
     hash_name: HashName, username: str, password: str, *, authzid: str = "", binding_proposed: bool = True
 ) -> SCRAM:
     """slixmpp's client side; binding_proposed=False makes it send the "y" flag."""
-    return SCRAM(  # type: ignore[no-untyped-call]  # slixmpp is untyped
+    return SCRAM(
         f"SCRAM-{hash_name}",
         {
             "username": username.encode(),

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 
+import slixmpp
 from conftest import DOMAIN, Clients, wait_for
 from test_stream_management import managed
 
 from nitro.c2s.session import ClientSession
 from nitro.modules.csi import HOLDER
-from nitro.modules.pep import INTERESTS
+from nitro.modules.pep_interests import INTERESTS
 from nitro.server import Server
 from nitro.xmpp.jid import JID
 
@@ -31,10 +32,10 @@ async def test_a_live_session_round_trips_through_json(server: Server, clients: 
     await bob.expect(b'id="r1"')
     bob_jid = JID.parse(f"bob@{DOMAIN}/raw")
     session = server.sessions.get(bob_jid)
-    assert session is not None
+    assert isinstance(session, ClientSession)  # the registry is typed by the protocol modules see
     await wait_for(lambda: session.directed_to != frozenset() and session.slots.peek(HOLDER) is not None)
     sender = await clients.login(alice)
-    sender.send_message(mto=str(bob_jid), mbody="kept until acknowledged")
+    sender.send_message(mto=slixmpp.JID(str(bob_jid)), mbody="kept until acknowledged")
     sender.send_presence(pto=str(bob_jid))  # held back by CSI: bob is inactive
     await wait_for(lambda: session.sm is not None and len(session.sm.unacked) >= 1)
     await wait_for(lambda: bool(session.slots.get(HOLDER).held))
@@ -69,7 +70,7 @@ async def test_state_of_a_module_that_is_not_loaded_is_dropped_not_fatal(
     await clients.user("bob")
     bob, _previd = await managed(server, "bob")
     session = server.sessions.get(JID.parse(f"bob@{DOMAIN}/raw"))
-    assert session is not None
+    assert isinstance(session, ClientSession)  # the registry is typed by the protocol modules see
     data = session.export()
     data["slots"]["no-such-module"] = {"x": 1}
     restored = ClientSession.restore(server, data)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import slixmpp
 from conftest import Clients, make_config, wait_for
 from lxml import etree
 from test_c2s import stream_error
@@ -70,7 +71,7 @@ async def test_a_client_that_never_acks_large_stanzas_is_cut_off_at_the_byte_bou
             bob, _previd = await managed(server, "bob", "phone")
             alice = await pool.login(alice_jid)
             for n in range(1, 7):
-                alice.send_message(mto=f"{bob_jid}/phone", mbody=f"{n} {TEXT}")
+                alice.send_message(mto=slixmpp.JID(f"{bob_jid}/phone"), mbody=f"{n} {TEXT}")
             data = await stream_error(bob.reader, "policy-violation")
             assert b"30000 bytes unacknowledged" in data
             assert len(bodies(data)) == 4  # written, never acknowledged
@@ -99,10 +100,10 @@ async def test_past_the_total_the_session_holding_the_most_is_closed(tmp_path: P
             carol, _ = await managed(server, "carol", "phone")
             alice = await pool.login(alice_jid)
             for n in (1, 2, 3):
-                alice.send_message(mto="bob@localhost/phone", mbody=f"{n} {TEXT}")
+                alice.send_message(mto=slixmpp.JID("bob@localhost/phone"), mbody=f"{n} {TEXT}")
             await bob.expect(body(f"3 {TEXT}"))
             for n in (4, 5):
-                alice.send_message(mto="carol@localhost/phone", mbody=f"{n} {TEXT}")
+                alice.send_message(mto=slixmpp.JID("carol@localhost/phone"), mbody=f"{n} {TEXT}")
             await stream_error(bob.reader, "resource-constraint")
             bob.writer.close()
             await stored_offline(server, "bob", 3)

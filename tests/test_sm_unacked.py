@@ -8,6 +8,7 @@ import asyncio
 import datetime
 import re
 
+import slixmpp
 from conftest import Clients
 from test_stream_management import body, managed, stored_offline
 
@@ -27,7 +28,7 @@ async def test_a_message_stored_after_a_clean_close_keeps_the_time_it_was_sent(
     bob, _previd = await managed(server, "bob")
     alice = await clients.login(alice_jid)
     before = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
-    alice.send_message(mto="bob@localhost/raw", mbody="sent early", mtype="chat")
+    alice.send_message(mto=slixmpp.JID("bob@localhost/raw"), mbody="sent early", mtype="chat")
     await bob.expect(body("sent early"))
     await asyncio.sleep(2.1)  # the disconnect happens measurably later than the delivery
     bob.send(b"</stream:stream>")  # a clean close without acknowledging it
@@ -51,12 +52,12 @@ async def test_a_client_that_syncs_from_the_archive_is_not_sent_it_again_offline
     bob.send(MAM_QUERY)  # this client uses the archive (XEP-0313)
     await bob.expect(re.compile(rb"<iq[^>]*id=\"q1\""))
     alice = await clients.login(alice_jid)
-    alice.send_message(mto="bob@localhost/raw", mbody="in the archive", mtype="chat")
+    alice.send_message(mto=slixmpp.JID("bob@localhost/raw"), mbody="in the archive", mtype="chat")
     await bob.expect(body("in the archive"))
     bob.send(b"</stream:stream>")
     await bob.rest()
     bob.writer.close()
-    alice.send_message(mto="bob@localhost", mbody="after the close", mtype="chat")
+    alice.send_message(mto=slixmpp.JID("bob@localhost"), mbody="after the close", mtype="chat")
     await stored_offline(server, "bob", 1)  # only the message bob never received
     (item,) = await server.storage.offline.list("bob")
     assert parse_stanza(item.stanza).findtext("{jabber:client}body") == "after the close"

@@ -17,6 +17,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection
 from sqlalchemy.dialects import mysql
 from sqlalchemy.schema import CreateTable
+from sqlbackends import SqlBackend
 
 from nitro.storage import (
     AlreadyExists,
@@ -26,11 +27,11 @@ from nitro.storage import (
     RosterItem,
     Storage,
     StorageUnavailable,
+    codecs,
 )
 from nitro.storage.schema import metadata
 from nitro.storage.sql import alembic_config, create_engine, open_sql_storage
 from nitro.xmpp.sasl.credentials import HashName, ScramCredential
-from tests.sqlbackends import SqlBackend
 
 
 def credential(hash_name: HashName, seed: int) -> ScramCredential:
@@ -219,6 +220,45 @@ async def test_roster_names_and_groups_round_trip_unicode(storage: Storage) -> N
     unnamed = RosterItem("tybalt@capulet.lit", name=None, groups=())
     await storage.rosters.put("juliet", unnamed)
     assert await storage.rosters.get_item("juliet", "tybalt@capulet.lit") == unnamed
+
+
+async def test_a_pending_subscription_request_is_kept_whole(storage: Storage) -> None:
+    """RFC 6121 §3.1.3: the request's stanza is stored with the item until it is answered."""
+    request = (
+        b"<presence xmlns='jabber:client' from='romeo@montague.lit' to='juliet@capulet.lit' type='subscribe'>"
+        + "<status>ça va? 🌹</status><preauth xmlns='urn:xmpp:pars:0' token='t'/></presence>".encode()
+    )
+    pending = RosterItem("romeo@montague.lit", pending_in=True, in_roster=False, request=request)
+    await storage.rosters.put("juliet", pending)
+    assert await storage.rosters.get_item("juliet", "romeo@montague.lit") == pending
+    assert (await storage.rosters.get("juliet")).items == (pending,)
+    answered = RosterItem("romeo@montague.lit", subscription="from")
+    await storage.rosters.put("juliet", answered)
+    assert await storage.rosters.get_item("juliet", "romeo@montague.lit") == answered
+
+
+def test_the_roster_codec_keeps_the_request_and_reads_items_cached_without_it() -> None:
+    pending = RosterItem("romeo@montague.lit", pending_in=True, in_roster=False, request=b"<presence/>")
+    roster = Roster(version=7, items=(pending, RosterItem("nurse@capulet.lit")))
+    assert codecs.ROSTER.decode(codecs.ROSTER.encode(roster)) == roster
+    older = b'\x01[3,[["nurse@capulet.lit",null,"both",8,["Family"]]]]'  # as cached before `request`
+    assert codecs.ROSTER.decode(older) == Roster(
+        version=3, items=(RosterItem("nurse@capulet.lit", subscription="both", groups=("Family",)),)
+    )
+
+
+async def test_roster_quota_counts_new_items_only(storage: Storage) -> None:
+    for n in range(3):
+        await storage.rosters.put("juliet", RosterItem(f"c{n}@capulet.lit"), max_items=3)
+    with pytest.raises(QuotaExceeded):
+        await storage.rosters.put("juliet", RosterItem("c3@capulet.lit"), max_items=3)
+    assert len((await storage.rosters.get("juliet")).items) == 3
+    assert await storage.rosters.version("juliet") == 3  # the refused put changed nothing
+    renamed = RosterItem("c0@capulet.lit", name="Nurse")  # replacing an item is no growth
+    await storage.rosters.put("juliet", renamed, max_items=3)
+    assert await storage.rosters.get_item("juliet", "c0@capulet.lit") == renamed
+    await storage.rosters.put("juliet", RosterItem("c3@capulet.lit"))  # no limit given: none applies
+    assert len((await storage.rosters.get("juliet")).items) == 4
 
 
 async def test_roster_of_unknown_user(storage: Storage) -> None:

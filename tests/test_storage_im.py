@@ -17,15 +17,18 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, event
+from sqlbackends import SqlBackend
 
 from nitro.storage import (
     ArchivedMessage,
     ArchivePrefs,
     ArchiveQuery,
     ItemNotFound,
+    LastActivity,
     NoSuchAccount,
     PepItem,
     PepNode,
+    QuotaExceeded,
     Storage,
     StorageError,
     StorageUnavailable,
@@ -36,7 +39,6 @@ from nitro.storage.sql_archive import SqlArchiveStore
 from nitro.storage.sql_base import Database
 from nitro.storage.sql_pep import SqlPepStore
 from nitro.storage.sql_userdata import SqlBlockListStore, SqlPrivateStore, SqlVCardStore
-from tests.sqlbackends import SqlBackend
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 ROMEO = "romeo@montague.lit"
@@ -50,6 +52,7 @@ NEW_TABLES = (
     "vcards",
     "private_xml",
 )
+ACCOUNT_TABLES = (*NEW_TABLES, "last_activity")  # every table of per-account data after 0002
 
 
 @pytest.fixture
@@ -460,7 +463,7 @@ async def test_pep_nodes_create_configure_list_delete(storage: Storage) -> None:
     with pytest.raises(NoSuchAccount):
         await storage.pep.put_node("benvolio", avatar)
     with pytest.raises(ValueError, match="access model"):
-        await storage.pep.put_node("juliet", PepNode("n", access_model="everyone"))  # type: ignore[arg-type]
+        await storage.pep.put_node("juliet", PepNode("n", access_model="everyone"))  # type: ignore[arg-type]  # on purpose
     with pytest.raises(ValueError, match="node name"):
         await storage.pep.put_node("juliet", PepNode("n" * 1024))
 
@@ -490,6 +493,23 @@ async def test_pep_publish_replaces_same_id_and_trims(storage: Storage) -> None:
         await storage.pep.publish("benvolio", node, item("a"), max_items=1)
     with pytest.raises(ValueError, match="max_items"):
         await storage.pep.publish("juliet", node, item("a"), max_items=0)
+
+
+async def test_pep_items_per_account_quota(storage: Storage) -> None:
+    """Growth past max_account_items is refused whole; replacing or trimming an item is no growth."""
+    await storage.pep.publish("juliet", "n1", item("a"), max_items=2, max_account_items=3)
+    await storage.pep.publish("juliet", "n1", item("b"), max_items=2, max_account_items=3)
+    await storage.pep.publish("juliet", "n2", item("c"), max_items=2, max_account_items=3)
+    with pytest.raises(QuotaExceeded):
+        await storage.pep.publish("juliet", "n2", item("d"), max_items=2, max_account_items=3)
+    with pytest.raises(QuotaExceeded):  # nor into a new node, which is not created either
+        await storage.pep.publish("juliet", "n3", item("e"), max_items=2, max_account_items=3)
+    assert [i.id for i in await storage.pep.items("juliet", "n2")] == ["c"]
+    assert await storage.pep.get_node("juliet", "n3") is None
+    await storage.pep.publish("juliet", "n2", item("c", 9), max_items=2, max_account_items=3)  # replaced
+    await storage.pep.publish("juliet", "n1", item("f"), max_items=2, max_account_items=3)  # a is trimmed
+    assert [i.id for i in await storage.pep.items("juliet", "n1")] == ["f", "b"]
+    await storage.pep.publish("romeo", "n1", item("a"), max_items=2, max_account_items=3)  # per account
 
 
 async def test_pep_items_newest_first_by_count_and_ids_and_retract(storage: Storage) -> None:
@@ -583,6 +603,33 @@ async def test_private_xml_set_get_replace_unicode(storage: Storage) -> None:
         await storage.private.set("benvolio", key, first)
 
 
+async def test_private_xml_quota_counts_new_elements_only(storage: Storage) -> None:
+    for n in range(2):
+        await storage.private.set("juliet", f"{{urn:n{n}}}x", f"<x xmlns='urn:n{n}'/>".encode(), max_keys=2)
+    with pytest.raises(QuotaExceeded):
+        await storage.private.set("juliet", "{urn:n2}x", b"<x xmlns='urn:n2'/>", max_keys=2)
+    assert await storage.private.get("juliet", "{urn:n2}x") is None
+    await storage.private.set("juliet", "{urn:n0}x", b"<x xmlns='urn:n0'>new</x>", max_keys=2)  # replaced
+    assert await storage.private.get("juliet", "{urn:n0}x") == b"<x xmlns='urn:n0'>new</x>"
+    await storage.private.set("romeo", "{urn:n2}x", b"<x xmlns='urn:n2'/>", max_keys=2)  # per account
+
+
+async def test_last_activity_set_get_replace(storage: Storage) -> None:
+    """XEP-0012 §4: one row per account, replaced at each logout; microseconds and Unicode survive."""
+    assert await storage.last.get("juliet") is None
+    first = LastActivity(datetime(2026, 3, 1, 12, 30, 5, 123456, tzinfo=UTC), "Gone to Mantua 🌙")
+    await storage.last.set("juliet", first)
+    assert await storage.last.get("juliet") == first
+    later = LastActivity(datetime(2026, 3, 2, 8, 0, tzinfo=UTC))
+    await storage.last.set("juliet", later)
+    assert await storage.last.get("juliet") == later
+    assert later.status == ""
+    assert await storage.last.get("romeo") is None
+    assert await storage.last.get("benvolio") is None  # no such account
+    with pytest.raises(NoSuchAccount):
+        await storage.last.set("benvolio", first)
+
+
 # --- accounts, migrations, faults ------------------------------------------------------------------------
 
 
@@ -596,11 +643,12 @@ async def test_deleting_an_account_deletes_all_its_im_data(sqlite_storage: Stora
         await storage.blocklist.add(user, [NURSE])
         await storage.vcards.set(user, b"<vCard xmlns='vcard-temp'/>")
         await storage.private.set(user, "{storage:bookmarks}storage", b"<storage xmlns='storage:bookmarks'/>")
+        await storage.last.set(user, LastActivity(datetime(2026, 1, 1, tzinfo=UTC), "gone"))
 
     assert await storage.accounts.delete("juliet")
     (romeo_id,) = raw_rows(db_path, "SELECT id FROM accounts")[0]
     expected = {"archive_messages": 3, "pep_nodes": 2, "blocked_jids": 1}
-    for table in NEW_TABLES:
+    for table in ACCOUNT_TABLES:
         if table == "pep_items":
             rows = raw_rows(
                 db_path, "SELECT DISTINCT account_id FROM pep_items JOIN pep_nodes ON node_id = pep_nodes.id"
@@ -618,6 +666,7 @@ async def test_deleting_an_account_deletes_all_its_im_data(sqlite_storage: Stora
     assert await storage.blocklist.list("juliet") == []
     assert await storage.vcards.get("juliet") is None
     assert await storage.private.get("juliet", "{storage:bookmarks}storage") is None
+    assert await storage.last.get("juliet") is None
 
 
 async def test_account_rows_cascade_when_deleted_directly(sqlite_storage: Storage, db_path: Path) -> None:
@@ -629,12 +678,13 @@ async def test_account_rows_cascade_when_deleted_directly(sqlite_storage: Storag
     await storage.vcards.set("juliet", b"<v/>")
     await storage.private.set("juliet", "{a}b", b"<b xmlns='a'/>")
     await storage.archive.set_prefs("juliet", ArchivePrefs(default="never"))
+    await storage.last.set("juliet", LastActivity(datetime(2026, 1, 1, tzinfo=UTC)))
     connection = sqlite3.connect(db_path)
     try:
         connection.execute("PRAGMA foreign_keys=ON")
         with connection:
             connection.execute("DELETE FROM accounts WHERE username = ?", (b"juliet",))
-        for table in NEW_TABLES:
+        for table in ACCOUNT_TABLES:
             assert connection.execute(f"SELECT count(*) FROM {table}").fetchone() == (0,)  # noqa: S608
     finally:
         connection.close()
@@ -690,6 +740,20 @@ def test_migration_renders_for_mariadb() -> None:
     assert "MEDIUMBLOB" in rendered
     assert "DATETIME(6)" in rendered
     assert "BINARY(32)" in rendered
+    assert "ON DELETE CASCADE" in rendered
+
+
+def test_later_migrations_render_for_mariadb() -> None:
+    ddl = io.StringIO()
+    config = alembic_config()
+    config.output_buffer = ddl
+    config.attributes["dialect_name"] = "mysql"
+    command.upgrade(config, "0003_roster_in_roster:0005_last_activity", sql=True)
+    rendered = ddl.getvalue()
+    assert "ALTER TABLE roster_items ADD COLUMN request BLOB" in rendered
+    assert "CREATE TABLE last_activity " in rendered
+    assert "seen_at DATETIME(6) NOT NULL" in rendered
+    assert "ENGINE=InnoDB CHARSET=utf8mb4 COLLATE utf8mb4_bin" in rendered
     assert "ON DELETE CASCADE" in rendered
 
 

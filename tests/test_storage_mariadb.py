@@ -12,13 +12,13 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import Connection, text
 from sqlalchemy.engine import make_url
+from sqlbackends import MariaDB, SqlBackend, create_test_database
 
 from nitro.config import ConfigError, StorageSection, parse_config
 from nitro.storage import AlreadyExists, ArchiveQuery, RosterItem, StorageUnavailable
 from nitro.storage.schema import metadata
 from nitro.storage.sql import create_engine, open_sql_storage
 from nitro.storage.sql_mysql import MIGRATION_LOCK, ensure_database
-from tests.sqlbackends import MariaDB, SqlBackend, create_test_database
 
 FOUR_BYTE = "𝄞 🎸😀 𠜎 🏳️‍🌈"  # astral-plane characters: utf8mb4, not MySQL's 3-byte "utf8"
 
@@ -86,7 +86,8 @@ async def test_strict_mode_and_utf8mb4_on_every_connection(mariadb_backend: SqlB
                 )
     finally:
         await engine.dispose()
-    tables = mariadb_backend.mariadb.rows(  # type: ignore[union-attr]
+    assert mariadb_backend.mariadb is not None
+    tables = mariadb_backend.mariadb.rows(
         "SELECT table_name, engine, table_collation FROM information_schema.tables"
         " WHERE table_schema = DATABASE() AND table_name != 'alembic_version'"
     )
@@ -162,7 +163,7 @@ async def test_concurrent_writers_on_one_account(mariadb_backend: SqlBackend) ->
             return_exceptions=True,
         )
         roster_versions = versions[:30]
-        assert sorted(roster_versions) == list(range(1, 31))  # type: ignore[type-var]
+        assert sorted(roster_versions) == list(range(1, 31))  # type: ignore[type-var]  # ints, unless one failed
         assert sum(isinstance(r, int) for r in versions[30:]) == 10  # the quota held under contention
         assert await storage.offline.count("juliet") == 10
 

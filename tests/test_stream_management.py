@@ -105,6 +105,12 @@ async def stored_offline(server: Server, username: str, count: int, timeout: flo
         await asyncio.sleep(0.02)
 
 
+def cut(client: slixmpp.ClientXMPP) -> None:
+    """Drop the client's TCP connection without closing its stream: a network failure."""
+    assert client.transport is not None, "the client is not connected"
+    client.transport.abort()
+
+
 async def login_collecting(pool: Clients, jid: str, resource: str | None = None) -> list[str]:
     """Log in (with initial presence, so offline messages flow) and collect message bodies as they come."""
     received: list[str] = []
@@ -321,7 +327,7 @@ async def test_a_client_that_never_acks_is_cut_off_and_nothing_is_lost(tmp_path:
         bob, _previd = await managed(server, "bob", "phone")
         alice = await pool.login(alice_jid)
         for n in range(1, 5):
-            alice.send_message(mto=f"{bob_jid}/phone", mbody=str(n))
+            alice.send_message(mto=slixmpp.JID(f"{bob_jid}/phone"), mbody=str(n))
         data = await stream_error(bob.reader, "policy-violation")
         assert bodies(data) == ["1", "2", "3", "4"]  # written, never acknowledged
         bob.writer.close()
@@ -346,7 +352,7 @@ async def test_resume_drops_what_the_client_acked_and_resends_the_rest(
     bob, previd = await managed(server, "bob", "phone")
     alice = await clients.login(alice_jid)
     for n in (1, 2, 3):
-        alice.send_message(mto="bob@localhost/phone", mbody=str(n))
+        alice.send_message(mto=slixmpp.JID("bob@localhost/phone"), mbody=str(n))
     await bob.expect(body(3))
     bob.send(ack(1) + ping(1))
     await bob.expect(b'id="p1"')
@@ -363,7 +369,7 @@ async def test_resume_drops_what_the_client_acked_and_resends_the_rest(
     assert bodies(rest.group(0)) == ["3"]
     assert server.sessions.sessions_of(JID.parse("bob@localhost")) == [session]
     assert str(session.jid) == "bob@localhost/phone"
-    alice.send_message(mto="bob@localhost/phone", mbody="4")
+    alice.send_message(mto=slixmpp.JID("bob@localhost/phone"), mbody="4")
     await bob.expect(body(4))
     bob.writer.close()
 
@@ -385,11 +391,11 @@ async def test_a_killed_connection_resumes_and_every_message_arrives_once_in_ord
     full_jid = str(bob.boundjid)
     (session,) = server.sessions.sessions_of(JID.parse(bob_jid))
     for n in range(1, 11):
-        alice.send_message(mto=bob_jid, mbody=str(n))
+        alice.send_message(mto=slixmpp.JID(bob_jid), mbody=str(n))
     await wait_for(lambda: len(received) >= 3)
-    bob.transport.abort()  # mid-conversation: some of 1..10 may still be in flight
+    cut(bob)  # mid-conversation: some of 1..10 may still be in flight
     for n in range(11, 21):
-        alice.send_message(mto=bob_jid, mbody=str(n))
+        alice.send_message(mto=slixmpp.JID(bob_jid), mbody=str(n))
     await wait_for(lambda: session.detached)
 
     resumed = asyncio.get_running_loop().create_future()
@@ -402,7 +408,7 @@ async def test_a_killed_connection_resumes_and_every_message_arrives_once_in_ord
     assert str(bob.boundjid) == full_jid
     assert server.sessions.sessions_of(JID.parse(bob_jid)) == [session]
     assert session.available  # presence survived the outage
-    alice.send_message(mto=bob_jid, mbody="after")
+    alice.send_message(mto=slixmpp.JID(bob_jid), mbody="after")
     await wait_for(lambda: received[-1:] == ["after"])
 
 
@@ -469,7 +475,7 @@ async def test_resuming_a_session_whose_connection_looks_alive_replaces_that_con
     await stream_error(old.reader, "conflict")
     old.writer.close()
     alice = await clients.login(alice_jid)
-    alice.send_message(mto="bob@localhost/raw", mbody="here")
+    alice.send_message(mto=slixmpp.JID("bob@localhost/raw"), mbody="here")
     await new.expect(body("here"))
     assert online(server, "bob@localhost") == 1
     new.writer.close()
@@ -486,7 +492,9 @@ async def test_an_expired_id_fails_and_its_messages_went_offline(tmp_path: Path)
         bob.abort()
         await wait_for(lambda: any(s.detached for s in server.sessions))
         for n in (1, 2, 3):
-            alice.send_message(mto="bob@localhost/raw", mbody=str(n))  # queued for the detached session
+            alice.send_message(
+                mto=slixmpp.JID("bob@localhost/raw"), mbody=str(n)
+            )  # queued for the detached session
         await stored_offline(server, "bob", 3)  # not resumed within 0.5 s
         bob = await authenticated(server, "bob")
         bob.send(resume(previd, 0))
@@ -508,10 +516,10 @@ async def test_a_slixmpp_session_not_resumed_in_time_gets_its_messages_at_next_l
         alice = await pool.login(alice_jid)
         bob = await pool.login(bob_jid, plugins=["xep_0198"])
         await wait_for(lambda: bob.plugin["xep_0198"].sm_id is not None)
-        bob.transport.abort()
+        cut(bob)
         await wait_for(lambda: any(s.detached for s in server.sessions))
         for n in (1, 2, 3):
-            alice.send_message(mto=bob_jid, mbody=str(n))  # bob is still "available": queued
+            alice.send_message(mto=slixmpp.JID(bob_jid), mbody=str(n))  # bob is still "available": queued
         await stored_offline(server, "bob", 3)  # not resumed within 0.5 s
         received = await login_collecting(pool, bob_jid, resource="desk")
         await wait_for(lambda: len(received) == 3)
@@ -530,7 +538,7 @@ async def test_unacked_messages_of_a_clean_close_go_to_another_resource(
     phone, _previd = await managed(server, "bob", "phone")
     desk = await login_collecting(clients, bob_jid, resource="desk")
     alice = await clients.login(alice_jid)
-    alice.send_message(mto="bob@localhost/phone", mbody="for the phone")
+    alice.send_message(mto=slixmpp.JID("bob@localhost/phone"), mbody="for the phone")
     await phone.expect(body("for the phone"))
     phone.send(b"</stream:stream>")  # closes cleanly without acknowledging it
     final = await phone.rest()
@@ -562,7 +570,7 @@ async def test_binding_the_resource_of_a_detached_session_replaces_it(
     bob_jid = await clients.user("bob")
     bob, _previd = await managed(server, "bob", "phone")
     alice = await clients.login(alice_jid)
-    alice.send_message(mto="bob@localhost/phone", mbody="unacked")
+    alice.send_message(mto=slixmpp.JID("bob@localhost/phone"), mbody="unacked")
     await bob.expect(body("unacked"))
     bob.abort()
     (old,) = server.sessions.sessions_of(JID.parse(bob_jid))
@@ -600,7 +608,7 @@ async def test_shutdown_keeps_the_messages_of_detached_sessions(tmp_path: Path) 
         await pool.user("bob")
         bob, _previd = await managed(server, "bob")
         alice = await pool.login(alice_jid)
-        alice.send_message(mto="bob@localhost/raw", mbody="in flight")
+        alice.send_message(mto=slixmpp.JID("bob@localhost/raw"), mbody="in flight")
         await bob.expect(body("in flight"))
         bob.abort()
         await wait_for(lambda: any(s.detached for s in server.sessions))

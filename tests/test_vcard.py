@@ -6,11 +6,12 @@ from __future__ import annotations
 import sqlite3
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 import slixmpp
 from conftest import DOMAIN, Clients, wait_for
+from slixmpp import Iq
 from slixmpp.exceptions import IqError
 
 from nitro.server import Server
@@ -19,14 +20,16 @@ from nitro.xmpp.jid import JID
 VCARD = "vcard-temp"
 
 
-async def request(client: slixmpp.ClientXMPP, kind: str, payload: str, to: str | None = None) -> Any:
+async def request(
+    client: slixmpp.ClientXMPP, kind: Literal["get", "set"], payload: str, to: str | None = None
+) -> Any:
     iq = client.make_iq(ito=to, itype=kind)
     iq.append(ET.fromstring(payload))  # noqa: S314  # the test's own literal
     return await iq.send(timeout=5)
 
 
 async def refused(
-    client: slixmpp.ClientXMPP, kind: str, payload: str, to: str | None = None
+    client: slixmpp.ClientXMPP, kind: Literal["get", "set"], payload: str, to: str | None = None
 ) -> tuple[str, str]:
     with pytest.raises(IqError) as failure:
         await request(client, kind, payload, to)
@@ -39,7 +42,7 @@ def vcard(full_name: str, description: str = "") -> str:
     return f"<vCard xmlns='{VCARD}'><FN>{full_name}</FN><NICKNAME>al</NICKNAME>{desc}</vCard>"
 
 
-def full_name(result: Any) -> str | None:
+def full_name(result: Iq) -> str | None:
     return result.xml.findtext(f"{{{VCARD}}}vCard/{{{VCARD}}}FN")
 
 
@@ -57,7 +60,7 @@ async def test_alice_stores_her_vcard_and_bob_reads_it(clients: Clients) -> None
     own = await request(alice_client, "get", f"<vCard xmlns='{VCARD}'/>")
     assert full_name(own) == "Alice Liddell"
     # §3.3: bob asks her bare JID and the server answers for her
-    theirs = await bob_client.plugin["xep_0054"].get_vcard(alice, local=False, timeout=5)
+    theirs = await bob_client.plugin["xep_0054"].get_vcard(slixmpp.JID(alice), local=False, timeout=5)
     assert theirs["vcard_temp"]["FN"] == "Alice Liddell"
     assert str(theirs["from"]) == alice
 
@@ -87,12 +90,22 @@ async def test_no_vcard_is_an_empty_one_for_its_owner_and_an_error_for_others(cl
         0
     ] == "service-unavailable"
 
-    # storing an empty vCard deletes it
+
+async def test_an_empty_vcard_that_was_set_is_stored_and_returned(clients: Clients) -> None:
+    """Issue 11 item 11: XEP-0054 has no delete; an empty vCard is the vCard the user set, not an error."""
+    alice, bob = await clients.user("alice"), await clients.user("bob")
+    alice_client = await clients.login(alice)
+    bob_client = await clients.login(bob)
     await request(alice_client, "set", vcard("Alice"))
+
     await request(alice_client, "set", f"<vCard xmlns='{VCARD}'/>")
-    assert (await refused(bob_client, "get", f"<vCard xmlns='{VCARD}'/>", to=alice))[
-        0
-    ] == "service-unavailable"
+
+    for client, to in ((bob_client, alice), (alice_client, None)):
+        result = await request(client, "get", f"<vCard xmlns='{VCARD}'/>", to=to)
+        card = result.xml.find(f"{{{VCARD}}}vCard")
+        assert card is not None
+        assert len(card) == 0
+        assert not (card.text or "").strip()
 
 
 async def test_setting_another_users_vcard_is_forbidden(clients: Clients, server: Server) -> None:
@@ -143,7 +156,7 @@ async def test_a_10_mib_vcard_closes_only_that_stream_and_the_stored_vcard_is_in
 
 async def test_vcard_temp_is_advertised(clients: Clients) -> None:
     client = await clients.login(await clients.user("alice"))
-    info = await client.plugin["xep_0030"].get_info(jid=DOMAIN, local=False, timeout=5)
+    info = await client.plugin["xep_0030"].get_info(jid=slixmpp.JID(DOMAIN), local=False, timeout=5)
     assert VCARD in info["disco_info"]["features"]  # XEP-0054 §4
 
 

@@ -302,6 +302,27 @@ def test_malformed_xml_is_refused(data: bytes) -> None:
     assert stream_error(data, chunk=1).condition == "not-well-formed"
 
 
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(b"<?xml version='1.0'\x00?>", id="in-the-declaration"),
+        pytest.param(b"<?xml\x00", id="after-the-declarations-name"),
+        pytest.param(HEADER + b"\x00", id="after-the-header"),
+        pytest.param(stream(b"<message>\x00"), id="inside-a-stanza"),
+        pytest.param(stream(b"<message/>\x00"), id="between-stanzas"),
+    ],
+)
+def test_a_nul_byte_is_refused_as_soon_as_it_arrives(data: bytes) -> None:
+    """XML 1.0 §2.2 has no U+0000; inside the XML declaration libxml2 alone kept waiting for more input."""
+    nul = data.index(b"\x00")
+    parser = XMLStreamParser()
+    feed(data[:nul], parser, chunk=1)  # fine so far
+    with pytest.raises(StreamError) as caught:
+        parser.feed(b"\x00")  # the byte itself fails, not the size limit or a timeout later
+    assert caught.value.condition == "not-well-formed"
+    assert stream_error(data).condition == "not-well-formed"
+
+
 # -- limits --
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from nitro.storage.protocols import AccountStore
@@ -24,6 +25,9 @@ class Challenge:
 class Success:
     username: str
     data: bytes | None  # additional data with success (SCRAM's server-final-message)
+
+
+_HASHING = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nitro-pbkdf2")
 
 
 def mechanisms(*, encrypted: bool, allow_plain_without_tls: bool) -> list[str]:
@@ -77,8 +81,12 @@ class Authenticator:
         self._check_authzid(authzid, username)
         credentials = await self._accounts.get_credentials(username)
         credential = credentials.get("SHA-256") or credentials.get("SHA-1") if credentials else None
-        # PBKDF2 takes milliseconds: keep it off the event loop so other sessions never stall.
-        if credential is None or not await asyncio.to_thread(verify_password, password, credential):
+        # PBKDF2 takes milliseconds: off the event loop, and on one thread of its own, so a login storm
+        # hashes on one core and leaves the others to the sessions already up.
+        loop = asyncio.get_running_loop()
+        if credential is None or not await loop.run_in_executor(
+            _HASHING, verify_password, password, credential
+        ):
             raise SaslFailure("not-authorized")
         return Success(username, None)
 

@@ -12,6 +12,7 @@ read (nitro/observe/trace.py; transports trace what they write).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 import time
@@ -37,12 +38,13 @@ class ClientStream:
     Until a resource is bound the input goes to the `Negotiation`; then to the bound `ClientSession`.
     """
 
-    __slots__ = ("_end_reason", "_opened_at", "_session", "negotiation", "transport")
+    __slots__ = ("_admitted", "_end_reason", "_opened_at", "_session", "negotiation", "transport")
 
     def __init__(self, server: Core, transport: Transport) -> None:
         self.transport = transport
         self.negotiation = Negotiation(server, transport)
         self._session: ClientSession | None = None
+        self._admitted = False  # holds one of the server's negotiation slots
         self._opened_at = time.monotonic()
         self._end_reason: str | None = None  # why the connection ends, once known
         server.track(self.negotiation)
@@ -107,7 +109,11 @@ class ClientStream:
         if isinstance(event, StreamClosed):
             self.note_end("the client closed the stream")
         try:
+            if not self._admitted and not self.negotiation.authenticated:
+                await self._admit()
             await current.receive(event)
+            if self._admitted and self.negotiation.authenticated:
+                self._release()  # authenticated: the expensive part (TLS, SASL) is over
         except StreamError as error:
             await self.close(error)
         except (ConnectionError, TimeoutError, ssl.SSLError) as exc:
@@ -121,6 +127,25 @@ class ClientStream:
         if bound is not bound_before and bound is not None and bound.id == self.negotiation.id:
             bound.log.info("bound %s", bound.jid)  # a resumed session has its own id, and says so
         return self.open
+
+    async def _admit(self) -> None:
+        """Wait for a negotiation slot (`[c2s] max_negotiating`): a login storm is admitted a bounded number
+        of streams at a time until they are authenticated, so the sessions already up keep the event loop
+        (the waiting ones do not read).
+        """
+        negotiation = self.negotiation
+        remaining = negotiation.negotiation_deadline - time.monotonic()
+        try:
+            async with asyncio.timeout(max(0.0, remaining)):
+                await negotiation.server.negotiations.acquire()
+        except TimeoutError:
+            raise StreamError("connection-timeout", "stream negotiation took too long") from None
+        self._admitted = True
+
+    def _release(self) -> None:
+        if self._admitted:
+            self._admitted = False
+            self.negotiation.server.negotiations.release()
 
     async def tick(self) -> bool:
         """Run the stream's timer work (timeouts, pings, keepalives); False once the stream is over."""
@@ -136,6 +161,7 @@ class ClientStream:
     async def close(self, error: StreamError | None = None) -> None:
         """Close the stream (the transport's own framing errors come here too), if it is still ours."""
         current = self._current
+        self._release()
         if error is not None:
             self.note_end(error.described)
         if current.transport is self.transport:
@@ -148,6 +174,7 @@ class ClientStream:
         """The connection is gone: a resumable session detaches and stays tracked, any other ends."""
         current = self._current
         server = self.negotiation.server
+        self._release()
         moved = current.transport is not self.transport and not current.closed
         closed_by_server = current.closed  # before connection_lost() marks it closed
         try:

@@ -132,6 +132,11 @@ class Negotiation:
                 if self.config.require_encryption:
                     etree.SubElement(starttls, f"{{{ns.TLS}}}required")
                     return features  # nothing else until TLS is up (RFC 6120 §5.3.1)
+            elif not self.may_negotiate:
+                # Encryption is required and this transport cannot add it (WebSocket or BOSH over plain HTTP
+                # from afar, RFC 7395 §3.9): no feature would lead anywhere, so say why now, as Prosody does
+                # (it closes such a stream when it has no feature to offer).
+                raise StreamError("policy-violation", "encryption is required: connect over TLS (https, wss)")
             mechs = etree.SubElement(features, f"{{{ns.SASL}}}mechanisms", nsmap=ns.default_ns(ns.SASL))
             for name in self._mechanisms():
                 etree.SubElement(mechs, f"{{{ns.SASL}}}mechanism").text = name
@@ -158,11 +163,22 @@ class Negotiation:
 
     async def _on_starttls(self, _element: etree._Element) -> bool:
         if not self.transport.can_starttls or self.server.tls_context is None:
-            raise StreamError("policy-violation", "STARTTLS is not available on this stream")
+            # §5.4.2.2: STARTTLS that was not offered is the failure case: <failure/>, then the stream closes
+            # (no stream error; Prosody and ejabberd do the same)
+            self.log.info("STARTTLS asked for but not offered on this stream")
+            self.send(etree.Element(f"{{{ns.TLS}}}failure", nsmap=ns.default_ns(ns.TLS)))
+            await self.close()
+            return False
         self.send(etree.Element(f"{{{ns.TLS}}}proceed", nsmap=ns.default_ns(ns.TLS)))
         await self.transport.start_tls()
-        self.transport.restart()  # §5.4.3.3: a fresh stream over TLS
+        self._restart()  # §5.4.3.3: a fresh stream over TLS
         return True
+
+    def _restart(self) -> None:
+        """The stream restarts: until the client's new header is answered, ours is not sent (an error before
+        it must still come with a header, §4.9.1.2)."""
+        self.transport.restart()
+        self.header_sent = False
 
     # -- SASL (§6) -------------------------------------------------------------------------------------
 
@@ -212,7 +228,7 @@ class Negotiation:
         self.log.extra = {"session": self.id, "jid": self.jid}
         self.log.info("authenticated as %s", self.jid)
         self._send_sasl("success", step.data)
-        self.transport.restart()  # §6.4.6: the client opens a new stream
+        self._restart()  # §6.4.6: the client opens a new stream
         self.state = State.WAIT_HEADER
 
     def _sasl_failure(self, failure: SaslFailure) -> None:
@@ -288,6 +304,13 @@ class Negotiation:
         self._hand_over(session)
         await session.bind(iq)
         return True
+
+    async def _on_unbound_stanza(self, stanza: etree._Element) -> bool:
+        """§7.1: stanzas flow once a resource is bound. Before, an error reply (none to a result or an error,
+        §8.3.1) and the stream goes on to bind, as Prosody and ejabberd answer."""
+        if stanza.get("type") not in ("result", "error"):
+            self.send(error_reply(stanza, StanzaError("not-authorized", "bind a resource first")))
+        return False
 
     async def _on_enable_unbound(self, _element: etree._Element) -> bool:
         """§3: a client enables stream management after resource binding, never before."""
@@ -372,6 +395,7 @@ _TRANSITIONS: dict[tuple[State, str], tuple[_Action, State]] = {
     (State.SASL, "response"): _Row(Negotiation._on_response, State.SASL),
     (State.SASL, "abort"): _Row(Negotiation._on_abort, State.NEGOTIATING),
     (State.BINDING, "bind"): _Row(Negotiation._on_bind, State.ESTABLISHED),
+    (State.BINDING, "stanza"): _Row(Negotiation._on_unbound_stanza, State.BINDING),
     # Stream Management (XEP-0198): enable only after binding (§3); resume instead of binding (§5).
     (State.BINDING, "sm-enable"): _Row(Negotiation._on_enable_unbound, State.BINDING),
     (State.BINDING, "sm-resume"): _Row(Negotiation._on_resume, State.ESTABLISHED),

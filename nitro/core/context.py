@@ -19,6 +19,7 @@ from nitro.config import Config
 from nitro.core.directory import SessionDirectory
 from nitro.core.disco import DiscoRegistry
 from nitro.core.events import EventBus
+from nitro.core.hosts import HostTable
 from nitro.core.sessions import Resource
 from nitro.core.slots import SlotRegistry, SlotValues
 from nitro.core.throttle import FailureThrottle
@@ -167,6 +168,9 @@ class Core(Protocol):
     def router(self) -> Routing: ...
 
     @property
+    def hosts(self) -> HostTable: ...
+
+    @property
     def sessions(self) -> SessionsView: ...
 
     @property
@@ -192,6 +196,10 @@ class Core(Protocol):
 
     @property
     def auth_throttle(self) -> FailureThrottle: ...
+
+    @property
+    def negotiations(self) -> asyncio.Semaphore:
+        """Slots for streams negotiating at once (`[c2s] max_negotiating`)."""
 
     def deliver(self, to: JID, stanza: etree._Element) -> bool:
         """The only way to reach another entity's session (nitro/core/delivery.py)."""

@@ -1,17 +1,142 @@
-"""A prioritised event bus: named events, handlers run highest priority first until one claims the event."""
+"""The event bus: typed event keys; `fire` (first claim wins), `notify` (every handler, each isolated) and
+verdict filters (pass, drop with an error, replace) run in priority order under a per-filter timeout.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import bisect
+import dataclasses
+import enum
 import itertools
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, Protocol, Self, TypeVar, overload
+
+from lxml import etree
+
+from nitro.xmpp.errors import StanzaError
+from nitro.xmpp.jid import JID
+
+log = logging.getLogger(__name__)
+
+P = TypeVar("P")
+F = TypeVar("F", bound="Filterable")
 
 # A handler returns True to say "handled, stop here"; None or False lets lower-priority handlers run.
-Handler = Callable[[Any], Awaitable[bool | None]]
+Handler = Callable[[Any], Awaitable[bool | None]]  # the string-named API of the existing modules
+Undo = Callable[[], None]
+
+DEFAULT_FILTER_TIMEOUT = 2.0  # seconds; a filter is in every stanza's path, so it must answer quickly
 
 _order = itertools.count()
+
+
+@dataclass(frozen=True, slots=True)
+class EventKey(Generic[P]):
+    """A typed event name: `EventKey[AccountEvent]("account-deleted")` lets mypy check handler payloads.
+
+    Keys and plain strings share one namespace: a module hooking the string `"account-deleted"` still
+    receives what the core notifies with the typed key of the same name.
+    """
+
+    name: str
+
+
+# -- verdicts ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Pass:
+    """Let the stanza go on unchanged."""
+
+
+@dataclass(frozen=True, slots=True)
+class Drop:
+    """Stop the stanza; with an error, the sender gets that stanza error (RFC 6120 §8.3), else nothing."""
+
+    error: StanzaError | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Replace:
+    """Go on with `stanza` instead (later filters and the routing see the replacement)."""
+
+    stanza: etree._Element
+
+
+Verdict = Pass | Drop | Replace
+PASS = Pass()
+
+
+class FailurePolicy(enum.Enum):
+    """What a filter that raises, times out or answers nonsense amounts to."""
+
+    OPEN = "open"  # as if it had answered Pass(): availability first
+    CLOSED = "closed"  # as if it had answered Drop(internal-server-error, wait): the filter's rule first
+
+
+def failed_filter_error() -> StanzaError:
+    """A fail-closed drop: RFC 6120 §8.3.3.6 `internal-server-error`, type `wait` since the cause (a slow or
+    broken filter) is temporary and the sender may retry; Prosody and ejabberd answer an internal failure
+    with the same condition."""
+    return StanzaError("internal-server-error", "a stanza filter failed, try again later", type="wait")
+
+
+class Filterable(Protocol):
+    """A filter payload: carries a stanza, and makes its copy for a replacement."""
+
+    @property
+    def stanza(self) -> etree._Element: ...
+
+    def with_stanza(self, stanza: etree._Element) -> Self: ...
+
+
+FilterHandler = Callable[[F], Awaitable[Verdict]]
+
+
+# -- payloads of the core's typed events ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AccountEvent:
+    """Payload of `account-created` and `account-deleted`."""
+
+    username: str
+
+
+@dataclass(frozen=True, slots=True)
+class RoutedStanza:
+    """Payload of `stanza-filter`: a stanza the router is about to route (before the sender-side `pre-*`
+    events). Filters must not mutate `stanza`: they answer `Replace(new)` instead.
+
+    `origin` is the full JID of the client session that sent it; None when the server or a component did.
+    """
+
+    stanza: etree._Element
+    from_: JID
+    to: JID | None
+    origin: JID | None
+
+    def with_stanza(self, stanza: etree._Element) -> RoutedStanza:
+        """The payload for a replacement (raises InvalidJID when the replacement's addresses are not JIDs)."""
+        to = stanza.get("to")
+        from_ = stanza.get("from")
+        return dataclasses.replace(
+            self,
+            stanza=stanza,
+            to=None if to is None else JID.parse(to),
+            from_=self.from_ if from_ is None else JID.parse(from_),
+        )
+
+
+ACCOUNT_CREATED: EventKey[AccountEvent] = EventKey("account-created")
+ACCOUNT_DELETED: EventKey[AccountEvent] = EventKey("account-deleted")
+STANZA_FILTER: EventKey[RoutedStanza] = EventKey("stanza-filter")
+
+
+# -- the bus ----------------------------------------------------------------------------------------
 
 
 @dataclass(order=True, slots=True)
@@ -20,14 +145,36 @@ class _Entry:
     handler: Handler = field(compare=False)
 
 
+@dataclass(order=True, slots=True)
+class _FilterEntry:
+    sort_key: tuple[int, int]
+    handler: Callable[[Any], Awaitable[Any]] = field(compare=False)
+    timeout: float = field(compare=False)
+    policy: FailurePolicy = field(compare=False)
+
+
+def _name(key: str | EventKey[Any]) -> str:
+    return key if isinstance(key, str) else key.name
+
+
 class EventBus:
     """Named events (`message/bare`, `iq-get/host/urn:xmpp:ping:ping`, ...) mapped to ordered handlers."""
 
     def __init__(self) -> None:
         self._handlers: dict[str, list[_Entry]] = {}
+        self._filters: dict[str, list[_FilterEntry]] = {}
 
-    def add(self, name: str, handler: Handler, priority: int = 0) -> Callable[[], None]:
-        """Register `handler` for `name`; returns the function that removes exactly this registration."""
+    @overload
+    def add(
+        self, key: EventKey[P], handler: Callable[[P], Awaitable[bool | None]], priority: int = 0
+    ) -> Undo: ...
+
+    @overload
+    def add(self, key: str, handler: Handler, priority: int = 0) -> Undo: ...
+
+    def add(self, key: str | EventKey[Any], handler: Handler, priority: int = 0) -> Undo:
+        """Register `handler` (highest priority first); returns the function that removes exactly it."""
+        name = _name(key)
         entry = _Entry((-priority, next(_order)), handler)
         bisect.insort(self._handlers.setdefault(name, []), entry)
 
@@ -40,15 +187,124 @@ class EventBus:
 
         return remove
 
-    def has(self, name: str) -> bool:
-        return name in self._handlers
+    def has(self, key: str | EventKey[Any]) -> bool:
+        return _name(key) in self._handlers
 
-    async def fire(self, name: str, event: object) -> bool:
-        """Run the handlers of `name` in order; True as soon as one of them claims the event."""
-        entries = self._handlers.get(name)
+    @overload
+    async def fire(self, key: EventKey[P], event: P) -> bool: ...
+
+    @overload
+    async def fire(self, key: str, event: object) -> bool: ...
+
+    async def fire(self, key: str | EventKey[Any], event: object) -> bool:
+        """Run the handlers in order; True as soon as one of them claims the event (its error propagates)."""
+        entries = self._handlers.get(_name(key))
         if not entries:
             return False
         for entry in tuple(entries):
             if await entry.handler(event):
                 return True
         return False
+
+    @overload
+    async def notify(self, key: EventKey[P], event: P) -> None: ...
+
+    @overload
+    async def notify(self, key: str, event: object) -> None: ...
+
+    async def notify(self, key: str | EventKey[Any], event: object) -> None:
+        """Run every handler in order, whatever the others return or raise (a raising one is logged)."""
+        name = _name(key)
+        for entry in tuple(self._handlers.get(name, ())):
+            try:
+                await entry.handler(event)
+            except Exception:
+                log.exception("handler %r of %s failed; the others still run", entry.handler, name)
+
+    # -- filters ------------------------------------------------------------------------------------
+
+    def add_filter(
+        self,
+        key: EventKey[F],
+        handler: FilterHandler[F],
+        priority: int = 0,
+        timeout: float = DEFAULT_FILTER_TIMEOUT,
+        policy: FailurePolicy = FailurePolicy.OPEN,
+    ) -> Undo:
+        """Register a filter (highest priority first) answering a Verdict within `timeout` seconds."""
+        if timeout <= 0:
+            raise ValueError("a filter timeout must be positive")
+        name = key.name
+        entry = _FilterEntry((-priority, next(_order)), handler, timeout, policy)
+        bisect.insort(self._filters.setdefault(name, []), entry)
+
+        def remove() -> None:
+            entries = self._filters.get(name, [])
+            if entry in entries:
+                entries.remove(entry)
+            if not entries:
+                self._filters.pop(name, None)
+
+        return remove
+
+    def has_filters(self, key: EventKey[Any]) -> bool:
+        return key.name in self._filters
+
+    async def filter(self, key: EventKey[F], payload: F) -> Verdict:
+        """Run the filters in order: the first Drop ends it; a Replace is what the next filter sees.
+
+        Returns Pass() if nothing changed, Replace(final stanza) if some filter replaced it, or the Drop.
+        """
+        entries = self._filters.get(key.name)
+        if not entries:
+            return PASS
+        replaced = False
+        for entry in tuple(entries):
+            verdict = await self._run_filter(key.name, entry, payload)
+            if isinstance(verdict, Drop):
+                return verdict
+            if isinstance(verdict, Replace):
+                try:
+                    payload = payload.with_stanza(verdict.stanza)
+                except Exception:
+                    log.exception(
+                        "filter %r of %s replaced the stanza with an unroutable one", entry.handler, key.name
+                    )
+                    verdict = _on_failure(entry.policy)
+                    if isinstance(verdict, Drop):
+                        return verdict
+                    continue
+                replaced = True
+        return Replace(payload.stanza) if replaced else PASS
+
+    @staticmethod
+    async def _run_filter(name: str, entry: _FilterEntry, payload: object) -> Verdict:
+        try:
+            async with asyncio.timeout(entry.timeout):
+                verdict = await entry.handler(payload)
+        except TimeoutError:
+            log.warning(
+                "filter %r of %s took over %ss: fail-%s",
+                entry.handler,
+                name,
+                entry.timeout,
+                entry.policy.value,
+            )
+            return _on_failure(entry.policy)
+        except Exception:
+            log.exception("filter %r of %s failed: fail-%s", entry.handler, name, entry.policy.value)
+            return _on_failure(entry.policy)
+        if not isinstance(verdict, Pass | Drop | Replace):
+            log.error(
+                "filter %r of %s answered %r, not a verdict: fail-%s",
+                entry.handler,
+                name,
+                verdict,
+                entry.policy.value,
+            )
+            return _on_failure(entry.policy)
+        return verdict
+
+
+def _on_failure(policy: FailurePolicy) -> Verdict:
+    return PASS if policy is FailurePolicy.OPEN else Drop(failed_filter_error())

@@ -2,21 +2,34 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, overload
 
 from lxml import etree
 
 from nitro.core.disco import Identity
-from nitro.core.events import Handler
+from nitro.core.events import (
+    DEFAULT_FILTER_TIMEOUT,
+    EventKey,
+    FailurePolicy,
+    Filterable,
+    FilterHandler,
+    Handler,
+)
+from nitro.core.events import AccountEvent as AccountEvent  # re-exported: it used to live here
+from nitro.core.hosts import Host
 from nitro.core.slots import Slot, SlotValues
 from nitro.xmpp.jid import JID
 
 if TYPE_CHECKING:
     from nitro.core.context import Core, Session
+
+P = TypeVar("P")
+F = TypeVar("F", bound=Filterable)
 
 # The built-in modules, in load order; `[modules].disabled` in the config removes some.
 BUILTIN_MODULES: tuple[str, ...] = (
@@ -39,6 +52,7 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "pep",
     "vcard",
     "private",
+    "last",
     "directory",
 )
 
@@ -106,13 +120,6 @@ class UnauthenticatedIq:
 
 
 @dataclass(slots=True)
-class AccountEvent:
-    """Payload of `account-created` and `account-deleted`."""
-
-    username: str
-
-
-@dataclass(slots=True)
 class ResumeRequest:
     """Payload of `sm-resume`: a stream authenticated as `user` asks for `previd`; a handler sets `found`."""
 
@@ -139,13 +146,37 @@ class Module:
         self.name = name
         self.log = logging.getLogger(f"nitro.modules.{name}")
         self._undo: list[Callable[[], None]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
 
     @property
     def domain(self) -> str:
         return self.server.config.server.domain
 
-    def hook(self, event: str, handler: Handler, priority: int = 0) -> None:
+    @overload
+    def hook(
+        self, event: EventKey[P], handler: Callable[[P], Awaitable[bool | None]], priority: int = 0
+    ) -> None: ...
+
+    @overload
+    def hook(self, event: str, handler: Handler, priority: int = 0) -> None: ...
+
+    def hook(self, event: str | EventKey[Any], handler: Handler, priority: int = 0) -> None:
         self._undo.append(self.server.bus.add(event, handler, priority))
+
+    def filter(
+        self,
+        key: EventKey[F],
+        handler: FilterHandler[F],
+        priority: int = 0,
+        timeout: float = DEFAULT_FILTER_TIMEOUT,
+        policy: FailurePolicy = FailurePolicy.OPEN,
+    ) -> None:
+        """A verdict filter (e.g. on `STANZA_FILTER`), removed when the module unloads."""
+        self._undo.append(self.server.bus.add_filter(key, handler, priority, timeout, policy))
+
+    def add_host(self, domain: str, host: Host) -> None:
+        """Serve `domain` (e.g. a component's subdomain) until the module unloads."""
+        self._undo.append(self.server.hosts.add(domain, host))
 
     def add_feature(self, var: str) -> None:
         self._undo.append(self.server.disco.add_feature(var))
@@ -160,9 +191,31 @@ class Module:
     def on_unload(self, callback: Callable[[], None]) -> None:
         self._undo.append(callback)
 
+    def spawn(self, coroutine: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Run `coroutine` as a task this module owns: cancelled when the module unloads; an exception it
+        ends with is logged."""
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (error := task.exception()) is not None:
+            self.log.error("a task of module %s failed", self.name, exc_info=error)
+
+    async def stop(self) -> None:
+        """Cancel the module's tasks and wait for them (at shutdown, before storage closes)."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     def unload(self) -> None:
         while self._undo:
             self._undo.pop()()
+        for task in list(self._tasks):
+            task.cancel()
 
 
 def load_module(server: Core, name: str) -> Module:

@@ -3,6 +3,8 @@
 Sender side: `pre-<kind>/<to-type>` (hooks such as roster, presence broadcast, carbons).
 Recipient side: `<kind>/<to-type>`, and for IQ get/set `iq-<type>/<to-type>/<ns>:<name>` first.
 `<to-type>` is `self` (no 'to', or an IQ to the sender's own bare JID), `host`, `bare` or `full`.
+Before both, every stanza passes the `stanza-filter` verdict filters; a stanza for another domain goes, after
+the sender side, to what the hosts table says serves it (nitro/core/hosts.py).
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from typing import TYPE_CHECKING, Literal
 from lxml import etree
 
 from nitro.core.delivery import Delivery
-from nitro.core.events import EventBus
+from nitro.core.events import STANZA_FILTER, Drop, EventBus, Replace, RoutedStanza
+from nitro.core.hosts import LocalHost, RemoteHost, component_down
+from nitro.storage.errors import StorageUnavailable
 from nitro.xmpp import ns
 from nitro.xmpp.errors import StanzaError, error_reply
 from nitro.xmpp.jid import JID, InvalidJID
@@ -83,6 +87,7 @@ class Router:
         self.delivery = delivery
         self.domain = server.config.server.domain
         self._pending_iq: dict[str, asyncio.Future[etree._Element]] = {}
+        self.hosts = server.hosts
 
     async def route(self, stanza: etree._Element, origin: Session | None = None) -> None:
         """Route one stanza whose 'from' is already trusted (stamped by the session or the server)."""
@@ -91,6 +96,12 @@ class Router:
             await self._route(stanza, origin)
         except StanzaError as error:
             await self._reply_error(stanza, error, origin)
+        except StorageUnavailable as exc:  # nothing was written: RFC 6120 §8.3.3.6, type wait (try again)
+            log.warning("storage unavailable for %s from %s: %s", stanza.tag, stanza.get("from"), exc)
+            unavailable = StanzaError(
+                "internal-server-error", "storage is unavailable, try again", type="wait"
+            )
+            await self._reply_error(stanza, unavailable, origin)
         except Exception:
             log.exception("stanza handler failed for %s from %s", stanza.tag, stanza.get("from"))
             await self._reply_error(stanza, StanzaError("internal-server-error"), origin)
@@ -98,6 +109,37 @@ class Router:
             self.server.metrics.routing.observe(time.perf_counter() - start)
 
     async def _route(self, stanza: etree._Element, origin: Session | None) -> None:
+        kind, from_, to = self._addresses(stanza)
+        if self.bus.has_filters(STANZA_FILTER):
+            payload = RoutedStanza(stanza, from_, to, None if origin is None else origin.jid)
+            verdict = await self.bus.filter(STANZA_FILTER, payload)
+            if isinstance(verdict, Drop):
+                if verdict.error is not None:
+                    raise verdict.error
+                return
+            if isinstance(verdict, Replace):
+                stanza = verdict.stanza
+                kind, from_, to = self._addresses(stanza)
+        host = self.hosts.local if to is None or to.domain == self.domain else self.hosts.get(to.domain)
+        if host is None or isinstance(host, RemoteHost):  # RFC 6120 §10.4.3 (no s2s yet)
+            assert to is not None
+            raise StanzaError("remote-server-not-found", f"no route to {to.domain}")
+        to_type = classify(to, from_, self.domain, kind)
+        event = StanzaEvent(stanza, origin, from_, to, to_type, self.server)
+        if origin is not None and await self.bus.fire(_PRE_EVENTS[kind, to_type], event):
+            return
+        if not isinstance(host, LocalHost):  # a component: its link takes the stanza (XEP-0114)
+            if not host.available:
+                raise component_down(host.domain)
+            await host.deliver(stanza)
+            return
+        if kind == "iq":
+            await self._route_iq(event)
+            return
+        await self.bus.fire(_EVENTS[kind, to_type], event)
+
+    def _addresses(self, stanza: etree._Element) -> tuple[str, JID, JID | None]:
+        """The stanza's kind, sender and recipient; a stanza with no 'to' gets one (RFC 6120 §10.3)."""
         kind = _KINDS.get(stanza.tag)
         if kind is None:
             raise StanzaError("bad-request", "not a stanza")
@@ -110,16 +152,12 @@ class Router:
         if to is None and kind == "message":
             to = from_.bare  # RFC 6120 §10.3.1: a message with no 'to' is for the sender's bare JID
             stanza.set("to", str(to))
-        if to is not None and to.domain != self.domain:
-            raise StanzaError("remote-server-not-found", f"no route to {to.domain}")
-        to_type = classify(to, from_, self.domain, kind)
-        event = StanzaEvent(stanza, origin, from_, to, to_type, self.server)
-        if origin is not None and await self.bus.fire(_PRE_EVENTS[kind, to_type], event):
-            return
-        if kind == "iq":
-            await self._route_iq(event)
-            return
-        await self.bus.fire(_EVENTS[kind, to_type], event)
+        elif to is None and from_.domain != self.domain:
+            # §10.3: no 'to' means the sender's own server; a component's is its own domain, never the
+            # IM host (whose `self` handlers would take the sender's localpart for a local account).
+            to = JID(None, from_.domain, None)
+            stanza.set("to", from_.domain)
+        return kind, from_, to
 
     async def _route_iq(self, event: StanzaEvent) -> None:
         iq_type = event.type

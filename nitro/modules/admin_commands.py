@@ -16,7 +16,7 @@ from nitro.accounts import create_account, delete_account
 from nitro.core.module import AccountEvent, Module, SessionEvent
 from nitro.core.router import StanzaEvent
 from nitro.modules.disco import DiscoEvent
-from nitro.storage.errors import AlreadyExists, StorageUnavailable
+from nitro.storage.errors import AlreadyExists
 from nitro.xmpp import ns
 from nitro.xmpp.dataforms import Field, Form, InvalidForm, Option, find_form, form_type_field
 from nitro.xmpp.errors import StanzaError
@@ -371,10 +371,7 @@ def load(module: Module) -> None:
     async def complete(event: StanzaEvent, command: Command, session_id: str, form: Form | None) -> None:
         """Run the command; answer status completed with its note (§4.3), then do what must follow."""
         context = Context(server, event.from_)
-        try:
-            outcome = await command.run(context, form)
-        except StorageUnavailable as exc:
-            raise StanzaError("internal-server-error", "storage unavailable, try again", type="wait") from exc
+        outcome = await command.run(context, form)
         module.log.info("%s ran %s: %s", event.from_, command.node, outcome.note)
         reply = _command_element(command.node, session_id, "completed")
         child(reply, ns.COMMANDS, "note", outcome.note, type=outcome.note_type)

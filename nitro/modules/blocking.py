@@ -203,10 +203,7 @@ class Blocking:
         """§3.2: the list; the resource asking is now interested in pushes."""
         session = _client(event)
         assert session.username is not None
-        try:
-            entries = await self.lists.get(session.username)
-        except StorageUnavailable as exc:
-            raise unavailable_storage(exc) from exc
+        entries = await self.lists.get(session.username)
         payload = element(BLOCKING, "blocklist")
         for jid in sorted(entries):
             child(payload, BLOCKING, "item", jid=jid)
@@ -233,8 +230,6 @@ class Blocking:
                 if len(after) > MAX_BLOCKED:
                     raise StanzaError("policy-violation", f"a block list holds at most {MAX_BLOCKED} JIDs")
                 await self.server.storage.blocklist.add(username, jids)
-            except StorageUnavailable as exc:
-                raise unavailable_storage(exc) from exc
             except NoSuchAccount as exc:
                 raise StanzaError("internal-server-error", "the account no longer exists") from exc
             await self.withdraw_presence(user, [jid for jid in jids if jid not in before])
@@ -250,14 +245,11 @@ class Blocking:
         assert username is not None
         jids = parse_items(event.stanza[0])
         async with self.lists.locks.hold(username):
-            try:
-                before = await self.lists.get(username)
-                if jids:
-                    await self.server.storage.blocklist.remove(username, jids)
-                else:
-                    await self.server.storage.blocklist.clear(username)
-            except StorageUnavailable as exc:
-                raise unavailable_storage(exc) from exc
+            before = await self.lists.get(username)
+            if jids:
+                await self.server.storage.blocklist.remove(username, jids)
+            else:
+                await self.server.storage.blocklist.clear(username)
             removed = [jid for jid in jids if jid in before] if jids else sorted(before)
             self.lists.changed(username, before - frozenset(removed))
         await event.reply(iq_result(event.stanza))
@@ -282,19 +274,12 @@ def load(module: Module) -> None:
         """From the user's client (pre- events). §3.3: nothing reaches a JID the user blocks; and an IQ for a
         user who blocks the sender is refused here, before a handler answers on that user's behalf."""
         assert event.to is not None
-        try:
-            if await lists.blocks(event.from_, event.to):
-                if event.type == "error" or (event.kind == "iq" and event.type == "result"):
-                    return True  # never answer an error or a result with an error: dropped
-                raise blocked_error()
-            if (
-                event.kind == "iq"
-                and event.type in ("get", "set")
-                and await lists.blocks(event.to, event.from_)
-            ):
-                raise StanzaError("service-unavailable")
-        except StorageUnavailable as exc:
-            raise unavailable_storage(exc) from exc
+        if await lists.blocks(event.from_, event.to):
+            if event.type == "error" or (event.kind == "iq" and event.type == "result"):
+                return True  # never answer an error or a result with an error: dropped
+            raise blocked_error()
+        if event.kind == "iq" and event.type in ("get", "set") and await lists.blocks(event.to, event.from_):
+            raise StanzaError("service-unavailable")
         return False
 
     async def inbound(event: StanzaEvent) -> bool:

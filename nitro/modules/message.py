@@ -13,7 +13,6 @@ from lxml import etree
 from nitro.core.module import Module
 from nitro.core.router import StanzaEvent
 from nitro.core.sessions import Resource
-from nitro.storage.errors import StorageUnavailable
 from nitro.xmpp.errors import StanzaError
 from nitro.xmpp.jid import JID
 
@@ -75,10 +74,7 @@ async def deliver_to_bare(event: StanzaEvent, *, addressed_to_full: bool = False
             _send(event.server, resource.jid, event.stanza)
         return
     # §8.5.2.2.1: no available resource with a non-negative priority; §8.5.1 if there is no such user.
-    try:
-        exists = await event.server.storage.accounts.exists(event.to.local)
-    except StorageUnavailable as exc:
-        raise StanzaError("internal-server-error", "account store unavailable", type="wait") from exc
+    exists = await event.server.storage.accounts.exists(event.to.local)
     if not exists:
         raise StanzaError("service-unavailable")
     if await event.server.bus.fire("message/offline", event):

@@ -5,6 +5,7 @@ answered from the session registry, directed presence, and unavailable presence 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -14,8 +15,8 @@ from lxml import etree
 from nitro.core.module import Module, SessionEvent
 from nitro.core.router import StanzaEvent
 from nitro.core.sessions import Resource
-from nitro.modules.roster import is_local, roster_lock, save, storage_error
-from nitro.storage.errors import StorageUnavailable
+from nitro.modules.roster import is_local, roster_full, roster_lock, save, storage_error
+from nitro.storage.errors import QuotaExceeded, StorageUnavailable
 from nitro.storage.models import RosterItem
 from nitro.xmpp import ns
 from nitro.xmpp.errors import StanzaError
@@ -35,6 +36,11 @@ if TYPE_CHECKING:
     from nitro.core.context import Core, Session
 
 DELIVERY_PRIORITY = -100  # like message delivery: blocking, privacy and the like hook above it
+# A subscription request kept for an offline user is stored whole (§3.1.3); one larger than this is refused
+# with policy-violation rather than kept in the roster row every login reads.
+MAX_STORED_REQUEST_BYTES = 16384
+# Stored requests are our own serialization; still, parsing never reaches the network or expands entities.
+_PARSER = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False)
 
 # RFC 6121 §4.7.1: the values of the 'type' attribute; none means available.
 _TYPES = frozenset({None, "unavailable", "probe", "error", *SUBSCRIPTION_TYPES})
@@ -104,11 +110,10 @@ class Presence:
         for other in self.available_resources(session.jid.bare):
             if other.jid != session.jid:
                 await self.send_current(other, session.jid)
-        # §3.1.3: subscription requests that arrived while the user was offline are delivered now.
+        # §3.1.3: subscription requests that arrived while the user was offline are delivered now, whole.
         for item in items:
             if state_of(item).pending_in:
-                request = stanza("presence", type="subscribe", from_=item.jid, to=str(session.jid.bare))
-                session.send(request)
+                session.send(_pending_request(item, session.jid.bare))
         await self.server.bus.fire("initial-presence", SessionEvent(session))
 
     async def unavailable(self, session: Session, presence: etree._Element) -> None:
@@ -173,15 +178,13 @@ class Presence:
     ) -> None:
         """A subscription presence from `contact` for the local `user` (A.3)."""
         assert user.local is not None
-        try:
-            exists = await self.server.storage.accounts.exists(user.local)
-        except StorageUnavailable as exc:
-            raise storage_error(exc) from exc
+        exists = await self.server.storage.accounts.exists(user.local)
         if not exists:
             if kind == "subscribe":  # §3.1.3: no such user; the request is refused on its behalf
                 await self.route(stanza("presence", type="unsubscribed", from_=str(user), to=str(contact)))
             return
-        step = await self._apply(user.local, contact, Direction.INBOUND, kind)
+        request = presence if kind == "subscribe" else None
+        step = await self._apply(user.local, contact, Direction.INBOUND, kind, request)
         if step.forward:
             for resource in self.available_resources(user):
                 self.server.deliver(resource.jid, presence)
@@ -190,17 +193,27 @@ class Presence:
         await self._side_effects(user, contact, step)
 
     async def _apply(
-        self, username: str, contact: JID, direction: Direction, kind: SubscriptionType
+        self,
+        username: str,
+        contact: JID,
+        direction: Direction,
+        kind: SubscriptionType,
+        request: etree._Element | None = None,
     ) -> Transition:
         jid = str(contact)
         async with roster_lock(self.server, username):
             try:
                 before = await self.server.storage.rosters.get_item(username, jid)
                 step = transition(state_of(before), direction, kind)
-                after = apply(before, jid, step, inbound=direction is Direction.INBOUND)
+                after = _keep_request(
+                    before, apply(before, jid, step, inbound=direction is Direction.INBOUND), request
+                )
                 await save(self.server, username, before, after)
-            except StorageUnavailable as exc:
-                raise storage_error(exc) from exc
+            except QuotaExceeded as exc:
+                if direction is Direction.OUTBOUND:
+                    raise roster_full(self.server) from exc
+                # The contact's request cannot be kept: the user's roster has no room (RFC 6120 §8.3.3.18).
+                raise StanzaError("resource-constraint", "the contact's roster is full", type="wait") from exc
         return step
 
     async def _side_effects(self, user: JID, contact: JID, step: Transition) -> None:
@@ -215,10 +228,7 @@ class Presence:
         assert user.local is not None
         item: RosterItem | None = None
         if prober.bare != user:
-            try:
-                item = await self.server.storage.rosters.get_item(user.local, str(prober.bare))
-            except StorageUnavailable as exc:
-                raise storage_error(exc) from exc
+            item = await self.server.storage.rosters.get_item(user.local, str(prober.bare))
         await self.answer_probe(prober, user, item)
 
     async def probe_contacts(self, prober: JID, items: Sequence[RosterItem]) -> None:
@@ -259,6 +269,38 @@ class Presence:
             session.directed_to = session.directed_to - {target}
 
 
+def _keep_request(
+    before: RosterItem | None, after: RosterItem | None, request: etree._Element | None
+) -> RosterItem | None:
+    """§3.1.3: a request that makes the item pending-in is kept whole until answered (the first one: a
+    repeated request while pending is not delivered again); an item no longer pending-in keeps none."""
+    if after is None:
+        return None
+    if not state_of(after).pending_in:
+        return dataclasses.replace(after, request=None) if after.request is not None else after
+    if state_of(before).pending_in or request is None:
+        return after
+    data = etree.tostring(request, encoding="utf-8")
+    if len(data) > MAX_STORED_REQUEST_BYTES:
+        raise StanzaError(
+            "policy-violation", f"a subscription request is stored up to {MAX_STORED_REQUEST_BYTES} bytes"
+        )
+    return dataclasses.replace(after, request=data)
+
+
+def _pending_request(item: RosterItem, user: JID) -> etree._Element:
+    """The stored request of a pending-in item, or a plain one for an item stored without it."""
+    if item.request is not None:
+        try:
+            request = etree.fromstring(item.request, _PARSER)
+        except etree.XMLSyntaxError:
+            pass
+        else:
+            request.set("to", str(user))
+            return request
+    return stanza("presence", type="subscribe", from_=item.jid, to=str(user))
+
+
 def load(module: Module) -> None:
     server = module.server
     presence = Presence(server)
@@ -287,10 +329,7 @@ def load(module: Module) -> None:
                 await presence.outbound(event.from_.bare, to.bare, event.stanza, subscription)
             return True
         if kind is None or kind == "unavailable":
-            try:
-                await presence.track_directed(session, to, available=kind is None)
-            except StorageUnavailable as exc:
-                raise storage_error(exc) from exc
+            await presence.track_directed(session, to, available=kind is None)
         return False
 
     async def on_host(event: StanzaEvent) -> bool:
@@ -333,7 +372,7 @@ def load(module: Module) -> None:
     module.hook("pre-presence/self", on_self)
     module.hook("pre-presence/bare", on_outbound)
     module.hook("pre-presence/full", on_outbound)
-    module.hook("pre-presence/host", on_host)
     module.hook("presence/bare", on_bare, priority=DELIVERY_PRIORITY)
     module.hook("presence/full", on_full, priority=DELIVERY_PRIORITY)
+    module.hook("presence/host", on_host)  # recipient side: presence to another host (a component) goes on
     module.hook("resource-unbind", on_unbind)

@@ -1,5 +1,6 @@
 """Private XML Storage (XEP-0049 v1.2): a user keeps XML fragments on the server, one per element name and
-namespace, that only the user may read or write; `[pep].max_item_bytes` bounds each fragment.
+namespace, that only the user may read or write; `[pep].max_item_bytes` bounds each fragment and
+`[private].max_namespaces` how many an account keeps.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from lxml import etree
 
 from nitro.core.module import Module
 from nitro.core.router import StanzaEvent
-from nitro.storage.errors import NoSuchAccount, StorageUnavailable
+from nitro.storage.errors import NoSuchAccount, QuotaExceeded
 from nitro.xmpp import ns
 from nitro.xmpp.errors import StanzaError
 from nitro.xmpp.stanza import element, iq_result
@@ -37,10 +38,6 @@ def _fragments(query: etree._Element) -> list[etree._Element]:
     return fragments
 
 
-def _unavailable() -> StanzaError:
-    return StanzaError("internal-server-error", "private storage is unavailable", type="wait")
-
-
 def load(module: Module) -> None:
     server = module.server
     store = server.storage.private
@@ -60,10 +57,7 @@ def load(module: Module) -> None:
         if len(fragments) != 1:
             raise StanzaError("bad-request", "ask for one element per get (XEP-0049 §2.3)")
         asked = fragments[0]
-        try:
-            stored = await store.get(username, asked.tag)
-        except StorageUnavailable as exc:
-            raise _unavailable() from exc
+        stored = await store.get(username, asked.tag)
         query = element(PRIVATE, "query")
         if stored is not None:
             query.append(etree.fromstring(stored, _PARSER))
@@ -83,11 +77,14 @@ def load(module: Module) -> None:
         for key, data in stored:
             if len(data) > limit:
                 raise StanzaError("not-acceptable", f"{key} is {len(data)} bytes, at most {limit} are stored")
+        quota = server.config.private.max_namespaces or None
         try:
             for key, data in stored:
-                await store.set(username, key, data)
-        except StorageUnavailable as exc:
-            raise _unavailable() from exc
+                await store.set(username, key, data, max_keys=quota)
+        except QuotaExceeded as exc:  # a local policy (RFC 6120 §8.3.3.12); the elements before it are kept
+            raise StanzaError(
+                "policy-violation", f"an account stores at most {quota} private elements"
+            ) from exc
         except NoSuchAccount as exc:
             raise StanzaError("item-not-found", "no such account") from exc
         await event.reply(iq_result(event.stanza))

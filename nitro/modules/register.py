@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from lxml import etree
@@ -10,14 +14,15 @@ from nitro.accounts import InvalidUsername, change_password, create_account, del
 from nitro.core.module import AccountEvent, Module, StreamFeaturesEvent, UnauthenticatedIq
 from nitro.core.router import StanzaEvent
 from nitro.core.slots import Slot
-from nitro.core.throttle import FailureThrottle
 from nitro.storage.errors import AlreadyExists, StorageUnavailable
 from nitro.xmpp import ns
 from nitro.xmpp.dataforms import Field, Form, InvalidForm, find_form, form_type_field
 from nitro.xmpp.errors import StanzaError
 from nitro.xmpp.stanza import child, element, iq_result
 
-# Accounts one address may create per window; past that, resource-constraint (type wait).
+# Accounts one address may create per window; past that, resource-constraint (type wait). Only created
+# accounts count (a taken username or a failed write does not), and `[registration].throttle_exempt`
+# addresses are not limited at all (loopback by default, as Prosody does).
 
 _Q = f"{{{ns.REGISTER}}}"
 # The account this (unauthenticated) stream registered: one per stream (XEP-0077 §3.1.1).
@@ -54,6 +59,61 @@ def _read(query: etree._Element) -> _Submission:
     return _Submission(query.findtext(f"{_Q}username"), query.findtext(f"{_Q}password"), remove, other)
 
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class SignupWindow:
+    """Sign-ups per address in a sliding window. A slot is reserved before the (awaited) account creation, so
+    parallel streams cannot exceed the limit, and given back if the creation fails."""
+
+    def __init__(
+        self, limit: int, window: float, exempt: Iterable[str], clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.limit = limit
+        self.window = window
+        self.exempt: tuple[Network, ...] = tuple(ipaddress.ip_network(net, strict=False) for net in exempt)
+        self._clock = clock
+        self._signups: dict[str, deque[float]] = {}
+
+    def is_exempt(self, host: str) -> bool:
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return False  # not an IP address (a UNIX socket, a test transport): limited like any other
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped  # ::ffff:127.0.0.1 from a dual-stack socket
+        return any(address in network for network in self.exempt)
+
+    def _recent(self, host: str) -> deque[float]:
+        signups = self._signups.setdefault(host, deque())
+        horizon = self._clock() - self.window
+        while signups and signups[0] <= horizon:
+            signups.popleft()
+        return signups
+
+    def reserve(self, host: str) -> float | None:
+        """Take a slot for `host`: its timestamp (to `release` on failure), or None when the limit is reached.
+        Exempt hosts always get a slot and are never recorded."""
+        if self.is_exempt(host):
+            return 0.0
+        signups = self._recent(host)
+        if len(signups) >= self.limit:
+            return None
+        stamp = self._clock()
+        signups.append(stamp)
+        if len(self._signups) > 100_000:  # bound memory under a distributed flood: forget the oldest host
+            self._signups.pop(next(iter(self._signups)))
+        return stamp
+
+    def release(self, host: str, stamp: float) -> None:
+        """The reserved sign-up did not create an account: it does not count."""
+        signups = self._signups.get(host)
+        if signups is not None and stamp in signups:
+            signups.remove(stamp)
+            if not signups:
+                del self._signups[host]
+
+
 def _registration_form() -> etree._Element:
     """XEP-0077 §3.1 fields, and the same as a data form (§4) for clients that prefer forms."""
     query = element(ns.REGISTER, "query")
@@ -78,7 +138,7 @@ def load(module: Module) -> None:
     module.add_slot(REGISTERED)
     server = module.server
     config = server.config.registration
-    throttle = FailureThrottle(config.max_per_address, config.window)
+    throttle = SignupWindow(config.max_per_address, config.window, config.throttle_exempt)
     module.add_feature(ns.REGISTER)  # XEP-0077 §10: also says password change and cancel work in-band
 
     def check_password(password: str | None, *, changing: bool) -> str:
@@ -116,10 +176,6 @@ def load(module: Module) -> None:
         if session.slots.peek(REGISTERED):
             raise StanzaError("not-acceptable", "one registration per stream: log in now")  # §3.1.1
         peer = session.transport.peer_host
-        if throttle.blocked(peer):
-            raise StanzaError(
-                "resource-constraint", "too many registrations from your address, wait a minute"
-            )
         if not submission.username:
             raise StanzaError("not-acceptable", "a username is required")
         try:
@@ -127,16 +183,24 @@ def load(module: Module) -> None:
         except InvalidUsername as exc:
             raise StanzaError("not-acceptable", f"this username is not allowed: {exc}") from exc
         password = check_password(submission.password, changing=False)
-        # Counted before the (slow, awaited) creation so parallel streams cannot exceed the limit.
-        throttle.record_failure(peer)  # FailureThrottle as a sliding-window counter of sign-ups
+        slot = throttle.reserve(peer)
+        if slot is None:
+            raise StanzaError(
+                "resource-constraint", "too many registrations from your address, wait a minute"
+            )
+        created = False
         try:
             await create_account(
                 server.storage, username, password, iterations=server.config.auth.scram_iterations
             )
+            created = True
         except AlreadyExists as exc:
             raise StanzaError("conflict", "this username is taken") from exc
         except StorageUnavailable as exc:
             raise StanzaError("internal-server-error", "try again later", type="wait") from exc
+        finally:
+            if not created:
+                throttle.release(peer, slot)  # only created accounts count
         session.slots.set(REGISTERED, username)
         session.log.info("registered account %s from %s", username, peer)
         session.send(iq_result(event.stanza))
@@ -181,12 +245,9 @@ def load(module: Module) -> None:
         if named != username:
             raise StanzaError("bad-request", "you can only change the password of your own account")
         password = check_password(submission.password, changing=True)
-        try:
-            changed = await change_password(
-                server.storage, username, password, iterations=server.config.auth.scram_iterations
-            )
-        except StorageUnavailable as exc:
-            raise StanzaError("internal-server-error", "try again later", type="wait") from exc
+        changed = await change_password(
+            server.storage, username, password, iterations=server.config.auth.scram_iterations
+        )
         if not changed:
             raise StanzaError("registration-required", "this account no longer exists")
         session.log.info("password changed in-band")

@@ -18,7 +18,7 @@ from nitro.core.locks import UserLocks
 from nitro.core.module import Module, StreamFeaturesEvent
 from nitro.core.router import StanzaEvent
 from nitro.core.sessions import INTERESTED
-from nitro.storage.errors import StorageUnavailable
+from nitro.storage.errors import QuotaExceeded, StorageUnavailable
 from nitro.storage.models import RosterItem
 from nitro.xmpp import ns
 from nitro.xmpp.errors import StanzaError
@@ -51,6 +51,12 @@ def roster_lock(server: Core, username: str) -> AbstractAsyncContextManager[None
 def storage_error(exc: StorageUnavailable) -> StanzaError:
     """RFC 6120 §8.3.3.6 with type 'wait': nothing was written, the client may retry."""
     return StanzaError("internal-server-error", f"roster storage is unavailable: {exc}", type="wait")
+
+
+def roster_full(server: Core) -> StanzaError:
+    """`[roster].max_items` reached by the user's own request: a local policy (RFC 6120 §8.3.3.12)."""
+    limit = server.config.roster.max_items
+    return StanzaError("policy-violation", f"a roster holds at most {limit} items; remove some first")
 
 
 def is_local(server: Core, jid: str) -> bool:
@@ -102,7 +108,8 @@ def push(server: Core, username: str, jid: str, item: RosterItem | None, version
 async def save(server: Core, username: str, before: RosterItem | None, after: RosterItem | None) -> None:
     """Write `after` in place of `before` (None: no item) and push what the client can see of the change.
 
-    Call with the user's roster lock held; raises StorageUnavailable before anything is pushed.
+    Call with the user's roster lock held; raises StorageUnavailable, or QuotaExceeded for a new item past
+    `[roster].max_items`, before anything is pushed.
     """
     if before == after:
         return
@@ -113,7 +120,7 @@ async def save(server: Core, username: str, before: RosterItem | None, after: Ro
         if version is None:
             return
     else:
-        version = await rosters.put(username, after)
+        version = await rosters.put(username, after, max_items=server.config.roster.max_items or None)
     if _visible(before) != _visible(after):
         jid = after.jid if after is not None else before.jid  # type: ignore[union-attr]
         push(server, username, jid, after, version)
@@ -169,10 +176,7 @@ def load(module: Module) -> None:
             return False
         ver = event.stanza[0].get("ver")
         async with roster_lock(server, username):  # no push can slip between this read and the answer
-            try:
-                roster = await server.storage.rosters.get(username)
-            except StorageUnavailable as exc:
-                raise storage_error(exc) from exc
+            roster = await server.storage.rosters.get(username)
             if ver is not None and _VERSION.fullmatch(ver) and int(ver) == roster.version:
                 await event.reply(iq_result(event.stanza))
             else:
@@ -200,20 +204,17 @@ def load(module: Module) -> None:
                     before or RosterItem(jid), name=name, groups=groups, in_roster=True
                 )
                 await save(server, username, before, after)
-            except StorageUnavailable as exc:
-                raise storage_error(exc) from exc
+            except QuotaExceeded as exc:
+                raise roster_full(server) from exc
         await event.reply(iq_result(event.stanza))
         return True
 
     async def remove_item(event: StanzaEvent, username: str, jid: str) -> None:
         async with roster_lock(server, username):
-            try:
-                before = await server.storage.rosters.get_item(username, jid)
-                if before is None:
-                    raise StanzaError("item-not-found", f"{jid} is not in the roster (RFC 6121 §2.5.3)")
-                await save(server, username, before, None)
-            except StorageUnavailable as exc:
-                raise storage_error(exc) from exc
+            before = await server.storage.rosters.get_item(username, jid)
+            if before is None:
+                raise StanzaError("item-not-found", f"{jid} is not in the roster (RFC 6121 §2.5.3)")
+            await save(server, username, before, None)
         await event.reply(iq_result(event.stanza))
         if not is_local(server, jid):
             return

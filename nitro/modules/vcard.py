@@ -9,7 +9,7 @@ from lxml import etree
 
 from nitro.core.module import Module
 from nitro.core.router import StanzaEvent
-from nitro.storage.errors import NoSuchAccount, StorageUnavailable
+from nitro.storage.errors import NoSuchAccount
 from nitro.xmpp.errors import StanzaError
 from nitro.xmpp.stanza import element, iq_result
 
@@ -17,10 +17,6 @@ VCARD = "vcard-temp"
 
 # Stored vCards are our own serialization; still, parsing never reaches the network or expands entities.
 _PARSER = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False)
-
-
-def _unavailable() -> StanzaError:
-    return StanzaError("internal-server-error", "vCard storage is unavailable", type="wait")
 
 
 def load(module: Module) -> None:
@@ -33,10 +29,7 @@ def load(module: Module) -> None:
         service-unavailable whether the vCard or the account is missing, which reveals neither)."""
         owner = event.to.bare if event.to is not None else event.from_.bare
         assert owner.local is not None
-        try:
-            stored = await store.get(owner.local)
-        except StorageUnavailable as exc:
-            raise _unavailable() from exc
+        stored = await store.get(owner.local)
         if stored is not None:
             vcard = etree.fromstring(stored, _PARSER)
         elif owner == event.from_.bare:
@@ -47,7 +40,8 @@ def load(module: Module) -> None:
         return True
 
     async def on_set(event: StanzaEvent) -> bool:
-        """§3.2: the user replaces the whole vCard; an empty one deletes it."""
+        """§3.2: the user replaces the whole vCard. XEP-0054 has no delete: an empty vCard is stored as set,
+        and others then read that empty vCard rather than an error (as Prosody and ejabberd do)."""
         owner = event.to.bare if event.to is not None else event.from_.bare
         if owner != event.from_.bare:
             raise StanzaError("forbidden", "a vCard is set by its owner only")  # §3.2
@@ -57,11 +51,8 @@ def load(module: Module) -> None:
         limit = server.config.vcard.max_bytes
         if len(data) > limit:
             raise StanzaError("not-acceptable", f"the vCard is {len(data)} bytes, at most {limit} are stored")
-        empty = len(vcard) == 0 and not (vcard.text or "").strip()
         try:
-            await store.set(owner.local, None if empty else data)
-        except StorageUnavailable as exc:
-            raise _unavailable() from exc
+            await store.set(owner.local, data)
         except NoSuchAccount as exc:
             raise StanzaError("item-not-found", "no such account") from exc
         await event.reply(iq_result(event.stanza))

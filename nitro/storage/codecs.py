@@ -106,11 +106,12 @@ def _credentials_from_json(value: Any) -> Credentials:
 
 def _item_to_json(item: RosterItem) -> Any:
     flags = item.ask | item.pending_in << 1 | item.approved << 2 | item.in_roster << 3
-    return [item.jid, item.name, item.subscription, flags, list(item.groups)]
+    return [item.jid, item.name, item.subscription, flags, list(item.groups), _optional_bytes(item.request)]
 
 
 def _item_from_json(value: Any) -> RosterItem:
-    jid, name, subscription, flags, groups = value
+    jid, name, subscription, flags, groups, *rest = value  # items cached before `request` have five fields
+    request = rest[0] if rest else None
     if not isinstance(jid, str) or not (name is None or isinstance(name, str)):
         raise TypeError("roster item jid/name")
     return RosterItem(
@@ -122,6 +123,7 @@ def _item_from_json(value: Any) -> RosterItem:
         approved=bool(flags & 4),
         groups=_strings(groups),
         in_roster=bool(flags & 8),
+        request=_from_optional_bytes(request),
     )
 
 

@@ -15,7 +15,8 @@ class StorageUnavailable(StorageError):
 
 
 class QuotaExceeded(StorageError):
-    """The user's offline message store is full (the message was not stored)."""
+    """A per-account quota is reached (offline messages, roster items, PEP items, private XML elements):
+    nothing was stored."""
 
 
 class AlreadyExists(StorageError):

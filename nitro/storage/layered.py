@@ -2,8 +2,9 @@
 
 Cached: account credentials, rosters, vCards, block lists, private XML and archive preferences. Every
 write goes to SQL first and invalidates afterwards (also when SQL failed: a commit whose outcome is
-unknown may have happened). Offline messages, the archive and PEP pass straight through to SQL. Each
-wrapper spells out every method of its protocol, so mypy flags a method added later and not wrapped.
+unknown may have happened). Offline messages, the archive, PEP and last activity pass straight through
+to SQL. Each wrapper spells out every method of its protocol, so mypy flags a method added later and not
+wrapped.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from datetime import datetime
 
 from nitro.config import Config
 from nitro.storage import codecs
+from nitro.storage.fair import fair_storage
 from nitro.storage.models import (
     ArchivePage,
     ArchivePrefs,
@@ -31,6 +33,7 @@ from nitro.storage.protocols import (
     Storage,
     VCardStore,
 )
+from nitro.storage.singleflight import SingleFlight
 from nitro.storage.sql import open_sql_storage
 from nitro.storage.tiers import Tiers
 from nitro.xmpp.sasl.credentials import HashName, ScramCredential
@@ -44,31 +47,40 @@ class LayeredStorage(Storage):
 
 
 class CachedAccountStore:
+    """Credentials through the tiers; concurrent reads of one account's credentials share a single read."""
+
     def __init__(self, sql: AccountStore, tiers: Tiers) -> None:
         self._sql = sql
         self._tiers = tiers
+        self._flights: SingleFlight[dict[HashName, ScramCredential] | None] = SingleFlight()
 
     async def create(self, username: str, credentials: Mapping[HashName, ScramCredential]) -> None:
-        try:
-            await self._sql.create(username, credentials)
-        finally:
-            await self._tiers.invalidate([codecs.ACCOUNT], username)  # "no such account" was cacheable
+        with self._flights.writing(username):
+            try:
+                await self._sql.create(username, credentials)
+            finally:
+                await self._tiers.invalidate([codecs.ACCOUNT], username)  # "no such account" was cacheable
 
     async def get_credentials(self, username: str) -> dict[HashName, ScramCredential] | None:
-        found = await self._tiers.read(codecs.ACCOUNT, username, lambda: self._sql.get_credentials(username))
+        found = await self._flights.read(
+            username,
+            lambda: self._tiers.read(codecs.ACCOUNT, username, lambda: self._sql.get_credentials(username)),
+        )
         return None if found is None else dict(found)  # a copy: the cached dict is shared
 
     async def set_credentials(self, username: str, credentials: Mapping[HashName, ScramCredential]) -> bool:
-        try:
-            return await self._sql.set_credentials(username, credentials)
-        finally:
-            await self._tiers.invalidate([codecs.ACCOUNT], username)
+        with self._flights.writing(username):
+            try:
+                return await self._sql.set_credentials(username, credentials)
+            finally:
+                await self._tiers.invalidate([codecs.ACCOUNT], username)
 
     async def delete(self, username: str) -> bool:
-        try:
-            return await self._sql.delete(username)
-        finally:
-            await self._tiers.invalidate(codecs.CACHED_KINDS, username)
+        with self._flights.writing(username):
+            try:
+                return await self._sql.delete(username)
+            finally:
+                await self._tiers.invalidate(codecs.CACHED_KINDS, username)
 
     async def exists(self, username: str) -> bool:
         return await self.get_credentials(username) is not None
@@ -81,12 +93,18 @@ class CachedAccountStore:
 
 
 class CachedRosterStore:
+    """Rosters through the tiers; concurrent reads of one roster share a single read (all of a user's
+    sessions coming online at once read it once), and a write makes later reads start afresh."""
+
     def __init__(self, sql: RosterStore, tiers: Tiers) -> None:
         self._sql = sql
         self._tiers = tiers
+        self._flights: SingleFlight[Roster] = SingleFlight()
 
     async def get(self, username: str) -> Roster:
-        return await self._tiers.read(codecs.ROSTER, username, lambda: self._sql.get(username))
+        return await self._flights.read(
+            username, lambda: self._tiers.read(codecs.ROSTER, username, lambda: self._sql.get(username))
+        )
 
     async def get_item(self, username: str, contact: str) -> RosterItem | None:
         return next((item for item in (await self.get(username)).items if item.jid == contact), None)
@@ -101,17 +119,19 @@ class CachedRosterStore:
                 found[username] = item
         return found
 
-    async def put(self, username: str, item: RosterItem) -> int:
-        try:
-            return await self._sql.put(username, item)
-        finally:
-            await self._tiers.invalidate([codecs.ROSTER], username)
+    async def put(self, username: str, item: RosterItem, *, max_items: int | None = None) -> int:
+        with self._flights.writing(username):  # reads begun before this write are not shared after it
+            try:
+                return await self._sql.put(username, item, max_items=max_items)
+            finally:
+                await self._tiers.invalidate([codecs.ROSTER], username)
 
     async def remove(self, username: str, contact: str) -> int | None:
-        try:
-            return await self._sql.remove(username, contact)
-        finally:
-            await self._tiers.invalidate([codecs.ROSTER], username)
+        with self._flights.writing(username):
+            try:
+                return await self._sql.remove(username, contact)
+            finally:
+                await self._tiers.invalidate([codecs.ROSTER], username)
 
     async def version(self, username: str) -> int:
         return (await self.get(username)).version
@@ -205,9 +225,9 @@ class CachedPrivateStore:
             codecs.PRIVATE, username, lambda: self._sql.get(username, key), item=key
         )
 
-    async def set(self, username: str, key: str, payload: bytes) -> None:
+    async def set(self, username: str, key: str, payload: bytes, *, max_keys: int | None = None) -> None:
         try:
-            await self._sql.set(username, key, payload)
+            await self._sql.set(username, key, payload, max_keys=max_keys)
         finally:
             await self._tiers.invalidate([codecs.PRIVATE], username)
 
@@ -223,6 +243,7 @@ def layer(sql: Storage, tiers: Tiers) -> LayeredStorage:
         blocklist=CachedBlockListStore(sql.blocklist, tiers),
         vcards=CachedVCardStore(sql.vcards, tiers),
         private=CachedPrivateStore(sql.private, tiers),
+        last=sql.last,  # written at logout, read by a rare query: straight to SQL
         tiers=tiers,
     )
 
@@ -240,6 +261,7 @@ async def open_storage(
         tiers = Tiers.from_config(config)
         await tiers.start()
         try:
-            yield layer(sql if wrap_sql is None else wrap_sql(sql), tiers)
+            shared = fair_storage(sql)  # no account takes the whole SQL pool (nitro/storage/fair.py)
+            yield layer(shared if wrap_sql is None else wrap_sql(shared), tiers)
         finally:
             await tiers.close()

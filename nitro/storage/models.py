@@ -27,6 +27,17 @@ class RosterItem:
     # False while the item only records a stranger's pending request: the user never added the contact,
     # so it is neither shown nor pushed (RFC 6121 §3.1.3, Appendix A.1 "None + Pending In").
     in_roster: bool = True
+    # While pending_in: the contact's subscription request as received (self-contained XML), delivered
+    # whole, extended content included, when the user next comes online (RFC 6121 §3.1.3).
+    request: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LastActivity:
+    """When an account's last available resource went offline, and the status it left (XEP-0012 §4)."""
+
+    seen_at: datetime  # timezone-aware, UTC
+    status: str = ""
 
 
 @dataclass(frozen=True, slots=True)

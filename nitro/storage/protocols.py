@@ -11,6 +11,7 @@ from nitro.storage.models import (
     ArchivePage,
     ArchivePrefs,
     ArchiveQuery,
+    LastActivity,
     OfflineMessage,
     PepItem,
     PepNode,
@@ -62,8 +63,9 @@ class RosterStore(Protocol):
         out. One query for what a login's presence probes ask of every online contact."""
         ...
 
-    async def put(self, username: str, item: RosterItem) -> int:
-        """Insert or replace the item; returns the new, bumped roster version. Raises NoSuchAccount."""
+    async def put(self, username: str, item: RosterItem, *, max_items: int | None = None) -> int:
+        """Insert or replace the item; returns the new, bumped roster version. Raises NoSuchAccount, and
+        QuotaExceeded for a new item when the roster already holds `max_items` (None: no limit)."""
         ...
 
     async def remove(self, username: str, contact: str) -> int | None:
@@ -139,11 +141,14 @@ class PepStore(Protocol):
         """The user's nodes, sorted by name."""
         ...
 
-    async def publish(self, username: str, node: str, item: PepItem, *, max_items: int) -> None:
+    async def publish(
+        self, username: str, node: str, item: PepItem, *, max_items: int, max_account_items: int | None = None
+    ) -> None:
         """Store the item, replacing one with the same id (it becomes the newest); keep the newest max_items.
 
         A node that does not exist yet is created with the default configuration and this max_items
-        (XEP-0163 §3 auto-create). Raises NoSuchAccount for an unknown user.
+        (XEP-0163 §3 auto-create). Raises NoSuchAccount for an unknown user, and QuotaExceeded (storing
+        nothing) when the account's nodes would then hold more than `max_account_items` items together.
         """
         ...
 
@@ -196,8 +201,21 @@ class PrivateStore(Protocol):
 
     async def get(self, username: str, key: str) -> bytes | None: ...
 
-    async def set(self, username: str, key: str, payload: bytes) -> None:
-        """Store or replace the element under `key`; raises NoSuchAccount."""
+    async def set(self, username: str, key: str, payload: bytes, *, max_keys: int | None = None) -> None:
+        """Store or replace the element under `key`; raises NoSuchAccount, and QuotaExceeded for a new key
+        when the account already stores `max_keys` elements (None: no limit)."""
+        ...
+
+
+class LastActivityStore(Protocol):
+    """When each account was last online, with the status of its last unavailable presence (XEP-0012)."""
+
+    async def get(self, username: str) -> LastActivity | None:
+        """None if the account was never seen going offline (or does not exist)."""
+        ...
+
+    async def set(self, username: str, activity: LastActivity) -> None:
+        """Replace what is stored; raises NoSuchAccount."""
         ...
 
 
@@ -213,3 +231,4 @@ class Storage:
     blocklist: BlockListStore
     vcards: VCardStore
     private: PrivateStore
+    last: LastActivityStore

@@ -145,6 +145,7 @@ roster_items = Table(
     Column("approved", Boolean, nullable=False),
     Column("groups", Text, nullable=False),  # JSON array of group names
     Column("in_roster", Boolean, nullable=False, server_default=true()),  # see RosterItem.in_roster
+    Column("request", LargeBinary, nullable=True),  # see RosterItem.request (BLOB: up to 64 KiB)
     CheckConstraint("subscription IN ('none', 'to', 'from', 'both')", name="subscription"),
     **TABLE_OPTIONS,
 )
@@ -254,6 +255,16 @@ vcards = Table(
     metadata,
     Column("account_id", Integer, ForeignKey("accounts.id", ondelete="CASCADE"), primary_key=True),
     Column("vcard", _mediumblob(), nullable=False),
+    **TABLE_OPTIONS,
+)
+
+# XEP-0012: when the account's last resource went offline, and the status of that unavailable presence.
+last_activity = Table(
+    "last_activity",
+    metadata,
+    Column("account_id", Integer, ForeignKey("accounts.id", ondelete="CASCADE"), primary_key=True),
+    Column("seen_at", UTCDateTime(), nullable=False),
+    Column("status", Text, nullable=False),
     **TABLE_OPTIONS,
 )
 

@@ -6,10 +6,10 @@ from collections.abc import Sequence
 from datetime import UTC
 from typing import Any, get_args
 
-from sqlalchemy import Row, Select, delete, insert, select, update
+from sqlalchemy import Row, Select, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from nitro.storage.errors import StorageError
+from nitro.storage.errors import QuotaExceeded, StorageError
 from nitro.storage.models import AccessModel, PepItem, PepNode
 from nitro.storage.schema import PEP_NAME_MAX_BYTES, accounts, pep_items, pep_nodes
 from nitro.storage.sql_base import (
@@ -104,7 +104,9 @@ class SqlPepStore:
             return [_node_from_row(row) for row in result]
 
     @translated
-    async def publish(self, username: str, node: str, item: PepItem, *, max_items: int) -> None:
+    async def publish(
+        self, username: str, node: str, item: PepItem, *, max_items: int, max_account_items: int | None = None
+    ) -> None:
         if max_items < 1:
             raise ValueError("max_items must be at least 1")
         if item.published_at.tzinfo is None:
@@ -142,6 +144,16 @@ class SqlPepStore:
                 await conn.execute(
                     delete(pep_items).where(pep_items.c.id.in_(old[start : start + DELETE_CHUNK]))
                 )
+            if max_account_items is not None:  # counted after replacing and trimming: only growth counts
+                count = (
+                    select(func.count())
+                    .select_from(pep_items)
+                    .join(pep_nodes, pep_nodes.c.id == pep_items.c.node_id)
+                    .where(pep_nodes.c.account_id == account_id)
+                )
+                held = int((await conn.execute(count)).scalar_one())
+                if held > max_account_items:  # raising rolls the whole publication back
+                    raise QuotaExceeded(f"{held} PEP items, at most {max_account_items}")
 
     @translated
     async def retract(self, username: str, node: str, item_id: str) -> bool:

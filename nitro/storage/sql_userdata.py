@@ -1,12 +1,22 @@
-"""Small per-user data on SQL: block lists (XEP-0191), vCards (XEP-0054), private XML (XEP-0049)."""
+"""Small per-user data on SQL: block lists (XEP-0191), vCards (XEP-0054), private XML (XEP-0049), last
+activity (XEP-0012)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, func, insert, select
 
-from nitro.storage.schema import PRIVATE_KEY_MAX_BYTES, accounts, blocked_jids, private_xml, vcards
+from nitro.storage.errors import QuotaExceeded
+from nitro.storage.models import LastActivity
+from nitro.storage.schema import (
+    PRIVATE_KEY_MAX_BYTES,
+    accounts,
+    blocked_jids,
+    last_activity,
+    private_xml,
+    vcards,
+)
 from nitro.storage.sql_base import DELETE_CHUNK, Database, contact_keys, hashed_key, translated, username_key
 
 
@@ -125,15 +135,20 @@ class SqlPrivateStore:
             return payload
 
     @translated
-    async def set(self, username: str, key: str, payload: bytes) -> None:
+    async def set(self, username: str, key: str, payload: bytes, *, max_keys: int | None = None) -> None:
         raw, key_hash = self._key(key)
         async with self._db.writer.begin() as conn:
             account_id = await self._db.existing_account_id(conn, username)
-            await conn.execute(
+            replaced = await conn.execute(
                 delete(private_xml).where(
                     private_xml.c.account_id == account_id, private_xml.c.key_hash == key_hash
                 )
             )
+            if replaced.rowcount == 0 and max_keys is not None:
+                count = select(func.count()).where(private_xml.c.account_id == account_id)
+                held = int((await conn.execute(count)).scalar_one())
+                if held >= max_keys:
+                    raise QuotaExceeded(f"{held} private XML elements, at most {max_keys}")
             await conn.execute(
                 insert(private_xml).values(account_id=account_id, key_hash=key_hash, key=raw, payload=payload)
             )
@@ -141,3 +156,32 @@ class SqlPrivateStore:
     @staticmethod
     def _key(key: str) -> tuple[bytes, bytes]:
         return hashed_key(key, max_bytes=PRIVATE_KEY_MAX_BYTES, what="private XML key")
+
+
+class SqlLastActivityStore:
+    """LastActivityStore on SQL: one row per account, replaced at each logout."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    @translated
+    async def get(self, username: str) -> LastActivity | None:
+        query = (
+            select(last_activity.c.seen_at, last_activity.c.status)
+            .join_from(last_activity, accounts)
+            .where(accounts.c.username == username_key(username))
+        )
+        async with self._db.engine.connect() as conn:
+            row = (await conn.execute(query)).one_or_none()
+        return None if row is None else LastActivity(seen_at=row.seen_at, status=row.status)
+
+    @translated
+    async def set(self, username: str, activity: LastActivity) -> None:
+        async with self._db.writer.begin() as conn:
+            account_id = await self._db.existing_account_id(conn, username)
+            await conn.execute(delete(last_activity).where(last_activity.c.account_id == account_id))
+            await conn.execute(
+                insert(last_activity).values(
+                    account_id=account_id, seen_at=activity.seen_at, status=activity.status
+                )
+            )

@@ -3,6 +3,7 @@
 from typing import Any
 
 STREAM = "http://etherx.jabber.org/streams"
+FRAMING = "urn:ietf:params:xml:ns:xmpp-framing"  # RFC 7395 <open/> and <close/> over WebSocket
 CLIENT = "jabber:client"
 SERVER = "jabber:server"
 COMPONENT = "jabber:component:accept"

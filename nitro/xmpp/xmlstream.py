@@ -25,6 +25,7 @@ __all__ = [
     "StreamEvent",
     "StreamOpened",
     "XMLStreamParser",
+    "logged_error",
     "serialize",
     "stream_header",
 ]
@@ -233,6 +234,10 @@ class XMLStreamParser:
                 self._check_prolog(data)
             elif self._resume is not None:
                 self._recreate()
+            if b"\x00" in data:
+                # XML 1.0 §2.2: U+0000 is no Char anywhere. libxml2 refuses it in content, but in the XML
+                # declaration it waits for more input, until the size limit or the negotiation timeout.
+                raise StreamError("not-well-formed", "a NUL byte in the stream (XML 1.0 §2.2)")
             self._keep_tail(data)
             events: list[StreamEvent] = []
             for offset in range(0, len(data), _SLICE):
@@ -288,18 +293,7 @@ class XMLStreamParser:
 
     def _logged_error(self) -> StreamError | None:
         assert self._parser is not None
-        for entry in self._parser.feed_error_log:
-            if "UNDECLARED_ENTITY" in entry.type_name:  # RFC 6120 §11.1: only the five predefined entities
-                return StreamError("restricted-xml", f"entity reference: {entry.message}")
-            if entry.type_name == "NS_ERR_UNDEFINED_NAMESPACE":  # RFC 6120 §4.9.3.2
-                return StreamError("bad-namespace-prefix", entry.message)
-            if entry.type_name == "ERR_RESOURCE_LIMIT":  # libxml2's own depth and length limits
-                return StreamError("policy-violation", entry.message)
-            if entry.level > etree.ErrorLevels.WARNING:  # warnings include relative URIs like vcard-temp
-                return StreamError(
-                    "not-well-formed", f"{entry.message} (line {entry.line}, column {entry.column})"
-                )
-        return None
+        return logged_error(self._parser.feed_error_log)
 
     def _read_events(self, events: list[StreamEvent]) -> None:
         assert self._parser is not None
@@ -376,6 +370,22 @@ class XMLStreamParser:
         return standalone
 
 
+def logged_error(error_log: etree._ListErrorLog) -> StreamError | None:
+    """The stream error for what libxml2 logged while parsing (some errors are only logged, not raised)."""
+    for entry in error_log:
+        if "UNDECLARED_ENTITY" in entry.type_name:  # RFC 6120 §11.1: only the five predefined entities
+            return StreamError("restricted-xml", f"entity reference: {entry.message}")
+        if entry.type_name == "NS_ERR_UNDEFINED_NAMESPACE":  # RFC 6120 §4.9.3.2
+            return StreamError("bad-namespace-prefix", entry.message)
+        if entry.type_name == "ERR_RESOURCE_LIMIT":  # libxml2's own depth and length limits
+            return StreamError("policy-violation", entry.message)
+        if entry.level > etree.ErrorLevels.WARNING:  # warnings include relative URIs like vcard-temp
+            return StreamError(
+                "not-well-formed", f"{entry.message} (line {entry.line}, column {entry.column})"
+            )
+    return None
+
+
 def stream_header(
     *,
     from_: str | None,
@@ -407,11 +417,14 @@ _IN_SCOPE: dict[str, tuple[bytes, ...]] = {
 }
 
 
-def serialize(element: etree._Element) -> bytes:
+def serialize(element: etree._Element, *, standalone: bool = False) -> bytes:
     """One element as UTF-8 bytes to write inside an open stream: no XML declaration, no tail.
 
     An element built from a Clark name without an nsmap makes lxml invent a prefix (`<ns0:message>`), which
     many XMPP clients mishandle; such trees are written with default namespace declarations instead.
+    `standalone`: the element must parse on its own (an RFC 7395 §3.3.1 WebSocket message, a stanza in a
+    BOSH body): it keeps its declarations, and an element built without a namespace, which inherits the
+    stream's on TCP, declares jabber:client.
     """
     data = etree.tostring(element, encoding="utf-8", xml_declaration=False, with_tail=False)
     # An invented prefix is declared as xmlns:ns0="…"; one search of the bytes spares the tree walk.
@@ -420,6 +433,11 @@ def serialize(element: etree._Element) -> bytes:
     ):
         element = _with_default_namespaces(element, None)
         data = etree.tostring(element, encoding="utf-8", xml_declaration=False, with_tail=False)
+    if standalone:
+        if element.tag[0] != "{" and None not in element.nsmap:
+            name_end = 1 + len(element.tag.encode())  # b"<" + the name, then a space, "/" or ">"
+            data = b"%s xmlns='%s'%s" % (data[:name_end], ns.CLIENT.encode(), data[name_end:])
+        return data
     # The stream header already declares these two; repeating them on every stanza is noise.
     for declaration in _IN_SCOPE.get(element.tag, ()):
         if data.startswith(declaration, data.index(b" ") if b" " in data[:64] else 0):
