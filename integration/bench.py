@@ -109,6 +109,8 @@ def nitro_config(directory: Path, port: int, plan: Plan, cert: Path, key: Path, 
         "metrics": {"port": metrics_port},  # read after each phase: event-loop lag and GC pauses
         "http": {"enabled": False},  # TCP only: the web transports have their own benchmarks
         "admin": {"socket": "", "pid_file": ""},
+        # like the Prosody it is compared with: no traffic shaping, and thousands of clients from loopback
+        "limits": {"bytes_per_second": 0, "stanzas_per_second": 0, "max_connections_per_address": 0},
     }
     text = "# Written by integration/bench.py for one benchmark run.\n"
     for name, values in sections.items():

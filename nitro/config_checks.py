@@ -45,6 +45,17 @@ def validate(config: Config, source: str) -> None:
         raise ConfigError(f"{source}: [logging].level must be DEBUG, INFO, WARNING or ERROR")
     _validate_observability(config, source)
     _validate_tiers(config, source)
+    _validate_limits(config, source)
+
+
+def _validate_limits(config: Config, source: str) -> None:
+    for entry in config.limits.exempt_addresses:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError as exc:
+            raise ConfigError(
+                f"{source}: [limits].exempt_addresses: {entry!r} is not an address or network"
+            ) from exc
 
 
 def _validate_registration(config: Config, source: str) -> None:

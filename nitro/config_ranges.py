@@ -46,6 +46,16 @@ RANGES: dict[str, dict[str, _Range]] = {
         "resume_timeout": _NOT_NEGATIVE,  # 0: no resumption
         "ack_request_every": _AT_LEAST_ONE,
         "max_unacked": _AT_LEAST_ONE,
+        "max_unacked_bytes": (10_000, None, True),  # one stanza of [c2s].max_stanza_bytes' minimum fits
+        "max_unacked_bytes_total": (10_000, None, True),
+    },
+    "limits": {
+        "bytes_per_second": _NOT_NEGATIVE,  # 0: no byte rate
+        "stanzas_per_second": _NOT_NEGATIVE,  # 0: no stanza rate
+        "burst_seconds": _POSITIVE,
+        "max_connections_per_address": _NOT_NEGATIVE,  # 0: no cap
+        "max_names_before_auth": (32, None, True),  # a login and an in-band registration need some 40
+        "preauth_streams_per_thread": _NOT_NEGATIVE,  # 0: no parsing threads
     },
     "archive": {"retention_days": _NOT_NEGATIVE, "max_page_size": _AT_LEAST_ONE},
     "pep": {

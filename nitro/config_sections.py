@@ -119,6 +119,8 @@ class StreamManagementSection:
     resume_timeout: float = 300.0
     ack_request_every: int = 5
     max_unacked: int = 5000
+    max_unacked_bytes: int = 1024 * 1024  # per session, serialised size of the queued stanzas
+    max_unacked_bytes_total: int = 256 * 1024 * 1024  # all sessions of this process together
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +210,19 @@ class GCSection:
 
 
 @dataclass(frozen=True, slots=True)
+class LimitsSection:
+    """What one client connection may cost (nitro/transports/limits.py; see config/nitro.toml)."""
+
+    bytes_per_second: int = 10_000  # 0: no byte rate
+    stanzas_per_second: float = 50.0  # in cost units (most stanzas cost 1); 0: no stanza rate
+    burst_seconds: float = 2.0
+    max_connections_per_address: int = 100  # 0: no cap
+    exempt_addresses: tuple[str, ...] = ()  # addresses and networks the per-address cap leaves alone
+    max_names_before_auth: int = 256  # distinct XML names an unauthenticated stream may use
+    preauth_streams_per_thread: int = 64  # 0: parse unauthenticated streams on the event loop's thread
+
+
+@dataclass(frozen=True, slots=True)
 class RuntimeSection:
     uvloop: bool = True  # uvloop as the event loop when it is installed; false: asyncio's own
 
@@ -244,6 +259,7 @@ class Config:
     cache: CacheSection = field(default_factory=CacheSection)
     gc: GCSection = field(default_factory=GCSection)
     runtime: RuntimeSection = field(default_factory=RuntimeSection)
+    limits: LimitsSection = field(default_factory=LimitsSection)
     admin: AdminSection = field(default_factory=AdminSection)
     base_dir: Path = Path()
     # The file this configuration was read from (what a reload reads again); not part of equality.

@@ -31,6 +31,7 @@ from nitro.storage.layered import open_storage
 from nitro.storage.tiers import Tiers
 from nitro.storage.timed import timed_storage
 from nitro.transports.http import serve_http
+from nitro.transports.limits import SharedLimits
 from nitro.transports.tcp import connection_factory
 from nitro.transports.tls import make_tls_context
 from nitro.xmpp.errors import StreamError
@@ -72,6 +73,8 @@ class Server:
         self.router = Router(self, self.bus, self.delivery)
         self.negotiations = asyncio.Semaphore(config.c2s.max_negotiating)
         self.auth_throttle = FailureThrottle(config.auth.throttle_failures, config.auth.throttle_window)
+        # connections per address and pre-authentication parsing, shared by every transport
+        self.transport_limits = SharedLimits.of(lambda: self.config)
         self.modules: dict[str, Module] = {}
         self.listeners: list[asyncio.Server] = []
         self._connections: dict[Tracked, asyncio.Task[Any] | None] = {}
@@ -120,7 +123,7 @@ class Server:
     async def start_listeners(self) -> None:
         c2s = self.config.c2s
         loop = asyncio.get_running_loop()
-        accept = connection_factory(self)
+        accept = connection_factory(self, self.transport_limits)
         self.listeners.append(await loop.create_server(accept, c2s.host, c2s.port, backlog=c2s.backlog))
         log.info("c2s (STARTTLS) listening on %s", _addresses(self.listeners[-1]))
         if c2s.direct_tls_port and self.tls_context is not None:
@@ -161,6 +164,7 @@ class Server:
             await module.stop()  # its tasks end while storage is still open
         for module in reversed(list(self.modules.values())):
             module.unload()
+        self.transport_limits.preauth.close()
         for listener in self.listeners:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(listener.wait_closed(), 1.0)

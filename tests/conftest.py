@@ -65,6 +65,9 @@ def make_config(tmp_path: Path, **sections: dict[str, Any]) -> Config:
         "metrics": {"port": 0},
         # Archive tests file messages under fixed dates (2024): no retention sweep unless a test asks.
         "archive": {"retention_days": 0},
+        # shaping stays on (stanzas at the default rate), but bytes fast enough for the tests that send
+        # payloads of a few hundred kB to reach a size limit; tests/test_fair_service.py shapes input
+        "limits": {"bytes_per_second": 1_000_000},
     }
     if ring := os.environ.get("NITRO_TEST_REDIS"):  # run the suite on a ring: space-separated redis URLs
         prefix = f"test{os.getpid()}-{next(_prefixes)}"  # each test its own cluster on the shared ring

@@ -51,10 +51,12 @@ async def raw_login(
 
 
 def plain_config(tmp_path: Path, **c2s: object) -> dict[str, dict[str, object]]:
-    """Plain TCP with PLAIN, and no archive, whose SQLite write per message would pace the flood."""
+    """Plain TCP with PLAIN, and no archive, whose SQLite write per message would pace the flood; no traffic
+    shaping either (these floods are about output; tests/test_fair_service.py shapes input)."""
     return {
         "c2s": {"require_encryption": False, "allow_plain_without_tls": True, **c2s},
         "modules": {"disabled": ["mam"]},
+        "limits": {"bytes_per_second": 0, "stanzas_per_second": 0},
     }
 
 

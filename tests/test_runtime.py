@@ -16,7 +16,8 @@ from test_cli import write_config
 
 from nitro.config import ConfigError, parse_config
 from nitro.server import Server, running_server
-from nitro.transports.tcp import TIMER, ClientConnection
+from nitro.transports.tcp import ClientConnection
+from nitro.transports.tcp_task import TIMER
 
 
 async def test_gc_is_tuned_while_the_server_runs_and_restored_after(tmp_path: Path) -> None:
@@ -88,7 +89,7 @@ def test_connection_timers_survive_uvloops_past_deadlines(tmp_path: Path) -> Non
     server = Server(make_config(tmp_path), None, None)  # type: ignore[arg-type]  # no storage needed here
 
     async def scenario() -> list[object]:
-        connection = ClientConnection(server)
+        connection = ClientConnection(server, server.transport_limits)
         past = time.monotonic() - 1.0
         seen = [await connection.read(past)]  # the timer fires at once
         connection.data_received(b"<presence/>")

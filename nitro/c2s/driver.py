@@ -4,6 +4,10 @@ A transport creates one `ClientStream` per connection (TCP socket, WebSocket, BO
 events, ticks its timer and tells it when the connection is gone. The stream follows the session it drives:
 after `<resume/>` (XEP-0198 §5) that is the older session; when another connection resumes ours, `open`
 turns False and the transport stops.
+
+For operators it logs, at INFO, one line when the connection opens (address, transport), when a resource is
+bound, and when the connection is gone (duration, reason); at DEBUG (logger `nitro.trace`) every element
+read (nitro/observe/trace.py; transports trace what they write).
 """
 
 from __future__ import annotations
@@ -17,8 +21,9 @@ from typing import TYPE_CHECKING
 from nitro.c2s.negotiation import Negotiation
 from nitro.c2s.session import ClientSession
 from nitro.c2s.transport import Transport
+from nitro.observe import trace
 from nitro.xmpp.errors import StreamError
-from nitro.xmpp.xmlstream import StreamEvent
+from nitro.xmpp.xmlstream import StreamClosed, StreamEvent
 
 if TYPE_CHECKING:
     from nitro.core.context import Core
@@ -33,31 +38,29 @@ class ClientStream:
     Until a resource is bound the input goes to the `Negotiation`; then to the bound `ClientSession`.
     """
 
-    __slots__ = ("_admitted", "_negotiation", "_server", "_session", "transport")
+    __slots__ = ("_admitted", "_end_reason", "_opened_at", "_session", "negotiation", "transport")
 
     def __init__(self, server: Core, transport: Transport) -> None:
         self.transport = transport
-        self._server = server
-        self._negotiation: Negotiation | None = Negotiation(server, transport)
+        self.negotiation = Negotiation(server, transport)
         self._session: ClientSession | None = None
         self._admitted = False  # holds one of the server's negotiation slots
-        server.track(self._negotiation)
-
-    @property
-    def negotiation(self) -> Negotiation:
-        """The stream's negotiation, until a session is bound (then it is let go: idle memory)."""
-        assert self._negotiation is not None, "the stream is bound"
-        return self._negotiation
+        self._opened_at = time.monotonic()
+        self._end_reason: str | None = None  # why the connection ends, once known
+        server.track(self.negotiation)
+        self.negotiation.log.info("connected from %s over %s", transport.peer_host, transport.kind)
 
     @property
     def session(self) -> ClientSession | None:
         """The session this connection drives, once bound or resumed."""
         if self._session is None:
-            negotiation = self._negotiation
-            if negotiation is not None and negotiation.bound is not None:
-                self._session = negotiation.bound
-                self._negotiation = None  # done with; its state lives on in the session
+            self._session = self.negotiation.bound
         return self._session
+
+    @property
+    def authenticated(self) -> bool:
+        """The client authenticated (SASL success): its stream is no longer anonymous."""
+        return self.negotiation.authenticated
 
     @property
     def _current(self) -> Negotiation | ClientSession:
@@ -92,22 +95,37 @@ class ClientStream:
     def next_deadline(self) -> float:
         return self._current.next_deadline()
 
+    def note_end(self, reason: str) -> None:
+        """Why the connection ends, as the transport knows it (e.g. a client that stopped reading)."""
+        if self._end_reason is None:
+            self._end_reason = reason
+
     async def receive(self, event: StreamEvent) -> bool:
         """Handle one input event; False once the stream is over (closed, or resumed elsewhere)."""
+        current = self._current
+        bound_before = self.negotiation.bound
+        if trace.enabled():
+            trace.read(current.log.extra, event)
+        if isinstance(event, StreamClosed):
+            self.note_end("the client closed the stream")
         try:
-            if not self._admitted and self.session is None and not self.negotiation.authenticated:
+            if not self._admitted and not self.negotiation.authenticated:
                 await self._admit()
-            await self._current.receive(event)
-            if self._admitted and (self.session is not None or self.negotiation.authenticated):
+            await current.receive(event)
+            if self._admitted and self.negotiation.authenticated:
                 self._release()  # authenticated: the expensive part (TLS, SASL) is over
         except StreamError as error:
             await self.close(error)
         except (ConnectionError, TimeoutError, ssl.SSLError) as exc:
             self.log.info("connection lost: %r", exc)
+            self.note_end(f"connection lost: {exc!r}")
             await self.connection_lost()
         except Exception:
             self.log.exception("internal error; closing the stream")
             await self.close(StreamError("internal-server-error"))
+        bound = self.negotiation.bound
+        if bound is not bound_before and bound is not None and bound.id == self.negotiation.id:
+            bound.log.info("bound %s", bound.jid)  # a resumed session has its own id, and says so
         return self.open
 
     async def _admit(self) -> None:
@@ -119,7 +137,7 @@ class ClientStream:
         remaining = negotiation.negotiation_deadline - time.monotonic()
         try:
             async with asyncio.timeout(max(0.0, remaining)):
-                await self._server.negotiations.acquire()
+                await negotiation.server.negotiations.acquire()
         except TimeoutError:
             raise StreamError("connection-timeout", "stream negotiation took too long") from None
         self._admitted = True
@@ -127,7 +145,7 @@ class ClientStream:
     def _release(self) -> None:
         if self._admitted:
             self._admitted = False
-            self._server.negotiations.release()
+            self.negotiation.server.negotiations.release()
 
     async def tick(self) -> bool:
         """Run the stream's timer work (timeouts, pings, keepalives); False once the stream is over."""
@@ -144,6 +162,8 @@ class ClientStream:
         """Close the stream (the transport's own framing errors come here too), if it is still ours."""
         current = self._current
         self._release()
+        if error is not None:
+            self.note_end(error.described)
         if current.transport is self.transport:
             try:
                 await current.close(error)
@@ -153,13 +173,28 @@ class ClientStream:
     async def connection_lost(self) -> None:
         """The connection is gone: a resumable session detaches and stays tracked, any other ends."""
         current = self._current
-        server = self._server
+        server = self.negotiation.server
         self._release()
+        moved = current.transport is not self.transport and not current.closed
+        closed_by_server = current.closed  # before connection_lost() marks it closed
         try:
             if current.transport is self.transport:
                 await current.connection_lost()
         finally:
-            if self._negotiation is not None:
-                server.untrack(self._negotiation)
+            server.untrack(self.negotiation)
             if current.closed:
                 server.untrack(current)
+            if self._opened_at:
+                self._opened_at, opened_at = 0.0, self._opened_at
+                reason = self._end_reason or _closed_by_server(current, moved, closed_by_server)
+                self.log.info("disconnected after %.1f s: %s", time.monotonic() - opened_at, reason)
+
+
+def _closed_by_server(current: Negotiation | ClientSession, moved: bool, closed: bool) -> str:
+    if moved:
+        return "the session was resumed on another connection"
+    if current.closed_with is not None:
+        return current.closed_with
+    if closed:
+        return "the server closed the stream"
+    return "the client closed the connection"

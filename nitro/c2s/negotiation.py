@@ -60,6 +60,7 @@ class Negotiation:
         self.jid = JID(None, self.domain, None)  # the domain, then the user's bare JID
         self.slots = SlotValues(self)  # module state of an unbound stream (in-band registration)
         self.bound: ClientSession | None = None  # the session bound or resumed on this stream
+        self.closed_with: str | None = None  # the stream error this stream was closed with, for the log
         self._auth: Authenticator | None = None
         self._auth_failures = 0
         self.negotiation_deadline = time.monotonic() + self.config.negotiation_timeout
@@ -346,6 +347,7 @@ class Negotiation:
         if self.closed:
             return
         if error is not None:
+            self.closed_with = error.described  # not the exception: its traceback
             self.log.info("closing with <%s/>: %s", error.condition, error.text)
             if not self.header_sent:
                 self.transport.open_stream(StreamHeader(from_=self.domain, id=None))

@@ -72,6 +72,7 @@ class ClientSession(ResourceState, Keepalive):
         self.sm: SmState | None = None  # Stream Management (XEP-0198), once enabled
         self.resumed: ClientSession | None = None  # set when this stream resumed that session (XEP-0198 §5)
         self._ending = False  # a close is scheduled (too many unacknowledged stanzas)
+        self.closed_with: str | None = None  # the stream error the session was closed with, for the log
 
     def as_session(self) -> Session:
         return self
@@ -307,6 +308,13 @@ class ClientSession(ResourceState, Keepalive):
                         f"more than {settings.max_unacked} stanzas unacknowledged (XEP-0198 §4)",
                     )
                 )
+            elif sm.unacked_bytes > settings.max_unacked_bytes:
+                self._end_soon(
+                    StreamError(
+                        "policy-violation",
+                        f"more than {settings.max_unacked_bytes} bytes unacknowledged (XEP-0198 §4)",
+                    )
+                )
             self.transport.send(element)
             if self.state is State.ESTABLISHED and sm.request_due(settings.ack_request_every):
                 self.transport.send(ack_request())
@@ -329,6 +337,7 @@ class ClientSession(ResourceState, Keepalive):
         if self.closed:
             return
         if error is not None:
+            self.closed_with = error.described  # not the exception: its traceback
             self.log.info("closing with <%s/>: %s", error.condition, error.text)
         if self.state is State.DETACHED:
             await self._finish()

@@ -18,9 +18,9 @@ from nitro.core.router import StanzaEvent
 from nitro.modules.mam import MAM_QUERIED
 from nitro.modules.mam_archive import SID
 from nitro.modules.message import DELIVERY_PRIORITY, deliver_to_bare
-from nitro.xmpp.errors import StanzaError, error_reply
+from nitro.xmpp.errors import StanzaError, StreamError, error_reply
 from nitro.xmpp.jid import JID, InvalidJID
-from nitro.xmpp.sm import SM
+from nitro.xmpp.sm import SM, QueueBudget
 from nitro.xmpp.stanza import child
 
 if TYPE_CHECKING:
@@ -46,6 +46,26 @@ def load(module: Module) -> None:
     server = module.server
     resumable: dict[str, Session] = {}  # resumption id → session, attached or detached
     expiries: dict[str, asyncio.Task[None]] = {}  # resumption id → the timer of a detached session
+    # §4 leaves the bound of the queue to the server: per session (nitro/c2s/session.py) and, here, for
+    # all sessions together, past which the one holding the most is closed
+    budget = QueueBudget(lambda: server.config.stream_management.max_unacked_bytes_total)
+
+    def join_budget(session: Session) -> None:
+        sm = session.sm
+        if sm is None or sm.budget is not None:
+            return
+
+        def cut() -> None:
+            total = server.config.stream_management.max_unacked_bytes_total
+            session.log.warning(
+                "%d bytes unacknowledged, the most of any session: closing it", sm.unacked_bytes
+            )
+            error = StreamError(
+                "resource-constraint", f"unacknowledged stanzas of all sessions passed {total} bytes"
+            )
+            server.spawn(session.close(error))
+
+        budget.join(sm, cut)
 
     async def features(event: StreamFeaturesEvent) -> None:
         """§2: offered once the client is authenticated (to enable after binding, or to resume)."""
@@ -53,6 +73,7 @@ def load(module: Module) -> None:
             child(event.features, SM, "sm")
 
     async def enabled(event: SessionEvent) -> bool:
+        join_budget(event.session)
         sm = event.session.sm
         if sm is not None and sm.resumable:
             resumable[sm.id] = event.session
@@ -82,6 +103,7 @@ def load(module: Module) -> None:
 
     async def resumed(event: SessionEvent) -> None:
         assert event.session.sm is not None
+        join_budget(event.session)  # a session restored from another process joins here
         _cancel(event.session.sm.id)
 
     def _cancel(token: str) -> None:

@@ -29,7 +29,17 @@ log = logging.getLogger(__name__)
 TlsFactory = Callable[[Config], ssl.SSLContext | None]
 
 # Sections taken from the new file as they are (their readers look at `server.config` when they act).
-RELOADED = ("tls", "auth", "registration", "offline", "stream_management", "archive", "vcard", "logging")
+RELOADED = (
+    "tls",
+    "auth",
+    "registration",
+    "offline",
+    "stream_management",
+    "archive",
+    "vcard",
+    "logging",
+    "limits",
+)
 # Sections and keys that keep their running values: sockets, storage and caches are opened once.
 RESTART_ONLY = ("storage", "pep", "metrics", "redis", "cache", "gc", "runtime", "admin")
 C2S_RESTART_ONLY = ("host", "port", "direct_tls_port", "backlog")  # the rest applies to new connections

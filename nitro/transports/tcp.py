@@ -1,6 +1,7 @@
 """The TCP transport (STARTTLS and Direct TLS): an asyncio Protocol that parses the XML stream into elements
 for the c2s stream, serialises what the stream sends, one socket write per loop turn, and runs the stream's
-timers on one handle.
+timers on one handle. It applies the shared limits (nitro/transports/limits.py): connections per address,
+traffic shaping by pausing reads, and parsing before authentication on a thread of its own.
 """
 
 from __future__ import annotations
@@ -8,15 +9,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import ssl
-import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Final, cast
+from typing import TYPE_CHECKING, cast
 
 from lxml import etree
 
 from nitro.c2s.driver import ClientStream
 from nitro.c2s.transport import StreamHeader
+from nitro.observe import trace
+from nitro.transports.deadline import Deadline
+from nitro.transports.limits import AddressSlot, Shaper, SharedLimits, too_many_connections
+from nitro.transports.tcp_task import TIMER, StreamInput, serve_client
 from nitro.xmpp.errors import StreamError
 from nitro.xmpp.xmlstream import STREAM_FOOTER, XMLStreamParser, serialize, stream_header
 
@@ -28,7 +31,6 @@ log = logging.getLogger(__name__)
 MAX_INPUT_BUFFER = 128 * 1024  # unread input past this pauses reading from the socket
 MAX_WRITE_BUFFER = 8 * 1024 * 1024  # a client that stops reading is cut off past this
 LINGER = 2.0  # seconds a closed stream keeps reading, waiting for the peer to close its side
-TIMER: Final = object()  # what `ClientConnection.read` returns when the session's deadline has passed
 
 
 class ClientConnection(asyncio.Protocol):
@@ -42,49 +44,61 @@ class ClientConnection(asyncio.Protocol):
     Output: `write` only queues; one `transport.write` per loop turn sends everything queued, so a fan-out
     of many stanzas to one client costs one system call. A client that leaves the socket's send buffer
     full for write_timeout seconds, or lets MAX_WRITE_BUFFER bytes pile up, is cut off.
-    Timers: one `call_at` handle, moved only when the session's deadline comes earlier; when it fires
-    early (the deadline moved later) it re-arms itself instead of waking the task.
+    Timers: one `Deadline` (nitro/transports/deadline.py) for the stream's timer work, one for writes.
+    Limits: a connection past `[limits].max_connections_per_address` gets `<policy-violation/>` at once;
+    what is read is shaped and parsed by `incoming` (nitro/transports/tcp_task.py).
     """
 
     __slots__ = (
         "_closed",
-        "_deadline",
         "_eof",
         "_flush_handle",
         "_inbox",
         "_inbox_bytes",
+        "_input_held",
+        "_limits",
         "_loop",
         "_out",
         "_out_bytes",
         "_read_paused",
-        "_restarted",
         "_server",
+        "_slot",
+        "_stream",
         "_task",
         "_timer",
-        "_timer_at",
-        "_timer_due",
+        "_tls_started",
         "_waiter",
         "_write_paused",
         "_write_timeout",
         "_write_timer",
         "closing",
         "encrypted",
+        "incoming",
         "kind",
-        "parser",
         "peer_host",
+        "refused",
         "transport",
     )
 
-    def __init__(self, server: Core) -> None:
+    def __init__(self, server: Core, limits: SharedLimits) -> None:
         self._server = server
+        self._limits = limits
         self._loop = asyncio.get_running_loop()
         self._write_timeout = server.config.c2s.write_timeout
         self.transport: asyncio.Transport | None = None
         self.peer_host = "local"
         self.encrypted = False
         self.kind = "tcp"
-        self.parser = XMLStreamParser(max_stanza_bytes=server.config.c2s.max_stanza_bytes)
-        self._restarted = False
+        parser = XMLStreamParser(
+            max_stanza_bytes=server.config.c2s.max_stanza_bytes,
+            max_names=server.config.limits.max_names_before_auth,
+        )
+        self.incoming = StreamInput(parser, Shaper(server.config.limits), None)
+        self.refused: StreamError | None = None  # the connection is one too many from its address
+        self._slot: AddressSlot | None = None
+        self._stream: ClientStream | None = None
+        self._input_held = False
+        self._tls_started = False  # STARTTLS upgraded the socket; the stream's restart is next
         self.closing = False
         self._inbox: list[bytes] = []
         self._inbox_bytes = 0
@@ -97,10 +111,7 @@ class ClientConnection(asyncio.Protocol):
         self._read_paused = False
         self._write_paused = False
         self._write_timer: asyncio.Handle | None = None
-        self._deadline = 0.0
-        self._timer: asyncio.Handle | None = None
-        self._timer_at = 0.0
-        self._timer_due = False
+        self._timer = Deadline(self._loop, self._wake)
         self._task: asyncio.Task[None] | None = None
 
     # -- asyncio.Protocol -------------------------------------------------------------------------------
@@ -112,6 +123,11 @@ class ClientConnection(asyncio.Protocol):
         self.peer_host = str(peer[0]) if isinstance(peer, tuple) else "local"
         self.encrypted = transport.get_extra_info("sslcontext") is not None
         self.kind = "tls" if self.encrypted else "tcp"
+        self._slot = self._limits.addresses.acquire(self.peer_host)
+        if self._slot is None:
+            self.refused = too_many_connections(self._server.config.limits.max_connections_per_address)
+        else:
+            self.incoming.lane = self._limits.preauth.lane()
         self._task = self._loop.create_task(serve_client(self._server, self))
         self._server.connection_task(self._task)
 
@@ -133,6 +149,8 @@ class ClientConnection(asyncio.Protocol):
         self._eof = True
         self._out.clear()
         self._cancel_timers()
+        if self._slot is not None:
+            self._slot.release()
         if not self._closed.done():
             self._closed.set_result(None)
         self._wake()
@@ -154,6 +172,10 @@ class ClientConnection(asyncio.Protocol):
     # -- the stream's Transport -----------------------------------------------------------------------------
 
     @property
+    def parser(self) -> XMLStreamParser:
+        return self.incoming.parser
+
+    @property
     def can_starttls(self) -> bool:
         return not self.encrypted and self._server.tls_context is not None
 
@@ -161,51 +183,52 @@ class ClientConnection(asyncio.Protocol):
         self.write(stream_header(from_=header.from_, to=header.to, id=header.id, lang=header.lang))
 
     def send(self, element: etree._Element) -> None:
+        if self._stream is not None and trace.enabled():
+            trace.written(self._stream.log.extra, element)
         self.write(serialize(element))
 
     def send_keepalive(self) -> None:
         self.write(b" ")  # RFC 6120 §4.6.1
 
     def restart(self) -> None:
-        """A new stream on this connection: what was read after the restarting element belonged to the old
-        one (and after STARTTLS, to the clear text), so it is dropped."""
-        self.parser.reset()
-        self._restarted = True
+        """What the client sent after the restarting element belongs to the old stream, also what still waits
+        unread (a shaped read takes part of it): dropped. After STARTTLS that was done before the handshake
+        (`start_tls`); what waits now came over TLS."""
+        self.incoming.restart(self._stream is not None and self._stream.authenticated)
+        if self._tls_started:
+            self._tls_started = False
+        else:
+            self._drop_unread()
 
     def close_stream(self, error: StreamError | None) -> None:
         if error is not None:
-            self.write(serialize(error.to_element()))
+            self.send(error.to_element())
         self.write(STREAM_FOOTER)
         self.close()
 
-    async def feed(self, stream: ClientStream, data: bytes) -> None:
-        """Parse `data` and hand each event to the stream, stopping at a restart or the stream's end."""
-        self._restarted = False
-        stream.activity()
-        try:
-            events = self.parser.feed(data)
-        except StreamError as error:  # not-well-formed, restricted XML, too big (RFC 6120 §4.9.3)
-            await stream.close(error)
-            return
-        for event in events:
-            if not await stream.receive(event) or self._restarted or self.closing:
-                return
+    def attach(self, stream: ClientStream) -> None:
+        """The stream this connection carries (its session's log names what the connection logs)."""
+        self._stream = stream
 
-    def next_deadline(self, stream: ClientStream, release_after: float) -> float:
-        """The stream's deadline, or earlier the moment an idle parser may be freed."""
-        deadline = stream.next_deadline()
-        if self.parser.release_due and stream.established:
-            return min(deadline, stream.last_read + release_after)
-        return deadline
+    async def sleep_until(self, when: float) -> bool:
+        self._timer.set(when)
+        while not self._timer.due:
+            if self.closing:
+                return False
+            self._waiter = self._loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        self._timer.consume()
+        return True
 
-    def release_idle_parser(self, stream: ClientStream, release_after: float) -> None:
-        """Free the parser of an idle session (kept if input stopped mid-stanza)."""
-        if (
-            self.parser.release_due
-            and stream.established
-            and time.monotonic() >= stream.last_read + release_after
-        ):
-            self.parser.release()
+    def hold_input(self, held: bool) -> None:
+        self._input_held = held
+        if held:
+            self._pause_reading()
+        else:
+            self._maybe_resume_reading()
 
     def write(self, data: bytes) -> None:
         """Queue `data`; everything queued in this loop turn goes out in one socket write."""
@@ -229,8 +252,7 @@ class ClientConnection(asyncio.Protocol):
         self._out_bytes = 0
         transport.write(data)
         if transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
-            log.warning("%s is not reading; dropping the connection", self.peer_host)
-            transport.abort()
+            self._cut_off(f"{MAX_WRITE_BUFFER} bytes unread")
 
     async def start_tls(self) -> None:
         """Send what is queued (the `<proceed/>`) in the clear, then upgrade the socket (RFC 6120 §5.4)."""
@@ -239,6 +261,8 @@ class ClientConnection(asyncio.Protocol):
         assert self.transport is not None
         self.flush()
         await self._writable(self._write_timeout)
+        self._drop_unread()  # RFC 6120 §5.4.3.3: clear text sent after <starttls/> is not the new stream
+        self._tls_started = True
         self.transport = await self._loop.start_tls(
             self.transport,
             self,
@@ -260,14 +284,14 @@ class ClientConnection(asyncio.Protocol):
 
     # -- the connection task's side ------------------------------------------------------------------------
 
-    async def read(self, deadline: float) -> bytes | object:
-        """The input received so far; b"" at the end of input or once closing; TIMER past `deadline`."""
-        self._set_deadline(deadline)
+    async def read(self, deadline: float, limit: int | None = None) -> bytes | object:
+        """The input received so far (at most `limit` bytes; the rest waits for the next read); b"" at the
+        end of input or once closing; TIMER past `deadline`."""
+        self._timer.set(deadline)
         while not self._inbox:
             if self._eof or self.closing:
                 return b""
-            if self._timer_due:
-                self._timer_due = False
+            if self._timer.consume():
                 return TIMER
             self._waiter = self._loop.create_future()
             try:
@@ -276,13 +300,17 @@ class ClientConnection(asyncio.Protocol):
                 self._waiter = None
         data = self._inbox[0] if len(self._inbox) == 1 else b"".join(self._inbox)
         self._inbox.clear()
-        self._inbox_bytes = 0
+        if limit is not None and len(data) > limit:
+            data, rest = data[:limit], data[limit:]
+            self._inbox.append(rest)
+        self._inbox_bytes = len(self._inbox[0]) if self._inbox else 0
         self._maybe_resume_reading()
         return data
 
     async def finish(self) -> None:
         """Flush, read and discard until the peer closes (at most LINGER seconds), then close."""
         self.closing = True
+        self.incoming.close()
         self.flush()
         try:
             with contextlib.suppress(TimeoutError):
@@ -295,6 +323,7 @@ class ClientConnection(asyncio.Protocol):
                     await asyncio.shield(self._closed)
         finally:
             self._cancel_timers()
+            self._stream = None  # no cycle through the stream: the connection and its parser go at once
             if self.transport is not None:
                 self.transport.close()
         with contextlib.suppress(TimeoutError):
@@ -322,70 +351,43 @@ class ClientConnection(asyncio.Protocol):
             self.transport.pause_reading()
 
     def _maybe_resume_reading(self) -> None:
-        if self._read_paused and not self._write_paused and self._inbox_bytes <= MAX_INPUT_BUFFER:
+        if (
+            self._read_paused
+            and not self._write_paused
+            and not self._input_held
+            and self._inbox_bytes <= MAX_INPUT_BUFFER
+        ):
             self._read_paused = False
             if self.transport is not None and not self.transport.is_closing():
                 self.transport.resume_reading()
 
     def _write_timed_out(self) -> None:
         self._write_timer = None
-        log.info("%s read nothing for %.1f s; dropping the connection", self.peer_host, self._write_timeout)
+        self._cut_off(f"nothing read for {self._write_timeout:.1f} s")
+
+    def _drop_unread(self) -> None:
+        self._inbox.clear()
+        self._inbox_bytes = 0
+        self._maybe_resume_reading()
+
+    def _cut_off(self, why: str) -> None:
+        """Drop a client that does not read what we write, logged under its own session (this runs in the
+        task of whoever wrote last, whose session the log context would otherwise name)."""
+        stream = self._stream
+        logger = stream.log if stream is not None else log
+        logger.warning("%s is not reading (%s); dropping the connection", self.peer_host, why)
+        if stream is not None:
+            stream.note_end(f"not reading: {why}")
         if self.transport is not None:
             self.transport.abort()
 
-    def _set_deadline(self, deadline: float) -> None:
-        self._deadline = deadline
-        if self._timer is None or self._timer_at > deadline:
-            self._arm(deadline)
-
-    def _arm(self, deadline: float) -> None:
-        # uvloop turns a call_at in the past into a plain Handle without when(): the time is kept here
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer_at = deadline
-        self._timer = self._loop.call_at(self._loop_time(deadline), self._on_timer)
-
-    def _on_timer(self) -> None:
-        self._timer = None
-        if time.monotonic() >= self._deadline:
-            self._timer_due = True
-            self._wake()
-        else:  # the deadline moved later since the timer was set: just follow it
-            self._arm(self._deadline)
-
-    def _loop_time(self, monotonic: float) -> float:
-        """The session keeps time.monotonic(); asyncio's clock may differ by an offset."""
-        return monotonic - time.monotonic() + self._loop.time()
-
     def _cancel_timers(self) -> None:
-        for timer in (self._timer, self._write_timer):
-            if timer is not None:
-                timer.cancel()
-        self._timer = self._write_timer = None
+        self._timer.cancel()
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
 
 
-def connection_factory(server: Core) -> Callable[[], ClientConnection]:
+def connection_factory(server: Core, limits: SharedLimits) -> Callable[[], ClientConnection]:
     """The protocol factory for `loop.create_server`: each connection runs `serve_client` in its own task."""
-    return lambda: ClientConnection(server)
-
-
-async def serve_client(server: Core, connection: ClientConnection) -> None:
-    """Run one connection to its end: read, parse, hand events to the stream, run its timer."""
-    stream = ClientStream(server, connection)
-    release_after = server.config.c2s.release_parser_after
-    try:
-        while stream.open and not connection.closing:
-            data = await connection.read(connection.next_deadline(stream, release_after))
-            if data is TIMER:
-                connection.release_idle_parser(stream, release_after)
-                await stream.tick()
-                continue
-            if not data or not stream.open:
-                break  # the end, or the stream was closed (or resumed elsewhere) while we waited
-            assert isinstance(data, bytes)
-            await connection.feed(stream, data)
-    except (ConnectionError, TimeoutError, ssl.SSLError) as exc:
-        stream.log.info("connection lost: %r", exc)
-    finally:
-        await stream.connection_lost()
-        await connection.finish()
+    return lambda: ClientConnection(server, limits)

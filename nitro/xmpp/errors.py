@@ -100,6 +100,11 @@ class StreamError(Exception):
         self.condition: StreamCondition = condition
         self.text = text
 
+    @property
+    def described(self) -> str:
+        """The condition and text, as logs show them."""
+        return f"<{self.condition}/> {self.text}" if self.text else f"<{self.condition}/>"
+
     def to_element(self) -> etree._Element:
         error = etree.Element(f"{{{ns.STREAM}}}error", nsmap={"stream": ns.STREAM})
         etree.SubElement(error, f"{{{ns.STREAM_ERRORS}}}{self.condition}", nsmap=default_ns(ns.STREAM_ERRORS))

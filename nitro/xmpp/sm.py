@@ -9,6 +9,7 @@ import datetime
 import math
 import secrets
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,7 +53,8 @@ class SmState:
     process): the §4 counters and queue, the §5 token, and the session as it was when it lost its connection.
 
     `unacked` holds the last `len(unacked)` stanzas counted in `h_out`, oldest first, as copies of what was
-    sent (a transport of any kind writes them again on resume).
+    sent (a transport of any kind writes them again on resume); `unacked_bytes` is their serialised size,
+    measured once when queued, and counts in the process-wide `budget` once the session has joined one.
     The session fields (`jid` to `directed_to`) and `resume_deadline` are filled when the session detaches.
     """
 
@@ -68,6 +70,9 @@ class SmState:
     interested: bool = False
     directed_to: tuple[str, ...] = ()
     resume_deadline: float | None = None  # wall-clock time (time.time()) the resumption window closes
+    unacked_sizes: deque[int] = field(default_factory=deque)  # the serialised size of each queued stanza
+    unacked_bytes: int = 0
+    budget: QueueBudget | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def start(cls, *, resume: bool, resume_timeout: float) -> SmState:
@@ -105,6 +110,22 @@ class SmState:
         if delay_from is not None and etree.QName(kept).localname in _STAMPED and kept.find(_DELAY) is None:
             add_delay(kept, datetime.datetime.now(datetime.UTC), delay_from)
         self.unacked.append(kept)
+        self._queued(len(etree.tostring(kept)))
+
+    def _queued(self, size: int) -> None:
+        self.unacked_sizes.append(size)
+        self.unacked_bytes += size
+        if self.budget is not None:
+            self.budget.changed(self, size)
+
+    def _released(self, count: int) -> None:
+        size = 0
+        for _ in range(count):
+            self.unacked.popleft()
+            size += self.unacked_sizes.popleft()
+        self.unacked_bytes -= size
+        if self.budget is not None and size:
+            self.budget.changed(self, -size)
 
     def request_due(self, every: int) -> bool:
         """Whether to send `<r/>` now: `every` stanzas await an ack and no request is outstanding."""
@@ -128,15 +149,17 @@ class SmState:
                     "undefined-condition", f"acknowledgement went back from {acked} to {h} (XEP-0198 §4)"
                 )
             raise HandledCountTooHigh(h, self.h_out)
-        for _ in range(newly):
-            self.unacked.popleft()
+        self._released(newly)
         self.ack_requested = False
         return newly
 
     def take_unacked(self) -> list[etree._Element]:
-        """Empty the queue (the session ends without resumption) and return what it held, oldest first."""
+        """Empty the queue (the session ends without resumption) and return what it held, oldest first; the
+        session leaves its budget."""
         stanzas = list(self.unacked)
-        self.unacked.clear()
+        self._released(len(stanzas))
+        if self.budget is not None:
+            self.budget.leave(self)
         return stanzas
 
     def to_dict(self) -> dict[str, Any]:
@@ -160,12 +183,16 @@ class SmState:
     def from_dict(cls, data: dict[str, Any]) -> SmState:
         presence = data.get("presence")
         deadline = data.get("resume_deadline")
+        unacked = [parse_stanza(str(item).encode()) for item in data["unacked"]]
+        sizes = [len(etree.tostring(stanza)) for stanza in unacked]
         return cls(
             id=str(data["id"]),
             resume_timeout=float(data["resume_timeout"]),
             h_in=int(data["h_in"]) % MAX_SEQ,
             h_out=int(data["h_out"]) % MAX_SEQ,
-            unacked=deque(parse_stanza(str(item).encode()) for item in data["unacked"]),
+            unacked=deque(unacked),
+            unacked_sizes=deque(sizes),
+            unacked_bytes=sum(sizes),
             ack_requested=bool(data.get("ack_requested", False)),
             jid=str(data.get("jid", "")),
             priority=int(data.get("priority", 0)),
@@ -174,6 +201,48 @@ class SmState:
             directed_to=tuple(str(jid) for jid in data.get("directed_to", ())),
             resume_deadline=None if deadline is None else float(deadline),
         )
+
+
+class QueueBudget:
+    """The bytes every stream-managed session of this process holds unacknowledged, against `limit()`
+    (`[stream_management].max_unacked_bytes_total`). Past it, the session holding the most is `cut` (once):
+    its owner closes it with `<resource-constraint/>` and its stanzas go where §4 sends them."""
+
+    def __init__(self, limit: Callable[[], int]) -> None:
+        self._limit = limit
+        self.total = 0
+        self._members: dict[int, tuple[SmState, Callable[[], None]]] = {}
+        self._cut: set[int] = set()
+
+    def join(self, state: SmState, cut: Callable[[], None]) -> None:
+        """Count `state`'s queue from now on; `cut` closes its session (from a synchronous path)."""
+        if state.budget is self:
+            return
+        state.budget = self
+        self._members[id(state)] = (state, cut)
+        self.changed(state, state.unacked_bytes)
+
+    def leave(self, state: SmState) -> None:
+        if self._members.pop(id(state), None) is not None:
+            self._cut.discard(id(state))
+            self.total -= state.unacked_bytes
+        state.budget = None
+
+    def changed(self, state: SmState, delta: int) -> None:
+        self.total += delta
+        if delta > 0 and self.total > self._limit():
+            self._overflow()
+
+    def _overflow(self) -> None:
+        limit = self._limit()
+        being_cut = sum(self._members[key][0].unacked_bytes for key in self._cut)
+        if self.total - being_cut <= limit:
+            return  # the sessions already being closed will bring it back under
+        candidates = [member for key, member in self._members.items() if key not in self._cut]
+        if candidates:
+            state, cut = max(candidates, key=lambda member: member[0].unacked_bytes)
+            self._cut.add(id(state))
+            cut()
 
 
 def is_stanza(node: etree._Element) -> bool:

@@ -5,6 +5,7 @@ Wraps lxml's incremental parser and closes the holes it leaves open to a hostile
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import re
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from nitro.xmpp.ns import default_ns
 
 __all__ = [
     "STREAM_FOOTER",
+    "NameBudget",
     "StanzaReceived",
     "StreamClosed",
     "StreamEvent",
@@ -41,6 +43,9 @@ _INVENTED_PREFIX: Final = re.compile(r"ns\d+")
 # The stream's bytes from its last '<' are kept (up to _TAIL_MAX) to tell whether input stopped between
 # two top-level elements: then they are one complete end tag or empty-element tag, and whitespace.
 _TAIL_MAX: Final = 4096
+_EVENTS: Final = ("start", "end", "comment", "pi")
+_COUNTED_EVENTS: Final = ("start-ns", *_EVENTS)  # namespace declarations name their prefix
+_NAME_CHUNK: Final = 64  # characters of a name that count as one name
 _ENDS_ELEMENT: Final = re.compile(
     rb"""(?:</[^\s>]+\s*>|<[^\s/>'"]+(?:\s+[^\s=/>]+\s*=\s*(?:'[^']*'|"[^"]*"))*\s*/>)[ \t\r\n]*"""
 )  # what lxml names a namespace that has no prefix
@@ -85,6 +90,34 @@ class StreamClosed:
 StreamEvent = StreamOpened | StanzaReceived | StreamClosed
 
 
+class NameBudget:
+    """The distinct names a stream has made lxml intern (issue 11 item 1): element and attribute local names
+    and namespace prefixes, which the parser keeps in a dictionary of its thread that never shrinks. Past
+    `limit`, `<policy-violation/>` (RFC 6120 §4.9.3.14, a local policy like the stanza size limit)."""
+
+    __slots__ = ("_seen", "limit", "used")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._seen: set[str] = set()
+
+    def add(self, name: str) -> None:
+        if name not in self._seen:
+            self._seen.add(name)
+            self.used += 1 + len(name) // _NAME_CHUNK
+            if self.used > self.limit:
+                raise StreamError(
+                    "policy-violation", f"more than {self.limit} distinct XML names in this stream"
+                )
+
+    def element(self, element: etree._Element) -> None:
+        add = self.add
+        add(element.tag.rpartition("}")[2])
+        for key in element.attrib:
+            add(str(key).rpartition("}")[2])
+
+
 class XMLStreamParser:
     """Turns the bytes of one inbound XML stream into `StreamEvent`s; raises `StreamError` when they break it.
 
@@ -98,28 +131,32 @@ class XMLStreamParser:
         content_namespaces: frozenset[str] = frozenset({ns.CLIENT}),
         max_stanza_bytes: int = 262144,
         max_depth: int = 64,
+        max_names: int | None = None,
     ) -> None:
         self._content_namespaces = content_namespaces
         self._max_stanza_bytes = max_stanza_bytes
         self._max_depth = max_depth
+        # Distinct names (element and attribute local names, namespace prefixes) one stream may use, each 64
+        # characters of a name counting as one more; None: no cap. Takes effect at the next `reset`.
+        self.max_names = max_names
         self.reset()
 
     def reset(self) -> None:
         """Drop all state and buffered bytes; expect a new stream header (RFC 6120 §5.4.3.3, §6.4.6)."""
+        self._names: NameBudget | None = None if self.max_names is None else NameBudget(self.max_names)
         self._parser: etree.XMLPullParser | None = self._new_parser()
         self._root: etree._Element | None = None
         self._depth = 0  # open elements, the stream element included
         self._pending = 0  # bytes fed since the stream header or the last top-level element was complete
         self._prolog: bytearray | None = bytearray()  # the raw bytes until the stream element starts
-        self._error: StreamError | None = None
+        self._error: StreamError | None = None  # raised again by each later feed
         self._tail: bytes | None = b""  # the input from its last '<' on; None if longer than _TAIL_MAX
         self._resume: bytes | None = None  # while released: the stream header that recreates the parser
         self.release_due = False  # bytes came since the parser was last kept or recreated
 
-    @staticmethod
-    def _new_parser() -> etree.XMLPullParser:
+    def _new_parser(self) -> etree.XMLPullParser:
         return etree.XMLPullParser(
-            events=("start", "end", "comment", "pi"),
+            events=_COUNTED_EVENTS if self._names is not None else _EVENTS,
             encoding="utf-8",  # RFC 6120 §11.6; a declaration claiming otherwise is refused in _check_prolog
             resolve_entities=False,
             no_network=True,
@@ -154,6 +191,24 @@ class XMLStreamParser:
         self._root = None
         self._pending = 0
         return True
+
+    def dispose(self) -> None:
+        """The stream is over: free lxml's parser and the stream tree now (feeding again is an error)."""
+        parser, self._parser = self._parser, None
+        self._root = None
+        if parser is not None:
+            # lxml's parser, its unread events, their elements and the elements' document (which refers to
+            # the parser) form a cycle: dropped as they are, they wait for the garbage collector with what
+            # an unfinished element holds (a start tag of thousands of attributes: a megabyte). Ending
+            # the parse, then reading the events that leaves, lets them all go now.
+            with contextlib.suppress(etree.XMLSyntaxError):
+                parser.close()
+            for _event in parser.read_events():
+                pass
+        self._prolog = None
+        self._resume = None
+        # a new error: the first one's traceback holds this parser's frames, a cycle of its own
+        self._error = StreamError("undefined-condition", "the stream is over")
 
     @property
     def released(self) -> bool:
@@ -245,6 +300,8 @@ class XMLStreamParser:
         for event in self._parser.read_events():
             match event:
                 case ("start", element):
+                    if self._names is not None:
+                        self._names.element(element)
                     self._depth += 1
                     if self._depth == 1:
                         events.append(self._open(element))
@@ -259,6 +316,9 @@ class XMLStreamParser:
                         self._pending = 0
                     elif self._depth == 0:
                         events.append(StreamClosed())
+                case ("start-ns", (str() as prefix, _uri)):
+                    assert self._names is not None
+                    self._names.add(prefix)
                 case (kind, _):  # RFC 6120 §11.1
                     found = "a processing instruction" if kind == "pi" else "a comment"
                     raise StreamError("restricted-xml", f"{found} in the stream")
