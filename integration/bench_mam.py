@@ -26,7 +26,7 @@ from sqlalchemy import insert
 
 from nitro.accounts import create_account
 from nitro.config import Config, parse_config
-from nitro.modules.mam import new_archive_id
+from nitro.modules.mam_archive import new_archive_id
 from nitro.server import running_server
 from nitro.storage.models import ArchiveQuery
 from nitro.storage.protocols import ArchiveStore

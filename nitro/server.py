@@ -158,6 +158,8 @@ class Server:
             task.cancel()
         await asyncio.gather(*leftovers, return_exceptions=True)
         for module in reversed(list(self.modules.values())):
+            await module.stop()  # its tasks end while storage is still open
+        for module in reversed(list(self.modules.values())):
             module.unload()
         for listener in self.listeners:
             with contextlib.suppress(Exception):

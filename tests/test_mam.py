@@ -27,7 +27,7 @@ from sqlalchemy import insert
 from test_message import roundtrip, session_of
 
 from nitro.config import ArchiveSection
-from nitro.modules.mam import new_archive_id
+from nitro.modules.mam_archive import new_archive_id
 from nitro.server import Server, running_server
 from nitro.storage.models import ArchiveQuery
 from nitro.storage.schema import archive_messages

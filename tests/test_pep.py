@@ -17,7 +17,7 @@ from conftest import DOMAIN, Clients, wait_for
 from lxml import etree
 from slixmpp.exceptions import IqError
 
-from nitro.modules.pep import interests
+from nitro.modules.pep_interests import interests
 from nitro.server import Server
 from nitro.storage.models import RosterItem
 from nitro.xmpp.jid import JID

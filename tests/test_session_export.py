@@ -11,7 +11,7 @@ from test_stream_management import managed
 
 from nitro.c2s.session import ClientSession
 from nitro.modules.csi import HOLDER
-from nitro.modules.pep import INTERESTS
+from nitro.modules.pep_interests import INTERESTS
 from nitro.server import Server
 from nitro.xmpp.jid import JID
 

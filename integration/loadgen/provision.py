@@ -9,8 +9,9 @@ from sqlalchemy import insert, select
 from integration.loadgen.accounts import ITERATIONS, PASSWORD, SALT, contacts
 from nitro.storage import RosterItem, Storage
 from nitro.storage.schema import accounts, roster_items, roster_versions, scram_credentials
-from nitro.storage.sql import _item_row, create_engine, open_sql_storage, upgrade_schema
+from nitro.storage.sql import create_engine, open_sql_storage, upgrade_schema
 from nitro.storage.sql_base import WRITE
+from nitro.storage.sql_roster import item_row
 from nitro.xmpp.sasl.credentials import HashName, ScramCredential, derive_credential
 
 BATCH = 5000
@@ -90,7 +91,7 @@ async def provision_bulk(
             items = [
                 {
                     "account_id": account_ids[index],
-                    **_item_row(RosterItem(jid=f"{names[contact]}@{domain}", subscription="both")),
+                    **item_row(RosterItem(jid=f"{names[contact]}@{domain}", subscription="both")),
                 }
                 for index, roster in rosters.items()
                 for contact in roster

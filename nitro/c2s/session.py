@@ -17,8 +17,9 @@ from lxml import etree
 
 from nitro.c2s import acks
 from nitro.c2s.inputs import State, counted, input_name
+from nitro.c2s.keepalive import Keepalive
 from nitro.c2s.resource_state import ResourceState
-from nitro.c2s.transport import StreamHeader, Transport
+from nitro.c2s.transport import NO_TRANSPORT, Transport
 from nitro.core.module import NonzaEvent, SessionEvent, UnackedStanzas
 from nitro.observe.logs import SessionLog, enter_session
 from nitro.xmpp import ns
@@ -39,43 +40,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("nitro.c2s.stream")
 
 _XML_LANG = f"{{{ns.XML}}}lang"
-_IQ = f"{{{ns.CLIENT}}}iq"
 
 
-class _NoTransport:
-    """The transport of a session without a connection: a detached one, or a stream that resumed another."""
-
-    kind = "none"
-    peer_host = "detached"
-    encrypted = True
-    can_starttls = False
-
-    def open_stream(self, header: StreamHeader) -> None:
-        pass
-
-    def send(self, element: etree._Element) -> None:
-        pass  # a detached session's stanzas wait in its unacknowledged queue (XEP-0198 §5)
-
-    def send_keepalive(self) -> None:
-        pass
-
-    def restart(self) -> None:
-        pass
-
-    async def start_tls(self) -> None:
-        raise StreamError("policy-violation", "no connection")
-
-    def close_stream(self, error: StreamError | None) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-NO_TRANSPORT = _NoTransport()
-
-
-class ClientSession(ResourceState):
+class ClientSession(ResourceState, Keepalive):
     """One bound resource: stamps 'from' on what its client sends and hands it to the router; receives
     what is delivered to it."""
 
@@ -100,15 +67,11 @@ class ClientSession(ResourceState):
         self.authenticated = True
         self.username: str | None = jid.local
         self.mechanism = mechanism  # the SASL mechanism that authenticated the stream
-        super().__init__(jid)
+        ResourceState.__init__(self, jid)
+        Keepalive.__init__(self, self.config)
         self.sm: SmState | None = None  # Stream Management (XEP-0198), once enabled
         self.resumed: ClientSession | None = None  # set when this stream resumed that session (XEP-0198 §5)
         self._ending = False  # a close is scheduled (too many unacknowledged stanzas)
-        now = time.monotonic()
-        self.last_read = now
-        self.last_write = now
-        self.ping_deadline: float | None = None
-        self._ping_id: str | None = None
 
     def as_session(self) -> Session:
         return self
@@ -162,11 +125,6 @@ class ClientSession(ResourceState):
         return self.state is State.CLOSED
 
     # -- elements in -----------------------------------------------------------------------------
-
-    def activity(self) -> None:
-        """The peer showed it is alive (any input, a WebSocket pong, a BOSH request)."""
-        self.last_read = time.monotonic()
-        self.ping_deadline = None
 
     async def receive(self, event: StreamEvent) -> None:
         """One event from the transport; raises StreamError for the connection to close with."""
@@ -261,9 +219,7 @@ class ClientSession(ResourceState):
         self.stream_id = stream_id
         self.lang = lang
         self.mechanism = mechanism
-        self.last_read = self.last_write = time.monotonic()
-        self.ping_deadline = None
-        self._ping_id = None
+        self.reset_timers()
         self.state = State.ESTABLISHED
         self.server.track(self)
         enter_session(self.log)  # the resuming connection's task now works for this session
@@ -315,7 +271,7 @@ class ClientSession(ResourceState):
         stanza.set("from", jid_text)
         if stanza.get(_XML_LANG) is None:
             stanza.set(_XML_LANG, self.lang)  # RFC 6120 §4.7.4
-        if self._is_ping_reply(stanza):
+        if self.is_ping_reply(stanza):
             return False
         await self.server.router.route(stanza, origin=self)
         return False
@@ -420,29 +376,20 @@ class ClientSession(ResourceState):
 
     # -- timers (driven by the connection) ----------------------------------------------------------
 
-    def next_deadline(self) -> float:
-        """The monotonic time at which `on_timer` must run next."""
-        if self.ping_deadline is not None:
-            return self.ping_deadline
-        return min(
-            self.last_read + self.config.idle_ping_after, self.last_write + self.config.keepalive_interval
-        )
-
     async def on_timer(self) -> None:
-        """Negotiation timeout, idle-client ping (XEP-0199 §4.2), whitespace keepalive (RFC 6120 §4.6.1)."""
+        """Idle-client ping (XEP-0199 §4.2) and whitespace keepalive (RFC 6120 §4.6.1), as `due`."""
         now = time.monotonic()
         if self.state is not State.ESTABLISHED:
             return
-        if self.ping_deadline is not None and now >= self.ping_deadline:
+        due = self.due(now)
+        if due == "ping-timeout":
             raise StreamError("connection-timeout", "no answer to ping")
-        if self.ping_deadline is None and now >= self.last_read + self.config.idle_ping_after:
-            self._ping_id = f"ping-{secrets.token_hex(4)}"
-            ping = etree.Element("iq", type="get", id=self._ping_id, to=str(self.jid))
+        if due == "ping":
+            ping = etree.Element("iq", type="get", id=self.start_ping(now), to=str(self.jid))
             ping.set("from", self.server.config.server.domain)
             etree.SubElement(ping, f"{{{ns.PING}}}ping", nsmap=ns.default_ns(ns.PING))
             self.send(ping)
-            self.ping_deadline = now + self.config.ping_timeout
-        elif now >= self.last_write + self.config.keepalive_interval:
+        elif due == "keepalive":
             sm = self.sm
             if sm is not None and sm.unacked and not sm.ack_requested:
                 sm.ack_requested = True
@@ -450,14 +397,6 @@ class ClientSession(ResourceState):
             else:
                 self.transport.send_keepalive()
             self.last_write = now
-
-    def _is_ping_reply(self, stanza: etree._Element) -> bool:
-        if self._ping_id is None or stanza.get("id") != self._ping_id or stanza.tag != _IQ:
-            return False
-        if stanza.get("type") not in ("result", "error"):
-            return False
-        self._ping_id = None
-        return True
 
 
 _Action = Callable[[ClientSession, etree._Element], Awaitable[bool]]

@@ -83,3 +83,36 @@ class StreamHandler(Protocol):
 
     async def on_timer(self) -> None:
         """Timeouts, pings and keepalives; raises StreamError to close."""
+
+
+class _NoTransport:
+    """The transport of a session without a connection: a detached one, or a stream that resumed another."""
+
+    kind = "none"
+    peer_host = "detached"
+    encrypted = True
+    can_starttls = False
+
+    def open_stream(self, header: StreamHeader) -> None:
+        pass
+
+    def send(self, element: etree._Element) -> None:
+        pass  # a detached session's stanzas wait in its unacknowledged queue (XEP-0198 §5)
+
+    def send_keepalive(self) -> None:
+        pass
+
+    def restart(self) -> None:
+        pass
+
+    async def start_tls(self) -> None:
+        raise StreamError("policy-violation", "no connection")
+
+    def close_stream(self, error: StreamError | None) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+NO_TRANSPORT = _NoTransport()

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, overload
 
@@ -145,6 +146,7 @@ class Module:
         self.name = name
         self.log = logging.getLogger(f"nitro.modules.{name}")
         self._undo: list[Callable[[], None]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
 
     @property
     def domain(self) -> str:
@@ -189,9 +191,31 @@ class Module:
     def on_unload(self, callback: Callable[[], None]) -> None:
         self._undo.append(callback)
 
+    def spawn(self, coroutine: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Run `coroutine` as a task this module owns: cancelled when the module unloads; an exception it
+        ends with is logged."""
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (error := task.exception()) is not None:
+            self.log.error("a task of module %s failed", self.name, exc_info=error)
+
+    async def stop(self) -> None:
+        """Cancel the module's tasks and wait for them (at shutdown, before storage closes)."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     def unload(self) -> None:
         while self._undo:
             self._undo.pop()()
+        for task in list(self._tasks):
+            task.cancel()
 
 
 def load_module(server: Core, name: str) -> Module:

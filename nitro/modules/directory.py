@@ -18,7 +18,7 @@ def load(module: Module) -> None:
     node_id = tiers.node_id if tiers is not None else secrets.token_hex(8)
     directory = SessionDirectory(ring, node_id, server.config.redis.session_ttl)
     server.directory = directory
-    server.spawn(directory.run())
+    module.spawn(directory.run())
 
     async def on_bind(event: SessionEvent) -> None:
         await directory.put(event.session.jid, None)

@@ -15,7 +15,8 @@ from lxml import etree
 
 from nitro.core.module import Module, ResumeRequest, SessionEvent, StreamFeaturesEvent, UnackedStanzas
 from nitro.core.router import StanzaEvent
-from nitro.modules.mam import MAM_QUERIED, SID
+from nitro.modules.mam import MAM_QUERIED
+from nitro.modules.mam_archive import SID
 from nitro.modules.message import DELIVERY_PRIORITY, deliver_to_bare
 from nitro.xmpp.errors import StanzaError, error_reply
 from nitro.xmpp.jid import JID, InvalidJID

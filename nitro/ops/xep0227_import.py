@@ -42,7 +42,8 @@ from nitro.storage.layered import open_storage
 from nitro.xmpp import ns
 from nitro.xmpp.dataforms import Form, InvalidForm
 from nitro.xmpp.jid import JID, InvalidJID
-from nitro.xmpp.pubsub import ACCESS_MODELS, OWNER, PUBSUB, serialize_payload
+from nitro.xmpp.pubsub import OWNER, PUBSUB, serialize_payload
+from nitro.xmpp.pubsub_config import ACCESS_MODELS
 from nitro.xmpp.sasl.credentials import derive_all
 
 _SUBSCRIPTIONS = ("none", "to", "from", "both")

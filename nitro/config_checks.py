@@ -1,0 +1,152 @@
+"""What a well-typed configuration must also satisfy: valid JIDs, DSNs, addresses and Redis URLs, and keys
+that must agree with each other; `validate` raises a ConfigError naming the file, the key and the reason.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from nitro.config_ranges import range_problems
+from nitro.config_sections import BoshSection, Config, StorageSection
+from nitro.storage.ring.keys import PREFIX
+from nitro.xmpp.jid import JID, InvalidJID
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the file, key and reason."""
+
+
+def validate(config: Config, source: str) -> None:
+    """Raise a ConfigError for the first problem of `config`, read from `source`."""
+    try:
+        domain = JID.parse(config.server.domain)
+    except InvalidJID as exc:
+        raise ConfigError(f"{source}: [server].domain is not a valid domain: {exc}") from exc
+    if domain.local is not None or domain.resource is not None:
+        raise ConfigError(f"{source}: [server].domain must be a bare domain, got {config.server.domain!r}")
+    for admin in config.server.admins:
+        try:
+            JID.parse(admin)
+        except InvalidJID as exc:
+            raise ConfigError(f"{source}: [server].admins: {admin!r} is not a JID: {exc}") from exc
+    if (problem := next(range_problems(config), None)) is not None:
+        raise ConfigError(f"{source}: {problem}")
+    if config.c2s.max_stanza_bytes < 10_000:
+        raise ConfigError(f"{source}: [c2s].max_stanza_bytes must be at least 10000 (RFC 6120 §13.12)")
+    _validate_bosh(config.bosh, source)
+    _validate_http(config, source)
+    if config.archive.default not in {"always", "never", "roster"}:
+        raise ConfigError(f"{source}: [archive].default must be always, never or roster")
+    _validate_storage(config.storage, source)
+    _validate_registration(config, source)
+    if min(config.gc.threshold0, config.gc.threshold1, config.gc.threshold2) < 1:
+        raise ConfigError(f"{source}: [gc] thresholds must be at least 1")
+    if config.logging.level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+        raise ConfigError(f"{source}: [logging].level must be DEBUG, INFO, WARNING or ERROR")
+    _validate_observability(config, source)
+    _validate_tiers(config, source)
+
+
+def _validate_registration(config: Config, source: str) -> None:
+    for entry in config.registration.throttle_exempt:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError as exc:
+            raise ConfigError(
+                f"{source}: [registration].throttle_exempt: {entry!r} is not an address"
+            ) from exc
+
+
+def _validate_bosh(bosh: BoshSection, source: str) -> None:
+    for key in ("max_wait", "max_inactivity", "max_body_bytes", "read_timeout"):
+        if getattr(bosh, key) <= 0:
+            raise ConfigError(f"{source}: [bosh].{key} must be positive")
+    for key in ("max_hold", "polling", "max_pause"):
+        if getattr(bosh, key) < 0:
+            raise ConfigError(f"{source}: [bosh].{key} must not be negative")
+
+
+def _validate_observability(config: Config, source: str) -> None:
+    if config.logging.format not in {"text", "json"}:
+        raise ConfigError(f"{source}: [logging].format must be text or json")
+    metrics = config.metrics
+    if not 0 <= metrics.port <= 65535:
+        raise ConfigError(f"{source}: [metrics].port must be between 0 and 65535")
+    if metrics.lag_interval <= 0:
+        raise ConfigError(f"{source}: [metrics].lag_interval must be positive")
+    if metrics.enabled and not metrics.token and not is_loopback(metrics.host):
+        raise ConfigError(
+            f"{source}: [metrics].host {metrics.host!r} is not a loopback address: set [metrics].token "
+            "so that only scrapers holding it can read the metrics"
+        )
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and the name localhost; any other name or address counts as reachable."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+_DSN_SCHEMES = ("sqlite+aiosqlite", "mysql+asyncmy", "mariadb+asyncmy")
+
+
+def _validate_storage(storage: StorageSection, source: str) -> None:
+    scheme, separator, rest = storage.dsn.partition("://")
+    if not separator or scheme not in _DSN_SCHEMES:
+        raise ConfigError(f"{source}: [storage].dsn must start with one of {', '.join(_DSN_SCHEMES)}://")
+    if scheme != "sqlite+aiosqlite" and not rest.partition("?")[0].partition("/")[2]:
+        raise ConfigError(f"{source}: [storage].dsn must name a database: {scheme}://USER@HOST:PORT/DATABASE")
+    if storage.pool_size < 1:
+        raise ConfigError(f"{source}: [storage].pool_size must be at least 1")
+    if storage.max_overflow < 0:
+        raise ConfigError(f"{source}: [storage].max_overflow must not be negative")
+    if storage.pool_recycle <= 0 and storage.pool_recycle != -1:
+        raise ConfigError(f"{source}: [storage].pool_recycle must be positive, or -1 to never recycle")
+    for key in ("pool_timeout", "connect_timeout", "query_timeout"):
+        if getattr(storage, key) <= 0:
+            raise ConfigError(f"{source}: [storage].{key} must be positive")
+
+
+def _validate_tiers(config: Config, source: str) -> None:
+    redis = config.redis
+    for i, instance in enumerate(redis.instances):
+        if not instance.url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError(f"{source}: [redis].instances[{i}]: url must be redis://host:port/db")
+        if instance.weight < 1:
+            raise ConfigError(f"{source}: [redis].instances[{i}]: weight must be at least 1")
+    if not PREFIX.fullmatch(redis.prefix):
+        raise ConfigError(f"{source}: [redis].prefix must be 1 to 64 of A-Z a-z 0-9 _ . -")
+    if len({instance.url for instance in redis.instances}) != len(redis.instances):
+        raise ConfigError(f"{source}: [redis].instances: an instance is listed twice")
+    timings = ("health_interval", "health_timeout", "socket_timeout", "value_ttl", "session_ttl")
+    for name in timings:
+        if getattr(redis, name) <= 0:
+            raise ConfigError(f"{source}: [redis].{name} must be positive")
+    if redis.failures_before_out < 1:
+        raise ConfigError(f"{source}: [redis].failures_before_out must be at least 1")
+    if redis.generation_ttl <= 2 * max(redis.value_ttl, config.cache.ttl):
+        raise ConfigError(f"{source}: [redis].generation_ttl must exceed twice value_ttl and [cache].ttl")
+    if config.cache.max_entries < 0 or config.cache.max_bytes < 0 or config.cache.ttl <= 0:
+        raise ConfigError(f"{source}: [cache] sizes must not be negative and ttl must be positive")
+
+
+def _validate_http(config: Config, source: str) -> None:
+    http = config.http
+    for key in ("port", "tls_port"):
+        if not 0 <= getattr(http, key) <= 65535:
+            raise ConfigError(f"{source}: [http].{key} must be between 0 and 65535 (0 turns it off)")
+    for proxy in http.trusted_proxies:
+        try:
+            ipaddress.ip_network(proxy, strict=False)
+        except ValueError as exc:
+            raise ConfigError(
+                f"{source}: [http].trusted_proxies: {proxy!r} is not an address or network"
+            ) from exc
+    if http.max_body_bytes < config.c2s.max_stanza_bytes:
+        raise ConfigError(f"{source}: [http].max_body_bytes must be at least [c2s].max_stanza_bytes")
+    if http.header_timeout <= 0:
+        raise ConfigError(f"{source}: [http].header_timeout must be positive")

@@ -1,0 +1,175 @@
+"""RosterStore on SQL (RFC 6121 rosters); the version (XEP-0237) is bumped in the transaction that changes
+the roster.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any, get_args
+
+from sqlalchemy import Row, delete, func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from nitro.storage.errors import NoSuchAccount, QuotaExceeded, StorageError
+from nitro.storage.models import Roster, RosterItem, Subscription
+from nitro.storage.schema import accounts, roster_items, roster_versions
+from nitro.storage.sql_base import Database, contact_keys, translated, username_key
+
+_ITEMS_FOR_BATCH = 500  # usernames per IN (…) of `items_for`: far below any bound-parameter limit
+_SUBSCRIPTIONS: dict[str, Subscription] = {name: name for name in get_args(Subscription)}
+
+
+def item_row(item: RosterItem) -> dict[str, Any]:
+    if item.subscription not in _SUBSCRIPTIONS:
+        raise ValueError(f"unknown subscription state {item.subscription!r}")
+    if not all(isinstance(group, str) for group in item.groups):
+        raise TypeError("roster groups are strings")
+    contact, contact_key = contact_keys(item.jid)
+    return {
+        "contact_key": contact_key,
+        "contact": contact,
+        "name": item.name,
+        "subscription": item.subscription,
+        "ask": item.ask,
+        "pending_in": item.pending_in,
+        "approved": item.approved,
+        "groups": json.dumps(list(item.groups), ensure_ascii=False),
+        "in_roster": item.in_roster,
+        "request": item.request,
+    }
+
+
+def _item_from_row(row: Row[Any]) -> RosterItem:
+    subscription = _SUBSCRIPTIONS.get(row.subscription)
+    if subscription is None:
+        raise StorageError(f"roster item with unknown subscription {row.subscription!r}")
+    return RosterItem(
+        jid=row.contact.decode(),
+        name=row.name,
+        subscription=subscription,
+        ask=bool(row.ask),
+        pending_in=bool(row.pending_in),
+        approved=bool(row.approved),
+        groups=tuple(json.loads(row.groups)),
+        in_roster=bool(row.in_roster),
+        request=None if row.request is None else bytes(row.request),
+    )
+
+
+class SqlRosterStore:
+    """RosterStore on SQL; the version is bumped in the transaction that changes the roster."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    @translated
+    async def get(self, username: str) -> Roster:
+        async with self._db.engine.connect() as conn:  # one transaction: items and version agree
+            account_id = await self._db.account_id(conn, username)
+            if account_id is None:
+                return Roster(version=0, items=())
+            version = await self._version(conn, account_id)
+            result = await conn.execute(
+                select(roster_items)
+                .where(roster_items.c.account_id == account_id)
+                .order_by(roster_items.c.contact)
+            )
+            return Roster(version=version, items=tuple(_item_from_row(row) for row in result))
+
+    @translated
+    async def get_item(self, username: str, contact: str) -> RosterItem | None:
+        _, contact_key = contact_keys(contact)
+        async with self._db.engine.connect() as conn:
+            account_id = await self._db.account_id(conn, username)
+            if account_id is None:
+                return None
+            row = (
+                await conn.execute(
+                    select(roster_items).where(
+                        roster_items.c.account_id == account_id, roster_items.c.contact_key == contact_key
+                    )
+                )
+            ).one_or_none()
+            return None if row is None else _item_from_row(row)
+
+    @translated
+    async def items_for(self, usernames: Sequence[str], contact: str) -> dict[str, RosterItem]:
+        _, contact_key = contact_keys(contact)
+        found: dict[str, RosterItem] = {}
+        async with self._db.engine.connect() as conn:
+            for offset in range(0, len(usernames), _ITEMS_FOR_BATCH):
+                keys = [username_key(name) for name in usernames[offset : offset + _ITEMS_FOR_BATCH]]
+                query = (
+                    select(accounts.c.username, roster_items)
+                    .join(accounts, accounts.c.id == roster_items.c.account_id)
+                    .where(accounts.c.username.in_(keys), roster_items.c.contact_key == contact_key)
+                )
+                for row in await conn.execute(query):
+                    found[bytes(row.username).decode()] = _item_from_row(row)
+        return found
+
+    @translated
+    async def put(self, username: str, item: RosterItem, *, max_items: int | None = None) -> int:
+        values = item_row(item)
+        async with self._db.writer.begin() as conn:
+            account_id = await self._db.account_id(conn, username, lock=True)
+            if account_id is None:
+                raise NoSuchAccount(username)
+            replaced = await conn.execute(
+                delete(roster_items).where(
+                    roster_items.c.account_id == account_id,
+                    roster_items.c.contact_key == values["contact_key"],
+                )
+            )
+            if replaced.rowcount == 0 and max_items is not None:
+                count = select(func.count()).where(roster_items.c.account_id == account_id)
+                held = int((await conn.execute(count)).scalar_one())
+                if held >= max_items:
+                    raise QuotaExceeded(f"{held} roster items, at most {max_items}")
+            await conn.execute(insert(roster_items).values(account_id=account_id, **values))
+            return await self._bump(conn, account_id)
+
+    @translated
+    async def remove(self, username: str, contact: str) -> int | None:
+        _, contact_key = contact_keys(contact)
+        async with self._db.writer.begin() as conn:
+            account_id = await self._db.account_id(conn, username, lock=True)
+            if account_id is None:
+                return None
+            result = await conn.execute(
+                delete(roster_items).where(
+                    roster_items.c.account_id == account_id, roster_items.c.contact_key == contact_key
+                )
+            )
+            if result.rowcount == 0:
+                return None
+            return await self._bump(conn, account_id)
+
+    @translated
+    async def version(self, username: str) -> int:
+        async with self._db.engine.connect() as conn:
+            account_id = await self._db.account_id(conn, username)
+            return 0 if account_id is None else await self._version(conn, account_id)
+
+    @staticmethod
+    async def _version(conn: AsyncConnection, account_id: int) -> int:
+        version: int | None = (
+            await conn.execute(
+                select(roster_versions.c.version).where(roster_versions.c.account_id == account_id)
+            )
+        ).scalar_one_or_none()
+        return version or 0
+
+    @staticmethod
+    async def _bump(conn: AsyncConnection, account_id: int) -> int:
+        """XEP-0237 §2: every change gets a new, greater version."""
+        result = await conn.execute(
+            update(roster_versions)
+            .where(roster_versions.c.account_id == account_id)
+            .values(version=roster_versions.c.version + 1)
+        )
+        if result.rowcount == 0:  # an account created without its counter row
+            await conn.execute(insert(roster_versions).values(account_id=account_id, version=1))
+            return 1
+        return await SqlRosterStore._version(conn, account_id)
