@@ -43,6 +43,8 @@ cert = "{tmp_path}/tls/cert.pem"
 key = "{tmp_path}/tls/key.pem"
 [metrics]
 port = 0
+[http]
+enabled = false
 [admin]
 socket = "run/admin.sock"
 pid_file = "run/nitro.pid"

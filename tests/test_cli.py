@@ -29,6 +29,8 @@ cert = "{tmp_path}/cert.pem"
 key = "{tmp_path}/key.pem"
 [metrics]
 port = 0
+[http]
+enabled = false
 """
     )
     return config, port
