@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 import slixmpp
-from conftest import PASSWORD, Clients, make_config, raw_stream, read_until, wait_for
+from conftest import PASSWORD, Clients, make_config, raw_stream, read_until, started_server, wait_for
 from test_c2s import stream_error
 from test_connection import BOB, bob_flooded
 from test_logs import captured
 from test_register import raw_client, register_iq
 
 from nitro.observe.trace import MAX_CHARS, REDACTED, redacted, render
-from nitro.server import Server, running_server
+from nitro.server import Server
 from nitro.transports import tcp
 from nitro.xmpp import ns
 from nitro.xmpp.sm import parse_stanza
@@ -47,7 +47,7 @@ async def test_connect_bind_and_disconnect_make_one_line_each(server: Server, cl
 
 async def test_a_disconnect_says_why(tmp_path: Path) -> None:
     config = make_config(tmp_path, limits={"max_connections_per_address": 1})
-    async with running_server(config) as server:
+    async with started_server(config) as server:
         with captured("text") as stream:
             held_reader, held = await raw_stream(server)
             held.write(

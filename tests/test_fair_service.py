@@ -9,10 +9,10 @@ import time
 from pathlib import Path
 
 import slixmpp
-from conftest import PASSWORD, Clients, make_config, raw_stream, read_until, wait_for
+from conftest import PASSWORD, Clients, make_config, raw_stream, read_until, started_server, wait_for
 from test_c2s import HEADER, plain, stream_error
 
-from nitro.server import Server, running_server
+from nitro.server import Server
 
 
 async def opened_plain(server: Server) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -27,7 +27,7 @@ async def opened_plain(server: Server) -> tuple[asyncio.StreamReader, asyncio.St
 
 async def test_one_connection_too_many_from_an_address_is_a_policy_violation(tmp_path: Path) -> None:
     config = make_config(tmp_path, limits={"max_connections_per_address": 3})
-    async with running_server(config) as server:
+    async with started_server(config) as server:
         clients = Clients(server)
         held = [await opened_plain(server) for _ in range(3)]
         reader, writer = await raw_stream(server)  # the fourth: refused at once, before its header
@@ -51,7 +51,7 @@ async def test_one_connection_too_many_from_an_address_is_a_policy_violation(tmp
 
 async def test_exempt_addresses_and_direct_tls_share_the_count(tmp_path: Path) -> None:
     config = make_config(tmp_path, limits={"max_connections_per_address": 2})
-    async with running_server(config) as server:
+    async with started_server(config) as server:
         plain_stream = await opened_plain(server)
         tls_reader, tls_writer = await raw_stream(server, tls=True)  # the second, over Direct TLS
         tls_writer.write(HEADER)
@@ -63,7 +63,7 @@ async def test_exempt_addresses_and_direct_tls_share_the_count(tmp_path: Path) -
     config = make_config(
         tmp_path, limits={"max_connections_per_address": 2, "exempt_addresses": ["127.0.0.0/8"]}
     )
-    async with running_server(config) as server:
+    async with started_server(config) as server:
         streams = [await opened_plain(server) for _ in range(6)]
         assert server.transport_limits.addresses.count("127.0.0.1") == 0
         for _reader, stream_writer in streams:
@@ -96,7 +96,7 @@ async def test_a_flooding_client_is_slowed_while_another_pair_keeps_chatting(tmp
     Alice and Carol chat meanwhile with answers well under a second; nothing Mallory sent is lost."""
     limits = {"stanzas_per_second": RATE, "burst_seconds": 1.0, "bytes_per_second": 0}
     config = make_config(tmp_path, limits=limits, modules={"disabled": ["mam"]})
-    async with running_server(config) as server:
+    async with started_server(config) as server:
         clients = Clients(server)
         try:
             for name in ("mallory", "bob", "alice", "carol"):
@@ -137,7 +137,7 @@ async def test_clear_text_after_starttls_is_dropped_even_when_shaping_splits_the
     1 kB of the 3 kB the client sent with `<starttls/>`; the rest, a stream header and an IQ injected in
     clear text, must not be read as the start of the encrypted stream."""
     config = make_config(tmp_path, limits={"bytes_per_second": 1000, "burst_seconds": 1.0})
-    async with running_server(config) as server:
+    async with started_server(config) as server:
         reader, writer = await raw_stream(server)
         writer.write(HEADER)
         await read_until(reader, b"</stream:features>")

@@ -7,12 +7,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import slixmpp
-from conftest import Clients, make_config, wait_for
+from conftest import Clients, make_config, started_server, wait_for
 from lxml import etree
 from test_c2s import stream_error
 from test_stream_management import bodies, body, login_collecting, managed, ping, stored_offline
 
-from nitro.server import Server, running_server
+from nitro.server import Server
 from nitro.xmpp.sm import QueueBudget, SmState, parse_stanza
 
 TEXT = "x" * 8000  # a message of some 8.2 kB as queued
@@ -64,7 +64,7 @@ async def test_a_client_that_never_acks_large_stanzas_is_cut_off_at_the_byte_bou
     stored can be stored between them, as before this bound.)"""
     limits = {"max_unacked_bytes": 30_000, "ack_request_every": 100}
     config = make_config(tmp_path, stream_management=limits)
-    async with running_server(config) as server:
+    async with started_server(config) as server:
         pool = Clients(server)
         try:
             alice_jid, bob_jid = await pool.user("alice"), await pool.user("bob")
@@ -90,7 +90,7 @@ async def test_past_the_total_the_session_holding_the_most_is_closed(tmp_path: P
     Carol's session carries on."""
     limits = {"max_unacked_bytes_total": 40_000, "ack_request_every": 100}
     config = make_config(tmp_path, stream_management=limits)
-    async with running_server(config) as server:
+    async with started_server(config) as server:
         pool = Clients(server)
         try:
             alice_jid = await pool.user("alice")
