@@ -52,7 +52,8 @@ def free_port() -> int:
 
 def knows_limits(source: Path) -> bool:
     """Whether that checkout has the [limits] section (older ones refuse the unknown section)."""
-    return "class LimitsSection" in (source / "nitro" / "config.py").read_text()
+    files = (source / "nitro" / "config.py", source / "nitro" / "config_sections.py")
+    return any(path.is_file() and "class LimitsSection" in path.read_text() for path in files)
 
 
 def write_config(directory: Path, port: int, extra: dict[str, dict[str, object]]) -> Path:
