@@ -38,29 +38,39 @@ class ClientStream:
     Until a resource is bound the input goes to the `Negotiation`; then to the bound `ClientSession`.
     """
 
-    __slots__ = ("_admitted", "_end_reason", "_opened_at", "_session", "negotiation", "transport")
+    __slots__ = ("_admitted", "_end_reason", "_negotiation", "_opened_at", "_server", "_session", "transport")
 
     def __init__(self, server: Core, transport: Transport) -> None:
         self.transport = transport
-        self.negotiation = Negotiation(server, transport)
+        self._server = server
+        self._negotiation: Negotiation | None = Negotiation(server, transport)
         self._session: ClientSession | None = None
         self._admitted = False  # holds one of the server's negotiation slots
         self._opened_at = time.monotonic()
         self._end_reason: str | None = None  # why the connection ends, once known
-        server.track(self.negotiation)
-        self.negotiation.log.info("connected from %s over %s", transport.peer_host, transport.kind)
+        server.track(self._negotiation)
+        self._negotiation.log.info("connected from %s over %s", transport.peer_host, transport.kind)
+
+    @property
+    def negotiation(self) -> Negotiation:
+        """The stream's negotiation, until a session is bound (then it is let go: idle memory)."""
+        assert self._negotiation is not None, "the stream is bound"
+        return self._negotiation
 
     @property
     def session(self) -> ClientSession | None:
         """The session this connection drives, once bound or resumed."""
         if self._session is None:
-            self._session = self.negotiation.bound
+            negotiation = self._negotiation
+            if negotiation is not None and negotiation.bound is not None:
+                self._session = negotiation.bound
+                self._negotiation = None  # done with; its state lives on in the session
         return self._session
 
     @property
     def authenticated(self) -> bool:
         """The client authenticated (SASL success): its stream is no longer anonymous."""
-        return self.negotiation.authenticated
+        return self.session is not None or self.negotiation.authenticated
 
     @property
     def _current(self) -> Negotiation | ClientSession:
@@ -103,16 +113,16 @@ class ClientStream:
     async def receive(self, event: StreamEvent) -> bool:
         """Handle one input event; False once the stream is over (closed, or resumed elsewhere)."""
         current = self._current
-        bound_before = self.negotiation.bound
+        negotiating = self._negotiation if self._session is None else None  # the id a bind gives its session
         if trace.enabled():
             trace.read(current.log.extra, event)
         if isinstance(event, StreamClosed):
             self.note_end("the client closed the stream")
         try:
-            if not self._admitted and not self.negotiation.authenticated:
+            if not self._admitted and not self.authenticated:
                 await self._admit()
             await current.receive(event)
-            if self._admitted and self.negotiation.authenticated:
+            if self._admitted and self.authenticated:
                 self._release()  # authenticated: the expensive part (TLS, SASL) is over
         except StreamError as error:
             await self.close(error)
@@ -123,8 +133,7 @@ class ClientStream:
         except Exception:
             self.log.exception("internal error; closing the stream")
             await self.close(StreamError("internal-server-error"))
-        bound = self.negotiation.bound
-        if bound is not bound_before and bound is not None and bound.id == self.negotiation.id:
+        if negotiating is not None and (bound := self.session) is not None and bound.id == negotiating.id:
             bound.log.info("bound %s", bound.jid)  # a resumed session has its own id, and says so
         return self.open
 
@@ -137,7 +146,7 @@ class ClientStream:
         remaining = negotiation.negotiation_deadline - time.monotonic()
         try:
             async with asyncio.timeout(max(0.0, remaining)):
-                await negotiation.server.negotiations.acquire()
+                await self._server.negotiations.acquire()
         except TimeoutError:
             raise StreamError("connection-timeout", "stream negotiation took too long") from None
         self._admitted = True
@@ -145,7 +154,7 @@ class ClientStream:
     def _release(self) -> None:
         if self._admitted:
             self._admitted = False
-            self.negotiation.server.negotiations.release()
+            self._server.negotiations.release()
 
     async def tick(self) -> bool:
         """Run the stream's timer work (timeouts, pings, keepalives); False once the stream is over."""
@@ -173,7 +182,7 @@ class ClientStream:
     async def connection_lost(self) -> None:
         """The connection is gone: a resumable session detaches and stays tracked, any other ends."""
         current = self._current
-        server = self.negotiation.server
+        server = self._server
         self._release()
         moved = current.transport is not self.transport and not current.closed
         closed_by_server = current.closed  # before connection_lost() marks it closed
@@ -181,7 +190,8 @@ class ClientStream:
             if current.transport is self.transport:
                 await current.connection_lost()
         finally:
-            server.untrack(self.negotiation)
+            if self._negotiation is not None:
+                server.untrack(self._negotiation)
             if current.closed:
                 server.untrack(current)
             if self._opened_at:
