@@ -50,10 +50,20 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def knows_limits(source: Path) -> bool:
-    """Whether that checkout has the [limits] section (older ones refuse the unknown section)."""
+def knows(source: Path, section: str) -> bool:
+    """Whether that checkout has the section (`LimitsSection`: older ones refuse an unknown section)."""
     files = (source / "nitro" / "config.py", source / "nitro" / "config_sections.py")
-    return any(path.is_file() and "class LimitsSection" in path.read_text() for path in files)
+    return any(path.is_file() and f"class {section}" in path.read_text() for path in files)
+
+
+def own_ports_only(source: Path) -> dict[str, dict[str, object]]:
+    """No HTTP listener and no admin socket where the checkout has them: only the c2s port is measured."""
+    sections: dict[str, dict[str, object]] = {}
+    if knows(source, "HttpSection"):
+        sections["http"] = {"enabled": False}
+    if knows(source, "AdminSection"):
+        sections["admin"] = {"socket": "", "pid_file": ""}
+    return sections
 
 
 def write_config(directory: Path, port: int, extra: dict[str, dict[str, object]]) -> Path:
@@ -96,7 +106,7 @@ def server(
     with tempfile.TemporaryDirectory(prefix="nitro-abuse-") as tmp:
         directory = Path(tmp)
         port = free_port()
-        config = write_config(directory, port, extra)
+        config = write_config(directory, port, {**own_ports_only(source), **extra})
         env = {**os.environ, "PYTHONPATH": str(source)}
         for user in users:
             subprocess.run(
@@ -366,7 +376,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--message-kb", type=int, default=50, help="kB per message (sm)")
     args = parser.parse_args(argv)
     source = args.source.resolve()
-    limits = knows_limits(source)
+    limits = knows(source, "LimitsSection")
     print(f"Nitro from {source} ({'with' if limits else 'without'} [limits])")
     for scenario in args.scenario or SCENARIOS:
         if scenario == "names":
@@ -374,8 +384,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             with server(source, (), {}) as (port, pid):
                 asyncio.run(names(port, pid, args.connections, args.stanza_kb * 1000, args.waves))
         elif scenario == "flood":
-            print("\nitem 3: a flooding client and a chatting pair (default settings)")
-            with server(source, ("flood", "sink", "alice", "bob"), {}) as (port, pid):
+            print("\nitem 3: a flooding client and a chatting pair (default settings, no archive)")
+            no_archive: dict[str, dict[str, object]] = {"modules": {"disabled": ["mam"]}}
+            with server(source, ("flood", "sink", "alice", "bob"), no_archive) as (port, pid):
                 asyncio.run(flood(port, pid, args.duration))
         else:
             print("\nitem 4: unacknowledged stanzas (the sender unshaped, so that it can fill the queue)")
