@@ -4,36 +4,29 @@ on a stream that already has a session. The transition table of nitro/c2s/sessio
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING, Protocol
 
 from lxml import etree
 
+from nitro.core.context import Session
 from nitro.core.module import SessionEvent
 from nitro.xmpp.errors import StreamError
 from nitro.xmpp.sm import SmState, ack, enabled, failed, parse_h
 
 if TYPE_CHECKING:
-    from nitro.core.context import Core, Session
+    from nitro.core.context import Core
 
 
-class ClientSession(Protocol):
-    """What these handlers use of the bound session (nitro/c2s/session.py)."""
+class ManagedSession(Session, Protocol):
+    """The bound session (nitro/c2s/session.py) as these handlers use it: its XEP-0198 state is settable."""
 
-    sm: SmState | None
+    sm: SmState | None  # read-only for modules, set here by <enable/>
 
     @property
     def server(self) -> Core: ...
 
-    @property
-    def log(self) -> logging.LoggerAdapter[logging.Logger]: ...
 
-    def write_element(self, element: etree._Element) -> None: ...
-
-    def as_session(self) -> Session: ...
-
-
-async def enable(session: ClientSession, element: etree._Element) -> bool:
+async def enable(session: ManagedSession, element: etree._Element) -> bool:
     """§3: counting starts with `<enabled/>`; resume='true' lets the session outlive its connection."""
     if session.sm is not None:
         session.write_element(failed("unexpected-request", "stream management is already enabled"))
@@ -48,28 +41,28 @@ async def enable(session: ClientSession, element: etree._Element) -> bool:
     session.sm = SmState.start(resume=element.get("resume") in ("true", "1"), resume_timeout=timeout)
     session.write_element(enabled(session.sm))  # nothing awaited in between: no stanza slips in uncounted
     session.log.debug("stream management enabled%s", " (resumable)" if session.sm.resumable else "")
-    await session.server.bus.fire("sm-enabled", SessionEvent(session.as_session()))
+    await session.server.bus.fire("sm-enabled", SessionEvent(session))
     return False
 
 
-async def request(session: ClientSession, _element: etree._Element) -> bool:
+async def request(session: ManagedSession, _element: etree._Element) -> bool:
     """§4: `<r/>` is answered with the count of stanzas handled so far."""
     session.write_element(ack(_managed(session)))
     return False
 
 
-async def acknowledge(session: ClientSession, element: etree._Element) -> bool:
+async def acknowledge(session: ManagedSession, element: etree._Element) -> bool:
     """§4: `<a h/>` releases the stanzas it covers; an impossible 'h' ends the stream."""
     _managed(session).acknowledge(parse_h(element.get("h")))
     return False
 
 
-def _managed(session: ClientSession) -> SmState:
+def _managed(session: ManagedSession) -> SmState:
     if session.sm is None:
         raise StreamError("unsupported-stanza-type", "stream management is not enabled (XEP-0198 §3)")
     return session.sm
 
 
-async def resume_bound(session: ClientSession, _element: etree._Element) -> bool:
+async def resume_bound(session: ManagedSession, _element: etree._Element) -> bool:
     session.write_element(failed("unexpected-request", "this stream already has a session"))
     return False

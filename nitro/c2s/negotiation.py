@@ -382,21 +382,17 @@ def _domain_of(text: str) -> str | None:
 _Action = Callable[[Negotiation, etree._Element], Awaitable[bool]]
 
 
-def _Row(action: _Action, next_state: State) -> tuple[_Action, State]:
-    """The action, and the state entered when it returns True (it may also move the state itself)."""
-    return action, next_state
-
-
-# Every (state, input) a stream accepts before binding; anything else is a stream error naming both.
+# Every (state, input) a stream accepts before binding, with its action and the state entered when the
+# action returns True (an action may also move the state itself); anything else is a stream error.
 _TRANSITIONS: dict[tuple[State, str], tuple[_Action, State]] = {
-    (State.NEGOTIATING, "starttls"): _Row(Negotiation._on_starttls, State.WAIT_HEADER),
-    (State.NEGOTIATING, "auth"): _Row(Negotiation._on_auth, State.SASL),
-    (State.NEGOTIATING, "stanza"): _Row(Negotiation._on_unauthenticated_iq, State.NEGOTIATING),
-    (State.SASL, "response"): _Row(Negotiation._on_response, State.SASL),
-    (State.SASL, "abort"): _Row(Negotiation._on_abort, State.NEGOTIATING),
-    (State.BINDING, "bind"): _Row(Negotiation._on_bind, State.ESTABLISHED),
-    (State.BINDING, "stanza"): _Row(Negotiation._on_unbound_stanza, State.BINDING),
+    (State.NEGOTIATING, "starttls"): (Negotiation._on_starttls, State.WAIT_HEADER),
+    (State.NEGOTIATING, "auth"): (Negotiation._on_auth, State.SASL),
+    (State.NEGOTIATING, "stanza"): (Negotiation._on_unauthenticated_iq, State.NEGOTIATING),
+    (State.SASL, "response"): (Negotiation._on_response, State.SASL),
+    (State.SASL, "abort"): (Negotiation._on_abort, State.NEGOTIATING),
+    (State.BINDING, "bind"): (Negotiation._on_bind, State.ESTABLISHED),
+    (State.BINDING, "stanza"): (Negotiation._on_unbound_stanza, State.BINDING),
     # Stream Management (XEP-0198): enable only after binding (§3); resume instead of binding (§5).
-    (State.BINDING, "sm-enable"): _Row(Negotiation._on_enable_unbound, State.BINDING),
-    (State.BINDING, "sm-resume"): _Row(Negotiation._on_resume, State.ESTABLISHED),
+    (State.BINDING, "sm-enable"): (Negotiation._on_enable_unbound, State.BINDING),
+    (State.BINDING, "sm-resume"): (Negotiation._on_resume, State.ESTABLISHED),
 }

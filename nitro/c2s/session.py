@@ -35,7 +35,7 @@ from nitro.xmpp.sm import (
 from nitro.xmpp.xmlstream import StreamClosed, StreamEvent, StreamOpened
 
 if TYPE_CHECKING:
-    from nitro.core.context import Core, Session
+    from nitro.core.context import Core
 
 log = logging.getLogger("nitro.c2s.stream")
 
@@ -73,9 +73,6 @@ class ClientSession(ResourceState, Keepalive):
         self.resumed: ClientSession | None = None  # set when this stream resumed that session (XEP-0198 §5)
         self._ending = False  # a close is scheduled (too many unacknowledged stanzas)
         self.closed_with: str | None = None  # the stream error the session was closed with, for the log
-
-    def as_session(self) -> Session:
-        return self
 
     def __repr__(self) -> str:
         return f"<ClientSession {self.id} {self.jid} {self.state.value}>"
