@@ -30,6 +30,8 @@ from nitro.config_sections import (
     ModulesSection,
     OfflineSection,
     PepSection,
+    PluginSection,
+    PluginsSection,
     PrivateSection,
     RedisInstance,
     RedisSection,
@@ -60,6 +62,8 @@ __all__ = [
     "ModulesSection",
     "OfflineSection",
     "PepSection",
+    "PluginSection",
+    "PluginsSection",
     "PrivateSection",
     "RedisInstance",
     "RedisSection",
@@ -104,6 +108,8 @@ def _convert(value: Any, annotation: Any, where: str) -> Any:
 def _section(cls: type[_T], table: Any, where: str) -> _T:
     if not isinstance(table, dict):
         raise ConfigError(f"{where}: expected a table")
+    if cls is PluginsSection:  # [plugins.NAME] sub-tables carry keys of their plugin's own
+        return PluginsSection.from_table(table, where, _convert, ConfigError)  # type: ignore[return-value]
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     for key in table:

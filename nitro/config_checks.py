@@ -7,7 +7,7 @@ from __future__ import annotations
 import ipaddress
 
 from nitro.config_ranges import range_problems
-from nitro.config_sections import BoshSection, Config, StorageSection
+from nitro.config_sections import PLUGIN_MODES, BoshSection, Config, StorageSection
 from nitro.storage.ring.keys import PREFIX
 from nitro.xmpp.jid import JID, InvalidJID
 
@@ -46,6 +46,7 @@ def validate(config: Config, source: str) -> None:
     _validate_observability(config, source)
     _validate_tiers(config, source)
     _validate_limits(config, source)
+    _validate_plugins(config, source)
 
 
 def _validate_limits(config: Config, source: str) -> None:
@@ -161,3 +162,32 @@ def _validate_http(config: Config, source: str) -> None:
         raise ConfigError(f"{source}: [http].max_body_bytes must be at least [c2s].max_stanza_bytes")
     if http.header_timeout <= 0:
         raise ConfigError(f"{source}: [http].header_timeout must be positive")
+
+
+def _validate_plugins(config: Config, source: str) -> None:
+    """[plugins]: a known mode, a secret, and a domain of its own (not the server's, nor shared)."""
+    seen: dict[str, str] = {}
+    for entry in config.plugins.entries:
+        where = f"{source}: [plugins.{entry.name}]"
+        if entry.mode not in PLUGIN_MODES:
+            raise ConfigError(f"{where}.mode must be one of {', '.join(PLUGIN_MODES)}, got {entry.mode!r}")
+        if not entry.secret:
+            raise ConfigError(f"{where}.secret is required (the XEP-0114 handshake secret)")
+        try:
+            domain = JID.parse(entry.subdomain)
+        except InvalidJID as exc:
+            raise ConfigError(f"{where}.subdomain is not a domain: {entry.subdomain!r} ({exc})") from exc
+        if domain.local is not None or domain.resource is not None:
+            raise ConfigError(f"{where}.subdomain must be a bare domain, got {entry.subdomain!r}")
+        if domain.domain == config.server.domain:
+            raise ConfigError(f"{where}.subdomain must not be the server's own domain")
+        if domain.domain in seen:
+            raise ConfigError(f"{where}.subdomain {domain.domain} is also [plugins.{seen[domain.domain]}]'s")
+        seen[domain.domain] = entry.name
+    for peer in config.plugins.allowed_peers:
+        try:
+            ipaddress.ip_network(peer, strict=False)
+        except ValueError as exc:
+            raise ConfigError(
+                f"{source}: [plugins].allowed_peers: {peer!r} is not an address or network"
+            ) from exc

@@ -67,6 +67,7 @@ RANGES: dict[str, dict[str, _Range]] = {
     "private": {"max_namespaces": _NOT_NEGATIVE},  # 0: no limit
     "vcard": {"max_bytes": _AT_LEAST_ONE},
     "metrics": {"port": _PORT},
+    "plugins": {"port": _PORT, "handshake_timeout": _POSITIVE},
 }
 
 

@@ -6,8 +6,10 @@
 from __future__ import annotations
 
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from nitro.xmpp.jid import JID
 
@@ -235,6 +237,68 @@ class AdminSection:
     pid_file: str = "var/nitro.pid"  # for `nitro reload` by signal when there is no socket; "" for none
 
 
+# -- plugins over TCP (nitro/bridge): the XEP-0114 listener and one [plugins.NAME] table per plugin ------
+PLUGIN_MODES = ("inprocess", "process", "external")
+_PLUGIN_CORE_KEYS = ("mode", "subdomain", "secret", "module")
+
+
+@dataclass(frozen=True, slots=True)
+class PluginSection:
+    """One `[plugins.NAME]` table: how the plugin runs, the subdomain it serves and its handshake secret;
+    every other key of the table is the plugin's own (`options`, read by the plugin through the SDK)."""
+
+    name: str
+    mode: str = "inprocess"  # inprocess | process | external
+    subdomain: str = ""
+    secret: str = ""
+    module: str = ""  # the Python module run as `python -m MODULE`; "" means plugins.NAME
+    options: dict[str, Any] = field(default_factory=dict, hash=False)
+
+    @property
+    def module_name(self) -> str:
+        return self.module or f"plugins.{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class PluginsSection:
+    """`[plugins]`: the component listener (XEP-0114) and, as sub-tables, the plugins."""
+
+    host: str = "127.0.0.1"
+    port: int = 5347  # the conventional component port; 0 picks a free one
+    allowed_peers: tuple[str, ...] = ()  # non-loopback addresses or networks that may connect
+    handshake_timeout: float = 10.0  # seconds from accept to a verified <handshake/>
+    entries: tuple[PluginSection, ...] = ()  # from the [plugins.NAME] sub-tables, in file order
+
+    @classmethod
+    def from_table(
+        cls,
+        table: dict[str, Any],
+        where: str,
+        convert: Callable[[Any, Any, str], Any],
+        error: type[Exception],
+    ) -> PluginsSection:
+        """Scalars are the listener's keys; each sub-table is a plugin (its unknown keys are its options)."""
+        hints = typing.get_type_hints(cls)
+        values: dict[str, Any] = {}
+        entries: list[PluginSection] = []
+        for key, value in table.items():
+            if isinstance(value, dict):
+                core = {
+                    k: convert(value[k], str, f"{where}.{key}.{k}") for k in _PLUGIN_CORE_KEYS if k in value
+                }
+                options = {k: v for k, v in value.items() if k not in _PLUGIN_CORE_KEYS}
+                entries.append(PluginSection(name=key, options=options, **core))
+            elif key in hints and key != "entries":
+                values[key] = convert(value, hints[key], f"{where}.{key}")
+            else:
+                known = ", ".join(k for k in hints if k != "entries")
+                raise error(f"{where}: unknown key {key!r} (known: {known}, or a [plugins.NAME] table)")
+        return cls(**values, entries=tuple(entries))
+
+    def entry(self, name: str) -> PluginSection | None:
+        return next((entry for entry in self.entries if entry.name == name), None)
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     server: ServerSection = field(default_factory=ServerSection)
@@ -261,6 +325,7 @@ class Config:
     runtime: RuntimeSection = field(default_factory=RuntimeSection)
     limits: LimitsSection = field(default_factory=LimitsSection)
     admin: AdminSection = field(default_factory=AdminSection)
+    plugins: PluginsSection = field(default_factory=PluginsSection)
     base_dir: Path = Path()
     # The file this configuration was read from (what a reload reads again); not part of equality.
     file: Path | None = field(default=None, compare=False)

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Coroutine, Mapping
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
+from nitro.bridge.listener import Bridge, serve_plugins
 from nitro.config import Config
 from nitro.core.delivery import Delivery
 from nitro.core.directory import SessionDirectory
@@ -84,6 +85,7 @@ class Server:
         self.tiers: Tiers | None = None  # cache and ring statistics (`tiers.cache.stats`, `tiers.ring.stats`)
         self.directory: SessionDirectory | None = None  # set by the `directory` module
         self.reloads = 0  # configuration reloads applied (SIGHUP, `nitro reload`)
+        self.bridge: Bridge | None = None  # plugins over TCP (nitro/bridge), set by running_server
 
     @property
     def domain(self) -> str:
@@ -197,7 +199,10 @@ async def running_server(config: Config) -> AsyncIterator[Server]:
             try:
                 async with serve_admin(server):  # `nitro status|sessions|kick|reload`; before the listeners
                     await server.start_listeners()
-                    async with serve_http(server):  # WebSocket, BOSH, discovery, web client ([http])
+                    async with (
+                        serve_plugins(server, server.listeners) as server.bridge,  # [plugins] (XEP-0114)
+                        serve_http(server),  # WebSocket, BOSH, discovery, web client ([http])
+                    ):
                         with tuned_gc(config.gc):
                             yield server
             finally:

@@ -1,0 +1,106 @@
+"""The plugin listener (`[plugins] host`/`port`, XEP-0114): plugin hosts in the hosts table, one link per
+accepted connection, peers outside loopback and `allowed_peers` refused."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from nitro.bridge.handshake import peer_allowed
+from nitro.bridge.host import PluginHost
+from nitro.bridge.link import ComponentLink, Extension
+from nitro.core.context import Core
+from nitro.xmpp.errors import StreamError
+
+log = logging.getLogger(__name__)
+
+
+class Bridge:
+    """The plugins of this server: their hosts (one per `[plugins.NAME]`) and the links that serve them."""
+
+    def __init__(self, core: Core) -> None:
+        self.core = core
+        self.config = core.config.plugins
+        self.plugins: dict[str, PluginHost] = {}  # by name
+        self._by_domain: dict[str, PluginHost] = {}
+        self.links: set[ComponentLink] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._undo = [self._add(PluginHost(entry)) for entry in self.config.entries]
+        self.listener: asyncio.Server | None = None
+        self.extension: Extension | None = None  # the hook namespace on the link (nitro/bridge/hooks)
+
+    def _add(self, host: PluginHost) -> Callable[[], None]:
+        self.plugins[host.name] = host
+        self._by_domain[host.domain] = host
+        return self.core.hosts.add(host.domain, host)
+
+    def lookup(self, domain: str) -> PluginHost | None:
+        return self._by_domain.get(domain)
+
+    @property
+    def port(self) -> int:
+        """The port the listener is bound to (the configured one, or the one the system picked for 0)."""
+        assert self.listener is not None
+        return int(self.listener.sockets[0].getsockname()[1])
+
+    async def start(self) -> asyncio.Server:
+        self.listener = await asyncio.start_server(self._accept, self.config.host, self.config.port)
+        addresses = ", ".join(f"{s.getsockname()[0]}:{s.getsockname()[1]}" for s in self.listener.sockets)
+        log.info("plugins (XEP-0114) listening on %s for %s", addresses, ", ".join(self._by_domain) or "none")
+        return self.listener
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        c2s = self.core.config.c2s
+        link = ComponentLink(
+            reader,
+            writer,
+            lookup=self.lookup,
+            route=self.core.router.route,
+            handshake_timeout=self.config.handshake_timeout,
+            write_timeout=c2s.write_timeout,
+            max_stanza_bytes=c2s.max_stanza_bytes,
+            extension=self.extension,
+        )
+        if not peer_allowed(link.peer, self.config.allowed_peers):
+            log.warning("plugin connection from %s refused: not loopback nor in allowed_peers", link.peer)
+            await link.close(StreamError("policy-violation", f"{link.peer} may not connect as a plugin"))
+            return
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        self.links.add(link)
+        try:
+            await link.run()
+        finally:
+            self.links.discard(link)
+            self._tasks.discard(task)
+
+    async def stop(self) -> None:
+        """Stop accepting, close every link with `<system-shutdown/>`, unregister the plugin hosts."""
+        if self.listener is not None:
+            self.listener.close()
+        for link in list(self.links):
+            await link.close(StreamError("system-shutdown"))
+        if self._tasks:
+            _done, pending = await asyncio.wait(set(self._tasks), timeout=2.0)
+            for task in pending:
+                task.cancel()
+        for undo in self._undo:
+            undo()
+
+
+@asynccontextmanager
+async def serve_plugins(core: Core, listeners: list[asyncio.Server]) -> AsyncIterator[Bridge]:
+    """The plugin hosts and the listener for this scope; the listener joins the server's `listeners` (the
+    upgrade hands those to a successor)."""
+    bridge = Bridge(core)
+    try:
+        if bridge.plugins:  # no [plugins.NAME], no listener
+            listeners.append(await bridge.start())
+        yield bridge
+    finally:
+        with contextlib.suppress(Exception):
+            await bridge.stop()
