@@ -1,0 +1,44 @@
+"""`[plugins]` and `[plugins.NAME]`: what the config accepts and each mistake it refuses, by name."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from nitro.config import ConfigError, parse_config
+
+ECHO = {"mode": "inprocess", "subdomain": "echo.localhost", "secret": "s"}
+
+
+def test_plugin_tables_and_their_own_keys() -> None:
+    config = parse_config({"plugins": {"port": 6000, "echo": {**ECHO, "prefix": "> ", "limits": [1, 2]}}})
+    entry = config.plugins.entry("echo")
+    assert entry is not None
+    assert (entry.mode, entry.subdomain, entry.module_name) == ("inprocess", "echo.localhost", "plugins.echo")
+    assert entry.options == {"prefix": "> ", "limits": [1, 2]}
+    assert config.plugins.port == 6000
+    other = parse_config({"plugins": {"x": {**ECHO, "subdomain": "x.localhost", "module": "my.plugin"}}})
+    assert other.plugins.entries[0].module_name == "my.plugin"
+
+
+@pytest.mark.parametrize(
+    ("plugins", "message"),
+    [
+        ({"prot": 1}, "[plugins]: unknown key 'prot'"),
+        ({"entries": []}, "unknown key 'entries'"),
+        ({"port": 70000}, "[plugins].port must be between"),
+        ({"queue_timeout": 0}, "[plugins].queue_timeout must be positive"),
+        ({"echo": {**ECHO, "mode": "thread"}}, "[plugins.echo].mode must be one of"),
+        ({"echo": {**ECHO, "secret": ""}}, "[plugins.echo].secret is required"),
+        ({"echo": {**ECHO, "subdomain": "localhost"}}, "must not be the server's own domain"),
+        ({"echo": {**ECHO, "subdomain": "a@b"}}, "must be a bare domain"),
+        ({"echo": {**ECHO, "secret": 5}}, "[plugins].echo.secret: expected str"),
+        ({"echo": ECHO, "copy": ECHO}, "is also [plugins.echo]'s"),
+        ({"allowed_peers": ["not an address"]}, "allowed_peers"),
+    ],
+)
+def test_bad_plugin_config_is_refused(plugins: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        parse_config({"plugins": plugins})
+    assert message in str(raised.value)
