@@ -173,6 +173,10 @@ def _validate_plugins(config: Config, source: str) -> None:
             raise ConfigError(f"{where}.mode must be one of {', '.join(PLUGIN_MODES)}, got {entry.mode!r}")
         if not entry.secret:
             raise ConfigError(f"{where}.secret is required (the XEP-0114 handshake secret)")
+        if entry.failure_policy not in ("open", "closed"):
+            raise ConfigError(f"{where}.failure_policy must be open or closed, got {entry.failure_policy!r}")
+        if entry.filter_timeout <= 0 or entry.observe_queue < 0:
+            raise ConfigError(f"{where}: filter_timeout must be positive and observe_queue at least 0")
         try:
             domain = JID.parse(entry.subdomain)
         except InvalidJID as exc:

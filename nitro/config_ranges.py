@@ -75,6 +75,7 @@ RANGES: dict[str, dict[str, _Range]] = {
         "ping_interval": _POSITIVE,
         "ping_timeout": _POSITIVE,
         "stop_timeout": _POSITIVE,
+        "stanzas_per_second": _NOT_NEGATIVE,  # 0: no cap
     },
 }
 

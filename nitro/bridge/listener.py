@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from lxml import etree
 
 from nitro.bridge.handshake import peer_allowed
+from nitro.bridge.hooks import Hooks
 from nitro.bridge.host import PluginHost
 from nitro.bridge.link import ComponentLink, Extension
 from nitro.bridge.supervisor import Supervisor
@@ -37,7 +38,8 @@ class Bridge:
             for entry in self.config.entries
         ]
         self.listener: asyncio.Server | None = None
-        self.extension: Extension | None = None  # the hook namespace on the link (nitro/bridge/hooks)
+        self.hooks = Hooks(core, self.plugins)  # urn:nitro:plugin:hooks:0 on every link
+        self.extension: Extension | None = self.hooks.handle
         self.supervisor: Supervisor | None = None
 
     def _add(self, host: PluginHost) -> Callable[[], None]:
@@ -72,6 +74,7 @@ class Bridge:
             max_stanza_bytes=c2s.max_stanza_bytes,
             extension=self.extension,
             health=self._ping,
+            stanzas_per_second=self.config.stanzas_per_second,
         )
         if not peer_allowed(link.peer, self.config.allowed_peers):
             log.warning("plugin connection from %s refused: not loopback nor in allowed_peers", link.peer)
@@ -124,6 +127,7 @@ class Bridge:
             _done, pending = await asyncio.wait(set(self._tasks), timeout=2.0)
             for task in pending:
                 task.cancel()
+        self.hooks.close()
         for host in self.plugins.values():
             await host.close()
         for undo in self._undo:
