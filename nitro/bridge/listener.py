@@ -15,6 +15,7 @@ from nitro.bridge.handshake import peer_allowed
 from nitro.bridge.hooks import Hooks
 from nitro.bridge.host import PluginHost
 from nitro.bridge.link import ComponentLink, Extension
+from nitro.bridge.metrics import PluginCollector
 from nitro.bridge.supervisor import Supervisor
 from nitro.core.context import Core
 from nitro.xmpp import ns
@@ -40,6 +41,9 @@ class Bridge:
         self.listener: asyncio.Server | None = None
         self.hooks = Hooks(core, self.plugins)  # urn:nitro:plugin:hooks:0 on every link
         self.extension: Extension | None = self.hooks.handle
+        self._collector = PluginCollector(self.plugins, self.hooks)
+        if self.plugins:
+            core.metrics.registry.register(self._collector)
         self.supervisor: Supervisor | None = None
 
     def _add(self, host: PluginHost) -> Callable[[], None]:
@@ -128,6 +132,8 @@ class Bridge:
             for task in pending:
                 task.cancel()
         self.hooks.close()
+        if self.plugins:
+            self.core.metrics.registry.unregister(self._collector)
         for host in self.plugins.values():
             await host.close()
         for undo in self._undo:
