@@ -175,8 +175,12 @@ def _validate_plugins(config: Config, source: str) -> None:
             raise ConfigError(f"{where}.secret is required (the XEP-0114 handshake secret)")
         if entry.failure_policy not in ("open", "closed"):
             raise ConfigError(f"{where}.failure_policy must be open or closed, got {entry.failure_policy!r}")
-        if entry.filter_timeout <= 0 or entry.observe_queue < 0:
-            raise ConfigError(f"{where}: filter_timeout must be positive and observe_queue at least 0")
+        if (problem := _privilege_problem(entry.privileges)) is not None:
+            raise ConfigError(f"{where}.privileges: {problem}")
+        if entry.filter_timeout <= 0 or entry.observe_queue < 0 or entry.delegation_timeout <= 0:
+            raise ConfigError(
+                f"{where}: filter_timeout and delegation_timeout must be positive, observe_queue >= 0"
+            )
         try:
             domain = JID.parse(entry.subdomain)
         except InvalidJID as exc:
@@ -195,3 +199,19 @@ def _validate_plugins(config: Config, source: str) -> None:
             raise ConfigError(
                 f"{source}: [plugins].allowed_peers: {peer!r} is not an address or network"
             ) from exc
+
+
+_PRIVILEGES = {"roster": ("none", "get", "set", "both"), "message": ("none", "outgoing")}
+
+
+def _privilege_problem(privileges: dict[str, object]) -> str | None:
+    """XEP-0356 §4 values, as ejabberd's mod_privilege takes them (presence is not offered yet)."""
+    for access, value in privileges.items():
+        if access == "iq":
+            if not isinstance(value, dict) or any(v not in ("get", "set", "both") for v in value.values()):
+                return "iq must be a table of namespace = get|set|both"
+        elif access not in _PRIVILEGES:
+            return f"unknown access {access!r} (roster, message, iq)"
+        elif value not in _PRIVILEGES[access]:
+            return f"{access} must be one of {', '.join(_PRIVILEGES[access])}, got {value!r}"
+    return None

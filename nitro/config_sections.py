@@ -242,6 +242,7 @@ PLUGIN_MODES = ("inprocess", "process", "external")
 # the keys of [plugins.NAME] the core reads; every other key is the plugin's own (`options`)
 _PLUGIN_CORE_KEYS = frozenset(
     {"mode", "subdomain", "secret", "module", "priority", "filter_timeout", "failure_policy", "observe_queue"}
+    | {"privileges", "delegations", "delegation_timeout"}
 )
 
 
@@ -259,6 +260,13 @@ class PluginSection:
     filter_timeout: float = 2.0  # seconds a filter verdict may take before failure_policy applies
     failure_policy: str = "open"  # a filter that times out, fails or is down: "open" passes, "closed" drops
     observe_queue: int = 10000  # observe events held for it (while slow or down); past it they are counted
+    # XEP-0356 in the XEP's vocabulary: roster = none|get|set|both, message = none|outgoing,
+    # iq = { NAMESPACE = get|set|both }; anything not granted is <forbidden/>
+    privileges: dict[str, Any] = field(default_factory=dict, hash=False)
+    delegations: tuple[str, ...] = ()  # XEP-0355: IQ namespaces of the server it answers instead
+    delegation_timeout: float = (
+        10.0  # seconds a delegated IQ waits for the plugin; then the client gets an error
+    )
     options: dict[str, Any] = field(default_factory=dict, hash=False)
 
     @property

@@ -36,6 +36,10 @@ def test_plugin_tables_and_their_own_keys() -> None:
         ({"echo": {**ECHO, "secret": 5}}, "[plugins].echo.secret: expected str"),
         ({"echo": ECHO, "copy": ECHO}, "is also [plugins.echo]'s"),
         ({"allowed_peers": ["not an address"]}, "allowed_peers"),
+        ({"echo": {**ECHO, "privileges": {"roster": "all"}}}, "privileges: roster must be one of"),
+        ({"echo": {**ECHO, "privileges": {"presence": "roster"}}}, "unknown access 'presence'"),
+        ({"echo": {**ECHO, "privileges": {"iq": {"urn:x": "put"}}}}, "iq must be a table"),
+        ({"echo": {**ECHO, "failure_policy": "ajar"}}, "failure_policy must be open or closed"),
     ],
 )
 def test_bad_plugin_config_is_refused(plugins: dict[str, Any], message: str) -> None:

@@ -78,7 +78,7 @@ class PluginHooks:
             ),
             core.bus.add_filter(STANZA_FILTER, self.observe_stanza, priority=OBSERVER_PRIORITY),
         ]
-        host.on_attach.append(self.wake)  # what waited while it was down goes out
+        host.on_attach.append(lambda _link: self.wake())  # what waited while it was down goes out
         for event, bus_event in _SESSION_BUS_EVENTS.items():
             self._undo.append(
                 core.bus.add(bus_event, self._session_observer(event), priority=OBSERVER_PRIORITY)

@@ -16,6 +16,7 @@ from nitro.bridge.hooks import Hooks
 from nitro.bridge.host import PluginHost
 from nitro.bridge.link import ComponentLink, Extension
 from nitro.bridge.metrics import PluginCollector
+from nitro.bridge.privilege import Powers
 from nitro.bridge.supervisor import Supervisor
 from nitro.core.context import Core
 from nitro.xmpp import ns
@@ -40,11 +41,15 @@ class Bridge:
         ]
         self.listener: asyncio.Server | None = None
         self.hooks = Hooks(core, self.plugins)  # urn:nitro:plugin:hooks:0 on every link
-        self.extension: Extension | None = self.hooks.handle
+        self.powers = Powers(core, self.plugins)  # XEP-0356 privileges, XEP-0355 delegations
+        self.extension: Extension | None = self._extension
         self._collector = PluginCollector(self.plugins, self.hooks)
         if self.plugins:
             core.metrics.registry.register(self._collector)
         self.supervisor: Supervisor | None = None
+
+    async def _extension(self, link: ComponentLink, element: etree._Element) -> bool:
+        return await self.hooks.handle(link, element) or await self.powers.handle(link, element)
 
     def _add(self, host: PluginHost) -> Callable[[], None]:
         self.plugins[host.name] = host
@@ -132,6 +137,7 @@ class Bridge:
             for task in pending:
                 task.cancel()
         self.hooks.close()
+        self.powers.close()
         if self.plugins:
             self.core.metrics.registry.unregister(self._collector)
         for host in self.plugins.values():
