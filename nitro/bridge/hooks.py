@@ -7,7 +7,6 @@ down its filters fail by policy and its observe events wait in the queue."""
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 from collections.abc import Callable
 from typing import Any, Final
@@ -16,6 +15,7 @@ from lxml import etree
 
 from nitro.bridge.host import PluginHost
 from nitro.bridge.link import ComponentLink
+from nitro.bridge.spool import ObserveQueue, Spool
 from nitro.bridge.verdicts import (
     HOOKS,
     KINDS,
@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 
 OBSERVER_PRIORITY: Final = -(10**9)  # observers see a stanza after every filter (what is really routed)
 _IQ: Final = f"{{{ns.COMPONENT}}}iq"
+_MESSAGE: Final = f"{{{ns.COMPONENT}}}message"
 _SESSION_BUS_EVENTS: Final = {
     "login": "resource-bind",
     "logout": "resource-unbind",
@@ -62,9 +63,8 @@ class PluginHooks:
         self.filters: frozenset[str] = frozenset()
         self.observes: frozenset[str] = frozenset()
         self.pending: dict[str, asyncio.Future[etree._Element]] = {}
-        self.queue: collections.deque[etree._Element] = collections.deque()
-        self.queue_max = entry.observe_queue
-        self.dropped = 0  # observe events lost because the queue was full
+        spool = Spool(core.config.path(entry.spool)) if entry.spool else None
+        self.queue = ObserveQueue(entry.observe_queue, spool)
         self.filtered = 0  # filter requests answered
         self._wake = asyncio.Event()
         self._sender: asyncio.Task[None] | None = None
@@ -78,15 +78,20 @@ class PluginHooks:
             ),
             core.bus.add_filter(STANZA_FILTER, self.observe_stanza, priority=OBSERVER_PRIORITY),
         ]
-        host.on_attach.append(lambda _link: self.wake())  # what waited while it was down goes out
+        host.on_attach.append(lambda _link: self.reconnected())  # what waited while it was down goes out
         for event, bus_event in _SESSION_BUS_EVENTS.items():
             self._undo.append(
                 core.bus.add(bus_event, self._session_observer(event), priority=OBSERVER_PRIORITY)
             )
 
-    def register(self, filters: frozenset[str], observes: frozenset[str]) -> None:
+    @property
+    def dropped(self) -> int:
+        return self.queue.dropped
+
+    def register(self, filters: frozenset[str], observes: frozenset[str], acking: bool = False) -> None:
         """A registration replaces the plugin's previous one."""
         self.filters, self.observes = filters, observes
+        self.queue.acking = acking
         log.info("plugin %s hooks: filter %s, observe %s", self.host.name, sorted(filters), sorted(observes))
         self.wake()
 
@@ -138,10 +143,11 @@ class PluginHooks:
         return observe
 
     def enqueue(self, event: etree._Element) -> None:
-        if len(self.queue) >= self.queue_max:
-            self.dropped += 1
-            return
-        self.queue.append(event)
+        if self.queue.put(event):
+            self.wake()
+
+    def reconnected(self) -> None:
+        self.queue.resend()
         self.wake()
 
     def wake(self) -> None:
@@ -154,12 +160,15 @@ class PluginHooks:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            while self.queue and isinstance(link := self.host.link, ComponentLink):
+            pending = self.queue.pending
+            while pending and isinstance(link := self.host.link, ComponentLink):
+                seq, message = pending[0]
                 try:
-                    await link.send(self.queue[0])
+                    await link.send(message)
                 except ConnectionError:
                     break
-                self.queue.popleft()
+                pending.popleft()
+                self.queue.sent(seq, message)
 
     def answer(self, iq: etree._Element) -> bool:
         """An IQ result/error for one of our filter requests: hand it to the waiting filter."""
@@ -174,6 +183,8 @@ class PluginHooks:
             undo()
         if self._sender is not None:
             self._sender.cancel()
+        if self.queue.spool is not None:
+            self.queue.spool.close()
 
 
 class Hooks:
@@ -186,8 +197,12 @@ class Hooks:
     async def handle(self, link: ComponentLink, element: etree._Element) -> bool:
         """Take what is for the hook protocol off the link (True); leave the rest to the router."""
         hooks = self.plugins.get(link.domain or "")
-        if hooks is None or element.tag != _IQ:
+        if hooks is None or element.tag not in (_IQ, _MESSAGE):
             return False
+        if element.tag == _MESSAGE and (ack := element.find(f"{{{HOOKS}}}ack")) is not None:
+            if ack.get("spool") == hooks.queue.epoch and (ack.get("seq") or "").isdigit():
+                hooks.queue.ack(int(ack.get("seq") or 0))
+            return True
         iq_type = element.get("type")
         if iq_type in ("result", "error"):
             return hooks.answer(element)
@@ -208,7 +223,8 @@ class Hooks:
                 return error_reply(iq, error)  # in the component namespace, like the request
         for hook in register:
             wanted[hook.get("kind") or ""].add(hook.get("event") or "")
-        hooks.register(frozenset(wanted["filter"]), frozenset(wanted["observe"]))
+        acking = register.get("ack") in ("true", "1")  # observe events are kept until acknowledged
+        hooks.register(frozenset(wanted["filter"]), frozenset(wanted["observe"]), acking)
         return to_external(iq_result(iq), ns.COMPONENT)
 
     def close(self) -> None:

@@ -43,6 +43,9 @@ class Observed:
     name: str
     attributes: dict[str, str] = field(default_factory=dict)
     stanza: ET.Element | None = None
+    seq: int = 0  # the core's number for it (with `spool`, what the SDK acknowledges)
+    spool: str = ""
+    at: float = 0.0  # when the core saw it (seconds since the epoch)
 
 
 FilterHandler = Callable[[ET.Element], Awaitable[Verdict]]
@@ -51,7 +54,7 @@ ObserveHandler = Callable[[Observed], Awaitable[None]]
 
 def register_element(hooks: Iterable[tuple[str, str]]) -> ET.Element:
     """`<register>` with one `<hook event= kind=/>` per (event, kind)."""
-    register = ET.Element(f"{{{HOOKS}}}register")
+    register = ET.Element(f"{{{HOOKS}}}register", ack="true")
     for event, kind in hooks:
         ET.SubElement(register, f"{{{HOOKS}}}hook", event=event, kind=kind)
     return register
@@ -74,9 +77,19 @@ def verdict_element(verdict: Verdict) -> ET.Element:
 
 
 def observed(event: ET.Element) -> Observed:
-    attributes = {key: value for key, value in event.attrib.items() if key != "name"}
+    attributes = {
+        key: value for key, value in event.attrib.items() if key not in ("name", "seq", "spool", "at")
+    }
     stanza = next(iter(event), None)
-    return Observed(event.get("name", ""), attributes, stanza)
+    seq = event.get("seq", "0")
+    return Observed(
+        event.get("name", ""), attributes, stanza, int(seq) if seq.isdigit() else 0, event.get("spool", "")
+    )
+
+
+def ack_element(event: Observed) -> ET.Element:
+    """`<ack seq= spool=/>`: every event up to this one is handled (the core may forget them)."""
+    return ET.Element(f"{{{HOOKS}}}ack", seq=str(event.seq), spool=event.spool)
 
 
 async def run_filters(handlers: list[FilterHandler], stanza: ET.Element) -> Verdict:

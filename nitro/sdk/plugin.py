@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from xml.etree import ElementTree as ET
 
-from slixmpp import Iq, Message, Presence
+from slixmpp import JID, Iq, Message, Presence
 from slixmpp.componentxmpp import ComponentXMPP
 from slixmpp.xmlstream.handler import CoroutineCallback
 from slixmpp.xmlstream.matcher.base import MatcherBase
@@ -23,6 +23,7 @@ from nitro.sdk.hooks import (
     ObserveHandler,
     Pass,
     Verdict,
+    ack_element,
     observed,
     register_element,
     run_filters,
@@ -181,7 +182,13 @@ class Plugin:
                 try:
                     await handler(event)
                 except Exception:
+                    # not acknowledged: the core sends it again after the next reconnect
                     log.exception("plugin %s: observer of %s failed", self.name, event.name)
+                    return
+            if event.seq:
+                ack = xmpp.make_message(mto=JID(settings.server_domain), mfrom=JID(settings.subdomain))
+                ack.append(ack_element(event))
+                ack.send()
 
         xmpp.add_event_handler("session_start", register)
         xmpp.register_handler(
