@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -29,9 +30,9 @@ def scenarios(mode: str, directory: Path) -> dict[str, dict[str, dict[str, objec
         "modules": {"disabled": ["mam"]},
         "limits": {"bytes_per_second": 0, "stanzas_per_second": 0},
     }
-    plugins = {"port": free_port()}
-    echo = {"mode": mode, "subdomain": "echo.localhost", "secret": SECRET}
-    compliance = {
+    plugins: dict[str, object] = {"port": free_port()}
+    echo: dict[str, object] = {"mode": mode, "subdomain": "echo.localhost", "secret": SECRET}
+    compliance: dict[str, object] = {
         "mode": mode,
         "subdomain": "compliance.localhost",
         "secret": SECRET,
@@ -108,14 +109,15 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=5000)
     parser.add_argument("--window", type=int, default=32, help="messages in flight (default 32)")
     parser.add_argument("--mode", default="process", choices=("process", "inprocess"))
-    parser.add_argument("--only", default=None, help="one scenario: none, echo or compliance")
+    parser.add_argument("--only", default=None, choices=("none", "echo", "compliance"), help="one scenario")
     args = parser.parse_args()
-    import tempfile
 
     print(f"{args.messages} messages alice→bob, window {args.window}, plugins in {args.mode} mode")
     with tempfile.TemporaryDirectory(prefix="nitro-bench-plugins-") as tmp:
-        for name, extra in scenarios(args.mode, Path(tmp)).items():
-            if args.only and not name.startswith(args.only):
+        for key, (name, extra) in zip(
+            ("none", "echo", "compliance"), scenarios(args.mode, Path(tmp)).items(), strict=True
+        ):
+            if args.only and args.only != key:
                 continue
             asyncio.run(run(name, extra, args.messages, args.window))
 
