@@ -18,7 +18,7 @@ from xml.etree import ElementTree as ET
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from nitro.sdk import Drop, Observed, Pass, Plugin, PluginSettings, Verdict
-from plugins.compliance.store import Record, open_store, purge, recipients_of, record
+from plugins.compliance.store import Batcher, Record, open_store, purge, recipients_of
 
 log = logging.getLogger(__name__)
 plugin = Plugin("compliance")
@@ -49,8 +49,8 @@ async def policy(stanza: ET.Element) -> Verdict:
 @plugin.observe("message")
 async def archive(event: Observed) -> None:
     stanza = event.stanza
-    engine = _state.get("engine")
-    if stanza is None or not isinstance(engine, AsyncEngine):
+    batcher = _state.get("batcher")
+    if stanza is None or not isinstance(batcher, Batcher):
         return
     body = stanza.findtext(f"{CLIENT}body")
     origin = stanza.find("{urn:xmpp:sid:0}origin-id")
@@ -64,7 +64,15 @@ async def archive(event: Observed) -> None:
         stanza_id=origin.get("id") if origin is not None else stanza.get("id"),
         body=body,
     )
-    await record(engine, item)  # raises on a storage failure: no ack, the core sends it again
+    try:
+        await batcher.add(item)
+    except Exception:
+        # Acknowledgements are cumulative: acknowledging a later event would cover this one. Drop the
+        # link instead; the core resends everything unacknowledged once the SDK has reconnected.
+        log.exception("compliance: recording failed; reconnecting so that the core sends it again")
+        if plugin.xmpp is not None:
+            plugin.xmpp.abort()
+        raise
 
 
 async def _retention(engine: AsyncEngine, days: float) -> None:
@@ -77,7 +85,7 @@ async def _retention(engine: AsyncEngine, days: float) -> None:
 
 async def main(settings: PluginSettings) -> None:
     engine = await open_store(dsn_of(settings))
-    _state["engine"] = engine
+    _state["batcher"] = Batcher(engine)
     _state["patterns"] = [re.compile(p) for p in settings.option("block_patterns", [])]
     days = float(settings.option("retention_days", 0))
     retention = asyncio.create_task(_retention(engine, days)) if days > 0 else None

@@ -3,6 +3,7 @@ the retention purge), on the server's DSN unless the plugin's `dsn` option names
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -66,9 +67,8 @@ async def open_store(dsn: str) -> AsyncEngine:
     return engine
 
 
-async def record(engine: AsyncEngine, item: Record) -> bool:
-    """Append one message; False if the core sent it before (same spool and seq: a resend)."""
-    values = {
+def _values(item: Record) -> dict[str, Any]:
+    return {
         "spool": item.spool,
         "seq": item.seq,
         "sent_at": item.sent_at,
@@ -79,12 +79,48 @@ async def record(engine: AsyncEngine, item: Record) -> bool:
         "stanza_id": item.stanza_id,
         "body": item.body,
     }
-    statement = (
-        sa.insert(messages).prefix_with("OR IGNORE", dialect="sqlite").prefix_with("IGNORE", dialect="mysql")
-    )
+
+
+_INSERT = (
+    sa.insert(messages).prefix_with("OR IGNORE", dialect="sqlite").prefix_with("IGNORE", dialect="mysql")
+)
+
+
+async def record(engine: AsyncEngine, items: Sequence[Record]) -> None:
+    """Append messages in one transaction; one the core sent before (same spool and seq) is skipped."""
     async with engine.begin() as connection:
-        result = await connection.execute(statement, values)
-    return bool(result.rowcount)
+        await connection.execute(_INSERT, [_values(item) for item in items])
+
+
+class Batcher:
+    """Group commit: records that arrive while a transaction is running go together in the next one, and
+    each `add` returns once its record is committed (only then may the plugin acknowledge it)."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._pending: list[tuple[Record, asyncio.Future[None]]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def add(self, item: Record) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((item, future))
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._flush())
+        await future
+
+    async def _flush(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            try:
+                await record(self._engine, [item for item, _future in batch])
+            except Exception as exc:
+                for _item, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for _item, future in batch:
+                if not future.done():
+                    future.set_result(None)
 
 
 async def search(
