@@ -40,6 +40,7 @@ def test_plugin_tables_and_their_own_keys() -> None:
         ({"echo": {**ECHO, "privileges": {"presence": "roster"}}}, "unknown access 'presence'"),
         ({"echo": {**ECHO, "privileges": {"iq": {"urn:x": "put"}}}}, "iq must be a table"),
         ({"echo": {**ECHO, "failure_policy": "ajar"}}, "failure_policy must be open or closed"),
+        ({"port": 5222, "echo": ECHO}, "[plugins].port 5222 is also [c2s].port"),
     ],
 )
 def test_bad_plugin_config_is_refused(plugins: dict[str, Any], message: str) -> None:
