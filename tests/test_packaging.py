@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 REPOSITORY = Path(__file__).parent.parent
-# slixmpp is a runtime dependency since the plugin SDK (nitro/sdk) and the echo plugin `make run` starts use it
+# slixmpp is a runtime dependency: the plugin SDK (nitro/sdk) and the echo plugin `make run` starts use it
 DEV_ONLY = ("pytest", "pytest_asyncio", "ruff", "mypy", "lxml-stubs", "pymysql")
 
 
