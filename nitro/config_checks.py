@@ -201,17 +201,21 @@ def _validate_plugins(config: Config, source: str) -> None:
             ) from exc
 
 
-_PRIVILEGES = {"roster": ("none", "get", "set", "both"), "message": ("none", "outgoing")}
+_PRIVILEGES = {
+    "roster": ("none", "get", "set", "both"),
+    "message": ("none", "outgoing"),
+    "presence": ("none", "managed_entity"),  # not yet "roster" (contacts' presences)
+}
 
 
 def _privilege_problem(privileges: dict[str, object]) -> str | None:
-    """XEP-0356 §4 values, as ejabberd's mod_privilege takes them (presence is not offered yet)."""
+    """XEP-0356 §4 values, as ejabberd's mod_privilege takes them (presence "roster" is not offered yet)."""
     for access, value in privileges.items():
         if access == "iq":
             if not isinstance(value, dict) or any(v not in ("get", "set", "both") for v in value.values()):
                 return "iq must be a table of namespace = get|set|both"
         elif access not in _PRIVILEGES:
-            return f"unknown access {access!r} (roster, message, iq)"
+            return f"unknown access {access!r} (roster, message, presence, iq)"
         elif value not in _PRIVILEGES[access]:
             return f"{access} must be one of {', '.join(_PRIVILEGES[access])}, got {value!r}"
     return None

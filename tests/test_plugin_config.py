@@ -37,7 +37,11 @@ def test_plugin_tables_and_their_own_keys() -> None:
         ({"echo": ECHO, "copy": ECHO}, "is also [plugins.echo]'s"),
         ({"allowed_peers": ["not an address"]}, "allowed_peers"),
         ({"echo": {**ECHO, "privileges": {"roster": "all"}}}, "privileges: roster must be one of"),
-        ({"echo": {**ECHO, "privileges": {"presence": "roster"}}}, "unknown access 'presence'"),
+        (
+            {"echo": {**ECHO, "privileges": {"presence": "roster"}}},
+            "presence must be one of none, managed_entity",
+        ),
+        ({"echo": {**ECHO, "privileges": {"files": "all"}}}, "unknown access 'files'"),
         ({"echo": {**ECHO, "privileges": {"iq": {"urn:x": "put"}}}}, "iq must be a table"),
         ({"echo": {**ECHO, "failure_policy": "ajar"}}, "failure_policy must be open or closed"),
         ({"port": 5222, "echo": ECHO}, "[plugins].port 5222 is also [c2s].port"),

@@ -30,7 +30,12 @@ def config(tmp_path: Path) -> Config:
         "mode": "external",
         "subdomain": P,
         "secret": SECRET,
-        "privileges": {"roster": "both", "message": "outgoing", "iq": {"jabber:iq:private": "get"}},
+        "privileges": {
+            "roster": "both",
+            "message": "outgoing",
+            "presence": "managed_entity",
+            "iq": {"jabber:iq:private": "get"},
+        },
         "delegations": [DELEGATED],
         "delegation_timeout": 0.5,
     }
@@ -86,6 +91,23 @@ async def test_privileges_are_advertised_and_used(server: Server, clients: Clien
         await wait_for(lambda: len(received) == 1)
         assert received[0]["from"].bare == "alice@localhost"
         assert received[0]["body"] == "from alice"
+    finally:
+        await disconnect(component)
+
+
+async def test_managed_entity_gets_every_users_presence(server: Server, clients: Clients) -> None:
+    presences: list[slixmpp.Presence] = []
+    component = await connect_component(
+        server, P, plugins=("xep_0030",), setup=lambda c: c.add_event_handler("presence", presences.append)
+    )
+    try:
+        alice = await clients.login(await clients.user("alice"))  # sends initial presence
+        await wait_for(lambda: any(p["from"].bare == "alice@localhost" for p in presences))
+        alice.send_presence(pstatus="busy", pshow="dnd")
+        await wait_for(lambda: any(p["status"] == "busy" for p in presences))
+        await clients.close_all()
+        await wait_for(lambda: presences[-1]["type"] == "unavailable")
+        assert {str(p["to"]) for p in presences} == {P}
     finally:
         await disconnect(component)
 

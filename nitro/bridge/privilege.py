@@ -6,6 +6,7 @@ features, IQs forwarded and answered, an error for the client after `delegation_
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import dataclasses
 import functools
@@ -63,6 +64,11 @@ class Powers:
                 self._undo.append(core.disco.add_feature(namespace))  # §5: the server's disco shows it
         if self._delegated:
             self._undo.append(core.bus.add_filter(STANZA_FILTER, self._delegate, priority=10**9))
+        # XEP-0356 §8 managed_entity: the plugin gets every presence the server's users broadcast
+        self._watchers = [h for h in hosts.values() if h.entry.privileges.get("presence") == "managed_entity"]
+        if self._watchers:
+            for event in ("initial-presence", "presence-changed"):
+                self._undo.append(core.bus.add(event, self._presence, priority=-(10**9)))
 
     # -- advertising (XEP-0356 §4, XEP-0355 §4) -------------------------------------------------------
 
@@ -95,6 +101,23 @@ class Powers:
         task = asyncio.create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _presence(self, event: Any) -> None:
+        """A user's presence changed: each watching plugin gets it (unavailable when it went away)."""
+        session = event.session
+        current = session.presence
+        for host in self._watchers:
+            if not host.connected:
+                continue  # presence is state, not history: a plugin gets the next change
+            presence = etree.Element(f"{{{ns.CLIENT}}}presence", nsmap=ns.default_ns(ns.CLIENT))
+            presence.set("from", str(session.jid))
+            presence.set("to", host.domain)
+            if current is None:
+                presence.set("type", "unavailable")
+            else:
+                presence.extend(copy.deepcopy(child) for child in current)
+            with contextlib.suppress(StanzaError):  # it went down meanwhile
+                await host.deliver(presence)
 
     # -- the link extension ---------------------------------------------------------------------------
 
