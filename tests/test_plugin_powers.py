@@ -184,6 +184,33 @@ async def test_delegated_iq_is_answered_by_the_plugin(server: Server, clients: C
     writer.close()
 
 
+async def test_delegated_iq_to_the_own_account_is_answered_by_the_plugin(
+    server: Server, clients: Clients
+) -> None:
+    """No 'to': the sender's own bare JID (a MAM query, say) is delegated too."""
+    assert server.bridge is not None
+    alice = await clients.login(await clients.user("alice"))
+    reader, writer, _data = await raw_authenticated(server.bridge.port, P)
+    iq = alice.make_iq_set()
+    iq.append(ET.Element(f"{{{DELEGATED}}}query"))
+    pending = asyncio.ensure_future(iq.send(timeout=5))
+    request = await read_until(reader, b"</iq>")
+    found = re.search(rb"<iq [^>]*id=\"(deleg-\d+)\"", request)
+    inner_id = re.search(rb"<iq xmlns=\"jabber:client\"[^>]*id=\"([^\"]+)\"", request)
+    assert found is not None
+    assert inner_id is not None
+    writer.write(
+        f"<iq type='result' id='{found[1].decode()}' from='{P}' to='localhost'>"
+        "<delegation xmlns='urn:xmpp:delegation:2'><forwarded xmlns='urn:xmpp:forward:0'>"
+        f"<iq xmlns='jabber:client' type='result' id='{inner_id[1].decode()}'/>"
+        "</forwarded></delegation></iq>".encode()
+    )
+    answer = await pending
+    assert answer["type"] == "result"
+    assert answer["from"] == JID("alice@localhost")
+    writer.close()
+
+
 async def test_delegated_iq_never_answered_is_an_error_after_the_timeout(
     server: Server, clients: Clients
 ) -> None:

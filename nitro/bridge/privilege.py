@@ -236,15 +236,14 @@ class Powers:
     # -- delegation (XEP-0355 §6) ---------------------------------------------------------------------
 
     async def _delegate(self, payload: RoutedStanza) -> Verdict:
-        """A client's IQ get/set to the server in a delegated namespace goes to its plugin instead."""
+        """A client's IQ get/set in a delegated namespace, to the server or to an account's bare JID (its own
+        when it has no 'to', as ejabberd's mod_delegation does), goes to the plugin instead."""
         stanza = payload.stanza
-        if (
-            etree.QName(stanza).localname != "iq"
-            or stanza.get("type") not in ("get", "set")
-            or payload.origin is None
-        ):
+        kind, iq_type = etree.QName(stanza).localname, stanza.get("type")
+        if kind != "iq" or iq_type not in ("get", "set") or payload.origin is None:
             return PASS
-        if payload.to is not None and (payload.to.local is not None or payload.to.domain != self.core.domain):
+        to = payload.to
+        if to is not None and (to.resource is not None or to.domain != self.core.domain):
             return PASS
         children = [child for child in stanza if isinstance(child.tag, str)]
         host = self._delegated.get(etree.QName(children[0]).namespace or "") if len(children) == 1 else None
@@ -272,7 +271,9 @@ class Powers:
             if answer.get("type") != "result" or inner is None or etree.QName(inner).localname != "iq":
                 raise StanzaError("service-unavailable", f"{host.domain} could not answer", type="wait")
             reply = to_internal(copy.deepcopy(inner), _C)
-            for key, value in (("to", stanza.get("from")), ("from", stanza.get("to") or self.core.domain)):
+            sender = JID.parse(stanza.get("from") or self.core.domain)
+            answering = stanza.get("to") or str(sender.bare)  # RFC 6120 §10.3.3: the account answers
+            for key, value in (("to", stanza.get("from")), ("from", answering)):
                 reply.set(key, value or "")
             reply.set("id", stanza.get("id") or "")
             await self.core.router.route(reply)
