@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from nitro.config import ConfigError, parse_config
+from nitro.ops.check import run_checks
 
 ECHO = {"mode": "inprocess", "subdomain": "echo.localhost", "secret": "s"}
 
@@ -51,3 +53,21 @@ def test_bad_plugin_config_is_refused(plugins: dict[str, Any], message: str) -> 
     with pytest.raises(ConfigError) as raised:
         parse_config({"plugins": plugins})
     assert message in str(raised.value)
+
+
+async def test_check_reports_each_plugin(tmp_path: Path) -> None:
+    path = tmp_path / "nitro.toml"
+    path.write_text(
+        f'[storage]\ndsn = "sqlite+aiosqlite:///{tmp_path}/n.db"\n[c2s]\nport = 0\ndirect_tls_port = 0\n'
+        f'[metrics]\nport = 0\n[tls]\ncert = "{tmp_path}/c.pem"\nkey = "{tmp_path}/k.pem"\n'
+        "[plugins]\nport = 0\n"
+        '[plugins.echo]\nsubdomain = "echo.localhost"\nsecret = "s"\n'
+        '[plugins.ghost]\nmode = "process"\nsubdomain = "g.localhost"\nsecret = "s"\n'
+        '[plugins.far]\nmode = "external"\nsubdomain = "far.localhost"\nsecret = "s"\n'
+    )
+    findings = [str(finding) async for finding in run_checks(path)]
+    assert "ok: plugins: echo (inprocess, echo.localhost): module plugins.echo found" in findings
+    assert (
+        "error: plugins: ghost (process, g.localhost): no module plugins.ghost on the Python path" in findings
+    )
+    assert any(f.startswith("ok: plugins: far (external, far.localhost): waited for") for f in findings)
