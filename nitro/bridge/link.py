@@ -110,11 +110,11 @@ class ComponentLink:
         except (ConnectionError, OSError) as exc:
             log.info("component link from %s (%s) lost: %s", self.peer, self.domain, exc)
         finally:
+            self.detach()  # first: from now on stanzas for the plugin are held, not written to a dead socket
             for helper in helpers:
                 helper.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await helper
-            self.detach()
             await self._close(None)
 
     def detach(self) -> None:
@@ -206,6 +206,8 @@ class ComponentLink:
         await self._drain()
 
     async def _write(self, element: etree._Element) -> None:
+        if self._writer.is_closing():  # a write now would vanish without an error
+            raise ConnectionError("the link is closing")
         self._writer.write(serialize(element))
         await self._drain()
 
