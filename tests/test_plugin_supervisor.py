@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sys
 from pathlib import Path
 
 import slixmpp
@@ -153,3 +154,42 @@ async def test_a_link_that_does_not_answer_pings_is_closed(tmp_path: Path) -> No
         assert b"connection-timeout" in data
         writer.close()
         await wait_for(lambda: server.bridge is not None and not server.bridge.plugins["echo"].connected)
+
+
+CRASHY = """
+from nitro.sdk import Plugin
+
+plugin = Plugin("crashy")
+calls = []
+
+
+async def main(settings):
+    calls.append(1)
+    if len(calls) == 1:
+        raise RuntimeError("first start fails")
+    await plugin.main(settings)
+"""
+
+
+async def test_an_inprocess_plugin_that_fails_is_started_again(tmp_path: Path) -> None:
+    (tmp_path / "crashy_plugin.py").write_text(CRASHY)
+    sys.path.insert(0, str(tmp_path))
+    try:
+        entry = {
+            "mode": "inprocess",
+            "module": "crashy_plugin",
+            "subdomain": "crashy.localhost",
+            "secret": SECRET,
+        }
+        config = plugins_config(tmp_path, {"crashy": entry})
+        async with started_server(config) as server:
+            assert server.bridge is not None
+            supervisor = server.bridge.supervisor
+            assert supervisor is not None
+            await wait_for(
+                lambda: server.bridge is not None and server.bridge.plugins["crashy"].connected, 10
+            )
+            assert supervisor.starts["crashy"] == 2
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("crashy_plugin", None)
