@@ -54,7 +54,8 @@ class Powers:
         self.core = core
         self.hosts = {host.domain: host for host in hosts.values()}
         self._delegated: dict[str, PluginHost] = {}  # namespace → the plugin answering it
-        self._pending: dict[str, asyncio.Future[etree._Element]] = {}
+        # (plugin domain, request id) → the delegated IQ waiting for that plugin's answer
+        self._pending: dict[tuple[str, str], asyncio.Future[etree._Element]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._undo: list[Callable[[], None]] = []
         for host in hosts.values():
@@ -127,7 +128,7 @@ class Powers:
             return False
         kind = etree.QName(element).localname
         if kind == "iq" and element.get("type") in ("result", "error"):
-            future = self._pending.get(element.get("id") or "")
+            future = self._pending.get((host.domain, element.get("id") or ""))  # only its own requests
             if future is not None and not future.done():
                 future.set_result(element)
                 return True
@@ -260,7 +261,7 @@ class Powers:
         forwarded = etree.SubElement(delegation, f"{{{FORWARD}}}forwarded", nsmap=ns.default_ns(FORWARD))
         forwarded.append(copy.deepcopy(stanza))
         future: asyncio.Future[etree._Element] = asyncio.get_running_loop().create_future()
-        self._pending[request_id] = future
+        self._pending[host.domain, request_id] = future
         link = host.link
         try:
             if link is None:
@@ -284,7 +285,7 @@ class Powers:
         except StanzaError as error:
             await self.core.router.route(error_reply(stanza, error))
         finally:
-            self._pending.pop(request_id, None)
+            self._pending.pop((host.domain, request_id), None)
 
     def close(self) -> None:
         for undo in self._undo:
