@@ -112,6 +112,26 @@ async def test_managed_entity_gets_every_users_presence(server: Server, clients:
         await disconnect(component)
 
 
+async def test_a_granted_privileged_iq_is_answered_for_the_user(server: Server, clients: Clients) -> None:
+    alice = await clients.login(await clients.user("alice"))
+    stored = alice.make_iq_set()
+    query = private_query()
+    query[0].text = "kept"
+    stored.append(query)
+    await result_of(stored.send(timeout=5))
+    component = await privileged(server, P)
+    try:
+        inner = Iq(stype="get", sfrom=JID("alice@localhost"), sto=JID("alice@localhost"))
+        asked = ET.Element("{jabber:iq:private}query")
+        ET.SubElement(asked, "{example}x")
+        inner.append(asked)
+        answer = await component.plugin["xep_0356"].send_privileged_iq(inner)
+        assert answer["type"] == "result"
+        assert answer.xml.findtext("{jabber:iq:private}query/{example}x") == "kept"
+    finally:
+        await disconnect(component)
+
+
 async def test_what_was_not_granted_is_forbidden(server: Server, clients: Clients) -> None:
     await clients.user("alice")
     bob = await clients.login(await clients.user("bob"))

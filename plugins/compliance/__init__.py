@@ -52,13 +52,16 @@ async def archive(event: Observed) -> None:
     batcher = _state.get("batcher")
     if stanza is None or not isinstance(batcher, Batcher):
         return
+    sender = (stanza.get("from") or "").split("/", 1)[0]
+    if stanza.get("type") == "groupchat" and sender.partition("@")[2] != _state.get("domain"):
+        return  # a room's copy to each occupant: the user's message to the room is the record
     body = stanza.findtext(f"{CLIENT}body")
     origin = stanza.find("{urn:xmpp:sid:0}origin-id")
     item = Record(
         spool=event.spool,
         seq=event.seq,
         sent_at=event.at or time.time(),
-        sender=(stanza.get("from") or "").split("/", 1)[0],
+        sender=sender,
         recipients=recipients_of(stanza.get("to")),
         message_type=stanza.get("type") or "normal",
         stanza_id=origin.get("id") if origin is not None else stanza.get("id"),
@@ -86,6 +89,7 @@ async def _retention(engine: AsyncEngine, days: float) -> None:
 async def main(settings: PluginSettings) -> None:
     engine = await open_store(dsn_of(settings))
     _state["batcher"] = Batcher(engine)
+    _state["domain"] = settings.server_domain
     _state["patterns"] = [re.compile(p) for p in settings.option("block_patterns", [])]
     days = float(settings.option("retention_days", 0))
     retention = asyncio.create_task(_retention(engine, days)) if days > 0 else None
