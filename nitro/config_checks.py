@@ -175,6 +175,10 @@ def _validate_plugins(config: Config, source: str) -> None:
             raise ConfigError(f"{where}.secret is required (the XEP-0114 handshake secret)")
         if entry.failure_policy not in ("open", "closed"):
             raise ConfigError(f"{where}.failure_policy must be open or closed, got {entry.failure_policy!r}")
+        if entry.spool and entry.jetstream:
+            raise ConfigError(f"{where}: spool and jetstream are two places for one queue: choose one")
+        if entry.jetstream and not entry.jetstream.startswith(("nats://", "tls://")):
+            raise ConfigError(f"{where}.jetstream must be a nats:// or tls:// URL")
         if (problem := _privilege_problem(entry.privileges)) is not None:
             raise ConfigError(f"{where}.privileges: {problem}")
         if entry.filter_timeout <= 0 or entry.observe_queue < 0 or entry.delegation_timeout <= 0:

@@ -242,7 +242,7 @@ PLUGIN_MODES = ("inprocess", "process", "external")
 # the keys of [plugins.NAME] the core reads; every other key is the plugin's own (`options`)
 _PLUGIN_CORE_KEYS = frozenset(
     {"mode", "subdomain", "secret", "module", "priority", "filter_timeout", "failure_policy", "observe_queue"}
-    | {"privileges", "delegations", "delegation_timeout", "spool"}
+    | {"privileges", "delegations", "delegation_timeout", "spool", "jetstream"}
 )
 
 
@@ -261,6 +261,7 @@ class PluginSection:
     failure_policy: str = "open"  # a filter that times out, fails or is down: "open" passes, "closed" drops
     observe_queue: int = 10000  # observe events held for it (while slow or down); past it they are counted
     spool: str = ""  # a directory: its observe events are kept on disk until acknowledged (survive restarts)
+    jetstream: str = ""  # a NATS URL: the same, in the JetStream stream nitro_plugin_NAME instead
     # XEP-0356 in the XEP's vocabulary: roster = none|get|set|both, message = none|outgoing,
     # iq = { NAMESPACE = get|set|both }; anything not granted is <forbidden/>
     privileges: dict[str, Any] = field(default_factory=dict, hash=False)

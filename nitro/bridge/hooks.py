@@ -14,6 +14,7 @@ from typing import Any, Final
 from lxml import etree
 
 from nitro.bridge.host import PluginHost
+from nitro.bridge.jetstream import JetStreamSpool
 from nitro.bridge.link import ComponentLink
 from nitro.bridge.spool import ObserveQueue, Spool
 from nitro.bridge.verdicts import (
@@ -65,6 +66,7 @@ class PluginHooks:
         self.pending: dict[str, asyncio.Future[etree._Element]] = {}
         spool = Spool(core.config.path(entry.spool)) if entry.spool else None
         self.queue = ObserveQueue(entry.observe_queue, spool)
+        self.jetstream: JetStreamSpool | None = None  # opened by `open` when [plugins.NAME] jetstream is set
         self.filtered = 0  # filter requests answered
         self._wake = asyncio.Event()
         self._sender: asyncio.Task[None] | None = None
@@ -178,6 +180,11 @@ class PluginHooks:
         future.set_result(iq)
         return True
 
+    async def open(self) -> None:
+        if self.host.entry.jetstream:
+            self.jetstream = await JetStreamSpool.open(self.host.entry.jetstream, self.host.name)
+            self.queue.attach(self.jetstream)
+
     def close(self) -> None:
         for undo in self._undo:
             undo()
@@ -227,6 +234,13 @@ class Hooks:
         hooks.register(frozenset(wanted["filter"]), frozenset(wanted["observe"]), acking)
         return to_external(iq_result(iq), ns.COMPONENT)
 
-    def close(self) -> None:
+    async def open(self) -> None:
+        """Connect the JetStream spools (before the listener takes links)."""
+        for hooks in self.plugins.values():
+            await hooks.open()
+
+    async def aclose(self) -> None:
         for hooks in self.plugins.values():
             hooks.close()
+            if hooks.jetstream is not None:
+                await hooks.jetstream.aclose()

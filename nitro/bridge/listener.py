@@ -66,6 +66,7 @@ class Bridge:
         return int(self.listener.sockets[0].getsockname()[1])
 
     async def start(self) -> asyncio.Server:
+        await self.hooks.open()
         self.listener = await asyncio.start_server(self._accept, self.config.host, self.config.port)
         addresses = ", ".join(f"{s.getsockname()[0]}:{s.getsockname()[1]}" for s in self.listener.sockets)
         log.info("plugins (XEP-0114) listening on %s for %s", addresses, ", ".join(self._by_domain) or "none")
@@ -136,7 +137,7 @@ class Bridge:
             _done, pending = await asyncio.wait(set(self._tasks), timeout=2.0)
             for task in pending:
                 task.cancel()
-        self.hooks.close()
+        await self.hooks.aclose()
         self.powers.close()
         if self.plugins:
             self.core.metrics.registry.unregister(self._collector)

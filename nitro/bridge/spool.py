@@ -11,7 +11,7 @@ import os
 import secrets
 import time
 from pathlib import Path
-from typing import BinaryIO, Final
+from typing import BinaryIO, Final, Protocol
 
 from lxml import etree
 
@@ -64,21 +64,42 @@ class Spool:
         self._file.close()
 
 
+class Durable(Protocol):
+    """Where unacknowledged events outlive the server: the file spool, or JetStream (bridge/jetstream)."""
+
+    epoch: str
+    entries: list[tuple[int, bytes]]
+    last_seq: int
+
+    def append(self, seq: int, xml: bytes) -> None: ...
+
+    def ack(self, seq: int) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class ObserveQueue:
     """Events to send (`pending`) and sent but not acknowledged (`unacked`, when the plugin acknowledges);
     together at most `limit`, past which new events are dropped and counted."""
 
-    def __init__(self, limit: int, spool: Spool | None = None) -> None:
+    def __init__(self, limit: int, spool: Durable | None = None) -> None:
         self.limit = limit
-        self.spool = spool
-        self.epoch = spool.epoch if spool is not None else secrets.token_hex(8)
-        self._seq = spool.last_seq if spool is not None else 0
+        self.spool: Durable | None = None
+        self.epoch = secrets.token_hex(8)
+        self._seq = 0
         self.pending: collections.deque[tuple[int, etree._Element]] = collections.deque()
         self.unacked: dict[int, etree._Element] = {}
         self.acking = False  # the plugin registered with ack='true'
         self.dropped = 0
         if spool is not None:
-            self.pending.extend((seq, etree.fromstring(xml)) for seq, xml in spool.entries)
+            self.attach(spool)
+
+    def attach(self, spool: Durable) -> None:
+        """Keep events in `spool` from now on; what it still holds goes out first (before anything new)."""
+        self.spool = spool
+        self.epoch = spool.epoch
+        self._seq = max(self._seq, spool.last_seq)
+        self.pending.extendleft(reversed([(seq, etree.fromstring(xml)) for seq, xml in spool.entries]))
 
     def __len__(self) -> int:
         return len(self.pending) + len(self.unacked)
