@@ -47,6 +47,8 @@ def test_plugin_tables_and_their_own_keys() -> None:
         ({"echo": {**ECHO, "privileges": {"iq": {"urn:x": "put"}}}}, "iq must be a table"),
         ({"echo": {**ECHO, "failure_policy": "ajar"}}, "failure_policy must be open or closed"),
         ({"port": 5222, "echo": ECHO}, "[plugins].port 5222 is also [c2s].port"),
+        ({"echo": {**ECHO, "spool": "d", "jetstream": "nats://x:4222"}}, "spool and jetstream"),
+        ({"echo": {**ECHO, "jetstream": "http://x"}}, "jetstream must be a nats://"),
     ],
 )
 def test_bad_plugin_config_is_refused(plugins: dict[str, Any], message: str) -> None:
