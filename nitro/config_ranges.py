@@ -67,6 +67,8 @@ RANGES: dict[str, dict[str, _Range]] = {
     "private": {"max_namespaces": _NOT_NEGATIVE},  # 0: no limit
     "vcard": {"max_bytes": _AT_LEAST_ONE},
     "metrics": {"port": _PORT},
+    # [cluster] (nitro/cluster/)
+    "cluster": {"heartbeat_ttl": _POSITIVE, "request_timeout": _POSITIVE, "connect_timeout": _POSITIVE},
 }
 
 

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Coroutine, Mapping
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
+from nitro.cluster.node import Cluster, cluster_member
 from nitro.config import Config
 from nitro.core.delivery import Delivery
 from nitro.core.directory import SessionDirectory
@@ -84,6 +85,7 @@ class Server:
         self.tiers: Tiers | None = None  # cache and ring statistics (`tiers.cache.stats`, `tiers.ring.stats`)
         self.directory: SessionDirectory | None = None  # set by the `directory` module
         self.reloads = 0  # configuration reloads applied (SIGHUP, `nitro reload`)
+        self.cluster: Cluster | None = None  # this node's cluster membership ([cluster] node; nitro/cluster/)
 
     @property
     def domain(self) -> str:
@@ -193,12 +195,17 @@ async def running_server(config: Config) -> AsyncIterator[Server]:
             ring = storage.tiers.ring
             metrics.add_tier_source("ring", lambda: _hits_and_misses(ring.stats))
         async with serve_metrics(metrics, config.metrics) as server.metrics_endpoint:  # up during the drain
-            server.load_modules(tuple(m for m in BUILTIN_MODULES if m not in config.modules.disabled))
-            try:
-                async with serve_admin(server):  # `nitro status|sessions|kick|reload`; before the listeners
-                    await server.start_listeners()
-                    async with serve_http(server):  # WebSocket, BOSH, discovery, web client ([http])
-                        with tuned_gc(config.gc):
-                            yield server
-            finally:
-                await server.shutdown()
+            # joins the cluster before serving; leaves after the drain
+            cluster = cluster_member(server, server.sessions, server.delivery, storage.tiers.ring)
+            async with cluster as server.cluster:
+                server.load_modules(tuple(m for m in BUILTIN_MODULES if m not in config.modules.disabled))
+                try:
+                    async with serve_admin(
+                        server
+                    ):  # `nitro status|sessions|kick|reload`; before the listeners
+                        await server.start_listeners()
+                        async with serve_http(server):  # WebSocket, BOSH, discovery, web client ([http])
+                            with tuned_gc(config.gc):
+                                yield server
+                finally:
+                    await server.shutdown()
