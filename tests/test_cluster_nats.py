@@ -16,8 +16,10 @@ from conftest import Clients, make_config
 from nats_servers import NatsServer, nats_server
 from redis_servers import RedisServer, redis_servers
 
+from nitro.cluster.link import ClusterError
 from nitro.config import Config
 from nitro.server import Server, running_server
+from nitro.xmpp.jid import JID
 
 __all__ = ["nats_server", "redis_servers"]
 
@@ -54,8 +56,6 @@ async def until(condition: Callable[[], bool], seconds: float = 10.0) -> None:
 
 def sees(server: Server, jid: slixmpp.JID) -> Callable[[], bool]:
     """`server` knows the full JID (its own or announced by another node)."""
-    from nitro.xmpp.jid import JID
-
     return lambda: server.sessions.resource(JID.parse(str(jid))) is not None
 
 
@@ -107,3 +107,135 @@ async def test_chat_and_presence_across_nodes(nodes: list[Clients]) -> None:
     await until(lambda: back == ["to your full JID"])
     bob.disconnect()
     await until(lambda: (str(bob.boundjid), "unavailable") in seen)
+
+
+async def test_a_second_node_with_a_live_name_refuses_to_start(
+    tmp_path: Path, redis_servers: list[RedisServer], nats_server: NatsServer
+) -> None:
+    async with running_server(node_config(tmp_path, redis_servers, nats_server, "a")):
+        with pytest.raises(ClusterError, match="node name 'a' is already taken by a live node"):
+            async with running_server(node_config(tmp_path, redis_servers, nats_server, "a")):
+                pass
+        async with running_server(node_config(tmp_path, redis_servers, nats_server, "b")) as b:
+            assert b.cluster is not None
+            members = await b.cluster.members()
+            assert [m["node"] for m in members] == ["a", "b"]
+
+
+async def test_wrong_nats_credentials_stop_the_start_with_a_clear_error(
+    tmp_path: Path, redis_servers: list[RedisServer], nats_server: NatsServer
+) -> None:
+    config = node_config(tmp_path, redis_servers, nats_server, "a", nats_password="not the password")
+    with pytest.raises(
+        ClusterError, match=r"cannot connect to NATS at nats://127\.0\.0\.1:\d+: .*[Aa]uthorization"
+    ):
+        async with running_server(config):
+            pass
+
+
+async def test_carbons_reach_resources_on_two_nodes(nodes: list[Clients]) -> None:
+    a, b, c = nodes
+    alice_jid, bob_jid = await a.user("alice"), await a.user("bob")
+    await befriend(a, "alice", "bob")
+    phone = await a.login(alice_jid, plugins=["xep_0280"])
+    laptop = await b.login(alice_jid, plugins=["xep_0280"])
+    bob = await c.login(bob_jid)
+    for client in (phone, laptop):
+        await client.plugin["xep_0280"].enable()
+    for server in (a.server, b.server, c.server):
+        await until(
+            lambda s=server: all(  # type: ignore[misc]
+                (r := s.sessions.resource(JID.parse(str(x.boundjid)))) is not None and r.has("carbons")
+                for x in (phone, laptop)
+            )
+        )
+    carbons: list[tuple[str, str]] = []
+    laptop.add_event_handler(
+        "carbon_sent", lambda m: carbons.append(("laptop sent", m["carbon_sent"]["body"]))
+    )
+    phone.add_event_handler(
+        "carbon_received", lambda m: carbons.append(("phone received", m["carbon_received"]["body"]))
+    )
+    got: list[str] = []
+    bob.add_event_handler("message", lambda m: got.append(m["body"]))
+    laptop_got: list[str] = []
+    laptop.add_event_handler("message", lambda m: laptop_got.append(m["body"]))
+    phone.send_message(mto=slixmpp.JID(bob.boundjid.bare), mbody="from the phone", mtype="chat")
+    await until(lambda: got == ["from the phone"] and ("laptop sent", "from the phone") in carbons)
+    bob.send_message(mto=laptop.boundjid, mbody="to the laptop", mtype="chat")
+    await until(lambda: laptop_got == ["to the laptop"] and ("phone received", "to the laptop") in carbons)
+
+
+async def test_binding_a_full_jid_held_on_another_node_replaces_it(nodes: list[Clients]) -> None:
+    a, b, _c = nodes
+    alice_jid = await a.user("alice")
+    first = await a.login(alice_jid + "/desk")
+    errors: list[str] = []
+    first.add_event_handler("stream_error", lambda e: errors.append(e["condition"]))
+    await until(sees(b.server, first.boundjid))
+    second = await b.login(alice_jid + "/desk")
+    await until(lambda: errors == ["conflict"])
+    await until(lambda: a.server.sessions.get(JID.parse(str(second.boundjid))) is None)
+    resource = a.server.sessions.resource(JID.parse(str(second.boundjid)))
+    await until(
+        lambda: (
+            (r := a.server.sessions.resource(JID.parse(str(second.boundjid)))) is not None and r.node == "b"
+        )
+    )
+    assert resource is None or resource.node in ("a", "b")
+
+
+async def test_two_resources_on_two_nodes_sending_at_once(nodes: list[Clients]) -> None:
+    a, b, c = nodes
+    alice_jid, bob_jid = await a.user("alice"), await a.user("bob")
+    on_a = await a.login(alice_jid)
+    on_b = await b.login(alice_jid)
+    bob = await c.login(bob_jid)
+    await until(sees(a.server, bob.boundjid))
+    await until(sees(b.server, bob.boundjid))
+    got: list[str] = []
+    bob.add_event_handler("message", lambda m: got.append(m["body"]))
+    for index in range(40):
+        on_a.send_message(mto=bob.boundjid, mbody=f"a{index}", mtype="chat")
+        on_b.send_message(mto=bob.boundjid, mbody=f"b{index}", mtype="chat")
+    await until(lambda: len(got) == 80)
+    assert [m for m in got if m.startswith("a")] == [f"a{i}" for i in range(40)]  # each sender in order
+    assert [m for m in got if m.startswith("b")] == [f"b{i}" for i in range(40)]
+
+
+async def test_nats_stopped_and_back_nodes_serve_their_own_and_store_the_rest(
+    tmp_path: Path, redis_servers: list[RedisServer], nats_server: NatsServer
+) -> None:
+    async with AsyncExitStack() as stack:
+        pools = []
+        for name in ("a", "b"):
+            server = await stack.enter_async_context(
+                running_server(node_config(tmp_path, redis_servers, nats_server, name))
+            )
+            pool = Clients(server)
+            stack.push_async_callback(pool.close_all)
+            pools.append(pool)
+        a, b = pools
+        alice_jid, bob_jid, carol_jid = await a.user("alice"), await a.user("bob"), await a.user("carol")
+        alice = await a.login(alice_jid)
+        carol = await a.login(carol_jid)
+        bob = await b.login(bob_jid)
+        await until(sees(a.server, bob.boundjid))
+        nats_server.stop()
+        await until(lambda: a.server.cluster is not None and not a.server.cluster.link.connected)
+        got: list[str] = []
+        carol.add_event_handler("message", lambda m: got.append(m["body"]))
+        alice.send_message(mto=carol.boundjid, mbody="same node", mtype="chat")  # a serves its own users
+        await until(lambda: got == ["same node"])
+        alice.send_message(mto=bob.boundjid, mbody="while NATS is down", mtype="chat")
+        await until(lambda: a.server.cluster is not None and a.server.cluster.forwarder.fallbacks >= 1)
+        assert [m.id for m in await a.server.storage.offline.list("bob")]  # stored, not lost
+        nats_server.start()
+        await until(
+            lambda: all(p.server.cluster is not None and p.server.cluster.link.connected for p in pools), 15
+        )
+        await until(sees(a.server, bob.boundjid), 15)
+        bob_got: list[str] = []
+        bob.add_event_handler("message", lambda m: bob_got.append(m["body"]))
+        alice.send_message(mto=bob.boundjid, mbody="NATS is back", mtype="chat")
+        await until(lambda: bob_got == ["NATS is back"])

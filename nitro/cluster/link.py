@@ -7,6 +7,7 @@ NATS going away later is survived: nats-py reconnects on its own, and `connected
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -70,24 +71,53 @@ class NatsLink:
             for callback in list(self.on_reconnect):
                 await callback()
 
+        # nats-py retries a refused first connection too: bounded here, and ended at once on an
+        # authorization error (wrong credentials do not get better), with the reasons it reported.
+        refused: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        async def on_first_error(exc: Exception) -> None:
+            if not refused.done():
+                await on_error(exc)
+            if "authorization" in str(exc).lower() and not refused.done():
+                refused.set_result(None)
+
+        connecting = asyncio.ensure_future(
+            self._connect(on_first_error, on_disconnect, on_reconnect, options)
+        )
         try:
-            self._nc = await nats.connect(
-                servers=list(settings.nats),
-                name=f"nitro-{settings.node}",
-                connect_timeout=settings.connect_timeout,
-                allow_reconnect=True,
-                max_reconnect_attempts=-1,
-                reconnect_time_wait=0.5,
-                ping_interval=max(1, int(settings.heartbeat_ttl / 3)),
-                max_outstanding_pings=3,
-                error_cb=on_error,
-                disconnected_cb=on_disconnect,
-                reconnected_cb=on_reconnect,
-                **options,
+            waiters: set[asyncio.Future[Any]] = {connecting, refused}
+            done, _ = await asyncio.wait(
+                waiters,
+                timeout=settings.connect_timeout * 2,
+                return_when=asyncio.FIRST_COMPLETED,
             )
+            if connecting not in done:
+                connecting.cancel()
+                await asyncio.gather(connecting, return_exceptions=True)
+                raise TimeoutError("no connection")
+            self._nc = connecting.result()
         except Exception as exc:
             reason = "; ".join(dict.fromkeys(errors)) or str(exc) or type(exc).__name__
             raise ClusterError(f"cannot connect to NATS at {', '.join(settings.nats)}: {reason}") from exc
+
+    async def _connect(
+        self, on_error: Any, on_disconnect: Any, on_reconnect: Any, options: dict[str, Any]
+    ) -> Client:
+        settings = self.settings
+        return await nats.connect(
+            servers=list(settings.nats),
+            name=f"nitro-{settings.node}",
+            connect_timeout=settings.connect_timeout,
+            allow_reconnect=True,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+            ping_interval=max(1, int(settings.heartbeat_ttl / 3)),
+            max_outstanding_pings=3,
+            error_cb=on_error,
+            disconnected_cb=on_disconnect,
+            reconnected_cb=on_reconnect,
+            **options,
+        )
 
     async def close(self) -> None:
         if self._nc is not None:
