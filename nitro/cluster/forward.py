@@ -35,7 +35,8 @@ class Outgoing:
     xml: str
 
 
-Fallback = Callable[[str, str, str], Awaitable[None]]  # (node, full JID, stanza XML) → offline or bounced
+# (node, full JID, stanza XML, the node answered "gone") → offline storage or a bounce
+Fallback = Callable[[str, str, str, bool], Awaitable[None]]
 
 
 class Forwarder:
@@ -112,14 +113,15 @@ class Forwarder:
                 log.info("node %s: %s (attempt %d)", node, exc, attempt + 1)
                 if not self.link.connected:
                     break  # NATS is down: no retry can go out
+        answered = statuses is not None
         if statuses is None:
             self.unreachable(node)
-            statuses = ["gone"] * len(batch)
+            statuses = ["unreachable"] * len(batch)
         self.sent += statuses.count("ok")
         for outgoing, status in zip(batch, statuses, strict=True):
             if status != "ok":
                 self.fallbacks += 1
-                await self.fallback(node, outgoing.to, outgoing.xml)
+                await self.fallback(node, outgoing.to, outgoing.xml, answered)
 
 
 class Receiver:

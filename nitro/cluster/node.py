@@ -173,8 +173,10 @@ class Cluster:
 
     # -- sending side -----------------------------------------------------------------------
 
-    async def _fallback(self, node: str, to: str, xml: str) -> None:
-        self.view.remove(node, to)  # that node does not hold it (any more): do not pick it again
+    async def _fallback(self, node: str, to: str, xml: str, answered: bool) -> None:
+        if answered:  # that node does not hold it (any more): do not pick it again
+            self.view.remove(node, to)
+        # unanswered: the node is suspect (left out) and keeps its records for the sweeper
         try:
             await undeliverable(self.core, JID.parse(to), parse(xml))
         except (InvalidJID, WireError) as exc:

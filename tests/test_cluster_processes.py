@@ -1,0 +1,83 @@
+"""A cluster of `nitro serve` processes (integration/cluster.py: a ring of redis-servers, a nats-server
+of its own, a shared SQLite file) driven by slixmpp bots: a node killed with SIGKILL mid-conversation."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from integration.bots import Bot, close, login
+from integration.cluster import LocalCluster
+from integration.nats_servers import NATS_SERVER
+from integration.redis_servers import REDIS_SERVER
+from nitro.accounts import create_account
+from nitro.storage.models import RosterItem
+from nitro.storage.sql import open_sql_storage
+
+pytestmark = [pytest.mark.slow, pytest.mark.cluster, pytest.mark.fault]
+
+PASSWORD = "correct horse battery"
+TTL = 3.0
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path) -> AsyncIterator[LocalCluster]:
+    if NATS_SERVER is None or REDIS_SERVER is None:
+        pytest.skip("nats-server and redis-server are needed")
+    local = LocalCluster(
+        tmp_path / "cluster", nodes_count=2, redis_count=3, database="sqlite", heartbeat_ttl=TTL
+    )
+    await asyncio.to_thread(local.start)
+    try:
+        yield local
+    finally:
+        await asyncio.to_thread(local.stop)
+
+
+async def until(condition: Callable[[], bool], seconds: float = 15.0) -> None:
+    for _ in range(int(seconds / 0.02)):
+        if condition():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("condition not met in time")
+
+
+async def test_a_killed_node_s_users_go_offline_and_their_messages_wait_in_offline_storage(
+    cluster: LocalCluster,
+) -> None:
+    async with open_sql_storage(cluster.dsn) as storage:
+        for name in ("alice", "bob"):
+            await create_account(storage, name, PASSWORD)
+        await storage.rosters.put("alice", RosterItem("bob@localhost", subscription="both"))
+        await storage.rosters.put("bob", RosterItem("alice@localhost", subscription="both"))
+    cert = cluster.directory / "tls" / "cert.pem"
+    a, b = cluster.nodes
+    bots: list[Bot] = []
+    try:
+        alice = await login("alice@localhost/phone", PASSWORD, a.c2s_port, cert)
+        bots.append(alice)
+        bob = await login("bob@localhost/laptop", PASSWORD, b.c2s_port, cert)
+        bots.append(bob)
+        await until(lambda: ("bob@localhost/laptop", "available") in alice.presences)
+        alice.say("bob@localhost", "before")
+        await until(lambda: bob.messages == ["before"])
+
+        b.kill()  # SIGKILL: no unavailable presence, no clean-up; bob's client just loses its socket
+        killed = time.monotonic()
+        for index in range(5):  # mid-conversation: sent while b's heartbeat is still live, and after
+            alice.say("bob@localhost", f"meanwhile {index}")
+            await asyncio.sleep(0.3)
+        await until(lambda: ("bob@localhost/laptop", "unavailable") in alice.presences, TTL * 4)
+        assert time.monotonic() - killed < TTL + 3  # within the heartbeat TTL (plus one check and a ping)
+        alice.say("bob@localhost", "after")
+
+        again = await login("bob@localhost/tablet", PASSWORD, a.c2s_port, cert)  # on the surviving node
+        bots.append(again)
+        expected = [f"meanwhile {index}" for index in range(5)] + ["after"]
+        await until(lambda: again.messages == expected)  # from offline storage, in order, once each
+    finally:
+        await close(*bots)
