@@ -239,3 +239,29 @@ async def test_nats_stopped_and_back_nodes_serve_their_own_and_store_the_rest(
         bob.add_event_handler("message", lambda m: bob_got.append(m["body"]))
         alice.send_message(mto=bob.boundjid, mbody="NATS is back", mtype="chat")
         await until(lambda: bob_got == ["NATS is back"])
+
+
+async def test_a_ring_redis_dying_while_nodes_route_loses_no_message_and_no_node(
+    nodes: list[Clients], redis_servers: list[RedisServer]
+) -> None:
+    a, b, c = nodes
+    alice_jid, bob_jid = await a.user("alice"), await a.user("bob")
+    alice = await a.login(alice_jid)
+    bob = await b.login(bob_jid)
+    await until(sees(a.server, bob.boundjid))
+    got: list[str] = []
+    bob.add_event_handler("message", lambda m: got.append(m["body"]))
+    for index in range(60):
+        if index == 20:
+            redis_servers[0].kill()  # holds some heartbeats, session records and cached values
+        alice.send_message(mto=bob.boundjid, mbody=f"m{index}", mtype="chat")
+        await asyncio.sleep(0.03)
+    await until(lambda: len(got) == 60)
+    assert got == [f"m{index}" for index in range(60)]
+    await asyncio.sleep(TTL)  # a heartbeat TTL later no node was declared dead for a lost key
+    for pool in (a, b, c):
+        assert pool.server.cluster is not None
+        assert pool.server.cluster.sweeper.swept == []
+    cluster = c.server.cluster
+    assert cluster is not None
+    assert [m["node"] for m in await cluster.members()] == ["a", "b", "c"]

@@ -13,7 +13,9 @@ import pytest
 from integration.bots import Bot, close, login
 from integration.cluster import LocalCluster
 from integration.nats_servers import NATS_SERVER
+from integration.populate import populate
 from integration.redis_servers import REDIS_SERVER
+from integration.scenarios import SCENARIOS
 from nitro.accounts import create_account
 from nitro.storage.models import RosterItem
 from nitro.storage.sql import open_sql_storage
@@ -25,11 +27,16 @@ TTL = 3.0
 
 
 @pytest.fixture
-async def cluster(tmp_path: Path) -> AsyncIterator[LocalCluster]:
+async def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[LocalCluster]:
+    """Two nodes (or as parametrized), a ring of three redis-servers, NATS and SQLite."""
     if NATS_SERVER is None or REDIS_SERVER is None:
         pytest.skip("nats-server and redis-server are needed")
     local = LocalCluster(
-        tmp_path / "cluster", nodes_count=2, redis_count=3, database="sqlite", heartbeat_ttl=TTL
+        tmp_path / "cluster",
+        nodes_count=getattr(request, "param", 2),
+        redis_count=3,
+        database="sqlite",
+        heartbeat_ttl=TTL,
     )
     await asyncio.to_thread(local.start)
     try:
@@ -81,3 +88,14 @@ async def test_a_killed_node_s_users_go_offline_and_their_messages_wait_in_offli
         await until(lambda: again.messages == expected)  # from offline storage, in order, once each
     finally:
         await close(*bots)
+
+
+@pytest.mark.parametrize("cluster", [3], indirect=True)
+async def test_populated_three_node_cluster_runs_the_chat_and_presence_scenarios(
+    cluster: LocalCluster,
+) -> None:
+    seconds = await populate(cluster.dsn, users=300, roster=3)
+    assert seconds < 60  # bounded, not a speed claim: integration/bench_cluster.py measures
+    state = {**cluster.state(), "users": 300, "roster": 3}
+    assert "12 users on 3 nodes" in await SCENARIOS["presence"](state)
+    assert "between 20 users on 3 nodes" in await SCENARIOS["chat"](state)
