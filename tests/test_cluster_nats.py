@@ -265,3 +265,25 @@ async def test_a_ring_redis_dying_while_nodes_route_loses_no_message_and_no_node
     cluster = c.server.cluster
     assert cluster is not None
     assert [m["node"] for m in await cluster.members()] == ["a", "b", "c"]
+
+
+async def test_iqs_and_roster_pushes_cross_nodes(nodes: list[Clients]) -> None:
+    a, b, _c = nodes
+    alice_jid, bob_jid = await a.user("alice"), await a.user("bob")
+    alice = await a.login(alice_jid)
+    bob = await b.login(bob_jid)
+    await until(sees(a.server, bob.boundjid))
+    rtt = await alice.plugin["xep_0199"].ping(bob.boundjid, timeout=5)  # answered by bob's client on b
+    assert rtt is not None
+    alice_on_b = await b.login(alice_jid)
+    pushes: list[str] = []
+    alice_on_b.add_event_handler("roster_update", lambda iq: pushes.extend(iq["roster"]["items"]))
+    await alice_on_b.get_roster()  # requests the roster: "interested" in pushes (RFC 6121 §2.1.6)
+    await until(
+        lambda: (
+            (r := a.server.sessions.resource(JID.parse(str(alice_on_b.boundjid)))) is not None
+            and r.has("interested")
+        )
+    )
+    await alice.update_roster(slixmpp.JID("carol@localhost"), name="Carol")  # through node a
+    await until(lambda: "carol@localhost" in pushes)

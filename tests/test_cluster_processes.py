@@ -4,6 +4,7 @@ of its own, a shared SQLite file) driven by slixmpp bots: a node killed with SIG
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -45,6 +46,17 @@ async def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterat
         await asyncio.to_thread(local.stop)
 
 
+async def status_of(config: Path) -> str:
+    """`nitro status` against a node's admin socket, as an operator runs it."""
+    await asyncio.sleep(TTL / 6 + 0.5)  # the session counts in the heartbeats are refreshed every ttl / 6
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "nitro", "--config", str(config), "status", stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 0
+    return out.decode()
+
+
 async def until(condition: Callable[[], bool], seconds: float = 15.0) -> None:
     for _ in range(int(seconds / 0.02)):
         if condition():
@@ -72,6 +84,9 @@ async def test_a_killed_node_s_users_go_offline_and_their_messages_wait_in_offli
         await until(lambda: ("bob@localhost/laptop", "available") in alice.presences)
         alice.say("bob@localhost", "before")
         await until(lambda: bob.messages == ["before"])
+        status = await status_of(a.config)  # `nitro status` lists the live nodes with their sessions
+        assert "cluster node node1: 1 sessions" in status
+        assert "cluster node node2: 1 sessions" in status
 
         b.kill()  # SIGKILL: no unavailable presence, no clean-up; bob's client just loses its socket
         killed = time.monotonic()
