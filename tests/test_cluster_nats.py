@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import slixmpp
-from conftest import Clients, make_config
+from conftest import Clients, make_config, result_of
 from nats_servers import NatsServer, nats_server
 from redis_servers import RedisServer, redis_servers
 
@@ -285,5 +285,5 @@ async def test_iqs_and_roster_pushes_cross_nodes(nodes: list[Clients]) -> None:
             and r.has("interested")
         )
     )
-    await alice.update_roster(slixmpp.JID("carol@localhost"), name="Carol")  # through node a
+    await result_of(alice.update_roster(slixmpp.JID("carol@localhost"), name="Carol"))  # through node a
     await until(lambda: "carol@localhost" in pushes)
