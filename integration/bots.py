@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import slixmpp
 
@@ -32,9 +33,25 @@ class Bot(slixmpp.ClientXMPP):
         self.send_message(mto=slixmpp.JID(to), mbody=body, mtype="chat")
 
 
+B = TypeVar("B", bound=Bot)
+
+
 async def login(jid: str, password: str, port: int, cert: Path, *, plugins: tuple[str, ...] = ()) -> Bot:
     """Connect (STARTTLS, trusting `cert`), authenticate, bind, send initial presence."""
-    bot = Bot(jid, password)
+    return await login_as(Bot, jid, password, port, cert, plugins=plugins)
+
+
+async def login_as(
+    kind: Callable[[str, str], B],
+    jid: str,
+    password: str,
+    port: int,
+    cert: Path,
+    *,
+    plugins: tuple[str, ...] = (),
+) -> B:
+    """Connect (STARTTLS, trusting `cert`), authenticate, bind, send initial presence."""
+    bot = kind(jid, password)
     for plugin in plugins:
         bot.register_plugin(plugin)
     bot.ca_certs = cert
