@@ -114,3 +114,32 @@ async def test_populated_three_node_cluster_runs_the_chat_and_presence_scenarios
     state = {**cluster.state(), "users": 300, "roster": 3}
     assert "12 users on 3 nodes" in await SCENARIOS["presence"](state)
     assert "between 20 users on 3 nodes" in await SCENARIOS["chat"](state)
+
+
+async def test_a_node_restarted_at_once_takes_its_name_back_and_starts_clean(cluster: LocalCluster) -> None:
+    async with open_sql_storage(cluster.dsn) as storage:
+        for name in ("alice", "bob"):
+            await create_account(storage, name, PASSWORD)
+        await storage.rosters.put("alice", RosterItem("bob@localhost", subscription="both"))
+        await storage.rosters.put("bob", RosterItem("alice@localhost", subscription="both"))
+    cert = cluster.directory / "tls" / "cert.pem"
+    a, b = cluster.nodes
+    bots: list[Bot] = []
+    try:
+        alice = await login("alice@localhost/phone", PASSWORD, a.c2s_port, cert)
+        bots.append(alice)
+        bob = await login("bob@localhost/laptop", PASSWORD, b.c2s_port, cert)
+        bots.append(bob)
+        await until(lambda: ("bob@localhost/laptop", "available") in alice.presences)
+        b.kill()
+        b.start()  # the same name while its old heartbeat is still in the ring: no live holder answers
+        await asyncio.to_thread(b.wait_ready)
+        # node1 hears the new run and drops what the old one held: bob goes offline for alice
+        await until(lambda: ("bob@localhost/laptop", "unavailable") in alice.presences, TTL * 2)
+        back = await login("bob@localhost/laptop", PASSWORD, b.c2s_port, cert)
+        bots.append(back)
+        await until(lambda: alice.presences.count(("bob@localhost/laptop", "available")) == 2)
+        alice.say("bob@localhost/laptop", "welcome back")
+        await until(lambda: back.messages == ["welcome back"])
+    finally:
+        await close(*bots)
