@@ -92,6 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 async def serve(config: Config) -> int:
+    from nitro.cluster.link import ClusterError
     from nitro.server import running_server  # imported late: keeps `nitro user` light
 
     raise_fd_limit()  # before any listener: each connection needs a descriptor
@@ -108,7 +109,7 @@ async def serve(config: Config) -> int:
             await stop.wait()
             loop.remove_signal_handler(signal.SIGHUP)
             log.info("shutting down")
-    except (OSError, StorageError, ConfigError) as exc:  # ConfigError: e.g. unusable TLS files
+    except (OSError, StorageError, ConfigError, ClusterError) as exc:  # ConfigError: e.g. unusable TLS files
         log.error("cannot serve: %s", exc)  # one clean line for operators
         return 1
     return 0

@@ -5,6 +5,7 @@ two nodes, NATS going away and coming back, wrong NATS credentials and a node na
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -287,3 +288,27 @@ async def test_iqs_and_roster_pushes_cross_nodes(nodes: list[Clients]) -> None:
     )
     await result_of(alice.update_roster(slixmpp.JID("carol@localhost"), name="Carol"))  # through node a
     await until(lambda: "carol@localhost" in pushes)
+
+
+async def test_nitro_serve_with_wrong_nats_credentials_exits_with_one_clear_line(
+    tmp_path: Path, redis_servers: list[RedisServer], nats_server: NatsServer
+) -> None:
+    instances = ", ".join(f'"{s.url}"' for s in redis_servers)
+    config = tmp_path / "node.toml"
+    config.write_text(
+        f'[storage]\ndsn = "sqlite+aiosqlite:///{tmp_path}/nitro.db"\n'
+        f"[c2s]\nport = 0\ndirect_tls_port = 0\n[http]\nenabled = false\n[metrics]\nport = 0\n"
+        f'[tls]\ncert = "tls/cert.pem"\nkey = "tls/key.pem"\n'
+        f"[redis]\ninstances = [{instances}]\n"
+        f'[cluster]\nnode = "a"\nnats = ["{nats_server.url}"]\n'
+        'nats_user = "nitro"\nnats_password = "wrong"\n'
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "nitro", "--config", str(config), "serve",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    out, _ = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 1
+    assert "cannot serve: cannot connect to NATS at nats://127.0.0.1:" in out.decode()
+    assert "Authorization Violation" in out.decode()
+    assert "Traceback" not in out.decode()
