@@ -123,6 +123,7 @@ class LocalCluster:
     heartbeat_ttl: float = 6.0
     cluster_name: str = "local"
     extra: str = ""  # more TOML appended to every node's config
+    workers: int = 1  # [server] workers of each node
     nodes: list[NodeProcess] = field(default_factory=list)
     redis: list[RedisServer] = field(default_factory=list)
     nats: NatsServer | None = None
@@ -173,6 +174,7 @@ class LocalCluster:
         return f"""# {node.name} of the local cluster in {self.directory} (python -m integration up)
 [server]
 domain = "{DOMAIN}"
+workers = {self.workers}
 [storage]
 dsn = "{self.dsn}"
 [c2s]
@@ -184,7 +186,7 @@ enabled = false
 cert = "{self.directory}/tls/cert.pem"
 key = "{self.directory}/tls/key.pem"
 [metrics]
-port = {node.metrics_port}
+port = {node.metrics_port if self.workers == 1 else 0}
 [admin]
 socket = "admin.sock"
 pid_file = "nitro.pid"

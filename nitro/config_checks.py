@@ -53,6 +53,13 @@ def validate(config: Config, source: str) -> None:
 def _validate_cluster(config: Config, source: str) -> None:
     """[cluster] (nitro/cluster/): a node name fit for a NATS subject and a Redis key, and a ring."""
     cluster = config.cluster
+    workers = config.server.workers
+    if workers != "auto" and (not isinstance(workers, int) or isinstance(workers, bool) or workers < 1):
+        raise ConfigError(f'{source}: [server].workers must be at least 1 or "auto", got {workers!r}')
+    if workers != 1 and not cluster.node:
+        raise ConfigError(
+            f"{source}: [server].workers: several workers are [cluster] members: set [cluster].node"
+        )
     if not cluster.node:
         return
     for key in ("node", "name"):

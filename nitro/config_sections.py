@@ -16,6 +16,9 @@ from nitro.xmpp.jid import JID
 class ServerSection:
     domain: str = "localhost"
     admins: tuple[str, ...] = ()
+    # Processes of this node sharing its listening sockets (SO_REUSEPORT), each a [cluster] member named
+    # "<node>-w<i>" (nitro/cluster/workers.py); "auto": one per core.
+    workers: int | str = 1
 
 
 @dataclass(frozen=True, slots=True)

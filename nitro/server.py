@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 from nitro.cluster.node import Cluster, cluster_member
+from nitro.cluster.workers import shares_ports
 from nitro.config import Config
 from nitro.core.delivery import Delivery
 from nitro.core.directory import SessionDirectory
@@ -126,7 +127,10 @@ class Server:
         c2s = self.config.c2s
         loop = asyncio.get_running_loop()
         accept = connection_factory(self, self.transport_limits)
-        self.listeners.append(await loop.create_server(accept, c2s.host, c2s.port, backlog=c2s.backlog))
+        reuse = shares_ports(self.config)  # [server] workers: the node's processes bind the same ports
+        self.listeners.append(
+            await loop.create_server(accept, c2s.host, c2s.port, backlog=c2s.backlog, reuse_port=reuse)
+        )
         log.info("c2s (STARTTLS) listening on %s", _addresses(self.listeners[-1]))
         if c2s.direct_tls_port and self.tls_context is not None:
             self.listeners.append(
@@ -135,6 +139,7 @@ class Server:
                     c2s.host,
                     c2s.direct_tls_port,
                     backlog=c2s.backlog,
+                    reuse_port=reuse,
                     ssl=self.tls_context,
                     ssl_handshake_timeout=c2s.negotiation_timeout,
                 )

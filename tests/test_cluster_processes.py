@@ -4,6 +4,7 @@ of its own, a shared SQLite file) driven by slixmpp bots: a node killed with SIG
 from __future__ import annotations
 
 import asyncio
+import re
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
@@ -14,6 +15,7 @@ import pytest
 from integration.bots import Bot, close, login
 from integration.cluster import LocalCluster
 from integration.nats_servers import NATS_SERVER
+from integration.populate import PASSWORD as BOT_PASSWORD
 from integration.populate import populate
 from integration.redis_servers import REDIS_SERVER
 from integration.scenarios import SCENARIOS
@@ -141,5 +143,36 @@ async def test_a_node_restarted_at_once_takes_its_name_back_and_starts_clean(clu
         await until(lambda: alice.presences.count(("bob@localhost/laptop", "available")) == 2)
         alice.say("bob@localhost/laptop", "welcome back")
         await until(lambda: back.messages == ["welcome back"])
+    finally:
+        await close(*bots)
+
+
+@pytest.mark.parametrize("cluster", [1], indirect=True)
+async def test_two_workers_of_one_node_share_its_port_and_route_to_each_other(cluster: LocalCluster) -> None:
+    node = cluster.nodes[0]
+    node.stop()  # again, with [server] workers = 2
+    cluster.workers = 2
+    node.config.write_text(cluster.node_config(node))
+    node.start()
+    await asyncio.to_thread(node.wait_ready)
+    await populate(cluster.dsn, users=16, roster=0)
+    for _ in range(20):  # worker 1 is up (it starts once worker 0 serves)
+        if "node1-w1" in await status_of(node.config):
+            break
+    cert = cluster.directory / "tls" / "cert.pem"
+    bots: list[Bot] = []
+    try:
+        for index in range(16):  # the kernel spreads connections to the one port over both processes
+            bots.append(await login(f"user{index}@localhost/b", BOT_PASSWORD, node.c2s_port, cert))
+        await asyncio.sleep(1.0)
+        for index, bot in enumerate(bots):
+            bot.say(f"user{(index + 1) % 16}@localhost/b", f"from {index}")
+        await until(lambda: all(len(bot.messages) == 1 for bot in bots))
+        assert [bot.messages for bot in bots] == [[f"from {(index - 1) % 16}"] for index in range(16)]
+        status = await status_of(node.config)
+        counts = re.findall(r"cluster node node1-w(\d): (\d+) sessions", status)
+        assert sorted(worker for worker, _ in counts) == ["0", "1"]
+        assert sum(int(n) for _, n in counts) == 16
+        assert all(int(n) > 0 for _, n in counts)  # both took connections (all 16 on one: p = 2**-15)
     finally:
         await close(*bots)
