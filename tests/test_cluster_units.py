@@ -3,11 +3,15 @@ follows announcements and snapshots, wire records round-trip."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from nitro.cluster.forward import Receiver
 from nitro.cluster.view import RemoteView
 from nitro.cluster.wire import Announced, WireError, decode
+from nitro.cluster.workers import worker_config, worker_count
+from nitro.config import ConfigError, parse_config
 from nitro.xmpp.jid import JID
 
 PRESENCE = '<presence xmlns="jabber:client" from="bob@localhost/laptop"><priority>5</priority></presence>'
@@ -62,3 +66,41 @@ def test_garbage_on_the_wire_is_a_wire_error() -> None:
             decode(data)
     with pytest.raises(WireError):
         Announced.from_json(["only", "three", "fields"])
+
+
+@pytest.mark.parametrize(
+    ("document", "error"),
+    [
+        ({"cluster": {"node": "a"}}, r"\[cluster\] needs the Redis ring"),
+        (
+            {"cluster": {"node": "a b"}, "redis": {"instances": ["redis://127.0.0.1:1/0"]}},
+            r"\[cluster\]\.node must",
+        ),
+        (
+            {"cluster": {"node": "a", "heartbeat_ttl": 0}, "redis": {"instances": ["redis://x:1/0"]}},
+            "positive",
+        ),
+        ({"server": {"workers": 0}}, r"\[server\]\.workers must be at least 1"),
+        ({"server": {"workers": "many"}}, r"\[server\]\.workers must be at least 1 or \"auto\""),
+        ({"server": {"workers": 2}}, r"set \[cluster\]\.node"),
+        (
+            {
+                "cluster": {"node": "a", "nats_user": "u", "nats_token": "t"},
+                "redis": {"instances": ["redis://x:1/0"]},
+            },
+            "use one of",
+        ),
+    ],
+)
+def test_cluster_settings_that_cannot_work_are_start_up_errors(document: dict[str, Any], error: str) -> None:
+    with pytest.raises(ConfigError, match=error):
+        parse_config(document)
+
+
+def test_workers_auto_with_a_node_name_is_accepted() -> None:
+    config = parse_config(
+        {"server": {"workers": "auto"}, "cluster": {"node": "a"}, "redis": {"instances": ["redis://x:1/0"]}}
+    )
+    assert worker_count(config) >= 1
+    second = worker_config(config, 1)
+    assert (second.cluster.node, second.admin.pid_file) == ("a-w1", "")
