@@ -1,6 +1,7 @@
 """Cluster benchmark (not a test): message latency same-node vs cross-node (p50/p99) and cluster throughput
-with 1, 2 and 3 nodes, over real sockets, with slixmpp clients in this process (their cost is in every
-figure alike). No archive (its SQL write per message would measure the database).
+with 1, 2 and 3 nodes and with one node of 2 workers, over real sockets, with slixmpp clients in this
+process (their cost is in every figure alike). No archive (its SQL write per message would measure the
+database). On one machine every node, Redis, NATS and the clients share its cores.
 
     python -m integration.bench_cluster [--messages 300] [--pairs 6] [--burst 200]
 """
@@ -97,13 +98,19 @@ async def main() -> None:
     parser.add_argument("--pairs", type=int, default=6)
     parser.add_argument("--burst", type=int, default=200)
     args = parser.parse_args()
-    for nodes in (1, 2, 3):
+    for nodes, workers in ((1, 1), (2, 1), (3, 1), (1, 2)):
         with tempfile.TemporaryDirectory() as folder:
-            cluster = LocalCluster(Path(folder), nodes, 3, database="sqlite", extra=NO_ARCHIVE)
+            cluster = LocalCluster(
+                Path(folder), nodes, 3, database="sqlite", extra=NO_ARCHIVE, workers=workers
+            )
             await asyncio.to_thread(cluster.start)
             try:
                 await populate(cluster.dsn, 2 * args.pairs + 2, 0)
-                print(f"{nodes} node(s)")
+                await asyncio.sleep(2.0)  # every worker is up
+                print(
+                    f"{nodes} node(s)"
+                    + (f", {workers} workers (connections spread by the kernel)" if workers > 1 else "")
+                )
                 print(f"  same-node latency   {await latency(cluster, args.messages, 0)}")
                 if nodes > 1:
                     print(f"  cross-node latency  {await latency(cluster, args.messages, 1)}")
