@@ -312,3 +312,24 @@ async def test_nitro_serve_with_wrong_nats_credentials_exits_with_one_clear_line
     assert "cannot serve: cannot connect to NATS at nats://127.0.0.1:" in out.decode()
     assert "Authorization Violation" in out.decode()
     assert "Traceback" not in out.decode()
+
+
+async def test_a_block_made_through_one_node_holds_on_the_others_at_once(nodes: list[Clients]) -> None:
+    a, b, c = nodes
+    alice_jid, carol_jid = await a.user("alice"), await a.user("carol")
+    alice = await a.login(alice_jid, plugins=["xep_0191"])
+    alice_on_b = await b.login(alice_jid)
+    carol = await c.login(carol_jid)
+    await until(sees(c.server, alice.boundjid))
+    await until(sees(c.server, alice_on_b.boundjid))
+    got: list[str] = []
+    for client in (alice, alice_on_b):
+        client.add_event_handler("message", lambda m: got.append(m["body"]))
+    carol.send_message(mto=slixmpp.JID(alice_jid), mbody="before", mtype="chat")  # node c reads alice's list
+    await until(lambda: "before" in got)
+    await alice.plugin["xep_0191"].block([slixmpp.JID(carol_jid)], timeout=10)  # through node a
+    errors: list[str] = []
+    carol.add_event_handler("message_error", lambda m: errors.append(m["error"]["condition"]))
+    carol.send_message(mto=slixmpp.JID(alice_jid), mbody="after", mtype="chat")
+    await until(lambda: errors != [])
+    assert "after" not in got
