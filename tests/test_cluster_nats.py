@@ -290,19 +290,25 @@ async def test_iqs_and_roster_pushes_cross_nodes(nodes: list[Clients]) -> None:
     await until(lambda: "carol@localhost" in pushes)
 
 
-async def test_nitro_serve_with_wrong_nats_credentials_exits_with_one_clear_line(
-    tmp_path: Path, redis_servers: list[RedisServer], nats_server: NatsServer
-) -> None:
-    instances = ", ".join(f'"{s.url}"' for s in redis_servers)
+def node_file(tmp_path: Path, redis: list[RedisServer], nats: NatsServer, password: str) -> Path:
+    """A node's config file as an operator writes it."""
+    instances = ", ".join(f'"{s.url}"' for s in redis)
     config = tmp_path / "node.toml"
     config.write_text(
         f'[storage]\ndsn = "sqlite+aiosqlite:///{tmp_path}/nitro.db"\n'
         f"[c2s]\nport = 0\ndirect_tls_port = 0\n[http]\nenabled = false\n[metrics]\nport = 0\n"
         f'[tls]\ncert = "tls/cert.pem"\nkey = "tls/key.pem"\n'
-        f"[redis]\ninstances = [{instances}]\n"
-        f'[cluster]\nnode = "a"\nnats = ["{nats_server.url}"]\n'
-        'nats_user = "nitro"\nnats_password = "wrong"\n'
+        f'[redis]\ninstances = [{instances}]\nprefix = "cluster"\n'
+        f'[cluster]\nnode = "a"\nnats = ["{nats.url}"]\n'
+        f'nats_user = "nitro"\nnats_password = "{password}"\n'
     )
+    return config
+
+
+async def test_nitro_serve_with_wrong_nats_credentials_exits_with_one_clear_line(
+    tmp_path: Path, redis_servers: list[RedisServer], nats_server: NatsServer
+) -> None:
+    config = node_file(tmp_path, redis_servers, nats_server, "wrong")
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "nitro", "--config", str(config), "serve",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
@@ -333,3 +339,23 @@ async def test_a_block_made_through_one_node_holds_on_the_others_at_once(nodes: 
     carol.send_message(mto=slixmpp.JID(alice_jid), mbody="after", mtype="chat")
     await until(lambda: errors != [])
     assert "after" not in got
+
+
+async def test_nitro_check_names_wrong_nats_credentials_and_lists_live_nodes(
+    tmp_path: Path, redis_servers: list[RedisServer], nats_server: NatsServer
+) -> None:
+    async def check(password: str) -> tuple[int | None, str]:
+        config = node_file(tmp_path, redis_servers, nats_server, password)
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "nitro", "--config", str(config), "check", stdout=asyncio.subprocess.PIPE
+        )
+        out, _ = await asyncio.wait_for(process.communicate(), 60)
+        return process.returncode, out.decode()
+
+    code, out = await check("wrong")
+    assert code == 1
+    assert "error: cluster: cannot connect to NATS at nats://127.0.0.1:" in out
+    async with running_server(node_config(tmp_path, redis_servers, nats_server, "b")):
+        code, out = await check(nats_server.password)
+    assert "ok: cluster: NATS at nats://127.0.0.1:" in out
+    assert "ok: cluster: live nodes b (0 sessions)" in out
