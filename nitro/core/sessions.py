@@ -2,7 +2,8 @@
 
 Modules ask `resources(bare)` / `resource(full)` and reach other entities only through `deliver()`
 (nitro/core/delivery.py); the session objects themselves stay with the c2s layer, the admin channel and the
-tests (`get`, `sessions_of`, iteration). The cluster issue adds other nodes' resources behind the same calls.
+tests (`get`, `sessions_of`, iteration). In a cluster, `remote` adds other nodes' resources to the same
+calls.
 """
 
 from __future__ import annotations
