@@ -359,3 +359,30 @@ async def test_nitro_check_names_wrong_nats_credentials_and_lists_live_nodes(
         code, out = await check(nats_server.password)
     assert "ok: cluster: NATS at nats://127.0.0.1:" in out
     assert "ok: cluster: live nodes b (0 sessions)" in out
+
+
+async def test_a_node_stopped_cleanly_leaves_at_once(
+    tmp_path: Path, redis_servers: list[RedisServer], nats_server: NatsServer
+) -> None:
+    async with running_server(node_config(tmp_path, redis_servers, nats_server, "a")) as a_server:
+        a = Clients(a_server)
+        try:
+            alice_jid, bob_jid = await a.user("alice"), await a.user("bob")
+            await befriend(a, "alice", "bob")
+            alice = await a.login(alice_jid)
+            seen: list[tuple[str, str]] = []
+            alice.add_event_handler(
+                "presence_unavailable", lambda p: seen.append((str(p["from"]), "unavailable"))
+            )
+            async with running_server(node_config(tmp_path, redis_servers, nats_server, "b")) as b_server:
+                b = Clients(b_server)
+                bob = await b.login(bob_jid)
+                await until(sees(a_server, bob.boundjid))
+                bob_full = str(bob.boundjid)
+            # b is gone (SIGTERM does this): bob's client was told <system-shutdown/>, alice saw him leave
+            await until(lambda: (bob_full, "unavailable") in seen, 5)
+            assert a_server.sessions.resources(JID.parse(bob_jid)) == []
+            assert a_server.cluster is not None
+            assert [m["node"] for m in await a_server.cluster.members()] == ["a"]
+        finally:
+            await a.close_all()
