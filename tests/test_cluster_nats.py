@@ -16,6 +16,7 @@ import slixmpp
 from conftest import Clients, make_config, result_of
 from nats_servers import NatsServer, nats_server
 from redis_servers import RedisServer, redis_servers
+from slixmpp.exceptions import IqError
 
 from nitro.cluster.link import ClusterError
 from nitro.config import Config
@@ -386,3 +387,30 @@ async def test_a_node_stopped_cleanly_leaves_at_once(
             assert [m["node"] for m in await a_server.cluster.members()] == ["a"]
         finally:
             await a.close_all()
+
+
+async def test_a_node_that_stops_answering_gets_nothing_lost_iqs_bounce_messages_wait_offline(
+    nodes: list[Clients],
+) -> None:
+    a, b, _c = nodes
+    alice_jid, bob_jid = await a.user("alice"), await a.user("bob")
+    alice = await a.login(alice_jid)
+    bob = await b.login(bob_jid)
+    await until(sees(a.server, bob.boundjid))
+    assert b.server.cluster is not None
+    await b.server.cluster.link.close()  # cut off: it neither answers nor announces any more
+    iq = alice.Iq()
+    iq["type"] = "get"
+    iq["to"] = bob.boundjid
+    iq.enable("ping")
+    with pytest.raises(IqError) as refused:
+        await iq.send(timeout=10)
+    assert refused.value.iq["error"]["condition"] == "service-unavailable"  # RFC 6121 §8.5.3.1
+    alice.send_message(mto=bob.boundjid, mbody="kept for later", mtype="chat")  # b's resources left out now
+    for _ in range(250):
+        stored = await a.server.storage.offline.list("bob")
+        if stored:
+            break
+        await asyncio.sleep(0.02)
+    assert len(stored) == 1
+    assert b"kept for later" in stored[0].stanza
