@@ -73,21 +73,25 @@ class Cluster:
         self._announcements: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._tasks: set[asyncio.Task[None]] = set()
         self._undo: list[Callable[[], None]] = []
+        self._joined = False  # the name is ours: until then requests are left to its holder
 
     # -- joining and leaving -----------------------------------------------------------------------
 
     async def start(self) -> None:
         await self.link.connect()  # ClusterError: no NATS, wrong credentials
+        # Listening before claiming: whoever holds the name answers pings for its own run (its token) by
+        # then, so two processes starting at once with one name cannot both take it.
+        await self.link.subscribe(subject_of(self.settings.name, self.node), self._on_request)
         if not await self.identity.claim():
             holder = await self.identity.holder() or {}
-            if await self.ping(self.node):
+            if await self.ping(self.node, holder.get("token")):
                 raise ClusterError(
                     f"node name {self.node!r} is already taken by a live node (pid {holder.get('pid')} on "
                     f"{holder.get('host')}): give this one another [cluster] node"
                 )
             log.info("node %s: the previous run left its heartbeat behind; taking the name over", self.node)
             await self.identity.take_over()
-        await self.link.subscribe(subject_of(self.settings.name, self.node), self._on_request)
+        self._joined = True
         await self.link.subscribe(sessions_subject(self.settings.name), self._on_announcement)
         self.link.on_reconnect.append(self._rejoin)
         self.sessions.remote = self.view
@@ -158,12 +162,14 @@ class Cluster:
             for name, member in sorted(found.items())
         ]
 
-    async def ping(self, node: str) -> bool:
+    async def ping(self, node: str, boot: str | None = None) -> bool:
+        """Whether `node` answers (only its run `boot`, when given) within a second."""
+        request: dict[str, Any] = {"t": "ping"} if boot is None else {"t": "ping", "boot": boot}
         try:
             reply = decode(
                 await self.link.request(
                     subject_of(self.settings.name, node),
-                    encode({"t": "ping"}),
+                    encode(request),
                     min(1.0, self.settings.request_timeout),
                 )
             )
@@ -195,13 +201,16 @@ class Cluster:
         return self.delivery.deliver_local(to, parse(xml))
 
     async def _on_request(self, msg: Msg) -> None:
+        if not self._joined:
+            return  # starting, and perhaps refused: the name's holder answers
         try:
             request = decode(msg.data)
             kind = request["t"]
             if kind == "deliver":
                 await respond(msg, {"r": self.receiver.handle(request.get("items"))})
             elif kind == "ping":
-                await respond(msg, {"r": "pong", "boot": self.boot})
+                if request.get("boot", self.boot) == self.boot:  # a ping for another run: not us
+                    await respond(msg, {"r": "pong", "boot": self.boot})
             elif kind == "snapshot":
                 await respond(
                     msg, {"r": "ok", "boot": self.boot, "items": [a.to_json() for a in self._local()]}
