@@ -71,6 +71,11 @@ system-deps:
 	  if [ "$$(id -u)" = 0 ]; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
 	  else echo "note: install redis-server (Debian package) to run the Redis ring tests"; fi; }
+	@# nats-server: the cluster tests start their own (tests/nats_servers.py, integration/nats_servers.py).
+	@{ command -v nats-server || test -x /usr/sbin/nats-server; } >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nats-server >/dev/null; \
+	  else echo "note: install nats-server (Debian package) to run the cluster tests"; fi; }
 	@# Debian's Chromium and its WebDriver: the browser test loads the web client in it (tests/test_browser.py).
 	@{ command -v chromium && command -v chromedriver; } >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then \

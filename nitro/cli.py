@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run on asyncio's own event loop even if uvloop is installed ([runtime] uvloop = false)",
     )
+    serve_parser.add_argument("--worker", type=int, default=0, help=argparse.SUPPRESS)  # [server] workers
 
     user = commands.add_parser("user", help="manage accounts in the configured storage")
     actions = user.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -83,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level = "WARNING"  # `nitro user list` prints names, not log lines
     configure_logging(level, config.logging.format)
     if args.command == "serve":
-        return run(serve(config), use_uvloop=config.runtime.uvloop and not args.no_uvloop)
+        return run(serve(config, args.worker), use_uvloop=config.runtime.uvloop and not args.no_uvloop)
     if args.command == "db":
         return run(db_command(config, args))
     if args.command in OPS_COMMANDS:
@@ -91,8 +92,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run(user_command(config, args))
 
 
-async def serve(config: Config) -> int:
+async def serve(config: Config, worker: int = 0) -> int:
+    from nitro.cluster.link import ClusterError
+    from nitro.cluster.workers import other_workers, worker_config, worker_count
     from nitro.server import running_server  # imported late: keeps `nitro user` light
+
+    workers = worker_count(config)  # [server] workers: this process is worker 0 and starts the others
+    if workers > 1:
+        config = worker_config(config, worker)
 
     raise_fd_limit()  # before any listener: each connection needs a descriptor
     stop = asyncio.Event()
@@ -105,10 +112,11 @@ async def serve(config: Config) -> int:
                 signal.SIGHUP, server.reload
             )  # re-read the config file (nitro.ops.reload)
             log.info("Nitro %s serving %s on %s", __version__, server.domain, loop_name())
-            await stop.wait()
+            async with other_workers(config, workers if worker == 0 else 1):
+                await stop.wait()
             loop.remove_signal_handler(signal.SIGHUP)
             log.info("shutting down")
-    except (OSError, StorageError, ConfigError) as exc:  # ConfigError: e.g. unusable TLS files
+    except (OSError, StorageError, ConfigError, ClusterError) as exc:  # ConfigError: e.g. unusable TLS files
         log.error("cannot serve: %s", exc)  # one clean line for operators
         return 1
     return 0

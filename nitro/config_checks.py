@@ -5,6 +5,7 @@ that must agree with each other; `validate` raises a ConfigError naming the file
 from __future__ import annotations
 
 import ipaddress
+import re
 
 from nitro.config_ranges import range_problems
 from nitro.config_sections import PLUGIN_MODES, BoshSection, Config, StorageSection
@@ -47,6 +48,30 @@ def validate(config: Config, source: str) -> None:
     _validate_tiers(config, source)
     _validate_limits(config, source)
     _validate_plugins(config, source)
+    _validate_cluster(config, source)
+
+
+def _validate_cluster(config: Config, source: str) -> None:
+    """[cluster] (nitro/cluster/): a node name fit for a NATS subject and a Redis key, and a ring."""
+    cluster = config.cluster
+    workers = config.server.workers
+    if workers != "auto" and (not isinstance(workers, int) or isinstance(workers, bool) or workers < 1):
+        raise ConfigError(f'{source}: [server].workers must be at least 1 or "auto", got {workers!r}')
+    if workers != 1 and not cluster.node:
+        raise ConfigError(
+            f"{source}: [server].workers: several workers are [cluster] members: set [cluster].node"
+        )
+    if not cluster.node:
+        return
+    for key in ("node", "name"):
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", getattr(cluster, key)):
+            raise ConfigError(f"{source}: [cluster].{key} must be 1 to 64 of A-Z a-z 0-9 _ -")
+    if not config.redis.instances:
+        raise ConfigError(f"{source}: [cluster] needs the Redis ring: set [redis].instances")
+    if not cluster.nats:
+        raise ConfigError(f"{source}: [cluster].nats lists no NATS server")
+    if sum(bool(x) for x in (cluster.nats_user, cluster.nats_token, cluster.nats_creds)) > 1:
+        raise ConfigError(f"{source}: [cluster]: use one of nats_user, nats_token or nats_creds")
 
 
 def _validate_limits(config: Config, source: str) -> None:

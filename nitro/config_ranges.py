@@ -77,6 +77,8 @@ RANGES: dict[str, dict[str, _Range]] = {
         "stop_timeout": _POSITIVE,
         "stanzas_per_second": _NOT_NEGATIVE,  # 0: no cap
     },
+    # [cluster] (nitro/cluster/)
+    "cluster": {"heartbeat_ttl": _POSITIVE, "request_timeout": _POSITIVE, "connect_timeout": _POSITIVE},
 }
 
 

@@ -18,6 +18,9 @@ from nitro.xmpp.jid import JID
 class ServerSection:
     domain: str = "localhost"
     admins: tuple[str, ...] = ()
+    # Processes of this node sharing its listening sockets (SO_REUSEPORT), each a [cluster] member named
+    # "<node>-w<i>" (nitro/cluster/workers.py); "auto": one per core.
+    workers: int | str = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,6 +329,22 @@ class PluginsSection:
 
 
 @dataclass(frozen=True, slots=True)
+class ClusterSection:
+    """Several nodes as one server (nitro/cluster/): off while `node` is empty; needs `[redis] instances`."""
+
+    node: str = ""  # this node's name, unique in the cluster (a second node claiming it refuses to start)
+    name: str = "nitro"  # the cluster's name in NATS subjects (nitro.<name>.node.<node>)
+    nats: tuple[str, ...] = ("nats://127.0.0.1:4222",)  # NATS servers (any one of a NATS cluster will do)
+    nats_user: str = ""  # NATS credentials: user and password, or a token, or a .creds file
+    nats_password: str = ""
+    nats_token: str = ""
+    nats_creds: str = ""  # relative to the config file's directory
+    heartbeat_ttl: float = 10.0  # a node whose heartbeat is this old is dead; refreshed every ttl / 3
+    request_timeout: float = 2.0  # a stanza for another node unanswered this long goes offline / bounces
+    connect_timeout: float = 3.0
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     server: ServerSection = field(default_factory=ServerSection)
     storage: StorageSection = field(default_factory=StorageSection)
@@ -352,6 +371,7 @@ class Config:
     limits: LimitsSection = field(default_factory=LimitsSection)
     admin: AdminSection = field(default_factory=AdminSection)
     plugins: PluginsSection = field(default_factory=PluginsSection)
+    cluster: ClusterSection = field(default_factory=ClusterSection)
     base_dir: Path = Path()
     # The file this configuration was read from (what a reload reads again); not part of equality.
     file: Path | None = field(default=None, compare=False)

@@ -11,6 +11,8 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 from nitro.bridge.listener import Bridge, serve_plugins
+from nitro.cluster.node import Cluster, cluster_member
+from nitro.cluster.workers import shares_ports
 from nitro.config import Config
 from nitro.core.delivery import Delivery
 from nitro.core.directory import SessionDirectory
@@ -86,6 +88,7 @@ class Server:
         self.directory: SessionDirectory | None = None  # set by the `directory` module
         self.reloads = 0  # configuration reloads applied (SIGHUP, `nitro reload`)
         self.bridge: Bridge | None = None  # plugins over TCP (nitro/bridge), set by running_server
+        self.cluster: Cluster | None = None  # this node's cluster membership ([cluster] node; nitro/cluster/)
 
     @property
     def domain(self) -> str:
@@ -126,7 +129,10 @@ class Server:
         c2s = self.config.c2s
         loop = asyncio.get_running_loop()
         accept = connection_factory(self, self.transport_limits)
-        self.listeners.append(await loop.create_server(accept, c2s.host, c2s.port, backlog=c2s.backlog))
+        reuse = shares_ports(self.config)  # [server] workers: the node's processes bind the same ports
+        self.listeners.append(
+            await loop.create_server(accept, c2s.host, c2s.port, backlog=c2s.backlog, reuse_port=reuse)
+        )
         log.info("c2s (STARTTLS) listening on %s", _addresses(self.listeners[-1]))
         if c2s.direct_tls_port and self.tls_context is not None:
             self.listeners.append(
@@ -135,6 +141,7 @@ class Server:
                     c2s.host,
                     c2s.direct_tls_port,
                     backlog=c2s.backlog,
+                    reuse_port=reuse,
                     ssl=self.tls_context,
                     ssl_handshake_timeout=c2s.negotiation_timeout,
                 )
@@ -195,15 +202,20 @@ async def running_server(config: Config) -> AsyncIterator[Server]:
             ring = storage.tiers.ring
             metrics.add_tier_source("ring", lambda: _hits_and_misses(ring.stats))
         async with serve_metrics(metrics, config.metrics) as server.metrics_endpoint:  # up during the drain
-            server.load_modules(tuple(m for m in BUILTIN_MODULES if m not in config.modules.disabled))
-            try:
-                async with serve_admin(server):  # `nitro status|sessions|kick|reload`; before the listeners
-                    await server.start_listeners()
-                    async with (
-                        serve_plugins(server, server.listeners) as server.bridge,  # [plugins] (XEP-0114)
-                        serve_http(server),  # WebSocket, BOSH, discovery, web client ([http])
-                    ):
-                        with tuned_gc(config.gc):
-                            yield server
-            finally:
-                await server.shutdown()
+            # joins the cluster before serving; leaves after the drain
+            cluster = cluster_member(server, server.sessions, server.delivery, storage.tiers.ring)
+            async with cluster as server.cluster:
+                server.load_modules(tuple(m for m in BUILTIN_MODULES if m not in config.modules.disabled))
+                try:
+                    async with serve_admin(
+                        server
+                    ):  # `nitro status|sessions|kick|reload`; before the listeners
+                        await server.start_listeners()
+                        async with (
+                            serve_plugins(server, server.listeners) as server.bridge,  # [plugins] (XEP-0114)
+                            serve_http(server),  # WebSocket, BOSH, discovery, web client ([http])
+                        ):
+                            with tuned_gc(config.gc):
+                                yield server
+                finally:
+                    await server.shutdown()

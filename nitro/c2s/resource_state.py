@@ -4,6 +4,7 @@ modules set, and the modules' typed slots — kept as one `Resource` value that 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from lxml import etree
@@ -26,6 +27,9 @@ class ResourceState:
         self._resource: Resource | None = None  # the value other modules see, rebuilt after a change
         self._directed_to: frozenset[JID] = frozenset()  # entities that got directed presence (§4.6)
         self.slots = SlotValues(self)  # typed per-module state (nitro/core/slots.py)
+        self._on_flags: Callable[[], None] | None = (
+            None  # told when a flag changes (the cluster announces it)
+        )
 
     @property
     def jid(self) -> JID:
@@ -89,6 +93,12 @@ class ResourceState:
         if flags != self._flags:
             self._flags = frozenset(flags)
             self._resource = None
+            if self._on_flags is not None:
+                self._on_flags()
+
+    def watch_flags(self, callback: Callable[[], None] | None) -> None:
+        """Call `callback` after each flag change (one watcher: the cluster's announcements)."""
+        self._on_flags = callback
 
     @property
     def interested(self) -> bool:

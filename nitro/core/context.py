@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, Protocol
 
 from lxml import etree
@@ -114,6 +114,8 @@ class Session(Protocol):
     def has_flag(self, flag: str) -> bool: ...
 
     def set_flag(self, flag: str, on: bool = True) -> None: ...
+
+    def watch_flags(self, callback: Callable[[], None] | None) -> None: ...
 
     async def close(self, error: StreamError | None = None) -> None: ...
 

@@ -2,7 +2,8 @@
 
 Modules ask `resources(bare)` / `resource(full)` and reach other entities only through `deliver()`
 (nitro/core/delivery.py); the session objects themselves stay with the c2s layer, the admin channel and the
-tests (`get`, `sessions_of`, iteration). The cluster issue adds other nodes' resources behind the same calls.
+tests (`get`, `sessions_of`, iteration). In a cluster, `remote` adds other nodes' resources to the same
+calls.
 """
 
 from __future__ import annotations
@@ -39,6 +40,14 @@ class Resource:
         return flag in self.flags
 
 
+class RemoteResources(Protocol):
+    """Other nodes' resources (nitro/cluster/view.py), joined to this node's in `resources`/`resource`."""
+
+    def resources(self, bare: JID) -> list[Resource]: ...
+
+    def resource(self, full: JID) -> Resource | None: ...
+
+
 class BoundSession(Protocol):
     """What the registry needs from a bound session."""
 
@@ -59,19 +68,28 @@ class Sessions(Generic[S]):
 
     def __init__(self) -> None:
         self._by_bare: dict[JID, dict[str, S]] = {}
+        self.remote: RemoteResources | None = None  # set while this node is a cluster member
 
     # -- what modules ask ----------------------------------------------------------------------------
 
     def resources(self, bare: JID) -> list[Resource]:
-        """Every bound resource of an account, as values."""
-        return [session.resource for session in self._by_bare.get(bare.bare, {}).values()]
+        """Every bound resource of an account, on this node and (in a cluster) on the others, as values."""
+        local = self._by_bare.get(bare.bare, {})
+        found = [session.resource for session in local.values()]
+        if self.remote is not None:
+            found.extend(r for r in self.remote.resources(bare) if r.jid.resource not in local)
+        return found
 
     def resource(self, full: JID) -> Resource | None:
         session = self.get(full)
-        return None if session is None else session.resource
+        if session is not None:
+            return session.resource
+        return None if self.remote is None else self.remote.resource(full)
 
     def online(self, bare: JID) -> bool:
-        return bool(self._by_bare.get(bare.bare))
+        return bool(self._by_bare.get(bare.bare)) or (
+            self.remote is not None and bool(self.remote.resources(bare))
+        )
 
     # -- the c2s layer, delivery, admin and tests ----------------------------------------------------
 

@@ -70,6 +70,10 @@ class BlockLists:
         self.locks = UserLocks()
 
     def online(self, username: str) -> bool:
+        """Worth caching: online, and no other node can change the list behind this cache (in a cluster
+        the storage tiers keep it, invalidated on every node by each write)."""
+        if self.server.config.cluster.node:
+            return False
         return bool(self.server.sessions.resources(JID.make(username, self.server.domain)))
 
     async def get(self, username: str) -> frozenset[str]:

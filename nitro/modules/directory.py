@@ -15,7 +15,7 @@ def load(module: Module) -> None:
     server = module.server
     tiers = server.tiers
     ring = tiers.ring if tiers is not None else None
-    node_id = tiers.node_id if tiers is not None else secrets.token_hex(8)
+    node_id = server.config.cluster.node or (tiers.node_id if tiers is not None else secrets.token_hex(8))
     directory = SessionDirectory(ring, node_id, server.config.redis.session_ttl)
     server.directory = directory
     module.spawn(directory.run())

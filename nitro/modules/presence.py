@@ -15,7 +15,7 @@ from lxml import etree
 from nitro.core.module import Module, SessionEvent
 from nitro.core.router import StanzaEvent
 from nitro.core.sessions import Resource
-from nitro.modules.roster import is_local, roster_full, roster_lock, save, storage_error
+from nitro.modules.roster import change, is_local, roster_full, roster_lock, storage_error
 from nitro.storage.errors import QuotaExceeded, StorageUnavailable
 from nitro.storage.models import RosterItem
 from nitro.xmpp import ns
@@ -202,13 +202,19 @@ class Presence:
     ) -> Transition:
         jid = str(contact)
         async with roster_lock(self.server, username):
-            try:
-                before = await self.server.storage.rosters.get_item(username, jid)
+            steps: list[Transition] = []
+
+            def compute(before: RosterItem | None) -> RosterItem | None:
+                """In the store's transaction, on the item as committed (another node may have changed it)."""
                 step = transition(state_of(before), direction, kind)
-                after = _keep_request(
+                steps[:] = [step]
+                return _keep_request(
                     before, apply(before, jid, step, inbound=direction is Direction.INBOUND), request
                 )
-                await save(self.server, username, before, after)
+
+            try:
+                await change(self.server, username, jid, compute)
+                step = steps[0]
             except QuotaExceeded as exc:
                 if direction is Direction.OUTBOUND:
                     raise roster_full(self.server) from exc

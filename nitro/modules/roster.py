@@ -9,6 +9,7 @@ import dataclasses
 import re
 import secrets
 import weakref
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING
 
@@ -130,6 +131,19 @@ async def save(server: Core, username: str, before: RosterItem | None, after: Ro
         push(server, username, jid, after, version)
 
 
+async def change(
+    server: Core, username: str, jid: str, compute: Callable[[RosterItem | None], RosterItem | None]
+) -> tuple[RosterItem | None, RosterItem | None]:
+    """Read-change-write one item in the store's transaction (its row lock serialises nodes of a cluster),
+    then push what the client can see of the change; returns (before, after). Call with the roster lock held.
+    """
+    max_items = server.config.roster.max_items or None
+    before, after, version = await server.storage.rosters.update(username, jid, compute, max_items=max_items)
+    if version is not None and _visible(before) != _visible(after):
+        push(server, username, jid, after, version)
+    return before, after
+
+
 def _parse_item(query: etree._Element) -> tuple[str, bool, str | None, tuple[str, ...]]:
     """A roster set's one item (§2.3.3): jid, remove?, name and groups, or the StanzaError to answer."""
     items = query.findall(_ITEM)
@@ -203,11 +217,14 @@ def load(module: Module) -> None:
             return True
         async with roster_lock(server, username):
             try:
-                before = await server.storage.rosters.get_item(username, jid)
-                after = dataclasses.replace(
-                    before or RosterItem(jid), name=name, groups=groups, in_roster=True
+                await change(
+                    server,
+                    username,
+                    jid,
+                    lambda before: dataclasses.replace(
+                        before or RosterItem(jid), name=name, groups=groups, in_roster=True
+                    ),
                 )
-                await save(server, username, before, after)
             except QuotaExceeded as exc:
                 raise roster_full(server) from exc
         await event.reply(iq_result(event.stanza))

@@ -16,7 +16,7 @@ import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from nitro import __version__
 from nitro.accounts import InvalidUsername, delete_account, prepare_username
@@ -60,6 +60,10 @@ def _iso(timestamp: float) -> str:
     return datetime.datetime.fromtimestamp(timestamp, datetime.UTC).isoformat(timespec="seconds")
 
 
+class _Members(Protocol):
+    async def members(self) -> list[dict[str, Any]]: ...
+
+
 class AdminChannel:
     """The commands; each takes the request's arguments and returns the result or raises ChannelError."""
 
@@ -101,7 +105,19 @@ class AdminChannel:
             "connections": server.metrics.session_counts(),
             "bound": len(server.sessions),
             "nodes": await self._nodes(),
+            "cluster": await self._members(),
         }
+
+    async def _members(self) -> list[dict[str, Any]]:
+        """[cluster]: the live nodes with their session counts (nitro/cluster/identity.py), else []."""
+        cluster: _Members | None = getattr(self.server, "cluster", None)  # nitro.server.Server.cluster
+        if cluster is None:
+            return []
+        try:
+            return await cluster.members()
+        except StorageError as exc:
+            log.warning("cluster members unreadable: %s", exc)
+            return []
 
     async def _nodes(self) -> list[str]:
         """The nodes whose heartbeat is in the ring (this one alone without a ring)."""

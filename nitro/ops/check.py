@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+from nitro.cluster.check import check_cluster
 from nitro.config import Config, ConfigError, is_loopback, load_config
 from nitro.observe.logs import configure as configure_logging
 from nitro.ops.check_plugins import check_plugins
@@ -61,6 +62,8 @@ async def run_checks(config_path: Path | None) -> AsyncIterator[Finding]:
     async for finding in check_storage(config):
         yield finding
     async for finding in check_redis(config):
+        yield finding
+    async for finding in check_cluster(config):  # [cluster]: NATS and the live nodes
         yield finding
     for finding in check_ports(config):
         yield finding

@@ -109,6 +109,9 @@ def _print_status(status: dict[str, Any]) -> None:
     print(f"bound resources: {status['bound']}")
     nodes = [f"{node} (this one)" if node == status["node"] else node for node in status["nodes"]]
     print(f"nodes: {', '.join(nodes) or 'none known'}")
+    for member in status.get("cluster", []):  # [cluster]: live nodes with their bound resources
+        where = f"pid {member['pid']} on {member['host']}"
+        print(f"  cluster node {member['node']}: {member['sessions']} sessions ({where})")
 
 
 def _print_sessions(rows: list[dict[str, Any]]) -> None:

@@ -133,6 +133,20 @@ class CachedRosterStore:
             finally:
                 await self._tiers.invalidate([codecs.ROSTER], username)
 
+    async def update(
+        self,
+        username: str,
+        contact: str,
+        change: Callable[[RosterItem | None], RosterItem | None],
+        *,
+        max_items: int | None = None,
+    ) -> tuple[RosterItem | None, RosterItem | None, int | None]:
+        with self._flights.writing(username):  # read and written in SQL, under its row lock
+            try:
+                return await self._sql.update(username, contact, change, max_items=max_items)
+            finally:
+                await self._tiers.invalidate([codecs.ROSTER], username)
+
     async def version(self, username: str) -> int:
         return (await self.get(username)).version
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -70,6 +70,19 @@ class RosterStore(Protocol):
 
     async def remove(self, username: str, contact: str) -> int | None:
         """Remove the item; returns the new roster version, None (and no bump) if it was not there."""
+        ...
+
+    async def update(
+        self,
+        username: str,
+        contact: str,
+        change: Callable[[RosterItem | None], RosterItem | None],
+        *,
+        max_items: int | None = None,
+    ) -> tuple[RosterItem | None, RosterItem | None, int | None]:
+        """Read the item, write `change(item)` (None: remove it), in one transaction that holds the account's
+        row lock: nodes changing one roster at once never lose each other's update (a cluster). Returns
+        (before, after, new version or None when nothing changed). Raises NoSuchAccount, QuotaExceeded."""
         ...
 
     async def version(self, username: str) -> int: ...

@@ -5,7 +5,7 @@ the roster.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, get_args
 
 from sqlalchemy import Row, delete, func, insert, select, update
@@ -145,6 +145,36 @@ class SqlRosterStore:
             if result.rowcount == 0:
                 return None
             return await self._bump(conn, account_id)
+
+    @translated
+    async def update(
+        self,
+        username: str,
+        contact: str,
+        change: Callable[[RosterItem | None], RosterItem | None],
+        *,
+        max_items: int | None = None,
+    ) -> tuple[RosterItem | None, RosterItem | None, int | None]:
+        _, contact_key = contact_keys(contact)
+        async with self._db.writer.begin() as conn:
+            account_id = await self._db.account_id(conn, username, lock=True)  # held until commit
+            if account_id is None:
+                raise NoSuchAccount(username)
+            where = (roster_items.c.account_id == account_id, roster_items.c.contact_key == contact_key)
+            row = (await conn.execute(select(roster_items).where(*where))).one_or_none()
+            before = None if row is None else _item_from_row(row)
+            after = change(before)
+            if after == before:
+                return before, after, None
+            await conn.execute(delete(roster_items).where(*where))
+            if after is not None:
+                if before is None and max_items is not None:
+                    count = select(func.count()).where(roster_items.c.account_id == account_id)
+                    held = int((await conn.execute(count)).scalar_one())
+                    if held >= max_items:
+                        raise QuotaExceeded(f"{held} roster items, at most {max_items}")
+                await conn.execute(insert(roster_items).values(account_id=account_id, **item_row(after)))
+            return before, after, await self._bump(conn, account_id)
 
     @translated
     async def version(self, username: str) -> int:

@@ -106,11 +106,17 @@ async def serve_http(server: Core) -> AsyncIterator[HttpEndpoint | None]:
     await runner.setup()
     try:
         backlog = server.config.c2s.backlog
+        reuse = server.config.server.workers != 1  # [server] workers share the ports (SO_REUSEPORT)
         if settings.port:
-            await web.TCPSite(runner, settings.host, settings.port, backlog=backlog).start()
+            await web.TCPSite(runner, settings.host, settings.port, backlog=backlog, reuse_port=reuse).start()
         if settings.tls_port and server.tls_context is not None:
             site = web.TCPSite(
-                runner, settings.host, settings.tls_port, ssl_context=server.tls_context, backlog=backlog
+                runner,
+                settings.host,
+                settings.tls_port,
+                ssl_context=server.tls_context,
+                backlog=backlog,
+                reuse_port=reuse,
             )
             await site.start()
         addresses = tuple((str(address[0]), int(address[1])) for address in runner.addresses)
