@@ -92,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 async def serve(config: Config) -> int:
-    from nitro.server import running_server  # imported late: keeps `nitro user` light
+    from nitro.ops.lifecycle import SuccessorFailed, serving  # imported late: keeps `nitro user` light
 
     raise_fd_limit()  # before any listener: each connection needs a descriptor
     stop = asyncio.Event()
@@ -100,7 +100,7 @@ async def serve(config: Config) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     try:
-        async with running_server(config) as server:
+        async with serving(config, stop.set) as server:  # as a successor too (nitro.ops.lifecycle)
             loop.add_signal_handler(
                 signal.SIGHUP, server.reload
             )  # re-read the config file (nitro.ops.reload)
@@ -108,6 +108,8 @@ async def serve(config: Config) -> int:
             await stop.wait()
             loop.remove_signal_handler(signal.SIGHUP)
             log.info("shutting down")
+    except SuccessorFailed:  # an upgrade's successor that cannot serve: the old process goes on
+        return 1
     except (OSError, StorageError, ConfigError) as exc:  # ConfigError: e.g. unusable TLS files
         log.error("cannot serve: %s", exc)  # one clean line for operators
         return 1

@@ -236,6 +236,16 @@ class AdminSection:
 
 
 @dataclass(frozen=True, slots=True)
+class UpgradeSection:
+    """Zero-downtime upgrades (`nitro upgrade`, SIGUSR2; nitro/ops/upgrade.py)."""
+
+    ready_timeout: float = 30.0  # seconds the successor has to check itself and accept, else rollback
+    drain_rate: float = 200.0  # sessions handed over (or closed) per second: no reconnect storm
+    drain_deadline: float = 60.0  # seconds after ready: what is left is handled at once, then the old exits
+    command: tuple[str, ...] = ()  # the successor's command before `--config FILE serve`; () = this Python
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     server: ServerSection = field(default_factory=ServerSection)
     storage: StorageSection = field(default_factory=StorageSection)
@@ -261,6 +271,7 @@ class Config:
     runtime: RuntimeSection = field(default_factory=RuntimeSection)
     limits: LimitsSection = field(default_factory=LimitsSection)
     admin: AdminSection = field(default_factory=AdminSection)
+    upgrade: UpgradeSection = field(default_factory=UpgradeSection)
     base_dir: Path = Path()
     # The file this configuration was read from (what a reload reads again); not part of equality.
     file: Path | None = field(default=None, compare=False)

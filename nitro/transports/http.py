@@ -15,6 +15,7 @@ from lxml import etree
 
 from nitro.transports import bosh, webclient, websocket
 from nitro.transports.forwarded import Network, connection_urls, peer_of, trusted_networks
+from nitro.transports.listeners import Listeners, sites
 
 if TYPE_CHECKING:
     from nitro.core.context import Core
@@ -85,7 +86,7 @@ def make_app(server: Core) -> web.Application:
 
 
 @asynccontextmanager
-async def serve_http(server: Core) -> AsyncIterator[HttpEndpoint | None]:
+async def serve_http(server: Core, listening: Listeners | None = None) -> AsyncIterator[HttpEndpoint | None]:
     """Serve HTTP for the duration of the scope (nothing when [http] is disabled). On exit: stop listening,
     close the web transports' streams (their modules hook the app's on_shutdown), give running requests
     SHUTDOWN_GRACE seconds, cancel the rest."""
@@ -106,13 +107,13 @@ async def serve_http(server: Core) -> AsyncIterator[HttpEndpoint | None]:
     await runner.setup()
     try:
         backlog = server.config.c2s.backlog
+        listening = listening if listening is not None else Listeners()  # what an upgrade hands over
         if settings.port:
-            await web.TCPSite(runner, settings.host, settings.port, backlog=backlog).start()
+            sockets = listening.tcp("http", settings.host, settings.port, backlog)
+            await listening.serve("http", sockets, sites(runner, None))
         if settings.tls_port and server.tls_context is not None:
-            site = web.TCPSite(
-                runner, settings.host, settings.tls_port, ssl_context=server.tls_context, backlog=backlog
-            )
-            await site.start()
+            sockets = listening.tcp("https", settings.host, settings.tls_port, backlog)
+            await listening.serve("https", sockets, sites(runner, server.tls_context))
         addresses = tuple((str(address[0]), int(address[1])) for address in runner.addresses)
         log.info("http listening on %s", ", ".join(f"{host}:{port}" for host, port in addresses))
         yield HttpEndpoint(addresses)
