@@ -24,7 +24,9 @@ from nitro.c2s.session import ClientSession
 from nitro.core.module import SessionEvent
 from nitro.ops import sdnotify
 from nitro.ops.adopt import adopt
+from nitro.ops.channel import pid_path
 from nitro.ops.handover import Channel, HandoverError
+from nitro.ops.pidfile import write_pid_file
 from nitro.transports.listeners import Listeners, close_all
 from nitro.xmpp.errors import StreamError
 
@@ -215,6 +217,7 @@ class Upgrader:
             pending = self._to_drain()
             self.progress.to_move = len(pending)
             per_batch = max(1, round(settings.drain_rate / BATCHES_PER_SECOND))
+            interval = per_batch / settings.drain_rate  # the pace: drain_rate sessions per second
             while pending or not self._wanted.empty():
                 if reader.done():
                     reader.result()  # raises the HandoverError that ended it
@@ -228,7 +231,8 @@ class Upgrader:
                 retry = await self._move(channel, batch, late=late)
                 pending.extend(retry)
                 pending.extend(s for s in self._to_drain() if s not in pending)  # logged in meanwhile
-                await asyncio.sleep(1 / BATCHES_PER_SECOND)
+                if pending or not self._wanted.empty():
+                    await self._pause(interval)
             await self._wait_adopted(reader, min(30.0, max(1.0, deadline - loop.time() + 5.0)))
             await channel.send({"type": "done", "moved": self.progress.moved, "closed": self.progress.closed})
         finally:
@@ -237,10 +241,18 @@ class Upgrader:
                 await reader
         await self._close_negotiations()
 
+    async def _pause(self, interval: float) -> None:
+        """Between batches; a session a resuming client wants (on the successor) cuts it short."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + interval
+        while loop.time() < end and self._wanted.empty():  # noqa: ASYNC110
+            await asyncio.sleep(min(0.02, interval))
+
     def _to_drain(self) -> list[ClientSession]:
+        """The sessions to hand over or close, those bound first first."""
         return [
             session
-            for session in self.server.connections
+            for session in self.server.sessions
             if isinstance(session, ClientSession)
             and session.forward is None
             and (session.established or session.detached)
@@ -385,6 +397,8 @@ class Upgrader:
         if self._channel is not None:
             self._channel.close()
         await self.listeners.serve_again(spare)
+        if (path := pid_path(self.server.config)) is not None:
+            write_pid_file(path)  # the serving process again
         for session_id, (session, data, kept) in list(self._moved.items()):
             self.server.sessions.remove(session)
             session.forward = None
