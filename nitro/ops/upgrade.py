@@ -325,7 +325,8 @@ class Upgrader:
             if event is not None:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(event.wait(), self.server.config.upgrade.ready_timeout)
-            transport.close()  # no stream close: the client sees a lost connection and resumes
+            # no stream close (that would end the session, XEP-0198 §5): the client sees a lost connection
+            getattr(transport, "abandon", transport.close)()
 
         self.server.spawn(close())
 
