@@ -18,7 +18,8 @@ from nitro.ops.channel import pid_path
 from nitro.ops.handover import HandoverError
 from nitro.ops.pidfile import write_pid_file
 from nitro.ops.successor import NotReady, Predecessor
-from nitro.ops.upgrade import Outcome, Upgrader, generation
+from nitro.ops.upgrade import Upgrader
+from nitro.ops.upgrade_progress import Outcome, generation
 from nitro.transports.listeners import Listeners
 
 if TYPE_CHECKING:

@@ -16,7 +16,7 @@ from nitro.c2s.session import ClientSession
 from nitro.core.module import ResumeRequest
 from nitro.ops.adopt import adopt, deliver_forwarded
 from nitro.ops.handover import Channel, HandoverError
-from nitro.ops.upgrade import HANDOVER_FD
+from nitro.ops.upgrade_progress import HANDOVER_FD
 from nitro.storage.errors import StorageError
 
 if TYPE_CHECKING:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import logging
 import os
 import signal
@@ -15,18 +14,17 @@ import socket
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from lxml import etree
 
 from nitro.c2s.session import ClientSession
-from nitro.core.module import SessionEvent
 from nitro.ops import sdnotify
 from nitro.ops.adopt import adopt
 from nitro.ops.channel import pid_path
 from nitro.ops.handover import Channel, HandoverError
 from nitro.ops.pidfile import write_pid_file
+from nitro.ops.upgrade_progress import GENERATION, HANDOVER_FD, Outcome, Progress, generation
 from nitro.transports.listeners import Listeners, close_all
 from nitro.xmpp.errors import StreamError
 
@@ -35,50 +33,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-HANDOVER_FD = "NITRO_HANDOVER_FD"  # the successor's end of the upgrade socket
-GENERATION = "NITRO_GENERATION"  # 1 for a process started by hand, +1 for each successor
 BUSY_WAIT = 2.0  # seconds the drain waits for a session to finish handling an input before it retries it
 BATCHES_PER_SECOND = 10
-
-
-class Outcome(enum.Enum):
-    DONE = "done"
-    UNDER_WAY = "under-way"  # refused: an upgrade is already running
-    ROLLED_BACK = "rolled-back"  # the successor failed before ready; this process serves on
-
-
-class UpgradeRefused(Exception):
-    """An upgrade is already under way."""
-
-
-@dataclass
-class Progress:
-    """What `nitro status` shows of an upgrade."""
-
-    state: str = "idle"  # idle, spawning, checking, draining, done, rolled-back
-    successor: int | None = None
-    started: float | None = None
-    to_move: int = 0
-    moved: int = 0
-    closed: int = 0
-    reason: str | None = None
-    history: list[dict[str, Any]] = field(default_factory=list)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "state": self.state,
-            "successor": self.successor,
-            "to_move": self.to_move,
-            "moved": self.moved,
-            "closed": self.closed,
-            "reason": self.reason,
-            "elapsed": None if self.started is None else round(time.monotonic() - self.started, 1),
-        }
-
-
-def generation() -> int:
-    value = os.environ.get(GENERATION, "1")
-    return int(value) if value.isdigit() and int(value) > 0 else 1
 
 
 class Upgrader:
@@ -419,6 +375,3 @@ async def _send_quietly(channel: Channel, message: dict[str, Any]) -> None:
         await channel.send(message)
     except HandoverError as exc:
         log.warning("upgrade: a forwarded stanza could not be sent: %s", exc)
-
-
-__all__ = ["GENERATION", "HANDOVER_FD", "Outcome", "SessionEvent", "UpgradeRefused", "Upgrader"]

@@ -65,7 +65,13 @@ class Listeners:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 if family == socket.AF_INET6:
                     sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                sock.bind(address)
+                try:
+                    sock.bind(address)
+                except OSError as exc:  # worded as asyncio's create_server words it
+                    why = (exc.strerror or "").lower()
+                    raise OSError(
+                        exc.errno, f"error while attempting to bind on address {address!r}: {why}"
+                    ) from None
                 sock.listen(backlog)
                 sock.setblocking(False)
                 if port == 0:  # one ephemeral port for every address

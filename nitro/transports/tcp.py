@@ -283,10 +283,8 @@ class ClientConnection(asyncio.Protocol):
             self._wake()
 
     def abandon(self) -> None:
-        """The session moved to another process (an upgrade): close the socket now, with nothing more written
-        and no lingering, so the client sees its connection lost at once and resumes (XEP-0198 §5)."""
+        """The session moved to another process (upgrade): close now, no linger (XEP-0198 §5)."""
         self.closing = True
-        self._out.clear()
         if self.transport is not None:
             self.transport.close()
         self._wake()
