@@ -119,6 +119,7 @@ async def test_silence_is_a_timeout(pair: tuple[Channel, socket.socket]) -> None
         await channel.receive(0.2)
 
 
+@pytest.mark.fault
 async def test_a_successor_given_garbage_says_so_and_exits(tmp_path: Path) -> None:
     config = write_config(tmp_path)
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)

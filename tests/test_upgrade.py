@@ -188,6 +188,7 @@ GARBAGE = (
 )
 
 
+@pytest.mark.fault
 @pytest.mark.parametrize(
     ("successor", "reason"),
     [
@@ -227,6 +228,7 @@ async def test_a_successor_that_fails_before_ready_is_killed_and_the_old_serves_
         await running.stop()
 
 
+@pytest.mark.fault
 async def test_a_second_upgrade_while_one_runs_is_refused(tmp_path: Path) -> None:
     command = [sys.executable, script(tmp_path, "successor.py", HANG)]
     running = node(tmp_path, upgrade_section(ready_timeout=4.0, command=command))
@@ -243,6 +245,7 @@ async def test_a_second_upgrade_while_one_runs_is_refused(tmp_path: Path) -> Non
         await running.stop()
 
 
+@pytest.mark.fault
 async def test_the_successor_dies_mid_drain_and_the_old_takes_over_again(tmp_path: Path) -> None:
     running = node(tmp_path, upgrade_section(ready_timeout=20.0, drain_rate=1.0, drain_deadline=30.0))
     await running.add_users("alice", "bob", "carol", "dave")
@@ -273,6 +276,7 @@ async def test_the_successor_dies_mid_drain_and_the_old_takes_over_again(tmp_pat
         await running.stop()
 
 
+@pytest.mark.fault
 async def test_sigkill_of_the_old_mid_drain_leaves_the_successor_serving(tmp_path: Path) -> None:
     """What the successor adopted resumes; the sessions still in the killed process are lost with it: their
     clients' `<resume/>` fails (item-not-found) and they bind afresh."""
@@ -310,6 +314,7 @@ async def test_sigkill_of_the_old_mid_drain_leaves_the_successor_serving(tmp_pat
         await running.stop()
 
 
+@pytest.mark.fault
 @pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")
 async def test_redis_unreachable_during_the_check_refuses_ready(tmp_path: Path) -> None:
     (redis,) = start_servers(tmp_path, 1)
@@ -331,6 +336,7 @@ async def test_redis_unreachable_during_the_check_refuses_ready(tmp_path: Path) 
         redis.stop()
 
 
+@pytest.mark.fault
 async def test_a_stale_pid_file_is_replaced_and_named(tmp_path: Path) -> None:
     running = node(tmp_path)
     path = tmp_path / "run" / "nitro.pid"
@@ -374,4 +380,29 @@ async def test_sigusr2_upgrades_and_systemd_hears_of_it(tmp_path: Path) -> None:
         assert alive(new)
     finally:
         listener.close()
+        await running.stop()
+
+
+async def test_sigterm_is_a_graceful_shutdown_that_loses_nothing(tmp_path: Path) -> None:
+    """What a client with stream management never acknowledged is stored offline; the next server has it."""
+    running = node(tmp_path)
+    await running.add_users("alice", "bob")
+    await running.start()
+    try:
+        bob, _previd = await running.managed("bob", "phone")
+        alice = await running.bound("alice", "desk")
+        alice.send(message(f"{BOB}/phone", "t1") + message(f"{BOB}/phone", "t2"))
+        await bob.expect(b"<body>t2</body>")  # read, never acknowledged
+        os.kill(running.first_pid, signal.SIGTERM)
+        assert b"<system-shutdown" in await bob.until_closed()
+        assert running.first is not None
+        assert await asyncio.wait_for(running.first.wait(), 20) == 0
+        await running.start()
+        bob, _ = await running.managed("bob", "laptop", resume=False)
+        bob.send(b"<presence/>")
+        stored = await bob.expect(b"<body>t2</body>")
+        assert bodies(stored.string[: stored.end()]) == ["t1", "t2"]
+        bob.close()
+        alice.close()
+    finally:
         await running.stop()

@@ -10,6 +10,7 @@ from lxml import etree
 
 from nitro.c2s.session import ClientSession
 from nitro.core.module import SessionEvent
+from nitro.storage.errors import StorageError
 from nitro.xmpp.jid import JID, InvalidJID
 from nitro.xmpp.sm import parse_stanza
 
@@ -33,6 +34,12 @@ async def adopt(server: Server, data: dict[str, Any]) -> ClientSession:
     server.track(session)
     await server.bus.fire("sm-enabled", SessionEvent(session))  # resumable by its id; its queue counted
     await server.bus.fire("sm-detached", SessionEvent(session))  # the resumption window runs from now
+    if server.directory is not None:  # the cluster sees the session on this node now (nitro.core.directory)
+        presence = None if session.presence is None else etree.tostring(session.presence, encoding="utf-8")
+        try:
+            await server.directory.put(session.jid, presence, session.priority)
+        except StorageError as exc:  # the ring heals it at its next refresh
+            session.log.warning("session directory not updated: %s", exc)
     session.log.info("adopted from another process (%d stanzas queued)", len(session.sm.unacked))
     return session
 
