@@ -430,7 +430,7 @@ def _report(counts: Counts, offline: dict[str, set[str]], steady_until: float) -
         if message_id in offline.get(recipient, set()):
             in_offline += 1
             continue
-        lost.append(message_id)
+        lost.append(f"{message_id}→{recipient}")
     duplicates = sum(times - 1 for ids in counts.received.values() for times in ids.values() if times > 1)
 
     def in_window(at: float) -> bool:

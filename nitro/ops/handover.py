@@ -28,7 +28,9 @@ SCHEMAS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "failed": {"reason": str},  # successor → old: cannot serve
     "sessions": {"sessions": list},  # old → successor: exported sessions to adopt
     "adopted": {"ids": list, "refused": list},  # successor → old: registered (or not) as resumable
-    "deliver": {"to": str, "stanza": str},  # old → successor: a stanza for a session that moved
+    "deliver": {"to": str, "stanza": str},  # a stanza for a session the other process holds (both ways)
+    "online": {"jids": list},  # old → successor: the full JIDs bound in the old process when the drain starts
+    "left": {"jids": list},  # old → successor: these left the old process without moving
     "want": {"previd": str},  # successor → old: a client resumes this session here, hand it over now
     "done": {"moved": int, "closed": int},  # old → successor: the drain is over
 }
@@ -78,6 +80,8 @@ def validate(message: Any, fds: int) -> dict[str, Any]:
         raise HandoverError("sessions: every session is an object")
     if kind == "adopted" and not all(isinstance(i, str) for i in [*message["ids"], *message["refused"]]):
         raise HandoverError("adopted: ids are strings")
+    if kind in ("online", "left") and not all(isinstance(jid, str) for jid in message["jids"]):
+        raise HandoverError(f"{kind}: JIDs are strings")
     return message
 
 

@@ -12,8 +12,11 @@ import os
 import socket
 from typing import TYPE_CHECKING, Any
 
+from lxml import etree
+
 from nitro.c2s.session import ClientSession
 from nitro.core.module import ResumeRequest
+from nitro.core.router import StanzaEvent
 from nitro.ops.adopt import adopt, deliver_forwarded
 from nitro.ops.handover import Channel, HandoverError
 from nitro.ops.upgrade_progress import HANDOVER_FD
@@ -41,10 +44,12 @@ class Predecessor:
         self.inherited = inherited
         self.adopted = 0
         self.forwarded = 0
+        self.sent_back = 0  # messages for users still in the old process, sent there
         self.done = False
         self.gone = False
         # previd → resolved with the session once it is here (a resuming client waits for it)
         self._arrived: dict[str, asyncio.Future[ClientSession | None]] = {}
+        self._on_old: dict[str, set[str]] = {}  # bare JID → its resources still in the old process
 
     @classmethod
     async def connect(cls) -> Predecessor | None:
@@ -103,12 +108,19 @@ class Predecessor:
     async def serve(self, server: Server) -> None:
         """Adopt what the old process hands over until it is done or gone; garbage drops it (logged)."""
         undo = server.bus.add("sm-resume", lambda request: self._pull(request), priority=-1000)
+        undo_offline = server.bus.add("message/offline", self._to_old, priority=1000)
         try:
             while True:
                 message, _fds = await self.channel.receive()
                 kind = message["type"]
                 if kind == "sessions":
                     await self._adopt(server, message["sessions"])
+                elif kind == "online":
+                    for jid in message["jids"]:
+                        self._on_old.setdefault(jid.partition("/")[0], set()).add(jid)
+                elif kind == "left":
+                    for jid in message["jids"]:
+                        self._left(jid)
                 elif kind == "deliver":
                     self.forwarded += 1
                     await deliver_forwarded(server, message["to"], message["stanza"])
@@ -132,6 +144,8 @@ class Predecessor:
             )
         finally:
             undo()
+            undo_offline()
+            self._on_old.clear()
             self.channel.close()
             for future in self._arrived.values():
                 if not future.done():
@@ -150,11 +164,33 @@ class Predecessor:
                 continue
             ids.append(session_id)
             self.adopted += 1
+            self._left(str(session.jid))
             if session.sm is not None:
                 future = self._arrived.pop(session.sm.id, None)
                 if future is not None and not future.done():
                     future.set_result(session)
         await self.channel.send({"type": "adopted", "ids": ids, "refused": refused})
+
+    def _left(self, jid: str) -> None:
+        bare = jid.partition("/")[0]
+        resources = self._on_old.get(bare)
+        if resources is not None:
+            resources.discard(jid)
+            if not resources:
+                del self._on_old[bare]
+
+    async def _to_old(self, event: StanzaEvent) -> bool:
+        """A message this process would store offline for a user whose sessions are still in the old
+        process: sent there instead (it delivers, or stores it if they have gone meanwhile)."""
+        if event.to is None or str(event.to.bare) not in self._on_old or self.done or self.gone:
+            return False
+        stanza = etree.tostring(event.stanza, encoding="unicode")
+        try:
+            await self.channel.send({"type": "deliver", "to": str(event.to), "stanza": stanza})
+        except HandoverError:
+            return False
+        self.sent_back += 1
+        return True
 
     async def _pull(self, request: ResumeRequest) -> bool:
         """A `<resume/>` for a session not here (yet): ask the old process for it, wait briefly."""

@@ -20,7 +20,7 @@ from lxml import etree
 
 from nitro.c2s.session import ClientSession
 from nitro.ops import sdnotify
-from nitro.ops.adopt import adopt
+from nitro.ops.adopt import adopt, deliver_forwarded
 from nitro.ops.channel import pid_path
 from nitro.ops.handover import Channel, HandoverError
 from nitro.ops.pidfile import write_pid_file
@@ -172,6 +172,8 @@ class Upgrader:
         try:
             pending = self._to_drain()
             self.progress.to_move = len(pending)
+            # where the successor sends what it would otherwise store offline for these (RFC 6121 §8.5.2)
+            await channel.send({"type": "online", "jids": [str(session.jid) for session in pending]})
             per_batch = max(1, round(settings.drain_rate / BATCHES_PER_SECOND))
             interval = per_batch / settings.drain_rate  # the pace: drain_rate sessions per second
             while pending or not self._wanted.empty():
@@ -230,10 +232,12 @@ class Upgrader:
         an input are returned to be tried again."""
         exported: list[dict[str, Any]] = []
         retry: list[ClientSession] = []
+        left: list[str] = []
         for session in batch:
             if session.closed or session.forward is not None:
                 continue
             if session.sm is None or not session.sm.resumable:
+                left.append(str(session.jid))
                 await self._close(session)
                 continue
             if session.busy and not late:
@@ -252,6 +256,8 @@ class Upgrader:
             exported.append(data)
         if exported:
             await channel.send({"type": "sessions", "sessions": exported})
+        if left:
+            await channel.send({"type": "left", "jids": left})
         return retry
 
     async def _until_idle(self, session: ClientSession) -> None:
@@ -287,7 +293,10 @@ class Upgrader:
         self.server.spawn(close())
 
     async def _close(self, session: ClientSession) -> None:
-        """Not resumable: `<system-shutdown/>`; what it never acknowledged goes offline (XEP-0198 §4)."""
+        """Not resumable: `<system-shutdown/>`; what it never acknowledged goes offline (XEP-0198 §4). Out of
+        the registry first: what arrives for it while its stream closes is stored, not written to a socket
+        about to close."""
+        self.server.sessions.remove(session)
         with contextlib.suppress(Exception):
             await session.close(StreamError("system-shutdown", "the server is being upgraded; reconnect"))
         self.progress.closed += 1
@@ -302,6 +311,8 @@ class Upgrader:
                     await self._refused(session_id)
             elif message["type"] == "want":
                 self._wanted.put_nowait(message["previd"])
+            elif message["type"] == "deliver":  # for a session still here
+                await deliver_forwarded(self.server, message["to"], message["stanza"])
             else:
                 raise HandoverError(f"unexpected {message['type']} from the successor")
 
