@@ -3,6 +3,7 @@ its client's `<resume/>` (XEP-0198 §5) finds it here with its counters and unac
 
 from __future__ import annotations
 
+import contextvars
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +19,10 @@ if TYPE_CHECKING:
     from nitro.server import Server
 
 log = logging.getLogger(__name__)
+
+# Set while a stanza the other process sent is routed here: it is stored here if nobody takes it, never sent
+# back (no ping-pong between the two processes of an upgrade).
+FORWARDED: contextvars.ContextVar[bool] = contextvars.ContextVar("forwarded", default=False)
 
 
 async def adopt(server: Server, data: dict[str, Any]) -> ClientSession:
@@ -57,4 +62,8 @@ async def deliver_forwarded(server: Server, to: str, stanza_xml: str) -> None:
     if isinstance(session, ClientSession) and session.forward is None and not session.closed:
         session.send(stanza)
         return
-    await server.router.route(stanza)
+    token = FORWARDED.set(True)
+    try:
+        await server.router.route(stanza)
+    finally:
+        FORWARDED.reset(token)

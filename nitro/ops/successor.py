@@ -17,8 +17,8 @@ from lxml import etree
 from nitro.c2s.session import ClientSession
 from nitro.core.module import ResumeRequest
 from nitro.core.router import StanzaEvent
-from nitro.ops.adopt import adopt, deliver_forwarded
-from nitro.ops.handover import Channel, HandoverError
+from nitro.ops.adopt import FORWARDED, adopt, deliver_forwarded
+from nitro.ops.handover import Channel, HandoverClosed, HandoverError
 from nitro.ops.upgrade_progress import HANDOVER_FD
 from nitro.storage.errors import StorageError
 
@@ -130,18 +130,14 @@ class Predecessor:
                         "upgrade: the old process is done (%d moved, %d closed there)",
                         message["moved"],
                         message["closed"],
-                    )
-                    return
+                    )  # what it still forwards until it exits (its socket closes) is delivered here
                 else:
                     raise HandoverError(f"unexpected {kind} from the old process")
+        except HandoverClosed:
+            if not self.done:
+                self._gone_early("the upgrade socket closed")
         except HandoverError as exc:
-            self.gone = True
-            log.warning(
-                "upgrade: the old process is gone before it was done (%s): %d sessions came over; clients of "
-                "the others log in afresh (their <resume/> fails with item-not-found)",
-                exc,
-                self.adopted,
-            )
+            self._gone_early(str(exc))
         finally:
             undo()
             undo_offline()
@@ -150,6 +146,15 @@ class Predecessor:
             for future in self._arrived.values():
                 if not future.done():
                     future.set_result(None)
+
+    def _gone_early(self, why: str) -> None:
+        self.gone = True
+        log.warning(
+            "upgrade: the old process is gone before it was done (%s): %d sessions came over; clients of "
+            "the others log in afresh (their <resume/> fails with item-not-found)",
+            why,
+            self.adopted,
+        )
 
     async def _adopt(self, server: Server, sessions: list[dict[str, Any]]) -> None:
         ids: list[str] = []
@@ -184,6 +189,8 @@ class Predecessor:
         process: sent there instead (it delivers, or stores it if they have gone meanwhile)."""
         if event.to is None or str(event.to.bare) not in self._on_old or self.done or self.gone:
             return False
+        if FORWARDED.get():
+            return False  # it came from there: stored here
         stanza = etree.tostring(event.stanza, encoding="unicode")
         try:
             await self.channel.send({"type": "deliver", "to": str(event.to), "stanza": stanza})

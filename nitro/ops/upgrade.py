@@ -13,14 +13,15 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from lxml import etree
 
 from nitro.c2s.session import ClientSession
+from nitro.core.router import StanzaEvent
 from nitro.ops import sdnotify
-from nitro.ops.adopt import adopt, deliver_forwarded
+from nitro.ops.adopt import FORWARDED, adopt, deliver_forwarded
 from nitro.ops.channel import pid_path
 from nitro.ops.handover import Channel, HandoverError
 from nitro.ops.pidfile import write_pid_file
@@ -169,6 +170,8 @@ class Upgrader:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + settings.drain_deadline
         reader = asyncio.create_task(self._read(channel))
+        # what this process would store offline goes to the successor, where its user is now or will be
+        undo_offline = self.server.bus.add("message/offline", self._offline(channel), priority=1000)
         try:
             pending = self._to_drain()
             self.progress.to_move = len(pending)
@@ -194,6 +197,7 @@ class Upgrader:
             await self._wait_adopted(reader, min(30.0, max(1.0, deadline - loop.time() + 5.0)))
             await channel.send({"type": "done", "moved": self.progress.moved, "closed": self.progress.closed})
         finally:
+            undo_offline()
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, HandoverError):
                 await reader
@@ -205,6 +209,19 @@ class Upgrader:
         end = loop.time() + interval
         while loop.time() < end and self._wanted.empty():  # noqa: ASYNC110
             await asyncio.sleep(min(0.02, interval))
+
+    def _offline(self, channel: Channel) -> Callable[[StanzaEvent], Awaitable[bool]]:
+        async def to_successor(event: StanzaEvent) -> bool:
+            if event.to is None or FORWARDED.get():
+                return False  # it came from the successor: stored here
+            stanza = etree.tostring(event.stanza, encoding="unicode")
+            try:
+                await channel.send({"type": "deliver", "to": str(event.to), "stanza": stanza})
+            except HandoverError:
+                return False
+            return True
+
+        return to_successor
 
     def _to_drain(self) -> list[ClientSession]:
         """The sessions to hand over or close, those bound first first."""
