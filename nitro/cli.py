@@ -77,6 +77,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_config(args.config)
     except ConfigError as exc:
         print(f"nitro: {exc}", file=sys.stderr)
+        if args.command == "serve":
+            from nitro.ops.successor import refuse_early  # an upgrade's successor says why to the old process
+
+            refuse_early(f"configuration: {exc}")
         return 2
     level = config.logging.level.upper()
     if args.command != "serve" and level != "DEBUG":

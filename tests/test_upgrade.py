@@ -406,3 +406,15 @@ async def test_sigterm_is_a_graceful_shutdown_that_loses_nothing(tmp_path: Path)
         alice.close()
     finally:
         await running.stop()
+
+
+@pytest.mark.fault
+async def test_a_config_the_successor_cannot_read_is_a_rollback_with_the_reason(served: Node) -> None:
+    served.file.write_text(served.file.read_text() + "\n[offline]\nquota = 'many'\n")
+    os.kill(served.first_pid, signal.SIGUSR2)  # `nitro upgrade` would read the broken file itself first
+    log = await served.wait_log("upgrade rolled back")
+    assert "successor failed its check: configuration: " in log
+    assert "[offline].quota: expected int" in log
+    assert served.pid == served.first_pid
+    peer = await served.open()
+    peer.close()

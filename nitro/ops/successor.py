@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import socket
+import struct
 from typing import TYPE_CHECKING, Any
 
 from lxml import etree
@@ -29,6 +31,18 @@ log = logging.getLogger(__name__)
 
 HELLO_TIMEOUT = 30.0
 WANT_TIMEOUT = 3.0  # seconds a resuming client waits for its session to come over from the old process
+
+
+def refuse_early(reason: str) -> None:
+    """Started as a successor but cannot even read the config: tell the old process why (best effort,
+    synchronous: no event loop yet)."""
+    value = os.environ.get(HANDOVER_FD, "")
+    if not value.isdigit():
+        return
+    body = json.dumps({"type": "failed", "reason": reason}).encode()
+    with contextlib.suppress(OSError), socket.socket(fileno=int(value)) as sock:
+        sock.settimeout(5.0)
+        sock.sendall(struct.pack(">I", len(body)) + body)
 
 
 class NotReady(Exception):
