@@ -286,8 +286,8 @@ class Upgrader:
     def _forwarder(
         self, channel: Channel, to: str, kept: list[etree._Element]
     ) -> Callable[[etree._Element], None]:
-        """Stanzas for a session that moved: sent after it (same socket, in order), kept until it is adopted
-        (if the successor dies, they go back into the session's queue here)."""
+        """Stanzas for a session that moved: sent after it (same socket, in order), and kept until the drain
+        ends (if the successor dies meanwhile, they go back into the session's queue here)."""
 
         def forward(element: etree._Element) -> None:
             kept.append(element)
@@ -337,7 +337,6 @@ class Upgrader:
         moved = self._moved.get(session_id)
         if moved is None:
             return
-        moved[2].clear()  # the successor has them (the forwards follow the session on the socket)
         self.progress.moved += 1
         event = self._adopted.get(session_id)
         if event is not None:
