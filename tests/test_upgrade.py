@@ -307,7 +307,7 @@ async def test_sigkill_of_the_old_mid_drain_leaves_the_successor_serving(tmp_pat
         await dave.expect(b'id="b2"')
         code, out, _err = await running.nitro("status")
         assert f"pid {successor}" in out
-        assert "taking over from the previous generation: gone" in out
+        assert "taking over from the previous generation: gone, 1 of 4 sessions adopted" in out
         for peer in (bob, dave, *(peer for peer, _ in middle)):
             peer.close()
     finally:
@@ -418,3 +418,37 @@ async def test_a_config_the_successor_cannot_read_is_a_rollback_with_the_reason(
     assert served.pid == served.first_pid
     peer = await served.open()
     peer.close()
+
+
+async def test_status_shows_the_drain_and_its_deadline_cuts_it_short(tmp_path: Path) -> None:
+    """Half a session per second would take 8 s for four; the 2 s deadline hands the rest over at once."""
+    running = node(tmp_path, upgrade_section(ready_timeout=20.0, drain_rate=0.5, drain_deadline=2.0))
+    await running.add_users("alice", "bob", "carol", "dave")
+    await running.start()
+    try:
+        peers = [await running.managed(name, "x") for name in ("alice", "bob", "carol", "dave")]
+        started = asyncio.get_running_loop().time()
+        upgrade = asyncio.create_task(running.nitro("upgrade"))
+        await running.wait_log("is ready and accepting")
+        code, out, _err = await running.nitro("status")  # the successor answers on the handed-over socket
+        assert code == 0
+        assert "generation: 2" in out
+        assert "taking over from the previous generation: draining" in out
+        assert "of 4 sessions adopted" in out
+        code, _out, err = await upgrade
+        assert code == 0, err
+        assert asyncio.get_running_loop().time() - started < 7.0
+        await running.wait_log("drain deadline passed")
+        for peer, _previd in peers:  # every connection was handed over and closed
+            await peer.until_closed()
+        for (_peer, previd), name in zip(peers, ("alice", "bob", "carol", "dave"), strict=True):
+            resumed = await running.authenticated(name)
+            resumed.send(resume(previd, 0))
+            await resumed.expect(f'previd="{previd}"'.encode())
+            resumed.close()
+        code, out, _err = await running.nitro("status")
+        assert (
+            "taking over from the previous generation: done, 4 of 4 sessions adopted, 0 closed there" in out
+        )
+    finally:
+        await running.stop()

@@ -132,7 +132,10 @@ def _print_status(status: dict[str, Any]) -> None:
     predecessor = status.get("predecessor")
     if predecessor:
         state = "done" if predecessor["done"] else "gone" if predecessor["gone"] else "draining"
-        print(f"taking over from the previous generation: {state}, {predecessor['adopted']} sessions adopted")
+        print(
+            f"taking over from the previous generation: {state}, {predecessor['adopted']} of "
+            f"{predecessor.get('expected', 0)} sessions adopted, {predecessor.get('left', 0)} closed there"
+        )
 
 
 def _print_sessions(rows: list[dict[str, Any]]) -> None:

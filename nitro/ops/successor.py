@@ -59,6 +59,8 @@ class Predecessor:
         self.adopted = 0
         self.forwarded = 0
         self.sent_back = 0  # messages for users still in the old process, sent there
+        self.expected = 0  # sessions in the old process when its drain started
+        self.left = 0  # of those, closed there (no stream management to move them with)
         self.done = False
         self.gone = False
         # previd → resolved with the session once it is here (a resuming client waits for it)
@@ -117,7 +119,14 @@ class Predecessor:
         self.channel.close()
 
     def status(self) -> dict[str, Any]:
-        return {"adopted": self.adopted, "forwarded": self.forwarded, "done": self.done, "gone": self.gone}
+        return {
+            "adopted": self.adopted,
+            "expected": self.expected,
+            "left": self.left,
+            "forwarded": self.forwarded,
+            "done": self.done,
+            "gone": self.gone,
+        }
 
     async def serve(self, server: Server) -> None:
         """Adopt what the old process hands over until it is done or gone; garbage drops it (logged)."""
@@ -130,9 +139,11 @@ class Predecessor:
                 if kind == "sessions":
                     await self._adopt(server, message["sessions"])
                 elif kind == "online":
+                    self.expected = len(message["jids"])
                     for jid in message["jids"]:
                         self._on_old.setdefault(jid.partition("/")[0], set()).add(jid)
                 elif kind == "left":
+                    self.left += len(message["jids"])
                     for jid in message["jids"]:
                         self._left(jid)
                 elif kind == "deliver":
