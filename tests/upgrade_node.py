@@ -28,7 +28,7 @@ HEADER = (
 ENABLED = re.compile(rb'<enabled xmlns="urn:xmpp:sm:3" id="([^"]+)"')
 
 
-def write_config(directory: Path, extra: str = "") -> Path:
+def write_config(directory: Path, extra: str = "", *, http: bool = False) -> Path:
     """Plain c2s allowed (the raw streams of these tests use PLAIN over Direct TLS or TCP), no HTTP."""
     path = directory / "nitro.toml"
     path.write_text(
@@ -47,7 +47,8 @@ key = "{directory}/tls/key.pem"
 [metrics]
 port = 0
 [http]
-enabled = false
+{f"port = {free_port()}" if http else "enabled = false"}
+tls_port = 0
 [auth]
 scram_iterations = 4096
 [limits]
@@ -279,6 +280,6 @@ def upgrade_section(**values: object) -> str:
     return "\n".join(lines).replace("'", '"') + "\n"
 
 
-def node(directory: Path, extra: str = "") -> Node:
-    file = write_config(directory, extra)
+def node(directory: Path, extra: str = "", *, http: bool = False) -> Node:
+    file = write_config(directory, extra, http=http)
     return Node(file, load_config(file), directory / "nitro.log")

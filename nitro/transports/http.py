@@ -15,7 +15,7 @@ from lxml import etree
 
 from nitro.transports import bosh, webclient, websocket
 from nitro.transports.forwarded import Network, connection_urls, peer_of, trusted_networks
-from nitro.transports.listeners import Listeners, sites
+from nitro.transports.listeners import Listeners, close_after_handover, sites
 
 if TYPE_CHECKING:
     from nitro.core.context import Core
@@ -94,8 +94,11 @@ async def serve_http(server: Core, listening: Listeners | None = None) -> AsyncI
     if not settings.enabled or not (settings.port or settings.tls_port):
         yield None
         return
+    listening = listening if listening is not None else Listeners()  # what an upgrade hands over
+    app = make_app(server)
+    app.middlewares.append(close_after_handover(listening))
     runner = web.AppRunner(
-        make_app(server),
+        app,
         access_log=None,
         handle_signals=False,
         shutdown_timeout=SHUTDOWN_GRACE,
@@ -107,7 +110,6 @@ async def serve_http(server: Core, listening: Listeners | None = None) -> AsyncI
     await runner.setup()
     try:
         backlog = server.config.c2s.backlog
-        listening = listening if listening is not None else Listeners()  # what an upgrade hands over
         if settings.port:
             sockets = listening.tcp("http", settings.host, settings.port, backlog)
             await listening.serve("http", sockets, sites(runner, None))

@@ -9,6 +9,7 @@ import logging
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
@@ -149,10 +150,27 @@ def sites(runner: web.AppRunner, tls: ssl.SSLContext | None) -> Start:
             for site in started:
                 with contextlib.suppress(RuntimeError):  # the runner was cleaned up already
                     await site.stop()
+            if runner.server is not None:  # keep-alive connections close once their request is answered
+                for connection in runner.server.connections:
+                    connection.close()
 
         return stop
 
     return start
+
+
+def close_after_handover(listening: Listeners) -> Any:
+    """aiohttp middleware: once a successor accepts on our sockets, every response closes its connection, so
+    a client's next request (a BOSH poll, a page) opens a new one, which reaches the successor."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+        response: web.StreamResponse = await handler(request)
+        if listening.handed_over and not isinstance(response, web.WebSocketResponse):
+            response.force_close()
+        return response
+
+    return middleware
 
 
 def close_all(sockets: dict[str, list[socket.socket]]) -> None:

@@ -1,0 +1,51 @@
+"""An upgrade with a BOSH client holding a resumable session (XEP-0198 over XEP-0206): its BOSH session ends
+with the old process, its next request reaches the successor, and `<resume/>` there gets what it had not
+acknowledged. (The BOSH session itself, its sid, does not move: the client opens a new one.)"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import aiohttp
+import pytest
+from conftest import PASSWORD
+from lxml import etree
+from upgrade_node import message, node, upgrade_section
+
+from integration.boshclient import CLIENT, SM, BoshClient, Terminated, local
+
+
+def bodies(elements: list[etree._Element]) -> list[str | None]:
+    return [element.findtext(f"{{{CLIENT}}}body") for element in elements if local(element) == "message"]
+
+
+async def test_a_bosh_client_resumes_on_the_successor(tmp_path: Path) -> None:
+    running = node(tmp_path, upgrade_section(ready_timeout=20.0), http=True)
+    await running.add_users("alice", "bob")
+    await running.start()
+    url = f"http://127.0.0.1:{running.config.http.port}/http-bind"
+    try:
+        async with aiohttp.ClientSession() as http:
+            first = BoshClient(http, url)
+            await first.login("alice", PASSWORD)
+            await first.send(f"<enable xmlns='{SM}' resume='true'/>")
+            enabled = await first.recv(lambda e: local(e) == "enabled")
+            previd = enabled.get("id") or ""
+            bob = await running.bound("bob", "desk")
+            bob.send(message("alice@localhost/" + first.jid.split("/")[-1], "over-bosh"))
+            await first.recv(lambda e: local(e) == "message")  # received, never acknowledged
+
+            code, _out, err = await running.nitro("upgrade")
+
+            assert code == 0, err
+            with pytest.raises(Terminated):  # the old process ended the BOSH session it carried
+                await first.recv(lambda _e: False, timeout=10)
+            second = BoshClient(http, url)  # the same connection pool: the old closed its connections
+            await second.login("alice", PASSWORD, bind=False, poll=False)
+            (resumed, *resent) = await second.step([f"<resume xmlns='{SM}' previd='{previd}' h='0'/>"])
+            assert local(resumed) == "resumed", etree.tostring(resumed)
+            assert bodies(resent) == ["over-bosh"]
+            await second.stop()
+            bob.close()
+    finally:
+        await running.stop()
