@@ -40,12 +40,16 @@ async def test_a_bosh_client_resumes_on_the_successor(tmp_path: Path) -> None:
             assert code == 0, err
             with pytest.raises(Terminated):  # the old process ended the BOSH session it carried
                 await first.recv(lambda _e: False, timeout=10)
-            second = BoshClient(http, url)  # the same connection pool: the old closed its connections
-            await second.login("alice", PASSWORD, bind=False, poll=False)
-            (resumed, *resent) = await second.step([f"<resume xmlns='{SM}' previd='{previd}' h='0'/>"])
-            assert local(resumed) == "resumed", etree.tostring(resumed)
-            assert bodies(resent) == ["over-bosh"]
-            await second.stop()
+            # A new connection, as a browser opens once the old one is closed. (One reused from a pool at the
+            # moment the old process closes it fails like any keep-alive race: BOSH clients send it again,
+            # XEP-0124 §14.3; aiohttp's client does not, so the test does not reuse the pool.)
+            async with aiohttp.ClientSession() as fresh:
+                second = BoshClient(fresh, url)
+                await second.login("alice", PASSWORD, bind=False, poll=False)
+                (resumed, *resent) = await second.step([f"<resume xmlns='{SM}' previd='{previd}' h='0'/>"])
+                assert local(resumed) == "resumed", etree.tostring(resumed)
+                assert bodies(resent) == ["over-bosh"]
+                await second.stop()
             bob.close()
     finally:
         await running.stop()

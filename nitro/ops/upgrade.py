@@ -13,16 +13,16 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from lxml import etree
 
 from nitro.c2s.session import ClientSession
-from nitro.core.router import StanzaEvent
 from nitro.ops import sdnotify
-from nitro.ops.adopt import FORWARDED, adopt, deliver_forwarded
+from nitro.ops.adopt import adopt, deliver_forwarded
 from nitro.ops.channel import pid_path
+from nitro.ops.forwarding import forwarder, offline_to
 from nitro.ops.handover import Channel, HandoverError
 from nitro.ops.pidfile import write_pid_file
 from nitro.ops.upgrade_progress import GENERATION, HANDOVER_FD, Outcome, Progress, generation
@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 BUSY_WAIT = 2.0  # seconds the drain waits for a session to finish handling an input before it retries it
 BATCHES_PER_SECOND = 10
+SESSIONS_PER_MESSAGE = 50  # exported sessions per message on the upgrade socket (each well under its limit)
 
 
 class Upgrader:
@@ -171,7 +172,7 @@ class Upgrader:
         deadline = loop.time() + settings.drain_deadline
         reader = asyncio.create_task(self._read(channel))
         # what this process would store offline goes to the successor, where its user is now or will be
-        undo_offline = self.server.bus.add("message/offline", self._offline(channel), priority=1000)
+        undo_offline = self.server.bus.add("message/offline", offline_to(channel), priority=1000)
         try:
             pending = self._to_drain()
             self.progress.to_move = len(pending)
@@ -209,19 +210,6 @@ class Upgrader:
         end = loop.time() + interval
         while loop.time() < end and self._wanted.empty():  # noqa: ASYNC110
             await asyncio.sleep(min(0.02, interval))
-
-    def _offline(self, channel: Channel) -> Callable[[StanzaEvent], Awaitable[bool]]:
-        async def to_successor(event: StanzaEvent) -> bool:
-            if event.to is None or FORWARDED.get():
-                return False  # it came from the successor: stored here
-            stanza = etree.tostring(event.stanza, encoding="unicode")
-            try:
-                await channel.send({"type": "deliver", "to": str(event.to), "stanza": stanza})
-            except HandoverError:
-                return False
-            return True
-
-        return to_successor
 
     def _to_drain(self) -> list[ClientSession]:
         """The sessions to hand over or close, those bound first first."""
@@ -264,15 +252,17 @@ class Upgrader:
                 await self._until_idle(session)
             data = session.export()  # nothing awaited from here to hand_off: no stanza in between
             kept: list[etree._Element] = []
-            forward = self._forwarder(channel, str(session.jid), kept)
+            forward = forwarder(self.server, channel, str(session.jid), kept)
             transport = session.hand_off(forward)
             self._moved[session.id] = (session, data, kept)
             self._adopted[session.id] = asyncio.Event()
             session.log.info("handed to the successor")
             self._close_later(session.id, transport)
             exported.append(data)
-        if exported:
-            await channel.send({"type": "sessions", "sessions": exported})
+        for start in range(0, len(exported), SESSIONS_PER_MESSAGE):  # a deadline's batch can be every session
+            await channel.send(
+                {"type": "sessions", "sessions": exported[start : start + SESSIONS_PER_MESSAGE]}
+            )
         if left:
             await channel.send({"type": "left", "jids": left})
         return retry
@@ -282,19 +272,6 @@ class Upgrader:
         end = loop.time() + BUSY_WAIT
         while session.busy and loop.time() < end:  # noqa: ASYNC110
             await asyncio.sleep(0.01)
-
-    def _forwarder(
-        self, channel: Channel, to: str, kept: list[etree._Element]
-    ) -> Callable[[etree._Element], None]:
-        """Stanzas for a session that moved: sent after it (same socket, in order), and kept until the drain
-        ends (if the successor dies meanwhile, they go back into the session's queue here)."""
-
-        def forward(element: etree._Element) -> None:
-            kept.append(element)
-            stanza = etree.tostring(element, encoding="unicode")
-            self.server.spawn(_send_quietly(channel, {"type": "deliver", "to": to, "stanza": stanza}))
-
-        return forward
 
     def _close_later(self, session_id: str, transport: Any) -> None:
         """Close the old connection once the successor registered the session (ownership moved)."""
@@ -395,10 +372,3 @@ class Upgrader:
                 restored.send(stanza)
         self._moved.clear()
         self._adopted.clear()
-
-
-async def _send_quietly(channel: Channel, message: dict[str, Any]) -> None:
-    try:
-        await channel.send(message)
-    except HandoverError as exc:
-        log.warning("upgrade: a forwarded stanza could not be sent: %s", exc)
