@@ -43,7 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    serve_parser = commands.add_parser("serve", help="run the server until SIGINT/SIGTERM")
+    serve_parser = commands.add_parser(
+        "serve",
+        help="run the server until SIGINT/SIGTERM (SIGHUP reloads the config, SIGUSR2 upgrades in place)",
+    )
     serve_parser.add_argument(
         "--no-uvloop",
         action="store_true",
