@@ -1,6 +1,6 @@
-"""An upgrade with a BOSH client holding a resumable session (XEP-0198 over XEP-0206): its BOSH session ends
-with the old process, its next request reaches the successor, and `<resume/>` there gets what it had not
-acknowledged. (The BOSH session itself, its sid, does not move: the client opens a new one.)"""
+"""Upgrades with web clients holding resumable sessions (XEP-0198): over WebSocket (RFC 7395) the socket
+closes and the client resumes on a new one, which reaches the successor; over BOSH (XEP-0206) the BOSH
+session ends with the old process and the client resumes on a new one (its sid does not move)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 from conftest import PASSWORD
 from lxml import etree
 from upgrade_node import message, node, upgrade_section
+from wsclient import WsClient, q
 
 from integration.boshclient import CLIENT, SM, BoshClient, Terminated, local
 
@@ -52,4 +53,39 @@ async def test_a_bosh_client_resumes_on_the_successor(tmp_path: Path) -> None:
                 await second.stop()
             bob.close()
     finally:
+        await running.stop()
+
+
+async def test_a_websocket_client_resumes_on_the_successor(tmp_path: Path) -> None:
+    running = node(tmp_path, upgrade_section(ready_timeout=20.0), http=True)
+    await running.add_users("alice", "bob")
+    await running.start()
+    url = f"ws://127.0.0.1:{running.config.http.port}/xmpp-websocket"
+    alice = await WsClient.connect(url)
+    again: WsClient | None = None
+    try:
+        full = await alice.login("alice", PASSWORD)
+        await alice.send_raw(f"<enable xmlns='{SM}' resume='true'/>")
+        previd = (await alice.until(lambda e: e.tag == q("enabled", SM))).get("id") or ""
+        bob = await running.bound("bob", "desk")
+        bob.send(message(full, "over-websocket"))
+        await alice.until(lambda e: e.tag == q("message"))  # received, never acknowledged
+
+        code, _out, err = await running.nitro("upgrade")
+
+        assert code == 0, err
+        await alice.closed(timeout=10)  # no <close/>: a lost connection, which XEP-0198 resumes
+        again = await WsClient.connect(url)  # a new socket: the successor accepts it
+        await again.open()
+        await again.authenticate("alice", PASSWORD)
+        await again.send_raw(f"<resume xmlns='{SM}' previd='{previd}' h='0'/>")
+        resumed = await again.until(lambda e: e.tag == q("resumed", SM))
+        assert resumed.get("previd") == previd
+        resent = await again.until(lambda e: e.tag == q("message"))
+        assert resent.findtext(q("body")) == "over-websocket"
+        bob.close()
+    finally:
+        await alice.close()
+        if again is not None:
+            await again.close()
         await running.stop()
