@@ -86,9 +86,8 @@ class Server:
         self.tiers: Tiers | None = None  # cache and ring statistics (`tiers.cache.stats`, `tiers.ring.stats`)
         self.directory: SessionDirectory | None = None  # set by the `directory` module
         self.reloads = 0  # configuration reloads applied (SIGHUP, `nitro reload`)
-        self.admin: AdminChannel | None = (
-            None  # the admin channel, once up (`nitro upgrade` adds its command)
-        )
+        # the admin channel, once up (`nitro upgrade` adds its command to it)
+        self.admin: AdminChannel | None = None
 
     @property
     def domain(self) -> str:
