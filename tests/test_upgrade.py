@@ -421,8 +421,8 @@ async def test_a_config_the_successor_cannot_read_is_a_rollback_with_the_reason(
 
 
 async def test_status_shows_the_drain_and_its_deadline_cuts_it_short(tmp_path: Path) -> None:
-    """Half a session per second would take 8 s for four; the 2 s deadline hands the rest over at once."""
-    running = node(tmp_path, upgrade_section(ready_timeout=20.0, drain_rate=0.5, drain_deadline=2.0))
+    """A session every 4 s would take 16 s for four; the 6 s deadline hands the rest over at once."""
+    running = node(tmp_path, upgrade_section(ready_timeout=20.0, drain_rate=0.25, drain_deadline=6.0))
     await running.add_users("alice", "bob", "carol", "dave")
     await running.start()
     try:
@@ -435,9 +435,12 @@ async def test_status_shows_the_drain_and_its_deadline_cuts_it_short(tmp_path: P
         assert "generation: 2" in out
         assert "taking over from the previous generation: draining" in out
         assert "of 4 sessions adopted" in out
+        code, _out, err = await running.nitro("upgrade")  # the successor's own upgrade waits for the drain
+        assert code == 3
+        assert "already under way" in err
         code, _out, err = await upgrade
         assert code == 0, err
-        assert asyncio.get_running_loop().time() - started < 7.0
+        assert asyncio.get_running_loop().time() - started < 14.0
         await running.wait_log("drain deadline passed")
         for peer, _previd in peers:  # every connection was handed over and closed
             await peer.until_closed()

@@ -70,7 +70,10 @@ async def serving(config: Config, stop: Callable[[], None]) -> AsyncIterator[Ser
             def exit_soon() -> None:
                 loop.call_later(EXIT_DELAY, stop)
 
-            upgrader = Upgrader(server, server.listening, exit_soon)
+            def taking_over() -> bool:  # this process's own upgrade is not over until its drain is
+                return predecessor is not None and not (predecessor.done or predecessor.gone)
+
+            upgrader = Upgrader(server, server.listening, exit_soon, taking_over)
             _expose(server, upgrader, predecessor)
             loop.add_signal_handler(signal.SIGUSR2, upgrader.on_signal)
             try:
@@ -99,7 +102,7 @@ def _expose(server: Server, upgrader: Upgrader, predecessor: Predecessor | None)
         outcome = await upgrader.run()
         progress = upgrader.progress
         if outcome is Outcome.UNDER_WAY:
-            return {"outcome": outcome.value, "reason": "an upgrade is already under way"}
+            return {"outcome": outcome.value, "reason": "an upgrade is already under way (or still draining)"}
         return {
             "outcome": outcome.value,
             "reason": progress.reason,

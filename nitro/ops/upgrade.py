@@ -42,8 +42,15 @@ SESSIONS_PER_MESSAGE = 50  # exported sessions per message on the upgrade socket
 class Upgrader:
     """One server's upgrades: at most one at a time; `finished` is set once this process should exit."""
 
-    def __init__(self, server: Server, listeners: Listeners, exit_now: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        server: Server,
+        listeners: Listeners,
+        exit_now: Callable[[], None],
+        busy: Callable[[], bool] = lambda: False,
+    ) -> None:
         self.server = server
+        self.busy = busy  # e.g. still taking over from a predecessor: an upgrade now is refused
         self.listeners = listeners
         self.exit_now = exit_now
         self.progress = Progress()
@@ -59,7 +66,7 @@ class Upgrader:
 
     @property
     def under_way(self) -> bool:
-        return self._lock.locked()
+        return self._lock.locked() or self.busy()
 
     def on_signal(self) -> None:
         """SIGUSR2: start an upgrade; its outcome goes to the log."""
@@ -73,7 +80,7 @@ class Upgrader:
         log.info("upgrade requested by SIGUSR2: %s", outcome.value)
 
     async def run(self) -> Outcome:
-        if self._lock.locked():
+        if self.under_way:
             return Outcome.UNDER_WAY
         async with self._lock:
             return await self._run()
