@@ -148,7 +148,10 @@ class Predecessor:
                         self._left(jid)
                 elif kind == "deliver":
                     self.forwarded += 1
-                    await deliver_forwarded(server, message["to"], message["stanza"])
+                    try:
+                        await deliver_forwarded(server, message["to"], message["stanza"])
+                    except Exception:  # one stanza's routing error never stops the adoption
+                        log.exception("upgrade: a stanza from the old process was not delivered")
                 elif kind == "done":
                     self.done = True
                     log.info(

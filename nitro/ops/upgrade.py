@@ -125,7 +125,11 @@ class Upgrader:
         self.progress.state = "draining"
         try:
             await self._drain(channel)
-        except HandoverError as exc:
+        except (
+            Exception
+        ) as exc:  # HandoverError: the successor died or broke the protocol; anything else: ours
+            if not isinstance(exc, HandoverError):
+                log.exception("upgrade: the drain failed")
             log.error("upgrade: the successor went away during the drain (%s); taking over again", exc)
             await self._take_over_again(spare)
             self.progress.state = "rolled-back"
@@ -313,7 +317,10 @@ class Upgrader:
             elif message["type"] == "want":
                 self._wanted.put_nowait(message["previd"])
             elif message["type"] == "deliver":  # for a session still here
-                await deliver_forwarded(self.server, message["to"], message["stanza"])
+                try:
+                    await deliver_forwarded(self.server, message["to"], message["stanza"])
+                except Exception:  # one stanza's routing error (e.g. storage down) never stops the drain
+                    log.exception("upgrade: a stanza from the successor was not delivered")
             else:
                 raise HandoverError(f"unexpected {message['type']} from the successor")
 
