@@ -43,7 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    serve_parser = commands.add_parser("serve", help="run the server until SIGINT/SIGTERM")
+    serve_parser = commands.add_parser(
+        "serve",
+        help="run the server until SIGINT/SIGTERM (SIGHUP reloads the config, SIGUSR2 upgrades in place)",
+    )
     serve_parser.add_argument(
         "--no-uvloop",
         action="store_true",
@@ -78,6 +81,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_config(args.config)
     except ConfigError as exc:
         print(f"nitro: {exc}", file=sys.stderr)
+        if args.command == "serve":
+            from nitro.ops.successor import refuse_early  # an upgrade's successor says why to the old process
+
+            refuse_early(f"configuration: {exc}")
         return 2
     level = config.logging.level.upper()
     if args.command != "serve" and level != "DEBUG":
@@ -95,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 async def serve(config: Config, worker: int = 0) -> int:
     from nitro.cluster.link import ClusterError
     from nitro.cluster.workers import other_workers, worker_config, worker_count
-    from nitro.server import running_server  # imported late: keeps `nitro user` light
+    from nitro.ops.lifecycle import SuccessorFailed, serving  # imported late: keeps `nitro user` light
 
     workers = worker_count(config)  # [server] workers: this process is worker 0 and starts the others
     if workers > 1:
@@ -107,7 +114,7 @@ async def serve(config: Config, worker: int = 0) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     try:
-        async with running_server(config) as server:
+        async with serving(config, stop.set) as server:  # as a successor too (nitro.ops.lifecycle)
             loop.add_signal_handler(
                 signal.SIGHUP, server.reload
             )  # re-read the config file (nitro.ops.reload)
@@ -116,6 +123,8 @@ async def serve(config: Config, worker: int = 0) -> int:
                 await stop.wait()
             loop.remove_signal_handler(signal.SIGHUP)
             log.info("shutting down")
+    except SuccessorFailed:  # an upgrade's successor that cannot serve: the old process goes on
+        return 1
     except (OSError, StorageError, ConfigError, ClusterError) as exc:  # ConfigError: e.g. unusable TLS files
         log.error("cannot serve: %s", exc)  # one clean line for operators
         return 1

@@ -16,6 +16,7 @@ _AT_LEAST_ONE: _Range = (1, None, True)
 _NOT_NEGATIVE: _Range = (0, None, True)
 
 RANGES: dict[str, dict[str, _Range]] = {
+    "upgrade": {"ready_timeout": _POSITIVE, "drain_rate": _POSITIVE, "drain_deadline": _POSITIVE},
     "c2s": {
         "port": _PORT,
         "direct_tls_port": _PORT,

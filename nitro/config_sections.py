@@ -345,6 +345,16 @@ class ClusterSection:
 
 
 @dataclass(frozen=True, slots=True)
+class UpgradeSection:
+    """Zero-downtime upgrades (`nitro upgrade`, SIGUSR2; nitro/ops/upgrade.py)."""
+
+    ready_timeout: float = 30.0  # seconds the successor has to check itself and accept, else rollback
+    drain_rate: float = 200.0  # sessions handed over (or closed) per second: no reconnect storm
+    drain_deadline: float = 60.0  # seconds after ready: what is left is handled at once, then the old exits
+    command: tuple[str, ...] = ()  # the successor's command before `--config FILE serve`; () = this Python
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     server: ServerSection = field(default_factory=ServerSection)
     storage: StorageSection = field(default_factory=StorageSection)
@@ -372,6 +382,7 @@ class Config:
     admin: AdminSection = field(default_factory=AdminSection)
     plugins: PluginsSection = field(default_factory=PluginsSection)
     cluster: ClusterSection = field(default_factory=ClusterSection)
+    upgrade: UpgradeSection = field(default_factory=UpgradeSection)
     base_dir: Path = Path()
     # The file this configuration was read from (what a reload reads again); not part of equality.
     file: Path | None = field(default=None, compare=False)

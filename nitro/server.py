@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from collections.abc import AsyncIterator, Coroutine, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +27,7 @@ from nitro.core.throttle import FailureThrottle
 from nitro.observe.metrics import Metrics
 from nitro.observe.metrics_http import MetricsEndpoint, serve_metrics
 from nitro.observe.runtime import tuned_gc
-from nitro.ops.admin import serve_admin
+from nitro.ops.admin import AdminChannel, serve_admin
 from nitro.ops.reload import ReloadReport, reload_config
 from nitro.storage import Storage
 from nitro.storage.layered import open_storage
@@ -35,6 +35,7 @@ from nitro.storage.tiers import Tiers
 from nitro.storage.timed import timed_storage
 from nitro.transports.http import serve_http
 from nitro.transports.limits import SharedLimits
+from nitro.transports.listeners import Listeners
 from nitro.transports.tcp import connection_factory
 from nitro.transports.tls import make_tls_context
 from nitro.xmpp.errors import StreamError
@@ -80,6 +81,7 @@ class Server:
         self.transport_limits = SharedLimits.of(lambda: self.config)
         self.modules: dict[str, Module] = {}
         self.listeners: list[asyncio.Server] = []
+        self.listening = Listeners()  # every listening socket by name: what an upgrade hands over
         self._connections: dict[Tracked, asyncio.Task[Any] | None] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._connection_tasks: set[asyncio.Task[Any]] = set()  # until serve_client returns
@@ -89,6 +91,8 @@ class Server:
         self.reloads = 0  # configuration reloads applied (SIGHUP, `nitro reload`)
         self.bridge: Bridge | None = None  # plugins over TCP (nitro/bridge), set by running_server
         self.cluster: Cluster | None = None  # this node's cluster membership ([cluster] node; nitro/cluster/)
+        # the admin channel, once up (`nitro upgrade` adds its command to it)
+        self.admin: AdminChannel | None = None
 
     @property
     def domain(self) -> str:
@@ -127,26 +131,40 @@ class Server:
 
     async def start_listeners(self) -> None:
         c2s = self.config.c2s
+        await self._listen("c2s", c2s.port, None)
+        if c2s.direct_tls_port and self.tls_context is not None:
+            await self._listen("c2s-tls", c2s.direct_tls_port, self.tls_context)
+
+    async def _listen(self, name: str, port: int, tls: ssl.SSLContext | None) -> None:
+        """One c2s listener on the registry's sockets (bound here, or inherited from a predecessor)."""
+        c2s = self.config.c2s
         loop = asyncio.get_running_loop()
         accept = connection_factory(self, self.transport_limits)
-        reuse = shares_ports(self.config)  # [server] workers: the node's processes bind the same ports
-        self.listeners.append(
-            await loop.create_server(accept, c2s.host, c2s.port, backlog=c2s.backlog, reuse_port=reuse)
-        )
-        log.info("c2s (STARTTLS) listening on %s", _addresses(self.listeners[-1]))
-        if c2s.direct_tls_port and self.tls_context is not None:
-            self.listeners.append(
+
+        async def start(sockets: list[Any]) -> Any:
+            servers = [
                 await loop.create_server(
                     accept,
-                    c2s.host,
-                    c2s.direct_tls_port,
+                    sock=sock,
                     backlog=c2s.backlog,
-                    reuse_port=reuse,
-                    ssl=self.tls_context,
-                    ssl_handshake_timeout=c2s.negotiation_timeout,
+                    ssl=tls,
+                    ssl_handshake_timeout=c2s.negotiation_timeout if tls is not None else None,
                 )
-            )
-            log.info("c2s (Direct TLS) listening on %s", _addresses(self.listeners[-1]))
+                for sock in sockets
+            ]
+            self.listeners.extend(servers)
+            what = "Direct TLS" if tls is not None else "STARTTLS"
+            log.info("c2s (%s) listening on %s", what, ", ".join(_addresses(s) for s in servers))
+
+            def stop() -> None:
+                for server in servers:
+                    server.close()
+
+            return stop
+
+        reuse = shares_ports(self.config)  # [server] workers: the node's processes bind the same ports
+        sockets = self.listening.tcp(name, c2s.host, port, c2s.backlog, reuse_port=reuse)
+        await self.listening.serve(name, sockets, start)
 
     async def shutdown(self) -> None:
         """Stop accepting, tell every client `<system-shutdown/>`, wait briefly, cancel the rest."""
@@ -189,32 +207,42 @@ def _hits_and_misses(stats: Mapping[str, Mapping[str, int]]) -> dict[str, tuple[
 
 
 @asynccontextmanager
-async def running_server(config: Config) -> AsyncIterator[Server]:
-    """Start storage, modules and listeners; on exit drain and stop in reverse order."""
+async def running_server(
+    config: Config,
+    listening: Listeners | None = None,
+    before_listen: Callable[[Server], Awaitable[None]] | None = None,
+) -> AsyncIterator[Server]:
+    """Start storage, modules and listeners; on exit drain and stop in reverse order.
+
+    `listening` carries the sockets inherited from a predecessor (an upgrade); `before_listen` runs once
+    storage and modules are up and nothing listens yet (an upgrade's self-check)."""
     tls_context = make_tls_context(config)
     metrics = Metrics()
     wrap = (lambda sql: timed_storage(sql, metrics.storage_call)) if config.metrics.enabled else None
     async with open_storage(config, wrap_sql=wrap) as storage:
         server = Server(config, storage, tls_context, metrics)
+        if listening is not None:
+            server.listening = listening
         server.tiers = storage.tiers
         metrics.add_tier_source("cache", lambda: _hits_and_misses(storage.tiers.cache.stats))
         if storage.tiers.ring is not None:
             ring = storage.tiers.ring
             metrics.add_tier_source("ring", lambda: _hits_and_misses(ring.stats))
-        async with serve_metrics(metrics, config.metrics) as server.metrics_endpoint:  # up during the drain
+        async with serve_metrics(metrics, config.metrics, server.listening) as server.metrics_endpoint:
             # joins the cluster before serving; leaves after the drain
             cluster = cluster_member(server, server.sessions, server.delivery, storage.tiers.ring)
             async with cluster as server.cluster:
                 server.load_modules(tuple(m for m in BUILTIN_MODULES if m not in config.modules.disabled))
                 try:
-                    async with serve_admin(
-                        server
-                    ):  # `nitro status|sessions|kick|reload`; before the listeners
+                    if before_listen is not None:
+                        await before_listen(server)
+                    async with serve_admin(server, server.listening) as server.admin:  # before the listeners
                         await server.start_listeners()
                         async with (
-                            serve_plugins(server, server.listeners) as server.bridge,  # [plugins] (XEP-0114)
-                            serve_http(server),  # WebSocket, BOSH, discovery, web client ([http])
+                            serve_plugins(server, server.listening) as server.bridge,  # [plugins] (XEP-0114)
+                            serve_http(server, server.listening),  # WebSocket, BOSH, discovery, web client
                         ):
+                            server.listening.close_unclaimed()
                             with tuned_gc(config.gc):
                                 yield server
                 finally:

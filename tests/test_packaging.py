@@ -124,7 +124,9 @@ def test_the_systemd_unit_is_hardened() -> None:
     unit.read(UNIT)
     service = unit["Service"]
     assert service["User"] not in ("root", "0")
-    assert service["ExecReload"] == "/bin/kill -HUP $MAINPID"
+    # `systemctl reload` upgrades in place (README, "Upgrading in place"); the successor notifies systemd
+    assert service["ExecReload"] == "/opt/nitro/.venv/bin/nitro --config /opt/nitro/config/nitro.toml upgrade"
+    assert (service["Type"], service["NotifyAccess"]) == ("notify", "all")
     assert int(service["LimitNOFILE"]) >= 65536
     expected = {
         "NoNewPrivileges": "yes",

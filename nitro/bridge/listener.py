@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -19,6 +20,7 @@ from nitro.bridge.metrics import PluginCollector
 from nitro.bridge.privilege import Powers
 from nitro.bridge.supervisor import Supervisor
 from nitro.core.context import Core
+from nitro.transports.listeners import Listeners
 from nitro.xmpp import ns
 from nitro.xmpp.errors import StanzaError, StreamError, error_reply
 
@@ -39,7 +41,8 @@ class Bridge:
             self._add(PluginHost(entry, self._bounce, self.config.queue_max, self.config.queue_timeout))
             for entry in self.config.entries
         ]
-        self.listener: asyncio.Server | None = None
+        self.listener: asyncio.Server | None = None  # the first of _servers (its port is `port`)
+        self._servers: list[asyncio.Server] = []
         self.hooks = Hooks(core, self.plugins)  # urn:nitro:plugin:hooks:0 on every link
         self.powers = Powers(core, self.plugins)  # XEP-0356 privileges, XEP-0355 delegations
         self.extension: Extension | None = self._extension
@@ -65,12 +68,27 @@ class Bridge:
         assert self.listener is not None
         return int(self.listener.sockets[0].getsockname()[1])
 
-    async def start(self) -> asyncio.Server:
+    async def start(self, listening: Listeners) -> None:
+        """Accept plugin links on the registry's `plugins` sockets (bound, or inherited by upgrades)."""
         await self.hooks.open()
-        self.listener = await asyncio.start_server(self._accept, self.config.host, self.config.port)
-        addresses = ", ".join(f"{s.getsockname()[0]}:{s.getsockname()[1]}" for s in self.listener.sockets)
-        log.info("plugins (XEP-0114) listening on %s for %s", addresses, ", ".join(self._by_domain) or "none")
-        return self.listener
+        sockets = listening.tcp("plugins", self.config.host, self.config.port, 128)
+
+        async def accept(given: list[socket.socket]) -> Callable[[], None]:
+            servers = [await asyncio.start_server(self._accept, sock=sock) for sock in given]
+            self.listener = servers[0]
+            self._servers = servers
+            addresses = ", ".join(f"{s.getsockname()[0]}:{s.getsockname()[1]}" for s in given)
+            log.info(
+                "plugins (XEP-0114) listening on %s for %s", addresses, ", ".join(self._by_domain) or "none"
+            )
+
+            def stop() -> None:
+                for server in servers:
+                    server.close()
+
+            return stop
+
+        await listening.serve("plugins", sockets, accept)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         c2s = self.core.config.c2s
@@ -129,8 +147,8 @@ class Bridge:
 
     async def stop(self) -> None:
         """Stop accepting, close every link with `<system-shutdown/>`, unregister the plugin hosts."""
-        if self.listener is not None:
-            self.listener.close()
+        for server in self._servers:
+            server.close()
         for link in list(self.links):
             await link.close(StreamError("system-shutdown"))
         if self._tasks:
@@ -148,15 +166,15 @@ class Bridge:
 
 
 @asynccontextmanager
-async def serve_plugins(core: Core, listeners: list[asyncio.Server]) -> AsyncIterator[Bridge]:
-    """The plugin hosts and the listener for this scope; the listener joins the server's `listeners` (the
-    upgrade hands those to a successor)."""
+async def serve_plugins(core: Core, listening: Listeners) -> AsyncIterator[Bridge]:
+    """The plugin hosts and the listener for this scope; the listener's sockets are in the registry of
+    listening sockets (`listening`), which an upgrade hands to the successor."""
     bridge = Bridge(core)
     supervisor = Supervisor(core.config, lambda: bridge.port)
     bridge.supervisor = supervisor
     try:
         if bridge.plugins:  # no [plugins.NAME], no listener
-            listeners.append(await bridge.start())
+            await bridge.start(listening)
             supervisor.start()
         yield bridge
     finally:

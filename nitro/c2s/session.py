@@ -73,6 +73,9 @@ class ClientSession(ResourceState, Keepalive):
         self.resumed: ClientSession | None = None  # set when this stream resumed that session (XEP-0198 §5)
         self._ending = False  # a close is scheduled (too many unacknowledged stanzas)
         self.closed_with: str | None = None  # the stream error the session was closed with, for the log
+        self.busy = False  # handling an input: an upgrade exports the session only between inputs
+        # once the session moved to a successor process (nitro/ops/upgrade.py): what is sent to it goes there
+        self.forward: Callable[[etree._Element], None] | None = None
 
     def __repr__(self) -> str:
         return f"<ClientSession {self.id} {self.jid} {self.state.value}>"
@@ -122,6 +125,22 @@ class ClientSession(ResourceState, Keepalive):
     def closed(self) -> bool:
         return self.state is State.CLOSED
 
+    def hand_off(self, forward: Callable[[etree._Element], None]) -> Transport:
+        """The session moved to a successor process (its export is there): from now on input is ignored,
+        what is sent to it goes to `forward`, and nothing ends (no unavailable presence, no §4 fallback).
+        Returns the transport, which the caller closes once the successor has the session."""
+        transport, self.transport = self.transport, NO_TRANSPORT
+        self.forward = forward
+        self.state = State.CLOSED
+        self.server.untrack(self)
+        return transport
+
+    def take_back(self) -> None:
+        """The successor did not take the session (refused it, or died): it is this process's again, detached
+        (its client resumes here, or its window closes and §4 applies)."""
+        self.forward = None
+        self.state = State.DETACHED
+
     # -- elements in -----------------------------------------------------------------------------
 
     async def receive(self, event: StreamEvent) -> None:
@@ -140,9 +159,13 @@ class ClientSession(ResourceState, Keepalive):
         if action is None:
             what = name if name != "nonza" else etree.QName(element).localname
             raise StreamError("policy-violation", f"{what} is not allowed in state {self.state.value}")
-        await action(self, element)
-        if counted(name) and self.sm is not None and not self.closed:
-            self.sm.received()  # XEP-0198 §4: counted once handled
+        self.busy = True
+        try:
+            await action(self, element)
+            if counted(name) and self.sm is not None and not self.closed:
+                self.sm.received()  # XEP-0198 §4: counted once handled
+        finally:
+            self.busy = False
 
     # -- binding (RFC 6120 §7) and resumption (XEP-0198 §5), called by the negotiation --------------------
 
@@ -278,6 +301,9 @@ class ClientSession(ResourceState, Keepalive):
 
     def send(self, element: etree._Element) -> None:
         """Send a stanza or nonza, unless an outbound filter (e.g. CSI, XEP-0352) holds it back."""
+        if self.forward is not None:
+            self.forward(element)  # the session lives in a successor process now
+            return
         if self.closed:
             return
         for outbound_filter in self.slots.filters:

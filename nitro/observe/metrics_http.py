@@ -13,6 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from nitro.config import MetricsSection
 from nitro.observe.metrics import Metrics
+from nitro.transports.listeners import Listeners, sites
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,9 @@ def make_app(metrics: Metrics, token: str) -> web.Application:
 
 
 @asynccontextmanager
-async def serve_metrics(metrics: Metrics, section: MetricsSection) -> AsyncIterator[MetricsEndpoint | None]:
+async def serve_metrics(
+    metrics: Metrics, section: MetricsSection, listening: Listeners | None = None
+) -> AsyncIterator[MetricsEndpoint | None]:
     """Run the probes and the endpoint for the duration of the scope; nothing at all when disabled."""
     if not section.enabled:
         yield None
@@ -67,7 +70,10 @@ async def serve_metrics(metrics: Metrics, section: MetricsSection) -> AsyncItera
     runner = web.AppRunner(make_app(metrics, section.token), access_log=None, handle_signals=False)
     try:
         await runner.setup()
-        await web.TCPSite(runner, section.host, section.port).start()
+        listening = listening if listening is not None else Listeners()  # what an upgrade hands over
+        await listening.serve(
+            "metrics", listening.tcp("metrics", section.host, section.port, 128), sites(runner, None)
+        )
         host, port = runner.addresses[0][:2]
         endpoint = MetricsEndpoint(str(host), int(port))
         log.info("metrics on %s%s", endpoint.url, " (bearer token required)" if section.token else "")

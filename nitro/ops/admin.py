@@ -23,7 +23,9 @@ from nitro.accounts import InvalidUsername, delete_account, prepare_username
 from nitro.core.module import AccountEvent, SessionEvent
 from nitro.ops.channel import MAX_REQUEST, ChannelError, decode, encode, pid_path, socket_path
 from nitro.ops.credentials import credentials_from_wire
+from nitro.ops.pidfile import remove_pid_file, write_pid_file
 from nitro.storage.errors import AlreadyExists, StorageError
+from nitro.transports.listeners import Listeners, Stop
 from nitro.xmpp.errors import StreamCondition, StreamError
 from nitro.xmpp.jid import JID, InvalidJID
 
@@ -80,6 +82,8 @@ class AdminChannel:
             "user-passwd": self.user_passwd,
             "user-del": self.user_del,
         }
+        # more of `status` from other parts (e.g. the upgrade: generation and drain progress)
+        self.status_parts: dict[str, Callable[[], Any]] = {}
 
     async def on_bind(self, event: SessionEvent) -> None:
         self.bound_at.setdefault(event.session, time.time())  # a resumed session keeps its first bind
@@ -106,6 +110,7 @@ class AdminChannel:
             "bound": len(server.sessions),
             "nodes": await self._nodes(),
             "cluster": await self._members(),
+            **{name: part() for name, part in self.status_parts.items()},
         }
 
     async def _members(self) -> list[dict[str, Any]]:
@@ -308,16 +313,19 @@ def _bind(path: Path) -> socket.socket | None:
 
 
 @asynccontextmanager
-async def serve_admin(server: Running) -> AsyncIterator[AdminChannel]:
+async def serve_admin(server: Running, listening: Listeners | None = None) -> AsyncIterator[AdminChannel]:
     """The channel (and the pid file) for the lifetime of the server; an unusable socket path is logged
-    and the server runs without the channel."""
+    and the server runs without the channel. A successor (upgrade) inherits the socket and writes the pid
+    file once it is ready, not here."""
     channel = AdminChannel(server)
     undo = server.bus.add("resource-bind", channel.on_bind, priority=1000)
     clients: set[asyncio.Task[None]] = set()
-    listener: asyncio.Server | None = None
+    listening = listening if listening is not None else Listeners()
     path = socket_path(server.config)
     inode: int | None = None
-    pid_file = _write_pid_file(server)
+    pid_file = pid_path(server.config)
+    if pid_file is not None and not listening.from_predecessor:
+        write_pid_file(pid_file)
 
     async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -328,9 +336,17 @@ async def serve_admin(server: Running) -> AsyncIterator[AdminChannel]:
         finally:
             clients.discard(task)
 
+    servers: list[asyncio.Server] = []
+
+    async def start(sockets: list[socket.socket]) -> Stop:
+        listener = await asyncio.start_unix_server(accept, sock=sockets[0], limit=MAX_REQUEST)
+        servers.append(listener)
+        return listener.close
+
     if path is not None:
+        inherited = listening.take("admin")
         try:
-            sock = _bind(path)
+            sock = inherited[0] if inherited else _bind(path)
         except OSError as exc:
             log.error("admin channel off: cannot listen on %s: %s", path, exc)
         else:
@@ -338,35 +354,20 @@ async def serve_admin(server: Running) -> AsyncIterator[AdminChannel]:
                 log.warning("admin channel off: another running server answers on %s", path)
             else:
                 inode = os.stat(path).st_ino
-                listener = await asyncio.start_unix_server(accept, sock=sock, limit=MAX_REQUEST)
+                await listening.serve("admin", [sock], start)
                 log.info("admin channel on %s", path)
     try:
         yield channel
     finally:
         undo()
-        if listener is not None:
+        for listener in servers:
             listener.close()
         for task in list(clients):
             task.cancel()
         await asyncio.gather(*clients, return_exceptions=True)
-        if path is not None and inode is not None:
+        if path is not None and inode is not None and not listening.handed_over:
             with contextlib.suppress(OSError):
                 if os.stat(path).st_ino == inode:  # still ours, not a successor's
                     path.unlink()
         if pid_file is not None:
-            with contextlib.suppress(OSError):
-                if pid_file.read_text().strip() == str(os.getpid()):
-                    pid_file.unlink()
-
-
-def _write_pid_file(server: Running) -> Path | None:
-    path = pid_path(server.config)
-    if path is None:
-        return None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(f"{os.getpid()}\n")
-    except OSError as exc:
-        log.error("cannot write the pid file %s: %s", path, exc)
-        return None
-    return path
+            remove_pid_file(pid_file)

@@ -70,7 +70,9 @@ def decode(line: bytes) -> dict[str, Any]:
     return message
 
 
-async def call(config: Config, command: str, **arguments: Any) -> dict[str, Any]:
+async def call(
+    config: Config, command: str, *, answer_timeout: float = ANSWER_TIMEOUT, **arguments: Any
+) -> dict[str, Any]:
     """Send one request to the running server; its result, or ChannelError / NotRunning."""
     path = socket_path(config)
     if path is None:
@@ -92,7 +94,7 @@ async def call(config: Config, command: str, **arguments: Any) -> dict[str, Any]
     try:
         writer.write(encode({"command": command, **arguments}))
         await writer.drain()
-        line = await asyncio.wait_for(reader.readline(), ANSWER_TIMEOUT)
+        line = await asyncio.wait_for(reader.readline(), answer_timeout)
     except (TimeoutError, OSError, ValueError) as exc:
         raise ChannelError(f"no answer from the server on {path}: {exc or type(exc).__name__}") from exc
     finally:

@@ -19,7 +19,7 @@ from nitro.ops.channel import ChannelError, NotRunning, call, pid_path, socket_p
 from nitro.ops.credentials import credentials_to_wire
 from nitro.xmpp.sasl.credentials import derive_all
 
-COMMANDS = frozenset({"status", "sessions", "kick", "reload", "export", "import"})
+COMMANDS = frozenset({"status", "sessions", "kick", "reload", "export", "import", "upgrade"})
 
 
 def add_ops_parsers(commands: Any) -> None:
@@ -40,6 +40,12 @@ def add_ops_parsers(commands: Any) -> None:
         "reload",
         help="re-read the config file in the running server (same as SIGHUP): TLS certificates, log "
         "level, registration, limits, modules; what needs a restart is named",
+    )
+    commands.add_parser(
+        "upgrade",
+        help="replace the running server by the code now installed without dropping a connection (as "
+        "SIGUSR2): exit 0 once done, 3 if an upgrade is already under way, 4 if the successor failed and "
+        "the running server goes on (rolled back)",
     )
     export = commands.add_parser(
         "export", help="write every account with its data to an XEP-0227 file (works while serving)"
@@ -68,6 +74,10 @@ async def ops_command(config: Config, args: argparse.Namespace) -> int:
         from nitro.ops.xep0227_import import import_command
 
         return await import_command(config, args.files, replace=args.replace)
+    if args.command == "upgrade":
+        from nitro.ops.upgrade_cli import upgrade_command
+
+        return await upgrade_command(config)
     try:
         if args.command == "reload":
             return await _reload(config)
@@ -112,6 +122,23 @@ def _print_status(status: dict[str, Any]) -> None:
     for member in status.get("cluster", []):  # [cluster]: live nodes with their bound resources
         where = f"pid {member['pid']} on {member['host']}"
         print(f"  cluster node {member['node']}: {member['sessions']} sessions ({where})")
+    if "generation" in status:
+        print(f"generation: {status['generation']}")
+    upgrade = status.get("upgrade") or {}
+    if upgrade.get("state", "idle") != "idle":
+        print(
+            f"upgrade: {upgrade['state']}, successor {upgrade.get('successor')}, "
+            f"{upgrade.get('moved', 0)} of {upgrade.get('to_move', 0)} sessions moved, "
+            f"{upgrade.get('closed', 0)} closed"
+            + (f" ({upgrade['reason']})" if upgrade.get("reason") else "")
+        )
+    predecessor = status.get("predecessor")
+    if predecessor:
+        state = "done" if predecessor["done"] else "gone" if predecessor["gone"] else "draining"
+        print(
+            f"taking over from the previous generation: {state}, {predecessor['adopted']} of "
+            f"{predecessor.get('expected', 0)} sessions adopted, {predecessor.get('left', 0)} closed there"
+        )
 
 
 def _print_sessions(rows: list[dict[str, Any]]) -> None:

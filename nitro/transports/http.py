@@ -15,6 +15,7 @@ from lxml import etree
 
 from nitro.transports import bosh, webclient, websocket
 from nitro.transports.forwarded import Network, connection_urls, peer_of, trusted_networks
+from nitro.transports.listeners import Listeners, close_after_handover, sites
 
 if TYPE_CHECKING:
     from nitro.core.context import Core
@@ -85,7 +86,7 @@ def make_app(server: Core) -> web.Application:
 
 
 @asynccontextmanager
-async def serve_http(server: Core) -> AsyncIterator[HttpEndpoint | None]:
+async def serve_http(server: Core, listening: Listeners | None = None) -> AsyncIterator[HttpEndpoint | None]:
     """Serve HTTP for the duration of the scope (nothing when [http] is disabled). On exit: stop listening,
     close the web transports' streams (their modules hook the app's on_shutdown), give running requests
     SHUTDOWN_GRACE seconds, cancel the rest."""
@@ -93,8 +94,11 @@ async def serve_http(server: Core) -> AsyncIterator[HttpEndpoint | None]:
     if not settings.enabled or not (settings.port or settings.tls_port):
         yield None
         return
+    listening = listening if listening is not None else Listeners()  # what an upgrade hands over
+    app = make_app(server)
+    app.middlewares.append(close_after_handover(listening))
     runner = web.AppRunner(
-        make_app(server),
+        app,
         access_log=None,
         handle_signals=False,
         shutdown_timeout=SHUTDOWN_GRACE,
@@ -108,17 +112,11 @@ async def serve_http(server: Core) -> AsyncIterator[HttpEndpoint | None]:
         backlog = server.config.c2s.backlog
         reuse = server.config.server.workers != 1  # [server] workers share the ports (SO_REUSEPORT)
         if settings.port:
-            await web.TCPSite(runner, settings.host, settings.port, backlog=backlog, reuse_port=reuse).start()
+            sockets = listening.tcp("http", settings.host, settings.port, backlog, reuse_port=reuse)
+            await listening.serve("http", sockets, sites(runner, None))
         if settings.tls_port and server.tls_context is not None:
-            site = web.TCPSite(
-                runner,
-                settings.host,
-                settings.tls_port,
-                ssl_context=server.tls_context,
-                backlog=backlog,
-                reuse_port=reuse,
-            )
-            await site.start()
+            sockets = listening.tcp("https", settings.host, settings.tls_port, backlog, reuse_port=reuse)
+            await listening.serve("https", sockets, sites(runner, server.tls_context))
         addresses = tuple((str(address[0]), int(address[1])) for address in runner.addresses)
         log.info("http listening on %s", ", ".join(f"{host}:{port}" for host, port in addresses))
         yield HttpEndpoint(addresses)

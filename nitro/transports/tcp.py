@@ -282,6 +282,13 @@ class ClientConnection(asyncio.Protocol):
             self.closing = True
             self._wake()
 
+    def abandon(self) -> None:
+        """The session moved to another process (upgrade): close now, no linger (XEP-0198 §5)."""
+        self.closing = True
+        if self.transport is not None:
+            self.transport.close()
+        self._wake()
+
     # -- the connection task's side ------------------------------------------------------------------------
 
     async def read(self, deadline: float, limit: int | None = None) -> bytes | object:

@@ -1,0 +1,246 @@
+"""A zero-downtime upgrade, from the successor's side: take the listening sockets from the old process, check
+itself (storage, Redis, TLS material) before accepting, report ready, then adopt the sessions the old process
+hands over and deliver what it forwards; a client resuming a session still in the old process pulls it here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+import struct
+from typing import TYPE_CHECKING, Any
+
+from lxml import etree
+
+from nitro.c2s.session import ClientSession
+from nitro.core.module import ResumeRequest
+from nitro.core.router import StanzaEvent
+from nitro.ops.adopt import FORWARDED, adopt, deliver_forwarded
+from nitro.ops.handover import Channel, HandoverClosed, HandoverError
+from nitro.ops.upgrade_progress import HANDOVER_FD
+from nitro.storage.errors import StorageError
+
+if TYPE_CHECKING:
+    from nitro.server import Server
+
+log = logging.getLogger(__name__)
+
+HELLO_TIMEOUT = 30.0
+WANT_TIMEOUT = 3.0  # seconds a resuming client waits for its session to come over from the old process
+
+
+def refuse_early(reason: str) -> None:
+    """Started as a successor but cannot even read the config: tell the old process why (best effort,
+    synchronous: no event loop yet)."""
+    value = os.environ.get(HANDOVER_FD, "")
+    if not value.isdigit():
+        return
+    body = json.dumps({"type": "failed", "reason": reason}).encode()
+    with contextlib.suppress(OSError), socket.socket(fileno=int(value)) as sock:
+        sock.settimeout(5.0)
+        sock.sendall(struct.pack(">I", len(body)) + body)
+
+
+class NotReady(Exception):
+    """The self-check failed: the successor must not accept."""
+
+
+class Predecessor:
+    """The old process, as the successor talks to it."""
+
+    def __init__(self, channel: Channel, generation: int, inherited: dict[str, list[socket.socket]]) -> None:
+        self.channel = channel
+        self.generation = generation
+        self.inherited = inherited
+        self.adopted = 0
+        self.forwarded = 0
+        self.sent_back = 0  # messages for users still in the old process, sent there
+        self.expected = 0  # sessions in the old process when its drain started
+        self.left = 0  # of those, closed there (no stream management to move them with)
+        self.done = False
+        self.gone = False
+        # previd → resolved with the session once it is here (a resuming client waits for it)
+        self._arrived: dict[str, asyncio.Future[ClientSession | None]] = {}
+        self._on_old: dict[str, set[str]] = {}  # bare JID → its resources still in the old process
+
+    @classmethod
+    async def connect(cls) -> Predecessor | None:
+        """The old process that started us (None when started by hand); HandoverError on a bad hello."""
+        value = os.environ.pop(HANDOVER_FD, None)
+        if value is None:
+            return None
+        if not value.isdigit():
+            raise HandoverError(f"{HANDOVER_FD}={value!r} is not a descriptor")
+        channel = Channel(socket.socket(fileno=int(value)))
+        try:
+            message, sockets = await channel.receive(HELLO_TIMEOUT)
+        except HandoverError:
+            channel.close()
+            raise
+        if message["type"] != "hello":
+            channel.close()
+            raise HandoverError(f"expected hello, got {message['type']}")
+        inherited: dict[str, list[socket.socket]] = {}
+        index = 0
+        for name, count in message["listeners"]:
+            inherited[name] = sockets[index : index + count]
+            index += count
+        log.info("upgrade: generation %d; inherited listeners %s", message["generation"], sorted(inherited))
+        return cls(channel, message["generation"], inherited)
+
+    async def check(self, server: Server) -> None:
+        """Before accepting: the storage answers, every Redis instance answers, TLS material is loaded."""
+        try:
+            async with asyncio.timeout(
+                server.config.storage.connect_timeout + server.config.storage.query_timeout
+            ):
+                await server.storage.accounts.count()
+        except (StorageError, TimeoutError) as exc:
+            raise NotReady(f"storage does not answer: {exc}") from exc
+        ring = server.tiers.ring if server.tiers is not None else None
+        if ring is not None:
+            await ring.check_all()
+            down = [instance.url for instance in ring.instances if not instance.live]
+            if down:
+                raise NotReady(f"Redis unreachable: {', '.join(down)}")
+        if server.config.c2s.require_encryption and server.tls_context is None:
+            raise NotReady("TLS is required but no certificate is loaded")
+
+    async def ready(self) -> None:
+        await self.channel.send({"type": "ready", "pid": os.getpid()})
+
+    async def failed(self, reason: str) -> None:
+        with contextlib.suppress(HandoverError):
+            await self.channel.send({"type": "failed", "reason": reason})
+        self.channel.close()
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "adopted": self.adopted,
+            "expected": self.expected,
+            "left": self.left,
+            "forwarded": self.forwarded,
+            "done": self.done,
+            "gone": self.gone,
+        }
+
+    async def serve(self, server: Server) -> None:
+        """Adopt what the old process hands over until it is done or gone; garbage drops it (logged)."""
+        undo = server.bus.add("sm-resume", lambda request: self._pull(request), priority=-1000)
+        undo_offline = server.bus.add("message/offline", self._to_old, priority=1000)
+        try:
+            while True:
+                message, _fds = await self.channel.receive()
+                kind = message["type"]
+                if kind == "sessions":
+                    await self._adopt(server, message["sessions"])
+                elif kind == "online":
+                    self.expected = len(message["jids"])
+                    for jid in message["jids"]:
+                        self._on_old.setdefault(jid.partition("/")[0], set()).add(jid)
+                elif kind == "left":
+                    self.left += len(message["jids"])
+                    for jid in message["jids"]:
+                        self._left(jid)
+                elif kind == "deliver":
+                    self.forwarded += 1
+                    try:
+                        await deliver_forwarded(server, message["to"], message["stanza"])
+                    except Exception:  # one stanza's routing error never stops the adoption
+                        log.exception("upgrade: a stanza from the old process was not delivered")
+                elif kind == "done":
+                    self.done = True
+                    log.info(
+                        "upgrade: the old process is done (%d moved, %d closed there)",
+                        message["moved"],
+                        message["closed"],
+                    )  # what it still forwards until it exits (its socket closes) is delivered here
+                else:
+                    raise HandoverError(f"unexpected {kind} from the old process")
+        except HandoverClosed:
+            if not self.done:
+                self._gone_early("the upgrade socket closed")
+        except HandoverError as exc:
+            self._gone_early(str(exc))
+        finally:
+            undo()
+            undo_offline()
+            self._on_old.clear()
+            self.channel.close()
+            for future in self._arrived.values():
+                if not future.done():
+                    future.set_result(None)
+
+    def _gone_early(self, why: str) -> None:
+        self.gone = True
+        log.warning(
+            "upgrade: the old process is gone before it was done (%s): %d sessions came over; clients of "
+            "the others log in afresh (their <resume/> fails with item-not-found)",
+            why,
+            self.adopted,
+        )
+
+    async def _adopt(self, server: Server, sessions: list[dict[str, Any]]) -> None:
+        ids: list[str] = []
+        refused: list[str] = []
+        for data in sessions:
+            session_id = str(data.get("id", ""))
+            try:
+                session = await adopt(server, data)
+            except Exception as exc:
+                log.warning("upgrade: session %s not adopted: %r", session_id, exc)
+                refused.append(session_id)
+                continue
+            ids.append(session_id)
+            self.adopted += 1
+            self._left(str(session.jid))
+            if session.sm is not None:
+                future = self._arrived.pop(session.sm.id, None)
+                if future is not None and not future.done():
+                    future.set_result(session)
+        await self.channel.send({"type": "adopted", "ids": ids, "refused": refused})
+
+    def _left(self, jid: str) -> None:
+        bare = jid.partition("/")[0]
+        resources = self._on_old.get(bare)
+        if resources is not None:
+            resources.discard(jid)
+            if not resources:
+                del self._on_old[bare]
+
+    async def _to_old(self, event: StanzaEvent) -> bool:
+        """A message this process would store offline for a user whose sessions are still in the old
+        process: sent there instead (it delivers, or stores it if they have gone meanwhile)."""
+        if event.to is None or str(event.to.bare) not in self._on_old or self.done or self.gone:
+            return False
+        if FORWARDED.get():
+            return False  # it came from there: stored here
+        stanza = etree.tostring(event.stanza, encoding="unicode")
+        try:
+            await self.channel.send({"type": "deliver", "to": str(event.to), "stanza": stanza})
+        except HandoverError:
+            return False
+        self.sent_back += 1
+        return True
+
+    async def _pull(self, request: ResumeRequest) -> bool:
+        """A `<resume/>` for a session not here (yet): ask the old process for it, wait briefly."""
+        if request.found is not None or self.done or self.gone or not request.previd:
+            return False
+        future = self._arrived.setdefault(request.previd, asyncio.get_running_loop().create_future())
+        try:
+            await self.channel.send({"type": "want", "previd": request.previd})
+            found = await asyncio.wait_for(asyncio.shield(future), WANT_TIMEOUT)
+        except (HandoverError, TimeoutError):
+            return False
+        finally:
+            self._arrived.pop(request.previd, None)
+        request.found = found
+        return found is not None
+
+    def close(self) -> None:
+        self.channel.close()

@@ -1,0 +1,78 @@
+"""`nitro upgrade`: ask the running server to hand over to a successor and wait for the outcome (through the
+admin channel; by SIGUSR2 to the PID file's process when there is no channel)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+
+from nitro.config import Config
+from nitro.ops.channel import ChannelError, NotRunning, call, pid_path
+from nitro.ops.pidfile import read_pid, running_pid
+
+EXIT_DONE = 0
+EXIT_FAILED = 1  # no server, or no answer
+EXIT_UNDER_WAY = 3  # refused: an upgrade is already under way
+EXIT_ROLLED_BACK = 4  # the successor failed; the running server goes on
+POLL = 0.2
+
+
+async def upgrade_command(config: Config) -> int:
+    settings = config.upgrade
+    wait = settings.ready_timeout + settings.drain_deadline + 60.0
+    try:
+        result = await call(config, "upgrade", answer_timeout=wait)
+    except NotRunning as exc:
+        return await _by_signal(config, wait, exc)
+    except ChannelError as exc:
+        print(f"nitro: upgrade: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    outcome = result.get("outcome")
+    if outcome == "done":
+        print(
+            f"upgraded: successor {result.get('successor')} serves; {result.get('moved', 0)} sessions moved, "
+            f"{result.get('closed', 0)} closed"
+        )
+        return EXIT_DONE
+    if outcome == "under-way":
+        print("nitro: upgrade refused: an upgrade is already under way", file=sys.stderr)
+        return EXIT_UNDER_WAY
+    print(f"nitro: upgrade rolled back, the running server goes on: {result.get('reason')}", file=sys.stderr)
+    return EXIT_ROLLED_BACK
+
+
+async def _by_signal(config: Config, wait: float, why: NotRunning) -> int:
+    """No admin channel: SIGUSR2 to the Nitro the PID file names, then wait for the file to name a new one
+    and the old one to exit."""
+    path = pid_path(config)
+    old = running_pid(path) if path is not None else None
+    if old is None:
+        stale = f" (stale pid file {path})" if path is not None and read_pid(path) is not None else ""
+        print(f"nitro: upgrade: {why}{stale}", file=sys.stderr)
+        return EXIT_FAILED
+    assert path is not None
+    os.kill(old, signal.SIGUSR2)
+    end = time.monotonic() + wait
+    while time.monotonic() < end:
+        await asyncio.sleep(POLL)
+        new = running_pid(path)
+        if new is not None and new != old and not _alive(old):
+            print(f"upgraded: process {new} serves (was {old})")
+            return EXIT_DONE
+        if new == old and not _alive(old):
+            break
+    print(f"nitro: upgrade by SIGUSR2 to {old} did not complete; see its log", file=sys.stderr)
+    return EXIT_ROLLED_BACK
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
