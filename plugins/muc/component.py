@@ -1,0 +1,81 @@
+"""The XEP-0114 side of the MUC plugin: a slixmpp component that hands every stanza, in order, to the
+Service and writes its answers, serialising each broadcast once."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from xml.etree.ElementTree import Element
+
+from slixmpp.componentxmpp import ComponentXMPP
+from slixmpp.xmlstream import tostring
+from slixmpp.xmlstream.handler import Callback
+from slixmpp.xmlstream.matcher import MatchXPath
+from slixmpp.xmlstream.stanzabase import StanzaBase
+
+from nitro.sdk import Plugin, PluginSettings
+from plugins.muc.room import Out
+from plugins.muc.service import Service
+from plugins.muc.xml import STANZA
+
+log = logging.getLogger(__name__)
+
+YIELD_EVERY = 100  # recipients written between two yields to the event loop during a broadcast
+QUEUE_SIZE = 10_000  # stanzas waiting for the service; past it the oldest connection is slowed by TCP
+
+
+def _escape(value: str) -> str:
+    return value.replace("&", "&amp;").replace("<", "&lt;").replace('"', "&quot;")
+
+
+class MucPlugin(Plugin):
+    """The SDK's Plugin (connect, reconnect with backoff) with a component whose stanzas all go to the
+    service in arrival order, through one queue and one worker."""
+
+    def __init__(self, name: str = "muc") -> None:
+        super().__init__(name)
+        self.service: Service | None = None
+        self.queue: asyncio.Queue[Element] = asyncio.Queue(QUEUE_SIZE)
+        self.outbox: asyncio.Queue[Out] = asyncio.Queue()
+
+    def component(self, settings: PluginSettings) -> ComponentXMPP:
+        xmpp = ComponentXMPP(settings.subdomain, settings.secret, settings.core_host, settings.core_port)
+        for name in ("IM", "IMError", "Presence"):  # slixmpp's client-side handling: the rooms do it all
+            xmpp.remove_handler(name)
+        xmpp.del_event_handler("presence_probe", xmpp._handle_probe)
+        for kind in ("message", "presence", "iq"):
+            xmpp.register_handler(Callback(f"muc-{kind}", MatchXPath(f"{{{STANZA}}}{kind}"), self._received))
+        return xmpp
+
+    def _received(self, stanza: StanzaBase) -> None:
+        self.queue.put_nowait(stanza.xml)
+
+    def sink(self, out: Out) -> None:
+        self.outbox.put_nowait(out)
+
+    async def work(self) -> None:
+        """The service's worker: one stanza at a time, so a room sees its stanzas in order."""
+        assert self.service is not None
+        while True:
+            stanza = await self.queue.get()
+            try:
+                await self.service.handle(stanza)
+            except Exception:
+                log.exception("muc: failed on a %s", stanza.tag)
+
+    async def write(self) -> None:
+        """Writes what the service sends: each stanza serialised once, 'to' spliced in per recipient, with a
+        yield to the loop every YIELD_EVERY recipients so a large room never holds it for long."""
+        while True:
+            out = await self.outbox.get()
+            xmpp = self.xmpp
+            if xmpp is None:
+                log.warning("muc: not connected; a stanza for %d recipients dropped", len(out.recipients))
+                continue
+            out.stanza.attrib.pop("to", None)
+            text = tostring(out.stanza, xmlns=STANZA, stream=xmpp, top_level=True)
+            head, rest = text.split(" ", 1) if " " in text.split(">", 1)[0] else (text[:-2], text[-2:])
+            for index, recipient in enumerate(out.recipients):
+                xmpp.send_raw(f'{head} to="{_escape(recipient)}" {rest}')
+                if index % YIELD_EVERY == YIELD_EVERY - 1:
+                    await asyncio.sleep(0)
