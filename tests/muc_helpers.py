@@ -13,6 +13,7 @@ from typing import Any
 import slixmpp
 from conftest import Clients, wait_for
 from plugin_helpers import SECRET, plugins_config
+from slixmpp.exceptions import PresenceError
 from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import MatchXPath
 
@@ -88,3 +89,37 @@ def codes(stanza: Any) -> set[int]:
 
 def room_jid(name: str) -> slixmpp.JID:
     return slixmpp.JID(f"{name}@{MUC}")
+
+
+async def configure(client: slixmpp.ClientXMPP, name: str, fields: dict[str, Any]) -> None:
+    """Submit a muc#roomconfig form with `fields` (XEP-0045 §10.2) and wait for the result."""
+    form = client.plugin["xep_0004"].make_form(ftype="submit")
+    form.add_field(var="FORM_TYPE", ftype="hidden", value="http://jabber.org/protocol/muc#roomconfig")
+    for var, value in fields.items():
+        form.add_field(var=f"muc#roomconfig_{var}", value=value)
+    await client.plugin["xep_0045"].set_room_config(room_jid(name), form)
+
+
+async def create_room(
+    client: slixmpp.ClientXMPP, name: str, nick: str, fields: dict[str, Any] | None = None
+) -> Any:
+    """Create `name` as its owner and configure it (an empty form: an instant room, §10.1.2)."""
+    presence, _subject, _occupants, _history = await client.plugin["xep_0045"].join_muc_wait(
+        room_jid(name), nick, maxstanzas=0, timeout=10
+    )
+    assert {110, 201} <= codes(presence)
+    if fields:
+        await configure(client, name, fields)
+    else:
+        form = client.plugin["xep_0004"].make_form(ftype="submit")
+        await client.plugin["xep_0045"].set_room_config(room_jid(name), form)
+    return presence
+
+
+async def join_error(client: slixmpp.ClientXMPP, name: str, nick: str, **kw: Any) -> str:
+    """The error condition of a join that must fail."""
+    try:
+        await client.plugin["xep_0045"].join_muc_wait(room_jid(name), nick, timeout=10, **kw)
+    except PresenceError as error:
+        return str(error.condition)
+    raise AssertionError(f"joining {name} as {nick} succeeded")
