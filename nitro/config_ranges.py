@@ -67,7 +67,15 @@ RANGES: dict[str, dict[str, _Range]] = {
     "private": {"max_namespaces": _NOT_NEGATIVE},  # 0: no limit
     "vcard": {"max_bytes": _AT_LEAST_ONE},
     "metrics": {"port": _PORT},
-    "plugins": {"port": _PORT, "handshake_timeout": _POSITIVE},
+    "plugins": {
+        "port": _PORT,
+        "handshake_timeout": _POSITIVE,
+        "queue_max": _NOT_NEGATIVE,  # 0: nothing is held, a down plugin means service-unavailable at once
+        "queue_timeout": _POSITIVE,
+        "ping_interval": _POSITIVE,
+        "ping_timeout": _POSITIVE,
+        "stop_timeout": _POSITIVE,
+    },
 }
 
 

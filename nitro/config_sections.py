@@ -267,6 +267,11 @@ class PluginsSection:
     port: int = 5347  # the conventional component port; 0 picks a free one
     allowed_peers: tuple[str, ...] = ()  # non-loopback addresses or networks that may connect
     handshake_timeout: float = 10.0  # seconds from accept to a verified <handshake/>
+    queue_max: int = 1000  # stanzas held per plugin while it is down; past it, service-unavailable
+    queue_timeout: float = 30.0  # seconds a held stanza waits for its plugin before service-unavailable
+    ping_interval: float = 30.0  # seconds between health pings (XEP-0199) over each link
+    ping_timeout: float = 10.0  # a link whose plugin does not answer a ping in time is closed
+    stop_timeout: float = 5.0  # seconds a `process` plugin has after SIGTERM before SIGKILL
     entries: tuple[PluginSection, ...] = ()  # from the [plugins.NAME] sub-tables, in file order
 
     @classmethod

@@ -6,14 +6,15 @@ import asyncio
 import contextlib
 import hashlib
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import slixmpp
-from conftest import free_port, make_config, read_until, resolve
+from conftest import free_port, free_ports, make_config, read_until, resolve
 from slixmpp.componentxmpp import ComponentXMPP
 
-from nitro.config import Config
+from nitro.config import Config, load_config
 from nitro.server import Server
 
 SECRET = "plugin secret"
@@ -33,13 +34,20 @@ def plugins_config(
 
 
 async def connect_component(
-    server: Server, domain: str = ECHO, secret: str = SECRET, plugins: tuple[str, ...] = ("xep_0030",)
+    server: Server,
+    domain: str = ECHO,
+    secret: str = SECRET,
+    plugins: tuple[str, ...] = ("xep_0030",),
+    setup: Callable[[ComponentXMPP], None] | None = None,
 ) -> ComponentXMPP:
-    """A slixmpp component logged in to the server's plugin listener (session_start seen)."""
+    """A slixmpp component logged in to the server's plugin listener (session_start seen); `setup` adds
+    handlers before it connects (held stanzas arrive right after the handshake)."""
     assert server.bridge is not None
     component = ComponentXMPP(domain, secret, "127.0.0.1", server.bridge.port)
     for plugin in plugins:
         component.register_plugin(plugin)
+    if setup is not None:
+        setup(component)
     started = asyncio.get_running_loop().create_future()
     component.add_event_handler("session_start", lambda _event: resolve(started, True))
     component.connect()
@@ -84,3 +92,42 @@ async def raw_authenticated(
     writer.write(f"<handshake>{digest(head, secret)}</handshake>".encode())
     answer = await read_until(reader, b"handshake")
     return reader, writer, answer
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{key} = {_toml_value(item)}" for key, item in value.items()) + " }"
+    raise TypeError(value)
+
+
+def config_file(tmp_path: Path, plugins: dict[str, dict[str, Any]], **listener: Any) -> Config:
+    """A config written to tmp_path/nitro.toml and loaded from there (a `process` plugin reads the file)."""
+    c2s, tls = free_ports(2)
+    sections: dict[str, dict[str, Any]] = {
+        "server": {"domain": "localhost"},
+        "storage": {"dsn": f"sqlite+aiosqlite:///{tmp_path}/nitro.db"},
+        "c2s": {"port": c2s, "direct_tls_port": tls},
+        "http": {"enabled": False},
+        "tls": {"cert": str(tmp_path / "tls" / "cert.pem"), "key": str(tmp_path / "tls" / "key.pem")},
+        "metrics": {"port": 0},
+        "admin": {"socket": "", "pid_file": ""},
+        "plugins": {"port": free_port(), **listener},
+    }
+    lines: list[str] = []
+    for section, values in sections.items():
+        lines.append(f"[{section}]")
+        lines += [f"{key} = {_toml_value(value)}" for key, value in values.items()]
+    for name, entry in plugins.items():
+        lines.append(f"[plugins.{name}]")
+        lines += [f"{key} = {_toml_value(value)}" for key, value in entry.items()]
+    path = tmp_path / "nitro.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return load_config(path)

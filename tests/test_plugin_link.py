@@ -28,7 +28,7 @@ from nitro.server import Server
 
 @pytest.fixture
 def config(tmp_path: Path) -> Config:
-    return plugins_config(tmp_path)
+    return plugins_config(tmp_path, queue_max=0)  # a plugin that is down: service-unavailable at once
 
 
 async def test_message_to_and_from_a_component(server: Server, clients: Clients) -> None:
@@ -84,7 +84,7 @@ async def test_wrong_or_missing_secret_is_not_authorized(server: Server, secret:
     assert b"not-authorized" in data
     assert await reader.read() == b""  # closed
     writer.close()
-    assert not server.bridge.plugins["echo"].available
+    assert not server.bridge.plugins["echo"].connected
 
 
 @pytest.mark.parametrize("domain", ["localhost", "other.localhost"])
@@ -123,7 +123,7 @@ async def test_forged_from_is_invalid_from(server: Server, clients: Clients) -> 
     bob.add_event_handler("message", received.append)
     await asyncio.sleep(0.3)
     assert received == []
-    await wait_for(lambda: not server.bridge.plugins["echo"].available if server.bridge else False)
+    await wait_for(lambda: not server.bridge.plugins["echo"].connected if server.bridge else False)
 
 
 async def test_secret_and_subdomain_come_from_config(tmp_path: Path) -> None:

@@ -49,7 +49,7 @@ async def test_echo_plugin_answers_and_reconnects(server: Server, clients: Clien
     task = asyncio.create_task(echo.main(settings))
     try:
         host = server.bridge.plugins["echo"]
-        await wait_for(lambda: host.available, 10)
+        await wait_for(lambda: host.connected, 10)
         alice = await clients.login(await clients.user("alice"))
         alice.send_message(mto=JID(f"room@{ECHO}"), mbody="hi", mtype="chat")
         assert (await next_event(alice, "message"))["body"] == "> hi"
@@ -59,7 +59,7 @@ async def test_echo_plugin_answers_and_reconnects(server: Server, clients: Clien
         assert host.link is not None
         link = next(iter(server.bridge.links))
         await link.close(StreamError("reset"))
-        await wait_for(lambda: echo.plugin.connections >= before + 2 and host.available, 10)
+        await wait_for(lambda: echo.plugin.connections >= before + 2 and host.connected, 10)
         alice.send_message(mto=JID(f"room@{ECHO}"), mbody="again", mtype="chat")
         assert (await next_event(alice, "message"))["body"] == "> again"
     finally:

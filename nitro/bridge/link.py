@@ -11,8 +11,8 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import Awaitable, Callable
-from typing import Final
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Final
 
 from lxml import etree
 
@@ -41,6 +41,7 @@ ROUTE_QUEUE: Final = 256  # stanzas read from a link and not yet routed; past it
 Route = Callable[[etree._Element], Awaitable[None]]
 Lookup = Callable[[str], PluginHost | None]
 Extension = Callable[["ComponentLink", etree._Element], Awaitable[bool]]
+Health = Callable[["ComponentLink"], Coroutine[Any, Any, None]]
 
 
 class ComponentLink:
@@ -57,6 +58,7 @@ class ComponentLink:
         write_timeout: float,
         max_stanza_bytes: int,
         extension: Extension | None = None,
+        health: Health | None = None,
     ) -> None:
         self._reader = reader
         self._writer = writer
@@ -65,6 +67,7 @@ class ComponentLink:
         self._handshake_timeout = handshake_timeout
         self._write_timeout = write_timeout
         self._extension = extension
+        self._health = health
         self._parser = XMLStreamParser(
             content_namespaces=frozenset({ns.COMPONENT}), max_stanza_bytes=max_stanza_bytes
         )
@@ -83,17 +86,19 @@ class ComponentLink:
         return None if self.host is None else self.host.domain
 
     async def run(self) -> None:
-        worker: asyncio.Task[None] | None = None
+        helpers: list[asyncio.Task[None]] = []
         try:
             async with asyncio.timeout(self._handshake_timeout):
                 host = await self._authenticate()
-            if host.link is not None:  # Prosody answers a second link for a component with <conflict/>
+            if host.connected:  # Prosody answers a second link for a component with <conflict/>
                 raise StreamError("conflict", f"{host.domain} is already connected")
             self.host = host
-            host.link = self
+            host.attach(self)  # held stanzas follow: the <handshake/> below is written before they are
             await self._write(etree.Element(HANDSHAKE, nsmap=ns.default_ns(ns.COMPONENT)))
             log.info("plugin %s connected for %s from %s", host.name, host.domain, self.peer)
-            worker = asyncio.create_task(self._route_in_order())
+            helpers.append(asyncio.create_task(self._route_in_order()))
+            if self._health is not None:
+                helpers.append(asyncio.create_task(self._health(self)))
             await self._read_stanzas()
         except StreamError as error:
             log.warning("component link from %s (%s): %s", self.peer, self.domain, error.described)
@@ -103,16 +108,16 @@ class ComponentLink:
         except (ConnectionError, OSError) as exc:
             log.info("component link from %s (%s) lost: %s", self.peer, self.domain, exc)
         finally:
-            if worker is not None:
-                worker.cancel()
+            for helper in helpers:
+                helper.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
-                    await worker
+                    await helper
             self.detach()
             await self._close(None)
 
     def detach(self) -> None:
         if self.host is not None and self.host.link is self:
-            self.host.link = None
+            self.host.detach(self)
             log.info("plugin %s (%s) disconnected", self.host.name, self.host.domain)
 
     async def send(self, element: etree._Element) -> None:

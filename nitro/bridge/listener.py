@@ -9,11 +9,15 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
+from lxml import etree
+
 from nitro.bridge.handshake import peer_allowed
 from nitro.bridge.host import PluginHost
 from nitro.bridge.link import ComponentLink, Extension
+from nitro.bridge.supervisor import Supervisor
 from nitro.core.context import Core
-from nitro.xmpp.errors import StreamError
+from nitro.xmpp import ns
+from nitro.xmpp.errors import StanzaError, StreamError, error_reply
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +32,13 @@ class Bridge:
         self._by_domain: dict[str, PluginHost] = {}
         self.links: set[ComponentLink] = set()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._undo = [self._add(PluginHost(entry)) for entry in self.config.entries]
+        self._undo = [
+            self._add(PluginHost(entry, self._bounce, self.config.queue_max, self.config.queue_timeout))
+            for entry in self.config.entries
+        ]
         self.listener: asyncio.Server | None = None
         self.extension: Extension | None = None  # the hook namespace on the link (nitro/bridge/hooks)
+        self.supervisor: Supervisor | None = None
 
     def _add(self, host: PluginHost) -> Callable[[], None]:
         self.plugins[host.name] = host
@@ -63,6 +71,7 @@ class Bridge:
             write_timeout=c2s.write_timeout,
             max_stanza_bytes=c2s.max_stanza_bytes,
             extension=self.extension,
+            health=self._ping,
         )
         if not peer_allowed(link.peer, self.config.allowed_peers):
             log.warning("plugin connection from %s refused: not loopback nor in allowed_peers", link.peer)
@@ -78,6 +87,33 @@ class Bridge:
             self.links.discard(link)
             self._tasks.discard(task)
 
+    async def _bounce(self, stanza: etree._Element, error: StanzaError) -> None:
+        """The sender of a stanza its plugin could not take gets `error` (never an error for an error)."""
+        if stanza.get("type") != "error" and stanza.get("from"):
+            await self.core.router.route(error_reply(stanza, error))
+
+    async def _ping(self, link: ComponentLink) -> None:
+        """XEP-0199 §4.3 server-to-component pings; any answer (even an error) proves the link alive."""
+        while True:
+            await asyncio.sleep(self.config.ping_interval)
+            if link.domain is None:
+                continue
+            iq = etree.Element(
+                f"{{{ns.CLIENT}}}iq", type="get", to=link.domain, nsmap=ns.default_ns(ns.CLIENT)
+            )
+            iq.set("from", self.core.domain)
+            etree.SubElement(iq, f"{{{ns.PING}}}ping", nsmap=ns.default_ns(ns.PING))
+            try:
+                await self.core.router.send_iq(iq, self.config.ping_timeout)
+            except TimeoutError:
+                log.warning(
+                    "plugin %s did not answer a ping in %ss: link closed",
+                    link.domain,
+                    self.config.ping_timeout,
+                )
+                await link.close(StreamError("connection-timeout", "no answer to a ping (XEP-0199)"))
+                return
+
     async def stop(self) -> None:
         """Stop accepting, close every link with `<system-shutdown/>`, unregister the plugin hosts."""
         if self.listener is not None:
@@ -88,6 +124,8 @@ class Bridge:
             _done, pending = await asyncio.wait(set(self._tasks), timeout=2.0)
             for task in pending:
                 task.cancel()
+        for host in self.plugins.values():
+            await host.close()
         for undo in self._undo:
             undo()
 
@@ -97,10 +135,15 @@ async def serve_plugins(core: Core, listeners: list[asyncio.Server]) -> AsyncIte
     """The plugin hosts and the listener for this scope; the listener joins the server's `listeners` (the
     upgrade hands those to a successor)."""
     bridge = Bridge(core)
+    supervisor = Supervisor(core.config, lambda: bridge.port)
+    bridge.supervisor = supervisor
     try:
         if bridge.plugins:  # no [plugins.NAME], no listener
             listeners.append(await bridge.start())
+            supervisor.start()
         yield bridge
     finally:
+        with contextlib.suppress(Exception):
+            await supervisor.stop()
         with contextlib.suppress(Exception):
             await bridge.stop()
