@@ -44,7 +44,12 @@ def test_defaults_match_the_commented_default_file() -> None:
     )
     http = dataclasses.replace(shipped.http, web_client_dir=defaults.http.web_client_dir)
     same_paths = dataclasses.replace(
-        shipped, base_dir=REPOSITORY, storage=defaults.storage, tls=defaults.tls, http=http
+        shipped,
+        base_dir=REPOSITORY,
+        storage=defaults.storage,
+        tls=defaults.tls,
+        http=http,
+        plugins=defaults.plugins,  # the shipped file enables plugins (tests/test_muc_units.py checks muc)
     )
     assert same_paths == defaults
 
