@@ -115,10 +115,12 @@ async def measure(size: int, messages: int, port: int, names: list[str]) -> tupl
         )
         if index % 100 == 0:
             await asyncio.sleep(0)
-    for _ in range(1200):
+    for _ in range(6000):  # up to 5 minutes: N joins cost N*N/2 presence broadcasts
         if tally.joined >= size:
             break
         await asyncio.sleep(0.05)
+    if tally.joined < size:
+        print(f"  size {size}: only {tally.joined} occupants joined", file=sys.stderr)
     tally.expected = size * messages
     begin = time.perf_counter()
     sender = connections[0]
@@ -149,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         directory = Path(temporary)
         port, plugin_port = free_port(), free_port()
         config = write_config(directory, port, plugin_port)
-        names = [f"o{i:05d}" for i in range(max(args.sizes))]
+        names = [f"o{i:05d}" for i in range(sum(args.sizes))]  # fresh users for each room
         asyncio.run(
             provision_bulk(f"sqlite+aiosqlite:///{directory / 'nitro.db'}", DOMAIN, names, roster_size=0)
         )
@@ -157,11 +159,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{'occupants':>9} {'messages':>8} {'deliveries/s':>13} {'p50 ms':>8} {'p99 ms':>8}")
         with running(command, port=port, log=directory / "nitro.log", cwd=Path.cwd(), cpus=None):
             time.sleep(2.0)  # the plugin process connects to the listener
+            first = 0
             for size in args.sizes:
-                rate, p50, p99 = asyncio.run(measure(size, args.messages, port, names[:size]))
+                rate, p50, p99 = asyncio.run(measure(size, args.messages, port, names[first : first + size]))
+                first += size
                 print(f"{size:>9} {args.messages:>8} {rate:>13,.0f} {p50 * 1000:>8.1f} {p99 * 1000:>8.1f}")
         log = (directory / "nitro.log").read_text(errors="replace")
-        if "Traceback" in log:
+        if "Traceback" in log or "ERROR" in log:
             print(log[-3000:], file=sys.stderr)
     return 0
 

@@ -21,7 +21,10 @@ from plugins.muc.xml import STANZA
 log = logging.getLogger(__name__)
 
 YIELD_EVERY = 100  # recipients written between two yields to the event loop during a broadcast
-QUEUE_SIZE = 10_000  # stanzas waiting for the service; past it the oldest connection is slowed by TCP
+QUEUE_HIGH = 5_000  # stanzas waiting for the service: past it the link stops reading (TCP slows the core)
+QUEUE_LOW = 1_000  # … and reads again below this
+WRITE_HIGH = 4 * 1024 * 1024  # bytes unsent to the core past which the writer waits for the core to read
+_PING = "{urn:xmpp:ping}ping"
 
 
 def _escape(value: str) -> str:
@@ -35,8 +38,9 @@ class MucPlugin(Plugin):
     def __init__(self, name: str = "muc") -> None:
         super().__init__(name)
         self.service: Service | None = None
-        self.queue: asyncio.Queue[Element] = asyncio.Queue(QUEUE_SIZE)
+        self.queue: asyncio.Queue[Element] = asyncio.Queue()
         self.outbox: asyncio.Queue[Out] = asyncio.Queue()
+        self.paused = False
 
     def component(self, settings: PluginSettings) -> ComponentXMPP:
         xmpp = ComponentXMPP(settings.subdomain, settings.secret, settings.core_host, settings.core_port)
@@ -48,7 +52,19 @@ class MucPlugin(Plugin):
         return xmpp
 
     def _received(self, stanza: StanzaBase) -> None:
-        self.queue.put_nowait(stanza.xml)
+        xml = stanza.xml
+        xmpp = self.xmpp
+        if xmpp is not None and _is_health_ping(xml, xmpp.boundjid.bare):
+            # the core's health ping (XEP-0199 §4.3) is answered at once, not behind a room's backlog
+            reply = (
+                f'<iq type="result" to="{_escape(xml.get("from", ""))}" from="{_escape(xmpp.boundjid.bare)}"'
+            )
+            xmpp.send_raw(f'{reply} id="{_escape(xml.get("id", ""))}"/>')
+            return
+        self.queue.put_nowait(xml)
+        if self.queue.qsize() >= QUEUE_HIGH and xmpp is not None and xmpp.transport is not None:
+            xmpp.transport.pause_reading()
+            self.paused = True
 
     def sink(self, out: Out) -> None:
         self.outbox.put_nowait(out)
@@ -58,10 +74,18 @@ class MucPlugin(Plugin):
         assert self.service is not None
         while True:
             stanza = await self.queue.get()
+            if self.paused and self.queue.qsize() <= QUEUE_LOW:
+                self._resume()
             try:
                 await self.service.handle(stanza)
             except Exception:
                 log.exception("muc: failed on a %s", stanza.tag)
+
+    def _resume(self) -> None:
+        self.paused = False
+        xmpp = self.xmpp
+        if xmpp is not None and xmpp.transport is not None:
+            xmpp.transport.resume_reading()
 
     async def write(self) -> None:
         """Writes what the service sends: each stanza serialised once, 'to' spliced in per recipient, with a
@@ -79,3 +103,24 @@ class MucPlugin(Plugin):
                 xmpp.send_raw(f'{head} to="{_escape(recipient)}" {rest}')
                 if index % YIELD_EVERY == YIELD_EVERY - 1:
                     await asyncio.sleep(0)
+                    await _drained(xmpp)
+
+
+async def _drained(xmpp: ComponentXMPP) -> None:
+    """Wait while more than WRITE_HIGH bytes wait for the core to read them (a slow core slows the rooms,
+    the plugin's memory stays bounded); returns at once when the link is gone."""
+    for _ in range(6000):  # at most a minute; the core's own timeouts end a link stuck longer
+        transport = xmpp.transport
+        if transport is None or transport.is_closing() or transport.get_write_buffer_size() <= WRITE_HIGH:
+            return
+        await asyncio.sleep(0.01)
+
+
+def _is_health_ping(xml: Element, domain: str) -> bool:
+    return (
+        xml.tag == f"{{{STANZA}}}iq"
+        and xml.get("type") == "get"
+        and xml.get("to") == domain
+        and len(xml) == 1
+        and xml[0].tag == _PING
+    )
