@@ -51,8 +51,18 @@ async def test_entry_refusals(server: Server, clients: Clients) -> None:
         await muc.set_affiliation(room_jid("open"), "outcast", jid=JID("bob@localhost"))
         assert await join_error(bob, "open", "Bob") == "forbidden"
 
-        carol, _ = await user(clients, "carol")
+        carol, carol_in = await user(clients, "carol")
         assert await join_error(carol, "open", "alice") == "conflict"  # taken (case-insensitively)
+        # illegal characters: what RFC 8266 would rewrite (the room refuses), what no JID may hold (the
+        # core refuses before the room sees it)
+        for nick, condition in (("\u2163x", "not-acceptable"), ("bad\u200bnick", "jid-malformed")):
+            carol.send_raw(
+                f"<presence to='open@{MUC}/{nick}'><x xmlns='http://jabber.org/protocol/muc'/></presence>"
+            )
+            refused = await carol_in.wait(
+                lambda s, n=nick: s.xml.get("type") == "error" and s.xml.get("from", "").endswith(n)
+            )
+            assert refused["error"]["condition"] == condition
         assert await join_error(carol, "open", " Carol") == "not-acceptable"  # leading space
         assert await join_error(carol, "open", "c" * 21) == "not-acceptable"  # over max_nick_length
         assert await join_error(carol, "x" * 33, "Carol") == "not-acceptable"  # room name over 32 bytes
