@@ -3,7 +3,9 @@ members-only, password, moderated rooms, invitations, destruction, and every ref
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import Clients
@@ -23,6 +25,10 @@ from slixmpp.exceptions import IqError
 
 from nitro.config import Config
 from nitro.server import Server
+
+
+def _error_from(nick: str, stanza: Any) -> bool:
+    return bool(stanza.xml.get("type") == "error" and stanza.xml.get("from", "").endswith(nick))
 
 
 @pytest.fixture
@@ -59,9 +65,7 @@ async def test_entry_refusals(server: Server, clients: Clients) -> None:
             carol.send_raw(
                 f"<presence to='open@{MUC}/{nick}'><x xmlns='http://jabber.org/protocol/muc'/></presence>"
             )
-            refused = await carol_in.wait(
-                lambda s, n=nick: s.xml.get("type") == "error" and s.xml.get("from", "").endswith(n)
-            )
+            refused = await carol_in.wait(partial(_error_from, nick))
             assert refused["error"]["condition"] == condition
         assert await join_error(carol, "open", " Carol") == "not-acceptable"  # leading space
         assert await join_error(carol, "open", "c" * 21) == "not-acceptable"  # over max_nick_length
