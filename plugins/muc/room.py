@@ -173,7 +173,11 @@ class Room:
         occupant: Occupant,
         self_codes: Iterable[int] = (),
         codes: Iterable[int] = (),
-        **kw: object,
+        *,
+        unavailable: bool = False,
+        role: Role | None = None,
+        new_nick: str | None = None,
+        reason: str = "",
     ) -> None:
         """The occupant's presence to everyone: real JID to those allowed to see it, 110 to the occupant."""
         codes = list(codes)
@@ -183,10 +187,23 @@ class Room:
             if other is occupant:
                 continue
             (seeing if self.sees_jids(other) else blind).append(other.jid)
-        result.send(self.presence_of(occupant, with_jid=True, codes=codes, **kw), seeing)  # type: ignore[arg-type]
-        result.send(self.presence_of(occupant, with_jid=False, codes=codes, **kw), blind)  # type: ignore[arg-type]
         own = sorted({110, *codes, *self_codes})
-        result.send(self.presence_of(occupant, with_jid=True, codes=own, **kw), [occupant.jid])  # type: ignore[arg-type]
+        for with_jid, status, recipients in (
+            (True, codes, seeing),
+            (False, codes, blind),
+            (True, own, [occupant.jid]),
+        ):
+            if recipients:
+                presence = self.presence_of(
+                    occupant,
+                    with_jid=with_jid,
+                    codes=status,
+                    unavailable=unavailable,
+                    role=role,
+                    new_nick=new_nick,
+                    reason=reason,
+                )
+                result.send(presence, recipients)
 
     # ---- entering ---------------------------------------------------------------------------------------
 
