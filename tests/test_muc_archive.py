@@ -12,9 +12,11 @@ from conftest import Clients, result_of
 from muc_helpers import MUC, create_room, join_error, muc_config, room_jid, running_muc, user
 from slixmpp import JID
 from slixmpp.exceptions import IqError
+from sqlalchemy import text
 
 from nitro.config import Config
 from nitro.server import Server
+from nitro.storage.sql import create_engine
 
 
 @pytest.fixture
@@ -90,3 +92,30 @@ async def test_self_ping_and_vanished_client(server: Server, clients: Clients) -
             lambda s: s["type"] == "unavailable" and str(s["from"]) == f"lobby@{MUC}/Bob", timeout=10
         )
         assert gone["muc"]["role"] == "none"
+
+
+async def test_message_not_archived_is_not_sent(server: Server, clients: Clients, tmp_path: Path) -> None:
+    """The archive fails (its table is gone): the sender gets <internal-server-error/> (wait) and no
+    occupant sees the message, since each message is stored before the room broadcasts it."""
+    async with running_muc(server):
+        alice, alice_in = await user(clients, "alice")
+        bob, bob_in = await user(clients, "bob")
+        await create_room(alice, "lobby", "Alice")
+        await bob.plugin["xep_0045"].join_muc_wait(room_jid("lobby"), "Bob", timeout=10)
+        alice.send_message(mto=room_jid("lobby"), mbody="kept", mtype="groupchat")
+        await bob_in.wait(lambda s: s.name == "message" and s["body"] == "kept")
+        engine = create_engine(server.config.storage.dsn)
+        try:
+            async with engine.begin() as conn:
+                await conn.execute(text("DROP TABLE muc_archive"))
+        finally:
+            await engine.dispose()
+        alice.send_message(mto=room_jid("lobby"), mbody="lost", mtype="groupchat")
+        refused = await alice_in.wait(lambda s: s.name == "message" and s["type"] == "error")
+        assert (refused["error"]["condition"], refused["error"]["type"]) == ("internal-server-error", "wait")
+        alice.send_message(mto=room_jid("lobby"), mbody="after", mtype="groupchat")
+        await alice_in.wait(lambda s: s.name == "message" and s["type"] == "error")
+        assert not [s for s in bob_in.stanzas if s.name == "message" and s["body"] in ("lost", "after")]
+        # presence and other traffic still flows
+        bob.plugin["xep_0045"].leave_muc(room_jid("lobby"), "Bob")
+        await alice_in.wait(lambda s: s["type"] == "unavailable" and str(s["from"]) == f"lobby@{MUC}/Bob")

@@ -21,6 +21,7 @@ from plugins.muc.xml import STANZA
 log = logging.getLogger(__name__)
 
 YIELD_EVERY = 100  # recipients written between two yields to the event loop during a broadcast
+BATCH = 200  # stanzas handled together at most (their archived messages share one transaction)
 QUEUE_HIGH = 5_000  # stanzas waiting for the service: past it the link stops reading (TCP slows the core)
 QUEUE_LOW = 1_000  # … and reads again below this
 WRITE_HIGH = 4 * 1024 * 1024  # bytes unsent to the core past which the writer waits for the core to read
@@ -70,16 +71,19 @@ class MucPlugin(Plugin):
         self.outbox.put_nowait(out)
 
     async def work(self) -> None:
-        """The service's worker: one stanza at a time, so a room sees its stanzas in order."""
+        """The service's worker: the stanzas waiting (up to BATCH), in order, so a room sees them in the
+        order they came and a burst of messages is archived in one transaction."""
         assert self.service is not None
         while True:
-            stanza = await self.queue.get()
+            batch = [await self.queue.get()]
+            while len(batch) < BATCH and not self.queue.empty():
+                batch.append(self.queue.get_nowait())
             if self.paused and self.queue.qsize() <= QUEUE_LOW:
                 self._resume()
             try:
-                await self.service.handle(stanza)
+                await self.service.handle_many(batch)
             except Exception:
-                log.exception("muc: failed on a %s", stanza.tag)
+                log.exception("muc: failed on a batch of %d stanzas", len(batch))
 
     def _resume(self) -> None:
         self.paused = False

@@ -13,7 +13,7 @@ from nitro.storage.errors import StorageError
 from nitro.xmpp.jid import JID, InvalidJID
 from plugins.muc import disco, mam, room_admin, room_chat
 from plugins.muc.affiliation import Affiliation
-from plugins.muc.history import parse_request
+from plugins.muc.history import Entry, parse_request
 from plugins.muc.room import Out, Result, Room, RoomLimits
 from plugins.muc.store import JID_MAX, MucStore
 from plugins.muc.xml import (
@@ -55,7 +55,10 @@ class Service:
         self.rules = rules
         self.limits = limits
         self.store = store
-        self.sink = sink
+        self.deliver = sink
+        # What the current batch sends, in order; an index names the archived message it waits for.
+        self._outs: list[tuple[Out, int | None]] = []
+        self._archive: list[tuple[Room, Entry, Element]] = []
         self.rooms: dict[str, Room] = {}
         self.stored: set[str] = set()  # rooms that have a row in muc_rooms
 
@@ -79,7 +82,40 @@ class Service:
 
     # ---- dispatch ---------------------------------------------------------------------------------------
 
+    def sink(self, out: Out) -> None:
+        self._outs.append((out, None))
+
     async def handle(self, stanza: Element) -> None:
+        await self.handle_many([stanza])
+
+    async def handle_many(self, stanzas: list[Element]) -> None:
+        """Stanzas that arrived together, in order; their archived messages are written in one
+        transaction (a group commit: one fsync for a burst), and only then is anything sent."""
+        for stanza in stanzas:
+            await self._handle(stanza)
+        await self._flush()
+
+    async def _flush(self) -> None:
+        outs, archive = self._outs, self._archive
+        self._outs, self._archive = [], []
+        failed = False
+        if archive and self.store is not None:
+            try:
+                await self.store.archive_many([(room.jid, entry) for room, entry, _stanza in archive])
+            except StorageError:
+                log.exception("the archive failed: %d messages refused", len(archive))
+                failed = True
+        if failed:
+            failure = StanzaError("internal-server-error", "the message could not be archived", "wait")
+            for room, entry, stanza in archive:
+                if entry in room.history.entries:
+                    room.history.entries.remove(entry)
+                self.deliver(Out(error_reply(stanza, failure), [stanza.get("from", "")]))
+        for out, waits_for in outs:
+            if waits_for is None or not failed:
+                self.deliver(out)
+
+    async def _handle(self, stanza: Element) -> None:
         """One stanza from the server; a StanzaError becomes the error reply (never to an error)."""
         try:
             await self._dispatch(stanza)
@@ -109,11 +145,14 @@ class Service:
         elif kind == "message":
             await self._message(stanza, sender, to)
 
-    async def _apply(self, room: Room, result: Result) -> None:
-        """Store what changed, then send: an archived message is on disk before anyone sees it."""
+    async def _apply(self, room: Room, result: Result, stanza: Element | None = None) -> None:
+        """Store what changed, then send: an archived message is on disk before anyone sees it (its
+        stanzas wait for the batch's archive transaction)."""
+        waits_for: int | None = None
+        if result.archive is not None and self.store is not None and stanza is not None:
+            waits_for = len(self._archive)
+            self._archive.append((room, result.archive, stanza))
         if self.store is not None:
-            if result.archive is not None:
-                await self.store.archive(room.jid, result.archive)
             if result.gone or not room.config.persistent:
                 if room.jid in self.stored:
                     await self.store.delete_room(room.jid)
@@ -126,7 +165,7 @@ class Service:
         if result.gone:
             self.rooms.pop(room.jid, None)
         for out in result.outs:
-            self.sink(out)
+            self._outs.append((out, waits_for))
 
     # ---- presence ---------------------------------------------------------------------------------------
 
@@ -198,7 +237,7 @@ class Service:
             await self._apply(room, room_chat.private(room, sender, to.resource, stanza))
             return
         if kind == "groupchat":
-            await self._apply(room, room_chat.groupchat(room, sender, stanza, now=time.time()))
+            await self._apply(room, room_chat.groupchat(room, sender, stanza, now=time.time()), stanza)
             return
         x = stanza.find(q("x", MUC_USER))
         if x is not None and (invite := x.find(q("invite", MUC_USER))) is not None:
@@ -320,7 +359,7 @@ class Service:
         for room in list(self.rooms.values()):
             for occupant in list(room.by_jid.values()):
                 gone = room.presence_of(occupant, with_jid=False, codes=[110, 332], unavailable=True)
-                self.sink(Out(gone, [occupant.jid]))
+                self.deliver(Out(gone, [occupant.jid]))
                 room.remove(occupant)
 
 

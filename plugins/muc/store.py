@@ -126,18 +126,18 @@ class MucStore:
             await conn.execute(delete(muc_affiliations).where(muc_affiliations.c.room == jid))
             await conn.execute(delete(muc_rooms).where(muc_rooms.c.jid == jid))
 
-    @translated
     async def archive(self, room: str, entry: Entry) -> None:
+        await self.archive_many([(room, entry)])
+
+    @translated
+    async def archive_many(self, entries: list[tuple[str, Entry]]) -> None:
+        """Messages of one or several rooms, in one transaction."""
+        rows = [
+            {"room": room, "stanza_id": e.stanza_id, "stamp": e.stamp, "sender": e.sender, "xml": e.xml}
+            for room, e in entries
+        ]
         async with self.db.writer.begin() as conn:
-            await conn.execute(
-                muc_archive.insert().values(
-                    room=room,
-                    stanza_id=entry.stanza_id,
-                    stamp=entry.stamp,
-                    sender=entry.sender,
-                    xml=entry.xml,
-                )
-            )
+            await conn.execute(muc_archive.insert(), rows)
 
     @translated
     async def recent(self, room: str, count: int) -> list[Entry]:
