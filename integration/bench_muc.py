@@ -165,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 first += size
                 print(f"{size:>9} {args.messages:>8} {rate:>13,.0f} {p50 * 1000:>8.1f} {p99 * 1000:>8.1f}")
         log = (directory / "nitro.log").read_text(errors="replace")
-        if "Traceback" in log or "ERROR" in log:
+        if "Traceback" in log or "ERROR" in log or "WARNING" in log:
             print(log[-3000:], file=sys.stderr)
     return 0
 

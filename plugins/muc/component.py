@@ -21,6 +21,7 @@ from plugins.muc.xml import STANZA
 log = logging.getLogger(__name__)
 
 YIELD_EVERY = 100  # recipients written between two yields to the event loop during a broadcast
+RECONNECT_WAIT = 30.0  # seconds what the rooms send waits for a dropped link to come back
 BATCH = 200  # stanzas handled together at most (their archived messages share one transaction)
 QUEUE_HIGH = 5_000  # stanzas waiting for the service: past it the link stops reading (TCP slows the core)
 QUEUE_LOW = 1_000  # … and reads again below this
@@ -66,6 +67,7 @@ class MucPlugin(Plugin):
         if self.queue.qsize() >= QUEUE_HIGH and xmpp is not None and xmpp.transport is not None:
             xmpp.transport.pause_reading()
             self.paused = True
+            log.warning("muc: %d stanzas waiting: the link stops reading until %d", QUEUE_HIGH, QUEUE_LOW)
 
     def sink(self, out: Out) -> None:
         self.outbox.put_nowait(out)
@@ -85,8 +87,17 @@ class MucPlugin(Plugin):
             except Exception:
                 log.exception("muc: failed on a batch of %d stanzas", len(batch))
 
+    async def _connected(self) -> ComponentXMPP | None:
+        """The link, waiting up to RECONNECT_WAIT seconds for the SDK to reconnect it when it is down."""
+        for _ in range(int(RECONNECT_WAIT * 10)):
+            if self.xmpp is not None and self.xmpp.transport is not None:
+                return self.xmpp
+            await asyncio.sleep(0.1)
+        return None
+
     def _resume(self) -> None:
         self.paused = False
+        log.info("muc: reading the link again")
         xmpp = self.xmpp
         if xmpp is not None and xmpp.transport is not None:
             xmpp.transport.resume_reading()
@@ -96,9 +107,12 @@ class MucPlugin(Plugin):
         yield to the loop every YIELD_EVERY recipients so a large room never holds it for long."""
         while True:
             out = await self.outbox.get()
-            xmpp = self.xmpp
+            xmpp = await self._connected()
             if xmpp is None:
-                log.warning("muc: not connected; a stanza for %d recipients dropped", len(out.recipients))
+                dropped = 1 + self.outbox.qsize()
+                while not self.outbox.empty():
+                    self.outbox.get_nowait()
+                log.warning("muc: no link for %ss: %d stanzas dropped", RECONNECT_WAIT, dropped)
                 continue
             out.stanza.attrib.pop("to", None)
             text = tostring(out.stanza, xmlns=STANZA, stream=xmpp, top_level=True)

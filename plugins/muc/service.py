@@ -3,6 +3,7 @@ the service's and rooms' IQs, and writes what must be stored before anything is 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -35,6 +36,8 @@ from plugins.muc.xml import (
 )
 
 log = logging.getLogger(__name__)
+
+FLUSH_OUTS = 256  # stanzas (each to its recipients) a batch holds before it sends what it has
 
 Sink = Callable[[Out], None]
 
@@ -93,6 +96,9 @@ class Service:
         transaction (a group commit: one fsync for a burst), and only then is anything sent."""
         for stanza in stanzas:
             await self._handle(stanza)
+            if len(self._outs) >= FLUSH_OUTS:
+                await self._flush()  # a join storm: send as it goes rather than hold a large room's presences
+            await asyncio.sleep(0)  # the link keeps reading (health pings) while a batch is handled
         await self._flush()
 
     async def _flush(self) -> None:
