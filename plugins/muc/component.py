@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from xml.etree.ElementTree import Element
 
 from slixmpp.componentxmpp import ComponentXMPP
@@ -12,6 +13,7 @@ from slixmpp.xmlstream import tostring
 from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import MatchXPath
 from slixmpp.xmlstream.stanzabase import StanzaBase
+from slixmpp.xmlstream.xmlstream import NotConnectedError
 
 from nitro.sdk import Plugin, PluginSettings
 from plugins.muc.room import Out
@@ -25,7 +27,9 @@ RECONNECT_WAIT = 30.0  # seconds what the rooms send waits for a dropped link to
 BATCH = 200  # stanzas handled together at most (their archived messages share one transaction)
 QUEUE_HIGH = 5_000  # stanzas waiting for the service: past it the link stops reading (TCP slows the core)
 QUEUE_LOW = 1_000  # … and reads again below this
-WRITE_HIGH = 4 * 1024 * 1024  # bytes unsent to the core past which the writer waits for the core to read
+# Bytes unsent to the core past which the writer waits for the core to read: small, because the answer to
+# the core's health ping travels behind them on the same stream.
+WRITE_HIGH = 256 * 1024
 _PING = "{urn:xmpp:ping}ping"
 
 
@@ -49,6 +53,7 @@ class MucPlugin(Plugin):
         for name in ("IM", "IMError", "Presence"):  # slixmpp's client-side handling: the rooms do it all
             xmpp.remove_handler(name)
         xmpp.del_event_handler("presence_probe", xmpp._handle_probe)
+        xmpp.add_event_handler("session_start", lambda _event: _small_send_buffer(xmpp))
         for kind in ("message", "presence", "iq"):
             xmpp.register_handler(Callback(f"muc-{kind}", MatchXPath(f"{{{STANZA}}}{kind}"), self._received))
         return xmpp
@@ -117,11 +122,23 @@ class MucPlugin(Plugin):
             out.stanza.attrib.pop("to", None)
             text = tostring(out.stanza, xmlns=STANZA, stream=xmpp, top_level=True)
             head, rest = text.split(" ", 1) if " " in text.split(">", 1)[0] else (text[:-2], text[-2:])
-            for index, recipient in enumerate(out.recipients):
-                xmpp.send_raw(f'{head} to="{_escape(recipient)}" {rest}')
-                if index % YIELD_EVERY == YIELD_EVERY - 1:
-                    await asyncio.sleep(0)
-                    await _drained(xmpp)
+            try:
+                for index, recipient in enumerate(out.recipients):
+                    xmpp.send_raw(f'{head} to="{_escape(recipient)}" {rest}')
+                    if index % YIELD_EVERY == YIELD_EVERY - 1:
+                        await asyncio.sleep(0)
+                        await _drained(xmpp)
+            except NotConnectedError:
+                # the link dropped mid-broadcast: the rest of this one is lost, the next waits for the link
+                log.warning("muc: the link dropped during a broadcast to %d recipients", len(out.recipients))
+
+
+def _small_send_buffer(xmpp: ComponentXMPP) -> None:
+    """Keep the kernel's share of unsent bytes small too (its autotuned buffer can hold megabytes)."""
+    transport = xmpp.transport
+    sock = None if transport is None else transport.get_extra_info("socket")
+    if sock is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, WRITE_HIGH)
 
 
 async def _drained(xmpp: ComponentXMPP) -> None:
