@@ -93,9 +93,11 @@ async def measure(size: int, messages: int, port: int, names: list[str]) -> tupl
     tally = Tally()
     room = f"fanout{size}@{MUC}"
     connections: list[Connection] = []
-    for start in range(0, size, 100):
-        batch = names[start : start + 100]
-        plans = [LoginPlan(DOMAIN, n, PASSWORD, mechanism="PLAIN", roster=False) for n in batch]
+    for start in range(0, size, 50):
+        batch = names[start : start + 50]
+        plans = [
+            LoginPlan(DOMAIN, n, PASSWORD, mechanism="PLAIN", roster=False, presence=False) for n in batch
+        ]
         connections += await asyncio.gather(
             *(
                 connect("127.0.0.1", port, p, ssl_context=None, timeout=60, on_stanza=tally.on_stanza)
@@ -104,21 +106,21 @@ async def measure(size: int, messages: int, port: int, names: list[str]) -> tupl
         )
     # the first joins without <x/> (an instant room, unlocked at once), the others ask for no history
     connections[0].send(f"<presence to='{room}/{names[0]}'/>".encode())
-    for deadline in range(600):
+    for _ in range(600):
         if tally.joined >= 1:
             break
-        await asyncio.sleep(0.05 + 0 * deadline)
+        await asyncio.sleep(0.05)
+    # joins in waves of 50, each once the previous one is in (N joins cost N*N/2 presence broadcasts)
     for index, connection in enumerate(connections[1:], 1):
         connection.send(
             f"<presence to='{room}/{names[index]}'><x xmlns='http://jabber.org/protocol/muc'>"
             "<history maxstanzas='0'/></x></presence>".encode()
         )
-        if index % 100 == 0:
-            await asyncio.sleep(0)
-    for _ in range(6000):  # up to 5 minutes: N joins cost N*N/2 presence broadcasts
-        if tally.joined >= size:
-            break
-        await asyncio.sleep(0.05)
+        if index % 50 == 0 or index == size - 1:
+            for _ in range(1200):  # at most a minute per wave
+                if tally.joined >= index + 1:
+                    break
+                await asyncio.sleep(0.05)
     if tally.joined < size:
         print(f"  size {size}: only {tally.joined} occupants joined", file=sys.stderr)
     tally.expected = size * messages
