@@ -173,6 +173,18 @@ def _validate_plugins(config: Config, source: str) -> None:
             raise ConfigError(f"{where}.mode must be one of {', '.join(PLUGIN_MODES)}, got {entry.mode!r}")
         if not entry.secret:
             raise ConfigError(f"{where}.secret is required (the XEP-0114 handshake secret)")
+        if entry.failure_policy not in ("open", "closed"):
+            raise ConfigError(f"{where}.failure_policy must be open or closed, got {entry.failure_policy!r}")
+        if entry.spool and entry.jetstream:
+            raise ConfigError(f"{where}: spool and jetstream are two places for one queue: choose one")
+        if entry.jetstream and not entry.jetstream.startswith(("nats://", "tls://")):
+            raise ConfigError(f"{where}.jetstream must be a nats:// or tls:// URL")
+        if (problem := _privilege_problem(entry.privileges)) is not None:
+            raise ConfigError(f"{where}.privileges: {problem}")
+        if entry.filter_timeout <= 0 or entry.observe_queue < 0 or entry.delegation_timeout <= 0:
+            raise ConfigError(
+                f"{where}: filter_timeout and delegation_timeout must be positive, observe_queue >= 0"
+            )
         try:
             domain = JID.parse(entry.subdomain)
         except InvalidJID as exc:
@@ -191,3 +203,23 @@ def _validate_plugins(config: Config, source: str) -> None:
             raise ConfigError(
                 f"{source}: [plugins].allowed_peers: {peer!r} is not an address or network"
             ) from exc
+
+
+_PRIVILEGES = {
+    "roster": ("none", "get", "set", "both"),
+    "message": ("none", "outgoing"),
+    "presence": ("none", "managed_entity"),  # not yet "roster" (contacts' presences)
+}
+
+
+def _privilege_problem(privileges: dict[str, object]) -> str | None:
+    """XEP-0356 §4 values, as ejabberd's mod_privilege takes them (presence "roster" is not offered yet)."""
+    for access, value in privileges.items():
+        if access == "iq":
+            if not isinstance(value, dict) or any(v not in ("get", "set", "both") for v in value.values()):
+                return "iq must be a table of namespace = get|set|both"
+        elif access not in _PRIVILEGES:
+            return f"unknown access {access!r} (roster, message, presence, iq)"
+        elif value not in _PRIVILEGES[access]:
+            return f"{access} must be one of {', '.join(_PRIVILEGES[access])}, got {value!r}"
+    return None

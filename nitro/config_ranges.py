@@ -75,6 +75,7 @@ RANGES: dict[str, dict[str, _Range]] = {
         "ping_interval": _POSITIVE,
         "ping_timeout": _POSITIVE,
         "stop_timeout": _POSITIVE,
+        "stanzas_per_second": _NOT_NEGATIVE,  # 0: no cap
     },
 }
 
@@ -101,3 +102,7 @@ def range_problems(config: object) -> Iterator[str]:
         and metrics.port in (c2s.port, c2s.direct_tls_port)
     ):
         yield f"[metrics].port {metrics.port} is also a [c2s] port on {c2s.host}"
+    plugins = getattr(config, "plugins")  # noqa: B009
+    taken = {c2s.port: "[c2s].port", c2s.direct_tls_port: "[c2s].direct_tls_port"}
+    if plugins.entries and plugins.port and plugins.port in taken and plugins.host == c2s.host:
+        yield f"[plugins].port {plugins.port} is also {taken[plugins.port]} on {c2s.host}"

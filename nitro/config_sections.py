@@ -239,7 +239,11 @@ class AdminSection:
 
 # -- plugins over TCP (nitro/bridge): the XEP-0114 listener and one [plugins.NAME] table per plugin ------
 PLUGIN_MODES = ("inprocess", "process", "external")
-_PLUGIN_CORE_KEYS = ("mode", "subdomain", "secret", "module")
+# the keys of [plugins.NAME] the core reads; every other key is the plugin's own (`options`)
+_PLUGIN_CORE_KEYS = frozenset(
+    {"mode", "subdomain", "secret", "module", "priority", "filter_timeout", "failure_policy", "observe_queue"}
+    | {"privileges", "delegations", "delegation_timeout", "spool", "jetstream"}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,6 +256,19 @@ class PluginSection:
     subdomain: str = ""
     secret: str = ""
     module: str = ""  # the Python module run as `python -m MODULE`; "" means plugins.NAME
+    priority: int = 0  # its filter hooks run before those of plugins with a lower priority
+    filter_timeout: float = 2.0  # seconds a filter verdict may take before failure_policy applies
+    failure_policy: str = "open"  # a filter that times out, fails or is down: "open" passes, "closed" drops
+    observe_queue: int = 10000  # observe events held for it (while slow or down); past it they are counted
+    spool: str = ""  # a directory: its observe events are kept on disk until acknowledged (survive restarts)
+    jetstream: str = ""  # a NATS URL: the same, in the JetStream stream nitro_plugin_NAME instead
+    # XEP-0356 in the XEP's vocabulary: roster = none|get|set|both, message = none|outgoing,
+    # iq = { NAMESPACE = get|set|both }; anything not granted is <forbidden/>
+    privileges: dict[str, Any] = field(default_factory=dict, hash=False)
+    delegations: tuple[str, ...] = ()  # XEP-0355: IQ namespaces of the server it answers instead
+    delegation_timeout: float = (
+        10.0  # seconds a delegated IQ waits for the plugin; then the client gets an error
+    )
     options: dict[str, Any] = field(default_factory=dict, hash=False)
 
     @property
@@ -272,6 +289,7 @@ class PluginsSection:
     ping_interval: float = 30.0  # seconds between health pings (XEP-0199) over each link
     ping_timeout: float = 10.0  # a link whose plugin does not answer a ping in time is closed
     stop_timeout: float = 5.0  # seconds a `process` plugin has after SIGTERM before SIGKILL
+    stanzas_per_second: float = 0.0  # what one plugin link may route (burst: one second's worth); 0: no cap
     entries: tuple[PluginSection, ...] = ()  # from the [plugins.NAME] sub-tables, in file order
 
     @classmethod
@@ -284,12 +302,15 @@ class PluginsSection:
     ) -> PluginsSection:
         """Scalars are the listener's keys; each sub-table is a plugin (its unknown keys are its options)."""
         hints = typing.get_type_hints(cls)
+        entry_hints = typing.get_type_hints(PluginSection)
         values: dict[str, Any] = {}
         entries: list[PluginSection] = []
         for key, value in table.items():
             if isinstance(value, dict):
                 core = {
-                    k: convert(value[k], str, f"{where}.{key}.{k}") for k in _PLUGIN_CORE_KEYS if k in value
+                    k: convert(v, entry_hints[k], f"{where}.{key}.{k}")
+                    for k, v in value.items()
+                    if k in _PLUGIN_CORE_KEYS
                 }
                 options = {k: v for k, v in value.items() if k not in _PLUGIN_CORE_KEYS}
                 entries.append(PluginSection(name=key, options=options, **core))

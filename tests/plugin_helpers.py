@@ -131,3 +131,24 @@ def config_file(tmp_path: Path, plugins: dict[str, dict[str, Any]], **listener: 
     path = tmp_path / "nitro.toml"
     path.write_text("\n".join(lines) + "\n")
     return load_config(path)
+
+
+async def raw_hooks(
+    port: int, hooks: list[tuple[str, str]], domain: str = ECHO
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A raw component that registered `hooks` ((event, kind) pairs) and got the result."""
+    reader, writer, answer = await raw_authenticated(port, domain)
+    assert b"error" not in answer
+    items = "".join(f"<hook event='{event}' kind='{kind}'/>" for event, kind in hooks)
+    writer.write(
+        f"<iq type='set' id='reg' from='{domain}' to='localhost'>"
+        f"<register xmlns='urn:nitro:plugin:hooks:0'>{items}</register></iq>".encode()
+    )
+    registered = await read_until(reader, b"reg")
+    assert b'type="result"' in registered or b"type='result'" in registered, registered
+    return reader, writer
+
+
+def filter_ids(data: bytes) -> list[str]:
+    """The ids of the filter requests in what a raw component read."""
+    return re.findall(r"<iq [^>]*id=\"(hook-\d+)\"", data.decode())

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 REPOSITORY = Path(__file__).parent.parent
-DEV_ONLY = ("pytest", "pytest_asyncio", "slixmpp", "ruff", "mypy", "lxml-stubs", "pymysql")
+# slixmpp is a runtime dependency: the plugin SDK (nitro/sdk) and the echo plugin `make run` starts use it
+DEV_ONLY = ("pytest", "pytest_asyncio", "ruff", "mypy", "lxml-stubs", "pymysql")
 
 
 def make_dry_run(target: str, venv: Path) -> list[str]:

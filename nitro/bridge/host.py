@@ -49,6 +49,7 @@ class PluginHost:
         self._flushing: asyncio.Task[None] | None = None
         self._expiring: asyncio.Task[None] | None = None
         self.bounced = 0  # stanzas answered with service-unavailable because the plugin was down
+        self.on_attach: list[Callable[[Link], None]] = []  # told when a link attaches (hooks, privileges)
 
     @property
     def name(self) -> str:
@@ -87,6 +88,8 @@ class PluginHost:
         self.link = link
         if self._held:
             self._start_flush()
+        for listener in self.on_attach:
+            listener(link)
 
     def detach(self, link: Link) -> None:
         if self.link is link:

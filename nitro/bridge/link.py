@@ -59,6 +59,7 @@ class ComponentLink:
         max_stanza_bytes: int,
         extension: Extension | None = None,
         health: Health | None = None,
+        stanzas_per_second: float = 0.0,
     ) -> None:
         self._reader = reader
         self._writer = writer
@@ -68,6 +69,7 @@ class ComponentLink:
         self._write_timeout = write_timeout
         self._extension = extension
         self._health = health
+        self._rate = stanzas_per_second
         self._parser = XMLStreamParser(
             content_namespaces=frozenset({ns.COMPONENT}), max_stanza_bytes=max_stanza_bytes
         )
@@ -108,11 +110,11 @@ class ComponentLink:
         except (ConnectionError, OSError) as exc:
             log.info("component link from %s (%s) lost: %s", self.peer, self.domain, exc)
         finally:
+            self.detach()  # first: from now on stanzas for the plugin are held, not written to a dead socket
             for helper in helpers:
                 helper.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await helper
-            self.detach()
             await self._close(None)
 
     def detach(self) -> None:
@@ -166,13 +168,27 @@ class ComponentLink:
             element = event.element
             if element.tag in STANZAS:
                 check_component_from(self.host.domain, element)  # XEP-0114 §3.1: invalid-from
+                if self._extension is not None and await self._extension(self, element):
+                    continue  # the hook protocol's own (nitro/bridge/hooks.py)
                 await self._queue.put(to_internal(element, ns.COMPONENT))
-            elif self._extension is None or not await self._extension(self, element):
+            else:
                 raise StreamError("unsupported-stanza-type", f"{element.tag} is not a stanza")
 
     async def _route_in_order(self) -> None:
+        """Route what the component sent, in order; at most `stanzas_per_second` (a token bucket holding
+        one second's worth), so a flooding plugin fills the queue and then is not read (TCP pushes back)."""
+        loop = asyncio.get_running_loop()
+        rate = self._rate
+        tokens, last = rate, loop.time()
         while True:
             stanza = await self._queue.get()
+            if rate > 0:
+                now = loop.time()
+                tokens, last = min(rate, tokens + (now - last) * rate), now
+                if tokens < 1:
+                    await asyncio.sleep((1 - tokens) / rate)
+                    tokens, last = 1.0, loop.time()
+                tokens -= 1
             try:
                 await self._route(stanza)  # the router turns failures into error replies itself
             except Exception:
@@ -190,6 +206,8 @@ class ComponentLink:
         await self._drain()
 
     async def _write(self, element: etree._Element) -> None:
+        if self._writer.is_closing():  # a write now would vanish without an error
+            raise ConnectionError("the link is closing")
         self._writer.write(serialize(element))
         await self._drain()
 

@@ -12,8 +12,11 @@ from contextlib import asynccontextmanager
 from lxml import etree
 
 from nitro.bridge.handshake import peer_allowed
+from nitro.bridge.hooks import Hooks
 from nitro.bridge.host import PluginHost
 from nitro.bridge.link import ComponentLink, Extension
+from nitro.bridge.metrics import PluginCollector
+from nitro.bridge.privilege import Powers
 from nitro.bridge.supervisor import Supervisor
 from nitro.core.context import Core
 from nitro.xmpp import ns
@@ -37,8 +40,16 @@ class Bridge:
             for entry in self.config.entries
         ]
         self.listener: asyncio.Server | None = None
-        self.extension: Extension | None = None  # the hook namespace on the link (nitro/bridge/hooks)
+        self.hooks = Hooks(core, self.plugins)  # urn:nitro:plugin:hooks:0 on every link
+        self.powers = Powers(core, self.plugins)  # XEP-0356 privileges, XEP-0355 delegations
+        self.extension: Extension | None = self._extension
+        self._collector = PluginCollector(self.plugins, self.hooks)
+        if self.plugins:
+            core.metrics.registry.register(self._collector)
         self.supervisor: Supervisor | None = None
+
+    async def _extension(self, link: ComponentLink, element: etree._Element) -> bool:
+        return await self.hooks.handle(link, element) or await self.powers.handle(link, element)
 
     def _add(self, host: PluginHost) -> Callable[[], None]:
         self.plugins[host.name] = host
@@ -55,6 +66,7 @@ class Bridge:
         return int(self.listener.sockets[0].getsockname()[1])
 
     async def start(self) -> asyncio.Server:
+        await self.hooks.open()
         self.listener = await asyncio.start_server(self._accept, self.config.host, self.config.port)
         addresses = ", ".join(f"{s.getsockname()[0]}:{s.getsockname()[1]}" for s in self.listener.sockets)
         log.info("plugins (XEP-0114) listening on %s for %s", addresses, ", ".join(self._by_domain) or "none")
@@ -72,6 +84,7 @@ class Bridge:
             max_stanza_bytes=c2s.max_stanza_bytes,
             extension=self.extension,
             health=self._ping,
+            stanzas_per_second=self.config.stanzas_per_second,
         )
         if not peer_allowed(link.peer, self.config.allowed_peers):
             log.warning("plugin connection from %s refused: not loopback nor in allowed_peers", link.peer)
@@ -124,6 +137,10 @@ class Bridge:
             _done, pending = await asyncio.wait(set(self._tasks), timeout=2.0)
             for task in pending:
                 task.cancel()
+        await self.hooks.aclose()
+        self.powers.close()
+        if self.plugins:
+            self.core.metrics.registry.unregister(self._collector)
         for host in self.plugins.values():
             await host.close()
         for undo in self._undo:

@@ -82,7 +82,11 @@ class Supervisor:
         command = [sys.executable, "-m", entry.module_name, "--config", str(self.config.file.absolute())]
         command += ["--name", entry.name, "--core", f"127.0.0.1:{self._port()}"]
         process = await asyncio.create_subprocess_exec(
-            *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env
+            *command,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env=env,
+            limit=1 << 20,  # a line of output up to 1 MiB (a long traceback) is logged, not an error
         )
         self.processes[entry.name] = process
         log.info("plugin %s: started pid %s", entry.name, process.pid)

@@ -131,7 +131,17 @@ class RoutedStanza:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class RosterChange:
+    """Payload of `roster-changed`: `username`'s item for `jid` now has `subscription` ("remove": gone)."""
+
+    username: str
+    jid: str
+    subscription: str
+
+
 ACCOUNT_CREATED: EventKey[AccountEvent] = EventKey("account-created")
+ROSTER_CHANGED: EventKey[RosterChange] = EventKey("roster-changed")
 ACCOUNT_DELETED: EventKey[AccountEvent] = EventKey("account-deleted")
 STANZA_FILTER: EventKey[RoutedStanza] = EventKey("stanza-filter")
 

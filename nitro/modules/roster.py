@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from lxml import etree
 
+from nitro.core.events import ROSTER_CHANGED, RosterChange
 from nitro.core.locks import UserLocks
 from nitro.core.module import Module, StreamFeaturesEvent
 from nitro.core.router import StanzaEvent
@@ -96,6 +97,9 @@ def _visible(item: RosterItem | None) -> tuple[object, ...] | None:
 
 def push(server: Core, username: str, jid: str, item: RosterItem | None, version: int) -> None:
     """Roster push (§2.1.6) to every interested resource of the user, with the new version (§2.6.3)."""
+    if server.bus.has(ROSTER_CHANGED):  # observers (plugin hooks) hear of every change, pushed or not
+        change = RosterChange(username, jid, "remove" if item is None else item.subscription)
+        server.spawn(server.bus.notify(ROSTER_CHANGED, change))
     for resource in server.sessions.resources(JID.make(username, server.domain)):
         if not resource.has(INTERESTED):
             continue

@@ -13,6 +13,7 @@ from typing import Any
 
 from nitro.config import Config, ConfigError, is_loopback, load_config
 from nitro.observe.logs import configure as configure_logging
+from nitro.ops.check_plugins import check_plugins
 from nitro.ops.check_storage import check_redis, check_storage
 from nitro.ops.check_tls import check_tls
 from nitro.ops.findings import Finding, error, ok, warn
@@ -63,6 +64,8 @@ async def run_checks(config_path: Path | None) -> AsyncIterator[Finding]:
         yield finding
     for finding in check_ports(config):
         yield finding
+    for finding in check_plugins(config):
+        yield finding
     yield check_descriptors()
 
 
@@ -85,6 +88,8 @@ def check_ports(config: Config) -> Iterator[Finding]:
     listeners = [("c2s (STARTTLS)", c2s.host, c2s.port), ("c2s (Direct TLS)", c2s.host, c2s.direct_tls_port)]
     if metrics.enabled:
         listeners.append(("metrics", metrics.host, metrics.port))
+    if config.plugins.entries:
+        listeners.append(("plugins (XEP-0114)", config.plugins.host, config.plugins.port))
     for name, host, port in listeners:
         if port == 0:
             continue

@@ -41,7 +41,7 @@ RELOADED = (
     "limits",
 )
 # Sections and keys that keep their running values: sockets, storage and caches are opened once.
-RESTART_ONLY = ("storage", "pep", "metrics", "redis", "cache", "gc", "runtime", "admin")
+RESTART_ONLY = ("storage", "pep", "metrics", "redis", "cache", "gc", "runtime", "admin", "plugins")
 C2S_RESTART_ONLY = ("host", "port", "direct_tls_port", "backlog")  # the rest applies to new connections
 SERVER_RESTART_ONLY = ("domain",)
 # Modules that read their section once, when loaded: loaded again when it changes.

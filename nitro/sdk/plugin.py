@@ -11,12 +11,24 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from xml.etree import ElementTree as ET
 
-from slixmpp import Iq, Message, Presence
+from slixmpp import JID, Iq, Message, Presence
 from slixmpp.componentxmpp import ComponentXMPP
 from slixmpp.xmlstream.handler import CoroutineCallback
 from slixmpp.xmlstream.matcher.base import MatcherBase
 from slixmpp.xmlstream.stanzabase import StanzaBase
 
+from nitro.sdk.hooks import (
+    HOOKS,
+    FilterHandler,
+    ObserveHandler,
+    Pass,
+    Verdict,
+    ack_element,
+    observed,
+    register_element,
+    run_filters,
+    verdict_element,
+)
 from nitro.sdk.settings import PluginSettings
 
 log = logging.getLogger(__name__)
@@ -61,6 +73,8 @@ class Plugin:
         self._presences: list[PresenceHandler] = []
         self._iqs: list[tuple[str, str, str, IqHandler]] = []
         self._starts: list[StartHandler] = []
+        self._filters: dict[str, list[FilterHandler]] = {}
+        self._observers: dict[str, list[ObserveHandler]] = {}
         self.xmpp: ComponentXMPP | None = None  # the current connection, None while down
         self.connections = 0  # sessions started so far (a reconnect adds one)
 
@@ -84,6 +98,26 @@ class Plugin:
 
         return register
 
+    def filter(self, event: str) -> Callable[[FilterHandler], FilterHandler]:
+        """A filter hook on routed stanzas of `event` ("message", "presence", "iq"): the core waits for its
+        verdict (Pass(), Drop(condition, text), Replace(stanza)) up to the plugin's filter_timeout."""
+
+        def register(handler: FilterHandler) -> FilterHandler:
+            self._filters.setdefault(event, []).append(handler)
+            return handler
+
+        return register
+
+    def observe(self, event: str) -> Callable[[ObserveHandler], ObserveHandler]:
+        """An observe hook: copies of routed stanzas ("message", "presence", "iq") or session events
+        ("login", "logout", "roster"), sent without holding anything up."""
+
+        def register(handler: ObserveHandler) -> ObserveHandler:
+            self._observers.setdefault(event, []).append(handler)
+            return handler
+
+        return register
+
     def on_start(self, handler: StartHandler) -> StartHandler:
         """Called with the connection each time a session starts (after a reconnect too)."""
         self._starts.append(handler)
@@ -97,7 +131,7 @@ class Plugin:
         xmpp.register_plugin("xep_0030")
         xmpp.register_plugin("xep_0199")
         for handler in self._messages:
-            xmpp.add_event_handler("message", handler)
+            xmpp.add_event_handler("message", _not_hook_events(handler))
         for presence in self._presences:
             xmpp.add_event_handler("presence", presence)
         for iq_type, namespace, name, iq_handler in self._iqs:
@@ -108,9 +142,61 @@ class Plugin:
                     _answering(iq_handler),
                 )
             )
+        if self._filters or self._observers:
+            self._add_hooks(xmpp, settings)
         for start in self._starts:
             xmpp.add_event_handler("session_start", lambda _event, start=start: start(xmpp))
         return xmpp
+
+    def _add_hooks(self, xmpp: ComponentXMPP, settings: PluginSettings) -> None:
+        """Register the hooks with the core at each session start; answer filters; dispatch events."""
+        hooks = [(event, "filter") for event in self._filters] + [
+            (event, "observe") for event in self._observers
+        ]
+
+        async def register(_event: Any) -> None:
+            iq = xmpp.make_iq_set(ito=settings.server_domain, ifrom=settings.subdomain)
+            iq.append(register_element(hooks))
+            await iq.send(timeout=10)
+            log.info("plugin %s: hooks registered: %s", self.name, hooks)
+
+        async def on_filter(stanza: StanzaBase) -> None:
+            request = stanza.xml.find(f"{{{HOOKS}}}filter")
+            assert isinstance(stanza, Iq)
+            assert request is not None
+            subject = next(iter(request), None)
+            handlers = self._filters.get(request.get("event", ""), [])
+            if subject is None or not handlers:
+                verdict: Verdict = Pass()
+            else:
+                verdict = await run_filters(handlers, subject)
+            reply = stanza.reply(clear=True)
+            reply.append(verdict_element(verdict))
+            reply.send()
+
+        async def on_event(stanza: StanzaBase) -> None:
+            element = stanza.xml.find(f"{{{HOOKS}}}event")
+            assert element is not None
+            event = observed(element)
+            for handler in self._observers.get(event.name, []):
+                try:
+                    await handler(event)
+                except Exception:
+                    # not acknowledged: the core sends it again after the next reconnect
+                    log.exception("plugin %s: observer of %s failed", self.name, event.name)
+                    return
+            if event.seq:
+                ack = xmpp.make_message(mto=JID(settings.server_domain), mfrom=JID(settings.subdomain))
+                ack.append(ack_element(event))
+                ack.send()
+
+        xmpp.add_event_handler("session_start", register)
+        xmpp.register_handler(
+            CoroutineCallback(f"{self.name}:filter", _HookMatcher("iq", "filter"), on_filter)
+        )
+        xmpp.register_handler(
+            CoroutineCallback(f"{self.name}:event", _HookMatcher("message", "event"), on_event)
+        )
 
     async def main(self, settings: PluginSettings) -> None:
         """Connect to the core and stay connected (reconnecting with exponential backoff) until cancelled."""
@@ -158,6 +244,28 @@ class Plugin:
         from nitro.sdk.cli import run
 
         run(self.main, self.name, argv)
+
+
+class _HookMatcher(MatcherBase):
+    """Stanzas of the hook protocol: an IQ set carrying <filter/>, a message carrying <event/>."""
+
+    def __init__(self, kind: str, child: str) -> None:
+        super().__init__((kind, child))
+        self._kind = kind
+        self._child = f"{{{HOOKS}}}{child}"
+
+    def match(self, xml: StanzaBase) -> bool:
+        return xml.xml.tag.endswith(f"}}{self._kind}") and xml.xml.find(self._child) is not None
+
+
+def _not_hook_events(handler: MessageHandler) -> MessageHandler:
+    """Message handlers do not see the hook protocol's observe events."""
+
+    async def handle(message: Message) -> None:
+        if message.xml.find(f"{{{HOOKS}}}event") is None:
+            await handler(message)
+
+    return handle
 
 
 def _answering(handler: IqHandler) -> Callable[[StanzaBase], Awaitable[None]]:

@@ -1,5 +1,7 @@
-"""The smallest complete plugin: a component that echoes every message sent to its domain, and answers a
-version query (XEP-0092) so a client can see it is there."""
+"""The smallest complete plugin: a component that echoes every message sent to its domain, answers a
+version query (XEP-0092) so a client can see it is there, and a filter hook on every routed message:
+with the option `block = "word"`, a message whose body contains the word is refused with
+<policy-violation/>; everything else passes."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ from xml.etree import ElementTree as ET
 
 from slixmpp import Iq, Message
 
-from nitro.sdk import Plugin, PluginSettings
+from nitro.sdk import Drop, Pass, Plugin, PluginSettings, Verdict
 
 plugin = Plugin("echo")
 
@@ -27,10 +29,21 @@ async def version(_iq: Iq) -> ET.Element:
     return query
 
 
+@plugin.filter("message")
+async def block(stanza: ET.Element) -> Verdict:
+    body = stanza.findtext("{jabber:client}body")
+    word = options.get("block")
+    if word and body and word in body:
+        return Drop("policy-violation", f"messages with {word!r} are not allowed here")
+    return Pass()
+
+
 plugin_prefix: dict[str, str] = {}  # domain → the `prefix` option of its [plugins.NAME] table
+options: dict[str, str] = {}  # the last started instance's options (one echo per process is the norm)
 
 
 async def main(settings: PluginSettings) -> None:
     """The entry every plugin exposes: the supervisor awaits it (inprocess) or `__main__` runs it."""
     plugin_prefix[settings.subdomain] = str(settings.option("prefix", "echo: "))
+    options.update({key: str(value) for key, value in settings.options.items()})
     await plugin.main(settings)
