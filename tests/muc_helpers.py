@@ -23,7 +23,17 @@ from nitro.server import Server
 from plugins import muc
 
 MUC = "conference.localhost"
-CLIENT_PLUGINS = ("xep_0045", "xep_0004", "xep_0249", "xep_0313", "xep_0059", "xep_0359", "xep_0421")
+CLIENT_PLUGINS = (
+    "xep_0045",
+    "xep_0004",
+    "xep_0249",
+    "xep_0313",
+    "xep_0059",
+    "xep_0359",
+    "xep_0421",
+    "xep_0092",
+    "xep_0054",
+)
 
 
 def muc_config(tmp_path: Path, mode: str = "external", **options: Any) -> Config:

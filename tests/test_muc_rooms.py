@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 from conftest import Clients, result_of
-from muc_helpers import MUC, codes, muc_config, room_jid, running_muc, user
+from muc_helpers import CLIENT_PLUGINS, MUC, codes, muc_config, room_jid, running_muc, user
 from slixmpp import JID
-from slixmpp.exceptions import PresenceError
+from slixmpp.exceptions import IqError, PresenceError
 
 from nitro.config import Config
 from nitro.server import Server
@@ -114,3 +114,28 @@ async def test_subject_private_message_and_disco(server: Server, clients: Client
         assert ("conference", "text") in {(i[0], i[1]) for i in service["disco_info"]["identities"]}
         items = await result_of(bob.plugin["xep_0030"].get_items(jid=JID(MUC), timeout=5))
         assert [str(i[0]) for i in items["disco_items"]["items"]] == [f"lobby@{MUC}"]
+
+
+async def test_iq_to_an_occupant_is_relayed(server: Server, clients: Clients) -> None:
+    """An occupant asks another for its software version and its vCard through the room: the answers come
+    back from the occupant's room JID, never revealing the real JID (semi-anonymous room)."""
+    async with running_muc(server):
+        alice, _ = await user(clients, "alice")
+        bob = await clients.login(
+            await clients.user("bob"), plugins=(*CLIENT_PLUGINS, "xep_0092", "xep_0054")
+        )
+        vcard = bob.plugin["xep_0054"].make_vcard()
+        vcard["FN"] = "Bob Builder"
+        await bob.plugin["xep_0054"].publish_vcard(vcard)
+        await instant_room(alice, "lobby", "Alice")
+        await bob.plugin["xep_0045"].join_muc_wait(room_jid("lobby"), "Bob", timeout=10)
+        carol, _ = await user(clients, "carol")
+        await carol.plugin["xep_0045"].join_muc_wait(room_jid("lobby"), "Carol", timeout=10)
+        version = await carol.plugin["xep_0092"].get_version(JID(f"lobby@{MUC}/Bob"), timeout=10)
+        assert str(version["from"]) == f"lobby@{MUC}/Bob"
+        assert version["software_version"]["name"] == "Slixmpp"  # Bob's client answered
+        card = await carol.plugin["xep_0054"].get_vcard(JID(f"lobby@{MUC}/Bob"), timeout=10)
+        assert card["vcard_temp"]["FN"] == "Bob Builder"
+        with pytest.raises(IqError) as missing:
+            await carol.plugin["xep_0092"].get_version(JID(f"lobby@{MUC}/Nobody"), timeout=10)
+        assert missing.value.condition == "item-not-found"

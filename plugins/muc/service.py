@@ -15,6 +15,7 @@ from nitro.xmpp.jid import JID, InvalidJID
 from plugins.muc import disco, mam, room_admin, room_chat
 from plugins.muc.affiliation import Affiliation
 from plugins.muc.history import Entry, parse_request
+from plugins.muc.relay import IqRelay
 from plugins.muc.room import Out, Result, Room, RoomLimits
 from plugins.muc.store import JID_MAX, MucStore
 from plugins.muc.xml import (
@@ -63,6 +64,7 @@ class Service:
         self._outs: list[tuple[Out, int | None]] = []
         self._archive: list[tuple[Room, Entry, Element]] = []
         self.rooms: dict[str, Room] = {}
+        self.relay = IqRelay()
         self.stored: set[str] = set()  # rooms that have a row in muc_rooms
 
     async def load(self) -> None:
@@ -264,6 +266,8 @@ class Service:
     async def _iq(self, iq: Element, sender: str, to: JID) -> None:
         kind = iq.get("type")
         if kind not in ("get", "set"):
+            if to.resource is not None and (answer := self.relay.back(iq)) is not None:
+                self.sink(answer)
             return
         if len(iq) != 1:
             raise StanzaError("bad-request", "an IQ has one payload")
@@ -275,7 +279,7 @@ class Service:
         if room is None:
             raise StanzaError("item-not-found", "no such room")
         if to.resource is not None:
-            self._occupant_iq(room, iq, sender, to.resource, payload)
+            self.sink(self.relay.forward(room, iq, sender, to.resource))
             return
         tag = payload.tag
         if kind == "get" and tag == q("query", DISCO_INFO):
@@ -312,18 +316,6 @@ class Service:
             self._reply(iq, None)
         else:
             raise StanzaError("service-unavailable")
-
-    def _occupant_iq(self, room: Room, iq: Element, sender: str, nick: str, payload: Element) -> None:
-        """XEP-0410 §3.3: a self-ping is answered by the room (the client is still joined, or it gets
-        not-acceptable); other IQs to occupants are not relayed by this service."""
-        if sender not in room.by_jid:
-            raise StanzaError("not-acceptable", "you are not in this room")
-        if payload.tag == q("ping", PING) and iq.get("type") == "get":
-            if room.find_nick(nick) is None:
-                raise StanzaError("item-not-found", "no occupant has that nickname")
-            self._reply(iq, None)
-            return
-        raise StanzaError("service-unavailable", "IQs to occupants are not relayed")
 
     async def _mam(self, room: Room, iq: Element, kind: str, sender: str, payload: Element) -> None:
         """XEP-0313 on the room JID: not for banned users, nor outsiders of a members-only room."""
