@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from conftest import Clients, result_of
-from muc_helpers import MUC, create_room, join_error, muc_config, room_jid, running_muc, user
+from muc_helpers import MUC, codes, create_room, join_error, muc_config, room_jid, running_muc, user
 from slixmpp import JID
 from slixmpp.exceptions import IqError
 from sqlalchemy import text
@@ -119,3 +119,15 @@ async def test_message_not_archived_is_not_sent(server: Server, clients: Clients
         # presence and other traffic still flows
         bob.plugin["xep_0045"].leave_muc(room_jid("lobby"), "Bob")
         await alice_in.wait(lambda s: s["type"] == "unavailable" and str(s["from"]) == f"lobby@{MUC}/Bob")
+
+
+async def test_plugin_stop_tells_occupants(server: Server, clients: Clients) -> None:
+    """The plugin stopping (its task cancelled, as the server does at shutdown) sends every occupant its
+    unavailable presence with status 332 (XEP-0045 §15.6: system shutdown)."""
+    alice, alice_in = await user(clients, "alice")
+    async with running_muc(server):
+        await create_room(alice, "lobby", "Alice")
+    gone = await alice_in.wait(
+        lambda s: s["type"] == "unavailable" and str(s["from"]) == f"lobby@{MUC}/Alice"
+    )
+    assert {110, 332} <= codes(gone)

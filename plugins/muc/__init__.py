@@ -4,7 +4,6 @@ with persistent rooms and their archive (XEP-0313) in the server's SQL store."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 from nitro.sdk import PluginSettings
 from nitro.storage.sql import create_engine
@@ -27,13 +26,17 @@ async def main(settings: PluginSettings) -> None:
         await store.create_tables()
     muc.service = Service(rules, limits, store, muc.sink)
     await muc.service.load()
+    tasks = [asyncio.create_task(job) for job in (muc.work(), muc.write(), muc.main(settings))]
     try:
-        async with asyncio.TaskGroup() as tasks:
-            tasks.create_task(muc.work())
-            tasks.create_task(muc.write())
-            tasks.create_task(muc.main(settings))
+        done, _pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in done:
+            task.result()  # a worker that failed ends the plugin (the supervisor starts it again)
     finally:
-        with contextlib.suppress(Exception):
-            muc.service.shutdown()
+        # §15.6 status 332, written while the link is still up (before the SDK's task closes it)
+        muc.service.shutdown()
+        muc.write_now()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         if engine is not None:
             await engine.dispose()

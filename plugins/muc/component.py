@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from collections.abc import Iterator
 from xml.etree.ElementTree import Element
 
 from slixmpp.componentxmpp import ComponentXMPP
@@ -107,6 +108,16 @@ class MucPlugin(Plugin):
         if xmpp is not None and xmpp.transport is not None:
             xmpp.transport.resume_reading()
 
+    def write_now(self) -> None:
+        """What is waiting in the outbox, written at once (at shutdown: no yield, no waiting)."""
+        xmpp = self.xmpp
+        while not self.outbox.empty():
+            out = self.outbox.get_nowait()
+            if xmpp is None or xmpp.transport is None or xmpp.transport.is_closing():
+                continue
+            for text in _serialised(out, xmpp):
+                xmpp.send_raw(text)
+
     async def write(self) -> None:
         """Writes what the service sends: each stanza serialised once, 'to' spliced in per recipient, with a
         yield to the loop every YIELD_EVERY recipients so a large room never holds it for long."""
@@ -119,18 +130,24 @@ class MucPlugin(Plugin):
                     self.outbox.get_nowait()
                 log.warning("muc: no link for %ss: %d stanzas dropped", RECONNECT_WAIT, dropped)
                 continue
-            out.stanza.attrib.pop("to", None)
-            text = tostring(out.stanza, xmlns=STANZA, stream=xmpp, top_level=True)
-            head, rest = text.split(" ", 1) if " " in text.split(">", 1)[0] else (text[:-2], text[-2:])
             try:
-                for index, recipient in enumerate(out.recipients):
-                    xmpp.send_raw(f'{head} to="{_escape(recipient)}" {rest}')
+                for index, text in enumerate(_serialised(out, xmpp)):
+                    xmpp.send_raw(text)
                     if index % YIELD_EVERY == YIELD_EVERY - 1:
                         await asyncio.sleep(0)
                         await _drained(xmpp)
             except NotConnectedError:
                 # the link dropped mid-broadcast: the rest of this one is lost, the next waits for the link
                 log.warning("muc: the link dropped during a broadcast to %d recipients", len(out.recipients))
+
+
+def _serialised(out: Out, xmpp: ComponentXMPP) -> Iterator[str]:
+    """The stanza once serialised, with each recipient's 'to' spliced in."""
+    out.stanza.attrib.pop("to", None)
+    text = tostring(out.stanza, xmlns=STANZA, stream=xmpp, top_level=True)
+    head, rest = text.split(" ", 1) if " " in text.split(">", 1)[0] else (text[:-2], text[-2:])
+    for recipient in out.recipients:
+        yield f'{head} to="{_escape(recipient)}" {rest}'
 
 
 def _small_send_buffer(xmpp: ComponentXMPP) -> None:
