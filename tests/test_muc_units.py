@@ -13,9 +13,11 @@ from nitro.sdk import settings_from_config
 from plugins.muc.affiliation import Affiliation, Role, default_role, may_change_affiliation, may_change_role
 from plugins.muc.history import Entry, HistoryRequest, select
 from plugins.muc.nick import check_nick, nick_key
+from plugins.muc.room import Out, RoomLimits
 from plugins.muc.roomconfig import Limits, RoomConfig, parse_submission
+from plugins.muc.service import Service, ServiceRules
 from plugins.muc.settings import parse_options, rules_and_limits
-from plugins.muc.xml import DATA, MUC_ROOMCONFIG, StanzaError, q, sub
+from plugins.muc.xml import DATA, MUC, MUC_ROOMCONFIG, STANZAS, StanzaError, q, sub
 
 CONFIG = Path(__file__).resolve().parent.parent / "config" / "nitro.toml"
 
@@ -112,3 +114,26 @@ def test_options_and_shipped_config() -> None:
     assert settings.subdomain == "conference.localhost"
     options, rules, limits = rules_and_limits(settings)
     assert (rules.domain, options.history_max, limits.history_max) == ("conference.localhost", 50, 50)
+
+
+async def test_service_room_creation_rules() -> None:
+    """creators = "local": a user of another domain may not create a room (not-allowed), a local user may;
+    a room name over max_room_id_bytes is not-acceptable. The service runs here without a network."""
+    sent: list[Out] = []
+    rules = ServiceRules(
+        domain="conference.localhost", server="localhost", creators="local", max_room_id_bytes=8
+    )
+    service = Service(rules, RoomLimits(), None, sent.append)
+
+    def join(sender: str, room: str) -> Element:
+        presence = Element(q("presence"), {"from": sender, "to": f"{room}@conference.localhost/nick"})
+        sub(presence, q("x", MUC))
+        return presence
+
+    await service.handle(join("eve@elsewhere.example/r", "desk"))
+    await service.handle(join("alice@localhost/r", "d" * 9))
+    await service.handle(join("alice@localhost/r", "desk"))
+    errors = [out.stanza.find(f".//{{{STANZAS}}}*") for out in sent if out.stanza.get("type") == "error"]
+    assert [e.tag.split("}")[1] for e in errors if e is not None] == ["not-allowed", "not-acceptable"]
+    assert list(service.rooms) == ["desk@conference.localhost"]
+    assert service.rooms["desk@conference.localhost"].owners() == ["alice@localhost"]
