@@ -43,8 +43,8 @@ def test_defaults_match_the_commented_default_file() -> None:
         == REPOSITORY / "var" / "web" / "converse.js"
     )
     http = dataclasses.replace(shipped.http, web_client_dir=defaults.http.web_client_dir)
-    # the shipped file enables the echo plugin (`make run` starts it); the built-in defaults have no plugin
-    assert [entry.name for entry in shipped.plugins.entries] == ["echo"]
+    # the shipped file enables the echo and muc plugins (`make run` starts them); the defaults have none
+    assert [entry.name for entry in shipped.plugins.entries] == ["echo", "muc"]
     plugins = dataclasses.replace(shipped.plugins, entries=())
     same_paths = dataclasses.replace(
         shipped, base_dir=REPOSITORY, storage=defaults.storage, tls=defaults.tls, http=http, plugins=plugins
