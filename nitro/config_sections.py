@@ -128,6 +128,11 @@ class ArchiveSection:
     default: str = "always"
     retention_days: int = 7  # as Prosody's archive_expires_after = "1w"; 0 keeps messages forever
     max_page_size: int = 250
+    # The asynchronous writer (nitro/modules/archive_writer.py): rows per transaction, seconds a row may
+    # wait for others to join its batch, rows waiting at most before senders are paused (backpressure).
+    batch_size: int = 200
+    batch_delay: float = 0.005
+    max_pending: int = 10000
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,10 +16,12 @@ from typing import TYPE_CHECKING, Any
 from lxml import etree
 
 from nitro.c2s import acks
+from nitro.c2s.ack_gate import AckGate
 from nitro.c2s.inputs import State, counted, input_name
 from nitro.c2s.keepalive import Keepalive
 from nitro.c2s.resource_state import ResourceState
 from nitro.c2s.transport import NO_TRANSPORT, Transport
+from nitro.core import durability
 from nitro.core.module import NonzaEvent, SessionEvent, UnackedStanzas
 from nitro.observe.logs import SessionLog, enter_session
 from nitro.xmpp import ns
@@ -40,6 +42,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("nitro.c2s.stream")
 
 _XML_LANG = f"{{{ns.XML}}}lang"
+# Seconds a closing or resumed session waits for its held acknowledgements (archive commits) before it
+# reports 'h' without them (the client then sends those stanzas again: duplicates, never a loss).
+ACK_DRAIN_TIMEOUT = 5.0
 
 
 class ClientSession(ResourceState, Keepalive):
@@ -70,6 +75,7 @@ class ClientSession(ResourceState, Keepalive):
         ResourceState.__init__(self, jid)
         Keepalive.__init__(self, self.config)
         self.sm: SmState | None = None  # Stream Management (XEP-0198), once enabled
+        self._acks: AckGate | None = None  # XEP-0198 'h' held until durable, once something was held
         self.resumed: ClientSession | None = None  # set when this stream resumed that session (XEP-0198 §5)
         self._ending = False  # a close is scheduled (too many unacknowledged stanzas)
         self.closed_with: str | None = None  # the stream error the session was closed with, for the log
@@ -140,9 +146,43 @@ class ClientSession(ResourceState, Keepalive):
         if action is None:
             what = name if name != "nonza" else etree.QName(element).localname
             raise StreamError("policy-violation", f"{what} is not allowed in state {self.state.value}")
-        await action(self, element)
-        if counted(name) and self.sm is not None and not self.closed:
-            self.sm.received()  # XEP-0198 §4: counted once handled
+        if not counted(name) or self.sm is None:
+            await action(self, element)
+            return
+        with durability.collecting() as promises:
+            await action(self, element)
+        if not self.closed:
+            self._handled(promises)
+
+    def _handled(self, promises: list[durability.Promise]) -> None:
+        """XEP-0198 §4: counted once handled, and once what handling it stored is durable."""
+        assert self.sm is not None
+        if self._acks is None:
+            if not promises:
+                self.sm.received()
+                return
+            self._acks = AckGate(self._count_one, self._answer_ack)
+        self._acks.handled(promises)
+
+    def _count_one(self) -> None:
+        if self.sm is not None:
+            self.sm.received()
+
+    def _answer_ack(self) -> None:
+        if self.sm is not None and self.state is State.ESTABLISHED:
+            self.write_element(ack(self.sm))
+
+    def answer_ack_request(self) -> None:
+        """§4: `<r/>` is answered with the count of stanzas handled, held until those are durable."""
+        if self._acks is None:
+            self._answer_ack()
+        else:
+            self._acks.request()
+
+    async def acks_drained(self) -> None:
+        """Wait (boundedly) until every handled stanza counts in 'h' (see ACK_DRAIN_TIMEOUT)."""
+        if self._acks is not None and not await self._acks.drained(ACK_DRAIN_TIMEOUT):
+            self.log.warning("%d stanzas not yet stored are left out of 'h'", self._acks.holding)
 
     # -- binding (RFC 6120 §7) and resumption (XEP-0198 §5), called by the negotiation --------------------
 
@@ -176,6 +216,7 @@ class ClientSession(ResourceState, Keepalive):
     ) -> None:
         """§5: continue on `transport`; resend what the client did not acknowledge."""
         assert self.sm is not None
+        await self.acks_drained()  # 'h' of <resumed/> counts only what is durable
         self.sm.acknowledge(h)  # raises before any change if 'h' is impossible
         if self.state is State.ESTABLISHED:  # the old connection looks alive but the client has moved on
             self.log.info("resumed on another connection; closing this one")
@@ -345,6 +386,7 @@ class ClientSession(ResourceState, Keepalive):
             return
         transport = self.transport
         if self.sm is not None and self.state is State.ESTABLISHED:
+            await self.acks_drained()
             transport.send(ack(self.sm))  # §4 allows unsolicited acks: say what was handled
         transport.close_stream(error)
         await self._finish()

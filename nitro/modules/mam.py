@@ -77,6 +77,7 @@ class ArchiveIq:
         """§5: the first and the last message of the archive; empty for an empty archive."""
         _owner, username = owner_of(event)
         metadata = element(MAM, "metadata")
+        await self.archive.writer.flush(username)
         store = self.archive.store
         first = await store.query(username, ArchiveQuery(limit=1, with_count=False))
         last = await store.query(username, ArchiveQuery(before_id="", limit=1, with_count=False))
@@ -114,6 +115,7 @@ def load(module: Module) -> None:
     server = module.server
     archive = Archive(server, module)
     handlers = ArchiveIq(module, archive)
+    module.spawn(archive.writer.run())  # cancelled at shutdown, it flushes what is queued first
     for feature in FEATURES:
         module.add_feature(feature)
     for hook in ("message/bare", "message/full"):

@@ -16,12 +16,14 @@ from typing import TYPE_CHECKING
 from lxml import etree
 
 from nitro.config import ConfigError
+from nitro.core.durability import promise
 from nitro.core.module import Module
 from nitro.core.router import StanzaEvent
+from nitro.modules.archive_writer import ArchiveWriter
 from nitro.modules.mam_query import ARCHIVED_PARSER, MODES, Answer, Request
 from nitro.modules.message import message_type
 from nitro.storage.errors import ItemNotFound, NoSuchAccount, StorageError
-from nitro.storage.models import ArchivedMessage, ArchivePrefs, ArchiveQuery
+from nitro.storage.models import ArchivedMessage, ArchivePrefs, ArchiveQuery, ArchiveRow
 from nitro.xmpp import ns
 from nitro.xmpp.jid import JID, InvalidJID
 from nitro.xmpp.rsm import PageInfo
@@ -98,6 +100,7 @@ class Archive:
             raise ConfigError(f"[archive] default: {config.default!r} is not always, never or roster")
         self.default_prefs = ArchivePrefs(default)
         self.max_page_size = max(1, config.max_page_size)
+        self.writer = ArchiveWriter(self.store, lambda: server.config.archive)
 
     # -- archiving ------------------------------------------------------------------------------
 
@@ -116,27 +119,30 @@ class Archive:
         return prefs.default == "always"
 
     async def archive(self, owner: JID, peer: JID, message: etree._Element) -> str | None:
-        """Append `message` to `owner`'s archive; its id, or None when not archived.
+        """Queue `message` for `owner`'s archive; its id, or None when not archived.
 
-        Best effort: a failing archive never stops delivery (the message is then simply not archived).
+        The row is written in the background (ArchiveWriter); the stanza being handled is acknowledged to
+        its sender only once the row is committed (nitro/core/durability.py). Preferences that cannot be
+        read leave the message unarchived: a failing archive never stops delivery.
         """
         assert owner.local is not None
         try:
             if not await self.wanted(owner.local, owner, peer):
                 return None
-            archive_id = new_archive_id()
-            await self.store.append(
-                owner.local,
-                with_jid=str(peer.bare),
-                stanza=etree.tostring(message, encoding="utf-8", xml_declaration=False),
-                stanza_id=archive_id,
-                timestamp=datetime.datetime.now(datetime.UTC),
-            )
         except NoSuchAccount:
             return None
         except StorageError as exc:
             self.log.warning("message %s not archived for %s: %s", message.get("id"), owner, exc)
             return None
+        archive_id = new_archive_id()
+        row = ArchiveRow(
+            username=owner.local,
+            with_jid=str(peer.bare),
+            stanza=etree.tostring(message, encoding="utf-8", xml_declaration=False),
+            stanza_id=archive_id,
+            timestamp=datetime.datetime.now(datetime.UTC),
+        )
+        promise(await self.writer.submit(row))
         return archive_id
 
     async def on_incoming(self, event: StanzaEvent) -> None:
@@ -165,6 +171,7 @@ class Archive:
 
     async def answer(self, username: str, request: Request) -> Answer:
         """One page for `request`; ItemNotFound for an id that is not in the archive (§4.1.3, §4.3.2)."""
+        await self.writer.flush(username)  # the user's own messages of a moment ago are in the result
         page = request.page
         lower = request.after_id or page.after
         upper = request.before_id or page.before or None
