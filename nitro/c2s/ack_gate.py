@@ -9,10 +9,19 @@ handled before it are released.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 from collections.abc import Callable
 
+from lxml import etree
+
+from nitro.c2s.inputs import State
 from nitro.core.durability import Promise
+from nitro.xmpp.sm import SmState, ack
+
+# Seconds a closing or resumed session waits for its held acknowledgements (archive commits) before it
+# reports 'h' without them (the client then sends those stanzas again: duplicates, never a loss).
+ACK_DRAIN_TIMEOUT = 5.0
 
 
 def _durable(promises: list[Promise]) -> bool:
@@ -82,3 +91,47 @@ class AckGate:
         if not held and self._drained is not None:
             self._drained.set()
             self._drained = None
+
+
+class HeldAcks:
+    """The session's side (nitro/c2s/session.py): its stanzas go through a gate once one had to wait."""
+
+    sm: SmState | None
+    state: State
+    log: logging.LoggerAdapter[logging.Logger]
+
+    def __init__(self) -> None:
+        self._acks: AckGate | None = None  # created the first time a stanza's writes were not done
+
+    def write_element(self, element: etree._Element) -> None:
+        raise NotImplementedError
+
+    def _handled(self, promises: list[Promise]) -> None:
+        """XEP-0198 §4: counted once handled, and once what handling it stored is durable."""
+        assert self.sm is not None
+        if self._acks is None:
+            if not promises:
+                self.sm.received()
+                return
+            self._acks = AckGate(self._count_one, self._answer_ack)
+        self._acks.handled(promises)
+
+    def _count_one(self) -> None:
+        if self.sm is not None:
+            self.sm.received()
+
+    def _answer_ack(self) -> None:
+        if self.sm is not None and self.state is State.ESTABLISHED:
+            self.write_element(ack(self.sm))
+
+    def answer_ack_request(self) -> None:
+        """§4: `<r/>` is answered with the count of stanzas handled, held until those are durable."""
+        if self._acks is None:
+            self._answer_ack()
+        else:
+            self._acks.request()
+
+    async def acks_drained(self) -> None:
+        """Wait (boundedly) until every handled stanza counts in 'h' (see ACK_DRAIN_TIMEOUT)."""
+        if self._acks is not None and not await self._acks.drained(ACK_DRAIN_TIMEOUT):
+            self.log.warning("%d stanzas not yet stored are left out of 'h'", self._acks.holding)

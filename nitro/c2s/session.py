@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from lxml import etree
 
 from nitro.c2s import acks
-from nitro.c2s.ack_gate import AckGate
+from nitro.c2s.ack_gate import HeldAcks
 from nitro.c2s.inputs import State, counted, input_name
 from nitro.c2s.keepalive import Keepalive
 from nitro.c2s.resource_state import ResourceState
@@ -42,12 +42,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("nitro.c2s.stream")
 
 _XML_LANG = f"{{{ns.XML}}}lang"
-# Seconds a closing or resumed session waits for its held acknowledgements (archive commits) before it
-# reports 'h' without them (the client then sends those stanzas again: duplicates, never a loss).
-ACK_DRAIN_TIMEOUT = 5.0
 
 
-class ClientSession(ResourceState, Keepalive):
+class ClientSession(ResourceState, Keepalive, HeldAcks):
     """One bound resource: stamps 'from' on what its client sends and hands it to the router; receives
     what is delivered to it."""
 
@@ -75,7 +72,7 @@ class ClientSession(ResourceState, Keepalive):
         ResourceState.__init__(self, jid)
         Keepalive.__init__(self, self.config)
         self.sm: SmState | None = None  # Stream Management (XEP-0198), once enabled
-        self._acks: AckGate | None = None  # XEP-0198 'h' held until durable, once something was held
+        HeldAcks.__init__(self)
         self.resumed: ClientSession | None = None  # set when this stream resumed that session (XEP-0198 §5)
         self._ending = False  # a close is scheduled (too many unacknowledged stanzas)
         self.closed_with: str | None = None  # the stream error the session was closed with, for the log
@@ -153,36 +150,6 @@ class ClientSession(ResourceState, Keepalive):
             await action(self, element)
         if not self.closed:
             self._handled(promises)
-
-    def _handled(self, promises: list[durability.Promise]) -> None:
-        """XEP-0198 §4: counted once handled, and once what handling it stored is durable."""
-        assert self.sm is not None
-        if self._acks is None:
-            if not promises:
-                self.sm.received()
-                return
-            self._acks = AckGate(self._count_one, self._answer_ack)
-        self._acks.handled(promises)
-
-    def _count_one(self) -> None:
-        if self.sm is not None:
-            self.sm.received()
-
-    def _answer_ack(self) -> None:
-        if self.sm is not None and self.state is State.ESTABLISHED:
-            self.write_element(ack(self.sm))
-
-    def answer_ack_request(self) -> None:
-        """§4: `<r/>` is answered with the count of stanzas handled, held until those are durable."""
-        if self._acks is None:
-            self._answer_ack()
-        else:
-            self._acks.request()
-
-    async def acks_drained(self) -> None:
-        """Wait (boundedly) until every handled stanza counts in 'h' (see ACK_DRAIN_TIMEOUT)."""
-        if self._acks is not None and not await self._acks.drained(ACK_DRAIN_TIMEOUT):
-            self.log.warning("%d stanzas not yet stored are left out of 'h'", self._acks.holding)
 
     # -- binding (RFC 6120 §7) and resumption (XEP-0198 §5), called by the negotiation --------------------
 
