@@ -28,6 +28,7 @@ RANGES: dict[str, dict[str, _Range]] = {
         "release_parser_after": _POSITIVE,
         "max_resources_per_account": _AT_LEAST_ONE,
         "max_negotiating": _AT_LEAST_ONE,
+        "max_logins_per_account": _AT_LEAST_ONE,
     },
     "auth": {
         "max_failures_per_stream": _AT_LEAST_ONE,

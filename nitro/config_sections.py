@@ -48,6 +48,7 @@ class C2SSection:
     release_parser_after: float = 5.0
     max_resources_per_account: int = 10
     max_negotiating: int = 100
+    max_logins_per_account: int = 4  # streams of one account between SASL and bind at once
 
 
 @dataclass(frozen=True, slots=True)

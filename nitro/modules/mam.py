@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 
+from nitro.core.events import AccountEvent
 from nitro.core.module import Module
 from nitro.core.router import StanzaEvent
 from nitro.modules.disco import DiscoEvent
@@ -95,9 +96,13 @@ class ArchiveIq:
         try:
             if event.type == "set":
                 prefs = parse_prefs(node)
-                await self.archive.store.set_prefs(username, prefs)  # durable before the result
+                self.archive.forget(username)
+                try:
+                    await self.archive.store.set_prefs(username, prefs)  # durable before the result
+                finally:
+                    self.archive.forget(username)
             else:
-                prefs = await self.archive.store.get_prefs(username) or self.archive.default_prefs
+                prefs = await self.archive.prefs_of(username) or self.archive.default_prefs
         except NoSuchAccount as exc:
             raise StanzaError("item-not-found", "no such account") from exc
         await event.reply(iq_result(event.stanza, prefs_element(prefs)))
@@ -132,6 +137,12 @@ def load(module: Module) -> None:
         module.hook(name, handler)
         module.hook(name.replace("/self/", "/bare/"), handlers.someone_elses)
     module.hook("disco-info/account", handlers.account_features)
+
+    async def account_changed(event: AccountEvent) -> None:
+        archive.forget(event.username)
+
+    for name in ("account-created", "account-deleted"):
+        module.hook(name, account_changed)
 
     retention_days = server.config.archive.retention_days
     if retention_days > 0:

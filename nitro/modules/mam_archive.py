@@ -10,6 +10,7 @@ import dataclasses
 import datetime
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 SID = "urn:xmpp:sid:0"  # XEP-0359
 HINTS = "urn:xmpp:hints"  # XEP-0334
 RETENTION_INTERVAL = 3600.0  # seconds between two retention sweeps
+PREFS_CACHED = 10_000  # users whose preferences the archive keeps in memory (embedded default only)
 RESOURCE_SCAN_PAGES = 20  # a full-JID 'with' filters in Python over at most this many storage pages
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # base32 whose digits sort like the numbers they encode
 
@@ -101,12 +103,18 @@ class Archive:
         self.default_prefs = ArchivePrefs(default)
         self.max_page_size = max(1, config.max_page_size)
         self.writer = ArchiveWriter(self.store, lambda: server.config.archive)
+        # Deciding whether to archive must not wait for SQL on the delivery path. Without a ring this
+        # process is the only writer of preferences (they change through `prefs`, accounts through the
+        # account events), so it may remember them; with a ring, the tiers cache them (nitro/storage).
+        single = server.tiers is None or server.tiers.ring is None
+        self._prefs: OrderedDict[str, ArchivePrefs | None] | None = OrderedDict() if single else None
+        self._prefs_changes = 0  # bumped by `forget`: a read that overlapped a change is not kept
 
     # -- archiving ------------------------------------------------------------------------------
 
     async def wanted(self, username: str, owner: JID, peer: JID) -> bool:
         """XEP-0441 §2: the never list wins, then the always list, then the default."""
-        prefs = await self.store.get_prefs(username) or self.default_prefs
+        prefs = await self.prefs_of(username) or self.default_prefs
         if listed(prefs.never, peer):
             return False
         if listed(prefs.always, peer):
@@ -117,6 +125,26 @@ class Archive:
                 or await self.server.storage.rosters.get_item(username, str(peer.bare)) is not None
             )
         return prefs.default == "always"
+
+    async def prefs_of(self, username: str) -> ArchivePrefs | None:
+        """The user's stored preferences (None: never set), remembered when this process alone writes them."""
+        cache = self._prefs
+        if cache is not None and username in cache:
+            cache.move_to_end(username)
+            return cache[username]
+        changes = self._prefs_changes
+        prefs = await self.store.get_prefs(username)
+        if cache is not None and changes == self._prefs_changes:
+            cache[username] = prefs
+            if len(cache) > PREFS_CACHED:
+                cache.popitem(last=False)
+        return prefs
+
+    def forget(self, username: str) -> None:
+        """The user's preferences changed, or the account came or went."""
+        self._prefs_changes += 1
+        if self._prefs is not None:
+            self._prefs.pop(username, None)
 
     async def archive(self, owner: JID, peer: JID, message: etree._Element) -> str | None:
         """Queue `message` for `owner`'s archive; its id, or None when not archived.
