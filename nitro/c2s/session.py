@@ -304,6 +304,7 @@ class ClientSession(ResourceState, Keepalive, HeldAcks):
         self.server.metrics.stanza_sent(element.tag)
         sm = self.sm
         if sm is not None and is_stanza(element):
+            ending = self._ending  # past a bound already: queued (for §4's fate at the close), not written
             sm.sent(element, delay_from=self.server.domain)
             settings = self.server.config.stream_management
             if len(sm.unacked) > settings.max_unacked:
@@ -320,7 +321,8 @@ class ClientSession(ResourceState, Keepalive, HeldAcks):
                         f"more than {settings.max_unacked_bytes} bytes unacknowledged (XEP-0198 §4)",
                     )
                 )
-            self.transport.send(element)
+            if not ending:
+                self.transport.send(element)
             if self.state is State.ESTABLISHED and sm.request_due(settings.ack_request_every):
                 self.transport.send(ack_request())
         else:
