@@ -355,7 +355,8 @@ class ClientSession(ResourceState, Keepalive, HeldAcks):
             return
         transport = self.transport
         if self.sm is not None and self.state is State.ESTABLISHED:
-            await self.acks_drained()
+            if error is None or error.condition != "system-shutdown":  # shutdown closes one by one
+                await self.acks_drained()
             transport.send(ack(self.sm))  # §4 allows unsolicited acks: say what was handled
         transport.close_stream(error)
         await self._finish()
