@@ -29,6 +29,7 @@ RANGES: dict[str, dict[str, _Range]] = {
         "release_parser_after": _POSITIVE,
         "max_resources_per_account": _AT_LEAST_ONE,
         "max_negotiating": _AT_LEAST_ONE,
+        "max_logins_per_account": _AT_LEAST_ONE,
     },
     "auth": {
         "max_failures_per_stream": _AT_LEAST_ONE,
@@ -58,7 +59,13 @@ RANGES: dict[str, dict[str, _Range]] = {
         "max_names_before_auth": (32, None, True),  # a login and an in-band registration need some 40
         "preauth_streams_per_thread": _NOT_NEGATIVE,  # 0: no parsing threads
     },
-    "archive": {"retention_days": _NOT_NEGATIVE, "max_page_size": _AT_LEAST_ONE},
+    "archive": {
+        "retention_days": _NOT_NEGATIVE,
+        "max_page_size": _AT_LEAST_ONE,
+        "batch_size": _AT_LEAST_ONE,
+        "batch_delay": _NOT_NEGATIVE,
+        "max_pending": _AT_LEAST_ONE,
+    },
     "pep": {
         "max_item_bytes": _AT_LEAST_ONE,
         "max_items_per_node": _AT_LEAST_ONE,

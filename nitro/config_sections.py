@@ -53,6 +53,7 @@ class C2SSection:
     release_parser_after: float = 5.0
     max_resources_per_account: int = 10
     max_negotiating: int = 100
+    max_logins_per_account: int = 4  # streams of one account between SASL and bind at once
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +134,11 @@ class ArchiveSection:
     default: str = "always"
     retention_days: int = 7  # as Prosody's archive_expires_after = "1w"; 0 keeps messages forever
     max_page_size: int = 250
+    # The asynchronous writer (nitro/modules/archive_writer.py): rows per transaction, seconds a row may
+    # wait for others to join its batch, rows waiting at most before senders are paused (backpressure).
+    batch_size: int = 200
+    batch_delay: float = 0.005
+    max_pending: int = 10000
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,6 +19,7 @@ from nitro.core.directory import SessionDirectory
 from nitro.core.disco import DiscoRegistry
 from nitro.core.events import EventBus
 from nitro.core.hosts import HostTable
+from nitro.core.logins import AccountLogins
 from nitro.core.module import BUILTIN_MODULES, Module, load_module
 from nitro.core.router import Router
 from nitro.core.sessions import Sessions
@@ -76,6 +77,7 @@ class Server:
         self.deliver = self.delivery.deliver  # the one way modules reach another entity's session
         self.router = Router(self, self.bus, self.delivery)
         self.negotiations = asyncio.Semaphore(config.c2s.max_negotiating)
+        self.account_logins = AccountLogins(lambda: self.config.c2s.max_logins_per_account)
         self.auth_throttle = FailureThrottle(config.auth.throttle_failures, config.auth.throttle_window)
         # connections per address and pre-authentication parsing, shared by every transport
         self.transport_limits = SharedLimits.of(lambda: self.config)

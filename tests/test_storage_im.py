@@ -33,6 +33,7 @@ from nitro.storage import (
     StorageError,
     StorageUnavailable,
 )
+from nitro.storage.models import ArchiveRow
 from nitro.storage.schema import metadata
 from nitro.storage.sql import alembic_config, create_engine, open_sql_storage, upgrade_schema
 from nitro.storage.sql_archive import SqlArchiveStore
@@ -154,6 +155,28 @@ async def test_archive_round_trips_a_message(storage: Storage) -> None:
     assert page.first_index == 0
     assert page.messages[0].timestamp.tzinfo is not None
     assert await storage.archive.count("juliet") == 1
+
+
+async def test_a_batch_is_one_transaction_over_several_archives(storage: Storage) -> None:
+    rows = [
+        ArchiveRow(user, ROMEO, stanza(n), f"{user}-{n}", T0 + timedelta(seconds=n))
+        for n in range(6)
+        for user in ("juliet", "romeo", "nobody")  # nobody's account does not exist: skipped
+    ]
+    assert await storage.archive.append_batch(rows) == 12
+    page = await storage.archive.query("juliet", ArchiveQuery())
+    assert [m.id for m in page.messages] == [f"juliet-{n}" for n in range(6)]  # in the batch's order
+    assert await storage.archive.count("romeo") == 6
+    assert await storage.archive.append_batch([]) == 0
+    bad = [
+        ArchiveRow("juliet", ROMEO, stanza(7), "juliet-7", T0),
+        ArchiveRow("juliet", ROMEO, stanza(8), "", T0),
+    ]
+    with pytest.raises(ValueError, match="archive id"):
+        await storage.archive.append_batch(bad)
+    with pytest.raises(StorageError):  # an id used twice fails the whole batch
+        await storage.archive.append_batch([ArchiveRow("juliet", ROMEO, stanza(9), "juliet-9", T0)] * 2)
+    assert await storage.archive.count("juliet") == 6  # neither failed batch left a row
 
 
 async def test_archive_filters_and_their_combinations(storage: Storage) -> None:

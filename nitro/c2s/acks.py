@@ -11,7 +11,7 @@ from lxml import etree
 from nitro.core.context import Session
 from nitro.core.module import SessionEvent
 from nitro.xmpp.errors import StreamError
-from nitro.xmpp.sm import SmState, ack, enabled, failed, parse_h
+from nitro.xmpp.sm import SmState, enabled, failed, parse_h
 
 if TYPE_CHECKING:
     from nitro.core.context import Core
@@ -24,6 +24,8 @@ class ManagedSession(Session, Protocol):
 
     @property
     def server(self) -> Core: ...
+
+    def answer_ack_request(self) -> None: ...
 
 
 async def enable(session: ManagedSession, element: etree._Element) -> bool:
@@ -46,8 +48,9 @@ async def enable(session: ManagedSession, element: etree._Element) -> bool:
 
 
 async def request(session: ManagedSession, _element: etree._Element) -> bool:
-    """§4: `<r/>` is answered with the count of stanzas handled so far."""
-    session.write_element(ack(_managed(session)))
+    """§4: `<r/>` is answered with the count of stanzas handled so far (once what they stored is durable)."""
+    _managed(session)
+    session.answer_ack_request()
     return False
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -51,8 +52,15 @@ def prepare_username(authcid: str, domain: str) -> str:
 class Authenticator:
     """Drives one mechanism's steps; raises SaslFailure on any failure (the session reports it)."""
 
-    def __init__(self, mechanism: str, accounts: AccountStore, domain: str) -> None:
+    def __init__(
+        self,
+        mechanism: str,
+        accounts: AccountStore,
+        domain: str,
+        admit: Callable[[str], Awaitable[None]] | None = None,
+    ) -> None:
         self.mechanism = mechanism
+        self._admit = admit  # awaited once the username is known, before the account is looked up
         self._accounts = accounts
         self._domain = domain
         self._scram = ScramServer(SCRAM_HASHES[mechanism]) if mechanism in SCRAM_HASHES else None
@@ -69,6 +77,8 @@ class Authenticator:
             authcid = self._scram.client_first(data)
             self._username = prepare_username(authcid, self._domain)
             self._check_authzid(self._scram.authzid)
+            if self._admit is not None:
+                await self._admit(self._username)
             credentials = await self._accounts.get_credentials(self._username)
             credential = credentials.get(SCRAM_HASHES[self.mechanism]) if credentials else None
             return Challenge(self._scram.server_first(credential))
@@ -79,6 +89,8 @@ class Authenticator:
         authzid, authcid, password = parse_plain(data)
         username = prepare_username(authcid, self._domain)
         self._check_authzid(authzid, username)
+        if self._admit is not None:
+            await self._admit(username)
         credentials = await self._accounts.get_credentials(username)
         credential = credentials.get("SHA-256") or credentials.get("SHA-1") if credentials else None
         # PBKDF2 takes milliseconds: off the event loop, and on one thread of its own, so a login storm

@@ -49,6 +49,7 @@ class ClientStream:
         self._opened_at = time.monotonic()
         self._end_reason: str | None = None  # why the connection ends, once known
         server.track(self._negotiation)
+        self._negotiation.yield_slot = self._release  # waiting for its account's login turn
         self._negotiation.log.info("connected from %s over %s", transport.peer_host, transport.kind)
 
     @property

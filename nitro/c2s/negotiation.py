@@ -7,6 +7,7 @@ Binding creates the `ClientSession` other users reach; resuming (XEP-0198 §5) a
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import secrets
@@ -20,6 +21,7 @@ from nitro.c2s.authn import Authenticator, Challenge, mechanisms
 from nitro.c2s.inputs import State, input_name
 from nitro.c2s.session import ClientSession
 from nitro.c2s.transport import StreamHeader, Transport
+from nitro.core.logins import Turn
 from nitro.core.module import ResumeRequest, StreamFeaturesEvent, UnauthenticatedIq
 from nitro.core.slots import SlotValues
 from nitro.observe.logs import SessionLog, enter_session
@@ -63,6 +65,8 @@ class Negotiation:
         self.closed_with: str | None = None  # the stream error this stream was closed with, for the log
         self._auth: Authenticator | None = None
         self._auth_failures = 0
+        self._turn: Turn | None = None  # one of the account's login turns (nitro/core/logins.py)
+        self.yield_slot: Callable[[], None] = lambda: None  # gives up the server-wide negotiation slot
         self.negotiation_deadline = time.monotonic() + self.config.negotiation_timeout
 
     def __repr__(self) -> str:
@@ -192,10 +196,24 @@ class Negotiation:
         if mechanism not in self._mechanisms():
             self._sasl_failure(SaslFailure("invalid-mechanism", f"{mechanism!r} is not offered"))
             return False
-        self._auth = Authenticator(mechanism, self.server.storage.accounts, self.domain)
+        self._auth = Authenticator(mechanism, self.server.storage.accounts, self.domain, self._take_turn)
         self.state = State.SASL
         await self._sasl_step(element)
         return False  # _sasl_step moved the state on (SASL, a restart, or back to NEGOTIATING)
+
+    async def _take_turn(self, username: str) -> None:
+        """Wait, unread, for a login turn of the account (bounded by the negotiation deadline)."""
+        if self.server.account_logins.busy(username):
+            self.yield_slot()  # waiting for this account's turn, not for the server's
+        try:
+            async with asyncio.timeout(max(0.0, self.negotiation_deadline - time.monotonic())):
+                self._turn = await self.server.account_logins.enter(username)
+        except TimeoutError:
+            raise StreamError("connection-timeout", "stream negotiation took too long") from None
+
+    def _leave_turn(self) -> None:
+        if self._turn is not None:
+            self._turn.leave()
 
     async def _on_response(self, element: etree._Element) -> bool:
         await self._sasl_step(element)
@@ -203,6 +221,7 @@ class Negotiation:
 
     async def _on_abort(self, _element: etree._Element) -> bool:
         self._auth = None
+        self._leave_turn()
         self._send_sasl("failure", None, condition="aborted")
         return True
 
@@ -233,6 +252,7 @@ class Negotiation:
 
     def _sasl_failure(self, failure: SaslFailure) -> None:
         self._auth = None
+        self._leave_turn()
         self.state = State.NEGOTIATING
         self._send_sasl("failure", None, condition=failure.condition, text=failure.text)
         if failure.condition in ("not-authorized", "invalid-authzid"):
@@ -287,6 +307,7 @@ class Negotiation:
         bound = self.server.sessions.resources(jid.bare)
         limit = self.config.max_resources_per_account
         if len(bound) >= limit and all(resource.jid != jid for resource in bound):
+            self._leave_turn()
             self.log.info("bind refused: %d resources bound already", len(bound))
             error = StanzaError("resource-constraint", f"at most {limit} resources per account", type="wait")
             self.send(error_reply(iq, error))  # RFC 6120 §7.6.2.1; the client may retry later
@@ -303,6 +324,7 @@ class Negotiation:
         self.log.extra = {"session": self.id, "jid": jid}
         self._hand_over(session)
         await session.bind(iq)
+        self._leave_turn()
         return True
 
     async def _on_unbound_stanza(self, stanza: etree._Element) -> bool:
@@ -322,6 +344,7 @@ class Negotiation:
         previd = element.get("previd") or ""
         h = parse_h(element.get("h"))
         request = ResumeRequest(previd, self.jid)
+        self._leave_turn()
         await self.server.bus.fire("sm-resume", request)
         old = request.found
         if not isinstance(old, ClientSession) or not old.resumable_by(previd, self.jid):
@@ -352,11 +375,13 @@ class Negotiation:
             if not self.header_sent:
                 self.transport.open_stream(StreamHeader(from_=self.domain, id=None))
         self.state = State.CLOSED
+        self._leave_turn()
         self.server.untrack(self)
         self.transport.close_stream(error)
 
     async def connection_lost(self) -> None:
         self.state = State.CLOSED
+        self._leave_turn()
         self.server.untrack(self)
 
     def next_deadline(self) -> float:

@@ -16,10 +16,12 @@ from typing import TYPE_CHECKING, Any
 from lxml import etree
 
 from nitro.c2s import acks
+from nitro.c2s.ack_gate import HeldAcks
 from nitro.c2s.inputs import State, counted, input_name
 from nitro.c2s.keepalive import Keepalive
 from nitro.c2s.resource_state import ResourceState
 from nitro.c2s.transport import NO_TRANSPORT, Transport
+from nitro.core import durability
 from nitro.core.module import NonzaEvent, SessionEvent, UnackedStanzas
 from nitro.observe.logs import SessionLog, enter_session
 from nitro.xmpp import ns
@@ -42,7 +44,7 @@ log = logging.getLogger("nitro.c2s.stream")
 _XML_LANG = f"{{{ns.XML}}}lang"
 
 
-class ClientSession(ResourceState, Keepalive):
+class ClientSession(ResourceState, Keepalive, HeldAcks):
     """One bound resource: stamps 'from' on what its client sends and hands it to the router; receives
     what is delivered to it."""
 
@@ -70,6 +72,7 @@ class ClientSession(ResourceState, Keepalive):
         ResourceState.__init__(self, jid)
         Keepalive.__init__(self, self.config)
         self.sm: SmState | None = None  # Stream Management (XEP-0198), once enabled
+        HeldAcks.__init__(self)
         self.resumed: ClientSession | None = None  # set when this stream resumed that session (XEP-0198 §5)
         self._ending = False  # a close is scheduled (too many unacknowledged stanzas)
         self.closed_with: str | None = None  # the stream error the session was closed with, for the log
@@ -161,9 +164,13 @@ class ClientSession(ResourceState, Keepalive):
             raise StreamError("policy-violation", f"{what} is not allowed in state {self.state.value}")
         self.busy = True
         try:
-            await action(self, element)
-            if counted(name) and self.sm is not None and not self.closed:
-                self.sm.received()  # XEP-0198 §4: counted once handled
+            if not counted(name) or self.sm is None:
+                await action(self, element)
+                return
+            with durability.collecting() as promises:
+                await action(self, element)
+            if not self.closed:
+                self._handled(promises)  # XEP-0198 §4: counted once handled (and what it stored is durable)
         finally:
             self.busy = False
 
@@ -199,6 +206,7 @@ class ClientSession(ResourceState, Keepalive):
     ) -> None:
         """§5: continue on `transport`; resend what the client did not acknowledge."""
         assert self.sm is not None
+        await self.acks_drained()  # 'h' of <resumed/> counts only what is durable
         self.sm.acknowledge(h)  # raises before any change if 'h' is impossible
         if self.state is State.ESTABLISHED:  # the old connection looks alive but the client has moved on
             self.log.info("resumed on another connection; closing this one")
@@ -322,6 +330,7 @@ class ClientSession(ResourceState, Keepalive):
         self.server.metrics.stanza_sent(element.tag)
         sm = self.sm
         if sm is not None and is_stanza(element):
+            ending = self._ending  # past a bound already: queued (for §4's fate at the close), not written
             sm.sent(element, delay_from=self.server.domain)
             settings = self.server.config.stream_management
             if len(sm.unacked) > settings.max_unacked:
@@ -338,7 +347,8 @@ class ClientSession(ResourceState, Keepalive):
                         f"more than {settings.max_unacked_bytes} bytes unacknowledged (XEP-0198 §4)",
                     )
                 )
-            self.transport.send(element)
+            if not ending:
+                self.transport.send(element)
             if self.state is State.ESTABLISHED and sm.request_due(settings.ack_request_every):
                 self.transport.send(ack_request())
         else:
@@ -371,6 +381,8 @@ class ClientSession(ResourceState, Keepalive):
             return
         transport = self.transport
         if self.sm is not None and self.state is State.ESTABLISHED:
+            if error is None or error.condition != "system-shutdown":  # shutdown closes one by one
+                await self.acks_drained()
             transport.send(ack(self.sm))  # §4 allows unsolicited acks: say what was handled
         transport.close_stream(error)
         await self._finish()

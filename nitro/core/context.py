@@ -20,6 +20,7 @@ from nitro.core.directory import SessionDirectory
 from nitro.core.disco import DiscoRegistry
 from nitro.core.events import EventBus
 from nitro.core.hosts import HostTable
+from nitro.core.logins import AccountLogins
 from nitro.core.sessions import Resource
 from nitro.core.slots import SlotRegistry, SlotValues
 from nitro.core.throttle import FailureThrottle
@@ -202,6 +203,10 @@ class Core(Protocol):
     @property
     def negotiations(self) -> asyncio.Semaphore:
         """Slots for streams negotiating at once (`[c2s] max_negotiating`)."""
+
+    @property
+    def account_logins(self) -> AccountLogins:
+        """Login turns per account (`[c2s] max_logins_per_account`, nitro/core/logins.py)."""
 
     def deliver(self, to: JID, stanza: etree._Element) -> bool:
         """The only way to reach another entity's session (nitro/core/delivery.py)."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 
+from nitro.core.events import AccountEvent
 from nitro.core.module import Module
 from nitro.core.router import StanzaEvent
 from nitro.modules.disco import DiscoEvent
@@ -77,6 +78,7 @@ class ArchiveIq:
         """§5: the first and the last message of the archive; empty for an empty archive."""
         _owner, username = owner_of(event)
         metadata = element(MAM, "metadata")
+        await self.archive.writer.flush(username)
         store = self.archive.store
         first = await store.query(username, ArchiveQuery(limit=1, with_count=False))
         last = await store.query(username, ArchiveQuery(before_id="", limit=1, with_count=False))
@@ -94,9 +96,13 @@ class ArchiveIq:
         try:
             if event.type == "set":
                 prefs = parse_prefs(node)
-                await self.archive.store.set_prefs(username, prefs)  # durable before the result
+                self.archive.forget(username)
+                try:
+                    await self.archive.store.set_prefs(username, prefs)  # durable before the result
+                finally:
+                    self.archive.forget(username)
             else:
-                prefs = await self.archive.store.get_prefs(username) or self.archive.default_prefs
+                prefs = await self.archive.prefs_of(username) or self.archive.default_prefs
         except NoSuchAccount as exc:
             raise StanzaError("item-not-found", "no such account") from exc
         await event.reply(iq_result(event.stanza, prefs_element(prefs)))
@@ -114,6 +120,7 @@ def load(module: Module) -> None:
     server = module.server
     archive = Archive(server, module)
     handlers = ArchiveIq(module, archive)
+    module.spawn(archive.writer.run())  # cancelled at shutdown, it flushes what is queued first
     for feature in FEATURES:
         module.add_feature(feature)
     for hook in ("message/bare", "message/full"):
@@ -130,6 +137,12 @@ def load(module: Module) -> None:
         module.hook(name, handler)
         module.hook(name.replace("/self/", "/bare/"), handlers.someone_elses)
     module.hook("disco-info/account", handlers.account_features)
+
+    async def account_changed(event: AccountEvent) -> None:
+        archive.forget(event.username)
+
+    for name in ("account-created", "account-deleted"):
+        module.hook(name, account_changed)
 
     retention_days = server.config.archive.retention_days
     if retention_days > 0:

@@ -10,18 +10,21 @@ import dataclasses
 import datetime
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from lxml import etree
 
 from nitro.config import ConfigError
+from nitro.core.durability import promise
 from nitro.core.module import Module
 from nitro.core.router import StanzaEvent
+from nitro.modules.archive_writer import ArchiveWriter
 from nitro.modules.mam_query import ARCHIVED_PARSER, MODES, Answer, Request
 from nitro.modules.message import message_type
 from nitro.storage.errors import ItemNotFound, NoSuchAccount, StorageError
-from nitro.storage.models import ArchivedMessage, ArchivePrefs, ArchiveQuery
+from nitro.storage.models import ArchivedMessage, ArchivePrefs, ArchiveQuery, ArchiveRow
 from nitro.xmpp import ns
 from nitro.xmpp.jid import JID, InvalidJID
 from nitro.xmpp.rsm import PageInfo
@@ -33,6 +36,7 @@ if TYPE_CHECKING:
 SID = "urn:xmpp:sid:0"  # XEP-0359
 HINTS = "urn:xmpp:hints"  # XEP-0334
 RETENTION_INTERVAL = 3600.0  # seconds between two retention sweeps
+PREFS_CACHED = 10_000  # users whose preferences the archive keeps in memory (embedded default only)
 RESOURCE_SCAN_PAGES = 20  # a full-JID 'with' filters in Python over at most this many storage pages
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # base32 whose digits sort like the numbers they encode
 
@@ -98,12 +102,19 @@ class Archive:
             raise ConfigError(f"[archive] default: {config.default!r} is not always, never or roster")
         self.default_prefs = ArchivePrefs(default)
         self.max_page_size = max(1, config.max_page_size)
+        self.writer = ArchiveWriter(self.store, lambda: server.config.archive)
+        # Deciding whether to archive must not wait for SQL on the delivery path. Without a ring this
+        # process is the only writer of preferences (they change through `prefs`, accounts through the
+        # account events), so it may remember them; with a ring, the tiers cache them (nitro/storage).
+        single = server.tiers is None or server.tiers.ring is None
+        self._prefs: OrderedDict[str, ArchivePrefs | None] | None = OrderedDict() if single else None
+        self._prefs_changes = 0  # bumped by `forget`: a read that overlapped a change is not kept
 
     # -- archiving ------------------------------------------------------------------------------
 
     async def wanted(self, username: str, owner: JID, peer: JID) -> bool:
         """XEP-0441 §2: the never list wins, then the always list, then the default."""
-        prefs = await self.store.get_prefs(username) or self.default_prefs
+        prefs = await self.prefs_of(username) or self.default_prefs
         if listed(prefs.never, peer):
             return False
         if listed(prefs.always, peer):
@@ -115,28 +126,51 @@ class Archive:
             )
         return prefs.default == "always"
 
-    async def archive(self, owner: JID, peer: JID, message: etree._Element) -> str | None:
-        """Append `message` to `owner`'s archive; its id, or None when not archived.
+    async def prefs_of(self, username: str) -> ArchivePrefs | None:
+        """The user's stored preferences (None: never set), remembered when this process alone writes them."""
+        cache = self._prefs
+        if cache is not None and username in cache:
+            cache.move_to_end(username)
+            return cache[username]
+        changes = self._prefs_changes
+        prefs = await self.store.get_prefs(username)
+        if cache is not None and changes == self._prefs_changes:
+            cache[username] = prefs
+            if len(cache) > PREFS_CACHED:
+                cache.popitem(last=False)
+        return prefs
 
-        Best effort: a failing archive never stops delivery (the message is then simply not archived).
+    def forget(self, username: str) -> None:
+        """The user's preferences changed, or the account came or went."""
+        self._prefs_changes += 1
+        if self._prefs is not None:
+            self._prefs.pop(username, None)
+
+    async def archive(self, owner: JID, peer: JID, message: etree._Element) -> str | None:
+        """Queue `message` for `owner`'s archive; its id, or None when not archived.
+
+        The row is written in the background (ArchiveWriter); the stanza being handled is acknowledged to
+        its sender only once the row is committed (nitro/core/durability.py). Preferences that cannot be
+        read leave the message unarchived: a failing archive never stops delivery.
         """
         assert owner.local is not None
         try:
             if not await self.wanted(owner.local, owner, peer):
                 return None
-            archive_id = new_archive_id()
-            await self.store.append(
-                owner.local,
-                with_jid=str(peer.bare),
-                stanza=etree.tostring(message, encoding="utf-8", xml_declaration=False),
-                stanza_id=archive_id,
-                timestamp=datetime.datetime.now(datetime.UTC),
-            )
         except NoSuchAccount:
             return None
         except StorageError as exc:
             self.log.warning("message %s not archived for %s: %s", message.get("id"), owner, exc)
             return None
+        archive_id = new_archive_id()
+        row = ArchiveRow(
+            username=owner.local,
+            with_jid=str(peer.bare),
+            stanza=etree.tostring(message, encoding="utf-8", xml_declaration=False),
+            stanza_id=archive_id,
+            timestamp=datetime.datetime.now(datetime.UTC),
+        )
+        promise(await self.writer.submit(row))
         return archive_id
 
     async def on_incoming(self, event: StanzaEvent) -> None:
@@ -165,6 +199,7 @@ class Archive:
 
     async def answer(self, username: str, request: Request) -> Answer:
         """One page for `request`; ItemNotFound for an id that is not in the archive (§4.1.3, §4.3.2)."""
+        await self.writer.flush(username)  # the user's own messages of a moment ago are in the result
         page = request.page
         lower = request.after_id or page.after
         upper = request.before_id or page.before or None

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from lxml import etree
 
 from nitro.core.module import Module, SessionEvent
+from nitro.core.pace import paced
 from nitro.core.router import StanzaEvent
 from nitro.core.sessions import Resource
 from nitro.modules.roster import change, is_local, roster_full, roster_lock, storage_error
@@ -143,7 +144,7 @@ class Presence:
         self, session: Session, presence: etree._Element, items: tuple[RosterItem, ...]
     ) -> None:
         """To every contact with a subscription to the user, and to the user's available resources."""
-        for item in items:
+        async for item in paced(items):  # a roster of thousands: other sessions get turns meanwhile
             if state_of(item).from_ and is_local(self.server, item.jid):
                 await self.route(_addressed(presence, item.jid))
         for own in self.available_resources(session.jid.bare):
@@ -241,7 +242,7 @@ class Presence:
         """The probes of an initial presence (§4.2.2), answered locally: each online local contact the
         user is subscribed to, with every contact's roster item read in one storage call."""
         contacts: dict[str, JID] = {}
-        for item in items:
+        async for item in paced(items):
             if state_of(item).to and is_local(self.server, item.jid):
                 contact = JID.parse(item.jid)
                 if contact.local is not None and self.available_resources(contact):

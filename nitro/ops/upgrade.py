@@ -256,10 +256,11 @@ class Upgrader:
                 left.append(str(session.jid))
                 await self._close(session)
                 continue
-            if session.busy and not late:
+            settling = session.busy or session.acks_held > 0  # exported 'h' must count every handled stanza
+            if settling and not late:
                 retry.append(session)
                 continue
-            if session.busy:
+            if settling:
                 await self._until_idle(session)
             data = session.export()  # nothing awaited from here to hand_off: no stanza in between
             kept: list[etree._Element] = []
@@ -281,7 +282,7 @@ class Upgrader:
     async def _until_idle(self, session: ClientSession) -> None:
         loop = asyncio.get_running_loop()
         end = loop.time() + BUSY_WAIT
-        while session.busy and loop.time() < end:  # noqa: ASYNC110
+        while (session.busy or session.acks_held > 0) and loop.time() < end:  # noqa: ASYNC110
             await asyncio.sleep(0.01)
 
     def _close_later(self, session_id: str, transport: Any) -> None:

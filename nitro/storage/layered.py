@@ -21,6 +21,7 @@ from nitro.storage.models import (
     ArchivePage,
     ArchivePrefs,
     ArchiveQuery,
+    ArchiveRow,
     Roster,
     RosterItem,
 )
@@ -164,6 +165,9 @@ class CachedArchiveStore:
         await self._sql.append(
             username, with_jid=with_jid, stanza=stanza, stanza_id=stanza_id, timestamp=timestamp
         )
+
+    async def append_batch(self, rows: Sequence[ArchiveRow]) -> int:
+        return await self._sql.append_batch(rows)
 
     async def query(self, username: str, query: ArchiveQuery) -> ArchivePage:
         return await self._sql.query(username, query)

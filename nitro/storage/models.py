@@ -72,6 +72,17 @@ class ArchivedMessage:
 
 
 @dataclass(frozen=True, slots=True)
+class ArchiveRow:
+    """One message to append to `username`'s archive (a batch of these is one transaction)."""
+
+    username: str
+    with_jid: str  # bare JID of the other party
+    stanza: bytes
+    stanza_id: str  # the XEP-0359 id, given by the caller
+    timestamp: datetime  # UTC, aware
+
+
+@dataclass(frozen=True, slots=True)
 class ArchiveQuery:
     """The filters and paging of one archive query (XEP-0313 §4.1, XEP-0059 §2)."""
 

@@ -11,6 +11,7 @@ from nitro.storage.models import (
     ArchivePage,
     ArchivePrefs,
     ArchiveQuery,
+    ArchiveRow,
     LastActivity,
     OfflineMessage,
     PepItem,
@@ -116,6 +117,11 @@ class ArchiveStore(Protocol):
         self, username: str, *, with_jid: str, stanza: bytes, stanza_id: str, timestamp: datetime
     ) -> None:
         """Archive one message; raises NoSuchAccount (and StorageError for a stanza_id already used)."""
+        ...
+
+    async def append_batch(self, rows: Sequence[ArchiveRow]) -> int:
+        """Archive these messages in one transaction, in order; rows of accounts that do not exist (any
+        more) are skipped. Returns how many were written; StorageError leaves none written."""
         ...
 
     async def query(self, username: str, query: ArchiveQuery) -> ArchivePage:

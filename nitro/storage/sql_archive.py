@@ -8,6 +8,7 @@ to learn whether the page is the last one in its direction (XEP-0059 RSM paging)
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from datetime import datetime
 from typing import get_args
 
@@ -15,7 +16,14 @@ from sqlalchemy import ColumnElement, Row, delete, false, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from nitro.storage.errors import ItemNotFound, StorageError
-from nitro.storage.models import ArchiveDefault, ArchivedMessage, ArchivePage, ArchivePrefs, ArchiveQuery
+from nitro.storage.models import (
+    ArchiveDefault,
+    ArchivedMessage,
+    ArchivePage,
+    ArchivePrefs,
+    ArchiveQuery,
+    ArchiveRow,
+)
 from nitro.storage.schema import ARCHIVE_ID_MAX, accounts, archive_messages, archive_prefs
 from nitro.storage.sql_base import (
     DELETE_CHUNK,
@@ -80,6 +88,39 @@ class SqlArchiveStore:
         async with self._db.writer.begin() as conn:
             account_id = await self._db.existing_account_id(conn, username)
             await conn.execute(insert(archive_messages).values(account_id=account_id, **values))
+
+    @translated
+    async def append_batch(self, rows: Sequence[ArchiveRow]) -> int:
+        """One transaction for the whole batch (the commit of nitro/modules/archive_writer.py)."""
+        if not rows:
+            return 0
+        for row in rows:
+            if not 0 < len(row.stanza_id) <= ARCHIVE_ID_MAX:
+                raise ValueError(f"an archive id is 1 to {ARCHIVE_ID_MAX} characters")
+        keys = sorted({username_key(row.username) for row in rows})
+        async with self._db.writer.begin() as conn:
+            # The accounts' rows locked in one order (MariaDB), so that no account is deleted mid-batch.
+            found = select(accounts.c.username, accounts.c.id).where(accounts.c.username.in_(keys))
+            ids = {name: account_id for name, account_id in await conn.execute(found.with_for_update())}
+            values = []
+            for row in rows:
+                account_id = ids.get(username_key(row.username))
+                if account_id is None:
+                    continue  # the account is gone: nothing to archive for it
+                with_raw, with_key = contact_keys(row.with_jid)
+                values.append(
+                    {
+                        "account_id": account_id,
+                        "stanza_id": row.stanza_id,
+                        "with_key": with_key,
+                        "with_jid": with_raw,
+                        "timestamp": _aware(row.timestamp, "timestamp"),
+                        "stanza": row.stanza,
+                    }
+                )
+            if values:
+                await conn.execute(insert(archive_messages), values)
+        return len(values)
 
     @translated
     async def query(self, username: str, query: ArchiveQuery) -> ArchivePage:

@@ -4,6 +4,7 @@ the roster.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable, Sequence
 from typing import Any, get_args
@@ -57,6 +58,9 @@ def _item_from_row(row: Row[Any]) -> RosterItem:
     )
 
 
+_DECODE_SLICE = 250  # roster rows decoded between two turns of the event loop
+
+
 class SqlRosterStore:
     """RosterStore on SQL; the version is bumped in the transaction that changes the roster."""
 
@@ -75,7 +79,12 @@ class SqlRosterStore:
                 .where(roster_items.c.account_id == account_id)
                 .order_by(roster_items.c.contact)
             )
-            return Roster(version=version, items=tuple(_item_from_row(row) for row in result))
+            items = []
+            for index, row in enumerate(result, 1):
+                items.append(_item_from_row(row))
+                if index % _DECODE_SLICE == 0:
+                    await asyncio.sleep(0)  # thousands of items: other sessions get turns meanwhile
+            return Roster(version=version, items=tuple(items))
 
     @translated
     async def get_item(self, username: str, contact: str) -> RosterItem | None:
