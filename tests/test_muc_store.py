@@ -62,4 +62,6 @@ async def test_rooms_and_archive(sql_backend: SqlBackend) -> None:
         await store.delete_room(ROOM)
         assert await store.load_rooms() == []
     finally:
+        async with engine.begin() as conn:  # leave the shared MariaDB database with the core's schema only
+            await conn.run_sync(metadata.drop_all)
         await engine.dispose()

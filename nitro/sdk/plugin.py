@@ -108,6 +108,10 @@ class Plugin:
 
         return register
 
+    def has_filter(self, event: str, handler: FilterHandler) -> bool:
+        """Whether `handler` already filters `event` (for a filter registered at start, not import)."""
+        return handler in self._filters.get(event, [])
+
     def observe(self, event: str) -> Callable[[ObserveHandler], ObserveHandler]:
         """An observe hook: copies of routed stanzas ("message", "presence", "iq") or session events
         ("login", "logout", "roster"), sent without holding anything up."""

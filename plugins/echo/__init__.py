@@ -1,7 +1,8 @@
 """The smallest complete plugin: a component that echoes every message sent to its domain, answers a
-version query (XEP-0092) so a client can see it is there, and a filter hook on every routed message:
-with the option `block = "word"`, a message whose body contains the word is refused with
-<policy-violation/>; everything else passes."""
+version query (XEP-0092) so a client can see it is there, and — only when its option `block = "word"` is
+set — a filter hook on every routed message: a message whose body contains the word is refused with
+<policy-violation/>; everything else passes. Without `block` no filter is registered, so the server does
+not hold every message for a verdict that can only be "pass"."""
 
 from __future__ import annotations
 
@@ -29,7 +30,6 @@ async def version(_iq: Iq) -> ET.Element:
     return query
 
 
-@plugin.filter("message")
 async def block(stanza: ET.Element) -> Verdict:
     body = stanza.findtext("{jabber:client}body")
     word = options.get("block")
@@ -46,4 +46,6 @@ async def main(settings: PluginSettings) -> None:
     """The entry every plugin exposes: the supervisor awaits it (inprocess) or `__main__` runs it."""
     plugin_prefix[settings.subdomain] = str(settings.option("prefix", "echo: "))
     options.update({key: str(value) for key, value in settings.options.items()})
+    if options.get("block") and not plugin.has_filter("message", block):
+        plugin.filter("message")(block)
     await plugin.main(settings)
