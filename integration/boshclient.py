@@ -27,6 +27,7 @@ STREAM: Final = "http://etherx.jabber.org/streams"
 
 Payload = str | bytes | etree._Element
 _ids = itertools.count(1)
+RESENDS = 20  # times one request is sent again (XEP-0124 §14.3) before the client gives up
 
 
 class Terminated(AssertionError):
@@ -45,12 +46,22 @@ class BoshClient:
     """One BOSH session against `url`; `login` authenticates (SASL PLAIN), restarts and binds."""
 
     def __init__(
-        self, http: aiohttp.ClientSession, url: str, domain: str = "localhost", *, wait: int = 10
+        self,
+        http: aiohttp.ClientSession,
+        url: str,
+        domain: str = "localhost",
+        *,
+        wait: int = 10,
+        resend: bool = False,
     ) -> None:
         self.http = http
         self.url = url
         self.domain = domain
         self.wait = wait
+        # XEP-0124 §14.3: a request without a response (connection closed, HTTP 503) is sent again with its
+        # rid, as Strophe.js does; off by default so tests see the first failure
+        self.resend = resend
+        self.resent = 0
         self.sid: str | None = None
         self.jid = ""
         self.creation: etree._Element | None = None
@@ -89,7 +100,20 @@ class BoshClient:
 
     async def post(self, rid: int, payloads: Iterable[Payload] = (), **attrs: str) -> etree._Element:
         """One request and its response body (read in rid order by the caller)."""
-        response = await self.post_raw(self.body(rid, payloads, **attrs))
+        data = self.body(rid, payloads, **attrs)
+        for attempt in range(RESENDS + 1):
+            last = not self.resend or attempt == RESENDS
+            try:
+                response = await self.post_raw(data)
+            except aiohttp.ClientConnectionError:
+                if last:
+                    raise
+                self.resent += 1
+                continue
+            if response.status != 503 or last:
+                break
+            self.resent += 1
+            await asyncio.sleep(0.05)
         assert response.status == 200, f"HTTP {response.status}"
         return etree.fromstring(await response.read())
 

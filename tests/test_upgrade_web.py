@@ -1,57 +1,142 @@
-"""Upgrades with web clients holding resumable sessions (XEP-0198): over WebSocket (RFC 7395) the socket
-closes and the client resumes on a new one, which reaches the successor; over BOSH (XEP-0206) the BOSH
-session ends with the old process and the client resumes on a new one (its sid does not move)."""
+"""Upgrades with web clients: over WebSocket (RFC 7395) the socket closes and a client with stream management
+(XEP-0198) resumes on a new one, which reaches the successor; a BOSH session (XEP-0206) moves to the successor
+under the same sid, with or without stream management, and its client goes on without logging in again."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import aiohttp
-import pytest
 from conftest import PASSWORD
 from lxml import etree
-from upgrade_node import message, node, upgrade_section
+from upgrade_node import Node, message, node, upgrade_section
 from wsclient import WsClient, q
 
-from integration.boshclient import CLIENT, SM, BoshClient, Terminated, local
+from integration.boshclient import CLIENT, SM, BoshClient, local
 
 
 def bodies(elements: list[etree._Element]) -> list[str | None]:
     return [element.findtext(f"{{{CLIENT}}}body") for element in elements if local(element) == "message"]
 
 
-async def test_a_bosh_client_resumes_on_the_successor(tmp_path: Path) -> None:
+def chat(to: str, text: str) -> str:
+    return f"<message xmlns='{CLIENT}' to='{to}' type='chat' id='m-{text}'><body>{text}</body></message>"
+
+
+async def exchange_through_upgrade(running: Node, alice: BoshClient, bob: BoshClient) -> list[str | None]:
+    """bob sends alice messages before, during and after `nitro upgrade` (both over BOSH); alice sends
+    bob one after it. Returns what alice received, in order."""
+    upgrade = asyncio.get_running_loop().create_task(running.nitro("upgrade"))
+    sent = 0
+    while not upgrade.done() and sent < 40:  # bounded: the upgrade takes a few seconds
+        await bob.send(chat(alice.jid, f"during-{sent}"))
+        sent += 1
+        await asyncio.sleep(0.1)
+    code, _out, err = await upgrade
+    assert code == 0, err
+    await bob.send(chat(alice.jid, "after"))
+    await alice.send(chat(bob.jid, "from-alice"))
+    reply = await bob.recv(lambda e: local(e) == "message", timeout=15)
+    assert reply.findtext(f"{{{CLIENT}}}body") == "from-alice"
+    received: list[str | None] = []
+    while len(received) < sent + 1:
+        element = await alice.recv(lambda e: local(e) == "message", timeout=15)
+        received.append(element.findtext(f"{{{CLIENT}}}body"))
+    assert received == [*(f"during-{i}" for i in range(sent)), "after"]
+    return received
+
+
+async def moved_bosh(running: Node, alice: BoshClient, bob: BoshClient) -> None:
+    sid = alice.sid
+    first = running.first_pid
+    await exchange_through_upgrade(running, alice, bob)
+    assert running.pid != first  # the successor serves now
+    assert alice.sid == sid  # no new login
+    assert alice.terminal is None
+    assert bob.terminal is None
+    await running.wait_log("over BOSH, same sid", count=2)
+    # an iq round trip on the same session still works and the session is alice's
+    answer = await alice.iq(
+        f"<iq xmlns='{CLIENT}' type='get' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>"
+    )
+    assert answer.get("type") == "result"
+
+
+async def test_a_bosh_session_without_stream_management_keeps_its_sid(tmp_path: Path) -> None:
     running = node(tmp_path, upgrade_section(ready_timeout=20.0), http=True)
     await running.add_users("alice", "bob")
     await running.start()
     url = f"http://127.0.0.1:{running.config.http.port}/http-bind"
     try:
         async with aiohttp.ClientSession() as http:
-            first = BoshClient(http, url)
-            await first.login("alice", PASSWORD)
-            await first.send(f"<enable xmlns='{SM}' resume='true'/>")
-            enabled = await first.recv(lambda e: local(e) == "enabled")
-            previd = enabled.get("id") or ""
-            bob = await running.bound("bob", "desk")
-            bob.send(message("alice@localhost/" + first.jid.split("/")[-1], "over-bosh"))
-            await first.recv(lambda e: local(e) == "message")  # received, never acknowledged
+            alice = BoshClient(http, url, resend=True)
+            bob = BoshClient(http, url, resend=True)
+            await alice.login("alice", PASSWORD, "web")
+            await bob.login("bob", PASSWORD, "web")
+            await bob.send(chat(alice.jid, "before"))
+            first = await alice.recv(lambda e: local(e) == "message")
+            assert first.findtext(f"{{{CLIENT}}}body") == "before"
 
-            code, _out, err = await running.nitro("upgrade")
+            await moved_bosh(running, alice, bob)
 
+            await alice.terminate()
+            await bob.terminate()
+    finally:
+        await running.stop()
+
+
+async def test_a_bosh_session_with_stream_management_keeps_its_sid(tmp_path: Path) -> None:
+    running = node(tmp_path, upgrade_section(ready_timeout=20.0), http=True)
+    await running.add_users("alice", "bob")
+    await running.start()
+    url = f"http://127.0.0.1:{running.config.http.port}/http-bind"
+    try:
+        async with aiohttp.ClientSession() as http:
+            alice = BoshClient(http, url, resend=True)
+            bob = BoshClient(http, url, resend=True)
+            await alice.login("alice", PASSWORD, "web")
+            await bob.login("bob", PASSWORD, "web")
+            await alice.send(f"<enable xmlns='{SM}' resume='true'/>")
+            await alice.recv(lambda e: local(e) == "enabled")
+            await bob.send(chat(alice.jid, "before"))
+            await alice.recv(lambda e: local(e) == "message")  # received, not acknowledged yet
+
+            await moved_bosh(running, alice, bob)
+
+            # the counters moved with the session: 'before', every 'during-…', 'after' and the ping result
+            await alice.send(f"<r xmlns='{SM}'/>")
+            answer = await alice.recv(lambda e: local(e) == "a")
+            assert answer.get("h") is not None
+            await alice.send(f"<a xmlns='{SM}' h='{answer.get('h')}'/>")
+            await alice.terminate()
+            await bob.terminate()
+    finally:
+        await running.stop()
+
+
+async def test_an_unknown_sid_after_an_upgrade_is_item_not_found(tmp_path: Path) -> None:
+    running = node(tmp_path, upgrade_section(ready_timeout=20.0), http=True)
+    await running.add_users("alice")
+    await running.start()
+    url = f"http://127.0.0.1:{running.config.http.port}/http-bind"
+    try:
+        async with aiohttp.ClientSession() as http:
+            alice = BoshClient(http, url, resend=True)
+            await alice.login("alice", PASSWORD, "web")
+            upgrade = asyncio.get_running_loop().create_task(running.nitro("upgrade"))
+            garbage = BoshClient(http, url)
+            garbage.sid = "no-such-sid"
+            during = await garbage.post(1)  # during the drain it waits a moment for the sid, then refuses
+            assert (during.get("type"), during.get("condition")) == ("terminate", "item-not-found")
+            code, _out, err = await upgrade
             assert code == 0, err
-            with pytest.raises(Terminated):  # the old process ended the BOSH session it carried
-                await first.recv(lambda _e: False, timeout=10)
-            # A new connection, as a browser opens once the old one is closed. (One reused from a pool at the
-            # moment the old process closes it fails like any keep-alive race: BOSH clients send it again,
-            # XEP-0124 §14.3; aiohttp's client does not, so the test does not reuse the pool.)
-            async with aiohttp.ClientSession() as fresh:
-                second = BoshClient(fresh, url)
-                await second.login("alice", PASSWORD, bind=False, poll=False)
-                (resumed, *resent) = await second.step([f"<resume xmlns='{SM}' previd='{previd}' h='0'/>"])
-                assert local(resumed) == "resumed", etree.tostring(resumed)
-                assert bodies(resent) == ["over-bosh"]
-                await second.stop()
-            bob.close()
+            for sid in ("no-such-sid", f"{alice.sid}x"):  # unknown to the successor, which is done adopting
+                garbage.sid = sid
+                after = await garbage.post(1)
+                assert (after.get("type"), after.get("condition")) == ("terminate", "item-not-found")
+            assert alice.terminal is None  # a request naming a wrong sid does not end a real session
+            await alice.terminate()
     finally:
         await running.stop()
 

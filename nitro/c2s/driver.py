@@ -52,6 +52,20 @@ class ClientStream:
         self._negotiation.yield_slot = self._release  # waiting for its account's login turn
         self._negotiation.log.info("connected from %s over %s", transport.peer_host, transport.kind)
 
+    @classmethod
+    def bound(cls, server: Core, transport: Transport, session: ClientSession) -> ClientStream:
+        """The stream of a session bound already, which came from another process with its transport's
+        state (a BOSH session in an upgrade): input goes straight to `session` (the caller attaches it)."""
+        stream = cls.__new__(cls)
+        stream.transport = transport
+        stream._server = server
+        stream._negotiation = None
+        stream._session = session
+        stream._admitted = False
+        stream._opened_at = time.monotonic()
+        stream._end_reason = None
+        return stream
+
     @property
     def negotiation(self) -> Negotiation:
         """The stream's negotiation, until a session is bound (then it is let go: idle memory)."""

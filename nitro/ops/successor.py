@@ -23,6 +23,7 @@ from nitro.ops.adopt import FORWARDED, adopt, deliver_forwarded
 from nitro.ops.handover import Channel, HandoverClosed, HandoverError
 from nitro.ops.upgrade_progress import HANDOVER_FD
 from nitro.storage.errors import StorageError
+from nitro.transports.bosh_move import BOSH_WANTED, BoshWanted
 
 if TYPE_CHECKING:
     from nitro.server import Server
@@ -132,6 +133,7 @@ class Predecessor:
         """Adopt what the old process hands over until it is done or gone; garbage drops it (logged)."""
         undo = server.bus.add("sm-resume", lambda request: self._pull(request), priority=-1000)
         undo_offline = server.bus.add("message/offline", self._to_old, priority=1000)
+        undo_bosh = server.bus.add(BOSH_WANTED, self._want_bosh)
         try:
             while True:
                 message, _fds = await self.channel.receive()
@@ -169,6 +171,7 @@ class Predecessor:
         finally:
             undo()
             undo_offline()
+            undo_bosh()
             self._on_old.clear()
             self.channel.close()
             for future in self._arrived.values():
@@ -241,6 +244,17 @@ class Predecessor:
             self._arrived.pop(request.previd, None)
         request.found = found
         return found is not None
+
+    async def _want_bosh(self, wanted: BoshWanted) -> bool:
+        """A BOSH request for a sid not here: its session may still be in the old process; ask for it now
+        (the BOSH service waits briefly for it to arrive). False when there is nobody left to ask."""
+        if self.done or self.gone:
+            return False
+        try:
+            await self.channel.send({"type": "want", "previd": wanted.sid})
+        except HandoverError:
+            return False
+        return True
 
     def close(self) -> None:
         self.channel.close()

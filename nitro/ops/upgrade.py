@@ -26,6 +26,7 @@ from nitro.ops.forwarding import forwarder, offline_to
 from nitro.ops.handover import Channel, HandoverError
 from nitro.ops.pidfile import write_pid_file
 from nitro.ops.upgrade_progress import GENERATION, HANDOVER_FD, Outcome, Progress, generation
+from nitro.transports import bosh_move
 from nitro.transports.listeners import Listeners, close_all
 from nitro.xmpp.errors import StreamError
 
@@ -237,7 +238,9 @@ class Upgrader:
         while not self._wanted.empty():
             previd = self._wanted.get_nowait()
             for session in pending:
-                if session.sm is not None and session.sm.id == previd:
+                if (session.sm is not None and session.sm.id == previd) or bosh_move.sid_of(
+                    session
+                ) == previd:
                     pending.remove(session)
                     wanted.append(session)
                     break
@@ -252,17 +255,27 @@ class Upgrader:
         for session in batch:
             if session.closed or session.forward is not None:
                 continue
-            if session.sm is None or not session.sm.resumable:
+            bosh = bosh_move.carried_by_bosh(session)  # a BOSH session moves with or without XEP-0198
+            if not bosh and (session.sm is None or not session.sm.resumable):
                 left.append(str(session.jid))
                 await self._close(session)
                 continue
-            settling = session.busy or session.acks_held > 0  # exported 'h' must count every handled stanza
+            # exported 'h' must count every handled stanza; a BOSH request is not half handled
+            settling = session.busy or session.acks_held > 0 or bosh_move.settling(session)
             if settling and not late:
                 retry.append(session)
                 continue
             if settling:
                 await self._until_idle(session)
+            if bosh and bosh_move.settling(session):  # still inside a request at the deadline
+                if session.sm is None or not session.sm.resumable:
+                    left.append(str(session.jid))
+                    await self._close(session)
+                    continue
+                bosh = False  # its BOSH session ends here; its client resumes (XEP-0198) on a new one
             data = session.export()  # nothing awaited from here to hand_off: no stanza in between
+            if bosh:
+                data["bosh"] = bosh_move.hand_over(session)
             kept: list[etree._Element] = []
             forward = forwarder(self.server, channel, str(session.jid), kept)
             transport = session.hand_off(forward)
@@ -282,7 +295,7 @@ class Upgrader:
     async def _until_idle(self, session: ClientSession) -> None:
         loop = asyncio.get_running_loop()
         end = loop.time() + BUSY_WAIT
-        while (session.busy or session.acks_held > 0) and loop.time() < end:  # noqa: ASYNC110
+        while (session.busy or session.acks_held > 0 or bosh_move.settling(session)) and loop.time() < end:  # noqa: ASYNC110
             await asyncio.sleep(0.01)
 
     def _close_later(self, session_id: str, transport: Any) -> None:

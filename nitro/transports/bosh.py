@@ -16,8 +16,10 @@ from aiohttp import hdrs, web
 
 from nitro.config import is_loopback
 from nitro.transports.bosh_connection import BoshConnection
+from nitro.transports.bosh_move import BOSH_ARRIVAL, BOSH_WANTED, BoshArrival, BoshWanted
 from nitro.xmpp.bosh import Body, BoshError, parse_body, terminal
 from nitro.xmpp.bosh_session import BoshSession, Settings
+from nitro.xmpp.bosh_state import restore_state
 
 if TYPE_CHECKING:
     from nitro.core.context import Core
@@ -33,6 +35,8 @@ _REQUEST_TYPES: Final = frozenset(
 # §7.1 lets the client pick the responses' Content-Type; never one a browser would render as a page.
 _RESPONSE_TYPES: Final = frozenset({"text/xml", "application/xml", "text/plain"})
 SHUTDOWN_GRACE: Final = 5.0
+ARRIVAL_WAIT: Final = 3.0  # seconds a request for a sid still moving here in an upgrade waits for it
+MAX_AWAITED: Final = 1024  # sids awaited at once; beyond, an unknown sid is item-not-found at once
 
 ClientInfo = Callable[[web.Request], tuple[str, bool]]
 """(peer address, encrypted) of a request; the HTTP server passes one that knows its trusted proxies."""
@@ -56,6 +60,12 @@ def add_routes(app: web.Application, server: Core, *, client_info: ClientInfo = 
     app.router.add_route("OPTIONS", PATH, service.options)
     app.router.add_route("GET", PATH, service.get)
     app.on_shutdown.append(service.on_shutdown)
+    undo = server.bus.add(BOSH_ARRIVAL, service.arrival)
+
+    async def forget_arrivals(_app: web.Application) -> None:
+        undo()
+
+    app.on_cleanup.append(forget_arrivals)
 
 
 class _TooLarge(Exception):
@@ -79,6 +89,7 @@ class BoshService:
         self.sessions: dict[str, BoshConnection] = {}
         self.handles = itertools.count(1)
         self.closing = False
+        self._awaited: dict[str, asyncio.Future[BoshConnection | None]] = {}  # sids an upgrade may bring
 
     async def post(self, request: web.Request) -> web.Response:
         headers = self.cors(request)
@@ -108,9 +119,11 @@ class BoshService:
             connection = created
             waiter = connection.start(handle, body)
         else:
-            found = self.sessions.get(body.sid)
+            found = self.sessions.get(body.sid) or await self._awaited_sid(body.sid)
             if found is None:  # XEP-0124 §17.2: unknown or expired sid
                 return _response(terminal("item-not-found"), headers)
+            if found.moved:  # an upgrade moved it: the client sends this request again (§14.3), elsewhere
+                return web.Response(status=503, headers={**headers, hdrs.CONNECTION: "close"})
             if found.encrypted and not encrypted:  # §15.1: a secure session stays on encrypted connections
                 return web.Response(status=403, headers=headers)
             connection = found
@@ -184,7 +197,48 @@ class BoshService:
         self.sessions[sid] = connection
         return connection
 
+    async def _awaited_sid(self, sid: str) -> BoshConnection | None:
+        """A sid not here: during an upgrade's drain its session may still be on its way from the old
+        process (its client raced ahead); ask for it there and wait briefly. None otherwise."""
+        future = self._awaited.get(sid)
+        if future is None:
+            if len(self._awaited) >= MAX_AWAITED or not await self.server.bus.fire(
+                BOSH_WANTED, BoshWanted(sid)
+            ):
+                return None
+            future = self._awaited[sid] = asyncio.get_running_loop().create_future()
+        try:
+            async with asyncio.timeout(ARRIVAL_WAIT):
+                return await asyncio.shield(future)
+        except TimeoutError:
+            return None
+        finally:
+            if self._awaited.get(sid) is future:
+                del self._awaited[sid]
+
+    async def arrival(self, event: BoshArrival) -> bool:
+        """A session restored from another process with its BOSH state: served here under its sid."""
+        state = event.state
+        core = restore_state(state, self.settings, self.server.config.server.domain, time.monotonic())
+        connection = BoshConnection(
+            self.server,
+            core,
+            peer_host=str(state["peer"]),
+            encrypted=bool(state["encrypted"]),
+            content_type=str(state["content_type"]),
+            on_finish=self._forget,
+        )
+        self.sessions[core.sid] = connection  # replaces a moved copy (taken back after a failed upgrade)
+        connection.adopt(event.session)
+        event.taken = True
+        future = self._awaited.pop(core.sid, None)
+        if future is not None and not future.done():
+            future.set_result(connection)
+        return True
+
     def _forget(self, connection: BoshConnection) -> None:
+        if connection.moved:
+            return  # its sid stays known here: requests for it are told to go elsewhere (503)
         if self.sessions.get(connection.core.sid) is connection:
             del self.sessions[connection.core.sid]
 

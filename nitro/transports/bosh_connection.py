@@ -15,7 +15,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from lxml import etree
 
@@ -23,10 +23,12 @@ from nitro.c2s.driver import ClientStream
 from nitro.c2s.transport import StreamHeader
 from nitro.xmpp.bosh import HTTPBIND, Body, Condition, payload
 from nitro.xmpp.bosh_session import BoshSession, Reply
+from nitro.xmpp.bosh_state import export_state, movable
 from nitro.xmpp.errors import StreamError
 from nitro.xmpp.xmlstream import StreamEvent
 
 if TYPE_CHECKING:
+    from nitro.c2s.session import ClientSession
     from nitro.core.context import Core
 
 log = logging.getLogger(__name__)
@@ -70,6 +72,7 @@ class BoshConnection:
         self._flush_handle: asyncio.Handle | None = None
         self._closed = False
         self._shutdown = False
+        self.moved = False  # handed to an upgrade's successor: its sid is served there now
 
     # -- the stream's Transport ----------------------------------------------------------------------
 
@@ -142,6 +145,35 @@ class BoshConnection:
         self.core.terminate(condition)
         self._flush()
 
+    # -- an upgrade (nitro/transports/bosh_move.py) ---------------------------------------------------------
+
+    @property
+    def movable(self) -> bool:
+        """No request half way through (released but not yet handled, or waiting for a gap in the rids)."""
+        return not self._events and self._stream is not None and movable(self.core)
+
+    def hand_over(self) -> dict[str, Any]:
+        """The session moves to a successor process: held requests are answered now (what is queued goes
+        in the first, the rest empty, as on 'wait' expiry), then its state is exported and this process
+        serves the sid no more (its task ends without ending the session). Call when `movable`."""
+        now = time.monotonic()
+        self._flush()
+        self.core.release(now)
+        self._flush()
+        state = export_state(self.core)
+        state.update(peer=self.peer_host, encrypted=self.encrypted, content_type=self.content_type)
+        self.moved = True
+        self._closed = True
+        self._wake.set()
+        return state
+
+    def adopt(self, session: ClientSession) -> None:
+        """In the successor: serve the restored `session` (bound already) under the restored sid."""
+        self._stream = ClientStream.bound(self.server, self, session)
+        session.attach(self, stream_id=self.core.authid, lang=session.lang, mechanism=session.mechanism)
+        self.task = self._loop.create_task(self._run(), name=f"bosh-{self.core.sid[:8]}")
+        self.server.connection_task(self.task)
+
     def shut_down(self) -> None:
         """The server stops: the task closes the stream with `system-shutdown`."""
         self._shutdown = True
@@ -161,7 +193,8 @@ class BoshConnection:
     # -- the session's task --------------------------------------------------------------------------
 
     async def _run(self) -> None:
-        stream = self._stream = ClientStream(self.server, self)  # tracked in this task
+        stream = self._stream if self._stream is not None else ClientStream(self.server, self)
+        self._stream = stream  # tracked in this task
         try:
             await self._serve(stream)
         except Exception:
@@ -208,7 +241,7 @@ class BoshConnection:
     async def _linger(self) -> None:
         """A terminated session stays to give its terminal body to the next request, for a while."""
         core = self.core
-        if self._shutdown or core.condition == "system-shutdown":
+        if self._shutdown or self.moved or core.condition == "system-shutdown":
             return  # the server is stopping: it waits for this task
         deadline = time.monotonic() + core.settings.inactivity
         while core.terminated and not core.terminal_delivered:
@@ -222,6 +255,8 @@ class BoshConnection:
         if self._flush_handle is not None:
             self._flush_handle.cancel()
         self.core.processing = False
+        if self.moved:
+            return  # the session lives on in the successor: nothing ends here
         self.core.terminate(None)  # no-op if it already ended with a condition
         self._flush()
 

@@ -304,6 +304,11 @@ class BoshSession:
         replies, self._replies = self._replies, []
         return replies
 
+    def release(self, now: float) -> None:
+        """Answer every held request now, as when 'wait' passes (the session moves to another process)."""
+        while self._held:
+            self._respond(self._held.pop(0), [], now)
+
     def _respond(self, held: _Held, payloads: list[bytes], now: float) -> None:
         attrs: list[tuple[str, str]] = []
         if self._creation_attrs is not None:
@@ -353,6 +358,11 @@ class BoshSession:
     def inactive(self, now: float) -> bool:
         """§10: no request held and none since the last response for longer than 'inactivity' (or a pause)."""
         return not self.waiting and now >= self._last_response + self._inactivity
+
+    @property
+    def authid(self) -> str:
+        """Our stream's id (the 'authid' of the creation response)."""
+        return self._authid
 
     @property
     def terminated(self) -> bool:
