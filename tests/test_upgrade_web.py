@@ -136,6 +136,8 @@ async def test_an_unknown_sid_after_an_upgrade_is_item_not_found(tmp_path: Path)
                 after = await garbage.post(1)
                 assert (after.get("type"), after.get("condition")) == ("terminate", "item-not-found")
             assert alice.terminal is None  # a request naming a wrong sid does not end a real session
+            ping = f"<iq xmlns='{CLIENT}' type='get' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>"
+            assert (await alice.iq(ping)).get("type") == "result"  # and it goes on at the successor
             await alice.terminate()
     finally:
         await running.stop()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import time
 from collections import deque
@@ -168,7 +169,11 @@ class BoshConnection:
         return state
 
     def adopt(self, session: ClientSession) -> None:
-        """In the successor: serve the restored `session` (bound already) under the restored sid."""
+        """In the successor: serve the restored `session` (bound already) under the restored sid. Attached in
+        a context of its own, which its task inherits (the caller's log context stays the caller's)."""
+        contextvars.copy_context().run(self._attach, session)
+
+    def _attach(self, session: ClientSession) -> None:
         self._stream = ClientStream.bound(self.server, self, session)
         session.attach(self, stream_id=self.core.authid, lang=session.lang, mechanism=session.mechanism)
         self.task = self._loop.create_task(self._run(), name=f"bosh-{self.core.sid[:8]}")
@@ -202,6 +207,8 @@ class BoshConnection:
             self.core.terminate("internal-server-error")
         finally:
             self._flush()
+            if self.moved:
+                stream.note_end("the session moved to the successor process (upgrade), same sid")
             try:
                 await stream.connection_lost()
                 await self._linger()
