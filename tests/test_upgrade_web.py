@@ -64,7 +64,10 @@ async def moved_bosh(running: Node, alice: BoshClient, bob: BoshClient) -> None:
 
 
 async def test_a_bosh_session_without_stream_management_keeps_its_sid(tmp_path: Path) -> None:
-    running = node(tmp_path, upgrade_section(ready_timeout=20.0), http=True)
+    # a slow drain: bob (logged in second) would move 2 s after alice, but his requests reach the successor
+    # first, which asks the old process for his sid at once; what reaches the old process for alice meanwhile
+    # is forwarded after her
+    running = node(tmp_path, upgrade_section(ready_timeout=20.0, drain_rate=0.5), http=True)
     await running.add_users("alice", "bob")
     await running.start()
     url = f"http://127.0.0.1:{running.config.http.port}/http-bind"
