@@ -5,9 +5,12 @@ under the same sid, with or without stream management, and its client goes on wi
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from pathlib import Path
 
 import aiohttp
+import pytest
 from conftest import PASSWORD
 from lxml import etree
 from upgrade_node import Node, message, node, upgrade_section
@@ -142,6 +145,44 @@ async def test_an_unknown_sid_after_an_upgrade_is_item_not_found(tmp_path: Path)
             ping = f"<iq xmlns='{CLIENT}' type='get' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>"
             assert (await alice.iq(ping)).get("type") == "result"  # and it goes on at the successor
             await alice.terminate()
+    finally:
+        await running.stop()
+
+
+@pytest.mark.fault
+async def test_the_successor_dies_after_a_bosh_session_moved_and_the_old_takes_it_back(
+    tmp_path: Path,
+) -> None:
+    running = node(
+        tmp_path, upgrade_section(ready_timeout=20.0, drain_rate=0.5, drain_deadline=30.0), http=True
+    )
+    await running.add_users("alice", "bob", "carol")
+    await running.start()
+    url = f"http://127.0.0.1:{running.config.http.port}/http-bind"
+    try:
+        async with aiohttp.ClientSession() as http:
+            alice = BoshClient(http, url, resend=True)
+            await alice.login("alice", PASSWORD, "web")  # first: moved before the successor dies
+            sid = alice.sid
+            rest = [await running.managed(name, "x") for name in ("bob", "carol")]
+            upgrade = asyncio.get_running_loop().create_task(running.nitro("upgrade"))
+            await running.wait_log("adopted from another process (over BOSH, same sid")
+            successor = await running.wait_for_pid(lambda pid: pid != running.first_pid)
+            os.kill(successor, signal.SIGKILL)
+            code, _out, err = await upgrade
+            assert code == 4, err
+            await running.wait_for_pid(lambda pid: pid == running.first_pid)
+            carol = rest[1][0]  # never moved (the drain was slow)
+            carol.send(message(alice.jid, "after"))
+            received = await alice.recv(lambda e: local(e) == "message", timeout=15)
+            assert received.findtext(f"{{{CLIENT}}}body") == "after"
+            assert alice.sid == sid  # the old process serves the same BOSH session again
+            assert alice.terminal is None
+            await alice.send(chat("carol@localhost/x", "back"))
+            await carol.expect(b"<body>back</body>")
+            await alice.terminate()
+            for peer, _previd in rest:
+                peer.close()
     finally:
         await running.stop()
 
