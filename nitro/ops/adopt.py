@@ -28,9 +28,9 @@ FORWARDED: contextvars.ContextVar[bool] = contextvars.ContextVar("forwarded", de
 
 
 async def adopt(server: Server, data: dict[str, Any]) -> ClientSession:
-    """Restore `data` (ClientSession.export) as a detached session of this process (or, with BOSH state, one
-    established on its BOSH session again); raises ValueError,
-    KeyError or an lxml error when the data cannot be a session."""
+    """Restore `data` (ClientSession.export) as a detached session of this process (with BOSH state: one
+    established on its BOSH session again, same sid); raises ValueError, KeyError or an lxml error when the
+    data cannot be a session."""
     session = ClientSession.restore(server, data)
     bosh = data.get("bosh")
     if bosh is None and (session.sm is None or not session.sm.resumable):

@@ -238,9 +238,7 @@ class Upgrader:
         while not self._wanted.empty():
             previd = self._wanted.get_nowait()
             for session in pending:
-                if (session.sm is not None and session.sm.id == previd) or bosh_move.sid_of(
-                    session
-                ) == previd:
+                if bosh_move.named(session, previd):
                     pending.remove(session)
                     wanted.append(session)
                     break

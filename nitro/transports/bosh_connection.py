@@ -4,7 +4,8 @@ HTTP handlers hand each request to the sans-IO session (nitro/xmpp/bosh_session.
 so the rid window and the request limits see what the client really has open, and wait for their `Reply`.
 The session's task delivers the stream events those requests released, in rid order, runs the stream's
 timers, answers held requests when 'wait' passes, and ends the session after 'inactivity' seconds without
-a request, as a lost TCP connection would end (a resumable XMPP session detaches, XEP-0198 §5).
+a request, as a lost TCP connection would end (a resumable XMPP session detaches, XEP-0198 §5). In an
+upgrade it `hand_over`s its state and the successor `adopt`s it under the same sid (see bosh_move.py).
 """
 
 from __future__ import annotations

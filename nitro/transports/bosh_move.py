@@ -49,9 +49,12 @@ def settling(session: ClientSession) -> bool:
     return isinstance(transport, BoshConnection) and not transport.movable
 
 
-def sid_of(session: ClientSession) -> str | None:
+def named(session: ClientSession, name: str) -> bool:
+    """`name` (in a successor's `want`) names `session`: its XEP-0198 id, or the sid of its BOSH session."""
     transport = session.transport
-    return transport.core.sid if isinstance(transport, BoshConnection) else None
+    if isinstance(transport, BoshConnection) and transport.core.sid == name:
+        return True
+    return session.sm is not None and session.sm.id == name
 
 
 def hand_over(session: ClientSession) -> dict[str, Any] | None:
