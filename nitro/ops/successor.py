@@ -152,6 +152,8 @@ class Predecessor:
                         await deliver_forwarded(server, message["to"], message["stanza"])
                     except Exception:  # one stanza's routing error never stops the adoption
                         log.exception("upgrade: a stanza from the old process was not delivered")
+                elif kind == "cluster" and server.cluster is not None:
+                    await server.cluster.take_charge([str(i) for i in message["handled"]])
                 elif kind == "done":
                     self.done = True
                     log.info(
@@ -167,6 +169,8 @@ class Predecessor:
         except HandoverError as exc:
             self._gone_early(str(exc))
         finally:
+            if server.cluster is not None and server.cluster.holding:  # it went before handing the node over
+                await server.cluster.take_charge([])
             undo()
             undo_offline()
             self._on_old.clear()

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from lxml import etree
 
 from nitro.c2s.session import ClientSession
+from nitro.cluster.node import INHERITED_BOOT
 from nitro.ops import sdnotify
 from nitro.ops.adopt import adopt, deliver_forwarded
 from nitro.ops.channel import pid_path
@@ -91,6 +92,8 @@ class Upgrader:
         sdnotify.notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         channel = Channel(ours)
+        if (cluster := self.server.cluster) is not None:
+            cluster.receiver.record = set()  # what this process answers while both are subscribed
         self._channel = channel
         try:
             self._process = await self._spawn(theirs)
@@ -153,11 +156,15 @@ class Upgrader:
             command += ["--config", str(config.file)]
         command.append("serve")
         env = {**os.environ, HANDOVER_FD: str(theirs.fileno()), GENERATION: str(generation() + 1)}
+        if self.server.cluster is not None:  # the successor continues this run in the cluster
+            env[INHERITED_BOOT] = self.server.cluster.boot
         return await asyncio.create_subprocess_exec(*command, pass_fds=(theirs.fileno(),), env=env)
 
     async def _roll_back(self, reason: str) -> Outcome:
         """Before ready: the successor is killed, this process goes on as if nothing happened."""
         log.error("upgrade rolled back: %s; this process (%d) goes on serving", reason, os.getpid())
+        if self.server.cluster is not None:
+            self.server.cluster.receiver.record = None
         await self._kill_successor()
         if self._channel is not None:
             self._channel.close()
@@ -207,6 +214,8 @@ class Upgrader:
                 if pending or not self._wanted.empty():
                     await self._pause(interval)
             await self._wait_adopted(reader, min(30.0, max(1.0, deadline - loop.time() + 5.0)))
+            if (cluster := self.server.cluster) is not None:  # the successor answers for the node now
+                await channel.send({"type": "cluster", "handled": cluster.hand_over()})
             await channel.send({"type": "done", "moved": self.progress.moved, "closed": self.progress.closed})
         finally:
             undo_offline()
@@ -371,6 +380,8 @@ class Upgrader:
         await self._kill_successor()
         if self._channel is not None:
             self._channel.close()
+        if self.server.cluster is not None:
+            self.server.cluster.take_back()
         await self.listeners.serve_again(spare)
         if (path := pid_path(self.server.config)) is not None:
             write_pid_file(path)  # the serving process again

@@ -1,0 +1,173 @@
+"""`nitro upgrade` of a cluster node (real `nitro serve` processes, a nats-server and redis-servers of the
+test's own, slixmpp clients): the successor takes the node's name over, nothing is lost or duplicated, and
+the contact on the other node sees no unavailable presence."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from integration.bots import Bot, close, login
+from integration.cluster import LocalCluster
+from integration.nats_servers import NATS_SERVER
+from integration.redis_servers import REDIS_SERVER
+from nitro.accounts import create_account
+from nitro.ops.pidfile import read_pid
+from nitro.storage.models import RosterItem
+from nitro.storage.sql import open_sql_storage
+
+pytestmark = [pytest.mark.slow, pytest.mark.cluster]
+
+PASSWORD = "correct horse battery"
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path) -> AsyncIterator[LocalCluster]:
+    if NATS_SERVER is None or REDIS_SERVER is None:
+        pytest.skip("nats-server and redis-server are needed")
+    local = LocalCluster(
+        tmp_path / "cluster", nodes_count=2, redis_count=1, database="sqlite", heartbeat_ttl=3.0
+    )
+    await asyncio.to_thread(local.start)
+    try:
+        yield local
+    finally:
+        for node in local.nodes:  # the serving generation (the PID file), not only the first process
+            pid = read_pid(node.directory / "nitro.pid")
+            if pid is not None and pid != node.pid:
+                if node.process is not None:  # the old process exited after the upgrade: reaped
+                    await asyncio.to_thread(node.process.wait, 15)
+                node.pid, node.process = pid, None
+        await asyncio.to_thread(local.stop)
+
+
+async def until(condition: Callable[[], bool], seconds: float = 20.0) -> None:
+    for _ in range(int(seconds / 0.05)):
+        if condition():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+async def nitro(config: Path, *args: str) -> tuple[int, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "nitro",
+        "--config",
+        str(config),
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await asyncio.wait_for(process.communicate(), 120)
+    assert process.returncode is not None
+    return process.returncode, out.decode()
+
+
+class Reconnecting:
+    """Alice's client: stream management with resumption; reconnects when its connection is lost."""
+
+    def __init__(self, bot: Bot, port: int) -> None:
+        self.bot = bot
+        self.stopping = False
+        self.starts = 1
+        self.resumed = 0
+        bot.add_event_handler("disconnected", self._lost)
+        bot.add_event_handler("session_start", self._started)
+        bot.add_event_handler("session_resumed", self._resumed)
+        self.port = port
+
+    def _lost(self, _event: Any) -> None:
+        if not self.stopping:
+            asyncio.get_running_loop().call_later(0.2, self._again)
+
+    def _again(self) -> None:
+        if not self.stopping:
+            self.bot.connect("127.0.0.1", self.port)
+
+    def _started(self, _event: Any) -> None:
+        self.starts += 1
+
+    def _resumed(self, _event: Any) -> None:
+        self.resumed += 1
+
+    @property
+    def connected(self) -> bool:
+        return self.bot.transport is not None and bool(self.bot.authenticated)
+
+
+async def test_an_upgraded_node_keeps_its_name_and_its_users_chat_on(cluster: LocalCluster) -> None:
+    async with open_sql_storage(cluster.dsn) as storage:
+        for name in ("alice", "bob"):
+            await create_account(storage, name, PASSWORD)
+        await storage.rosters.put("alice", RosterItem("bob@localhost", subscription="both"))
+        await storage.rosters.put("bob", RosterItem("alice@localhost", subscription="both"))
+    cert = cluster.directory / "tls" / "cert.pem"
+    a, b = cluster.nodes
+    old = a.pid
+    bots: list[Bot] = []
+    try:
+        alice = await login("alice@localhost/phone", PASSWORD, a.c2s_port, cert, plugins=("xep_0198",))
+        bots.append(alice)
+        watch = Reconnecting(alice, a.c2s_port)
+        watch.starts = 0  # the handler came after the first session_start
+        bob = await login("bob@localhost/laptop", PASSWORD, b.c2s_port, cert)
+        bots.append(bob)
+        await until(lambda: ("alice@localhost/phone", "available") in bob.presences)
+        await until(lambda: ("bob@localhost/laptop", "available") in alice.presences)
+
+        sent_by_alice: list[str] = []
+        sent_by_bob: list[str] = []
+        stop = asyncio.Event()
+
+        async def chat() -> None:
+            index = 0
+            while not stop.is_set():
+                if watch.connected:
+                    alice.say("bob@localhost", f"a{index}")
+                    sent_by_alice.append(f"a{index}")
+                bob.say("alice@localhost", f"b{index}")
+                sent_by_bob.append(f"b{index}")
+                index += 1
+                await asyncio.sleep(0.05)
+
+        chatting = asyncio.create_task(chat())
+        await asyncio.sleep(1.0)
+        code, out = await nitro(a.config, "upgrade")
+        assert code == 0, out
+        new = read_pid(a.directory / "nitro.pid")
+        assert new is not None
+        assert new != old
+        await asyncio.sleep(1.5)
+        stop.set()
+        await chatting
+        try:
+            await until(
+                lambda: len(bob.messages) >= len(sent_by_alice) and len(alice.messages) >= len(sent_by_bob)
+            )
+        except AssertionError:
+            missing_b = [m for m in sent_by_alice if m not in bob.messages]
+            missing_a = [m for m in sent_by_bob if m not in alice.messages]
+            raise AssertionError(
+                f"bob lacks {missing_b}, alice lacks {missing_a}; {watch.resumed} {watch.starts}"
+            ) from None
+        await asyncio.sleep(0.5)  # a duplicate would come now
+        assert bob.messages == sent_by_alice  # none lost, none twice, in order
+        assert alice.messages == sent_by_bob
+        assert watch.resumed >= 1  # resumed on the successor
+        assert watch.starts == 0  # never a fresh session
+        assert ("alice@localhost/phone", "unavailable") not in bob.presences
+        log = a.log.read_text(errors="replace")
+        assert "taking the name over from the process this upgrade replaces" in log
+        assert "already taken" not in log
+        code, status = await nitro(b.config, "status")
+        assert code == 0
+        assert "cluster node node1: 1 sessions" in status, status
+    finally:
+        await close(*bots)
