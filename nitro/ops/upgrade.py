@@ -20,6 +20,7 @@ from lxml import etree
 
 from nitro.c2s.session import ClientSession
 from nitro.cluster.node import INHERITED_BOOT
+from nitro.cluster.workers import worker_count
 from nitro.ops import sdnotify
 from nitro.ops.adopt import adopt, deliver_forwarded
 from nitro.ops.channel import pid_path
@@ -37,6 +38,10 @@ log = logging.getLogger(__name__)
 
 BUSY_WAIT = 2.0  # seconds the drain waits for a session to finish handling an input before it retries it
 BATCHES_PER_SECOND = 10
+WORKERS_REFUSED = (
+    "[server] workers is more than 1: an upgrade would replace one worker of the node, not all; restart the "
+    "node instead (or run one worker per node and upgrade each node)"
+)
 SESSIONS_PER_MESSAGE = 50  # exported sessions per message on the upgrade socket (each well under its limit)
 
 
@@ -83,6 +88,10 @@ class Upgrader:
     async def run(self) -> Outcome:
         if self.under_way:
             return Outcome.UNDER_WAY
+        if worker_count(self.server.config) > 1:
+            self.progress.reason = WORKERS_REFUSED
+            log.warning("upgrade refused: %s", WORKERS_REFUSED)
+            return Outcome.WORKERS
         async with self._lock:
             return await self._run()
 

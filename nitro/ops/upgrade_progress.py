@@ -17,6 +17,7 @@ class Outcome(enum.Enum):
     DONE = "done"
     UNDER_WAY = "under-way"  # refused: an upgrade is already running
     ROLLED_BACK = "rolled-back"  # the successor failed before ready; this process serves on
+    WORKERS = "refused-workers"  # refused: [server] workers > 1 (an upgrade would replace one worker only)
 
 
 @dataclass
