@@ -8,9 +8,9 @@ import asyncio
 import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
+from upgrade_node import Reconnecting
 
 from integration.bots import Bot, close, login
 from integration.cluster import LocalCluster
@@ -68,38 +68,6 @@ async def nitro(config: Path, *args: str) -> tuple[int, str]:
     out, _ = await asyncio.wait_for(process.communicate(), 120)
     assert process.returncode is not None
     return process.returncode, out.decode()
-
-
-class Reconnecting:
-    """Alice's client: stream management with resumption; reconnects when its connection is lost."""
-
-    def __init__(self, bot: Bot, port: int) -> None:
-        self.bot = bot
-        self.stopping = False
-        self.starts = 1
-        self.resumed = 0
-        bot.add_event_handler("disconnected", self._lost)
-        bot.add_event_handler("session_start", self._started)
-        bot.add_event_handler("session_resumed", self._resumed)
-        self.port = port
-
-    def _lost(self, _event: Any) -> None:
-        if not self.stopping:
-            asyncio.get_running_loop().call_later(0.2, self._again)
-
-    def _again(self) -> None:
-        if not self.stopping:
-            self.bot.connect("127.0.0.1", self.port)
-
-    def _started(self, _event: Any) -> None:
-        self.starts += 1
-
-    def _resumed(self, _event: Any) -> None:
-        self.resumed += 1
-
-    @property
-    def connected(self) -> bool:
-        return self.bot.transport is not None and bool(self.bot.authenticated)
 
 
 async def test_an_upgraded_node_keeps_its_name_and_its_users_chat_on(cluster: LocalCluster) -> None:

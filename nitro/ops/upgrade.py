@@ -27,7 +27,7 @@ from nitro.ops.channel import pid_path
 from nitro.ops.forwarding import forwarder, offline_to
 from nitro.ops.handover import Channel, HandoverError
 from nitro.ops.pidfile import write_pid_file
-from nitro.ops.upgrade_progress import GENERATION, HANDOVER_FD, Outcome, Progress, generation
+from nitro.ops.upgrade_progress import GENERATION, HANDOVER_FD, WORKERS_REFUSED, Outcome, Progress, generation
 from nitro.transports.listeners import Listeners, close_all
 from nitro.xmpp.errors import StreamError
 
@@ -38,10 +38,6 @@ log = logging.getLogger(__name__)
 
 BUSY_WAIT = 2.0  # seconds the drain waits for a session to finish handling an input before it retries it
 BATCHES_PER_SECOND = 10
-WORKERS_REFUSED = (
-    "[server] workers is more than 1: an upgrade would replace one worker of the node, not all; restart the "
-    "node instead (or run one worker per node and upgrade each node)"
-)
 SESSIONS_PER_MESSAGE = 50  # exported sessions per message on the upgrade socket (each well under its limit)
 
 
