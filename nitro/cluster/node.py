@@ -156,8 +156,9 @@ class Cluster:
         return handled
 
     def take_back(self) -> None:
-        """The successor died after `hand_over`: this process answers again."""
+        """The successor died during the drain (before or after `hand_over`): this process answers again."""
         self.passive = False
+        self.receiver.record = None
 
     async def take_charge(self, handled: list[str]) -> None:
         """The successor: the old process no longer answers; what it did not answer of the held deliveries
