@@ -6,12 +6,13 @@ gets every reply once."""
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
 from conftest import PASSWORD, free_port
-from upgrade_node import Node, Reconnecting, node, upgrade_section
+from upgrade_node import Node, Reconnecting, alive, node, upgrade_section
 
 from integration.bots import close, login
 
@@ -84,6 +85,11 @@ async def test_a_client_messaging_a_plugin_through_an_upgrade_gets_every_reply(s
         log = served.log.read_text(errors="replace")
         assert log.count("plugin echo connected") == 2  # the successor's own echo (after the old's)
         assert "host echo.localhost removed" in log  # the old process's plugin host, as it exited
+        children = [int(pid) for pid in re.findall(r"plugin echo: started pid (\d+)", log)]
+        if served.config.plugins.entries[0].mode == "process":  # one child per process; the old one's ended
+            assert len(children) == 2
+            await until(lambda: not alive(children[0]))
+            assert alive(children[1])
     finally:
         stop.set()
         await close(alice)
