@@ -27,11 +27,17 @@ PASSWORD = "correct horse battery"
 
 
 @pytest.fixture
-async def cluster(tmp_path: Path) -> AsyncIterator[LocalCluster]:
+async def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[LocalCluster]:
+    """Two nodes; `extra` TOML for both as the parameter."""
     if NATS_SERVER is None or REDIS_SERVER is None:
         pytest.skip("nats-server and redis-server are needed")
     local = LocalCluster(
-        tmp_path / "cluster", nodes_count=2, redis_count=1, database="sqlite", heartbeat_ttl=3.0
+        tmp_path / "cluster",
+        nodes_count=2,
+        redis_count=1,
+        database="sqlite",
+        heartbeat_ttl=3.0,
+        extra=getattr(request, "param", ""),
     )
     await asyncio.to_thread(local.start)
     try:
@@ -158,3 +164,37 @@ async def test_an_upgrade_of_a_node_with_several_workers_is_refused(tmp_path: Pa
         assert "upgrade refused: [server] workers" in node.log.read_text(errors="replace")
     finally:
         await asyncio.to_thread(local.stop)
+
+
+@pytest.mark.parametrize("cluster", ["[upgrade]\ndrain_rate = 1.0\n"], indirect=True)
+async def test_a_user_who_logs_in_on_the_successor_during_the_drain_gets_stanzas_from_other_nodes(
+    cluster: LocalCluster,
+) -> None:
+    """A slow drain (four sessions at one a second): erin binds on the successor while the old process still
+    answers for the node; what bob on node2 sends her reaches her then, not offline storage."""
+    async with open_sql_storage(cluster.dsn) as storage:
+        for name in ("bob", "carol", "dave", "frank", "gina", "erin"):
+            await create_account(storage, name, PASSWORD)
+    cert = cluster.directory / "tls" / "cert.pem"
+    a, b = cluster.nodes
+    bots: list[Bot] = []
+    try:
+        for name in ("carol", "dave", "frank", "gina"):  # resumable: each moves in turn
+            bots.append(await login(f"{name}@localhost/r", PASSWORD, a.c2s_port, cert, plugins=("xep_0198",)))
+        bob = await login("bob@localhost/laptop", PASSWORD, b.c2s_port, cert)
+        bots.append(bob)
+        upgrading = asyncio.create_task(nitro(a.config, "upgrade"))
+        await until(lambda: "is ready and accepting; draining" in a.log.read_text(errors="replace"))
+        erin = await login("erin@localhost/new", PASSWORD, a.c2s_port, cert)  # accepted by the successor
+        bots.append(erin)
+        await asyncio.sleep(0.5)  # node2 learns where erin is
+        for index in range(5):
+            bob.say("erin@localhost/new", f"m{index}")
+            await asyncio.sleep(0.05)
+        await until(lambda: len(erin.messages) >= 5, 10)
+        assert "upgrade: drained" not in a.log.read_text(errors="replace")  # it was during the drain
+        assert erin.messages == [f"m{index}" for index in range(5)]
+        code, out = await upgrading
+        assert code == 0, out
+    finally:
+        await close(*bots)

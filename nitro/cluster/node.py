@@ -81,6 +81,7 @@ class Cluster:
         # old process stops answering and says which it answered; the old one then says nothing more.
         self._held: list[Msg] | None = [] if inherited else None
         self.passive = False
+        self.elsewhere: Callable[[JID, str], bool] | None = None  # the old process: to its successor
 
     # -- joining and leaving -----------------------------------------------------------------------
 
@@ -238,8 +239,8 @@ class Cluster:
     # -- receiving side -----------------------------------------------------------------------
 
     def _deliver_local(self, to: JID, xml: str) -> bool:
-        if self.sessions.get(to) is None:
-            return False
+        if self.sessions.get(to) is None:  # during an upgrade's drain: perhaps bound on the successor
+            return self.elsewhere is not None and self.elsewhere(to, xml)
         return self.delivery.deliver_local(to, parse(xml))
 
     async def _on_request(self, msg: Msg) -> None:

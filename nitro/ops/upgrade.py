@@ -24,7 +24,7 @@ from nitro.cluster.workers import worker_count
 from nitro.ops import sdnotify
 from nitro.ops.adopt import adopt, deliver_forwarded
 from nitro.ops.channel import pid_path
-from nitro.ops.forwarding import forwarder, offline_to
+from nitro.ops.forwarding import forwarder, offline_to, to_successor
 from nitro.ops.handover import Channel, HandoverError
 from nitro.ops.pidfile import write_pid_file
 from nitro.ops.upgrade_progress import GENERATION, HANDOVER_FD, WORKERS_REFUSED, Outcome, Progress, generation
@@ -196,6 +196,8 @@ class Upgrader:
         reader = asyncio.create_task(self._read(channel))
         # what this process would store offline goes to the successor, where its user is now or will be
         undo_offline = self.server.bus.add("message/offline", offline_to(channel), priority=1000)
+        if (cluster := self.server.cluster) is not None:  # deliveries from other nodes for the successor
+            cluster.elsewhere = to_successor(self.server, channel)
         try:
             pending = self._to_drain()
             self.progress.to_move = len(pending)
@@ -219,11 +221,13 @@ class Upgrader:
                 if pending or not self._wanted.empty():
                     await self._pause(interval)
             await self._wait_adopted(reader, min(30.0, max(1.0, deadline - loop.time() + 5.0)))
-            if (cluster := self.server.cluster) is not None:  # the successor answers for the node now
+            if cluster is not None:  # the successor answers for the node now
                 await channel.send({"type": "cluster", "handled": cluster.hand_over()})
             await channel.send({"type": "done", "moved": self.progress.moved, "closed": self.progress.closed})
         finally:
             undo_offline()
+            if cluster is not None:
+                cluster.elsewhere = None
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, HandoverError):
                 await reader
