@@ -166,12 +166,12 @@ async def test_an_upgrade_of_a_node_with_several_workers_is_refused(tmp_path: Pa
         await asyncio.to_thread(local.stop)
 
 
-@pytest.mark.parametrize("cluster", ["[upgrade]\ndrain_rate = 1.0\n"], indirect=True)
+@pytest.mark.parametrize("cluster", ["[upgrade]\ndrain_rate = 0.5\n"], indirect=True)
 async def test_a_user_who_logs_in_on_the_successor_during_the_drain_gets_stanzas_from_other_nodes(
     cluster: LocalCluster,
 ) -> None:
-    """A slow drain (four sessions at one a second): erin binds on the successor while the old process still
-    answers for the node; what bob on node2 sends her reaches her then, not offline storage."""
+    """A slow drain (four sessions, one every two seconds): erin binds on the successor while the old
+    process still answers for the node; what bob on node2 sends her reaches her then, not offline storage."""
     async with open_sql_storage(cluster.dsn) as storage:
         for name in ("bob", "carol", "dave", "frank", "gina", "erin"):
             await create_account(storage, name, PASSWORD)
