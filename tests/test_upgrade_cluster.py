@@ -198,3 +198,44 @@ async def test_a_user_who_logs_in_on_the_successor_during_the_drain_gets_stanzas
         assert code == 0, out
     finally:
         await close(*bots)
+
+
+@pytest.mark.parametrize("cluster", ["[upgrade]\ndrain_rate = 0.5\n"], indirect=True)
+async def test_the_old_process_killed_mid_drain_leaves_the_successor_answering_for_the_node(
+    cluster: LocalCluster,
+) -> None:
+    """SIGKILL of the old process during a slow drain: the successor answers for the node at once (what it
+    held included), keeps the name, and a user bound on it gets what bob on node2 sends."""
+    async with open_sql_storage(cluster.dsn) as storage:
+        for name in ("bob", "carol", "dave", "frank", "erin"):
+            await create_account(storage, name, PASSWORD)
+    cert = cluster.directory / "tls" / "cert.pem"
+    a, b = cluster.nodes
+    assert a.pid is not None
+    old = a.pid
+    bots: list[Bot] = []
+    try:
+        for name in ("carol", "dave", "frank"):
+            bots.append(await login(f"{name}@localhost/r", PASSWORD, a.c2s_port, cert, plugins=("xep_0198",)))
+        bob = await login("bob@localhost/laptop", PASSWORD, b.c2s_port, cert)
+        bots.append(bob)
+        upgrading = asyncio.create_task(nitro(a.config, "upgrade"))
+        await until(lambda: "is ready and accepting; draining" in a.log.read_text(errors="replace"))
+        erin = await login("erin@localhost/new", PASSWORD, a.c2s_port, cert)  # on the successor
+        bots.append(erin)
+        a.kill()  # the old process, by its pid
+        await until(lambda: "this process answers for it now" in a.log.read_text(errors="replace"))
+        await asyncio.sleep(0.5)
+        for index in range(3):
+            bob.say("erin@localhost/new", f"m{index}")
+        await until(lambda: erin.messages == ["m0", "m1", "m2"], 10)
+        assert (await upgrading)[0] != 0  # the process it asked died: no "done"
+        successor = read_pid(a.directory / "nitro.pid")
+        assert successor is not None
+        assert successor != old
+        code, status = await nitro(b.config, "status")
+        assert code == 0
+        assert "cluster node node1:" in status, status
+        assert "already taken" not in a.log.read_text(errors="replace")
+    finally:
+        await close(*bots)
