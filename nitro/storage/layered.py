@@ -110,7 +110,7 @@ class CachedRosterStore:
         return next((item for item in (await self.get(username)).items if item.jid == contact), None)
 
     async def items_for(self, usernames: Sequence[str], contact: str) -> dict[str, RosterItem]:
-        if self._tiers.ring is None:  # nothing is cached without a ring: one query
+        if self._tiers.ring is None:  # one query (without a ring, cached copies of others are few)
             return await self._sql.items_for(usernames, contact)
         found: dict[str, RosterItem] = {}
         for username in usernames:  # cached rosters, each checked against its generation
