@@ -65,17 +65,22 @@ class SqlRosterStore:
 
     @translated
     async def get(self, username: str) -> Roster:
-        async with self._db.engine.connect() as conn:  # one transaction: items and version agree
-            account_id = await self._db.account_id(conn, username)
-            if account_id is None:
-                return Roster(version=0, items=())
-            version = await self._version(conn, account_id)
-            result = await conn.execute(
-                select(roster_items)
-                .where(roster_items.c.account_id == account_id)
-                .order_by(roster_items.c.contact)
-            )
-            return Roster(version=version, items=tuple(_item_from_row(row) for row in result))
+        # One statement (one snapshot): the account, its version and its items; no row means no account,
+        # one row with no contact an empty roster.
+        query = (
+            select(roster_versions.c.version.label("roster_version"), roster_items)
+            .select_from(accounts)
+            .outerjoin(roster_versions, roster_versions.c.account_id == accounts.c.id)
+            .outerjoin(roster_items, roster_items.c.account_id == accounts.c.id)
+            .where(accounts.c.username == username_key(username))
+            .order_by(roster_items.c.contact)
+        )
+        async with self._db.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        if not rows:
+            return Roster(version=0, items=())
+        items = tuple(_item_from_row(row) for row in rows if row.contact is not None)
+        return Roster(version=rows[0].roster_version or 0, items=items)
 
     @translated
     async def get_item(self, username: str, contact: str) -> RosterItem | None:
