@@ -5,6 +5,7 @@ the roster.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any, get_args
 
@@ -45,7 +46,8 @@ def _item_from_row(row: Row[Any]) -> RosterItem:
     if subscription is None:
         raise StorageError(f"roster item with unknown subscription {row.subscription!r}")
     return RosterItem(
-        jid=row.contact.decode(),
+        # interned: a contact is in many rosters, and cached rosters then share one string (idle memory)
+        jid=sys.intern(row.contact.decode()),
         name=row.name,
         subscription=subscription,
         ask=bool(row.ask),
