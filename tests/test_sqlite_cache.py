@@ -15,6 +15,7 @@ from conftest import make_config
 from nitro.accounts import create_account
 from nitro.storage.layered import LayeredStorage, open_storage
 from nitro.storage.models import RosterItem
+from nitro.storage.singleflight import SingleFlight
 from nitro.storage.sqlite_watch import DataVersion, watchable_path
 from nitro.xmpp.sasl.credentials import verify_password
 
@@ -141,3 +142,33 @@ async def test_an_unwatchable_database_caches_nothing(tmp_path: Path) -> None:
         await storage.rosters.get("alice")
         await storage.rosters.get("alice")
         assert len(storage.tiers.cache) == 0
+
+
+async def test_a_read_of_a_newer_generation_never_joins_an_older_flight() -> None:
+    flights: SingleFlight[int] = SingleFlight()
+    release = asyncio.Event()
+    loads: list[int] = []
+
+    async def load(value: int) -> int:
+        loads.append(value)
+        await release.wait()
+        return value
+
+    first = asyncio.ensure_future(flights.read("alice", lambda: load(1), 0))
+    joined = asyncio.ensure_future(flights.read("alice", lambda: load(2), 0))
+    await asyncio.sleep(0)
+    newer = asyncio.ensure_future(flights.read("alice", lambda: load(3), 1))  # committed elsewhere since
+    await asyncio.sleep(0)
+    release.set()
+    assert list(await asyncio.gather(first, joined, newer)) == [1, 1, 3]
+    assert loads == [1, 3]
+
+
+async def test_the_generation_moves_when_another_connection_commits(tmp_path: Path) -> None:
+    config = make_config(tmp_path, redis={"instances": []})
+    async with open_storage(config) as first, open_storage(config) as second:
+        await create_account(first, "alice", "secret")
+        generation = first.tiers.generation()
+        assert first.tiers.generation() == generation
+        await second.blocklist.add("alice", ["eve@localhost"])
+        assert first.tiers.generation() == generation + 1

@@ -65,6 +65,7 @@ class CachedAccountStore:
         found = await self._flights.read(
             username,
             lambda: self._tiers.read(codecs.ACCOUNT, username, lambda: self._sql.get_credentials(username)),
+            self._tiers.generation(),
         )
         return None if found is None else dict(found)  # a copy: the cached dict is shared
 
@@ -103,7 +104,9 @@ class CachedRosterStore:
 
     async def get(self, username: str) -> Roster:
         return await self._flights.read(
-            username, lambda: self._tiers.read(codecs.ROSTER, username, lambda: self._sql.get(username))
+            username,
+            lambda: self._tiers.read(codecs.ROSTER, username, lambda: self._sql.get(username)),
+            self._tiers.generation(),
         )
 
     async def get_item(self, username: str, contact: str) -> RosterItem | None:

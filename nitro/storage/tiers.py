@@ -66,6 +66,7 @@ class Tiers:
         self.cache = cache
         self.ring = ring
         self.watch = watch if ring is None else None  # the ring's generations validate values otherwise
+        self._seen_changes = 0  # commits elsewhere noticed through `watch`
         self.node_id = secrets.token_hex(8)
         self._listeners: list[asyncio.Task[None]] = []
         self._seen: OrderedDict[str, None] = OrderedDict()
@@ -141,6 +142,14 @@ class Tiers:
         await ring.fill(snapshot, kind, owner, key, data)
         self._keep(key, kind, owner, value, len(data), snapshot.token, counter)
         return value
+
+    def generation(self) -> int:
+        """Changes when SQLite reports a commit elsewhere: concurrent reads share one read only within a
+        generation (a read that starts after `nitro user passwd` returned never joins an older one)."""
+        if self.watch is not None and self.watch.changed():
+            self.cache.clear()
+            self._seen_changes += 1
+        return self._seen_changes
 
     async def _read_watched(
         self, codec: Codec[T], owner: str, load: Callable[[], Awaitable[T]], item: str | None
