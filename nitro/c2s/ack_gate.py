@@ -94,7 +94,10 @@ class AckGate:
 
 
 class HeldAcks:
-    """The session's side (nitro/c2s/session.py): its stanzas go through a gate once one had to wait."""
+    """The session's side (nitro/c2s/session.py): its stanzas go through a gate once one had to wait.
+    `_acks` is a slot of the session class (this mixin declares none, so no per-session dict appears)."""
+
+    __slots__ = ()
 
     sm: SmState | None
     state: State

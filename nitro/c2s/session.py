@@ -48,6 +48,29 @@ class ClientSession(ResourceState, Keepalive, HeldAcks):
     """One bound resource: stamps 'from' on what its client sends and hands it to the router; receives
     what is delivered to it."""
 
+    # Slots, not a dict per session (idle memory, issue 16).
+    __slots__ = (
+        "__weakref__",  # the admin channel remembers when each session bound (a WeakKeyDictionary)
+        "_acks",  # HeldAcks's gate (a mixin without slots of its own: two slotted bases cannot be combined)
+        "_ending",
+        "authenticated",
+        "busy",
+        "closed_with",
+        "config",
+        "forward",
+        "id",
+        "lang",
+        "log",
+        "mechanism",
+        "resumed",
+        "server",
+        "sm",
+        "state",
+        "stream_id",
+        "transport",
+        "username",
+    )
+
     def __init__(
         self,
         server: Core,
