@@ -44,14 +44,13 @@ log = logging.getLogger("nitro.c2s.stream")
 _XML_LANG = f"{{{ns.XML}}}lang"
 
 
-class ClientSession(ResourceState, Keepalive, HeldAcks):
+class ClientSession(ResourceState):  # and, through its chain of slotted bases, HeldAcks and Keepalive
     """One bound resource: stamps 'from' on what its client sends and hands it to the router; receives
     what is delivered to it."""
 
     # Slots, not a dict per session (idle memory, issue 16).
     __slots__ = (
         "__weakref__",  # the admin channel remembers when each session bound (a WeakKeyDictionary)
-        "_acks",  # HeldAcks's gate (a mixin without slots of its own: two slotted bases cannot be combined)
         "_ending",
         "authenticated",
         "busy",
