@@ -295,7 +295,7 @@ class PluginsSection:
     handshake_timeout: float = 10.0  # seconds from accept to a verified <handshake/>
     queue_max: int = 1000  # stanzas held per plugin while it is down; past it, service-unavailable
     queue_timeout: float = 30.0  # seconds a held stanza waits for its plugin before service-unavailable
-    ping_interval: float = 30.0  # seconds between health pings (XEP-0199) over each link
+    ping_interval: float = 30.0  # a link silent this long gets a health ping (XEP-0199)
     ping_timeout: float = 10.0  # a link whose plugin does not answer a ping in time is closed
     stop_timeout: float = 5.0  # seconds a `process` plugin has after SIGTERM before SIGKILL
     stanzas_per_second: float = 0.0  # what one plugin link may route (burst: one second's worth); 0: no cap

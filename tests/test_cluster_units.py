@@ -3,6 +3,7 @@ follows announcements and snapshots, wire records round-trip."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -35,6 +36,33 @@ def test_a_retried_stanza_id_is_delivered_once() -> None:
     assert receiver.handle([["x"], ["a/1/3", "not a jid@@", "<m/>"]]) == ["bad", "bad"]
     with pytest.raises(WireError):
         receiver.handle("not a list")
+
+
+def test_an_upgrade_s_two_receivers_deliver_each_stanza_once() -> None:
+    """The old process records what it answers; the successor, told those ids, answers the rest of what it
+    held (including a "gone" the old one answered: never a second attempt after the sender fell back)."""
+    old_delivered: list[str] = []
+    new_delivered: list[str] = []
+
+    def into(delivered: list[str], gone: str) -> Callable[[JID, str], bool]:
+        def deliver(to: JID, xml: str) -> bool:
+            if to.resource == gone:
+                return False
+            delivered.append(xml)
+            return True
+
+        return deliver
+
+    old = Receiver(into(old_delivered, "gone"))
+    new = Receiver(into(new_delivered, ""))  # bound on the successor meanwhile: it would take it
+    old.record = set()
+    first = [["a/1/1", "bob@localhost/laptop", "<m1/>"], ["a/1/2", "bob@localhost/gone", "<m2/>"]]
+    assert old.handle(first) == ["ok", "gone"]
+    held = [first, [["a/1/3", "bob@localhost/laptop", "<m3/>"]]]  # the successor heard both batches
+    new.answered_elsewhere(sorted(old.record))
+    assert [new.handle(batch) for batch in held] == [["ok", "ok"], ["ok"]]
+    assert old_delivered == ["<m1/>"]
+    assert new_delivered == ["<m3/>"]
 
 
 def test_the_view_follows_announcements_snapshots_and_node_loss() -> None:

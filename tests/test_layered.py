@@ -258,17 +258,6 @@ async def test_sql_and_the_owners_instance_down_is_an_error_not_a_stale_read(
         await a.rosters.get("alice")  # the ring's new owner has nothing, SQL is locked: no guess
 
 
-async def test_without_a_ring_nothing_is_cached(tmp_path: Path) -> None:
-    config = make_config(tmp_path, redis={"instances": []})
-    async with open_storage(config) as first, open_storage(config) as second:
-        await create_account(first, "alice", "secret")
-        await first.rosters.get("alice")
-        await second.rosters.put("alice", item("bob@localhost"))  # e.g. `nitro user` in another process
-        assert [i.jid for i in (await first.rosters.get("alice")).items] == ["bob@localhost"]
-        assert first.tiers.ring is None
-        assert len(first.tiers.cache) == 0
-
-
 async def test_a_ring_value_of_another_shape_is_a_miss(nodes: list[LayeredStorage]) -> None:
     a, b = nodes
     await a.rosters.put("alice", item("bob@localhost"))

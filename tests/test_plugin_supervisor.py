@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import sys
 from pathlib import Path
@@ -193,3 +194,45 @@ async def test_an_inprocess_plugin_that_fails_is_started_again(tmp_path: Path) -
     finally:
         sys.path.remove(str(tmp_path))
         sys.modules.pop("crashy_plugin", None)
+
+
+async def test_a_busy_link_whose_ping_answer_waits_behind_a_backlog_stays_open(tmp_path: Path) -> None:
+    """A burst of 300 stanzas routed at 60 a second (five seconds of backlog): any stanza read counts as
+    proof of life, so the link is not pinged while busy, and a ping answered behind the backlog does
+    not close it; once idle it is pinged again and stays open while it answers."""
+    config = plugins_config(tmp_path, ping_interval=0.3, ping_timeout=0.5, stanzas_per_second=60.0)
+    async with started_server(config) as server:
+        assert server.bridge is not None
+        reader, writer, _answer = await raw_authenticated(server.bridge.port)
+        (link,) = server.bridge.links
+        burst = "".join(
+            f"<message type='headline' from='bot@{ECHO}' to='localhost' id='b{i}'/>" for i in range(300)
+        )
+        writer.write(burst.encode())
+        pings = 0
+
+        async def answer_pings() -> None:
+            nonlocal pings
+            buffer = b""
+            while True:
+                data = await reader.read(65536)
+                assert data, "the server closed the link"
+                assert b"connection-timeout" not in data
+                buffer += data
+                for iq in re.finditer(rb"<iq\b[^>]*\bid=['\"]([^'\"]+)['\"][^>]*>", buffer):
+                    writer.write(
+                        b"<iq type='result' from='%s' to='localhost' id='%s'/>" % (ECHO.encode(), iq[1])
+                    )
+                    pings += 1
+                buffer = buffer[buffer.rfind(b">") + 1 :]
+
+        answering = asyncio.create_task(answer_pings())
+        try:
+            await wait_for(lambda: link.routed == 300, 15)
+            await asyncio.sleep(1.5)  # idle now: pinged, answers, stays open
+            assert pings >= 1
+            assert not answering.done()
+            assert server.bridge.plugins["echo"].connected
+        finally:
+            answering.cancel()
+            writer.close()

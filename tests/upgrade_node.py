@@ -12,9 +12,11 @@ import ssl
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from conftest import DOMAIN, PASSWORD, free_port
 
+from integration.bots import Bot
 from nitro.accounts import create_account
 from nitro.config import Config, load_config
 from nitro.ops.channel import pid_path
@@ -283,3 +285,35 @@ def upgrade_section(**values: object) -> str:
 def node(directory: Path, extra: str = "", *, http: bool = False) -> Node:
     file = write_config(directory, extra, http=http)
     return Node(file, load_config(file), directory / "nitro.log")
+
+
+class Reconnecting:
+    """Alice's client: stream management with resumption; reconnects when its connection is lost."""
+
+    def __init__(self, bot: Bot, port: int) -> None:
+        self.bot = bot
+        self.stopping = False
+        self.starts = 1
+        self.resumed = 0
+        bot.add_event_handler("disconnected", self._lost)
+        bot.add_event_handler("session_start", self._started)
+        bot.add_event_handler("session_resumed", self._resumed)
+        self.port = port
+
+    def _lost(self, _event: Any) -> None:
+        if not self.stopping:
+            asyncio.get_running_loop().call_later(0.2, self._again)
+
+    def _again(self) -> None:
+        if not self.stopping:
+            self.bot.connect("127.0.0.1", self.port)
+
+    def _started(self, _event: Any) -> None:
+        self.starts += 1
+
+    def _resumed(self, _event: Any) -> None:
+        self.resumed += 1
+
+    @property
+    def connected(self) -> bool:
+        return self.bot.transport is not None and bool(self.bot.authenticated)

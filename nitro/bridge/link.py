@@ -82,6 +82,7 @@ class ComponentLink:
         peer = writer.get_extra_info("peername")
         self.peer = str(peer[0]) if isinstance(peer, tuple) else str(peer)
         self.routed = 0  # stanzas from the component handed to the router
+        self.last_heard = 0.0  # loop time of the last stanza read from the component (proof of life)
 
     @property
     def domain(self) -> str | None:
@@ -166,6 +167,7 @@ class ComponentLink:
             if not isinstance(event, StanzaReceived):
                 raise StreamError("bad-format", "a second stream header")
             element = event.element
+            self.last_heard = asyncio.get_running_loop().time()
             if element.tag in STANZAS:
                 check_component_from(self.host.domain, element)  # XEP-0114 §3.1: invalid-from
                 if self._extension is not None and await self._extension(self, element):

@@ -124,19 +124,27 @@ class Bridge:
             await self.core.router.route(error_reply(stanza, error))
 
     async def _ping(self, link: ComponentLink) -> None:
-        """XEP-0199 §4.3 server-to-component pings; any answer (even an error) proves the link alive."""
+        """XEP-0199 §4.3 server-to-component pings; any answer (even an error) proves the link alive, and
+        so does any stanza read from it: a link heard from within the interval is not pinged, and a ping
+        whose answer is stuck behind a backlog (the link's route queue) does not close a link that spoke
+        since the ping was sent."""
+        loop = asyncio.get_running_loop()
+        interval = self.config.ping_interval
         while True:
-            await asyncio.sleep(self.config.ping_interval)
-            if link.domain is None:
-                continue
+            await asyncio.sleep(interval)
+            if link.domain is None or loop.time() - link.last_heard < interval:
+                continue  # not yet authenticated, or busy: alive
             iq = etree.Element(
                 f"{{{ns.CLIENT}}}iq", type="get", to=link.domain, nsmap=ns.default_ns(ns.CLIENT)
             )
             iq.set("from", self.core.domain)
             etree.SubElement(iq, f"{{{ns.PING}}}ping", nsmap=ns.default_ns(ns.PING))
+            sent = loop.time()
             try:
                 await self.core.router.send_iq(iq, self.config.ping_timeout)
             except TimeoutError:
+                if link.last_heard >= sent:
+                    continue  # it spoke meanwhile: the answer waits in the queue behind what it sent
                 log.warning(
                     "plugin %s did not answer a ping in %ss: link closed",
                     link.domain,

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from lxml import etree
 
 from nitro.c2s.inputs import State
+from nitro.c2s.keepalive import Keepalive
 from nitro.core.durability import Promise
 from nitro.xmpp.sm import SmState, ack
 
@@ -93,8 +94,12 @@ class AckGate:
             self._drained = None
 
 
-class HeldAcks:
-    """The session's side (nitro/c2s/session.py): its stanzas go through a gate once one had to wait."""
+class HeldAcks(Keepalive):
+    """The session's side (nitro/c2s/session.py): its stanzas go through a gate once one had to wait.
+    It extends Keepalive only so that the session's attributes are one chain of __slots__ (Keepalive →
+    HeldAcks → ResourceState → ClientSession; two slotted bases cannot be combined)."""
+
+    __slots__ = ("_acks",)
 
     sm: SmState | None
     state: State

@@ -21,6 +21,8 @@ _IQ = f"{{{ns.CLIENT}}}iq"
 class Keepalive:
     """The times of the last read and write on a session's connection, and the ping it awaits an answer to."""
 
+    __slots__ = ("_ping_id", "_timing", "last_read", "last_write", "ping_deadline")
+
     def __init__(self, settings: C2SSection) -> None:
         self._timing = settings
         self.last_read = self.last_write = time.monotonic()

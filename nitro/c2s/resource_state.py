@@ -9,14 +9,29 @@ from typing import Any
 
 from lxml import etree
 
+from nitro.c2s.ack_gate import HeldAcks
 from nitro.core.sessions import INTERESTED, LOCAL_NODE, Resource
 from nitro.core.slots import SlotRegistry, SlotValues
 from nitro.xmpp.jid import JID
 from nitro.xmpp.sm import parse_stanza
 
 
-class ResourceState:
-    """RFC 6121 state of one bound resource, and the modules' per-session slots."""
+class ResourceState(HeldAcks):
+    """RFC 6121 state of one bound resource, and the modules' per-session slots. It extends HeldAcks (and
+    through it Keepalive) only so that the session's attributes are one chain of __slots__ (two slotted
+    bases cannot be combined); it neither uses nor initialises their parts (ClientSession does)."""
+
+    __slots__ = (
+        "_directed_to",
+        "_flags",
+        "_jid",
+        "_on_flags",
+        "_presence",
+        "_priority",
+        "_resource",
+        "jid_text",
+        "slots",
+    )
 
     def __init__(self, jid: JID) -> None:
         self._jid = jid

@@ -44,9 +44,31 @@ log = logging.getLogger("nitro.c2s.stream")
 _XML_LANG = f"{{{ns.XML}}}lang"
 
 
-class ClientSession(ResourceState, Keepalive, HeldAcks):
+class ClientSession(ResourceState):  # and, through its chain of slotted bases, HeldAcks and Keepalive
     """One bound resource: stamps 'from' on what its client sends and hands it to the router; receives
     what is delivered to it."""
+
+    # Slots, not a dict per session (idle memory, issue 16).
+    __slots__ = (
+        "__weakref__",  # the admin channel remembers when each session bound (a WeakKeyDictionary)
+        "_ending",
+        "authenticated",
+        "busy",
+        "closed_with",
+        "config",
+        "forward",
+        "id",
+        "lang",
+        "log",
+        "mechanism",
+        "resumed",
+        "server",
+        "sm",
+        "state",
+        "stream_id",
+        "transport",
+        "username",
+    )
 
     def __init__(
         self,

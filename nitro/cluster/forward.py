@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import os
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -58,7 +59,8 @@ class Forwarder:
         self.timeout = timeout
         self.fallback = fallback
         self.unreachable = unreachable
-        self._prefix = f"{node}/{boot}/"
+        # ids unique per process: an upgrade's successor continues the run (boot) but not its counter
+        self._prefix = f"{node}/{boot}/{os.getpid()}/"
         self._ids = itertools.count(1)
         self._queues: dict[str, asyncio.Queue[Outgoing]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -130,6 +132,7 @@ class Receiver:
     def __init__(self, deliver_local: Callable[[JID, str], bool]) -> None:
         self.deliver_local = deliver_local
         self._seen: OrderedDict[str, None] = OrderedDict()
+        self.record: set[str] | None = None  # during an upgrade: every stanza id answered here
         self.received = 0
         self.duplicates = 0
 
@@ -144,6 +147,8 @@ class Receiver:
             except (TypeError, ValueError, InvalidJID):
                 statuses.append("bad")
                 continue
+            if self.record is not None:
+                self.record.add(str(stanza_id))
             if stanza_id in self._seen:
                 self.duplicates += 1
                 statuses.append("ok")  # delivered by an earlier attempt
@@ -157,6 +162,13 @@ class Receiver:
             else:
                 statuses.append("gone")
         return statuses
+
+    def answered_elsewhere(self, ids: list[str]) -> None:
+        """Stanza ids another process of this node answered (an upgrade's old one): not delivered again."""
+        for stanza_id in ids:
+            self._seen[str(stanza_id)] = None
+        while len(self._seen) > RECENT_IDS:
+            self._seen.popitem(last=False)
 
 
 async def respond(msg: Msg, answer: dict[str, object]) -> None:

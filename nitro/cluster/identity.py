@@ -37,11 +37,12 @@ def member_key(ring: Ring, node: str) -> str:
 class NodeIdentity:
     """This run of a node: its name, a token no other run shares, and its heartbeat."""
 
-    def __init__(self, ring: Ring, node: str, ttl: float) -> None:
+    def __init__(self, ring: Ring, node: str, ttl: float, token: str | None = None) -> None:
         self.ring = ring
         self.node = node
         self.ttl = ttl
-        self.token = secrets.token_hex(8)  # this run (a restarted node gets a new one)
+        # this run (a restarted node gets a new one; an upgrade's successor continues its predecessor's)
+        self.token = token or secrets.token_hex(8)
         self.started = time.time()
         self.sessions = 0  # updated by the cluster before each heartbeat
 

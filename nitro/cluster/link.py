@@ -64,6 +64,8 @@ class NatsLink:
             log.warning("NATS: %s", exc)
 
         async def on_disconnect() -> None:
+            if self._nc is None:
+                return  # our own close (shutdown, or the end of an upgrade): nothing is lost
             log.warning("NATS connection lost; reconnecting (stanzas for other nodes go to offline storage)")
 
         async def on_reconnect() -> None:

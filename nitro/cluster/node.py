@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SNAPSHOT_CHUNK = 500
+INHERITED_BOOT = "NITRO_CLUSTER_BOOT"  # an upgrade's successor continues its predecessor's run (token)
 
 
 class Cluster:
@@ -56,7 +58,8 @@ class Cluster:
         self.delivery = delivery
         self.ring = ring
         self.link = NatsLink(settings, core.config.base_dir)
-        self.identity = NodeIdentity(ring, self.node, settings.heartbeat_ttl)
+        inherited = os.environ.pop(INHERITED_BOOT, None)  # set by nitro/ops/upgrade.py for its successor
+        self.identity = NodeIdentity(ring, self.node, settings.heartbeat_ttl, inherited)
         self.boot = self.identity.token
         self.view = RemoteView(self.node)
         self.forwarder = Forwarder(
@@ -74,6 +77,11 @@ class Cluster:
         self._tasks: set[asyncio.Task[None]] = set()
         self._undo: list[Callable[[], None]] = []
         self._joined = False  # the name is ours: until then requests are left to its holder
+        # An upgrade: the successor holds the deliveries it hears (both processes are subscribed) until the
+        # old process stops answering and says which it answered; the old one then says nothing more.
+        self._held: list[Msg] | None = [] if inherited else None
+        self.passive = False
+        self.elsewhere: Callable[[JID, str], bool] | None = None  # the old process: to its successor
 
     # -- joining and leaving -----------------------------------------------------------------------
 
@@ -84,12 +92,17 @@ class Cluster:
         await self.link.subscribe(subject_of(self.settings.name, self.node), self._on_request)
         if not await self.identity.claim():
             holder = await self.identity.holder() or {}
-            if await self.ping(self.node, holder.get("token")):
+            if holder.get("token") == self.identity.token:
+                log.info("node %s: taking the name over from the process this upgrade replaces", self.node)
+            elif await self.ping(self.node, holder.get("token")):
                 raise ClusterError(
                     f"node name {self.node!r} is already taken by a live node (pid {holder.get('pid')} on "
                     f"{holder.get('host')}): give this one another [cluster] node"
                 )
-            log.info("node %s: the previous run left its heartbeat behind; taking the name over", self.node)
+            else:
+                log.info(
+                    "node %s: the previous run left its heartbeat behind; taking the name over", self.node
+                )
             await self.identity.take_over()
         self._joined = True
         await self.link.subscribe(sessions_subject(self.settings.name), self._on_announcement)
@@ -115,7 +128,7 @@ class Cluster:
     async def stop(self) -> None:
         """After the listeners closed and the sessions ended (their unbinds announced)."""
         await self.forwarder.idle()
-        self._announce({"t": "down"})
+        self._announce({"t": "down"})  # not when passive: the successor serves this node's users
         await self._flush_announcements()
         for undo in self._undo:
             undo()
@@ -125,8 +138,38 @@ class Cluster:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.forwarder.close()
-        await self.identity.release()
+        if not self.passive:  # passive: the name (and its token) is the successor's
+            await self.identity.release()
         await self.link.close()
+
+    # -- an upgrade of this node (nitro/ops/upgrade.py, successor.py) ------------------------------
+
+    @property
+    def holding(self) -> bool:
+        return self._held is not None
+
+    def hand_over(self) -> list[str]:
+        """The old process, drained: stop answering and announcing; the stanza ids it answered since the
+        upgrade started (Receiver.record) go to the successor, which answers the rest."""
+        self.passive = True
+        handled = sorted(self.receiver.record or ())
+        self.receiver.record = None
+        return handled
+
+    def take_back(self) -> None:
+        """The successor died during the drain (before or after `hand_over`): this process answers again."""
+        self.passive = False
+        self.receiver.record = None
+
+    async def take_charge(self, handled: list[str]) -> None:
+        """The successor: the old process no longer answers; what it did not answer of the held deliveries
+        is answered here, in the order heard, then every request; the others learn what this run holds."""
+        held, self._held = self._held or [], None
+        self.receiver.answered_elsewhere(handled)
+        for msg in held:
+            await self._on_request(msg)
+        self._announce_snapshot()
+        log.info("node %s: this process answers for it now (%d deliveries were held)", self.node, len(held))
 
     async def _rejoin(self) -> None:
         """NATS is back: tell the others who we are and what we hold (they may have left us out)."""
@@ -196,17 +239,19 @@ class Cluster:
     # -- receiving side -----------------------------------------------------------------------
 
     def _deliver_local(self, to: JID, xml: str) -> bool:
-        if self.sessions.get(to) is None:
-            return False
+        if self.sessions.get(to) is None:  # during an upgrade's drain: perhaps bound on the successor
+            return self.elsewhere is not None and self.elsewhere(to, xml)
         return self.delivery.deliver_local(to, parse(xml))
 
     async def _on_request(self, msg: Msg) -> None:
-        if not self._joined:
-            return  # starting, and perhaps refused: the name's holder answers
+        if not self._joined or self.passive:
+            return  # starting, and perhaps refused: the name's holder answers; passive: the successor does
         try:
             request = decode(msg.data)
             kind = request["t"]
-            if kind == "deliver":
+            if kind == "deliver" and self._held is not None:
+                self._held.append(msg)  # the old process of this upgrade answers, or leaves it to us
+            elif kind == "deliver":
                 await respond(msg, {"r": self.receiver.handle(request.get("items"))})
             elif kind == "ping":
                 if request.get("boot", self.boot) == self.boot:  # a ping for another run: not us
@@ -238,6 +283,8 @@ class Cluster:
         return [Announced.of(session.resource) for session in self.sessions]
 
     def _announce(self, message: dict[str, Any]) -> None:
+        if self.passive:
+            return
         message["node"] = self.node
         message["boot"] = self.boot
         self._announcements.put_nowait(message)

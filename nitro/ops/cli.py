@@ -45,7 +45,7 @@ def add_ops_parsers(commands: Any) -> None:
         "upgrade",
         help="replace the running server by the code now installed without dropping a connection (as "
         "SIGUSR2): exit 0 once done, 3 if an upgrade is already under way, 4 if the successor failed and "
-        "the running server goes on (rolled back)",
+        "the running server goes on (rolled back), 5 if refused because [server] workers is more than 1",
     )
     export = commands.add_parser(
         "export", help="write every account with its data to an XEP-0227 file (works while serving)"

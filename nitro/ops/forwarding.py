@@ -12,6 +12,7 @@ from lxml import etree
 from nitro.core.router import StanzaEvent
 from nitro.ops.adopt import FORWARDED
 from nitro.ops.handover import Channel, HandoverError
+from nitro.xmpp.jid import JID
 
 if TYPE_CHECKING:
     from nitro.server import Server
@@ -29,6 +30,17 @@ def forwarder(
         kept.append(element)
         stanza = etree.tostring(element, encoding="unicode")
         server.spawn(_send_quietly(channel, {"type": "deliver", "to": to, "stanza": stanza}))
+
+    return forward
+
+
+def to_successor(server: Server, channel: Channel) -> Callable[[JID, str], bool]:
+    """A cluster delivery for a resource not in this process (during the drain): the successor may hold it
+    (a client that logged in there); it delivers, or routes it as undeliverable (RFC 6121 §8)."""
+
+    def forward(to: JID, xml: str) -> bool:
+        server.spawn(_send_quietly(channel, {"type": "deliver", "to": str(to), "stanza": xml}))
+        return True
 
     return forward
 

@@ -32,6 +32,7 @@ SCHEMAS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "online": {"jids": list},  # old → successor: the full JIDs bound in the old process when the drain starts
     "left": {"jids": list},  # old → successor: these left the old process without moving
     "want": {"previd": str},  # successor → old: a client resumes this session here, hand it over now
+    "cluster": {"handled": list},  # old → successor: it stopped answering for the node (these it answered)
     "done": {"moved": int, "closed": int},  # old → successor: the drain is over
 }
 

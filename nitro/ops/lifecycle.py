@@ -103,6 +103,8 @@ def _expose(server: Server, upgrader: Upgrader, predecessor: Predecessor | None)
         progress = upgrader.progress
         if outcome is Outcome.UNDER_WAY:
             return {"outcome": outcome.value, "reason": "an upgrade is already under way (or still draining)"}
+        if outcome is Outcome.WORKERS:
+            return {"outcome": outcome.value, "reason": progress.reason}
         return {
             "outcome": outcome.value,
             "reason": progress.reason,

@@ -1,6 +1,7 @@
 """A zero-downtime upgrade, from the successor's side: take the listening sockets from the old process, check
-itself (storage, Redis, TLS material) before accepting, report ready, then adopt the sessions the old process
-hands over and deliver what it forwards; a client resuming a session still in the old process pulls it here.
+itself (storage, Redis, TLS material, plugins' modules) before accepting, report ready, then adopt the
+sessions the old process hands over and deliver what it forwards; a client resuming a session still in the
+old process pulls it here.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from nitro.c2s.session import ClientSession
 from nitro.core.module import ResumeRequest
 from nitro.core.router import StanzaEvent
 from nitro.ops.adopt import FORWARDED, adopt, deliver_forwarded
+from nitro.ops.check_plugins import check_plugins
 from nitro.ops.handover import Channel, HandoverClosed, HandoverError
 from nitro.ops.upgrade_progress import HANDOVER_FD
 from nitro.storage.errors import StorageError
@@ -94,7 +96,8 @@ class Predecessor:
         return cls(channel, message["generation"], inherited)
 
     async def check(self, server: Server) -> None:
-        """Before accepting: the storage answers, every Redis instance answers, TLS material is loaded."""
+        """Before accepting: the storage answers, every Redis instance answers, TLS material is loaded, and
+        every `inprocess`/`process` plugin's module can be found."""
         try:
             async with asyncio.timeout(
                 server.config.storage.connect_timeout + server.config.storage.query_timeout
@@ -110,6 +113,9 @@ class Predecessor:
                 raise NotReady(f"Redis unreachable: {', '.join(down)}")
         if server.config.c2s.require_encryption and server.tls_context is None:
             raise NotReady("TLS is required but no certificate is loaded")
+        wrong = [f.text for f in check_plugins(server.config) if f.level == "error"]
+        if wrong:  # a plugin its own supervisor could not start (e.g. its module is not importable)
+            raise NotReady("; ".join(wrong))
 
     async def ready(self) -> None:
         await self.channel.send({"type": "ready", "pid": os.getpid()})
@@ -154,6 +160,8 @@ class Predecessor:
                         await deliver_forwarded(server, message["to"], message["stanza"])
                     except Exception:  # one stanza's routing error never stops the adoption
                         log.exception("upgrade: a stanza from the old process was not delivered")
+                elif kind == "cluster" and server.cluster is not None:
+                    await server.cluster.take_charge([str(i) for i in message["handled"]])
                 elif kind == "done":
                     self.done = True
                     log.info(
@@ -169,6 +177,8 @@ class Predecessor:
         except HandoverError as exc:
             self._gone_early(str(exc))
         finally:
+            if server.cluster is not None and server.cluster.holding:  # it went before handing the node over
+                await server.cluster.take_charge([])
             undo()
             undo_offline()
             undo_bosh()

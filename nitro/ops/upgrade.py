@@ -19,13 +19,15 @@ from typing import TYPE_CHECKING, Any
 from lxml import etree
 
 from nitro.c2s.session import ClientSession
+from nitro.cluster.node import INHERITED_BOOT
+from nitro.cluster.workers import worker_count
 from nitro.ops import sdnotify
 from nitro.ops.adopt import adopt, deliver_forwarded
 from nitro.ops.channel import pid_path
-from nitro.ops.forwarding import forwarder, offline_to
+from nitro.ops.forwarding import forwarder, offline_to, to_successor
 from nitro.ops.handover import Channel, HandoverError
 from nitro.ops.pidfile import write_pid_file
-from nitro.ops.upgrade_progress import GENERATION, HANDOVER_FD, Outcome, Progress, generation
+from nitro.ops.upgrade_progress import GENERATION, HANDOVER_FD, WORKERS_REFUSED, Outcome, Progress, generation
 from nitro.transports import bosh_move
 from nitro.transports.listeners import Listeners, close_all
 from nitro.xmpp.errors import StreamError
@@ -83,6 +85,10 @@ class Upgrader:
     async def run(self) -> Outcome:
         if self.under_way:
             return Outcome.UNDER_WAY
+        if worker_count(self.server.config) > 1:
+            self.progress.reason = WORKERS_REFUSED
+            log.warning("upgrade refused: %s", WORKERS_REFUSED)
+            return Outcome.WORKERS
         async with self._lock:
             return await self._run()
 
@@ -92,6 +98,8 @@ class Upgrader:
         sdnotify.notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         channel = Channel(ours)
+        if (cluster := self.server.cluster) is not None:
+            cluster.receiver.record = set()  # what this process answers while both are subscribed
         self._channel = channel
         try:
             self._process = await self._spawn(theirs)
@@ -154,11 +162,15 @@ class Upgrader:
             command += ["--config", str(config.file)]
         command.append("serve")
         env = {**os.environ, HANDOVER_FD: str(theirs.fileno()), GENERATION: str(generation() + 1)}
+        if self.server.cluster is not None:  # the successor continues this run in the cluster
+            env[INHERITED_BOOT] = self.server.cluster.boot
         return await asyncio.create_subprocess_exec(*command, pass_fds=(theirs.fileno(),), env=env)
 
     async def _roll_back(self, reason: str) -> Outcome:
         """Before ready: the successor is killed, this process goes on as if nothing happened."""
         log.error("upgrade rolled back: %s; this process (%d) goes on serving", reason, os.getpid())
+        if self.server.cluster is not None:
+            self.server.cluster.receiver.record = None
         await self._kill_successor()
         if self._channel is not None:
             self._channel.close()
@@ -185,6 +197,8 @@ class Upgrader:
         reader = asyncio.create_task(self._read(channel))
         # what this process would store offline goes to the successor, where its user is now or will be
         undo_offline = self.server.bus.add("message/offline", offline_to(channel), priority=1000)
+        if (cluster := self.server.cluster) is not None:  # deliveries from other nodes for the successor
+            cluster.elsewhere = to_successor(self.server, channel)
         try:
             pending = self._to_drain()
             self.progress.to_move = len(pending)
@@ -208,9 +222,13 @@ class Upgrader:
                 if pending or not self._wanted.empty():
                     await self._pause(interval)
             await self._wait_adopted(reader, min(30.0, max(1.0, deadline - loop.time() + 5.0)))
+            if cluster is not None:  # the successor answers for the node now
+                await channel.send({"type": "cluster", "handled": cluster.hand_over()})
             await channel.send({"type": "done", "moved": self.progress.moved, "closed": self.progress.closed})
         finally:
             undo_offline()
+            if cluster is not None:
+                cluster.elsewhere = None
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, HandoverError):
                 await reader
@@ -383,6 +401,8 @@ class Upgrader:
         await self._kill_successor()
         if self._channel is not None:
             self._channel.close()
+        if self.server.cluster is not None:
+            self.server.cluster.take_back()
         await self.listeners.serve_again(spare)
         if (path := pid_path(self.server.config)) is not None:
             write_pid_file(path)  # the serving process again

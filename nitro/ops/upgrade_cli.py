@@ -9,6 +9,7 @@ import signal
 import sys
 import time
 
+from nitro.cluster.workers import worker_count
 from nitro.config import Config
 from nitro.ops.channel import ChannelError, NotRunning, call, pid_path
 from nitro.ops.pidfile import read_pid, running_pid
@@ -17,6 +18,7 @@ EXIT_DONE = 0
 EXIT_FAILED = 1  # no server, or no answer
 EXIT_UNDER_WAY = 3  # refused: an upgrade is already under way
 EXIT_ROLLED_BACK = 4  # the successor failed; the running server goes on
+EXIT_WORKERS = 5  # refused: [server] workers > 1 (nothing was done; the node serves on)
 POLL = 0.2
 
 
@@ -37,6 +39,9 @@ async def upgrade_command(config: Config) -> int:
             f"{result.get('closed', 0)} closed"
         )
         return EXIT_DONE
+    if outcome == "refused-workers":
+        print(f"nitro: upgrade refused: {result.get('reason')}", file=sys.stderr)
+        return EXIT_WORKERS
     if outcome == "under-way":
         print("nitro: upgrade refused: an upgrade is already under way", file=sys.stderr)
         return EXIT_UNDER_WAY
@@ -54,6 +59,9 @@ async def _by_signal(config: Config, wait: float, why: NotRunning) -> int:
         print(f"nitro: upgrade: {why}{stale}", file=sys.stderr)
         return EXIT_FAILED
     assert path is not None
+    if worker_count(config) > 1:  # the server would refuse the signal too (see its log)
+        print("nitro: upgrade refused: [server] workers is more than 1", file=sys.stderr)
+        return EXIT_WORKERS
     os.kill(old, signal.SIGUSR2)
     end = time.monotonic() + wait
     while time.monotonic() < end:

@@ -66,6 +66,7 @@ class CachedAccountStore:
         found = await self._flights.read(
             username,
             lambda: self._tiers.read(codecs.ACCOUNT, username, lambda: self._sql.get_credentials(username)),
+            self._tiers.generation(),
         )
         return None if found is None else dict(found)  # a copy: the cached dict is shared
 
@@ -104,14 +105,16 @@ class CachedRosterStore:
 
     async def get(self, username: str) -> Roster:
         return await self._flights.read(
-            username, lambda: self._tiers.read(codecs.ROSTER, username, lambda: self._sql.get(username))
+            username,
+            lambda: self._tiers.read(codecs.ROSTER, username, lambda: self._sql.get(username)),
+            self._tiers.generation(),
         )
 
     async def get_item(self, username: str, contact: str) -> RosterItem | None:
         return next((item for item in (await self.get(username)).items if item.jid == contact), None)
 
     async def items_for(self, usernames: Sequence[str], contact: str) -> dict[str, RosterItem]:
-        if self._tiers.ring is None:  # nothing is cached without a ring: one query
+        if self._tiers.ring is None:  # one query (without a ring, cached copies of others are few)
             return await self._sql.items_for(usernames, contact)
         found: dict[str, RosterItem] = {}
         for username in usernames:  # cached rosters, each checked against its generation

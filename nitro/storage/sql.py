@@ -131,7 +131,7 @@ def _sqlite_on_begin(conn: Connection) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(WRITE) else "BEGIN")
 
 
-def _sqlite_path(url: URL) -> Path | None:
+def sqlite_path(url: URL) -> Path | None:
     """The database file of a SQLite URL, None for in-memory and `file:` URI databases."""
     database = url.database
     if not database or database == ":memory:" or database.startswith("file:"):
@@ -146,7 +146,7 @@ def create_engine(dsn: str, *, create_dirs: bool = True, pool: StorageSection = 
     if is_mysql(url):
         return mysql_engine(url, pool)
     sqlite = url.get_backend_name() == "sqlite"
-    if sqlite and create_dirs and (path := _sqlite_path(url)) is not None:
+    if sqlite and create_dirs and (path := sqlite_path(url)) is not None:
         with translate_errors():
             path.parent.mkdir(parents=True, exist_ok=True)
     # hide_parameters: error messages must not quote SCRAM keys or message bodies.

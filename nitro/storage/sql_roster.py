@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any, get_args
 
@@ -46,7 +47,8 @@ def _item_from_row(row: Row[Any]) -> RosterItem:
     if subscription is None:
         raise StorageError(f"roster item with unknown subscription {row.subscription!r}")
     return RosterItem(
-        jid=row.contact.decode(),
+        # interned: a contact is in many rosters, and cached rosters then share one string (idle memory)
+        jid=sys.intern(row.contact.decode()),
         name=row.name,
         subscription=subscription,
         ask=bool(row.ask),
@@ -69,22 +71,27 @@ class SqlRosterStore:
 
     @translated
     async def get(self, username: str) -> Roster:
-        async with self._db.engine.connect() as conn:  # one transaction: items and version agree
-            account_id = await self._db.account_id(conn, username)
-            if account_id is None:
-                return Roster(version=0, items=())
-            version = await self._version(conn, account_id)
-            result = await conn.execute(
-                select(roster_items)
-                .where(roster_items.c.account_id == account_id)
-                .order_by(roster_items.c.contact)
-            )
-            items = []
-            for index, row in enumerate(result, 1):
+        # One statement (one snapshot): the account, its version and its items; no row means no account,
+        # one row with no contact an empty roster.
+        query = (
+            select(roster_versions.c.version.label("roster_version"), roster_items)
+            .select_from(accounts)
+            .outerjoin(roster_versions, roster_versions.c.account_id == accounts.c.id)
+            .outerjoin(roster_items, roster_items.c.account_id == accounts.c.id)
+            .where(accounts.c.username == username_key(username))
+            .order_by(roster_items.c.contact)
+        )
+        async with self._db.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        if not rows:
+            return Roster(version=0, items=())
+        items = []
+        for index, row in enumerate(rows, 1):
+            if row.contact is not None:
                 items.append(_item_from_row(row))
-                if index % _DECODE_SLICE == 0:
-                    await asyncio.sleep(0)  # thousands of items: other sessions get turns meanwhile
-            return Roster(version=version, items=tuple(items))
+            if index % _DECODE_SLICE == 0:
+                await asyncio.sleep(0)  # thousands of items: other sessions get turns meanwhile
+        return Roster(version=rows[0].roster_version or 0, items=tuple(items))
 
     @translated
     async def get_item(self, username: str, contact: str) -> RosterItem | None:

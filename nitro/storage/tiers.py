@@ -19,8 +19,12 @@ token that the write replaced:
   other). The invalidation message names the instances that got the new generation; a node that sees
   another live one writes a new generation there too (or takes it out). That window lasts until the
   message arrives, i.e. only for an instance the writer could not reach but the reader can.
-* Without a ring, nothing is cached: another process (`nitro user passwd`) could not tell us of its
-  writes. With the owner's instance unreachable, reads go to SQL and nothing is cached or served from
+* Without a ring, values are cached only on a SQLite file (the embedded default): before each read,
+  `PRAGMA data_version` (sqlite_watch.py) says whether any other connection committed since the last
+  read — another process (`nitro user passwd`) or our own pool — and if so the whole cache is dropped.
+  The check and the lookup happen with no await between them, so nothing is served across a commit
+  made elsewhere. Other backends without a ring cache nothing: another process could not tell us of
+  its writes. With the owner's instance unreachable, reads go to SQL and nothing is cached or served from
   the cache; with SQL unreachable too they fail (StorageUnavailable), as do all writes.
 """
 
@@ -31,6 +35,7 @@ import contextlib
 import json
 import logging
 import secrets
+import sqlite3
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -40,6 +45,7 @@ from nitro.storage.cache import LruCache
 from nitro.storage.codecs import CACHED_KINDS, Codec, CorruptValue
 from nitro.storage.ring.instance import REDIS_ERRORS, Instance, RingUnavailable
 from nitro.storage.ring.ring import Ring
+from nitro.storage.sqlite_watch import DataVersion, watchable_path
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +62,11 @@ def _group(kind: str, owner: str) -> str:
 class Tiers:
     """The cache and the ring of one node (the ring is None without `[redis].instances`)."""
 
-    def __init__(self, cache: LruCache, ring: Ring | None) -> None:
+    def __init__(self, cache: LruCache, ring: Ring | None, watch: DataVersion | None = None) -> None:
         self.cache = cache
         self.ring = ring
+        self.watch = watch if ring is None else None  # the ring's generations validate values otherwise
+        self._seen_changes = 0  # commits elsewhere noticed through `watch`
         self.node_id = secrets.token_hex(8)
         self._listeners: list[asyncio.Task[None]] = []
         self._seen: OrderedDict[str, None] = OrderedDict()
@@ -67,10 +75,17 @@ class Tiers:
     def from_config(cls, config: Config) -> Tiers:
         cache = LruCache(config.cache.max_entries, config.cache.max_bytes, config.cache.ttl)
         ring = Ring(config.redis) if config.redis.instances else None
-        return cls(cache, ring)
+        path = watchable_path(config.storage.dsn)
+        return cls(cache, ring, DataVersion(path) if path is not None else None)
 
     async def start(self) -> None:
         if self.ring is None:
+            if self.watch is not None:
+                try:
+                    self.watch.open()
+                except sqlite3.Error as exc:
+                    log.warning("not caching: cannot watch %s for commits: %s", self.watch.path, exc)
+                    self.watch = None
             return
         await self.ring.start()
         for instance in self.ring.instances:
@@ -84,6 +99,8 @@ class Tiers:
                 await task
         if self.ring is not None:
             await self.ring.close()
+        if self.watch is not None:
+            self.watch.close()
 
     # -- read path ----------------------------------------------------------------------------------------
 
@@ -93,7 +110,7 @@ class Tiers:
         """The value from the first tier that has it fresh; `load` reads SQL. Fills the tiers above."""
         ring = self.ring
         if ring is None:
-            return await load()
+            return await self._read_watched(codec, owner, load, item)
         kind = codec.kind
         key = ring.keys.key(kind, codec.version, owner, item)
         counter = self.cache.snapshot()
@@ -124,6 +141,37 @@ class Tiers:
         data = codec.encode(value)
         await ring.fill(snapshot, kind, owner, key, data)
         self._keep(key, kind, owner, value, len(data), snapshot.token, counter)
+        return value
+
+    def generation(self) -> int:
+        """Changes when SQLite reports a commit elsewhere: concurrent reads share one read only within a
+        generation (a read that starts after `nitro user passwd` returned never joins an older one)."""
+        if self.watch is not None and self.watch.changed():
+            self.cache.clear()
+            self._seen_changes += 1
+        return self._seen_changes
+
+    async def _read_watched(
+        self, codec: Codec[T], owner: str, load: Callable[[], Awaitable[T]], item: str | None
+    ) -> T:
+        """Without a ring: the local copy while SQLite reports no commit elsewhere, else SQL."""
+        watch = self.watch
+        if watch is None:
+            return await load()
+        if watch.changed():
+            self.cache.clear()  # also refuses fills begun before now
+        kind = codec.kind
+        key = (
+            f"{kind}.v{codec.version}:{owner}" if item is None else f"{kind}.v{codec.version}:{owner}:{item}"
+        )
+        entry = self.cache.peek(key)
+        if entry is not None:
+            self.cache.hit(kind)
+            return entry.value  # type: ignore[no-any-return]
+        self.cache.miss(kind)
+        counter = self.cache.snapshot()
+        value = await load()
+        self._keep(key, kind, owner, value, len(codec.encode(value)), "", counter)
         return value
 
     def _keep(self, key: str, kind: str, owner: str, value: Any, size: int, token: str, counter: int) -> None:

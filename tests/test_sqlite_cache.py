@@ -1,0 +1,174 @@
+"""The in-process cache without a ring, on the embedded SQLite default: served while SQLite's
+`PRAGMA data_version` reports no commit by another connection; any such commit (another process, the
+server's own pool) drops it, so no read after a write returned sees the old value."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import make_config
+
+from nitro.accounts import create_account
+from nitro.storage.layered import LayeredStorage, open_storage
+from nitro.storage.models import RosterItem
+from nitro.storage.singleflight import SingleFlight
+from nitro.storage.sqlite_watch import DataVersion, watchable_path
+from nitro.xmpp.sasl.credentials import verify_password
+
+
+def hits(storage: LayeredStorage, kind: str) -> int:
+    return storage.tiers.cache.stats.get(kind, {}).get("hits", 0)
+
+
+def item(jid: str) -> RosterItem:
+    return RosterItem(jid=jid, name=None, subscription="both")
+
+
+async def test_reads_are_cached_until_another_connection_commits(tmp_path: Path) -> None:
+    config = make_config(tmp_path, redis={"instances": []})
+    async with open_storage(config) as first, open_storage(config) as second:
+        assert first.tiers.ring is None
+        assert first.tiers.watch is not None
+        await create_account(first, "alice", "secret")
+        await first.rosters.get("alice")
+        assert (await first.rosters.get("alice")).items == ()
+        assert hits(first, "roster") == 1  # the second read came from the cache
+        await second.rosters.put("alice", item("bob@localhost"))  # another pool, as another process
+        assert [i.jid for i in (await first.rosters.get("alice")).items] == ["bob@localhost"]
+        assert hits(first, "roster") == 1
+        await first.blocklist.list("alice")
+        await second.blocklist.add("alice", ["eve@localhost"])
+        assert await first.blocklist.list("alice") == ["eve@localhost"]
+
+
+async def test_own_writes_are_read_back_at_once(tmp_path: Path) -> None:
+    config = make_config(tmp_path, redis={"instances": []})
+    async with open_storage(config) as storage:
+        await create_account(storage, "alice", "secret")
+        assert await storage.blocklist.list("alice") == []
+        await storage.blocklist.add("alice", ["eve@localhost"])
+        assert await storage.blocklist.list("alice") == ["eve@localhost"]
+        await storage.rosters.get("alice")
+        await storage.rosters.put("alice", item("bob@localhost"))
+        assert [i.jid for i in (await storage.rosters.get("alice")).items] == ["bob@localhost"]
+
+
+async def test_nitro_user_passwd_in_another_process_takes_effect(tmp_path: Path) -> None:
+    config = make_config(tmp_path, redis={"instances": []})
+    toml = tmp_path / "cli.toml"
+    toml.write_text(f'[storage]\ndsn = "{config.storage.dsn}"\n[admin]\nsocket = ""\npid_file = ""\n')
+    async with open_storage(config) as storage:
+        await create_account(storage, "alice", "old-secret")
+        before = await storage.accounts.get_credentials("alice")
+        assert before is not None
+        assert verify_password("old-secret", before["SHA-1"])
+        await storage.accounts.get_credentials("alice")
+        assert hits(storage, "account") == 1
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [
+                sys.executable,
+                "-m",
+                "nitro",
+                "--config",
+                str(toml),
+                "user",
+                "passwd",
+                "alice",
+                "--password-stdin",
+            ],
+            input="new-secret\n",
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        after = await storage.accounts.get_credentials("alice")
+        assert after is not None
+        assert verify_password("new-secret", after["SHA-1"])
+        assert not verify_password("old-secret", after["SHA-1"])
+
+
+def test_only_sqlite_files_are_watched(tmp_path: Path) -> None:
+    assert watchable_path(f"sqlite+aiosqlite:///{tmp_path}/nitro.db") == tmp_path / "nitro.db"
+    assert watchable_path("sqlite+aiosqlite:///:memory:") is None
+    assert watchable_path("sqlite+aiosqlite:///file:shared?mode=memory&cache=shared&uri=true") is None
+    assert watchable_path("mysql+asyncmy://nitro:pw@127.0.0.1:3306/nitro") is None
+
+
+def test_a_database_that_cannot_be_read_counts_as_changed(tmp_path: Path) -> None:
+    path = tmp_path / "not-a-database.db"
+    path.write_bytes(b"this is not SQLite" * 100)
+    watch = DataVersion(path)
+    watch.open()
+    try:
+        assert watch.changed()
+        assert watch.changed()  # every time: nothing may be served from the cache
+    finally:
+        watch.close()
+    assert DataVersion(path).changed()  # never opened
+
+
+def test_data_version_sees_other_connections_only(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite"
+    writer = sqlite3.connect(path, isolation_level=None)
+    writer.execute("PRAGMA journal_mode=WAL")
+    writer.execute("CREATE TABLE t (x INTEGER)")
+    watch = DataVersion(path)
+    watch.open()
+    try:
+        assert watch.changed()  # the first look
+        assert not watch.changed()
+        writer.execute("INSERT INTO t VALUES (1)")
+        assert watch.changed()
+        assert not watch.changed()
+    finally:
+        watch.close()
+        writer.close()
+
+
+async def test_an_unwatchable_database_caches_nothing(tmp_path: Path) -> None:
+    config = make_config(tmp_path, redis={"instances": []})
+    async with open_storage(config) as storage:
+        assert storage.tiers.watch is not None
+        storage.tiers.watch.close()
+        storage.tiers.watch = None  # as when the watching connection could not be opened
+        await create_account(storage, "alice", "secret")
+        await storage.rosters.get("alice")
+        await storage.rosters.get("alice")
+        assert len(storage.tiers.cache) == 0
+
+
+async def test_a_read_of_a_newer_generation_never_joins_an_older_flight() -> None:
+    flights: SingleFlight[int] = SingleFlight()
+    release = asyncio.Event()
+    loads: list[int] = []
+
+    async def load(value: int) -> int:
+        loads.append(value)
+        await release.wait()
+        return value
+
+    first = asyncio.ensure_future(flights.read("alice", lambda: load(1), 0))
+    joined = asyncio.ensure_future(flights.read("alice", lambda: load(2), 0))
+    await asyncio.sleep(0)
+    newer = asyncio.ensure_future(flights.read("alice", lambda: load(3), 1))  # committed elsewhere since
+    await asyncio.sleep(0)
+    release.set()
+    assert list(await asyncio.gather(first, joined, newer)) == [1, 1, 3]
+    assert loads == [1, 3]
+
+
+async def test_the_generation_moves_when_another_connection_commits(tmp_path: Path) -> None:
+    config = make_config(tmp_path, redis={"instances": []})
+    async with open_storage(config) as first, open_storage(config) as second:
+        await create_account(first, "alice", "secret")
+        generation = first.tiers.generation()
+        assert first.tiers.generation() == generation
+        await second.blocklist.add("alice", ["eve@localhost"])
+        assert first.tiers.generation() == generation + 1
