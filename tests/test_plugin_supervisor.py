@@ -228,7 +228,7 @@ async def test_a_busy_link_whose_ping_answer_waits_behind_a_backlog_stays_open(t
 
         answering = asyncio.create_task(answer_pings())
         try:
-            await wait_for(lambda: link.routed == 300, 15)
+            await wait_for(lambda: link.routed >= 300, 15)  # the burst, plus any ping answers routed
             await asyncio.sleep(1.5)  # idle now: pinged, answers, stays open
             assert pings >= 1
             assert not answering.done()
