@@ -153,6 +153,23 @@ class Bridge:
                 await link.close(StreamError("connection-timeout", "no answer to a ping (XEP-0199)"))
                 return
 
+    async def settle(self, timeout: float) -> None:
+        """Ping every connected plugin and wait (at most `timeout` seconds) for the answers: a plugin handles
+        its link in order, so once it answered, what it was sent before (an upgrade's last stanzas for it)
+        was handled and its replies were routed — before the upgrade's socket to the successor closes."""
+        domains = [link.domain for link in self.links if link.domain is not None]
+        pings = []
+        for domain in domains:
+            iq = etree.Element(f"{{{ns.CLIENT}}}iq", type="get", to=domain, nsmap=ns.default_ns(ns.CLIENT))
+            iq.set("from", self.core.domain)
+            etree.SubElement(iq, f"{{{ns.PING}}}ping", nsmap=ns.default_ns(ns.PING))
+            pings.append(self.core.router.send_iq(iq, timeout))
+        for domain, outcome in zip(
+            domains, await asyncio.gather(*pings, return_exceptions=True), strict=True
+        ):
+            if isinstance(outcome, BaseException):
+                log.warning("plugin %s did not settle before the hand-over ended: %s", domain, outcome)
+
     async def stop(self) -> None:
         """Stop accepting, close every link with `<system-shutdown/>`, unregister the plugin hosts."""
         for server in self._servers:

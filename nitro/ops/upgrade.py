@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+PLUGIN_SETTLE = 2.0  # seconds the old process waits for its plugins to answer what they were sent
 BUSY_WAIT = 2.0  # seconds the drain waits for a session to finish handling an input before it retries it
 BATCHES_PER_SECOND = 10
 SESSIONS_PER_MESSAGE = 50  # exported sessions per message on the upgrade socket (each well under its limit)
@@ -222,6 +223,8 @@ class Upgrader:
                 if pending or not self._wanted.empty():
                     await self._pause(interval)
             await self._wait_adopted(reader, min(30.0, max(1.0, deadline - loop.time() + 5.0)))
+            if (bridge := self.server.bridge) is not None:  # replies of its plugins to moved sessions
+                await bridge.settle(PLUGIN_SETTLE)  # still follow them, before the socket closes
             if cluster is not None:  # the successor answers for the node now
                 await channel.send({"type": "cluster", "handled": cluster.hand_over()})
             await channel.send({"type": "done", "moved": self.progress.moved, "closed": self.progress.closed})
