@@ -86,8 +86,8 @@ test: $(DEV) system-deps web-client
 	$(BIN)/python -m pytest
 
 lint: $(DEV)
-	$(BIN)/ruff format --check nitro tests integration
-	$(BIN)/ruff check nitro tests integration
+	$(BIN)/ruff format --check nitro tests integration plugins
+	$(BIN)/ruff check nitro tests integration plugins
 	$(BIN)/mypy
 
 # The load generator against Nitro and Prosody side by side (installs Debian's prosody when root).
