@@ -22,8 +22,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from integration.nats_servers import NatsServer, free_port, start_nats
-from integration.redis_servers import RedisServer, start_servers
+from integration.nats_servers import NatsServer, start_nats
+from integration.redis_servers import RedisServer, free_port, start_servers
 
 DOMAIN = "localhost"
 MARIADB = "mysql+asyncmy://root@127.0.0.1:3306"

@@ -14,15 +14,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from integration.redis_servers import free_port
+
 NATS_SERVER = shutil.which("nats-server") or (
     "/usr/sbin/nats-server" if os.path.exists("/usr/sbin/nats-server") else None
 )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

@@ -92,6 +92,11 @@ _DEFAULT_TYPE: dict[str, ErrorType] = {
 assert set(_DEFAULT_TYPE) == set(get_args(StanzaCondition))
 
 
+def default_type(condition: StanzaCondition) -> ErrorType:
+    """RFC 6120 §8.3.3: the error type `condition` usually carries."""
+    return _DEFAULT_TYPE[condition]
+
+
 class StreamError(Exception):
     """A fatal stream-level error: the peer gets `<stream:error>` and the stream is closed."""
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Literal
 from xml.etree.ElementTree import Element, SubElement
+
+from nitro.xmpp.errors import ErrorType, default_type
+from nitro.xmpp.errors import StanzaCondition as Condition
 
 STANZA = "jabber:component:accept"  # XEP-0114: stanzas of a component stream live in this namespace
 MUC = "http://jabber.org/protocol/muc"
@@ -26,40 +28,6 @@ RSM = "http://jabber.org/protocol/rsm"
 PING = "urn:xmpp:ping"
 CONFERENCE = "jabber:x:conference"  # XEP-0249 direct invitations
 SELF_PING = "http://jabber.org/protocol/muc#self-ping-optimization"  # XEP-0410 §3.3
-
-Condition = Literal[
-    "bad-request",
-    "conflict",
-    "feature-not-implemented",
-    "forbidden",
-    "gone",
-    "internal-server-error",
-    "item-not-found",
-    "jid-malformed",
-    "not-acceptable",
-    "not-allowed",
-    "not-authorized",
-    "registration-required",
-    "remote-server-not-found",
-    "service-unavailable",
-    "resource-constraint",
-    "policy-violation",
-]
-ErrorType = Literal["auth", "cancel", "continue", "modify", "wait"]
-
-# RFC 6120 §8.3.3: the type each condition usually carries.
-_DEFAULT_TYPES: dict[str, ErrorType] = {
-    "bad-request": "modify",
-    "conflict": "cancel",
-    "forbidden": "auth",
-    "jid-malformed": "modify",
-    "not-acceptable": "modify",
-    "not-allowed": "cancel",
-    "not-authorized": "auth",
-    "registration-required": "auth",
-    "resource-constraint": "wait",
-    "policy-violation": "modify",
-}
 
 
 def q(name: str, ns: str = STANZA) -> str:
@@ -92,7 +60,7 @@ class StanzaError(Exception):
         super().__init__(text or condition)
         self.condition = condition
         self.text = text
-        self.type: ErrorType = type or _DEFAULT_TYPES.get(condition, "cancel")
+        self.type: ErrorType = type or default_type(condition)
 
     def element(self, by: str | None = None) -> Element:
         error = make(q("error"), {"type": self.type})
