@@ -1,6 +1,7 @@
 """The in-process cache without a ring, on the embedded SQLite default: served while SQLite's
-`PRAGMA data_version` reports no commit by another connection; any such commit (another process, the
-server's own pool) drops it, so no read after a write returned sees the old value."""
+`PRAGMA data_version` reports no commit by another process; any such commit drops it, and the server's
+own writes (all on one writing connection) drop what they changed, so no read after a write returned
+sees the old value."""
 
 from __future__ import annotations
 
@@ -8,13 +9,14 @@ import asyncio
 import sqlite3
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 from conftest import make_config
 
 from nitro.accounts import create_account
 from nitro.storage.layered import LayeredStorage, open_storage
-from nitro.storage.models import RosterItem
+from nitro.storage.models import LastActivity, RosterItem
 from nitro.storage.singleflight import SingleFlight
 from nitro.storage.sqlite_watch import DataVersion, watchable_path
 from nitro.xmpp.sasl.credentials import verify_password
@@ -168,7 +170,70 @@ async def test_the_generation_moves_when_another_connection_commits(tmp_path: Pa
     config = make_config(tmp_path, redis={"instances": []})
     async with open_storage(config) as first, open_storage(config) as second:
         await create_account(first, "alice", "secret")
+        await first.tiers.fresh()
         generation = first.tiers.generation()
+        await first.tiers.fresh()
+        assert first.tiers.generation() == generation
+        await first.blocklist.add("alice", ["mallory@localhost"])  # our own write: invalidated by itself
+        await first.tiers.fresh()
         assert first.tiers.generation() == generation
         await second.blocklist.add("alice", ["eve@localhost"])
+        await first.tiers.fresh()
         assert first.tiers.generation() == generation + 1
+
+
+async def test_our_own_commits_keep_what_they_did_not_change_cached(tmp_path: Path) -> None:
+    """Every write of the server goes through its one writing connection, so a logout storm (last
+    activity), offline messages or a roster change of one user drop nothing else from the cache."""
+    config = make_config(tmp_path, redis={"instances": []})
+    async with open_storage(config) as storage:
+        await create_account(storage, "alice", "secret")
+        await create_account(storage, "bob", "secret")
+        await storage.rosters.put("alice", item("carol@localhost"))
+        await storage.rosters.get("alice")
+        await storage.blocklist.list("alice")
+        roster_hits, list_hits = hits(storage, "roster"), hits(storage, "blocklist")
+        await storage.last.set("bob", LastActivity(datetime.now(UTC), "gone"))
+        await storage.offline.push("bob", b"<message/>", quota=10)
+        await storage.rosters.put("bob", item("dave@localhost"))
+        await storage.blocklist.add("bob", ["eve@localhost"])
+        assert [i.jid for i in (await storage.rosters.get("alice")).items] == ["carol@localhost"]
+        assert await storage.blocklist.list("alice") == []
+        assert hits(storage, "roster") == roster_hits + 1
+        assert hits(storage, "blocklist") == list_hits + 1
+        # and what they did change is read back at once
+        assert [i.jid for i in (await storage.rosters.get("bob")).items] == ["dave@localhost"]
+        assert await storage.blocklist.list("bob") == ["eve@localhost"]
+
+
+async def test_a_commit_elsewhere_during_a_look_is_seen_by_the_reads_after_it(tmp_path: Path) -> None:
+    """A read that arrives while the writing connection is being asked waits for that look, and looks
+    again: the look may have run before a commit that happened before this read began."""
+    config = make_config(tmp_path, redis={"instances": []})
+    async with open_storage(config) as first, open_storage(config) as second:
+        await create_account(first, "alice", "secret")
+        assert await first.blocklist.list("alice") == []
+        tiers = first.tiers
+        asked = tiers._writer_version
+        assert asked is not None
+        gate, looked = asyncio.Event(), asyncio.Event()
+        looks: list[int] = []
+
+        async def slow_look() -> int:
+            version = await asked()  # runs before the commit below
+            looks.append(version)
+            looked.set()
+            await gate.wait()
+            return version
+
+        tiers._writer_version = slow_look
+        await first.rosters.put("alice", item("bob@localhost"))  # our own: the watch moves
+        early = asyncio.ensure_future(first.blocklist.list("alice"))
+        await looked.wait()
+        await second.blocklist.add("alice", ["eve@localhost"])  # another process, after that look ran
+        late = asyncio.ensure_future(first.blocklist.list("alice"))
+        await asyncio.sleep(0.05)
+        gate.set()
+        assert await early in ([], ["eve@localhost"])  # concurrent with the commit: either is linearizable
+        assert await late == ["eve@localhost"]
+        assert len(looks) == 2  # the late read did not rely on the look that began before it

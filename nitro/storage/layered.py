@@ -35,7 +35,7 @@ from nitro.storage.protocols import (
     VCardStore,
 )
 from nitro.storage.singleflight import SingleFlight
-from nitro.storage.sql import open_sql_storage
+from nitro.storage.sql import open_database, sql_repositories
 from nitro.storage.tiers import Tiers
 from nitro.xmpp.sasl.credentials import HashName, ScramCredential
 
@@ -59,10 +59,11 @@ class CachedAccountStore:
         with self._flights.writing(username):
             try:
                 await self._sql.create(username, credentials)
-            finally:
-                await self._tiers.invalidate([codecs.ACCOUNT], username)  # "no such account" was cacheable
+            finally:  # "no such account" was cacheable, and so were the empty roster and lists of none
+                await self._tiers.invalidate(codecs.CACHED_KINDS, username)
 
     async def get_credentials(self, username: str) -> dict[HashName, ScramCredential] | None:
+        await self._tiers.fresh()  # a commit by another process starts a new generation
         found = await self._flights.read(
             username,
             lambda: self._tiers.read(codecs.ACCOUNT, username, lambda: self._sql.get_credentials(username)),
@@ -104,6 +105,7 @@ class CachedRosterStore:
         self._flights: SingleFlight[Roster] = SingleFlight()
 
     async def get(self, username: str) -> Roster:
+        await self._tiers.fresh()
         return await self._flights.read(
             username,
             lambda: self._tiers.read(codecs.ROSTER, username, lambda: self._sql.get(username)),
@@ -192,33 +194,42 @@ class CachedArchiveStore:
 
 
 class CachedBlockListStore:
+    """Block lists through the tiers; concurrent reads of one list (a login asks twice) share one read."""
+
     def __init__(self, sql: BlockListStore, tiers: Tiers) -> None:
         self._sql = sql
         self._tiers = tiers
+        self._flights: SingleFlight[list[str]] = SingleFlight()
 
     async def list(self, username: str) -> list[str]:
-        blocked: list[str] = await self._tiers.read(
-            codecs.BLOCKLIST, username, lambda: self._sql.list(username)
+        await self._tiers.fresh()
+        blocked = await self._flights.read(
+            username,
+            lambda: self._tiers.read(codecs.BLOCKLIST, username, lambda: self._sql.list(username)),
+            self._tiers.generation(),
         )
         return list(blocked)  # a copy: the cached list is shared
 
     async def add(self, username: str, jids: Sequence[str]) -> None:
-        try:
-            await self._sql.add(username, jids)
-        finally:
-            await self._tiers.invalidate([codecs.BLOCKLIST], username)
+        with self._flights.writing(username):
+            try:
+                await self._sql.add(username, jids)
+            finally:
+                await self._tiers.invalidate([codecs.BLOCKLIST], username)
 
     async def remove(self, username: str, jids: Sequence[str]) -> None:
-        try:
-            await self._sql.remove(username, jids)
-        finally:
-            await self._tiers.invalidate([codecs.BLOCKLIST], username)
+        with self._flights.writing(username):
+            try:
+                await self._sql.remove(username, jids)
+            finally:
+                await self._tiers.invalidate([codecs.BLOCKLIST], username)
 
     async def clear(self, username: str) -> None:
-        try:
-            await self._sql.clear(username)
-        finally:
-            await self._tiers.invalidate([codecs.BLOCKLIST], username)
+        with self._flights.writing(username):
+            try:
+                await self._sql.clear(username)
+            finally:
+                await self._tiers.invalidate([codecs.BLOCKLIST], username)
 
 
 class CachedVCardStore:
@@ -278,8 +289,10 @@ async def open_storage(
     A ring instance that is down at start is only out of the ring (health checks bring it in later).
     `wrap_sql` wraps the SQL repositories under the tiers (the metrics' timing proxy).
     """
-    async with open_sql_storage(config.storage.dsn, pool=config.storage) as sql:
-        tiers = Tiers.from_config(config)
+    async with open_database(config.storage.dsn, pool=config.storage) as db:
+        sql = sql_repositories(db)
+        # all our writes use the writing connection: its data_version moves only for other processes
+        tiers = Tiers.from_config(config, None if db.write_engine is None else db.writer_data_version)
         await tiers.start()
         try:
             shared = fair_storage(sql)  # no account takes the whole SQL pool (nitro/storage/fair.py)

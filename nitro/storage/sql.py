@@ -139,9 +139,17 @@ def sqlite_path(url: URL) -> Path | None:
     return Path(database)
 
 
-def create_engine(dsn: str, *, create_dirs: bool = True, pool: StorageSection = DEFAULT_POOL) -> AsyncEngine:
-    """An engine for `dsn`, set up as Nitro needs it (SQLite: WAL, foreign keys, explicit BEGIN;
-    MariaDB/MySQL: see sql_mysql.py, with the pool and timeouts of `pool`)."""
+# Connections a SQLite engine keeps open. No overflow: an overflow connection is closed when returned, and
+# opening one costs a thread and three PRAGMAs; readers beyond these wait for one (SQLite answers fast).
+SQLITE_READERS = 5
+
+
+def create_engine(
+    dsn: str, *, create_dirs: bool = True, pool: StorageSection = DEFAULT_POOL, connections: int | None = None
+) -> AsyncEngine:
+    """An engine for `dsn`, set up as Nitro needs it (SQLite: WAL, foreign keys, explicit BEGIN, a pool of
+    `connections` or SQLITE_READERS for a file; MariaDB/MySQL: see sql_mysql.py, with the pool and
+    timeouts of `pool`)."""
     url = make_url(dsn)
     if is_mysql(url):
         return mysql_engine(url, pool)
@@ -150,7 +158,10 @@ def create_engine(dsn: str, *, create_dirs: bool = True, pool: StorageSection = 
         with translate_errors():
             path.parent.mkdir(parents=True, exist_ok=True)
     # hide_parameters: error messages must not quote SCRAM keys or message bodies.
-    engine = create_async_engine(url, hide_parameters=True, pool_pre_ping=not sqlite)
+    options: dict[str, Any] = {}
+    if sqlite and sqlite_path(url) is not None:
+        options = {"pool_size": connections or SQLITE_READERS, "max_overflow": 0}
+    engine = create_async_engine(url, hide_parameters=True, pool_pre_ping=not sqlite, **options)
     if sqlite:
         event.listen(engine.sync_engine, "connect", _sqlite_on_connect)
         event.listen(engine.sync_engine, "begin", _sqlite_on_begin)
@@ -159,32 +170,51 @@ def create_engine(dsn: str, *, create_dirs: bool = True, pool: StorageSection = 
 
 
 @asynccontextmanager
-async def open_sql_storage(
+async def open_database(
     dsn: str, *, create_dirs: bool = True, pool: StorageSection = DEFAULT_POOL
-) -> AsyncIterator[Storage]:
-    """The repositories on the database at `dsn`, migrated to the newest schema; disposed on exit.
+) -> AsyncIterator[Database]:
+    """The database at `dsn`, migrated to the newest schema; its engines disposed on exit.
 
     Raises StorageUnavailable when the database cannot be opened (unreachable, locked, not a database).
     SQLite's busy timeout is the `timeout` query parameter in seconds (default 5). A missing MariaDB
-    database is created (with `create_dirs`, as a missing SQLite directory is).
+    database is created (with `create_dirs`, as a missing SQLite directory is). A SQLite file gets a
+    second engine of one connection for every write (see `Database`).
     """
     engine = create_engine(dsn, create_dirs=create_dirs, pool=pool)
+    write_engine: AsyncEngine | None = None
     try:
         if create_dirs and is_mysql(engine.url):
             await ensure_database(engine.url, pool)
         await upgrade_schema(engine)
+        if engine.dialect.name == "sqlite" and sqlite_path(engine.url) is not None:
+            write_engine = create_engine(dsn, create_dirs=False, connections=1)
         log.info("SQL storage ready at %s", engine.url.render_as_string(hide_password=True))
-        db = Database(engine)
-        yield Storage(
-            accounts=SqlAccountStore(db),
-            rosters=SqlRosterStore(db),
-            offline=SqlOfflineStore(db),
-            archive=SqlArchiveStore(db),
-            pep=SqlPepStore(db),
-            blocklist=SqlBlockListStore(db),
-            vcards=SqlVCardStore(db),
-            private=SqlPrivateStore(db),
-            last=SqlLastActivityStore(db),
-        )
+        yield Database(engine, write_engine)
     finally:
         await engine.dispose()
+        if write_engine is not None:
+            await write_engine.dispose()
+
+
+def sql_repositories(db: Database) -> Storage:
+    """The repositories of the sql_*.py files on `db`."""
+    return Storage(
+        accounts=SqlAccountStore(db),
+        rosters=SqlRosterStore(db),
+        offline=SqlOfflineStore(db),
+        archive=SqlArchiveStore(db),
+        pep=SqlPepStore(db),
+        blocklist=SqlBlockListStore(db),
+        vcards=SqlVCardStore(db),
+        private=SqlPrivateStore(db),
+        last=SqlLastActivityStore(db),
+    )
+
+
+@asynccontextmanager
+async def open_sql_storage(
+    dsn: str, *, create_dirs: bool = True, pool: StorageSection = DEFAULT_POOL
+) -> AsyncIterator[Storage]:
+    """The repositories on the database at `dsn` (see `open_database`); disposed on exit."""
+    async with open_database(dsn, create_dirs=create_dirs, pool=pool) as db:
+        yield sql_repositories(db)

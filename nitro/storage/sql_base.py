@@ -125,17 +125,35 @@ def strings_from_json(text: str) -> tuple[str, ...]:
 
 
 class Database:
-    """The engine, plus a view of it whose transactions announce that they write."""
+    """The engine, plus a view of it whose transactions announce that they write.
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    On a SQLite file, every write of this process goes through `write_engine`: one connection (SQLite
+    takes one writer at a time anyway), whose `PRAGMA data_version` therefore moves only when another
+    process commits (`writer_data_version`). Elsewhere reads and writes share `engine`.
+    """
+
+    def __init__(self, engine: AsyncEngine, write_engine: AsyncEngine | None = None) -> None:
         self.engine = engine
+        self.write_engine = write_engine
         writing: dict[str, Any] = {WRITE: True}
         if engine.dialect.name in ("mysql", "mariadb"):
             # Writers lock the account row first and then see the latest commits; READ COMMITTED takes no
             # gap locks, which under REPEATABLE READ deadlock writers of different accounts. Readers keep
             # REPEATABLE READ: their statements share one snapshot (a roster's items and its version).
             writing["isolation_level"] = "READ COMMITTED"
-        self.writer = engine.execution_options(**writing)
+        self.writer = (engine if write_engine is None else write_engine).execution_options(**writing)
+
+    async def writer_data_version(self) -> int:
+        """`PRAGMA data_version` of the writing connection (SQLite with `write_engine` only): it changes
+        when, and only when, a connection other than that one committed — another process, since all of
+        this process's writes use it. Read outside any transaction, so it is current."""
+        assert self.write_engine is not None, "only SQLite files have a writing connection of their own"
+        async with self.write_engine.connect() as conn:
+            raw = await conn.get_raw_connection()
+            driver = raw.driver_connection
+            assert driver is not None
+            rows = await driver.execute_fetchall("PRAGMA data_version")
+            return int(next(iter(rows))[0])
 
     async def account_id(self, conn: AsyncConnection, username: str, *, lock: bool = False) -> int | None:
         """The account's id; `lock` holds its row until commit (MariaDB; SQLite's write lock is global)."""

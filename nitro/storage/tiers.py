@@ -20,12 +20,16 @@ token that the write replaced:
   another live one writes a new generation there too (or takes it out). That window lasts until the
   message arrives, i.e. only for an instance the writer could not reach but the reader can.
 * Without a ring, values are cached only on a SQLite file (the embedded default): before each read,
-  `PRAGMA data_version` (sqlite_watch.py) says whether any other connection committed since the last
-  read — another process (`nitro user passwd`) or our own pool — and if so the whole cache is dropped.
-  The check and the lookup happen with no await between them, so nothing is served across a commit
-  made elsewhere. Other backends without a ring cache nothing: another process could not tell us of
-  its writes. With the owner's instance unreachable, reads go to SQL and nothing is cached or served from
-  the cache; with SQL unreachable too they fail (StorageUnavailable), as do all writes.
+  `PRAGMA data_version` on a watching connection (sqlite_watch.py) says whether any other connection
+  committed since the last look. All of this process's writes go through one writing connection (see
+  `Database`), and each write drops what it changed from the cache itself; so when the watch moves, the
+  writing connection's own data_version (one query there) tells whether anyone *else* committed too —
+  another process (`nitro user passwd`) — and only then is the whole cache dropped. Reads that find a
+  check in flight wait for it, then look again. The last check and the lookup happen with no await
+  between them, so nothing is served across a commit made by another process before the read began.
+  Other backends without a ring cache nothing: another process could not tell us of its writes.
+* With the owner's instance unreachable, reads go to SQL and nothing is cached or served from the cache;
+  with SQL unreachable too they fail (StorageUnavailable), as do all writes.
 """
 
 from __future__ import annotations
@@ -62,21 +66,33 @@ def _group(kind: str, owner: str) -> str:
 class Tiers:
     """The cache and the ring of one node (the ring is None without `[redis].instances`)."""
 
-    def __init__(self, cache: LruCache, ring: Ring | None, watch: DataVersion | None = None) -> None:
+    def __init__(
+        self,
+        cache: LruCache,
+        ring: Ring | None,
+        watch: DataVersion | None = None,
+        writer_version: Callable[[], Awaitable[int]] | None = None,
+    ) -> None:
         self.cache = cache
         self.ring = ring
         self.watch = watch if ring is None else None  # the ring's generations validate values otherwise
+        # data_version of the connection all our writes use: moves only for other processes' commits
+        # (None: every commit the watch sees drops the cache)
+        self._writer_version = writer_version
+        self._last_writer_version: int | None = None
+        self._check: asyncio.Task[None] | None = None  # a look at the writing connection in flight
+        self._checks = 0  # looks started
         self._seen_changes = 0  # commits elsewhere noticed through `watch`
         self.node_id = secrets.token_hex(8)
         self._listeners: list[asyncio.Task[None]] = []
         self._seen: OrderedDict[str, None] = OrderedDict()
 
     @classmethod
-    def from_config(cls, config: Config) -> Tiers:
+    def from_config(cls, config: Config, writer_version: Callable[[], Awaitable[int]] | None = None) -> Tiers:
         cache = LruCache(config.cache.max_entries, config.cache.max_bytes, config.cache.ttl)
         ring = Ring(config.redis) if config.redis.instances else None
         path = watchable_path(config.storage.dsn)
-        return cls(cache, ring, DataVersion(path) if path is not None else None)
+        return cls(cache, ring, DataVersion(path) if path is not None else None, writer_version)
 
     async def start(self) -> None:
         if self.ring is None:
@@ -144,22 +160,64 @@ class Tiers:
         return value
 
     def generation(self) -> int:
-        """Changes when SQLite reports a commit elsewhere: concurrent reads share one read only within a
-        generation (a read that starts after `nitro user passwd` returned never joins an older one)."""
-        if self.watch is not None and self.watch.changed():
-            self.cache.clear()
-            self._seen_changes += 1
+        """Changes when a commit by another process was noticed (`fresh`): concurrent reads share one read
+        only within a generation (a read that starts after `nitro user passwd` returned never joins an
+        older one)."""
         return self._seen_changes
+
+    async def fresh(self) -> None:
+        """Without a ring, on SQLite: returns once the cache holds nothing older than a commit another
+        process made before this call (the cache is dropped if there was one). No-op otherwise."""
+        watch = self.watch
+        if watch is None:
+            return
+        arrived = self._checks
+        while True:
+            check = self._check
+            if check is not None:
+                await asyncio.shield(check)
+                if self._check_number > arrived:
+                    return  # that look at the writing connection began after this read did
+                continue  # it began before: look again
+            if not watch.changed():
+                return  # nothing committed since the last look, which is complete
+            if self._writer_version is None:
+                self._drop()
+                return
+            self._checks += 1
+            task = asyncio.ensure_future(self._look(self._checks))
+            self._check = task
+            await asyncio.shield(task)
+            return
+
+    _check_number = 0  # the number of the last completed look
+
+    async def _look(self, number: int) -> None:
+        """Whether a commit the watch saw was another process's, from the writing connection."""
+        assert self._writer_version is not None
+        try:
+            version: int | None = await self._writer_version()
+        except Exception as exc:  # whatever went wrong, the cache cannot be trusted
+            log.debug("data_version of the writing connection: %s", exc)
+            version = None
+        finally:
+            self._check = None
+            self._check_number = number
+        if version is None or version != self._last_writer_version:
+            self._drop()
+        self._last_writer_version = version
+
+    def _drop(self) -> None:
+        self.cache.clear()  # also refuses fills begun before now
+        self._seen_changes += 1
 
     async def _read_watched(
         self, codec: Codec[T], owner: str, load: Callable[[], Awaitable[T]], item: str | None
     ) -> T:
-        """Without a ring: the local copy while SQLite reports no commit elsewhere, else SQL."""
-        watch = self.watch
-        if watch is None:
+        """Without a ring: the local copy while no other process committed, else SQL."""
+        if self.watch is None:
             return await load()
-        if watch.changed():
-            self.cache.clear()  # also refuses fills begun before now
+        await self.fresh()
         kind = codec.kind
         key = (
             f"{kind}.v{codec.version}:{owner}" if item is None else f"{kind}.v{codec.version}:{owner}:{item}"
