@@ -75,30 +75,36 @@ class SqlAccountStore:
 
     @translated
     async def get_credentials(self, username: str) -> dict[HashName, ScramCredential] | None:
+        # One statement (a login's first read): no row means no account, one row without a hash none.
+        query = (
+            select(accounts.c.id, scram_credentials)
+            .select_from(accounts)
+            .outerjoin(scram_credentials, scram_credentials.c.account_id == accounts.c.id)
+            .where(accounts.c.username == username_key(username))
+        )
         async with self._db.engine.connect() as conn:
-            account_id = await self._db.account_id(conn, username)
-            if account_id is None:
-                return None
-            result = await conn.execute(
-                select(scram_credentials).where(scram_credentials.c.account_id == account_id)
-            )
-            credentials: dict[HashName, ScramCredential] = {}
-            for row in result:
-                hash_name = _HASH_NAMES.get(row.hash_name)
-                if hash_name is None:  # written by a newer Nitro; this one cannot use it
-                    log.warning("ignoring SCRAM credential with unknown hash %r", row.hash_name)
-                    continue
-                try:
-                    credentials[hash_name] = ScramCredential(
-                        hash_name=hash_name,
-                        salt=row.salt,
-                        iterations=row.iterations,
-                        stored_key=row.stored_key,
-                        server_key=row.server_key,
-                    )
-                except ValueError as error:
-                    raise StorageError(f"corrupt {row.hash_name} credential: {error}") from error
-            return credentials
+            rows = (await conn.execute(query)).all()
+        if not rows:
+            return None
+        credentials: dict[HashName, ScramCredential] = {}
+        for row in rows:
+            if row.hash_name is None:
+                continue
+            hash_name = _HASH_NAMES.get(row.hash_name)
+            if hash_name is None:  # written by a newer Nitro; this one cannot use it
+                log.warning("ignoring SCRAM credential with unknown hash %r", row.hash_name)
+                continue
+            try:
+                credentials[hash_name] = ScramCredential(
+                    hash_name=hash_name,
+                    salt=row.salt,
+                    iterations=row.iterations,
+                    stored_key=row.stored_key,
+                    server_key=row.server_key,
+                )
+            except ValueError as error:
+                raise StorageError(f"corrupt {row.hash_name} credential: {error}") from error
+        return credentials
 
     @translated
     async def set_credentials(self, username: str, credentials: Mapping[HashName, ScramCredential]) -> bool:
