@@ -87,6 +87,7 @@ class ShadowCopies:
         promoted: list[ClientSession] = []
         ended = 0
         copies, self._copies = self._copies, {}
+        gone: list[dict[str, Any]] = []  # ended after every promotion: their unavailable reaches those too
         for data in copies.values():
             sm = data.get("sm")
             if isinstance(sm, dict):
@@ -111,6 +112,8 @@ class ShadowCopies:
                         session.sm.lagging = True  # a loop turn of the dead process may be missing
                     promoted.append(session)
                     continue
+            gone.append(data)
+        for data in gone:
             await self._end(server, data)
             ended += 1
         return promoted, ended

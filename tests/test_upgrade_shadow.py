@@ -1,0 +1,99 @@
+"""The old process of an upgrade SIGKILLed mid-drain: the successor adopts from its shadow copies what was still
+there (real `nitro serve` processes, raw XMPP streams with stream management); stanzas forwarded ahead of
+their session wait for it (a real server, the old process's side of the upgrade socket spoken by the test)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import socket
+from pathlib import Path
+
+import pytest
+from upgrade_node import Node, Peer, bodies, message, node, resume, upgrade_section
+
+from nitro.c2s.session import ClientSession
+from nitro.ops.handover import Channel
+from nitro.ops.successor import Predecessor
+from nitro.server import Server
+from nitro.storage.layered import open_storage
+from nitro.storage.models import RosterItem
+from nitro.xmpp.jid import JID
+
+ALICE, CAROL, DAVE = "alice@localhost", "carol@localhost", "dave@localhost"
+RECIPIENTS = ("r1", "r2", "r3", "r4", "r5")
+UNAVAILABLE = re.compile(
+    rb'<presence[^>]*alice@localhost/desk[^>]*unavailable|<presence[^>]*unavailable[^>]*alice@localhost/desk'
+)
+
+
+async def befriend(running: Node, a: str, b: str) -> None:
+    """Mutual subscription, as the storage holds it after a completed exchange (RFC 6121 §3)."""
+    async with open_storage(running.config) as storage:
+        await storage.rosters.put(a, RosterItem(f"{b}@localhost", subscription="both"))
+        await storage.rosters.put(b, RosterItem(f"{a}@localhost", subscription="both"))
+
+
+@pytest.mark.slow
+@pytest.mark.fault
+async def test_sigkill_mid_drain_every_session_left_is_adopted_from_its_shadow(tmp_path: Path) -> None:
+    """carol moves first; then the old process is killed with r1…r5 (stream management, resumable) and alice
+    (none) still in it: every r resumes on the successor and gets what it had not acknowledged, including
+    what was sent after the drain started, exactly once; carol sees alice go unavailable."""
+    running = node(tmp_path, upgrade_section(ready_timeout=20.0, drain_rate=1.0, drain_deadline=60.0))
+    await running.add_users("alice", "carol", "dave", *RECIPIENTS)
+    await befriend(running, "alice", "carol")
+    await running.start()
+    try:
+        carol, carol_id = await running.managed("carol", "pad")  # bound first: moved first
+        managed = [await running.managed(name, "phone") for name in RECIPIENTS]
+        alice = await running.bound("alice", "desk")  # no stream management; bound last
+        carol.send(b"<presence/>")
+        alice.send(b"<presence/>")
+        await carol.expect(b'from="alice@localhost/desk"')
+        for name, (peer, _previd) in zip(RECIPIENTS, managed, strict=True):
+            alice.send(message(f"{name}@localhost/phone", f"{name}-1"))
+            await peer.expect(f"<body>{name}-1</body>".encode())  # in the first shadow copies, unacked
+        upgrade = asyncio.create_task(running.nitro("upgrade"))
+        await carol.until_closed(60)  # moved: the drain runs, the copies are in the successor
+        for name, (peer, _previd) in zip(RECIPIENTS, managed, strict=True):
+            alice.send(message(f"{name}@localhost/phone", f"{name}-2"))
+            await peer.expect(f"<body>{name}-2</body>".encode())  # journaled
+        managed[0][0].send(b"<a xmlns='urn:xmpp:sm:3' h='1'/>")  # r1 acknowledges its first: journaled too
+        await asyncio.sleep(0.2)
+        os.kill(running.first_pid, signal.SIGKILL)
+        code, _out, _err = await upgrade
+        assert code != 0  # the command lost its answer with the process
+        successor = await running.wait_for_pid(lambda pid: pid != running.first_pid)
+        await running.wait_log("died mid-drain")
+
+        for index, (name, (peer, previd)) in enumerate(zip(RECIPIENTS, managed, strict=True)):
+            await peer.until_closed()
+            h = {"r1": 1, "r2": 2}.get(name, 0)  # r1 acknowledged its first; r2 says it read both
+            expected = {"r1": [f"{name}-2"], "r2": []}.get(name, [f"{name}-1", f"{name}-2"])
+            again = await running.authenticated(name)
+            again.send(resume(previd, h))
+            await again.expect(f'previd="{previd}"'.encode())  # resumed, not a new session
+            again.send(b"<r xmlns='urn:xmpp:sm:3'/>")
+            answer = await again.expect(b"<a xmlns")  # what is resent is written before this answer
+            assert bodies(answer.string[: answer.end()]) == expected, name
+            managed[index] = (again, previd)
+        carol = await running.authenticated("carol")
+        carol.send(resume(carol_id, 0))
+        await carol.expect(f'previd="{carol_id}"'.encode())
+        await carol.expect(UNAVAILABLE)  # alice went with the old process: an unexpected disconnect
+
+        dave = await running.bound("dave", "x")
+        for name, (peer, _previd) in zip(RECIPIENTS, managed, strict=True):
+            dave.send(message(f"{name}@localhost/phone", f"{name}-3"))
+            got = await peer.expect(f"<body>{name}-3</body>".encode())
+            assert bodies(got.string[: got.end()]) == [f"{name}-3"]  # nothing twice
+        code, out, _err = await running.nitro("status")
+        assert f"pid {successor}" in out
+        assert "taking over from the previous generation: gone, 6 of 7 sessions adopted, 1 closed there" in out
+        for peer in (carol, dave, alice, *(peer for peer, _ in managed)):
+            peer.close()
+    finally:
+        await running.stop()
