@@ -1,6 +1,6 @@
-"""The old process of an upgrade SIGKILLed mid-drain: the successor adopts from its shadow copies what was still
-there (real `nitro serve` processes, raw XMPP streams with stream management); stanzas forwarded ahead of
-their session wait for it (a real server, the old process's side of the upgrade socket spoken by the test)."""
+"""The old process of an upgrade SIGKILLed mid-drain: the successor adopts from its shadow copies what was
+still there (real `nitro serve` processes, raw XMPP streams with stream management); stanzas forwarded
+ahead of their session wait for it (a real server; the test speaks the old process's side of the socket)."""
 
 from __future__ import annotations
 
@@ -10,22 +10,27 @@ import re
 import signal
 import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
-from upgrade_node import Node, Peer, bodies, message, node, resume, upgrade_section
+from lxml import etree
+from upgrade_node import Node, bodies, message, node, resume, upgrade_section
 
+from nitro.c2s.inputs import State
 from nitro.c2s.session import ClientSession
+from nitro.c2s.transport import NO_TRANSPORT
 from nitro.ops.handover import Channel
 from nitro.ops.successor import Predecessor
 from nitro.server import Server
 from nitro.storage.layered import open_storage
 from nitro.storage.models import RosterItem
 from nitro.xmpp.jid import JID
+from nitro.xmpp.sm import SmState
 
 ALICE, CAROL, DAVE = "alice@localhost", "carol@localhost", "dave@localhost"
 RECIPIENTS = ("r1", "r2", "r3", "r4", "r5")
 UNAVAILABLE = re.compile(
-    rb'<presence[^>]*alice@localhost/desk[^>]*unavailable|<presence[^>]*unavailable[^>]*alice@localhost/desk'
+    rb"<presence[^>]*alice@localhost/desk[^>]*unavailable|<presence[^>]*unavailable[^>]*alice@localhost/desk"
 )
 
 
@@ -92,8 +97,55 @@ async def test_sigkill_mid_drain_every_session_left_is_adopted_from_its_shadow(t
             assert bodies(got.string[: got.end()]) == [f"{name}-3"]  # nothing twice
         code, out, _err = await running.nitro("status")
         assert f"pid {successor}" in out
-        assert "taking over from the previous generation: gone, 6 of 7 sessions adopted, 1 closed there" in out
+        assert (
+            "taking over from the previous generation: gone, 6 of 7 sessions adopted, 1 closed there" in out
+        )
         for peer in (carol, dave, alice, *(peer for peer, _ in managed)):
             peer.close()
     finally:
         await running.stop()
+
+
+def _export(server: Server, jid: str) -> dict[str, Any]:
+    """A resumable session as the old process exports it."""
+    session = ClientSession(server, NO_TRANSPORT, JID.parse(jid))
+    session.sm = SmState.start(resume=True, resume_timeout=60.0)
+    session.state = State.ESTABLISHED
+    return session.export()
+
+
+def _stanza(text: str) -> str:
+    return message("bob@localhost/phone", text).decode()
+
+
+async def test_stanzas_forwarded_ahead_of_their_session_wait_for_it_in_order(server: Server) -> None:
+    """The old process's forwards for bob/phone reach the successor before bob's `sessions` message: they
+    are held, then queued in his adopted session before what came after it."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = Channel(theirs)
+    predecessor = Predecessor(Channel(ours), 2, {}, old_pid=os.getpid())
+    serving = asyncio.create_task(predecessor.serve(server))
+    try:
+        await old.send({"type": "online", "jids": ["bob@localhost/phone", "carol@localhost/pad"]})
+        for text in ("early-1", "early-2"):
+            await old.send({"type": "deliver", "to": "bob@localhost/phone", "stanza": _stanza(text)})
+        await old.send({"type": "sessions", "sessions": [_export(server, "bob@localhost/phone")]})
+        await old.send({"type": "deliver", "to": "bob@localhost/phone", "stanza": _stanza("later")})
+        answer, _ = await old.receive(5)
+        assert answer["type"] == "adopted"
+        assert len(answer["ids"]) == 1
+        bob = server.sessions.get(JID.parse("bob@localhost/phone"))
+        assert isinstance(bob, ClientSession)
+        assert bob.sm is not None
+        for _ in range(100):
+            if len(bob.sm.unacked) == 3:
+                break
+            await asyncio.sleep(0.02)
+        queued = b"".join(etree.tostring(stanza) for stanza in bob.sm.unacked)
+        assert bodies(queued) == ["early-1", "early-2", "later"]
+        assert predecessor.held is not None
+        assert predecessor.held.count == 2
+        await old.send({"type": "done", "moved": 1, "closed": 0})
+    finally:
+        old.close()
+        await asyncio.wait_for(serving, 10)

@@ -217,8 +217,8 @@ class Predecessor:
     async def _gone_early(self, server: Server, why: str) -> None:
         """The upgrade socket closed (or broke) before `done`. If the old process died, what it still held is
         adopted from the shadow copies; if it lives on, it keeps its sessions (it rolls back)."""
-        self.gone = True
         if not await self._old_dead():
+            self.gone = True
             log.warning(
                 "upgrade: the old process %d dropped the upgrade socket (%s) but runs on; %d sessions here",
                 self.old_pid,
@@ -228,6 +228,11 @@ class Predecessor:
             self.copies.clear()
             return
         promoted, ended = await self.copies.take_over(server)
+        self.gone = True
+        for session in promoted:  # clients whose <resume/> came while it was dying
+            future = None if session.sm is None else self._arrived.pop(session.sm.id, None)
+            if future is not None and not future.done():
+                future.set_result(session)
         self.promoted = len(promoted)
         self.adopted += len(promoted)
         self.left += ended
@@ -326,9 +331,10 @@ class Predecessor:
             return False
         future = self._arrived.setdefault(request.previd, asyncio.get_running_loop().create_future())
         try:
-            await self.channel.send({"type": "want", "previd": request.previd})
+            with contextlib.suppress(HandoverError):  # dying: its shadow copy may be adopted meanwhile
+                await self.channel.send({"type": "want", "previd": request.previd})
             found = await asyncio.wait_for(asyncio.shield(future), WANT_TIMEOUT)
-        except (HandoverError, TimeoutError):
+        except TimeoutError:
             return False
         finally:
             self._arrived.pop(request.previd, None)
