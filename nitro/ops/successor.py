@@ -168,6 +168,8 @@ class Predecessor:
                     for jid in message["jids"]:
                         self.copies.drop_jid(jid)
                         await self._gone_there(jid)
+                elif kind in ("shadow", "journal") and self.done:
+                    continue  # trailing its `done`: nothing is left there to copy
                 elif kind == "shadow":
                     self.copies.add(message["sessions"])
                 elif kind == "journal":

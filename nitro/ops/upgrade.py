@@ -226,6 +226,7 @@ class Upgrader:
                 pending.extend(s for s in self._to_drain() if s not in pending)  # logged in meanwhile
                 if pending or not self._wanted.empty():
                     await self._pause(interval)
+            self._journal.stop()  # every session moved or closed: nothing left to copy
             await self._wait_adopted(reader, min(30.0, max(1.0, deadline - loop.time() + 5.0)))
             if (bridge := self.server.bridge) is not None:  # replies of its plugins to moved sessions
                 await bridge.settle(PLUGIN_SETTLE)  # still follow them, before the socket closes
