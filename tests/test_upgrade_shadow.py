@@ -20,12 +20,13 @@ from nitro.c2s.inputs import State
 from nitro.c2s.session import ClientSession
 from nitro.c2s.transport import NO_TRANSPORT
 from nitro.ops.handover import Channel
+from nitro.ops.shadow_copies import ShadowCopies
 from nitro.ops.successor import Predecessor
 from nitro.server import Server
 from nitro.storage.layered import open_storage
 from nitro.storage.models import RosterItem
 from nitro.xmpp.jid import JID
-from nitro.xmpp.sm import SmState
+from nitro.xmpp.sm import HandledCountTooHigh, SmState
 
 ALICE, CAROL, DAVE = "alice@localhost", "carol@localhost", "dave@localhost"
 RECIPIENTS = ("r1", "r2", "r3", "r4", "r5")
@@ -149,3 +150,47 @@ async def test_stanzas_forwarded_ahead_of_their_session_wait_for_it_in_order(ser
     finally:
         old.close()
         await asyncio.wait_for(serving, 10)
+
+
+def test_a_journal_keeps_a_copy_equal_to_the_session() -> None:
+    """Queued stanzas appended, acknowledged ones dropped from the front, counters and resource replaced."""
+    copies = ShadowCopies()
+    data = {"id": "s1", "jid": "bob@localhost/phone", "priority": 0, "sm": {"unacked": ["<a/>"], "h_out": 1}}
+    assert copies.add([data]) == ["bob@localhost/phone"]
+    bound, ended = copies.apply(
+        [
+            {"op": "sm", "id": "s1", "h_in": 3, "h_out": 4, "queued": 2, "stanzas": ["<b/>", "<c/>", "<d/>"]},
+            {"op": "resource", "id": "s1", "resource": {"jid": "x@y/z", "priority": 5}},
+            {"op": "sm", "id": "gone", "h_in": 1, "h_out": 1, "queued": 0, "stanzas": []},  # moved: ignored
+            {"op": "ended", "id": "s2", "jid": "carol@localhost/pad"},
+        ]
+    )
+    assert (bound, ended) == ([], ["carol@localhost/pad"])
+    assert list(data["sm"]["unacked"]) == ["<c/>", "<d/>"]
+    assert (data["sm"]["h_in"], data["sm"]["h_out"], data["priority"], data["jid"]) == (
+        3,
+        4,
+        5,
+        "bob@localhost/phone",
+    )
+    copies.apply([{"op": "ended", "id": "s1", "jid": "bob@localhost/phone"}])
+    assert len(copies) == 0
+
+
+def test_a_lagging_copy_catches_up_with_what_the_client_got() -> None:
+    """The dead process wrote two stanzas its copy never heard of: the client's 'h' moves the counter."""
+    state = SmState.start(resume=True, resume_timeout=60.0)
+    state.sent(etree.fromstring("<message><body>1</body></message>"))
+    state.lagging = True
+    state.catch_up(3, limit=10)
+    assert (state.h_out, len(state.unacked)) == (3, 0)
+    state.acknowledge(3)
+    again = SmState.start(resume=True, resume_timeout=60.0)
+    again.catch_up(3, limit=10)  # not lagging: an impossible 'h' stays an error
+    with pytest.raises(HandledCountTooHigh):
+        again.acknowledge(3)
+    far = SmState.start(resume=True, resume_timeout=60.0)
+    far.lagging = True
+    far.catch_up(50, limit=10)  # further than any queue could be: wrong
+    with pytest.raises(HandledCountTooHigh):
+        far.acknowledge(50)
