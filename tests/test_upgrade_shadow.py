@@ -155,7 +155,12 @@ async def test_stanzas_forwarded_ahead_of_their_session_wait_for_it_in_order(ser
 def test_a_journal_keeps_a_copy_equal_to_the_session() -> None:
     """Queued stanzas appended, acknowledged ones dropped from the front, counters and resource replaced."""
     copies = ShadowCopies()
-    data = {"id": "s1", "jid": "bob@localhost/phone", "priority": 0, "sm": {"unacked": ["<a/>"], "h_out": 1}}
+    data: dict[str, Any] = {
+        "id": "s1",
+        "jid": "bob@localhost/phone",
+        "priority": 0,
+        "sm": {"unacked": ["<a/>"]},
+    }
     assert copies.add([data]) == ["bob@localhost/phone"]
     bound, ended = copies.apply(
         [
