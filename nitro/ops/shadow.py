@@ -8,6 +8,7 @@ copies what was still here (nitro/ops/shadow_copies.py). A session's entry goes 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -173,11 +174,8 @@ class Journal:
         sm = session.sm
         if sm is not None and (sm.h_in, sm.h_out, len(sm.unacked)) != (seen.h_in, seen.h_out, seen.queued):
             new = min((sm.h_out - seen.h_out) % MAX_SEQ, len(sm.unacked))
-            stanzas = (
-                [etree.tostring(stanza, encoding="unicode") for stanza in list(sm.unacked)[-new:]]
-                if new
-                else []
-            )
+            newest = list(itertools.islice(reversed(sm.unacked), new))  # the queue's tail, not all of it
+            stanzas = [etree.tostring(stanza, encoding="unicode") for stanza in reversed(newest)]
             entries.append(
                 {
                     "op": "sm",
