@@ -81,6 +81,34 @@ async def test_a_hello_carries_listening_sockets_that_still_accept() -> None:
         (frame(b'{"type": "hello", "generation": 2, "listeners": [["c2s", -1]]}'), "[name, count] pairs"),
         (frame(b'{"type": "sessions", "sessions": [1]}'), "every session is an object"),
         (frame(b'{"type": "adopted", "ids": [1], "refused": []}'), "ids are strings"),
+        (frame(b'{"type": "shadow", "sessions": ["x"]}'), "shadow: every session is an object"),
+        (frame(b'{"type": "journal"}'), "field 'entries' missing"),
+        (frame(b'{"type": "journal", "entries": [1]}'), "every entry is an object"),
+        (frame(b'{"type": "journal", "entries": [{"op": "rm"}]}'), "unknown entry 'rm'"),
+        (frame(b'{"type": "journal", "entries": [{"id": "x"}]}'), "unknown entry None"),
+        (frame(b'{"type": "journal", "entries": [{"op": "sm", "id": "x"}]}'), "field 'h_in' missing"),
+        (
+            frame(b'{"type": "journal", "entries": [{"op": "ended", "id": "x", "jid": "a@b", "more": 1}]}'),
+            "unexpected fields",
+        ),
+        (
+            frame(
+                b'{"type": "journal", "entries": [{"op": "sm", "id": "x", "h_in": 1, "h_out": 1, '
+                b'"queued": 0, "stanzas": [1]}]}'
+            ),
+            "stanzas are strings",
+        ),
+        (
+            frame(
+                b'{"type": "journal", "entries": [{"op": "sm", "id": "x", "h_in": -1, "h_out": 1, '
+                b'"queued": 0, "stanzas": []}]}'
+            ),
+            "counters are unsigned",
+        ),
+        (
+            frame(b'{"type": "journal", "entries": [{"op": "resource", "id": "x", "resource": []}]}'),
+            "not dict",
+        ),
     ],
 )
 async def test_garbage_is_a_handover_error(

@@ -229,6 +229,9 @@ class ClientSession(ResourceState):  # and, through its chain of slotted bases, 
         """§5: continue on `transport`; resend what the client did not acknowledge."""
         assert self.sm is not None
         await self.acks_drained()  # 'h' of <resumed/> counts only what is durable
+        self.sm.catch_up(
+            h, self.server.config.stream_management.max_unacked
+        )  # restored from an upgrade's shadow copy, which may lag by a loop turn
         self.sm.acknowledge(h)  # raises before any change if 'h' is impossible
         if self.state is State.ESTABLISHED:  # the old connection looks alive but the client has moved on
             self.log.info("resumed on another connection; closing this one")

@@ -34,6 +34,16 @@ SCHEMAS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "want": {"previd": str},  # successor → old: a client resumes this session here, hand it over now
     "cluster": {"handled": list},  # old → successor: it stopped answering for the node (these it answered)
     "done": {"moved": int, "closed": int},  # old → successor: the drain is over
+    "shadow": {"sessions": list},  # old → successor: copies of the sessions still there (nitro/ops/shadow.py)
+    "journal": {"entries": list},  # old → successor: what changed them in one loop turn (ENTRIES)
+}
+
+# a journal entry's "op" → {field: type(s)}
+ENTRIES: dict[str, dict[str, type | tuple[type, ...]]] = {
+    "sm": {"id": str, "h_in": int, "h_out": int, "queued": int, "stanzas": list},  # counters, new stanzas
+    "resource": {"id": str, "resource": dict},  # presence, priority, flags, directed presence, slots
+    "bound": {"session": dict},  # bound (or stream management enabled) there during the drain
+    "ended": {"id": str, "jid": str},  # ended there (its unavailable presence went out there)
 }
 
 
@@ -45,6 +55,36 @@ class HandoverClosed(HandoverError):
     """The peer closed the socket (its process exited or gave up)."""
 
 
+def _check_fields(
+    kind: str, item: dict[str, Any], schema: dict[str, type | tuple[type, ...]], tag: str
+) -> None:
+    extra = set(item) - set(schema) - {tag}
+    if extra:
+        raise HandoverError(f"{kind}: unexpected fields {sorted(extra)}")
+    for name, expected in schema.items():
+        value = item.get(name)
+        if not isinstance(value, expected) or (isinstance(value, bool) and expected is int):
+            raise HandoverError(
+                f"{kind}: field {name!r} missing or not {getattr(expected, '__name__', expected)}"
+            )
+
+
+def _check_journal(entries: list[Any]) -> None:
+    for entry in entries:
+        if not isinstance(entry, dict):
+            raise HandoverError("journal: every entry is an object")
+        op = entry.get("op")
+        schema = ENTRIES.get(op) if isinstance(op, str) else None
+        if schema is None:
+            raise HandoverError(f"journal: unknown entry {op!r}")
+        _check_fields(f"journal {op}", entry, schema, "op")
+        if op == "sm" and (
+            not all(isinstance(stanza, str) for stanza in entry["stanzas"])
+            or min(entry["h_in"], entry["h_out"], entry["queued"]) < 0
+        ):
+            raise HandoverError("journal sm: counters are unsigned, stanzas are strings")
+
+
 def validate(message: Any, fds: int) -> dict[str, Any]:
     """`message` as a checked message dict; HandoverError naming what is wrong."""
     if not isinstance(message, dict):
@@ -53,15 +93,7 @@ def validate(message: Any, fds: int) -> dict[str, Any]:
     schema = SCHEMAS.get(kind) if isinstance(kind, str) else None
     if schema is None:
         raise HandoverError(f"unknown message type {kind!r}")
-    extra = set(message) - set(schema) - {"type"}
-    if extra:
-        raise HandoverError(f"{kind}: unexpected fields {sorted(extra)}")
-    for name, expected in schema.items():
-        value = message.get(name)
-        if not isinstance(value, expected) or (isinstance(value, bool) and expected is int):
-            raise HandoverError(
-                f"{kind}: field {name!r} missing or not {getattr(expected, '__name__', expected)}"
-            )
+    _check_fields(str(kind), message, schema, "type")
     if kind == "hello":
         listeners = message["listeners"]
         if not all(
@@ -77,8 +109,10 @@ def validate(message: Any, fds: int) -> dict[str, Any]:
             raise HandoverError(f"hello: names {sum(item[1] for item in listeners)} sockets, carries {fds}")
     elif fds:
         raise HandoverError(f"{kind}: carries descriptors it has no use for")
-    if kind == "sessions" and not all(isinstance(item, dict) for item in message["sessions"]):
-        raise HandoverError("sessions: every session is an object")
+    if kind in ("sessions", "shadow") and not all(isinstance(item, dict) for item in message["sessions"]):
+        raise HandoverError(f"{kind}: every session is an object")
+    if kind == "journal":
+        _check_journal(message["entries"])
     if kind == "adopted" and not all(isinstance(i, str) for i in [*message["ids"], *message["refused"]]):
         raise HandoverError("adopted: ids are strings")
     if kind in ("online", "left") and not all(isinstance(jid, str) for jid in message["jids"]):

@@ -23,6 +23,8 @@ from nitro.core.router import StanzaEvent
 from nitro.ops.adopt import FORWARDED, adopt, deliver_forwarded
 from nitro.ops.check_plugins import check_plugins
 from nitro.ops.handover import Channel, HandoverClosed, HandoverError
+from nitro.ops.held import HeldStanzas
+from nitro.ops.shadow_copies import ShadowCopies
 from nitro.ops.upgrade_progress import HANDOVER_FD
 from nitro.storage.errors import StorageError
 from nitro.transports.bosh_move import BOSH_WANTED, BoshWanted
@@ -34,6 +36,7 @@ log = logging.getLogger(__name__)
 
 HELLO_TIMEOUT = 30.0
 WANT_TIMEOUT = 3.0  # seconds a resuming client waits for its session to come over from the old process
+GONE_WAIT = 5.0  # seconds an upgrade socket closed early waits for the old process to be seen gone
 
 
 def refuse_early(reason: str) -> None:
@@ -55,8 +58,14 @@ class NotReady(Exception):
 class Predecessor:
     """The old process, as the successor talks to it."""
 
-    def __init__(self, channel: Channel, generation: int, inherited: dict[str, list[socket.socket]]) -> None:
+    def __init__(
+        self, channel: Channel, generation: int, inherited: dict[str, list[socket.socket]], old_pid: int = 0
+    ) -> None:
         self.channel = channel
+        self.old_pid = old_pid  # the old process (our parent), to tell a death from a closed socket
+        self.copies = ShadowCopies()  # of its sessions, adopted from if it dies mid-drain
+        self.promoted = 0  # copies adopted when it died
+        self.held: HeldStanzas | None = None  # stanzas forwarded ahead of their session
         self.generation = generation
         self.inherited = inherited
         self.adopted = 0
@@ -93,7 +102,7 @@ class Predecessor:
             inherited[name] = sockets[index : index + count]
             index += count
         log.info("upgrade: generation %d; inherited listeners %s", message["generation"], sorted(inherited))
-        return cls(channel, message["generation"], inherited)
+        return cls(channel, message["generation"], inherited, os.getppid())
 
     async def check(self, server: Server) -> None:
         """Before accepting: the storage answers, every Redis instance answers, TLS material is loaded, and
@@ -131,6 +140,9 @@ class Predecessor:
             "expected": self.expected,
             "left": self.left,
             "forwarded": self.forwarded,
+            "shadowed": len(self.copies),
+            "promoted": self.promoted,
+            "held": 0 if self.held is None else self.held.count,
             "done": self.done,
             "gone": self.gone,
         }
@@ -140,6 +152,7 @@ class Predecessor:
         undo = server.bus.add("sm-resume", lambda request: self._pull(request), priority=-1000)
         undo_offline = server.bus.add("message/offline", self._to_old, priority=1000)
         undo_bosh = server.bus.add(BOSH_WANTED, self._want_bosh)
+        self.held = held = HeldStanzas(server)
         try:
             while True:
                 message, _fds = await self.channel.receive()
@@ -153,9 +166,23 @@ class Predecessor:
                 elif kind == "left":
                     self.left += len(message["jids"])
                     for jid in message["jids"]:
-                        self._left(jid)
+                        self.copies.drop_jid(jid)
+                        await self._gone_there(jid)
+                elif kind in ("shadow", "journal") and self.done:
+                    continue  # trailing its `done`: nothing is left there to copy
+                elif kind == "shadow":
+                    self.copies.add(message["sessions"])
+                elif kind == "journal":
+                    bound, ended = self.copies.apply(message["entries"])
+                    for jid in bound:  # bound there during the drain: still to come over
+                        self._on_old.setdefault(jid.partition("/")[0], set()).add(jid)
+                    for jid in ended:
+                        await self._gone_there(jid)
                 elif kind == "deliver":
                     self.forwarded += 1
+                    if self._early(message["to"]):  # its session is on its way: after it, in order
+                        held.hold(message["to"], message["stanza"])
+                        continue
                     try:
                         await deliver_forwarded(server, message["to"], message["stanza"])
                     except Exception:  # one stanza's routing error never stops the adoption
@@ -164,6 +191,8 @@ class Predecessor:
                     await server.cluster.take_charge([str(i) for i in message["handled"]])
                 elif kind == "done":
                     self.done = True
+                    self.copies.clear()
+                    await held.release_all()
                     log.info(
                         "upgrade: the old process is done (%d moved, %d closed there)",
                         message["moved"],
@@ -171,12 +200,11 @@ class Predecessor:
                     )  # what it still forwards until it exits (its socket closes) is delivered here
                 else:
                     raise HandoverError(f"unexpected {kind} from the old process")
-        except HandoverClosed:
-            if not self.done:
-                self._gone_early("the upgrade socket closed")
         except HandoverError as exc:
-            self._gone_early(str(exc))
+            if not self.done:
+                await self._gone_early(server, str(exc) if not isinstance(exc, HandoverClosed) else "")
         finally:
+            await held.release_all()
             if server.cluster is not None and server.cluster.holding:  # it went before handing the node over
                 await server.cluster.take_charge([])
             undo()
@@ -188,14 +216,70 @@ class Predecessor:
                 if not future.done():
                     future.set_result(None)
 
-    def _gone_early(self, why: str) -> None:
+    async def _gone_early(self, server: Server, why: str) -> None:
+        """The upgrade socket closed (or broke) before `done`. If the old process died, what it still held is
+        adopted from the shadow copies; if it lives on, it keeps its sessions (it rolls back)."""
+        if not await self._old_dead():
+            self.gone = True
+            log.warning(
+                "upgrade: the old process %d dropped the upgrade socket (%s) but runs on; %d sessions here",
+                self.old_pid,
+                why or "closed",
+                self.adopted,
+            )
+            self.copies.clear()
+            return
+        promoted, ended = await self.copies.take_over(server)
         self.gone = True
+        for session in promoted:  # clients whose <resume/> came while it was dying
+            future = None if session.sm is None else self._arrived.pop(session.sm.id, None)
+            if future is not None and not future.done():
+                future.set_result(session)
+        self.promoted = len(promoted)
+        self.adopted += len(promoted)
+        self.left += ended
+        self._on_old.clear()
         log.warning(
-            "upgrade: the old process is gone before it was done (%s): %d sessions came over; clients of "
-            "the others log in afresh (their <resume/> fails with item-not-found)",
-            why,
-            self.adopted,
+            "upgrade: the old process died mid-drain (%s): %d sessions had come over, %d adopted from their "
+            "shadow copies (resumable), %d ended (unavailable sent)",
+            why or "its upgrade socket closed",
+            self.adopted - len(promoted),
+            len(promoted),
+            ended,
         )
+
+    async def _old_dead(self) -> bool:
+        """Whether the old process (our parent) has died: we were re-parented, or its pid is gone."""
+        if self.old_pid <= 1:
+            return False
+        loop = asyncio.get_running_loop()
+        end = loop.time() + GONE_WAIT
+        while True:
+            if os.getppid() != self.old_pid:
+                return True
+            try:
+                os.kill(self.old_pid, 0)
+            except ProcessLookupError:
+                return True
+            except PermissionError:
+                return False
+            if loop.time() >= end:
+                return False
+            await asyncio.sleep(0.05)
+
+    def _early(self, to: str) -> bool:
+        """A forwarded stanza for a full JID whose session is still to come over (or stanzas for it are
+        held already: it goes behind them)."""
+        if self.held is not None and self.held.holding(to):
+            return True
+        bare, _, resource = to.partition("/")
+        return bool(resource) and to in self._on_old.get(bare, ())
+
+    async def _gone_there(self, jid: str) -> None:
+        """Ended in the old process without moving: stanzas held for it are routed."""
+        self._left(jid)
+        if self.held is not None:
+            await self.held.release(jid)
 
     async def _adopt(self, server: Server, sessions: list[dict[str, Any]]) -> None:
         ids: list[str] = []
@@ -210,7 +294,10 @@ class Predecessor:
                 continue
             ids.append(session_id)
             self.adopted += 1
+            self.copies.drop(session_id)
             self._left(str(session.jid))
+            if self.held is not None:
+                await self.held.release(str(session.jid))  # what came ahead of it, before anything after
             if session.sm is not None:
                 future = self._arrived.pop(session.sm.id, None)
                 if future is not None and not future.done():
@@ -246,9 +333,10 @@ class Predecessor:
             return False
         future = self._arrived.setdefault(request.previd, asyncio.get_running_loop().create_future())
         try:
-            await self.channel.send({"type": "want", "previd": request.previd})
+            with contextlib.suppress(HandoverError):  # dying: its shadow copy may be adopted meanwhile
+                await self.channel.send({"type": "want", "previd": request.previd})
             found = await asyncio.wait_for(asyncio.shield(future), WANT_TIMEOUT)
-        except (HandoverError, TimeoutError):
+        except TimeoutError:
             return False
         finally:
             self._arrived.pop(request.previd, None)

@@ -27,6 +27,7 @@ from nitro.ops.channel import pid_path
 from nitro.ops.forwarding import forwarder, offline_to, to_successor
 from nitro.ops.handover import Channel, HandoverError
 from nitro.ops.pidfile import write_pid_file
+from nitro.ops.shadow import Journal
 from nitro.ops.upgrade_progress import GENERATION, HANDOVER_FD, WORKERS_REFUSED, Outcome, Progress, generation
 from nitro.transports import bosh_move
 from nitro.transports.listeners import Listeners, close_all
@@ -64,6 +65,7 @@ class Upgrader:
         self._moved: dict[str, tuple[ClientSession, dict[str, Any], list[etree._Element]]] = {}
         self._adopted: dict[str, asyncio.Event] = {}
         self._wanted: asyncio.Queue[str] = asyncio.Queue()
+        self._journal: Journal | None = None  # the successor's shadow copies of what is still here
 
     def progress_dict(self) -> dict[str, Any]:
         return self.progress.as_dict()
@@ -205,6 +207,8 @@ class Upgrader:
             self.progress.to_move = len(pending)
             # where the successor sends what it would otherwise store offline for these (RFC 6121 §8.5.2)
             await channel.send({"type": "online", "jids": [str(session.jid) for session in pending]})
+            self._journal = Journal(self.server, channel)  # if this process is killed, it adopts from them
+            await self._journal.start(pending)
             per_batch = max(1, round(settings.drain_rate / BATCHES_PER_SECOND))
             interval = per_batch / settings.drain_rate  # the pace: drain_rate sessions per second
             while pending or not self._wanted.empty():
@@ -222,6 +226,7 @@ class Upgrader:
                 pending.extend(s for s in self._to_drain() if s not in pending)  # logged in meanwhile
                 if pending or not self._wanted.empty():
                     await self._pause(interval)
+            self._journal.stop()  # every session moved or closed: nothing left to copy
             await self._wait_adopted(reader, min(30.0, max(1.0, deadline - loop.time() + 5.0)))
             if (bridge := self.server.bridge) is not None:  # replies of its plugins to moved sessions
                 await bridge.settle(PLUGIN_SETTLE)  # still follow them, before the socket closes
@@ -229,6 +234,8 @@ class Upgrader:
                 await channel.send({"type": "cluster", "handled": cluster.hand_over()})
             await channel.send({"type": "done", "moved": self.progress.moved, "closed": self.progress.closed})
         finally:
+            if self._journal is not None:
+                self._journal.stop()
             undo_offline()
             if cluster is not None:
                 cluster.elsewhere = None
@@ -292,6 +299,8 @@ class Upgrader:
                     await self._close(session)
                     continue
                 bosh = False  # its BOSH session ends here; its client resumes (XEP-0198) on a new one
+            if self._journal is not None:
+                self._journal.moved(session)  # its export supersedes its shadow copy
             data = session.export()  # nothing awaited from here to hand_off: no stanza in between
             if bosh:
                 data["bosh"] = bosh_move.hand_over(session)

@@ -73,6 +73,10 @@ class SmState:
     unacked_sizes: deque[int] = field(default_factory=deque)  # the serialised size of each queued stanza
     unacked_bytes: int = 0
     budget: QueueBudget | None = field(default=None, compare=False, repr=False)
+    # told after each change of the counters or the queue (an upgrade journals them to its successor)
+    watch: Callable[[], None] | None = field(default=None, compare=False, repr=False)
+    # restored from a shadow copy (nitro/ops/shadow_copies.py), which may lag the dead process by a loop turn
+    lagging: bool = field(default=False, compare=False, repr=False)
 
     @classmethod
     def start(cls, *, resume: bool, resume_timeout: float) -> SmState:
@@ -98,6 +102,8 @@ class SmState:
     def received(self) -> None:
         """§4: one more inbound stanza handled."""
         self.h_in = (self.h_in + 1) % MAX_SEQ
+        if self.watch is not None:
+            self.watch()
 
     def sent(self, stanza: etree._Element, *, delay_from: str | None = None) -> None:
         """§4: one more outbound stanza, kept (as a copy: senders may reuse theirs) until acknowledged.
@@ -117,6 +123,8 @@ class SmState:
         self.unacked_bytes += size
         if self.budget is not None:
             self.budget.changed(self, size)
+        if self.watch is not None:
+            self.watch()
 
     def _released(self, count: int) -> None:
         size = 0
@@ -126,6 +134,8 @@ class SmState:
         self.unacked_bytes -= size
         if self.budget is not None and size:
             self.budget.changed(self, -size)
+        if self.watch is not None and count:
+            self.watch()
 
     def request_due(self, every: int) -> bool:
         """Whether to send `<r/>` now: `every` stanzas await an ack and no request is outstanding."""
@@ -152,6 +162,16 @@ class SmState:
         self._released(newly)
         self.ack_requested = False
         return newly
+
+    def catch_up(self, h: int, limit: int) -> None:
+        """A lagging copy (`lagging`): an 'h' past `h_out` counts stanzas the client got from the process
+        that died before its copy heard of them; they were delivered, so the counter moves up to it (by at
+        most `limit`, the most a session may have unacknowledged; past it the 'h' is wrong)."""
+        ahead = (h - self.h_out) % MAX_SEQ
+        if self.lagging and 0 < ahead <= limit:
+            self._released(len(self.unacked))
+            self.h_out = h
+        self.lagging = False
 
     def take_unacked(self) -> list[etree._Element]:
         """Empty the queue (the session ends without resumption) and return what it held, oldest first; the
