@@ -273,7 +273,7 @@ class Tiers:
                 await asyncio.sleep(interval)
             finally:
                 with contextlib.suppress(*REDIS_ERRORS):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]  # typed from redis 8.2
 
     async def on_invalidation(self, data: bytes) -> None:
         try:
