@@ -1,4 +1,5 @@
-"""Small builders for the stanzas handlers send: IQ results, namespaced children, delay stamps."""
+"""Small builders for the stanzas handlers send (IQ results, namespaced children, delay stamps) and what
+offline storage keeps of a message (XEP-0160)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ import datetime
 from lxml import etree
 
 from nitro.xmpp import ns
+
+CHATSTATES = "http://jabber.org/protocol/chatstates"  # XEP-0085
+HINTS = "urn:xmpp:hints"  # XEP-0334
 
 
 def element(namespace: str, name: str, **attrib: str) -> etree._Element:
@@ -60,3 +64,14 @@ def add_delay(
     delay.set("from", from_)
     if reason:
         delay.text = reason
+
+
+def worth_storing(message: etree._Element) -> bool:
+    """XEP-0160 §3: not a message carrying only chat states (XEP-0085); XEP-0334: not one hinted `<no-store/>`
+    (`<no-permanent-store/>` concerns archives only, as in ejabberd's mod_offline).
+    """
+    children = [c for c in message if isinstance(c.tag, str)]
+    if any(c.tag == f"{{{HINTS}}}no-store" for c in children):
+        return False
+    payload = [c for c in children if c.tag != f"{{{ns.CLIENT}}}thread" and etree.QName(c).namespace != HINTS]
+    return not payload or any(etree.QName(c).namespace != CHATSTATES for c in payload)
