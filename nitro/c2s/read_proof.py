@@ -34,18 +34,13 @@ if TYPE_CHECKING:
 PROVE_AFTER = 32  # messages written since the last ping: a ping is sent to prove them
 PROVE_AGE = 30.0  # seconds the oldest message not yet covered by a ping may wait for one
 
+_MESSAGE_TAGS = frozenset((f"{{{ns.CLIENT}}}message", "message"))  # jabber:client, or the stream's default
 _KEPT_TYPES = (None, "chat", "normal")  # RFC 6121 §8.5.2: offline storage keeps these (not error, groupchat…)
 
 
 def kept_offline(message: etree._Element) -> bool:
     """A message offline storage would keep, were it undelivered: chat or normal, with content (XEP-0160)."""
-    name = etree.QName(message)
-    return (
-        name.localname == "message"
-        and name.namespace in (None, ns.CLIENT)
-        and message.get("type") in _KEPT_TYPES
-        and worth_storing(message)
-    )
+    return message.tag in _MESSAGE_TAGS and message.get("type") in _KEPT_TYPES and worth_storing(message)
 
 
 class ReadProof:
@@ -160,10 +155,14 @@ class ReadProofs(ResourceState):
             proof = self.proof = ReadProof()
         now = time.monotonic()
         proof.written(element, now)
+        timeout = self.config.ping_timeout
         bound = self.server.config.stream_management.max_unacked
-        if proof.unproven > bound:  # a client that never answers: as XEP-0198 §4 does for unacked stanzas
+        if proof.unproven > bound and not proof.awaiting(now, timeout):
+            # Its ping is overdue (a silent client is closed by the keepalive then; this one talks but does
+            # not answer): as XEP-0198 §4 for unacknowledged stanzas. A burst while the answer may still come
+            # (an offline flush) is not cut: memory stays within what is written in `ping_timeout`.
             self._end_soon(StreamError("policy-violation", f"more than {bound} messages not proven read"))
-        elif proof.due(now, self.config.ping_timeout):
+        elif proof.due(now, timeout):
             self.send_ping(now)
 
     def send_ping(self, now: float) -> None:

@@ -11,6 +11,8 @@ from nitro.xmpp import ns
 
 CHATSTATES = "http://jabber.org/protocol/chatstates"  # XEP-0085
 HINTS = "urn:xmpp:hints"  # XEP-0334
+_THREAD = f"{{{ns.CLIENT}}}thread"
+_NO_STORE = f"{{{HINTS}}}no-store"
 
 
 def element(namespace: str, name: str, **attrib: str) -> etree._Element:
@@ -68,10 +70,21 @@ def add_delay(
 
 def worth_storing(message: etree._Element) -> bool:
     """XEP-0160 §3: not a message carrying only chat states (XEP-0085); XEP-0334: not one hinted `<no-store/>`
-    (`<no-permanent-store/>` concerns archives only, as in ejabberd's mod_offline).
+    (`<no-permanent-store/>` concerns archives only, as in ejabberd's mod_offline). Called for every message
+    written to a client without stream management (nitro/c2s/read_proof.py): string tests, no QName objects.
     """
-    children = [c for c in message if isinstance(c.tag, str)]
-    if any(c.tag == f"{{{HINTS}}}no-store" for c in children):
-        return False
-    payload = [c for c in children if c.tag != f"{{{ns.CLIENT}}}thread" and etree.QName(c).namespace != HINTS]
-    return not payload or any(etree.QName(c).namespace != CHATSTATES for c in payload)
+    payload = False
+    only_states = True
+    for node in message:
+        tag = node.tag
+        if not isinstance(tag, str) or tag == _THREAD:
+            continue
+        namespace = tag[1 : tag.index("}")] if tag[:1] == "{" else ""
+        if namespace == HINTS:
+            if tag == _NO_STORE:
+                return False
+            continue
+        payload = True
+        if namespace != CHATSTATES:
+            only_states = False
+    return not payload or not only_states
