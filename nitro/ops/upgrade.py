@@ -415,6 +415,8 @@ class Upgrader:
         for session_id, (session, data, kept) in list(self._moved.items()):
             self.server.sessions.remove(session)
             session.forward = None
+            if isinstance(data.get("bosh"), dict):  # the successor may have answered requests we never saw
+                data["bosh"] = {**data["bosh"], "rids_unknown": True}
             try:
                 restored = await adopt(self.server, data)
             except Exception:
