@@ -16,7 +16,12 @@ _AT_LEAST_ONE: _Range = (1, None, True)
 _NOT_NEGATIVE: _Range = (0, None, True)
 
 RANGES: dict[str, dict[str, _Range]] = {
-    "upgrade": {"ready_timeout": _POSITIVE, "drain_rate": _POSITIVE, "drain_deadline": _POSITIVE},
+    "upgrade": {
+        "ready_timeout": _POSITIVE,
+        "drain_rate": _POSITIVE,
+        "drain_deadline": _POSITIVE,
+        "proof_timeout": _POSITIVE,
+    },
     "c2s": {
         "port": _PORT,
         "direct_tls_port": _PORT,

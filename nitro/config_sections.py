@@ -358,6 +358,9 @@ class UpgradeSection:
     drain_rate: float = 200.0  # sessions handed over (or closed) per second: no reconnect storm
     drain_deadline: float = 60.0  # seconds after ready: what is left is handled at once, then the old exits
     command: tuple[str, ...] = ()  # the successor's command before `--config FILE serve`; () = this Python
+    proof_timeout: float = (
+        2.0  # seconds a client without XEP-0198 has to answer the closing ping (and SIGTERM)
+    )
 
 
 @dataclass(frozen=True, slots=True)

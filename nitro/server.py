@@ -172,9 +172,11 @@ class Server:
         """Stop accepting, tell every client `<system-shutdown/>`, wait briefly, cancel the rest."""
         for listener in self.listeners:
             listener.close()
-        for session in list(self._connections):
-            with contextlib.suppress(Exception):
-                await session.close(StreamError("system-shutdown"))
+        # together: a client without stream management may get `[upgrade] proof_timeout` to prove it read
+        await asyncio.gather(
+            *(session.close(StreamError("system-shutdown")) for session in list(self._connections)),
+            return_exceptions=True,
+        )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + SHUTDOWN_GRACE
         while (self._connections or self._connection_tasks) and loop.time() < deadline:  # noqa: ASYNC110

@@ -55,6 +55,19 @@ def test_the_window_and_the_parameters_move_with_it() -> None:
     assert attributes(answered([reply])[2])["condition"] == "item-not-found"
 
 
+def test_a_session_taken_back_from_a_dead_successor_accepts_the_clients_next_rid() -> None:
+    """The successor answered rids the old process never saw; taken back, the old process goes on from the
+    client's next rid, even past the window it exported, once; then the window holds again."""
+    session = ready()
+    state = json.loads(json.dumps(export_state(session)))
+    taken_back = restore_state({**state, "rids_unknown": True}, Settings(), "localhost", 100.0)
+    assert kinds(receive(taken_back, 2, request(RID + 4, content=message("back")))) == ["messageback"]
+    assert not taken_back.terminated
+    receive(taken_back, 3, request(RID + 9))  # beyond the window again: item-not-found, as before
+    replies = answered(taken_back.flush(100.0))
+    assert attributes(replies[3])["condition"] == "item-not-found"
+
+
 def test_the_clocks_restart_in_the_successor() -> None:
     session = ready(now=5.0)
     successor = moved(session, now=1000.0)

@@ -187,6 +187,46 @@ async def test_the_successor_dies_after_a_bosh_session_moved_and_the_old_takes_i
         await running.stop()
 
 
+@pytest.mark.fault
+async def test_a_bosh_session_taken_back_goes_on_from_the_rids_the_successor_answered(tmp_path: Path) -> None:
+    """The successor answers requests of the moved session (the client's rids move past the window the old
+    process exported), then is SIGKILLed: the old process takes the session back and accepts the client's
+    next rid at once, instead of waiting for rids it never saw until the inactivity timeout."""
+    running = node(
+        tmp_path, upgrade_section(ready_timeout=20.0, drain_rate=0.5, drain_deadline=30.0), http=True
+    )
+    await running.add_users("alice", "bob", "carol")
+    await running.start()
+    url = f"http://127.0.0.1:{running.config.http.port}/http-bind"
+    try:
+        async with aiohttp.ClientSession() as http:
+            alice = BoshClient(http, url, resend=True)
+            await alice.login("alice", PASSWORD, "web")  # first: moved before the successor dies
+            sid = alice.sid
+            rest = [await running.managed(name, "x") for name in ("bob", "carol")]
+            upgrade = asyncio.get_running_loop().create_task(running.nitro("upgrade"))
+            await running.wait_log("adopted from another process (over BOSH, same sid")
+            successor = await running.wait_for_pid(lambda pid: pid != running.first_pid)
+            carol = rest[1][0]  # never moved (the drain is slow)
+            await alice.send(chat("carol@localhost/x", "via the successor"))
+            await carol.expect(b"<body>via the successor</body>", timeout=15)  # handled there
+            await asyncio.sleep(0.5)  # its answer and the next poll: the successor's rids only
+            os.kill(successor, signal.SIGKILL)
+            code, _out, err = await upgrade
+            assert code == 4, err
+            await running.wait_for_pid(lambda pid: pid == running.first_pid)
+            carol.send(message(alice.jid, "after"))
+            received = await alice.recv(lambda e: local(e) == "message", timeout=8)  # inactivity is 60 s
+            assert received.findtext(f"{{{CLIENT}}}body") == "after"
+            assert alice.sid == sid
+            assert alice.terminal is None
+            await alice.terminate()
+            for peer, _previd in rest:
+                peer.close()
+    finally:
+        await running.stop()
+
+
 async def test_a_websocket_client_resumes_on_the_successor(tmp_path: Path) -> None:
     running = node(tmp_path, upgrade_section(ready_timeout=20.0), http=True)
     await running.add_users("alice", "bob")

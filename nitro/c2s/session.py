@@ -19,7 +19,7 @@ from nitro.c2s import acks
 from nitro.c2s.ack_gate import HeldAcks
 from nitro.c2s.inputs import State, counted, input_name
 from nitro.c2s.keepalive import Keepalive
-from nitro.c2s.resource_state import ResourceState
+from nitro.c2s.read_proof import ReadProofs
 from nitro.c2s.transport import NO_TRANSPORT, Transport
 from nitro.core import durability
 from nitro.core.module import NonzaEvent, SessionEvent, UnackedStanzas
@@ -44,7 +44,7 @@ log = logging.getLogger("nitro.c2s.stream")
 _XML_LANG = f"{{{ns.XML}}}lang"
 
 
-class ClientSession(ResourceState):  # and, through its chain of slotted bases, HeldAcks and Keepalive
+class ClientSession(ReadProofs):  # and through its chain of slotted bases ResourceState, HeldAcks, Keepalive
     """One bound resource: stamps 'from' on what its client sends and hands it to the router; receives
     what is delivered to it."""
 
@@ -91,7 +91,7 @@ class ClientSession(ResourceState):  # and, through its chain of slotted bases, 
         self.authenticated = True
         self.username: str | None = jid.local
         self.mechanism = mechanism  # the SASL mechanism that authenticated the stream
-        ResourceState.__init__(self, jid)
+        ReadProofs.__init__(self, jid)
         Keepalive.__init__(self, self.config)
         self.sm: SmState | None = None  # Stream Management (XEP-0198), once enabled
         HeldAcks.__init__(self)
@@ -326,6 +326,7 @@ class ClientSession(ResourceState):  # and, through its chain of slotted bases, 
         if stanza.get(_XML_LANG) is None:
             stanza.set(_XML_LANG, self.lang)  # RFC 6120 §4.7.4
         if self.is_ping_reply(stanza):
+            self.ping_answered()
             return False
         await self.server.router.route(stanza, origin=self)
         return False
@@ -378,6 +379,7 @@ class ClientSession(ResourceState):  # and, through its chain of slotted bases, 
                 self.transport.send(ack_request())
         else:
             self.transport.send(element)
+            self.track_written(element)  # without stream management: kept until proven read
         self.last_write = time.monotonic()
 
     def _end_soon(self, error: StreamError) -> None:
@@ -404,6 +406,11 @@ class ClientSession(ResourceState):  # and, through its chain of slotted bases, 
             self._drop_transport(error)
             await self._detach()
             return
+        if error is not None and error.condition == "system-shutdown" and self.proof is not None:
+            self.server.sessions.remove(self)  # what arrives for it meanwhile goes elsewhere (or offline)
+            await self.proved(self.server.config.upgrade.proof_timeout)
+            if self.closed:  # the client left meanwhile (what it did not prove was re-routed then)
+                return
         transport = self.transport
         if self.sm is not None and self.state is State.ESTABLISHED:
             if error is None or error.condition != "system-shutdown":  # shutdown closes one by one
@@ -441,6 +448,8 @@ class ClientSession(ResourceState):  # and, through its chain of slotted bases, 
         if self.sm is not None:
             stanzas = self.sm.take_unacked()
             await self.server.bus.fire("sm-ended", UnackedStanzas(self, stanzas))
+        if self.proof is not None and self.closed_with is not None:  # closed by the server: not proven read
+            await self.server.bus.fire("c2s-unproven", UnackedStanzas(self, self.proof.take()))
         await self.server.bus.fire("resource-unbind", SessionEvent(self))
 
     # -- timers (driven by the connection) ----------------------------------------------------------
@@ -454,10 +463,7 @@ class ClientSession(ResourceState):  # and, through its chain of slotted bases, 
         if due == "ping-timeout":
             raise StreamError("connection-timeout", "no answer to ping")
         if due == "ping":
-            ping = etree.Element("iq", type="get", id=self.start_ping(now), to=str(self.jid))
-            ping.set("from", self.server.config.server.domain)
-            etree.SubElement(ping, f"{{{ns.PING}}}ping", nsmap=ns.default_ns(ns.PING))
-            self.send(ping)
+            self.send_ping(now)
         elif due == "keepalive":
             sm = self.sm
             if sm is not None and sm.unacked and not sm.ack_requested:
@@ -466,6 +472,7 @@ class ClientSession(ResourceState):  # and, through its chain of slotted bases, 
             else:
                 self.transport.send_keepalive()
             self.last_write = now
+        self.prove_if_due(now)
 
 
 _Action = Callable[[ClientSession, etree._Element], Awaitable[bool]]

@@ -16,26 +16,12 @@ from nitro.modules.message import top_resources
 from nitro.storage.errors import NoSuchAccount, QuotaExceeded, StorageUnavailable
 from nitro.xmpp import ns
 from nitro.xmpp.errors import StanzaError
-from nitro.xmpp.stanza import add_delay
-
-CHATSTATES = "http://jabber.org/protocol/chatstates"  # XEP-0085
-HINTS = "urn:xmpp:hints"  # XEP-0334
+from nitro.xmpp.stanza import add_delay, worth_storing
 
 _FLUSHED = "offline-flushed"  # Resource flag: this resource's stored messages were delivered to it
 # Rows hold self-contained XML (xmlns='jabber:client' declared, unlike the wire form of xmlstream.serialize);
 # they are our own serialization, still never let parsing reach the network or expand entities.
 _PARSER = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False)
-
-
-def worth_storing(message: etree._Element) -> bool:
-    """XEP-0160 §3: not a message carrying only chat states (XEP-0085); XEP-0334: not one hinted `<no-store/>`
-    (`<no-permanent-store/>` concerns archives only, as in ejabberd's mod_offline).
-    """
-    children = [c for c in message if isinstance(c.tag, str)]
-    if any(c.tag == f"{{{HINTS}}}no-store" for c in children):
-        return False
-    payload = [c for c in children if c.tag != f"{{{ns.CLIENT}}}thread" and etree.QName(c).namespace != HINTS]
-    return not payload or any(etree.QName(c).namespace != CHATSTATES for c in payload)
 
 
 def load(module: Module) -> None:

@@ -2,7 +2,8 @@
 end of detached ones whose window closed, and what becomes of stanzas a client never acknowledged (§4, §5).
 
 The counting and the resumption handshake live in the session (nitro/c2s.py, nitro/sm.py); it fires
-`sm-enabled`, `sm-resume`, `sm-detached`, `sm-resumed` and `sm-ended`, hooked here.
+`sm-enabled`, `sm-resume`, `sm-detached`, `sm-resumed` and `sm-ended`, hooked here; and `c2s-unproven` (what a
+client without it never proved it read, nitro/c2s/read_proof.py) shares §4's fallback.
 """
 
 from __future__ import annotations
@@ -131,6 +132,17 @@ def load(module: Module) -> None:
             except Exception:
                 session.log.exception("unacknowledged %s %s not handled", kind, stanza.get("id"))
 
+    async def unproven(event: UnackedStanzas) -> None:
+        """A client without stream management was closed by the server before it proved it read these
+        messages (nitro/c2s/read_proof.py): the same fate as §4's unacknowledged ones."""
+        if event.stanzas:
+            event.session.log.info("%d messages were never proven read", len(event.stanzas))
+        for message in event.stanzas:
+            try:
+                await _undelivered_message(event.session, message)
+            except Exception:
+                event.session.log.exception("unproven message %s not handled", message.get("id"))
+
     async def _undelivered_message(session: Session, message: etree._Element) -> None:
         if _is_carbon_copy(message, session.jid):
             return
@@ -179,5 +191,6 @@ def load(module: Module) -> None:
     module.hook("sm-detached", detached)
     module.hook("sm-resumed", resumed)
     module.hook("sm-ended", ended)
+    module.hook("c2s-unproven", unproven)
     module.hook("sm-unacked/message", redeliver, priority=DELIVERY_PRIORITY)
     module.on_unload(unload)

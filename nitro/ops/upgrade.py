@@ -278,13 +278,14 @@ class Upgrader:
         exported: list[dict[str, Any]] = []
         retry: list[ClientSession] = []
         left: list[str] = []
+        closing: list[ClientSession] = []  # closed together: each may wait for its client's proof of reading
         for session in batch:
             if session.closed or session.forward is not None:
                 continue
             bosh = bosh_move.carried_by_bosh(session)  # a BOSH session moves with or without XEP-0198
             if not bosh and (session.sm is None or not session.sm.resumable):
                 left.append(str(session.jid))
-                await self._close(session)
+                closing.append(session)
                 continue
             # exported 'h' must count every handled stanza; a BOSH request is not half handled
             settling = session.busy or session.acks_held > 0 or bosh_move.settling(session)
@@ -296,7 +297,7 @@ class Upgrader:
             if bosh and bosh_move.settling(session):  # still inside a request at the deadline
                 if session.sm is None or not session.sm.resumable:
                     left.append(str(session.jid))
-                    await self._close(session)
+                    closing.append(session)
                     continue
                 bosh = False  # its BOSH session ends here; its client resumes (XEP-0198) on a new one
             if self._journal is not None:
@@ -316,6 +317,7 @@ class Upgrader:
             await channel.send(
                 {"type": "sessions", "sessions": exported[start : start + SESSIONS_PER_MESSAGE]}
             )
+        await asyncio.gather(*(self._close(session) for session in closing))
         if left:
             await channel.send({"type": "left", "jids": left})
         return retry
@@ -340,9 +342,10 @@ class Upgrader:
         self.server.spawn(close())
 
     async def _close(self, session: ClientSession) -> None:
-        """Not resumable: `<system-shutdown/>`; what it never acknowledged goes offline (XEP-0198 §4). Out of
-        the registry first: what arrives for it while its stream closes is stored, not written to a socket
-        about to close."""
+        """Not resumable: `<system-shutdown/>`; what it never acknowledged goes offline (XEP-0198 §4), and so
+        does, without XEP-0198, what it did not prove it read (a ping unanswered within `[upgrade]
+        proof_timeout`, nitro/c2s/read_proof.py). Out of the registry first: what arrives for it while its
+        stream closes is stored, not written to a socket about to close."""
         self.server.sessions.remove(session)
         with contextlib.suppress(Exception):
             await session.close(StreamError("system-shutdown", "the server is being upgraded; reconnect"))
@@ -421,6 +424,8 @@ class Upgrader:
         for session_id, (session, data, kept) in list(self._moved.items()):
             self.server.sessions.remove(session)
             session.forward = None
+            if isinstance(data.get("bosh"), dict):  # the successor may have answered requests we never saw
+                data["bosh"] = {**data["bosh"], "rids_unknown": True}
             try:
                 restored = await adopt(self.server, data)
             except Exception:

@@ -229,9 +229,9 @@ class WebSocketEndpoint:
                 return
 
     async def shutdown(self, _app: web.Application) -> None:
-        """`<system-shutdown/>` to every stream (RFC 6120 §4.9.3.19); their handlers then end."""
-        for stream in list(self.streams):
-            await stream.close(StreamError("system-shutdown"))
+        """`<system-shutdown/>` to every stream (RFC 6120 §4.9.3.19); their handlers then end. Together: one
+        without stream management may wait for its proof of reading (nitro/c2s/read_proof.py)."""
+        await asyncio.gather(*(stream.close(StreamError("system-shutdown")) for stream in list(self.streams)))
 
 
 def add_routes(app: web.Application, server: Core) -> None:

@@ -114,6 +114,7 @@ class BoshSession:
             content_ns=ns.CLIENT,
         )
         self._next_rid = creation.rid  # the next rid to process, in order (§14.2)
+        self.rids_unknown = False  # taken back from a dead successor: it may have handled rids we never saw
         self._pending: dict[int, _Pending] = {}  # received ahead of a gap in the rids
         self._held: list[_Held] = []  # processed and waiting for something to answer, in rid order
         self._outbox: list[bytes] = []
@@ -163,6 +164,11 @@ class BoshSession:
             return []
         self._inactivity = float(self.settings.inactivity)
         rid = request.rid
+        if self.rids_unknown and not self._pending and not self._held:
+            # Taken back after the successor died (an upgrade): it answered up to rid-1, which we never saw;
+            # the client's next request continues from there, not from our older window.
+            self.rids_unknown = False
+            self._next_rid = max(self._next_rid, rid)
         if rid < self._next_rid:  # §14.3: a request sent again
             self._repeat(handle, rid)
             return []

@@ -93,6 +93,7 @@ def restore_state(data: dict[str, Any], settings: Settings, domain: str, now: fl
     core._inactivity = float(data["inactivity"])
     core._idle_poll = None
     core.processing = False
+    core.rids_unknown = bool(data.get("rids_unknown", False))  # set by an old process taking it back
     if core.wait < 0 or core.hold < 0 or core.requests < 1 or core._next_rid < 1:
         raise ValueError(f"BOSH session {core.sid}: impossible numbers")
     return core

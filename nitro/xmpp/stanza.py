@@ -1,4 +1,5 @@
-"""Small builders for the stanzas handlers send: IQ results, namespaced children, delay stamps."""
+"""Small builders for the stanzas handlers send (IQ results, namespaced children, delay stamps) and what
+offline storage keeps of a message (XEP-0160)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,11 @@ import datetime
 from lxml import etree
 
 from nitro.xmpp import ns
+
+CHATSTATES = "http://jabber.org/protocol/chatstates"  # XEP-0085
+HINTS = "urn:xmpp:hints"  # XEP-0334
+_THREAD = f"{{{ns.CLIENT}}}thread"
+_NO_STORE = f"{{{HINTS}}}no-store"
 
 
 def element(namespace: str, name: str, **attrib: str) -> etree._Element:
@@ -60,3 +66,25 @@ def add_delay(
     delay.set("from", from_)
     if reason:
         delay.text = reason
+
+
+def worth_storing(message: etree._Element) -> bool:
+    """XEP-0160 §3: not a message carrying only chat states (XEP-0085); XEP-0334: not one hinted `<no-store/>`
+    (`<no-permanent-store/>` concerns archives only, as in ejabberd's mod_offline). Called for every message
+    written to a client without stream management (nitro/c2s/read_proof.py): string tests, no QName objects.
+    """
+    payload = False
+    only_states = True
+    for node in message:
+        tag = node.tag
+        if not isinstance(tag, str) or tag == _THREAD:
+            continue
+        namespace = tag[1 : tag.index("}")] if tag[:1] == "{" else ""
+        if namespace == HINTS:
+            if tag == _NO_STORE:
+                return False
+            continue
+        payload = True
+        if namespace != CHATSTATES:
+            only_states = False
+    return not payload or not only_states
