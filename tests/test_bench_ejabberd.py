@@ -138,14 +138,20 @@ def test_compare_ejabberd_is_an_option_but_not_with_a_target() -> None:
 async def roster_after_login(port: int, cafile: Path, jid: str) -> dict[str, str]:
     """Log `jid` in over STARTTLS with SCRAM-SHA-1 (slixmpp); its roster as {contact: subscription}."""
     client = slixmpp.ClientXMPP(jid, PASSWORD, sasl_mech="SCRAM-SHA-1")
-    client.ca_certs = str(cafile)
+    client.ca_certs = cafile
     client.enable_plaintext = False
-    started = asyncio.get_running_loop().create_future()
-    client.add_event_handler("session_start", lambda _event: started.done() or started.set_result(True))
-    client.add_event_handler(
-        "failed_all_auth",
-        lambda _event: started.done() or started.set_exception(AssertionError("auth failed")),
-    )
+    started: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+
+    def on_start(_event: Any) -> None:
+        if not started.done():
+            started.set_result(True)
+
+    def on_failure(_event: Any) -> None:
+        if not started.done():
+            started.set_exception(AssertionError(f"{jid}: authentication failed"))
+
+    client.add_event_handler("session_start", on_start)
+    client.add_event_handler("failed_all_auth", on_failure)
     client.connect("127.0.0.1", port)
     try:
         await asyncio.wait_for(started, 30)
