@@ -90,10 +90,11 @@ lint: $(DEV)
 	$(BIN)/ruff check nitro tests integration plugins
 	$(BIN)/mypy
 
-# The load generator against Nitro and Prosody side by side (installs Debian's prosody when root).
-# Prints a table; never fails on slow figures. Narrow it with e.g. BENCH_ARGS='--scenario chat'.
+# The load generator against Prosody, ejabberd and Nitro side by side, each pinned to the same core
+# (installs Debian's prosody and ejabberd when root). Prints a table; never fails on slow figures.
+# Narrow it with e.g. BENCH_ARGS='--scenario chat'.
 bench: $(DEV)
-	$(BIN)/python -m integration.bench --compare-prosody $(BENCH_ARGS)
+	$(BIN)/python -m integration.bench --compare-prosody --compare-ejabberd $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache

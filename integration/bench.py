@@ -1,30 +1,27 @@
-"""`make bench`: the load generator's scenarios against Nitro, and Prosody side by side, as a table.
+"""`make bench`: the load generator's scenarios against Nitro, and Prosody and ejabberd side by side.
 
-    python -m integration.bench --compare-prosody --scenario login --clients 2000
+    python -m integration.bench --compare-prosody --compare-ejabberd --scenario login --clients 2000
     python -m integration.bench --scenario chat --tls --duration 10
     python -m integration.bench --target 127.0.0.1:5222 --domain example.test --server-pid 1234
 
-Each server runs in its own temporary directory with the same accounts, rosters, certificate and TLS
-setting; with two or more cores the server is pinned to one core and the load generator to another.
+Each server (Prosody, ejabberd, then Nitro) runs in its own temporary directory with the same accounts,
+rosters, certificate and TLS setting; with two or more cores each server is pinned to the same core and
+the load generator to the others.
 It prints figures and never judges them: a slow server is not an error.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 import urllib.request
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
-from integration.loadgen.accounts import ITERATIONS, PASSWORD, USER_FORMAT
+from integration.bench_servers import Plan, servers
+from integration.loadgen.accounts import PASSWORD, USER_FORMAT
 from integration.loadgen.scenarios import (
     DEFAULT_CLIENTS,
     DEFAULT_RATES,
@@ -40,138 +37,8 @@ from integration.loadgen.scenarios import (
     plan_cores,
     run_scenario,
 )
-from integration.loadgen.scram import MECHANISMS, Mechanism
+from integration.loadgen.scram import MECHANISMS
 from integration.loadgen.worker import LoadgenError, Target, check_loopback
-
-
-@dataclass(frozen=True, slots=True)
-class Plan:
-    """The parsed command line."""
-
-    scenarios: tuple[Scenario, ...]
-    clients: int | None
-    settings: Settings
-    starttls: bool
-    mechanism: Mechanism
-    roster: int | None
-    compare_prosody: bool
-    archive: bool
-    verify: bool
-    pin: bool
-    target: tuple[str, int] | None
-    domain: str
-    password: str
-    user_format: str
-    server_pid: int | None
-    cafile: str | None
-
-
-# --- the servers ------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _toml(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
-    return str(value)
-
-
-def nitro_config(directory: Path, port: int, plan: Plan, cert: Path, key: Path, metrics_port: int) -> Path:
-    """A Nitro config matching the Prosody one: loopback, same TLS rule, no rate limits, same modules."""
-    sections: dict[str, dict[str, object]] = {
-        "server": {"domain": plan.domain},
-        "storage": {"dsn": f"sqlite+aiosqlite:///{directory / 'nitro.db'}"},
-        "c2s": {
-            "host": "127.0.0.1",
-            "port": port,
-            "direct_tls_port": 0,
-            "backlog": 4096,
-            "require_encryption": plan.starttls,
-            "allow_plain_without_tls": not plan.starttls,
-            "negotiation_timeout": 300.0,
-            "idle_ping_after": 3600.0,
-            "keepalive_interval": 3600.0,
-        },
-        "tls": {"cert": str(cert), "key": str(key), "generate": False},
-        "auth": {"throttle_failures": 1_000_000, "scram_iterations": ITERATIONS},
-        "registration": {"open": False},
-        "modules": {"disabled": [] if plan.archive else ["mam"]},
-        "logging": {"level": "WARNING"},
-        "metrics": {"port": metrics_port},  # read after each phase: event-loop lag and GC pauses
-        "http": {"enabled": False},  # TCP only: the web transports have their own benchmarks
-        "admin": {"socket": "", "pid_file": ""},
-        # like the Prosody it is compared with: no traffic shaping, and thousands of clients from loopback
-        "limits": {"bytes_per_second": 0, "stanzas_per_second": 0, "max_connections_per_address": 0},
-    }
-    text = "# Written by integration/bench.py for one benchmark run.\n"
-    for name, values in sections.items():
-        text += f"\n[{name}]\n" + "".join(f"{key} = {_toml(value)}\n" for key, value in values.items())
-    path = directory / "nitro.toml"
-    path.write_text(text)
-    return path
-
-
-@contextlib.contextmanager
-def nitro_server(
-    directory: Path, plan: Plan, names: Sequence[str], roster_size: int, cert: Path, key: Path, cores: Cores
-) -> Iterator[tuple[int, subprocess.Popen[bytes], str | None]]:
-    from integration.loadgen.process import running
-    from integration.loadgen.provision import provision_bulk
-
-    directory.mkdir(parents=True, exist_ok=True)
-    port, metrics_port = free_port(), free_port()
-    config = nitro_config(directory, port, plan, cert, key, metrics_port)
-    dsn = f"sqlite+aiosqlite:///{directory / 'nitro.db'}"
-    asyncio.run(provision_bulk(dsn, plan.domain, names, roster_size=roster_size))
-    command = [sys.executable, "-m", "nitro", "--config", str(config), "serve"]
-    with running(
-        command, port=port, log=directory / "nitro.log", cwd=directory, cpus=cores.server
-    ) as process:
-        yield port, process, f"http://127.0.0.1:{metrics_port}/metrics"
-
-
-@contextlib.contextmanager
-def prosody_server(
-    directory: Path, plan: Plan, names: Sequence[str], roster_size: int, cert: Path, key: Path, cores: Cores
-) -> Iterator[tuple[int, subprocess.Popen[bytes], str | None]]:
-    from integration.prosody import ProsodySetup, running_prosody
-
-    port = free_port()
-    setup = ProsodySetup(
-        port=port,
-        domain=plan.domain,
-        starttls=plan.starttls,
-        cert=cert,
-        key=key,
-        hash_name="SHA-256" if plan.mechanism == "SCRAM-SHA-256" else "SHA-1",
-        archive=plan.archive,
-    )
-    with running_prosody(directory, setup, names, roster_size=roster_size, cpus=cores.server) as process:
-        yield port, process, None
-
-
-def nitro_label() -> str:
-    from nitro import __version__
-
-    return f"Nitro {__version__}"
-
-
-def prosody_label() -> str:
-    from integration.prosody import ProsodyUnavailable, ensure_installed, version
-
-    with contextlib.suppress(ProsodyUnavailable):  # the run itself reports why it could not start
-        ensure_installed()  # before asking dpkg for the version of a package it may only now install
-    return f"Prosody {version()}"
-
 
 # --- Nitro's own view: event-loop lag and GC pauses from its /metrics ---------------------------------
 
@@ -312,15 +179,14 @@ def print_results(scenario: Scenario, results: Sequence[Result]) -> None:
                 result.rows[f"  p99 (ms) at {rate.offered:g}/s"] = step.p99
                 result.rows[f"  p99.9 (ms) at {rate.offered:g}/s"] = step.p999
     names = list(dict.fromkeys(name for r in results for name in r.rows))
-    headers = ["metric", *(r.server for r in results)]
-    if len(results) == 2:
-        headers.append(f"{results[1].server.split()[0]}/{results[0].server.split()[0]}")
+    # The last result is ours (Nitro, run last); one ratio column against each peer before it.
+    peers = results[:-1]
+    ours = results[-1].server.split()[0]
+    headers = ["metric", *(r.server for r in results), *(f"{ours}/{p.server.split()[0]}" for p in peers)]
     rows = []
     for name in names:
         values = [r.rows.get(name) for r in results]
-        row = [name, *(_format(v) for v in values)]
-        if len(results) == 2:
-            row.append(_ratio(values[1], values[0]))
+        row = [name, *(_format(v) for v in values), *(_ratio(values[-1], v) for v in values[:-1])]
         rows.append(row)
     print()
     print(table(headers, rows))
@@ -337,8 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m integration.bench",
         description=(
             "Run the load generator's scenarios against Nitro (started from this tree, on loopback), "
-            "or Prosody and Nitro one after the other (--compare-prosody), or any XMPP server on this "
-            "machine (--target), and print the figures as a table. Loopback only."
+            "with Debian's Prosody and/or ejabberd run before it on the same core with the same accounts "
+            "(--compare-prosody, --compare-ejabberd; `make bench` passes both), or any XMPP server on "
+            "this machine (--target), and print the figures as a table. Loopback only."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=(
@@ -375,7 +242,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--compare-prosody", action="store_true", help="also run Debian's Prosody (installed if missing)"
     )
     parser.add_argument(
-        "--archive", action="store_true", help="message archiving on (Nitro mam, Prosody mod_mam)"
+        "--compare-ejabberd",
+        action="store_true",
+        help="also run Debian's ejabberd on its internal Mnesia (installed if missing)",
+    )
+    parser.add_argument(
+        "--archive",
+        action="store_true",
+        help="message archiving on (Nitro mam, Prosody and ejabberd mod_mam, archiving everything)",
     )
     parser.add_argument("--insecure", action="store_true", help="TLS without certificate verification")
     parser.add_argument(
@@ -406,8 +280,8 @@ def parse_plan(argv: Sequence[str] | None) -> Plan:
         if not host or not port.isdigit():
             parser.error("--target must be HOST:PORT")
         target = (host.strip("[]"), int(port))
-        if args.compare_prosody:
-            parser.error("--target and --compare-prosody do not go together")
+        if args.compare_prosody or args.compare_ejabberd:
+            parser.error("--target and --compare-prosody/--compare-ejabberd do not go together")
     try:
         rates = tuple(float(r) for r in args.rates.split(",") if r.strip())
     except ValueError:
@@ -424,6 +298,7 @@ def parse_plan(argv: Sequence[str] | None) -> Plan:
         mechanism=args.mechanism,
         roster=args.roster,
         compare_prosody=args.compare_prosody,
+        compare_ejabberd=args.compare_ejabberd,
         archive=args.archive,
         verify=not args.insecure,
         pin=not args.no_pin,
@@ -453,7 +328,7 @@ def run(plan: Plan) -> int:
         check_loopback(plan.target[0])
     with tempfile.TemporaryDirectory(prefix="nitro-bench-") as temporary:
         base = Path(temporary)
-        base.chmod(0o711)  # Prosody runs as its own user and must reach its directory inside
+        base.chmod(0o711)  # Prosody and ejabberd run as their own users and must reach their directories
         cert, key = base / "tls" / "cert.pem", base / "tls" / "key.pem"
         if plan.target is None:
             from nitro.transports.tls import ensure_certificate
@@ -483,17 +358,11 @@ def run(plan: Plan) -> int:
                 run_scenario(scenario, plan.settings, target, users, plan.server_pid, cores, result)
                 results.append(result)
             else:
-                servers = [(prosody_label(), prosody_server)] if plan.compare_prosody else []
-                servers.append((nitro_label(), nitro_server))
-                for name, start in servers:
+                for name, start in servers(plan):
                     result = Result(name)
                     directory = base / f"{scenario}-{name.split()[0].lower()}"
                     try:
-                        with start(directory, plan, names, roster, cert, key, cores) as (
-                            port,
-                            process,
-                            metrics,
-                        ):
+                        with start(directory, plan, names, roster, cert, key, cores) as (port, pid, metrics):
                             target = Target(
                                 "127.0.0.1",
                                 port,
@@ -505,7 +374,7 @@ def run(plan: Plan) -> int:
                                 plan.verify,
                             )
                             before = scrape(metrics)
-                            run_scenario(scenario, plan.settings, target, users, process.pid, cores, result)
+                            run_scenario(scenario, plan.settings, target, users, pid, cores, result)
                             record_loop_and_gc(result, before, scrape(metrics))
                     except (LoadgenError, RuntimeError, OSError) as error:
                         result.notes.append(f"run failed: {error}")

@@ -29,7 +29,8 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 
-from integration.bench import _toml, free_port, table
+from integration.bench import table
+from integration.bench_servers import _toml, free_port
 from integration.loadgen.accounts import ITERATIONS, PASSWORD, USER_FORMAT
 from integration.loadgen.process import running
 from integration.loadgen.provision import provision_bulk

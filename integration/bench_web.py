@@ -28,7 +28,8 @@ import aiohttp
 from lxml import etree
 
 import nitro
-from integration.bench import _toml, free_port, table
+from integration.bench import table
+from integration.bench_servers import _toml, free_port
 from integration.loadgen.accounts import PASSWORD
 from integration.loadgen.process import running, wait_for_port
 from integration.loadgen.provision import provision_bulk

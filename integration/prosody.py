@@ -10,8 +10,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import os
-import shutil
 import subprocess
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -20,6 +18,14 @@ from pathlib import Path
 from integration.loadgen.accounts import ITERATIONS, PASSWORD, SALT, contacts
 from integration.loadgen.process import running
 from integration.loadgen.scram import HashName, salted_keys
+from integration.peers import (
+    PeerUnavailable,
+    copy_certificate,
+    ensure_package,
+    hand_over,
+    package_version,
+    run_as,
+)
 
 # Prosody's counterparts of Nitro's built-in modules (presence, message, iq, offline and c2s load by
 # themselves). mod_limits (rate limits) is deliberately absent, and s2s listens nowhere.
@@ -46,33 +52,16 @@ MODULES = (
 _ITEM = '{ ["subscription"] = "both"; ["groups"] = {}; }'
 
 
-class ProsodyUnavailable(RuntimeError):
-    """Prosody is not installed and cannot be (not root, or apt-get failed)."""
+ProsodyUnavailable = PeerUnavailable  # what callers catch when Prosody cannot be installed
 
 
 def ensure_installed() -> str:
     """The path of `prosody`, installing Debian's package first when it is missing and we are root."""
-    found = shutil.which("prosody")
-    if found:
-        return found
-    if os.geteuid() != 0:
-        raise ProsodyUnavailable("prosody is not installed (apt-get install prosody, as root)")
-    environment = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "prosody"]):
-        result = subprocess.run(command, env=environment, capture_output=True, text=True, check=False)
-        if result.returncode != 0:
-            raise ProsodyUnavailable(f"{' '.join(command)} failed: {result.stderr.strip()[-500:]}")
-    found = shutil.which("prosody")
-    if not found:
-        raise ProsodyUnavailable("apt-get installed prosody but there is no prosody command")
-    return found
+    return ensure_package("prosody", "prosody")
 
 
 def version() -> str:
-    result = subprocess.run(
-        ["dpkg-query", "-W", "-f", "${Version}", "prosody"], capture_output=True, text=True, check=False
-    )
-    return result.stdout.strip() or "unknown version"
+    return package_version("prosody")
 
 
 def lua_string(text: str) -> str:
@@ -188,21 +177,15 @@ def running_prosody(
     """
     binary = ensure_installed()
     directory.mkdir(parents=True, exist_ok=True)
-    user = "prosody" if os.geteuid() == 0 else None
+    user = run_as("prosody")
     if user is not None:
-        (directory / "tls").mkdir(exist_ok=True)
-        setup = dataclasses.replace(
-            setup,
-            cert=Path(shutil.copy(setup.cert, directory / "tls" / "cert.pem")),
-            key=Path(shutil.copy(setup.key, directory / "tls" / "key.pem")),
-        )
+        cert, key = copy_certificate(directory, setup.cert, setup.key)
+        setup = dataclasses.replace(setup, cert=cert, key=key)
     config = write_config(directory, setup)
     write_accounts(directory, setup.domain, names, roster_size=roster_size, hash_name=setup.hash_name)
     log = directory / "prosody.log"
     log.touch()
-    if user is not None:
-        for path in [directory, *directory.rglob("*")]:
-            shutil.chown(path, user, user)
+    hand_over(directory, user)
     command = [binary, "-F", "--config", str(config)]
     with running(command, port=setup.port, log=log, cwd=directory, cpus=cpus, user=user) as process:
         yield process
