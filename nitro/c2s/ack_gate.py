@@ -103,10 +103,13 @@ class HeldAcks(Keepalive):
 
     sm: SmState | None
     state: State
-    log: logging.LoggerAdapter[logging.Logger]
 
     def __init__(self) -> None:
         self._acks: AckGate | None = None  # created the first time a stanza's writes were not done
+
+    @property
+    def log(self) -> logging.LoggerAdapter[logging.Logger]:
+        raise NotImplementedError  # the session's (made on demand)
 
     def write_element(self, element: etree._Element) -> None:
         raise NotImplementedError

@@ -320,8 +320,8 @@ class Negotiation:
             lang=self.lang,
             mechanism=self.mechanism,
         )
-        session.id, session.log = self.id, self.log
-        self.log.extra = {"session": self.id, "jid": jid}
+        session.id = self.id
+        enter_session(session)  # the connection's task now logs for the session (not this negotiation's log)
         self._hand_over(session)
         await session.bind(iq)
         self._leave_turn()

@@ -59,7 +59,6 @@ class ClientSession(ReadProofs):  # and through its chain of slotted bases Resou
         "forward",
         "id",
         "lang",
-        "log",
         "mechanism",
         "resumed",
         "server",
@@ -83,7 +82,6 @@ class ClientSession(ReadProofs):  # and through its chain of slotted bases Resou
         self.server = server
         self.transport = transport
         self.id = f"c2s-{secrets.token_hex(6)}"
-        self.log = SessionLog(log, {"session": self.id, "jid": jid})
         self.config = server.config.c2s
         self.state = State.BINDING  # ESTABLISHED once `bind` or `resume` ran
         self.lang = lang
@@ -104,6 +102,17 @@ class ClientSession(ReadProofs):  # and through its chain of slotted bases Resou
 
     def __repr__(self) -> str:
         return f"<ClientSession {self.id} {self.jid} {self.state.value}>"
+
+    @property
+    def extra(self) -> dict[str, object]:
+        """What names the session in its log lines: its id and JID (nitro/observe/logs.py)."""
+        return {"session": self.id, "jid": self._jid}
+
+    @property
+    def log(self) -> SessionLog:
+        """A logger naming this session, made when something is logged: an adapter (and its dict) per idle
+        session would cost some 400 bytes each (issue 16)."""
+        return SessionLog(log, self.extra)
 
     # -- the session as data (XEP-0198 resumption elsewhere, a successor process) ----------------------
 
@@ -133,7 +142,6 @@ class ClientSession(ReadProofs):  # and through its chain of slotted bases Resou
         )
         session.id = str(data["id"])
         session.username = None if data.get("username") is None else str(data["username"])
-        session.log.extra = {"session": session.id, "jid": session.jid}
         state = State(data.get("state", State.DETACHED.value))
         session.state = State.DETACHED if state in (State.ESTABLISHED, State.DETACHED) else state
         for name in session.restore_resource(data, server.slots):
@@ -276,7 +284,7 @@ class ClientSession(ReadProofs):  # and through its chain of slotted bases Resou
         self.reset_timers()
         self.state = State.ESTABLISHED
         self.server.track(self)
-        enter_session(self.log)  # the resuming connection's task now works for this session
+        enter_session(self)  # the resuming connection's task now works for this session
 
     def _drop_transport(self, error: StreamError | None) -> None:
         """Write a last error and close the transport, keeping the session."""

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Final, Protocol
 
 from nitro.c2s.driver import ClientStream
 from nitro.c2s.transport import Transport
+from nitro.observe.heap import trim_soon
 from nitro.transports.isolation import Lane
 from nitro.transports.limits import Shaper
 from nitro.xmpp.errors import StreamError
@@ -131,8 +132,9 @@ class StreamInput:
             self.parser.release_due
             and stream.established
             and time.monotonic() >= stream.last_read + release_after
+            and self.parser.release()
         ):
-            self.parser.release()
+            trim_soon()  # the parser's pages go back to the system, not only to the C heap
 
 
 async def serve_client(server: Core, connection: Socket) -> None:

@@ -125,6 +125,24 @@ class XMLStreamParser:
     ignored and anything else is not-well-formed (XML allows nothing after the root element).
     """
 
+    # Slots, not a dict per connection (idle memory, issue 16).
+    __slots__ = (
+        "_content_namespaces",
+        "_depth",
+        "_error",
+        "_max_depth",
+        "_max_stanza_bytes",
+        "_names",
+        "_parser",
+        "_pending",
+        "_prolog",
+        "_resume",
+        "_root",
+        "_tail",
+        "max_names",
+        "release_due",
+    )
+
     def __init__(
         self,
         *,
