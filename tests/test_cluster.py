@@ -175,7 +175,7 @@ async def test_sql_down_under_traffic_gives_errors_not_silence_and_loses_no_ackn
             locker: sqlite3.Connection | None = None
             for index in range(24):
                 if index == 8:  # SQL goes away: its connections drop, another process holds the lock
-                    await server.storage.accounts._sql._db.engine.dispose()  # type: ignore[attr-defined]  # SQL pool
+                    await server.storage.accounts._sql._db.dispose()  # type: ignore[attr-defined]  # SQL pool
                     locker = sqlite3.connect(tmp_path / "nitro.db", isolation_level=None, timeout=5)
                     locker.execute("PRAGMA locking_mode=EXCLUSIVE")
                     locker.execute("BEGIN EXCLUSIVE")

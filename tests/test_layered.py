@@ -203,7 +203,7 @@ async def lock_sql(tmp_path: Path, held: list[sqlite3.Connection], nodes: list[L
     """Every node loses its SQL connections (as when a database server restarts), and another process
     holds SQLite's exclusive lock: no node can read or write SQL until it is released."""
     for node in nodes:
-        await node.accounts._sql._db.engine.dispose()  # type: ignore[attr-defined]  # the SQL tier's pool
+        await node.accounts._sql._db.dispose()  # type: ignore[attr-defined]  # the SQL tier's pool
     locker = sqlite3.connect(tmp_path / "nitro.db", isolation_level=None, timeout=5)
     locker.execute("PRAGMA locking_mode=EXCLUSIVE")
     locker.execute("BEGIN EXCLUSIVE")

@@ -122,8 +122,8 @@ class Forwarder:
         self.sent += statuses.count("ok")
         for outgoing, status in zip(batch, statuses, strict=True):
             if status != "ok":
-                self.fallbacks += 1
                 await self.fallback(node, outgoing.to, outgoing.xml, answered)
+                self.fallbacks += 1  # counted once it is done (stored or routed)
 
 
 class Receiver:

@@ -39,6 +39,8 @@ def trim_soon() -> None:
     loop = asyncio.get_running_loop()
     if loop in _scheduled:
         return
+    for closed in [other for other in _scheduled if other.is_closed()]:  # closed before their trim came
+        _scheduled.discard(closed)
     _scheduled.add(loop)
     loop.call_later(TRIM_DELAY, _start, loop)
 

@@ -143,6 +143,12 @@ class Database:
             writing["isolation_level"] = "READ COMMITTED"
         self.writer = (engine if write_engine is None else write_engine).execution_options(**writing)
 
+    async def dispose(self) -> None:
+        """Close every pooled connection, the writing one included (as when the database restarts)."""
+        await self.engine.dispose()
+        if self.write_engine is not None:
+            await self.write_engine.dispose()
+
     async def writer_data_version(self) -> int:
         """`PRAGMA data_version` of the writing connection (SQLite with `write_engine` only): it changes
         when, and only when, a connection other than that one committed — another process, since all of
