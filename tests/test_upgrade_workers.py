@@ -12,6 +12,7 @@ import signal
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from nats_servers import NatsServer, nats_server
@@ -61,7 +62,7 @@ heartbeat_ttl = 3.0
         redis.stop()
 
 
-async def status(running: Node) -> dict[str, object]:
+async def status(running: Node) -> dict[str, Any]:
     code, out, err = await running.nitro("status", "--json")
     assert code == 0, err
     result = json.loads(out)
@@ -69,7 +70,7 @@ async def status(running: Node) -> dict[str, object]:
     return result
 
 
-def worker_pids(result: dict[str, object]) -> dict[int, int]:
+def worker_pids(result: dict[str, Any]) -> dict[int, int]:
     rows = result["workers"]
     assert isinstance(rows, list)
     return {row["worker"]: row["pid"] for row in rows}
@@ -79,7 +80,7 @@ async def until_worker_serves(running: Node, index: int, not_pid: int | None = N
     """Worker `index` answers on its own admin socket (with a pid other than `not_pid`)."""
     for _ in range(300):
         result = await status(running)
-        row = next(row for row in result["workers"] if row["worker"] == index)  # type: ignore[attr-defined]
+        row = next(row for row in result["workers"] if row["worker"] == index)
         own = row.get("status") or (result if index == 0 else None)
         if own is not None and own["pid"] == row["pid"] != not_pid:
             return int(row["pid"])
@@ -109,7 +110,7 @@ async def test_an_upgrade_replaces_every_worker_and_moves_their_sessions(workers
     per_worker = {
         row["worker"]: row["status"]["bound"] if row["worker"] else result["bound"]
         for row in result["workers"]
-    }  # type: ignore[attr-defined,index]
+    }
     assert sum(per_worker.values()) == len(USERS)
     assert all(count > 0 for count in per_worker.values()), per_worker  # all 10 on one: p = 2**-9
     for index, user in enumerate(USERS):  # to the next user, often on the other worker (over NATS)
@@ -144,7 +145,8 @@ async def test_an_upgrade_replaces_every_worker_and_moves_their_sessions(workers
     for index, user in enumerate(USERS):
         await peers[user][0].expect(f"<body>{USERS[index - 1]}-after</body>".encode())
     code, text, _err = await workers.nitro("status")
-    assert "worker 1: pid" in text and "generation 2" in text, text
+    assert "worker 1: pid" in text, text
+    assert "generation 2" in text, text
 
     os.kill(after[1], signal.SIGKILL)  # a replaced worker: no child of the new worker 0
     restarted = await until_worker_serves(workers, 1, not_pid=after[1])
@@ -185,7 +187,8 @@ async def test_a_failing_successor_of_worker_1_rolls_back_and_a_second_upgrade_i
     assert "already under way" in err
     code, _out, err = await first
     assert code == 4, err
-    assert "worker 1:" in err and "no worker was replaced" in err
+    assert "worker 1:" in err
+    assert "no worker was replaced" in err
     assert worker_pids(await status(workers)) == before  # worker 1 goes on serving, worker 0 untouched
     assert await until_worker_serves(workers, 1) == before[1]
     other, _ = await workers.managed("u2", "r")
