@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import sys
 from collections.abc import AsyncIterator
@@ -94,7 +95,7 @@ async def resumed(running: Node, user: str, previd: str, attempts: int = 40) -> 
     for _ in range(attempts):
         peer = await running.authenticated(user)
         peer.send(resume(previd, 0))
-        found = await peer.expect(rb"<resumed [^>]*>|<failed [^>]*>", timeout=30.0)
+        found = await peer.expect(re.compile(rb"<resumed [^>]*>|<failed [^>]*>"), timeout=30.0)
         if found.group(0).startswith(b"<resumed"):
             return peer, found.group(0)
         peer.close()
