@@ -159,11 +159,16 @@ async def test_an_upgrade_replaces_every_worker_and_moves_their_sessions(workers
         peer.close()
 
 
-HANG_WORKER_1 = (  # the [upgrade] command: worker 1's successor never gets ready, the others are Nitro
+HANG_WORKER_1 = (  # the [upgrade] command: worker 1's successor never gets ready (it gives up once the test
+    # creates `release` next to this script), the others are Nitro
     "import os, sys, time\n"
     "args = sys.argv[1:]\n"
     "if '--worker' in args and args[args.index('--worker') + 1] == '1':\n"
-    "    time.sleep(120)\n"
+    "    release = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'release')\n"
+    "    end = time.monotonic() + 120\n"
+    "    while not os.path.exists(release) and time.monotonic() < end:\n"
+    "        time.sleep(0.1)\n"
+    "    sys.exit(1)\n"
     "os.execv(sys.executable, [sys.executable, '-m', 'nitro', *sys.argv[1:]])\n"
 )
 
@@ -171,7 +176,9 @@ HANG_WORKER_1 = (  # the [upgrade] command: worker 1's successor never gets read
 def hanging(tmp_path: Path) -> str:
     path = tmp_path / "successor.py"
     path.write_text(HANG_WORKER_1)
-    return upgrade_section(ready_timeout=4.0, command=[sys.executable, str(path)])
+    # the second `nitro upgrade` must come while the first waits: a `nitro` process can take seconds to
+    # start on a loaded machine, so the successor fails when the test says so (not at a short timeout)
+    return upgrade_section(ready_timeout=60.0, command=[sys.executable, str(path)])
 
 
 @pytest.mark.fault
@@ -186,6 +193,7 @@ async def test_a_failing_successor_of_worker_1_rolls_back_and_a_second_upgrade_i
     code, _out, err = await workers.nitro("upgrade")
     assert code == 3, err
     assert "already under way" in err
+    (workers.file.parent / "release").touch()  # worker 1's successor gives up now
     code, _out, err = await first
     assert code == 4, err
     assert "worker 1:" in err
