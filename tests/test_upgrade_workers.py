@@ -89,17 +89,14 @@ async def until_worker_serves(running: Node, index: int, not_pid: int | None = N
     raise AssertionError(f"worker {index} does not serve: {result}")
 
 
-async def resumed(running: Node, user: str, previd: str, attempts: int = 40) -> tuple[Peer, bytes]:
-    """Resume `previd` (h=0: nothing acknowledged). The kernel gives the connection to either worker; the
-    one that does not hold the session answers <failed/> and the client tries again (see the README)."""
-    for _ in range(attempts):
-        peer = await running.authenticated(user)
-        peer.send(resume(previd, 0))
-        found = await peer.expect(re.compile(rb"<resumed [^>]*>|<failed [^>]*>"), timeout=30.0)
-        if found.group(0).startswith(b"<resumed"):
-            return peer, found.group(0)
-        peer.close()
-    raise AssertionError(f"{user} could not resume {previd}")
+async def resumed(running: Node, user: str, previd: str) -> tuple[Peer, bytes]:
+    """Resume `previd` (h=0: nothing acknowledged) on whichever worker the kernel gives the connection to:
+    one that does not hold the session takes it from the one that does (nitro/ops/resume_anywhere.py)."""
+    peer = await running.authenticated(user)
+    peer.send(resume(previd, 0))
+    found = await peer.expect(re.compile(rb"<resumed [^>]*>|<failed .*?</failed>"), timeout=15.0)
+    assert found.group(0).startswith(b"<resumed"), (user, found.group(0))
+    return peer, found.group(0)
 
 
 async def test_an_upgrade_replaces_every_worker_and_moves_their_sessions(workers: Node) -> None:
