@@ -22,6 +22,7 @@ from test_stream_management import Peer, authenticated, managed, resume
 
 from nitro.c2s.session import ClientSession
 from nitro.cluster.wire import decode, encode, subject_of
+from nitro.ops import resume_anywhere
 from nitro.ops.resume_anywhere import TAKE_TIMEOUT
 from nitro.server import Server, running_server
 from nitro.xmpp.jid import JID
@@ -156,4 +157,31 @@ async def test_a_previd_whose_node_is_gone_fails_fast(nodes: list[Clients]) -> N
     assert time.monotonic() - started < TAKE_TIMEOUT  # no responders: at once, not after the wait
     peer.send(b"<iq type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>")
     await peer.expect(b"<jid>alice@localhost/")  # a new session instead
+    peer.writer.close()
+
+
+async def test_a_hand_over_never_confirmed_is_taken_back_with_what_came_meanwhile(
+    nodes: list[Clients], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(resume_anywhere, "CONFIRM_TIMEOUT", 1.0)
+    a, b = nodes
+    await a.user("alice")
+    bob_jid = await a.user("bob")
+    alice, previd = await managed(a.server, "alice")
+    alice.abort()
+    await wait_for(lambda: any(s.detached for s in a.server.sessions))
+    session = session_of(a.server, "alice@localhost")
+    assert b.server.cluster is not None  # b asks for the session, then says nothing more (it died)
+    ask = {"t": "sm-take", "previd": previd, "user": "alice@localhost", "to": "b"}
+    reply = decode(await b.server.cluster.link.request(subject_of("test", "a"), encode(ask), 2.0))
+    assert reply["r"] == "ok"
+    assert reply["session"]["sm"]["id"] == previd
+    assert session.forward is not None  # handed over: a keeps what comes for it
+    bob = await a.login(bob_jid)
+    bob.send_message(mto=slixmpp.JID("alice@localhost/raw"), mbody="meanwhile", mtype="chat")
+    await wait_for(lambda: session.detached, 5)  # no confirmation: a's again
+    peer = await authenticated(a.server, "alice")
+    peer.send(resume(previd, 0))
+    await peer.expect(b"<resumed ")
+    await peer.expect(b"<body>meanwhile</body>")  # kept during the hand-over, queued again
     peer.writer.close()

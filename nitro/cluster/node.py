@@ -84,6 +84,7 @@ class Cluster:
         self.passive = False
         self.elsewhere: Callable[[JID, str], bool] | None = None  # the old process: to its successor
         self.handlers: dict[str, RequestHandler] = {}  # more requests (nitro/ops/resume_anywhere.py)
+        self.moved_out: set[int] = set()  # id() of sessions handed to another member, stubs until forgotten
 
     # -- joining and leaving -----------------------------------------------------------------------
 
@@ -285,7 +286,7 @@ class Cluster:
     # -- announcements -----------------------------------------------------------------------
 
     def _local(self) -> list[Announced]:  # not a session that moved to another member (its stub)
-        return [Announced.of(s.resource) for s in self.sessions if getattr(s, "forward", None) is None]
+        return [Announced.of(s.resource) for s in self.sessions if id(s) not in self.moved_out]
 
     def _announce(self, message: dict[str, Any]) -> None:
         if self.passive:

@@ -182,6 +182,7 @@ class ResumeAnywhere:
             forwarder.forward(handed.to, jid, stanza_text(element))
 
         session.forward = forward
+        self.cluster.moved_out.add(id(session))  # announced by its new owner only
         for element in handed.kept:  # in the order they came, before anything later
             forward(element)
         self.handed += 1
@@ -194,6 +195,7 @@ class ResumeAnywhere:
             handed.timer.cancel()
         session = handed.session
         session.take_back()
+        self.server.track(session)  # closed at shutdown, its timers run again
         assert session.sm is not None
         for element in handed.kept:  # queued again, unacknowledged, for its client's next resume
             session.send(element)
@@ -203,6 +205,7 @@ class ResumeAnywhere:
     def _forget(self, session: ClientSession) -> None:
         """The session is another member's: out of this member's registry, without unbinding it."""
         session.forward = None
+        self.cluster.moved_out.discard(id(session))
         session.state = State.CLOSED
         self.server.sessions.remove(session)
         self.server.untrack(session)
