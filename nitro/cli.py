@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import getpass
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -101,10 +102,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 async def serve(config: Config, worker: int = 0) -> int:
     from nitro.cluster.link import ClusterError
-    from nitro.cluster.workers import other_workers, worker_config, worker_count
+    from nitro.cluster.workers import worker_config, worker_count
     from nitro.ops.lifecycle import SuccessorFailed, serving  # imported late: keeps `nitro user` light
+    from nitro.ops.supervise import WorkerSupervisor
+    from nitro.ops.upgrade_progress import HANDOVER_FD
 
-    workers = worker_count(config)  # [server] workers: this process is worker 0 and starts the others
+    workers = worker_count(
+        config
+    )  # [server] workers: worker 0 supervises the others (nitro/ops/supervise.py)
+    supervisor = WorkerSupervisor(config, workers) if workers > 1 and worker == 0 else None
+    successor = HANDOVER_FD in os.environ  # an upgrade's successor: the other workers run already
     if workers > 1:
         config = worker_config(config, worker)
 
@@ -114,13 +121,20 @@ async def serve(config: Config, worker: int = 0) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     try:
-        async with serving(config, stop.set) as server:  # as a successor too (nitro.ops.lifecycle)
+        async with serving(
+            config, stop.set, worker=worker, supervisor=supervisor
+        ) as server:  # also as a successor
             loop.add_signal_handler(
                 signal.SIGHUP, server.reload
             )  # re-read the config file (nitro.ops.reload)
             log.info("Nitro %s serving %s on %s", __version__, server.domain, loop_name())
-            async with other_workers(config, workers if worker == 0 else 1):
+            try:
+                if supervisor is not None:
+                    await supervisor.start(adopt=successor)
                 await stop.wait()
+            finally:
+                if supervisor is not None:  # nothing once an upgrade handed them to the successor
+                    await supervisor.stop()
             loop.remove_signal_handler(signal.SIGHUP)
             log.info("shutting down")
     except SuccessorFailed:  # an upgrade's successor that cannot serve: the old process goes on

@@ -148,25 +148,6 @@ async def test_an_upgraded_node_keeps_its_name_and_its_users_chat_on(cluster: Lo
         await close(*bots)
 
 
-async def test_an_upgrade_of_a_node_with_several_workers_is_refused(tmp_path: Path) -> None:
-    """`[server] workers = 2`: `nitro upgrade` exits 5 with the reason, and nothing changes (same process)."""
-    if NATS_SERVER is None or REDIS_SERVER is None:
-        pytest.skip("nats-server and redis-server are needed")
-    local = LocalCluster(tmp_path / "cluster", nodes_count=1, redis_count=1, database="sqlite", workers=2)
-    await asyncio.to_thread(local.start)
-    try:
-        (node,) = local.nodes
-        before = read_pid(node.directory / "nitro.pid")
-        code, out = await nitro(node.config, "upgrade")
-        assert code == 5, out
-        assert "workers is more than 1" in out
-        assert read_pid(node.directory / "nitro.pid") == before == node.pid
-        assert node.alive()
-        assert "upgrade refused: [server] workers" in node.log.read_text(errors="replace")
-    finally:
-        await asyncio.to_thread(local.stop)
-
-
 @pytest.mark.parametrize("cluster", ["[upgrade]\ndrain_rate = 0.5\n"], indirect=True)
 async def test_a_user_who_logs_in_on_the_successor_during_the_drain_gets_stanzas_from_other_nodes(
     cluster: LocalCluster,

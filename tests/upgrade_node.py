@@ -30,13 +30,15 @@ HEADER = (
 ENABLED = re.compile(rb'<enabled xmlns="urn:xmpp:sm:3" id="([^"]+)"')
 
 
-def write_config(directory: Path, extra: str = "", *, http: bool = False) -> Path:
-    """Plain c2s allowed (the raw streams of these tests use PLAIN over Direct TLS or TCP), no HTTP."""
+def write_config(directory: Path, extra: str = "", *, http: bool = False, server: str = "") -> Path:
+    """Plain c2s allowed (the raw streams of these tests use PLAIN over Direct TLS or TCP), no HTTP; `server`:
+    more lines of [server] (e.g. workers)."""
     path = directory / "nitro.toml"
     path.write_text(
         f"""
 [server]
 domain = "{DOMAIN}"
+{server}
 [storage]
 dsn = "sqlite+aiosqlite:///{directory}/nitro.db"
 [c2s]
@@ -282,8 +284,8 @@ def upgrade_section(**values: object) -> str:
     return "\n".join(lines).replace("'", '"') + "\n"
 
 
-def node(directory: Path, extra: str = "", *, http: bool = False) -> Node:
-    file = write_config(directory, extra, http=http)
+def node(directory: Path, extra: str = "", *, http: bool = False, server: str = "") -> Node:
+    file = write_config(directory, extra, http=http, server=server)
     return Node(file, load_config(file), directory / "nitro.log")
 
 

@@ -66,6 +66,7 @@ class Forwarder:
         self._tasks: set[asyncio.Task[None]] = set()
         self.sent = 0
         self.fallbacks = 0
+        self._closing = False
 
     def forward(self, node: str, to: JID, xml: str) -> None:
         queue = self._queues.get(node)
@@ -84,12 +85,17 @@ class Forwarder:
             await asyncio.sleep(0.02)
 
     async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._closing = True
+        # A cancellation can be lost on its way through a library call (nats-py's request, Python 3.11's
+        # wait_for when the awaited result comes at the same moment): cancelled again until every queue's
+        # task has ended, never waited for forever.
+        while self._tasks:
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.wait(list(self._tasks), timeout=0.2)
 
     async def _drain(self, node: str, queue: asyncio.Queue[Outgoing]) -> None:
-        while True:
+        while not self._closing:
             batch = [await queue.get()]
             while len(batch) < MAX_BATCH and not queue.empty():
                 batch.append(queue.get_nowait())

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SNAPSHOT_CHUNK = 500
+RequestHandler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]  # a request → its answer
 INHERITED_BOOT = "NITRO_CLUSTER_BOOT"  # an upgrade's successor continues its predecessor's run (token)
 
 
@@ -82,6 +83,8 @@ class Cluster:
         self._held: list[Msg] | None = [] if inherited else None
         self.passive = False
         self.elsewhere: Callable[[JID, str], bool] | None = None  # the old process: to its successor
+        self.handlers: dict[str, RequestHandler] = {}  # more requests (nitro/ops/resume_anywhere.py)
+        self.moved_out: set[int] = set()  # id() of sessions handed to another member, stubs until forgotten
 
     # -- joining and leaving -----------------------------------------------------------------------
 
@@ -260,6 +263,9 @@ class Cluster:
                 await respond(
                     msg, {"r": "ok", "boot": self.boot, "items": [a.to_json() for a in self._local()]}
                 )
+            elif kind in self.handlers:
+                if self._held is None:  # an upgrade's successor, before it answers: the old process does
+                    await respond(msg, await self.handlers[kind](request))
             elif kind == "kick":
                 await self._kick(JID.parse(str(request.get("jid"))))
                 await respond(msg, {"r": "ok"})
@@ -279,8 +285,8 @@ class Cluster:
 
     # -- announcements -----------------------------------------------------------------------
 
-    def _local(self) -> list[Announced]:
-        return [Announced.of(session.resource) for session in self.sessions]
+    def _local(self) -> list[Announced]:  # not a session that moved to another member (its stub)
+        return [Announced.of(s.resource) for s in self.sessions if id(s) not in self.moved_out]
 
     def _announce(self, message: dict[str, Any]) -> None:
         if self.passive:
@@ -322,6 +328,11 @@ class Cluster:
                     encode({"t": "kick", "jid": str(session.jid)}),
                     self.settings.request_timeout,
                 )
+        self._announce_session(session)
+
+    def adopted(self, session: Session) -> None:
+        """A session that came from another member: announced as held here, its flags followed."""
+        session.watch_flags(lambda: self._announce_session(session))
         self._announce_session(session)
 
     async def _on_change(self, event: SessionEvent) -> None:

@@ -54,6 +54,7 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "private",
     "last",
     "directory",
+    "cluster_resume",
 )
 
 

@@ -107,6 +107,13 @@ def load(module: Module) -> None:
         join_budget(event.session)  # a session restored from another process joins here
         _cancel(event.session.sm.id)
 
+    async def moved(event: SessionEvent) -> None:
+        """The session lives on another cluster member now (nitro/ops/resume_anywhere.py): forgotten here."""
+        assert event.session.sm is not None
+        _cancel(event.session.sm.id)
+        if resumable.get(event.session.sm.id) is event.session:
+            del resumable[event.session.sm.id]
+
     def _cancel(token: str) -> None:
         task = expiries.pop(token, None)
         if task is not None and task is not asyncio.current_task():
@@ -192,5 +199,6 @@ def load(module: Module) -> None:
     module.hook("sm-resumed", resumed)
     module.hook("sm-ended", ended)
     module.hook("c2s-unproven", unproven)
+    module.hook("sm-moved", moved)
     module.hook("sm-unacked/message", redeliver, priority=DELIVERY_PRIORITY)
     module.on_unload(unload)

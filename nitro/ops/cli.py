@@ -44,8 +44,9 @@ def add_ops_parsers(commands: Any) -> None:
     commands.add_parser(
         "upgrade",
         help="replace the running server by the code now installed without dropping a connection (as "
-        "SIGUSR2): exit 0 once done, 3 if an upgrade is already under way, 4 if the successor failed and "
-        "the running server goes on (rolled back), 5 if refused because [server] workers is more than 1",
+        "SIGUSR2; with [server] workers > 1 every worker, one at a time): exit 0 once done, 3 if an "
+        "upgrade is already under way, 4 if a successor failed and its process goes on (rolled back), "
+        "5 if refused because [server] workers is more than 1 and [admin] socket is off",
     )
     export = commands.add_parser(
         "export", help="write every account with its data to an XEP-0227 file (works while serving)"
@@ -84,6 +85,8 @@ async def ops_command(config: Config, args: argparse.Namespace) -> int:
         if args.command == "kick":
             return _kicked(await call(config, "kick", jid=args.jid, reason=args.reason), args.jid)
         result = await call(config, args.command)
+        if args.command == "status" and "workers" in result:  # each worker's own generation and upgrade
+            await _worker_statuses(config, result["workers"])
     except ChannelError as exc:
         print(f"nitro: {exc}", file=sys.stderr)
         return 1
@@ -106,6 +109,47 @@ def _kicked(result: dict[str, Any], jid: str) -> int:
     for full in kicked:
         print(f"kicked {full}")
     return 0
+
+
+async def _worker_statuses(config: Config, rows: list[dict[str, Any]]) -> None:
+    """[server] workers > 1: what each worker's own admin socket says (None for one that does not answer)."""
+    from nitro.cluster.workers import worker_config
+
+    for row in rows:
+        if row["worker"] == 0:
+            continue
+        try:
+            row["status"] = await call(worker_config(config, row["worker"]), "status")
+        except ChannelError:
+            row["status"] = None
+
+
+def _print_workers(status: dict[str, Any]) -> None:
+    rolling = status.get("rolling") or {}
+    if rolling.get("state", "idle") != "idle":
+        where = "" if rolling.get("worker") is None else f" (at worker {rolling['worker']})"
+        replaced = ", ".join(str(row["worker"]) for row in rolling.get("replaced", [])) or "none"
+        reason = f": {rolling['reason']}" if rolling.get("reason") else ""
+        print(f"upgrade of the workers: {rolling['state']}{where}, replaced: {replaced}{reason}")
+    for row in status["workers"]:
+        own = status if row["worker"] == 0 else row.get("status")
+        if own is None:
+            print(f"worker {row['worker']}: pid {row['pid']}, not answering (restarts: {row['restarts']})")
+            continue
+        print(
+            f"worker {row['worker']}: pid {own['pid']}, generation {own.get('generation', '?')}, "
+            f"{own['bound']} bound, restarts {row['restarts']}"
+        )
+        upgrade = own.get("upgrade") or {}
+        if row["worker"] != 0 and upgrade.get("state", "idle") != "idle":
+            print(
+                f"  upgrade: {upgrade['state']}, {upgrade.get('moved', 0)} of {upgrade.get('to_move', 0)} "
+                f"sessions moved, {upgrade.get('closed', 0)} closed"
+            )
+        predecessor = own.get("predecessor")
+        if row["worker"] != 0 and predecessor and not (predecessor["done"] or predecessor["gone"]):
+            adopted, expected = predecessor["adopted"], predecessor.get("expected", 0)
+            print(f"  taking over: {adopted} of {expected} sessions adopted")
 
 
 def _print_status(status: dict[str, Any]) -> None:
@@ -132,6 +176,8 @@ def _print_status(status: dict[str, Any]) -> None:
             f"{upgrade.get('closed', 0)} closed"
             + (f" ({upgrade['reason']})" if upgrade.get("reason") else "")
         )
+    if "workers" in status:
+        _print_workers(status)
     predecessor = status.get("predecessor")
     if predecessor:
         state = "done" if predecessor["done"] else "gone" if predecessor["gone"] else "draining"

@@ -1,6 +1,7 @@
 """`nitro serve` around the server's scope: as a successor (inherited listeners, a self-check before ready,
 the sessions of the old process adopted), the PID file and systemd's READY once serving, and the upgrade
-this process can start in turn (`nitro upgrade` through the admin channel, SIGUSR2)."""
+this process can start in turn (`nitro upgrade` through the admin channel, SIGUSR2): on worker 0 of a node
+with several workers, the rolling upgrade of them all (nitro/ops/rolling.py)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ from nitro.ops import sdnotify
 from nitro.ops.channel import pid_path
 from nitro.ops.handover import HandoverError
 from nitro.ops.pidfile import write_pid_file
+from nitro.ops.rolling import RollingUpgrade
 from nitro.ops.successor import NotReady, Predecessor
+from nitro.ops.supervise import WorkerSupervisor
 from nitro.ops.upgrade import Upgrader
 from nitro.ops.upgrade_progress import Outcome, generation
 from nitro.transports.listeners import Listeners
@@ -35,8 +38,11 @@ class SuccessorFailed(Exception):
 
 
 @asynccontextmanager
-async def serving(config: Config, stop: Callable[[], None]) -> AsyncIterator[Server]:
-    """The running server, ready; `stop` ends it (after an upgrade, too)."""
+async def serving(
+    config: Config, stop: Callable[[], None], *, worker: int = 0, supervisor: WorkerSupervisor | None = None
+) -> AsyncIterator[Server]:
+    """The running server, ready; `stop` ends it (after an upgrade, too). `worker`: which of the node's
+    workers this process is; `supervisor` (worker 0 of several): an upgrade replaces them all."""
     from nitro.server import running_server  # imported late: keeps `nitro user` light
 
     try:
@@ -73,9 +79,12 @@ async def serving(config: Config, stop: Callable[[], None]) -> AsyncIterator[Ser
             def taking_over() -> bool:  # this process's own upgrade is not over until its drain is
                 return predecessor is not None and not (predecessor.done or predecessor.gone)
 
-            upgrader = Upgrader(server, server.listening, exit_soon, taking_over)
-            _expose(server, upgrader, predecessor)
-            loop.add_signal_handler(signal.SIGUSR2, upgrader.on_signal)
+            upgrader = Upgrader(server, server.listening, exit_soon, taking_over, worker)
+            rolling = None if supervisor is None else RollingUpgrade(supervisor.base, supervisor, upgrader)
+            _expose(server, upgrader, predecessor, rolling)
+            loop.add_signal_handler(
+                signal.SIGUSR2, upgrader.on_signal if rolling is None else rolling.on_signal
+            )
             try:
                 yield server
             finally:
@@ -92,19 +101,21 @@ async def serving(config: Config, stop: Callable[[], None]) -> AsyncIterator[Ser
         raise
 
 
-def _expose(server: Server, upgrader: Upgrader, predecessor: Predecessor | None) -> None:
+def _expose(
+    server: Server, upgrader: Upgrader, predecessor: Predecessor | None, rolling: RollingUpgrade | None
+) -> None:
     """`nitro upgrade` and the upgrade's part of `nitro status` on the admin channel."""
     channel = server.admin
     if channel is None:
         return
 
     async def upgrade(_request: dict[str, Any]) -> dict[str, Any]:
+        if rolling is not None:  # worker 0 of several: every worker, one at a time
+            return await rolling.run()
         outcome = await upgrader.run()
         progress = upgrader.progress
         if outcome is Outcome.UNDER_WAY:
             return {"outcome": outcome.value, "reason": "an upgrade is already under way (or still draining)"}
-        if outcome is Outcome.WORKERS:
-            return {"outcome": outcome.value, "reason": progress.reason}
         return {
             "outcome": outcome.value,
             "reason": progress.reason,
@@ -118,3 +129,6 @@ def _expose(server: Server, upgrader: Upgrader, predecessor: Predecessor | None)
     channel.status_parts["upgrade"] = upgrader.progress_dict
     if predecessor is not None:
         channel.status_parts["predecessor"] = predecessor.status
+    if rolling is not None:
+        channel.status_parts["workers"] = rolling.supervisor.snapshot
+        channel.status_parts["rolling"] = lambda: dict(rolling.progress)

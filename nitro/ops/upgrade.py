@@ -20,7 +20,6 @@ from lxml import etree
 
 from nitro.c2s.session import ClientSession
 from nitro.cluster.node import INHERITED_BOOT
-from nitro.cluster.workers import worker_count
 from nitro.ops import sdnotify
 from nitro.ops.adopt import adopt, deliver_forwarded
 from nitro.ops.channel import pid_path
@@ -28,7 +27,7 @@ from nitro.ops.forwarding import forwarder, offline_to, to_successor
 from nitro.ops.handover import Channel, HandoverError
 from nitro.ops.pidfile import write_pid_file
 from nitro.ops.shadow import Journal
-from nitro.ops.upgrade_progress import GENERATION, HANDOVER_FD, WORKERS_REFUSED, Outcome, Progress, generation
+from nitro.ops.upgrade_progress import GENERATION, HANDOVER_FD, Outcome, Progress, generation
 from nitro.transports import bosh_move
 from nitro.transports.listeners import Listeners, close_all
 from nitro.xmpp.errors import StreamError
@@ -53,8 +52,10 @@ class Upgrader:
         listeners: Listeners,
         exit_now: Callable[[], None],
         busy: Callable[[], bool] = lambda: False,
+        worker: int = 0,
     ) -> None:
         self.server = server
+        self.worker = worker  # [server] workers: the successor serves as this worker (nitro/ops/rolling.py)
         self.busy = busy  # e.g. still taking over from a predecessor: an upgrade now is refused
         self.listeners = listeners
         self.exit_now = exit_now
@@ -88,10 +89,6 @@ class Upgrader:
     async def run(self) -> Outcome:
         if self.under_way:
             return Outcome.UNDER_WAY
-        if worker_count(self.server.config) > 1:
-            self.progress.reason = WORKERS_REFUSED
-            log.warning("upgrade refused: %s", WORKERS_REFUSED)
-            return Outcome.WORKERS
         async with self._lock:
             return await self._run()
 
@@ -164,6 +161,8 @@ class Upgrader:
         if config.file is not None:
             command += ["--config", str(config.file)]
         command.append("serve")
+        if self.worker:
+            command += ["--worker", str(self.worker)]
         env = {**os.environ, HANDOVER_FD: str(theirs.fileno()), GENERATION: str(generation() + 1)}
         if self.server.cluster is not None:  # the successor continues this run in the cluster
             env[INHERITED_BOOT] = self.server.cluster.boot

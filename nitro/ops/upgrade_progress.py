@@ -11,17 +11,15 @@ from typing import Any
 
 HANDOVER_FD = "NITRO_HANDOVER_FD"  # the successor's end of the upgrade socket
 GENERATION = "NITRO_GENERATION"  # 1 for a process started by hand, +1 for each successor
-WORKERS_REFUSED = (
-    "[server] workers is more than 1: an upgrade would replace one worker of the node, not all; restart the "
-    "node instead (or run one worker per node and upgrade each node)"
-)
 
 
 class Outcome(enum.Enum):
     DONE = "done"
     UNDER_WAY = "under-way"  # refused: an upgrade is already running
     ROLLED_BACK = "rolled-back"  # the successor failed before ready; this process serves on
-    WORKERS = "refused-workers"  # refused: [server] workers > 1 (an upgrade would replace one worker only)
+    WORKERS = (
+        "refused-workers"  # refused: [server] workers > 1 without an admin socket (nitro/ops/rolling.py)
+    )
 
 
 @dataclass
