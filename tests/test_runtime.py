@@ -34,7 +34,7 @@ async def test_freezing_can_be_turned_off(tmp_path: Path) -> None:
     config = make_config(tmp_path, gc={"freeze_after_start": False})
     async with running_server(config):
         assert gc.get_freeze_count() == 0
-        assert gc.get_threshold() == (50000, 20, 100)  # the defaults of config/nitro.toml
+        assert gc.get_threshold() == (10000, 20, 100)  # the defaults of config/nitro.toml
 
 
 @pytest.mark.parametrize("key", ["threshold0", "threshold1", "threshold2"])
