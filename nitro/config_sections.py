@@ -215,7 +215,7 @@ class GCSection:
 
     freeze_after_start: bool = True
     threshold0: int = 10000
-    threshold1: int = 20
+    threshold1: int = 2
     threshold2: int = 100
     young_interval: float = 0.1  # 0: no pacing, the thresholds alone
     middle_every: int = 3

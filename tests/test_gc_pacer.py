@@ -10,23 +10,27 @@ import pytest
 from conftest import make_config, wait_for
 
 from nitro.config import ConfigError, GCSection, parse_config
-from nitro.observe.gc_pacer import FULL_GROWTH, GCPacer
+from nitro.observe.gc_pacer import FULL_GROWTH, NEVER, GCPacer
 from nitro.server import running_server
 
 
 async def test_an_idle_server_collects_young_objects_on_its_clock(tmp_path: Path) -> None:
-    config = make_config(tmp_path, gc={"young_interval": 0.02, "middle_every": 3})
+    before = gc.get_threshold()
+    config = make_config(tmp_path, gc={"young_interval": 0.02, "middle_every": 3, "threshold0": 12345})
     async with running_server(config) as server:
         assert any(task.get_name() == "gc-pacer" for task in asyncio.all_tasks())
+        assert gc.get_threshold() == (12345, 2, NEVER)  # full collections are the pacer's alone
         young, middle = server.metrics.gc[0].collections, server.metrics.gc[1].collections
         await wait_for(lambda: server.metrics.gc[0].collections >= young + 6)
         await wait_for(lambda: server.metrics.gc[1].collections >= middle + 2)
     assert not any(task.get_name() == "gc-pacer" for task in asyncio.all_tasks())
+    assert gc.get_threshold() == before
 
 
 async def test_pacing_can_be_turned_off(tmp_path: Path) -> None:
     async with running_server(make_config(tmp_path, gc={"young_interval": 0})):
         assert not any(task.get_name() == "gc-pacer" for task in asyncio.all_tasks())
+        assert gc.get_threshold() == (10000, 2, 100)
 
 
 def _cycles(count: int) -> list[list[object]]:

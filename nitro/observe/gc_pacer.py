@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 FULL_GROWTH = 1.25  # the old generation grown by a quarter since the last full collection (gcmodule.c)
 FULL_MINIMUM = 10_000  # objects below which a full collection is not worth its pause
+NEVER = 1_000_000_000  # CPython's threshold2 while paced: its own full collections would come mid-burst
 
 
 class GCPacer:
@@ -65,16 +66,21 @@ async def _pace(pacer: GCPacer, interval: float) -> None:
 
 @contextlib.asynccontextmanager
 async def paced_gc(section: GCSection) -> AsyncIterator[GCPacer | None]:
-    """Pace collections for the life of the block; nothing when `young_interval` is 0."""
+    """Pace collections for the life of the block; nothing when `young_interval` is 0. While paced, only
+    the pacer starts full collections: CPython would start one whenever a threshold0 backstop collection
+    finds `threshold2` middle ones done (every 30 s here), in the middle of a login storm."""
     if section.young_interval <= 0:
         yield None
         return
     loop = asyncio.get_running_loop()
     pacer = GCPacer(section, loop.time())
+    previous = gc.get_threshold()
+    gc.set_threshold(previous[0], previous[1], NEVER)
     task = loop.create_task(_pace(pacer, section.young_interval), name="gc-pacer")
     try:
         yield pacer
     finally:
+        gc.set_threshold(*previous)
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
