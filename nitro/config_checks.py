@@ -42,6 +42,11 @@ def validate(config: Config, source: str) -> None:
     _validate_registration(config, source)
     if min(config.gc.threshold0, config.gc.threshold1, config.gc.threshold2) < 1:
         raise ConfigError(f"{source}: [gc] thresholds must be at least 1")
+    if config.gc.young_interval < 0 or config.gc.middle_every < 1 or config.gc.full_interval <= 0:
+        raise ConfigError(
+            f"{source}: [gc] young_interval must be at least 0, middle_every at least 1, "
+            "full_interval above 0"
+        )
     if config.logging.level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise ConfigError(f"{source}: [logging].level must be DEBUG, INFO, WARNING or ERROR")
     _validate_observability(config, source)

@@ -211,13 +211,15 @@ class CacheSection:
 
 @dataclass(frozen=True, slots=True)
 class GCSection:
-    """Garbage collection of the server process: what is alive after start-up is frozen out of
-    collections, and generation 0 runs far less often than CPython's default of 700 allocations."""
+    """Garbage collection: start-up frozen out, collections paced by a clock (observe/gc_pacer.py)."""
 
     freeze_after_start: bool = True
-    threshold0: int = 50000
-    threshold1: int = 20
+    threshold0: int = 10000
+    threshold1: int = 2
     threshold2: int = 100
+    young_interval: float = 0.1  # 0: no pacing, the thresholds alone
+    middle_every: int = 3
+    full_interval: float = 300.0
 
 
 @dataclass(frozen=True, slots=True)

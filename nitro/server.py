@@ -25,6 +25,7 @@ from nitro.core.router import Router
 from nitro.core.sessions import Sessions
 from nitro.core.slots import SlotRegistry
 from nitro.core.throttle import FailureThrottle
+from nitro.observe.gc_pacer import paced_gc
 from nitro.observe.metrics import Metrics
 from nitro.observe.metrics_http import MetricsEndpoint, serve_metrics
 from nitro.observe.runtime import tuned_gc
@@ -248,6 +249,7 @@ async def running_server(
                         ):
                             server.listening.close_unclaimed()
                             with tuned_gc(config.gc):
-                                yield server
+                                async with paced_gc(config.gc):
+                                    yield server
                 finally:
                     await server.shutdown()

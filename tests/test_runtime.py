@@ -22,7 +22,8 @@ from nitro.transports.tcp_task import TIMER
 
 async def test_gc_is_tuned_while_the_server_runs_and_restored_after(tmp_path: Path) -> None:
     before = gc.get_threshold()
-    config = make_config(tmp_path, gc={"threshold0": 12345, "threshold1": 7, "threshold2": 3})
+    gc_table = {"threshold0": 12345, "threshold1": 7, "threshold2": 3, "young_interval": 0}
+    config = make_config(tmp_path, gc=gc_table)
     async with running_server(config):
         assert gc.get_threshold() == (12345, 7, 3)
         assert gc.get_freeze_count() > 10_000  # modules, lxml, SQLAlchemy: everything alive at start-up
@@ -31,10 +32,10 @@ async def test_gc_is_tuned_while_the_server_runs_and_restored_after(tmp_path: Pa
 
 
 async def test_freezing_can_be_turned_off(tmp_path: Path) -> None:
-    config = make_config(tmp_path, gc={"freeze_after_start": False})
+    config = make_config(tmp_path, gc={"freeze_after_start": False, "young_interval": 0})
     async with running_server(config):
         assert gc.get_freeze_count() == 0
-        assert gc.get_threshold() == (50000, 20, 100)  # the defaults of config/nitro.toml
+        assert gc.get_threshold() == (10000, 2, 100)  # the defaults of config/nitro.toml
 
 
 @pytest.mark.parametrize("key", ["threshold0", "threshold1", "threshold2"])
