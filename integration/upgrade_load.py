@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import random
+import re
 import signal
 import socket
 import statistics
@@ -53,9 +54,13 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+_SEQ = re.compile(r"<body>seq (\S+) ")  # a load message's id in what a client writes
+
+
 @dataclass
 class Counts:
-    sent: dict[str, tuple[str, float]] = field(default_factory=dict)  # id → (recipient, sent at)
+    sent: dict[str, tuple[str, float]] = field(default_factory=dict)  # id → (recipient, sent at): written
+    pending: dict[str, tuple[str, float]] = field(default_factory=dict)  # handed to slixmpp, not yet written
     received: dict[str, dict[str, int]] = field(default_factory=dict)  # recipient → id → times
     latencies: list[tuple[float, float]] = field(default_factory=list)  # (received at, seconds)
     failed_resumes: int = 0
@@ -92,6 +97,18 @@ class Bot:
         if managed:
             client.register_plugin("xep_0198")
             client.plugin["xep_0198"].window = 5
+        write = client.send_raw
+
+        def written(data: str | bytes) -> None:
+            # A message counts as sent once it is written to the socket: one slixmpp's send queue drops
+            # (NotConnectedError as the old process closes the connection) never reached any server.
+            write(data)
+            text = data.decode() if isinstance(data, bytes) else data
+            for message_id in _SEQ.findall(text):
+                if message_id in counts.pending:
+                    counts.sent.setdefault(message_id, counts.pending.pop(message_id))
+
+        client.send_raw = written  # type: ignore[method-assign]
         client.add_event_handler("session_start", self._on_start)
         client.add_event_handler("session_resumed", self._on_resumed)
         client.add_event_handler("disconnected", self._on_disconnected)
@@ -399,7 +416,7 @@ async def _traffic(
         recipient = random.choice(bots)
         message_id = f"{sender.name}-{sequence}"
         if sender.send(recipient.jid, message_id):
-            counts.sent[message_id] = (recipient.jid, time.time())
+            counts.pending[message_id] = (recipient.jid, time.time())  # counted in `sent` once written
             sequence += 1
         next_at += interval
         await asyncio.sleep(max(0.0, next_at - time.monotonic()))
@@ -440,6 +457,7 @@ def _report(counts: Counts, offline: dict[str, set[str]], steady_until: float) -
     steady = [seconds for at, seconds in counts.latencies if not in_window(at) and at > steady_until - 60]
     return {
         "sent": len(counts.sent),
+        "never_written": len(counts.pending),  # dropped by slixmpp's send queue without a connection
         "delivered": len(counts.sent) - len(lost) - in_offline,
         "in_offline_storage": in_offline,
         "lost": len(lost),
