@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from integration.loadgen.accounts import ITERATIONS
 from integration.loadgen.scenarios import Cores, Scenario, Settings
@@ -122,6 +123,16 @@ def nitro_server(
         yield port, process.pid, f"http://127.0.0.1:{metrics_port}/metrics"
 
 
+def peer_settings(plan: Plan) -> dict[str, Any]:
+    """What Prosody's and ejabberd's setups take from the plan: domain, TLS rule, SCRAM hash, archive."""
+    return {
+        "domain": plan.domain,
+        "starttls": plan.starttls,
+        "hash_name": "SHA-256" if plan.mechanism == "SCRAM-SHA-256" else "SHA-1",
+        "archive": plan.archive,
+    }
+
+
 @contextlib.contextmanager
 def prosody_server(
     directory: Path, plan: Plan, names: Sequence[str], roster_size: int, cert: Path, key: Path, cores: Cores
@@ -129,15 +140,7 @@ def prosody_server(
     from integration.prosody import ProsodySetup, running_prosody
 
     port = free_port()
-    setup = ProsodySetup(
-        port=port,
-        domain=plan.domain,
-        starttls=plan.starttls,
-        cert=cert,
-        key=key,
-        hash_name="SHA-256" if plan.mechanism == "SCRAM-SHA-256" else "SHA-1",
-        archive=plan.archive,
-    )
+    setup = ProsodySetup(port=port, cert=cert, key=key, **peer_settings(plan))
     with running_prosody(directory, setup, names, roster_size=roster_size, cpus=cores.server) as process:
         yield port, process.pid, None
 
@@ -149,15 +152,7 @@ def ejabberd_server(
     from integration.ejabberd import EjabberdSetup, running_ejabberd
 
     port = free_port()
-    setup = EjabberdSetup(
-        port=port,
-        domain=plan.domain,
-        starttls=plan.starttls,
-        cert=cert,
-        key=key,
-        hash_name="SHA-256" if plan.mechanism == "SCRAM-SHA-256" else "SHA-1",
-        archive=plan.archive,
-    )
+    setup = EjabberdSetup(port=port, cert=cert, key=key, **peer_settings(plan))
     with running_ejabberd(directory, setup, names, roster_size=roster_size, cpus=cores.server) as beam:
         yield port, beam, None
 

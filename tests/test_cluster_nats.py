@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import AsyncIterator, Callable
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -61,19 +61,28 @@ def sees(server: Server, jid: slixmpp.JID) -> Callable[[], bool]:
     return lambda: server.sessions.resource(JID.parse(str(jid))) is not None
 
 
-@pytest.fixture
-async def nodes(
-    tmp_path: Path, redis_servers: list[RedisServer], nats_server: NatsServer
+@asynccontextmanager
+async def running_nodes(
+    tmp_path: Path, redis_servers: list[RedisServer], nats_server: NatsServer, names: tuple[str, ...]
 ) -> AsyncIterator[list[Clients]]:
-    """Three nodes, each with its pool of clients."""
+    """One running node per name, each with its pool of clients (closed, then stopped, on exit)."""
     async with AsyncExitStack() as stack:
         pools = []
-        for name in ("a", "b", "c"):
+        for name in names:
             config = node_config(tmp_path, redis_servers, nats_server, name)
             server = await stack.enter_async_context(running_server(config))
             pool = Clients(server)
             stack.push_async_callback(pool.close_all)
             pools.append(pool)
+        yield pools
+
+
+@pytest.fixture
+async def nodes(
+    tmp_path: Path, redis_servers: list[RedisServer], nats_server: NatsServer
+) -> AsyncIterator[list[Clients]]:
+    """Three nodes, each with its pool of clients."""
+    async with running_nodes(tmp_path, redis_servers, nats_server, ("a", "b", "c")) as pools:
         yield pools
 
 
@@ -208,15 +217,7 @@ async def test_two_resources_on_two_nodes_sending_at_once(nodes: list[Clients]) 
 async def test_nats_stopped_and_back_nodes_serve_their_own_and_store_the_rest(
     tmp_path: Path, redis_servers: list[RedisServer], nats_server: NatsServer
 ) -> None:
-    async with AsyncExitStack() as stack:
-        pools = []
-        for name in ("a", "b"):
-            server = await stack.enter_async_context(
-                running_server(node_config(tmp_path, redis_servers, nats_server, name))
-            )
-            pool = Clients(server)
-            stack.push_async_callback(pool.close_all)
-            pools.append(pool)
+    async with running_nodes(tmp_path, redis_servers, nats_server, ("a", "b")) as pools:
         a, b = pools
         alice_jid, bob_jid, carol_jid = await a.user("alice"), await a.user("bob"), await a.user("carol")
         alice = await a.login(alice_jid)

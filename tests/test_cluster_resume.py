@@ -9,7 +9,6 @@ import asyncio
 import re
 import time
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
 from pathlib import Path
 
 import pytest
@@ -17,14 +16,14 @@ import slixmpp
 from conftest import Clients, wait_for
 from nats_servers import NatsServer, nats_server
 from redis_servers import RedisServer, redis_servers
-from test_cluster_nats import befriend, node_config, sees
+from test_cluster_nats import befriend, running_nodes, sees
 from test_stream_management import Peer, authenticated, managed, resume
 
 from nitro.c2s.session import ClientSession
 from nitro.cluster.wire import decode, encode, subject_of
 from nitro.ops import resume_anywhere
 from nitro.ops.resume_anywhere import TAKE_TIMEOUT
-from nitro.server import Server, running_server
+from nitro.server import Server
 from nitro.xmpp.jid import JID
 
 __all__ = ["nats_server", "redis_servers"]
@@ -37,14 +36,7 @@ async def nodes(
     tmp_path: Path, redis_servers: list[RedisServer], nats_server: NatsServer
 ) -> AsyncIterator[list[Clients]]:
     """Two nodes, each with its pool of clients."""
-    async with AsyncExitStack() as stack:
-        pools = []
-        for name in ("a", "b"):
-            config = node_config(tmp_path, redis_servers, nats_server, name)
-            server = await stack.enter_async_context(running_server(config))
-            pool = Clients(server)
-            stack.push_async_callback(pool.close_all)
-            pools.append(pool)
+    async with running_nodes(tmp_path, redis_servers, nats_server, ("a", "b")) as pools:
         yield pools
 
 
