@@ -36,6 +36,10 @@ log = logging.getLogger(__name__)
 
 HELLO_TIMEOUT = 30.0
 WANT_TIMEOUT = 3.0  # seconds a resuming client waits for its session to come over from the old process
+# … and at most this long while the old process still holds a resource of its user: the session may be in
+# a `sessions` message not read yet (a busy successor adopts behind its socket's backlog)
+WANT_TIMEOUT_IN_TRANSIT = 20.0
+WANT_STEP = 0.1  # how often that longer wait looks at what the old process still holds
 GONE_WAIT = 5.0  # seconds an upgrade socket closed early waits for the old process to be seen gone
 
 
@@ -335,13 +339,23 @@ class Predecessor:
         try:
             with contextlib.suppress(HandoverError):  # dying: its shadow copy may be adopted meanwhile
                 await self.channel.send({"type": "want", "previd": request.previd})
-            found = await asyncio.wait_for(asyncio.shield(future), WANT_TIMEOUT)
-        except TimeoutError:
-            return False
+            found = await self._arrival(future, str(request.user.bare))
         finally:
             self._arrived.pop(request.previd, None)
         request.found = found
         return found is not None
+
+    async def _arrival(self, future: asyncio.Future[ClientSession | None], user: str) -> ClientSession | None:
+        """The session once adopted; None after WANT_TIMEOUT, or, while the old process still holds a
+        resource of `user` (the session may be on its way), after WANT_TIMEOUT_IN_TRANSIT."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        while not future.done():
+            waited = loop.time() - started
+            if waited >= WANT_TIMEOUT_IN_TRANSIT or (waited >= WANT_TIMEOUT and user not in self._on_old):
+                return None
+            await asyncio.wait([future], timeout=WANT_TIMEOUT if waited < WANT_TIMEOUT else WANT_STEP)
+        return future.result()
 
     async def _want_bosh(self, wanted: BoshWanted) -> bool:
         """A BOSH request for a sid not here: its session may still be in the old process; ask for it now

@@ -23,6 +23,7 @@ from nitro.cluster.node import INHERITED_BOOT
 from nitro.ops import sdnotify
 from nitro.ops.adopt import adopt, deliver_forwarded
 from nitro.ops.channel import pid_path
+from nitro.ops.drain_closes import Closes
 from nitro.ops.forwarding import forwarder, offline_to, to_successor
 from nitro.ops.handover import Channel, HandoverError
 from nitro.ops.pidfile import write_pid_file
@@ -208,6 +209,7 @@ class Upgrader:
             await channel.send({"type": "online", "jids": [str(session.jid) for session in pending]})
             self._journal = Journal(self.server, channel)  # if this process is killed, it adopts from them
             await self._journal.start(pending)
+            closes = Closes(self._close, lambda jids: channel.send({"type": "left", "jids": jids}))
             per_batch = max(1, round(settings.drain_rate / BATCHES_PER_SECOND))
             interval = per_batch / settings.drain_rate  # the pace: drain_rate sessions per second
             while pending or not self._wanted.empty():
@@ -220,11 +222,13 @@ class Upgrader:
                 del pending[: len(pending) if late else per_batch]
                 if late:
                     log.warning("upgrade: drain deadline passed; %d sessions handled at once", len(batch))
-                retry = await self._move(channel, batch, late=late)
+                closes.reap()
+                retry = await self._move(channel, batch, closes, late=late)
                 pending.extend(retry)
                 pending.extend(s for s in self._to_drain() if s not in pending)  # logged in meanwhile
                 if pending or not self._wanted.empty():
                     await self._pause(interval)
+            await closes.wait()
             self._journal.stop()  # every session moved or closed: nothing left to copy
             await self._wait_adopted(reader, min(30.0, max(1.0, deadline - loop.time() + 5.0)))
             if (bridge := self.server.bridge) is not None:  # replies of its plugins to moved sessions
@@ -271,19 +275,20 @@ class Upgrader:
                     break
         return wanted
 
-    async def _move(self, channel: Channel, batch: list[ClientSession], *, late: bool) -> list[ClientSession]:
-        """Hand the resumable sessions of `batch` to the successor, close the others; those still handling
-        an input are returned to be tried again."""
+    async def _move(
+        self, channel: Channel, batch: list[ClientSession], closes: Closes, *, late: bool
+    ) -> list[ClientSession]:
+        """Hand the resumable sessions of `batch` to the successor, start closing the others (beside the
+        drain: each may wait for its client's proof of reading); those still handling an input are returned
+        to be tried again."""
         exported: list[dict[str, Any]] = []
         retry: list[ClientSession] = []
-        left: list[str] = []
-        closing: list[ClientSession] = []  # closed together: each may wait for its client's proof of reading
+        closing: list[ClientSession] = []
         for session in batch:
             if session.closed or session.forward is not None:
                 continue
             bosh = bosh_move.carried_by_bosh(session)  # a BOSH session moves with or without XEP-0198
             if not bosh and (session.sm is None or not session.sm.resumable):
-                left.append(str(session.jid))
                 closing.append(session)
                 continue
             # exported 'h' must count every handled stanza; a BOSH request is not half handled
@@ -295,7 +300,6 @@ class Upgrader:
                 await self._until_idle(session)
             if bosh and bosh_move.settling(session):  # still inside a request at the deadline
                 if session.sm is None or not session.sm.resumable:
-                    left.append(str(session.jid))
                     closing.append(session)
                     continue
                 bosh = False  # its BOSH session ends here; its client resumes (XEP-0198) on a new one
@@ -316,9 +320,9 @@ class Upgrader:
             await channel.send(
                 {"type": "sessions", "sessions": exported[start : start + SESSIONS_PER_MESSAGE]}
             )
-        await asyncio.gather(*(self._close(session) for session in closing))
-        if left:
-            await channel.send({"type": "left", "jids": left})
+        for session in closing:  # out of the registry now: never drained twice, what arrives is stored
+            self.server.sessions.remove(session)
+        closes.start(closing)
         return retry
 
     async def _until_idle(self, session: ClientSession) -> None:
