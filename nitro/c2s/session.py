@@ -161,7 +161,9 @@ class ClientSession(ReadProofs):  # and through its chain of slotted bases Resou
     def hand_off(self, forward: Callable[[etree._Element], None]) -> Transport:
         """The session moved to a successor process (its export is there): from now on input is ignored,
         what is sent to it goes to `forward`, and nothing ends (no unavailable presence, no §4 fallback).
-        Returns the transport, which the caller closes once the successor has the session."""
+        Returns the transport, which the caller closes once the successor has the session; input arriving
+        before that ends the connection at once (its reader sees the stream is no longer its own), and
+        the client's `<resume/>` then waits at the successor until the session arrives there."""
         transport, self.transport = self.transport, NO_TRANSPORT
         self.forward = forward
         self.state = State.CLOSED
