@@ -82,8 +82,7 @@ class SqlAccountStore:
             .outerjoin(scram_credentials, scram_credentials.c.account_id == accounts.c.id)
             .where(accounts.c.username == username_key(username))
         )
-        async with self._db.engine.connect() as conn:
-            rows = (await conn.execute(query)).all()
+        rows = await self._db.rows(query)
         if not rows:
             return None
         credentials: dict[HashName, ScramCredential] = {}
@@ -146,8 +145,7 @@ class SqlAccountStore:
 
     @translated
     async def exists(self, username: str) -> bool:
-        async with self._db.engine.connect() as conn:
-            return await self._db.account_id(conn, username) is not None
+        return await self._db.read(lambda conn: self._db.account_id(conn, username)) is not None
 
     @translated
     async def list_usernames(self, *, limit: int | None = None, after: str | None = None) -> list[str]:
@@ -158,10 +156,10 @@ class SqlAccountStore:
             query = query.where(accounts.c.username > after.encode())
         if limit is not None:
             query = query.limit(limit)
-        async with self._db.engine.connect() as conn:
-            return [name.decode() for name in (await conn.execute(query)).scalars()]
+        names = await self._db.rows(query)
+        return [row.username.decode() for row in names]
 
     @translated
     async def count(self) -> int:
-        async with self._db.engine.connect() as conn:
-            return int((await conn.execute(select(func.count()).select_from(accounts))).scalar_one())
+        query = select(func.count()).select_from(accounts)
+        return int((await self._db.rows(query))[0][0])

@@ -6,12 +6,12 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from sqlalchemy import delete, func, insert, select
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from nitro.storage.errors import NoSuchAccount, QuotaExceeded
 from nitro.storage.models import OfflineMessage
 from nitro.storage.schema import accounts, offline_messages
 from nitro.storage.sql_base import DELETE_CHUNK, Database, inserted_id, translated, username_key
+from nitro.storage.sqlite_read import Reader
 
 
 class SqlOfflineStore:
@@ -45,11 +45,10 @@ class SqlOfflineStore:
             .where(accounts.c.username == username_key(username))
             .order_by(offline_messages.c.id)
         )
-        async with self._db.engine.connect() as conn:
-            return [
-                OfflineMessage(id=row.id, stanza=row.stanza, stored_at=row.stored_at)
-                for row in await conn.execute(query)
-            ]
+        return [
+            OfflineMessage(id=row.id, stanza=row.stanza, stored_at=row.stored_at)
+            for row in await self._db.rows(query)
+        ]
 
     @translated
     async def delete(self, username: str, ids: Sequence[int]) -> None:
@@ -70,12 +69,14 @@ class SqlOfflineStore:
 
     @translated
     async def count(self, username: str) -> int:
-        async with self._db.engine.connect() as conn:
+        async def body(conn: Reader) -> int:
             account_id = await self._db.account_id(conn, username)
             return 0 if account_id is None else await self._count(conn, account_id)
 
+        return await self._db.read(body)
+
     @staticmethod
-    async def _count(conn: AsyncConnection, account_id: int) -> int:
+    async def _count(conn: Reader, account_id: int) -> int:
         query = select(func.count()).select_from(offline_messages)
         return int(
             (await conn.execute(query.where(offline_messages.c.account_id == account_id))).scalar_one()

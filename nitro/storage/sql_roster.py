@@ -17,6 +17,7 @@ from nitro.storage.errors import NoSuchAccount, QuotaExceeded, StorageError
 from nitro.storage.models import Roster, RosterItem, Subscription
 from nitro.storage.schema import accounts, roster_items, roster_versions
 from nitro.storage.sql_base import Database, contact_keys, translated, username_key
+from nitro.storage.sqlite_read import Reader
 
 _ITEMS_FOR_BATCH = 500  # usernames per IN (…) of `items_for`: far below any bound-parameter limit
 _SUBSCRIPTIONS: dict[str, Subscription] = {name: name for name in get_args(Subscription)}
@@ -81,8 +82,7 @@ class SqlRosterStore:
             .where(accounts.c.username == username_key(username))
             .order_by(roster_items.c.contact)
         )
-        async with self._db.engine.connect() as conn:
-            rows = (await conn.execute(query)).all()
+        rows = await self._db.rows(query)
         if not rows:
             return Roster(version=0, items=())
         items = []
@@ -96,7 +96,8 @@ class SqlRosterStore:
     @translated
     async def get_item(self, username: str, contact: str) -> RosterItem | None:
         _, contact_key = contact_keys(contact)
-        async with self._db.engine.connect() as conn:
+
+        async def body(conn: Reader) -> RosterItem | None:
             account_id = await self._db.account_id(conn, username)
             if account_id is None:
                 return None
@@ -109,13 +110,19 @@ class SqlRosterStore:
             ).one_or_none()
             return None if row is None else _item_from_row(row)
 
+        return await self._db.read(body)
+
     @translated
     async def items_for(self, usernames: Sequence[str], contact: str) -> dict[str, RosterItem]:
         _, contact_key = contact_keys(contact)
-        found: dict[str, RosterItem] = {}
-        async with self._db.engine.connect() as conn:
-            for offset in range(0, len(usernames), _ITEMS_FOR_BATCH):
-                keys = [username_key(name) for name in usernames[offset : offset + _ITEMS_FOR_BATCH]]
+        batches = [
+            [username_key(name) for name in usernames[offset : offset + _ITEMS_FOR_BATCH]]
+            for offset in range(0, len(usernames), _ITEMS_FOR_BATCH)
+        ]
+
+        async def body(conn: Reader) -> dict[str, RosterItem]:
+            found: dict[str, RosterItem] = {}
+            for keys in batches:
                 query = (
                     select(accounts.c.username, roster_items)
                     .join(accounts, accounts.c.id == roster_items.c.account_id)
@@ -123,7 +130,9 @@ class SqlRosterStore:
                 )
                 for row in await conn.execute(query):
                     found[bytes(row.username).decode()] = _item_from_row(row)
-        return found
+            return found
+
+        return await self._db.read(body)
 
     @translated
     async def put(self, username: str, item: RosterItem, *, max_items: int | None = None) -> int:
@@ -194,12 +203,14 @@ class SqlRosterStore:
 
     @translated
     async def version(self, username: str) -> int:
-        async with self._db.engine.connect() as conn:
+        async def body(conn: Reader) -> int:
             account_id = await self._db.account_id(conn, username)
             return 0 if account_id is None else await self._version(conn, account_id)
 
+        return await self._db.read(body)
+
     @staticmethod
-    async def _version(conn: AsyncConnection, account_id: int) -> int:
+    async def _version(conn: Reader, account_id: int) -> int:
         version: int | None = (
             await conn.execute(
                 select(roster_versions.c.version).where(roster_versions.c.account_id == account_id)
