@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from sqlalchemy import insert
+from sqlalchemy import insert, select
 
 from nitro.accounts import create_account
 from nitro.storage.errors import StorageUnavailable
@@ -100,3 +100,24 @@ async def test_the_loop_connection_never_writes(tmp_path: Path) -> None:
         with pytest.raises(StorageUnavailable, match="readonly"), translate_errors():
             await db.loop_reader.read(write)
         assert await sql_repositories(db).accounts.count() == 0
+
+
+async def test_a_read_that_fails_leaves_no_transaction_open(tmp_path: Path) -> None:
+    async with open_database(dsn(tmp_path)) as db:
+        storage = sql_repositories(db)
+        assert db.loop_reader is not None
+        await create_account(storage, "alice", "secret", iterations=4096)
+
+        async def failing(conn: Reader) -> None:
+            await conn.execute(select(accounts.c.id))
+            raise ValueError("a bug in the read")
+
+        with pytest.raises(ValueError, match="a bug"):
+            await db.loop_reader.read(failing)
+        other = sqlite3.connect(tmp_path / "nitro.db", isolation_level=None, timeout=5)
+        try:
+            other.execute("INSERT INTO accounts (username) VALUES (?)", (b"bob",))  # no snapshot pins it
+        finally:
+            other.close()
+        assert await storage.accounts.exists("bob")
+        assert await storage.accounts.count() == 2

@@ -5,11 +5,11 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, ParamSpec, TypeVar
 
-from sqlalchemy import CursorResult, Executable, Row, exc, select
+from sqlalchemy import CursorResult, Executable, Row, bindparam, exc, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from nitro.storage.errors import NoSuchAccount, StorageError, StorageUnavailable
@@ -125,12 +125,19 @@ def strings_from_json(text: str) -> tuple[str, ...]:
 # The database.
 
 
-async def all_rows(conn: Reader, query: Executable) -> Sequence[Row[Any]]:
-    return (await conn.execute(query)).all()
+async def all_rows(
+    conn: Reader, query: Executable, parameters: Mapping[str, Any] | None = None
+) -> Sequence[Row[Any]]:
+    return (await conn.execute(query, parameters)).all()
 
 
 async def one_or_none(conn: Reader, query: Executable) -> Row[Any] | None:
     return (await conn.execute(query)).one_or_none()
+
+
+# Built once: a statement's construction and cache key cost more CPU than SQLite's answer (login reads).
+_ACCOUNT_ID = select(accounts.c.id).where(accounts.c.username == bindparam("username"))
+_ACCOUNT_ID_LOCKED = _ACCOUNT_ID.with_for_update()
 
 
 class Database:
@@ -179,9 +186,11 @@ class Database:
         async with self.engine.connect() as conn:
             return await body(conn)
 
-    async def rows(self, query: Executable) -> Sequence[Row[Any]]:
-        """The rows of one SELECT (see `read`)."""
-        return await self.read(lambda conn: all_rows(conn, query))
+    async def rows(
+        self, query: Executable, parameters: Mapping[str, Any] | None = None
+    ) -> Sequence[Row[Any]]:
+        """The rows of one SELECT (see `read`), with the values of its `bindparam`s."""
+        return await self.read(lambda conn: all_rows(conn, query, parameters))
 
     async def one_or_none(self, query: Executable) -> Row[Any] | None:
         """The row of a SELECT of at most one row (see `read`)."""
@@ -201,10 +210,10 @@ class Database:
 
     async def account_id(self, conn: Reader, username: str, *, lock: bool = False) -> int | None:
         """The account's id; `lock` holds its row until commit (MariaDB; SQLite's write lock is global)."""
-        query = select(accounts.c.id).where(accounts.c.username == username_key(username))
-        if lock:
-            query = query.with_for_update()
-        account_id: int | None = (await conn.execute(query)).scalar_one_or_none()
+        query = _ACCOUNT_ID_LOCKED if lock else _ACCOUNT_ID
+        account_id: int | None = (
+            await conn.execute(query, {"username": username_key(username)})
+        ).scalar_one_or_none()
         return account_id
 
     async def existing_account_id(self, conn: AsyncConnection, username: str) -> int:

@@ -5,13 +5,20 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import bindparam, delete, func, insert, select
 
 from nitro.storage.errors import NoSuchAccount, QuotaExceeded
 from nitro.storage.models import OfflineMessage
 from nitro.storage.schema import accounts, offline_messages
 from nitro.storage.sql_base import DELETE_CHUNK, Database, inserted_id, translated, username_key
 from nitro.storage.sqlite_read import Reader
+
+_MESSAGES = (  # built once (see sql_base._ACCOUNT_ID): read at every login
+    select(offline_messages.c.id, offline_messages.c.stanza, offline_messages.c.stored_at)
+    .join_from(offline_messages, accounts)
+    .where(accounts.c.username == bindparam("username"))
+    .order_by(offline_messages.c.id)
+)
 
 
 class SqlOfflineStore:
@@ -39,15 +46,9 @@ class SqlOfflineStore:
 
     @translated
     async def list(self, username: str) -> list[OfflineMessage]:
-        query = (
-            select(offline_messages.c.id, offline_messages.c.stanza, offline_messages.c.stored_at)
-            .join_from(offline_messages, accounts)
-            .where(accounts.c.username == username_key(username))
-            .order_by(offline_messages.c.id)
-        )
         return [
             OfflineMessage(id=row.id, stanza=row.stanza, stored_at=row.stored_at)
-            for row in await self._db.rows(query)
+            for row in await self._db.rows(_MESSAGES, {"username": username_key(username)})
         ]
 
     @translated

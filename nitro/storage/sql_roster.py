@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, get_args
 
-from sqlalchemy import Row, delete, func, insert, select, update
+from sqlalchemy import Row, bindparam, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from nitro.storage.errors import NoSuchAccount, QuotaExceeded, StorageError
@@ -63,6 +63,24 @@ def _item_from_row(row: Row[Any]) -> RosterItem:
 
 _DECODE_SLICE = 250  # roster rows decoded between two turns of the event loop
 
+# Built once (see sql_base._ACCOUNT_ID): the roster of a login, and its contacts' items for its presence.
+_ROSTER = (
+    select(roster_versions.c.version.label("roster_version"), roster_items)
+    .select_from(accounts)
+    .outerjoin(roster_versions, roster_versions.c.account_id == accounts.c.id)
+    .outerjoin(roster_items, roster_items.c.account_id == accounts.c.id)
+    .where(accounts.c.username == bindparam("username"))
+    .order_by(roster_items.c.contact)
+)
+_ITEMS_FOR = (
+    select(accounts.c.username, roster_items)
+    .join(accounts, accounts.c.id == roster_items.c.account_id)
+    .where(
+        accounts.c.username.in_(bindparam("usernames", expanding=True)),
+        roster_items.c.contact_key == bindparam("contact_key"),
+    )
+)
+
 
 class SqlRosterStore:
     """RosterStore on SQL; the version is bumped in the transaction that changes the roster."""
@@ -74,15 +92,7 @@ class SqlRosterStore:
     async def get(self, username: str) -> Roster:
         # One statement (one snapshot): the account, its version and its items; no row means no account,
         # one row with no contact an empty roster.
-        query = (
-            select(roster_versions.c.version.label("roster_version"), roster_items)
-            .select_from(accounts)
-            .outerjoin(roster_versions, roster_versions.c.account_id == accounts.c.id)
-            .outerjoin(roster_items, roster_items.c.account_id == accounts.c.id)
-            .where(accounts.c.username == username_key(username))
-            .order_by(roster_items.c.contact)
-        )
-        rows = await self._db.rows(query)
+        rows = await self._db.rows(_ROSTER, {"username": username_key(username)})
         if not rows:
             return Roster(version=0, items=())
         items = []
@@ -123,12 +133,7 @@ class SqlRosterStore:
         async def body(conn: Reader) -> dict[str, RosterItem]:
             found: dict[str, RosterItem] = {}
             for keys in batches:
-                query = (
-                    select(accounts.c.username, roster_items)
-                    .join(accounts, accounts.c.id == roster_items.c.account_id)
-                    .where(accounts.c.username.in_(keys), roster_items.c.contact_key == contact_key)
-                )
-                for row in await conn.execute(query):
+                for row in await conn.execute(_ITEMS_FOR, {"usernames": keys, "contact_key": contact_key}):
                     found[bytes(row.username).decode()] = _item_from_row(row)
             return found
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import bindparam, delete, func, insert, select
 
 from nitro.storage.errors import QuotaExceeded
 from nitro.storage.models import LastActivity
@@ -19,6 +19,13 @@ from nitro.storage.schema import (
 )
 from nitro.storage.sql_base import DELETE_CHUNK, Database, contact_keys, hashed_key, translated, username_key
 
+_BLOCKED = (  # built once (see sql_base._ACCOUNT_ID): read at every login
+    select(blocked_jids.c.jid)
+    .join_from(blocked_jids, accounts)
+    .where(accounts.c.username == bindparam("username"))
+    .order_by(blocked_jids.c.jid)  # UTF-8 bytes: code point order on every backend
+)
+
 
 class SqlBlockListStore:
     """BlockListStore on SQL; a JID is kept once however often it is blocked."""
@@ -28,13 +35,8 @@ class SqlBlockListStore:
 
     @translated
     async def list(self, username: str) -> list[str]:
-        query = (
-            select(blocked_jids.c.jid)
-            .join_from(blocked_jids, accounts)
-            .where(accounts.c.username == username_key(username))
-            .order_by(blocked_jids.c.jid)  # UTF-8 bytes: code point order on every backend
-        )
-        return [row.jid.decode() for row in await self._db.rows(query)]
+        rows = await self._db.rows(_BLOCKED, {"username": username_key(username)})
+        return [row.jid.decode() for row in rows]
 
     @translated
     async def add(self, username: str, jids: Sequence[str]) -> None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import Connection, Executable, Result, create_engine, event, exc
@@ -34,7 +34,9 @@ _BUSY = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 class Reader(Protocol):
     """What a read needs of a connection: an AsyncConnection, or the loop's synchronous one."""
 
-    async def execute(self, statement: Executable) -> Result[Any]: ...
+    async def execute(
+        self, statement: Executable, parameters: Mapping[str, Any] | None = None
+    ) -> Result[Any]: ...
 
 
 class Busy(Exception):
@@ -48,8 +50,10 @@ class _OnLoop:
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
 
-    async def execute(self, statement: Executable) -> Result[Any]:
-        return self._conn.execute(statement)
+    async def execute(
+        self, statement: Executable, parameters: Mapping[str, Any] | None = None
+    ) -> Result[Any]:
+        return self._conn.execute(statement, parameters)
 
 
 def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -58,8 +62,9 @@ def _on_connect(dbapi_connection: Any, _record: Any) -> None:
 
 
 def _on_begin(conn: Connection) -> None:
-    # A deferred transaction: a read's statements share one snapshot, taken at its first SELECT.
-    conn.exec_driver_sql("BEGIN")
+    # A deferred transaction: a read's statements share one snapshot, taken at its first SELECT. Sent to
+    # sqlite3 directly: through SQLAlchemy, BEGIN cost as much CPU as the SELECT.
+    conn.connection.driver_connection.execute("BEGIN")  # type: ignore[union-attr]
 
 
 def _is_busy(error: exc.DBAPIError) -> bool:
@@ -80,6 +85,7 @@ class LoopReader:
         )
         event.listen(self.engine, "connect", _on_connect)
         event.listen(self.engine, "begin", _on_begin)
+        self._conn: Connection | None = None  # kept checked out between reads (a checkout costs CPU)
         self._in_use = False
         self.fallbacks = 0  # reads sent to the async path (busy, or the connection in use)
 
@@ -91,16 +97,30 @@ class LoopReader:
             raise Busy("the loop's connection is in use")
         self._in_use = True
         try:
-            with self.engine.connect() as conn:
-                return await body(_OnLoop(conn))
+            if self._conn is None:
+                self._conn = self.engine.connect()
+            result = await body(_OnLoop(self._conn))
+            self._conn.rollback()  # ends the read transaction: the next read sees the latest commit
+            return result
         except exc.OperationalError as error:
+            self._close()
             if not _is_busy(error):
                 raise
             self.fallbacks += 1
             log.debug("SQLite busy for a read on the loop: %s", error.orig)
             raise Busy(str(error.orig)) from error
+        except BaseException:
+            self._close()
+            raise
         finally:
             self._in_use = False
 
+    def _close(self) -> None:
+        """Back to the pool, which rolls back (the sqlite3 connection stays open for the next read)."""
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            conn.close()
+
     def dispose(self) -> None:
+        self._close()
         self.engine.dispose()
