@@ -1,7 +1,8 @@
 """The SQL backend: the engine (SQLite by default, or MariaDB/MySQL), its connection setup, migrations, and
 `open_sql_storage`, which yields the repositories of the sql_*.py files on a migrated database.
 
-Every write commits before its coroutine returns, so the server acknowledges only what SQL has.
+Every write commits before its coroutine returns, so the server acknowledges only what SQL has. On a SQLite
+file, reads run on the event loop (sqlite_read.py) and writes on a writing connection of their own.
 """
 
 from __future__ import annotations

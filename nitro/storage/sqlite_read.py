@@ -3,15 +3,18 @@ costs no hop to aiosqlite's worker thread; a busy database sends the read down t
 
 Why on the loop: a login's reads each made ~8 round trips to aiosqlite's thread (BEGIN, cursor, execute,
 fetch, close, ROLLBACK), each a queue put, a GIL hand-off and a call_soon_threadsafe: more CPU than the
-SELECT. A read of a small, page-cached database takes microseconds, less than one such hop. The risk is a
-read that does disk I/O (a cold page cache on a slow disk, a huge archive query): it stalls every session
-for that long. We accept it for the embedded default, whose databases are small and hot; a deployment
-where that is not so is the one that should run MariaDB (whose reads stay off the loop).
+SELECT. A read of a small, page-cached database takes microseconds of SQLite, less than one such hop.
+The risk is a read that does disk I/O (a cold page cache on a slow disk): it stalls every session for that
+long. We accept it for the embedded default, whose databases are small and hot after the first reads; the
+archive's page queries and counts, which may walk many index entries, stay on the async path
+(sql_archive.py), and a deployment whose data does not stay cached is one that should run MariaDB (whose
+reads all stay off the loop).
 It never waits for a lock: in WAL mode readers do not wait on the writer, and with timeout=0 the rare
 SQLITE_BUSY (another process holding the file in exclusive locking mode, a WAL recovery, the last
 connection closing) raises at once; the read then runs again on the engine's pooled async connections,
-which wait up to the busy timeout (as sqlite_watch.DataVersion, which also runs on the loop, treats busy
-as "changed"). The connection is query_only: writes stay on the writing connection, off the loop.
+which wait up to the busy timeout off the loop (sqlite_watch.DataVersion, also on the loop, likewise never
+waits). The connection is query_only: writes stay on the writing connection, off the loop, and the cache
+rules of tiers.py (one writing connection, data_version) are unchanged.
 """
 
 from __future__ import annotations
