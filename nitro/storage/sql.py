@@ -1,7 +1,8 @@
 """The SQL backend: the engine (SQLite by default, or MariaDB/MySQL), its connection setup, migrations, and
 `open_sql_storage`, which yields the repositories of the sql_*.py files on a migrated database.
 
-Every write commits before its coroutine returns, so the server acknowledges only what SQL has.
+Every write commits before its coroutine returns, so the server acknowledges only what SQL has. On a SQLite
+file, reads run on the event loop (sqlite_read.py) and writes on a writing connection of their own.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from nitro.storage.sql_userdata import (
     SqlPrivateStore,
     SqlVCardStore,
 )
+from nitro.storage.sqlite_read import LoopReader
 
 log = logging.getLogger(__name__)
 
@@ -178,22 +180,27 @@ async def open_database(
     Raises StorageUnavailable when the database cannot be opened (unreachable, locked, not a database).
     SQLite's busy timeout is the `timeout` query parameter in seconds (default 5). A missing MariaDB
     database is created (with `create_dirs`, as a missing SQLite directory is). A SQLite file gets a
-    second engine of one connection for every write (see `Database`).
+    second engine of one connection for every write, and a synchronous connection for reads on the event
+    loop (see `Database`).
     """
     engine = create_engine(dsn, create_dirs=create_dirs, pool=pool)
     write_engine: AsyncEngine | None = None
+    loop_reader: LoopReader | None = None
     try:
         if create_dirs and is_mysql(engine.url):
             await ensure_database(engine.url, pool)
         await upgrade_schema(engine)
         if engine.dialect.name == "sqlite" and sqlite_path(engine.url) is not None:
             write_engine = create_engine(dsn, create_dirs=False, connections=1)
+            loop_reader = LoopReader(engine.url)
         log.info("SQL storage ready at %s", engine.url.render_as_string(hide_password=True))
-        yield Database(engine, write_engine)
+        yield Database(engine, write_engine, loop_reader)
     finally:
         await engine.dispose()
         if write_engine is not None:
             await write_engine.dispose()
+        if loop_reader is not None:
+            loop_reader.dispose()
 
 
 def sql_repositories(db: Database) -> Storage:

@@ -8,7 +8,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any, get_args
 
-from sqlalchemy import delete, exc, func, insert, select
+from sqlalchemy import bindparam, delete, exc, func, insert, select
 
 from nitro.storage.errors import AlreadyExists, StorageError
 from nitro.storage.schema import (
@@ -32,6 +32,12 @@ from nitro.xmpp.sasl.credentials import HashName, ScramCredential
 log = logging.getLogger(__name__)
 
 _HASH_NAMES: dict[str, HashName] = {name: name for name in get_args(HashName)}
+_CREDENTIALS = (  # built once (see sql_base._ACCOUNT_ID)
+    select(accounts.c.id, scram_credentials)
+    .select_from(accounts)
+    .outerjoin(scram_credentials, scram_credentials.c.account_id == accounts.c.id)
+    .where(accounts.c.username == bindparam("username"))
+)
 
 
 def _credential_rows(credentials: Mapping[HashName, ScramCredential]) -> list[dict[str, Any]]:
@@ -76,14 +82,7 @@ class SqlAccountStore:
     @translated
     async def get_credentials(self, username: str) -> dict[HashName, ScramCredential] | None:
         # One statement (a login's first read): no row means no account, one row without a hash none.
-        query = (
-            select(accounts.c.id, scram_credentials)
-            .select_from(accounts)
-            .outerjoin(scram_credentials, scram_credentials.c.account_id == accounts.c.id)
-            .where(accounts.c.username == username_key(username))
-        )
-        async with self._db.engine.connect() as conn:
-            rows = (await conn.execute(query)).all()
+        rows = await self._db.rows(_CREDENTIALS, {"username": username_key(username)})
         if not rows:
             return None
         credentials: dict[HashName, ScramCredential] = {}
@@ -146,8 +145,7 @@ class SqlAccountStore:
 
     @translated
     async def exists(self, username: str) -> bool:
-        async with self._db.engine.connect() as conn:
-            return await self._db.account_id(conn, username) is not None
+        return await self._db.read(lambda conn: self._db.account_id(conn, username)) is not None
 
     @translated
     async def list_usernames(self, *, limit: int | None = None, after: str | None = None) -> list[str]:
@@ -158,10 +156,10 @@ class SqlAccountStore:
             query = query.where(accounts.c.username > after.encode())
         if limit is not None:
             query = query.limit(limit)
-        async with self._db.engine.connect() as conn:
-            return [name.decode() for name in (await conn.execute(query)).scalars()]
+        names = await self._db.rows(query)
+        return [row.username.decode() for row in names]
 
     @translated
     async def count(self) -> int:
-        async with self._db.engine.connect() as conn:
-            return int((await conn.execute(select(func.count()).select_from(accounts))).scalar_one())
+        query = select(func.count()).select_from(accounts)
+        return int((await self._db.rows(query))[0][0])

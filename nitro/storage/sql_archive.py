@@ -127,7 +127,8 @@ class SqlArchiveStore:
         if query.limit < 0:
             raise ValueError("limit must not be negative")
         t = archive_messages
-        async with self._db.engine.connect() as conn:  # one read transaction: page and counts agree
+        # One read transaction (page and counts agree), off the loop: it may walk many index entries.
+        async with self._db.engine.connect() as conn:
             account_id = await self._db.account_id(conn, username)
             if account_id is None:
                 if query.after_id is not None or query.before_id:
@@ -197,8 +198,7 @@ class SqlArchiveStore:
             .join_from(archive_prefs, accounts)
             .where(accounts.c.username == username_key(username))
         )
-        async with self._db.engine.connect() as conn:
-            row = (await conn.execute(query)).one_or_none()
+        row = await self._db.one_or_none(query)
         if row is None:
             return None
         default = _MODES.get(row.default_mode)

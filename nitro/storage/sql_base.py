@@ -5,15 +5,16 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, ParamSpec, TypeVar
 
-from sqlalchemy import CursorResult, exc, select
+from sqlalchemy import CursorResult, Executable, Row, bindparam, exc, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from nitro.storage.errors import NoSuchAccount, StorageError, StorageUnavailable
 from nitro.storage.schema import CONTACT_MAX_BYTES, USERNAME_MAX_BYTES, accounts
+from nitro.storage.sqlite_read import Busy, LoopReader, Reader
 
 WRITE = "nitro_write"  # execution option marking a transaction that writes (SQLite: BEGIN IMMEDIATE)
 DELETE_CHUNK = 500  # ids per DELETE … IN (…), well below every backend's bound-parameter limit
@@ -124,17 +125,39 @@ def strings_from_json(text: str) -> tuple[str, ...]:
 # The database.
 
 
+async def all_rows(
+    conn: Reader, query: Executable, parameters: Mapping[str, Any] | None = None
+) -> Sequence[Row[Any]]:
+    return (await conn.execute(query, parameters)).all()
+
+
+async def one_or_none(conn: Reader, query: Executable) -> Row[Any] | None:
+    return (await conn.execute(query)).one_or_none()
+
+
+# Built once: a statement's construction and cache key cost more CPU than SQLite's answer (login reads).
+_ACCOUNT_ID = select(accounts.c.id).where(accounts.c.username == bindparam("username"))
+_ACCOUNT_ID_LOCKED = _ACCOUNT_ID.with_for_update()
+
+
 class Database:
     """The engine, plus a view of it whose transactions announce that they write.
 
     On a SQLite file, every write of this process goes through `write_engine`: one connection (SQLite
     takes one writer at a time anyway), whose `PRAGMA data_version` therefore moves only when another
-    process commits (`writer_data_version`). Elsewhere reads and writes share `engine`.
+    process commits (`writer_data_version`); and reads (`read`) run on the event loop on a connection of
+    their own that never writes (sqlite_read.py). Elsewhere reads and writes share `engine`.
     """
 
-    def __init__(self, engine: AsyncEngine, write_engine: AsyncEngine | None = None) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        write_engine: AsyncEngine | None = None,
+        loop_reader: LoopReader | None = None,
+    ) -> None:
         self.engine = engine
         self.write_engine = write_engine
+        self.loop_reader = loop_reader
         writing: dict[str, Any] = {WRITE: True}
         if engine.dialect.name in ("mysql", "mariadb"):
             # Writers lock the account row first and then see the latest commits; READ COMMITTED takes no
@@ -148,6 +171,30 @@ class Database:
         await self.engine.dispose()
         if self.write_engine is not None:
             await self.write_engine.dispose()
+        if self.loop_reader is not None:
+            self.loop_reader.dispose()
+
+    async def read(self, body: Callable[[Reader], Awaitable[_R]]) -> _R:
+        """`body` in one read transaction: on the loop's connection where there is one and it answers at
+        once (sqlite_read.py), else on a pooled connection of `engine`. `body` only reads and consumes its
+        results before returning: it may run twice (after a busy first try)."""
+        if self.loop_reader is not None:
+            try:
+                return await self.loop_reader.read(body)
+            except Busy:
+                pass
+        async with self.engine.connect() as conn:
+            return await body(conn)
+
+    async def rows(
+        self, query: Executable, parameters: Mapping[str, Any] | None = None
+    ) -> Sequence[Row[Any]]:
+        """The rows of one SELECT (see `read`), with the values of its `bindparam`s."""
+        return await self.read(lambda conn: all_rows(conn, query, parameters))
+
+    async def one_or_none(self, query: Executable) -> Row[Any] | None:
+        """The row of a SELECT of at most one row (see `read`)."""
+        return await self.read(lambda conn: one_or_none(conn, query))
 
     async def writer_data_version(self) -> int:
         """`PRAGMA data_version` of the writing connection (SQLite with `write_engine` only): it changes
@@ -161,12 +208,12 @@ class Database:
             rows = await driver.execute_fetchall("PRAGMA data_version")
             return int(next(iter(rows))[0])
 
-    async def account_id(self, conn: AsyncConnection, username: str, *, lock: bool = False) -> int | None:
+    async def account_id(self, conn: Reader, username: str, *, lock: bool = False) -> int | None:
         """The account's id; `lock` holds its row until commit (MariaDB; SQLite's write lock is global)."""
-        query = select(accounts.c.id).where(accounts.c.username == username_key(username))
-        if lock:
-            query = query.with_for_update()
-        account_id: int | None = (await conn.execute(query)).scalar_one_or_none()
+        query = _ACCOUNT_ID_LOCKED if lock else _ACCOUNT_ID
+        account_id: int | None = (
+            await conn.execute(query, {"username": username_key(username)})
+        ).scalar_one_or_none()
         return account_id
 
     async def existing_account_id(self, conn: AsyncConnection, username: str) -> int:

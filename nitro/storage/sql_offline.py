@@ -5,13 +5,20 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from sqlalchemy import delete, func, insert, select
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import bindparam, delete, func, insert, select
 
 from nitro.storage.errors import NoSuchAccount, QuotaExceeded
 from nitro.storage.models import OfflineMessage
 from nitro.storage.schema import accounts, offline_messages
 from nitro.storage.sql_base import DELETE_CHUNK, Database, inserted_id, translated, username_key
+from nitro.storage.sqlite_read import Reader
+
+_MESSAGES = (  # built once (see sql_base._ACCOUNT_ID): read at every login
+    select(offline_messages.c.id, offline_messages.c.stanza, offline_messages.c.stored_at)
+    .join_from(offline_messages, accounts)
+    .where(accounts.c.username == bindparam("username"))
+    .order_by(offline_messages.c.id)
+)
 
 
 class SqlOfflineStore:
@@ -39,17 +46,10 @@ class SqlOfflineStore:
 
     @translated
     async def list(self, username: str) -> list[OfflineMessage]:
-        query = (
-            select(offline_messages.c.id, offline_messages.c.stanza, offline_messages.c.stored_at)
-            .join_from(offline_messages, accounts)
-            .where(accounts.c.username == username_key(username))
-            .order_by(offline_messages.c.id)
-        )
-        async with self._db.engine.connect() as conn:
-            return [
-                OfflineMessage(id=row.id, stanza=row.stanza, stored_at=row.stored_at)
-                for row in await conn.execute(query)
-            ]
+        return [
+            OfflineMessage(id=row.id, stanza=row.stanza, stored_at=row.stored_at)
+            for row in await self._db.rows(_MESSAGES, {"username": username_key(username)})
+        ]
 
     @translated
     async def delete(self, username: str, ids: Sequence[int]) -> None:
@@ -70,12 +70,14 @@ class SqlOfflineStore:
 
     @translated
     async def count(self, username: str) -> int:
-        async with self._db.engine.connect() as conn:
+        async def body(conn: Reader) -> int:
             account_id = await self._db.account_id(conn, username)
             return 0 if account_id is None else await self._count(conn, account_id)
 
+        return await self._db.read(body)
+
     @staticmethod
-    async def _count(conn: AsyncConnection, account_id: int) -> int:
+    async def _count(conn: Reader, account_id: int) -> int:
         query = select(func.count()).select_from(offline_messages)
         return int(
             (await conn.execute(query.where(offline_messages.c.account_id == account_id))).scalar_one()

@@ -68,8 +68,7 @@ class SqlPepStore:
     @translated
     async def get_node(self, username: str, node: str) -> PepNode | None:
         query = self._nodes(username).where(pep_nodes.c.name == _name_key(node, "node name"))
-        async with self._db.engine.connect() as conn:
-            row = (await conn.execute(query)).one_or_none()
+        row = await self._db.one_or_none(query)
         return None if row is None else _node_from_row(row)
 
     @translated
@@ -99,9 +98,8 @@ class SqlPepStore:
 
     @translated
     async def list_nodes(self, username: str) -> list[PepNode]:
-        async with self._db.engine.connect() as conn:
-            result = await conn.execute(self._nodes(username).order_by(pep_nodes.c.name))
-            return [_node_from_row(row) for row in result]
+        rows = await self._db.rows(self._nodes(username).order_by(pep_nodes.c.name))
+        return [_node_from_row(row) for row in rows]
 
     @translated
     async def publish(
@@ -196,11 +194,10 @@ class SqlPepStore:
             query = query.where(pep_items.c.item_id.in_([_name_key(i, "item id") for i in item_ids]))
         if max_items is not None:
             query = query.limit(max_items)
-        async with self._db.engine.connect() as conn:
-            return [
-                PepItem(id=row.item_id.decode(), payload=row.payload, published_at=row.published_at)
-                for row in await conn.execute(query)
-            ]
+        return [
+            PepItem(id=row.item_id.decode(), payload=row.payload, published_at=row.published_at)
+            for row in await self._db.rows(query)
+        ]
 
     @staticmethod
     def _nodes(username: str) -> Select[Any]:

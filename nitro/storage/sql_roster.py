@@ -10,13 +10,14 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, get_args
 
-from sqlalchemy import Row, delete, func, insert, select, update
+from sqlalchemy import Row, bindparam, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from nitro.storage.errors import NoSuchAccount, QuotaExceeded, StorageError
 from nitro.storage.models import Roster, RosterItem, Subscription
 from nitro.storage.schema import accounts, roster_items, roster_versions
 from nitro.storage.sql_base import Database, contact_keys, translated, username_key
+from nitro.storage.sqlite_read import Reader
 
 _ITEMS_FOR_BATCH = 500  # usernames per IN (…) of `items_for`: far below any bound-parameter limit
 _SUBSCRIPTIONS: dict[str, Subscription] = {name: name for name in get_args(Subscription)}
@@ -62,6 +63,24 @@ def _item_from_row(row: Row[Any]) -> RosterItem:
 
 _DECODE_SLICE = 250  # roster rows decoded between two turns of the event loop
 
+# Built once (see sql_base._ACCOUNT_ID): the roster of a login, and its contacts' items for its presence.
+_ROSTER = (
+    select(roster_versions.c.version.label("roster_version"), roster_items)
+    .select_from(accounts)
+    .outerjoin(roster_versions, roster_versions.c.account_id == accounts.c.id)
+    .outerjoin(roster_items, roster_items.c.account_id == accounts.c.id)
+    .where(accounts.c.username == bindparam("username"))
+    .order_by(roster_items.c.contact)
+)
+_ITEMS_FOR = (
+    select(accounts.c.username, roster_items)
+    .join(accounts, accounts.c.id == roster_items.c.account_id)
+    .where(
+        accounts.c.username.in_(bindparam("usernames", expanding=True)),
+        roster_items.c.contact_key == bindparam("contact_key"),
+    )
+)
+
 
 class SqlRosterStore:
     """RosterStore on SQL; the version is bumped in the transaction that changes the roster."""
@@ -73,16 +92,7 @@ class SqlRosterStore:
     async def get(self, username: str) -> Roster:
         # One statement (one snapshot): the account, its version and its items; no row means no account,
         # one row with no contact an empty roster.
-        query = (
-            select(roster_versions.c.version.label("roster_version"), roster_items)
-            .select_from(accounts)
-            .outerjoin(roster_versions, roster_versions.c.account_id == accounts.c.id)
-            .outerjoin(roster_items, roster_items.c.account_id == accounts.c.id)
-            .where(accounts.c.username == username_key(username))
-            .order_by(roster_items.c.contact)
-        )
-        async with self._db.engine.connect() as conn:
-            rows = (await conn.execute(query)).all()
+        rows = await self._db.rows(_ROSTER, {"username": username_key(username)})
         if not rows:
             return Roster(version=0, items=())
         items = []
@@ -96,7 +106,8 @@ class SqlRosterStore:
     @translated
     async def get_item(self, username: str, contact: str) -> RosterItem | None:
         _, contact_key = contact_keys(contact)
-        async with self._db.engine.connect() as conn:
+
+        async def body(conn: Reader) -> RosterItem | None:
             account_id = await self._db.account_id(conn, username)
             if account_id is None:
                 return None
@@ -109,21 +120,24 @@ class SqlRosterStore:
             ).one_or_none()
             return None if row is None else _item_from_row(row)
 
+        return await self._db.read(body)
+
     @translated
     async def items_for(self, usernames: Sequence[str], contact: str) -> dict[str, RosterItem]:
         _, contact_key = contact_keys(contact)
-        found: dict[str, RosterItem] = {}
-        async with self._db.engine.connect() as conn:
-            for offset in range(0, len(usernames), _ITEMS_FOR_BATCH):
-                keys = [username_key(name) for name in usernames[offset : offset + _ITEMS_FOR_BATCH]]
-                query = (
-                    select(accounts.c.username, roster_items)
-                    .join(accounts, accounts.c.id == roster_items.c.account_id)
-                    .where(accounts.c.username.in_(keys), roster_items.c.contact_key == contact_key)
-                )
-                for row in await conn.execute(query):
+        batches = [
+            [username_key(name) for name in usernames[offset : offset + _ITEMS_FOR_BATCH]]
+            for offset in range(0, len(usernames), _ITEMS_FOR_BATCH)
+        ]
+
+        async def body(conn: Reader) -> dict[str, RosterItem]:
+            found: dict[str, RosterItem] = {}
+            for keys in batches:
+                for row in await conn.execute(_ITEMS_FOR, {"usernames": keys, "contact_key": contact_key}):
                     found[bytes(row.username).decode()] = _item_from_row(row)
-        return found
+            return found
+
+        return await self._db.read(body)
 
     @translated
     async def put(self, username: str, item: RosterItem, *, max_items: int | None = None) -> int:
@@ -194,12 +208,14 @@ class SqlRosterStore:
 
     @translated
     async def version(self, username: str) -> int:
-        async with self._db.engine.connect() as conn:
+        async def body(conn: Reader) -> int:
             account_id = await self._db.account_id(conn, username)
             return 0 if account_id is None else await self._version(conn, account_id)
 
+        return await self._db.read(body)
+
     @staticmethod
-    async def _version(conn: AsyncConnection, account_id: int) -> int:
+    async def _version(conn: Reader, account_id: int) -> int:
         version: int | None = (
             await conn.execute(
                 select(roster_versions.c.version).where(roster_versions.c.account_id == account_id)

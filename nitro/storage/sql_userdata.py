@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import bindparam, delete, func, insert, select
 
 from nitro.storage.errors import QuotaExceeded
 from nitro.storage.models import LastActivity
@@ -19,6 +19,13 @@ from nitro.storage.schema import (
 )
 from nitro.storage.sql_base import DELETE_CHUNK, Database, contact_keys, hashed_key, translated, username_key
 
+_BLOCKED = (  # built once (see sql_base._ACCOUNT_ID): read at every login
+    select(blocked_jids.c.jid)
+    .join_from(blocked_jids, accounts)
+    .where(accounts.c.username == bindparam("username"))
+    .order_by(blocked_jids.c.jid)  # UTF-8 bytes: code point order on every backend
+)
+
 
 class SqlBlockListStore:
     """BlockListStore on SQL; a JID is kept once however often it is blocked."""
@@ -28,14 +35,8 @@ class SqlBlockListStore:
 
     @translated
     async def list(self, username: str) -> list[str]:
-        query = (
-            select(blocked_jids.c.jid)
-            .join_from(blocked_jids, accounts)
-            .where(accounts.c.username == username_key(username))
-            .order_by(blocked_jids.c.jid)  # UTF-8 bytes: code point order on every backend
-        )
-        async with self._db.engine.connect() as conn:
-            return [jid.decode() for jid in (await conn.execute(query)).scalars()]
+        rows = await self._db.rows(_BLOCKED, {"username": username_key(username)})
+        return [row.jid.decode() for row in rows]
 
     @translated
     async def add(self, username: str, jids: Sequence[str]) -> None:
@@ -98,9 +99,9 @@ class SqlVCardStore:
             .join_from(vcards, accounts)
             .where(accounts.c.username == username_key(username))
         )
-        async with self._db.engine.connect() as conn:
-            vcard: bytes | None = (await conn.execute(query)).scalar_one_or_none()
-            return vcard
+        row = await self._db.one_or_none(query)
+        vcard: bytes | None = None if row is None else row.vcard
+        return vcard
 
     @translated
     async def set(self, username: str, vcard: bytes | None) -> None:
@@ -130,9 +131,9 @@ class SqlPrivateStore:
             .join_from(private_xml, accounts)
             .where(accounts.c.username == username_key(username), private_xml.c.key_hash == key_hash)
         )
-        async with self._db.engine.connect() as conn:
-            payload: bytes | None = (await conn.execute(query)).scalar_one_or_none()
-            return payload
+        row = await self._db.one_or_none(query)
+        payload: bytes | None = None if row is None else row.payload
+        return payload
 
     @translated
     async def set(self, username: str, key: str, payload: bytes, *, max_keys: int | None = None) -> None:
@@ -171,8 +172,7 @@ class SqlLastActivityStore:
             .join_from(last_activity, accounts)
             .where(accounts.c.username == username_key(username))
         )
-        async with self._db.engine.connect() as conn:
-            row = (await conn.execute(query)).one_or_none()
+        row = await self._db.one_or_none(query)
         return None if row is None else LastActivity(seen_at=row.seen_at, status=row.status)
 
     @translated
