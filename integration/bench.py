@@ -17,7 +17,7 @@ import os
 import sys
 import tempfile
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from integration.bench_servers import Plan, servers
@@ -73,16 +73,44 @@ def _delta_buckets(before: Samples, after: Samples, name: str) -> dict[float, fl
     return dict(sorted(buckets.items()))
 
 
-def record_loop_and_gc(result: Result, before: Samples | None, after: Samples | None) -> None:
-    """Rows for the phase just run: event-loop lag p99 (as the bucket bound it falls under), the largest
-    lag, and garbage-collection pauses over 20 ms and the longest one's bucket."""
-    if before is None or after is None:
-        return
+def _lag_p99(before: Samples, after: Samples) -> float | None:
+    """Event-loop lag p99 between two scrapes, in ms, as the bucket bound it falls under."""
     lag = _delta_buckets(before, after, "nitro_event_loop_lag_seconds")
     total = lag.get(float("inf"), 0.0)
-    if total:
-        bound = next(b for b, count in lag.items() if count >= 0.99 * total)
-        result.rows["event-loop lag p99 (ms, at most)"] = bound * 1000
+    if not total:
+        return None
+    return next(b for b, count in lag.items() if count >= 0.99 * total) * 1000
+
+
+def step_lag(url: str | None) -> Callable[[], Callable[[], float | None]] | None:
+    """For Result.step_lag: scrapes as a chat step starts and as it ends."""
+    if url is None:
+        return None
+
+    def start() -> Callable[[], float | None]:
+        before = scrape(url)
+
+        def stop() -> float | None:
+            after = scrape(url)
+            return None if before is None or after is None else _lag_p99(before, after)
+
+        return stop
+
+    return start
+
+
+def record_loop_and_gc(result: Result, before: Samples | None, after: Samples | None) -> None:
+    """Rows for the phase just run: event-loop lag p99 (as the bucket bound it falls under), the largest
+    lag, and garbage-collection pauses over 20 ms and the longest one's bucket; for a chat sweep also the
+    lag p99 of the step at half the highest rate delivered (a sweep's p99 mixes its overloaded steps in)."""
+    if before is None or after is None:
+        return
+    result.rows["event-loop lag p99 (ms, at most)"] = _lag_p99(before, after)
+    half = _half_rate_step(result)
+    if half is not None and half.loop_lag_p99 is not None:
+        result.rows[f"event-loop lag p99 at {half.offered:g}/s, half the max (ms, at most)"] = (
+            half.loop_lag_p99
+        )
     result.rows["event-loop lag max (ms)"] = after.get(("nitro_event_loop_lag_max_seconds", ()), 0.0) * 1000
     pauses = _delta_buckets(before, after, "nitro_gc_pause_seconds")
     if pauses:
@@ -140,6 +168,7 @@ def print_steps(result: Result) -> None:
             f"{s.undelivered:,}",
             _format(s.loadgen_cpu),
             _format(s.server_cpu),
+            _format(s.loop_lag_p99),
         ]
         for s in result.steps
     ]
@@ -152,9 +181,18 @@ def print_steps(result: Result) -> None:
         "undelivered",
         "loadgen %",
         "server %",
+        "loop lag p99 ms",
     ]
     print(f"\n{result.server}: chat rate sweep")
     print(table(headers, rows))
+
+
+def _half_rate_step(result: Result) -> Step | None:
+    """The sweep's highest offered rate at or under half the highest rate delivered."""
+    if not result.steps:
+        return None
+    half = max(s.delivered for s in result.steps) / 2
+    return max((s for s in result.steps if s.offered <= half), key=lambda s: s.offered, default=None)
 
 
 def common_rate(results: Sequence[Result]) -> Step | None:
@@ -373,6 +411,7 @@ def run(plan: Plan) -> int:
                                 str(cert),
                                 plan.verify,
                             )
+                            result.step_lag = step_lag(metrics)
                             before = scrape(metrics)
                             run_scenario(scenario, plan.settings, target, users, pid, cores, result)
                             record_loop_and_gc(result, before, scrape(metrics))

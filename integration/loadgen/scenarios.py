@@ -71,6 +71,7 @@ class Step:
     skipped: int
     loadgen_cpu: float  # percent of the generator's cores
     server_cpu: float | None  # percent of one core
+    loop_lag_p99: float | None = None  # the server's event-loop lag p99 in this step (ms; Nitro only)
 
 
 @dataclass(slots=True)
@@ -79,6 +80,8 @@ class Result:
     rows: dict[str, float | None] = field(default_factory=dict)
     steps: list[Step] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # called as a chat step starts; what it returns, called as the step ends, gives the step's loop lag p99
+    step_lag: Callable[[], Callable[[], float | None]] | None = None
 
 
 # --- CPU pinning and metering -----------------------------------------------------------------------
@@ -248,10 +251,12 @@ def chat_throughput(
         start_at = time.monotonic() + 0.3
         commands = [ChatStep(index, rate * len(s) / total, start_at, duration, drain) for s in pool.shares]
         meter = Meter(pool, pid, cores)
+        lag = None if result.step_lag is None else result.step_lag()
         chats = [
             r for r in pool.request(commands, timeout=duration + drain + 60) if isinstance(r, ChatReport)
         ]
         loadgen, server = meter.stop()
+        loop_lag = None if lag is None else lag()
         latencies: array.array[int] = array.array("q")
         for chat in chats:
             latencies.frombytes(chat.latencies_ns)
@@ -268,6 +273,7 @@ def chat_throughput(
             skipped=sum(c.skipped for c in chats),
             loadgen_cpu=loadgen,
             server_cpu=server,
+            loop_lag_p99=loop_lag,
         )
         result.steps.append(step)
         if loadgen > 90:
