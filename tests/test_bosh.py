@@ -158,12 +158,15 @@ async def test_carbons_copy_a_tcp_resources_chat_to_the_bosh_resource(
     bob = await clients.login(await clients.user("bob"))
     enabled = await alice_web.iq(f"<iq xmlns='{CLIENT}' type='set'><enable xmlns='{CARBONS}'/></iq>")
     assert enabled.get("type") == "result"
+    arrival = asyncio.ensure_future(
+        next_event(bob, "message")
+    )  # waiting before it is sent: it may come first
     alice_phone.send_message(mto=JID("bob@localhost"), mbody="from my phone", mtype="chat")
     carbon = await alice_web.recv(lambda e: e.find(f"{{{CARBONS}}}sent") is not None)
     forwarded = carbon.find(f"{{{CARBONS}}}sent/{{urn:xmpp:forward:0}}forwarded/{{{CLIENT}}}message")
     assert forwarded is not None
     assert forwarded.findtext(f"{{{CLIENT}}}body") == "from my phone"
-    assert (await next_event(bob, "message"))["body"] == "from my phone"
+    assert (await arrival)["body"] == "from my phone"
 
 
 async def test_the_archive_answers_over_bosh(server: Server, clients: Clients, new_client: NewClient) -> None:
@@ -172,8 +175,9 @@ async def test_the_archive_answers_over_bosh(server: Server, clients: Clients, n
     await befriend(server, "alice@localhost", "bob@localhost")
     bob.send_message(mto=JID(alice.jid), mbody="archived one", mtype="chat")
     await alice.recv(is_message("archived one"))
+    arrival = asyncio.ensure_future(next_event(bob, "message"))  # before sending: it may arrive first
     await alice.send(message("bob@localhost", "archived two"))
-    await next_event(bob, "message")
+    await arrival
     await alice.send(f"<iq xmlns='{CLIENT}' type='set' id='mam1'><query xmlns='{MAM}' queryid='q1'/></iq>")
     results: list[etree._Element] = []
     while True:
