@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -15,9 +17,10 @@ from sqlalchemy import insert, select
 from nitro.accounts import create_account
 from nitro.storage.errors import StorageUnavailable
 from nitro.storage.models import RosterItem
+from nitro.storage.protocols import Storage
 from nitro.storage.schema import accounts
 from nitro.storage.sql import open_database, sql_repositories
-from nitro.storage.sql_base import translate_errors
+from nitro.storage.sql_base import Database, translate_errors
 from nitro.storage.sqlite_read import Reader
 
 
@@ -25,13 +28,20 @@ def dsn(tmp_path: Path) -> str:
     return f"sqlite+aiosqlite:///{tmp_path}/nitro.db"
 
 
+@asynccontextmanager
+async def with_alice(tmp_path: Path) -> AsyncIterator[tuple[Database, Storage]]:
+    """A SQLite file with reads on the loop, holding the account alice."""
+    async with open_database(dsn(tmp_path)) as db:
+        storage = sql_repositories(db)
+        await create_account(storage, "alice", "secret", iterations=4096)
+        yield db, storage
+
+
 async def test_a_read_answers_on_the_loop_while_another_connection_holds_the_write_lock(
     tmp_path: Path,
 ) -> None:
-    async with open_database(dsn(tmp_path)) as db:
-        storage = sql_repositories(db)
+    async with with_alice(tmp_path) as (db, storage):
         assert db.loop_reader is not None
-        await create_account(storage, "alice", "secret", iterations=4096)
         await storage.rosters.put("alice", RosterItem(jid="bob@example.test", name=None, subscription="both"))
 
         writer = sqlite3.connect(tmp_path / "nitro.db", isolation_level=None, timeout=0)
@@ -55,10 +65,8 @@ async def test_a_read_answers_on_the_loop_while_another_connection_holds_the_wri
 async def test_a_busy_database_sends_the_read_to_the_async_path_which_waits_off_the_loop(
     tmp_path: Path,
 ) -> None:
-    async with open_database(dsn(tmp_path)) as db:
-        storage = sql_repositories(db)
+    async with with_alice(tmp_path) as (db, storage):
         assert db.loop_reader is not None
-        await create_account(storage, "alice", "secret", iterations=4096)
         await db.dispose()  # no connection of ours open, so another can lock the file for itself
 
         # Exclusive locking mode holds the file after this write: every other reader gets SQLITE_BUSY.
@@ -103,10 +111,8 @@ async def test_the_loop_connection_never_writes(tmp_path: Path) -> None:
 
 
 async def test_a_read_that_fails_leaves_no_transaction_open(tmp_path: Path) -> None:
-    async with open_database(dsn(tmp_path)) as db:
-        storage = sql_repositories(db)
+    async with with_alice(tmp_path) as (db, storage):
         assert db.loop_reader is not None
-        await create_account(storage, "alice", "secret", iterations=4096)
 
         async def failing(conn: Reader) -> None:
             await conn.execute(select(accounts.c.id))
