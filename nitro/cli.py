@@ -18,6 +18,7 @@ from nitro import __version__
 from nitro.accounts import InvalidUsername, change_password, create_account, prepare_username
 from nitro.cli_db import add_db_parser, db_command
 from nitro.config import Config, ConfigError, load_config
+from nitro.observe.heap import fix_mmap_threshold
 from nitro.observe.logs import configure as configure_logging
 from nitro.observe.runtime import loop_name, run
 from nitro.ops.check import add_check_parser, check_command
@@ -92,6 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level = "WARNING"  # `nitro user list` prints names, not log lines
     configure_logging(level, config.logging.format)
     if args.command == "serve":
+        fix_mmap_threshold(config.runtime.malloc_mmap_threshold)
         return run(serve(config, args.worker), use_uvloop=config.runtime.uvloop and not args.no_uvloop)
     if args.command == "db":
         return run(db_command(config, args))

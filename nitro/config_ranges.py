@@ -80,6 +80,7 @@ RANGES: dict[str, dict[str, _Range]] = {
     "private": {"max_namespaces": _NOT_NEGATIVE},  # 0: no limit
     "vcard": {"max_bytes": _AT_LEAST_ONE},
     "metrics": {"port": _PORT},
+    "runtime": {"malloc_mmap_threshold": (0, 32 * 1024 * 1024, True)},  # glibc refuses more than 32 MiB
     "plugins": {
         "port": _PORT,
         "handshake_timeout": _POSITIVE,

@@ -238,6 +238,9 @@ class LimitsSection:
 @dataclass(frozen=True, slots=True)
 class RuntimeSection:
     uvloop: bool = True  # uvloop as the event loop when it is installed; false: asyncio's own
+    malloc_mmap_threshold: int = (
+        128 * 1024
+    )  # glibc's mmap threshold, fixed (nitro/observe/heap.py); 0: dynamic
 
 
 @dataclass(frozen=True, slots=True)

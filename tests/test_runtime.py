@@ -51,6 +51,11 @@ def test_an_unknown_gc_key_is_refused() -> None:
 
 async def serving_line(config: Path, *args: str) -> bytes:
     """Start `nitro serve`, return its "serving" log line, stop it with SIGTERM."""
+    return (await startup_lines(config, *args))[-1]
+
+
+async def startup_lines(config: Path, *args: str) -> list[bytes]:
+    """Start `nitro serve`, return its log lines up to the "serving" one, stop it with SIGTERM."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -65,10 +70,11 @@ async def serving_line(config: Path, *args: str) -> bytes:
     )
     try:
         assert process.stdout is not None
+        lines: list[bytes] = []
         for _ in range(200):  # bounded: start-up logs a few dozen lines
-            line = await asyncio.wait_for(process.stdout.readline(), 30)
-            if b"serving localhost" in line or not line:
-                return line
+            lines.append(await asyncio.wait_for(process.stdout.readline(), 30))
+            if b"serving localhost" in lines[-1] or not lines[-1]:
+                return lines
         raise AssertionError("no 'serving' line")
     finally:
         process.terminate()

@@ -1,6 +1,13 @@
 """Giving freed C memory back to the system: glibc keeps the pages that lxml parsers and OpenSSL buffers
 freed inside the process (RSS) until `malloc_trim` returns them. Idle sessions free their parsers a few
 seconds after their last input (nitro/transports/tcp_task.py); one trim a second at most follows (issue 16).
+
+And keeping large blocks out of the heap in the first place: glibc serves an allocation of at least
+`M_MMAP_THRESHOLD` bytes (128 KiB by default) with its own `mmap`, whose untouched pages cost nothing and
+which goes back to the system when freed; but once any such block is freed, glibc raises the threshold to
+that block's size. A server with TLS frees one early (uvloop's TLS protocol allocates a 256 KiB read buffer
+per connection), and from then on each connection's buffer lies on heap pages other allocations already
+touched. `fix_mmap_threshold` sets the threshold explicitly, which turns that adjustment off.
 """
 
 from __future__ import annotations
@@ -9,25 +16,50 @@ import asyncio
 import contextlib
 import ctypes
 import ctypes.util
+import logging
 from collections.abc import Callable
+
+log = logging.getLogger(__name__)
 
 TRIM_DELAY = 1.0  # seconds between the first release and the trim that follows (releases come in waves)
 
 
-def _malloc_trim() -> Callable[[int], int] | None:
-    """glibc's `malloc_trim`, or None (another C library, or none found)."""
-    name = ctypes.util.find_library("c")
-    if name is None:
+M_MMAP_THRESHOLD = -3  # glibc's malloc.h
+MAX_MMAP_THRESHOLD = 32 * 1024 * 1024  # glibc's DEFAULT_MMAP_THRESHOLD_MAX on 64-bit: mallopt refuses more
+
+
+def _glibc(name: str, argtypes: list[type], restype: type) -> Callable[..., int] | None:
+    """A function of glibc's allocator, or None (another C library, or none found)."""
+    library = ctypes.util.find_library("c")
+    if library is None:
         return None
     with contextlib.suppress(OSError, AttributeError):
-        function = ctypes.CDLL(name).malloc_trim
-        function.argtypes = [ctypes.c_size_t]
-        function.restype = ctypes.c_int
-        return function
+        function = getattr(ctypes.CDLL(library), name)
+        function.argtypes = argtypes
+        function.restype = restype
+        return function  # type: ignore[no-any-return]
     return None
 
 
-_TRIM = _malloc_trim()
+_TRIM = _glibc("malloc_trim", [ctypes.c_size_t], ctypes.c_int)
+_MALLOPT = _glibc("mallopt", [ctypes.c_int, ctypes.c_int], ctypes.c_int)
+
+
+def fix_mmap_threshold(nbytes: int) -> bool:
+    """Serve allocations of `nbytes` or more with mmap for the life of the process, and stop glibc from
+    raising that threshold. 0 leaves glibc's dynamic threshold alone. True when it was set."""
+    if nbytes <= 0:
+        return False
+    if _MALLOPT is None:
+        log.info("malloc: no glibc, [runtime] malloc_mmap_threshold has nothing to set")
+        return False
+    if not _MALLOPT(M_MMAP_THRESHOLD, min(nbytes, MAX_MMAP_THRESHOLD)):
+        log.warning("malloc: glibc refused an mmap threshold of %d bytes", nbytes)
+        return False
+    log.info("malloc: mmap threshold fixed at %d bytes", nbytes)
+    return True
+
+
 _scheduled: set[asyncio.AbstractEventLoop] = set()
 
 
