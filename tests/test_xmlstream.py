@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 from lxml import etree
 
@@ -545,3 +547,26 @@ def test_a_presence_does_not_keep_the_streams_parser_alive() -> None:
     assert not isinstance(presence.getroottree().parser, etree.XMLPullParser)
     assert serialize(presence) == b"<presence><show>away</show></presence>"
     assert message.getroottree().getroot() is message
+
+
+def _pull_parsers() -> int:
+    return sum(1 for o in gc.get_objects() if isinstance(o, etree.XMLPullParser))
+
+
+@pytest.mark.parametrize("let_go", ["release", "dispose"])
+def test_a_let_go_parser_is_freed_at_once_not_at_the_next_garbage_collection(let_go: str) -> None:
+    """lxml's parser and the open stream element refer to each other; a session's parser is old enough to
+    wait minutes for the collection of the oldest generation, so the cycle is undone when it is let go."""
+    gc.collect()
+    gc.disable()
+    try:
+        parser = XMLStreamParser()
+        feed(stream(b"<presence/><message to='a@b'><body>hi</body></message>"), parser)
+        alive = _pull_parsers()
+        if let_go == "release":
+            assert parser.release()
+        else:
+            parser.dispose()
+        assert _pull_parsers() == alive - 1
+    finally:
+        gc.enable()

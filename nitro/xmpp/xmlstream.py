@@ -118,6 +118,22 @@ class NameBudget:
             add(str(key).rpartition("}")[2])
 
 
+def _let_go(parser: etree.XMLPullParser) -> None:
+    """Free `parser` now rather than at the next full garbage collection.
+
+    lxml's parser keeps the open stream element on its stack, and that element's document refers to the
+    parser: a cycle, with the parser's C state (~11 KB) and what an unfinished element holds (a start tag
+    of thousands of attributes: a megabyte). A session's parser lives long enough to reach the oldest
+    generation, which is collected at most every few minutes (`[gc] full_interval`), so a released idle
+    parser used to stay until then. Ending the parse, then reading the events that leaves, empties the
+    stack and lets them all go by reference counting.
+    """
+    with contextlib.suppress(etree.XMLSyntaxError):
+        parser.close()
+    for _event in parser.read_events():
+        pass
+
+
 class XMLStreamParser:
     """Turns the bytes of one inbound XML stream into `StreamEvent`s; raises `StreamError` when they break it.
 
@@ -205,9 +221,10 @@ class XMLStreamParser:
         )
         name = f"{root.prefix}:stream" if root.prefix else "stream"
         self._resume = f"<{name}{declarations}>".encode()
-        self._parser = None
+        parser, self._parser = self._parser, None
         self._root = None
         self._pending = 0
+        _let_go(parser)
         return True
 
     def dispose(self) -> None:
@@ -215,14 +232,7 @@ class XMLStreamParser:
         parser, self._parser = self._parser, None
         self._root = None
         if parser is not None:
-            # lxml's parser, its unread events, their elements and the elements' document (which refers to
-            # the parser) form a cycle: dropped as they are, they wait for the garbage collector with what
-            # an unfinished element holds (a start tag of thousands of attributes: a megabyte). Ending
-            # the parse, then reading the events that leaves, lets them all go now.
-            with contextlib.suppress(etree.XMLSyntaxError):
-                parser.close()
-            for _event in parser.read_events():
-                pass
+            _let_go(parser)
         self._prolog = None
         self._resume = None
         # a new error: the first one's traceback holds this parser's frames, a cycle of its own
