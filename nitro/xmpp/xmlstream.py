@@ -224,7 +224,8 @@ class XMLStreamParser:
         parser, self._parser = self._parser, None
         self._root = None
         self._pending = 0
-        _let_go(parser)
+        if parser is not None:
+            _let_go(parser)
         return True
 
     def dispose(self) -> None:
