@@ -81,6 +81,25 @@ def test_invalidate_drops_the_whole_group_only() -> None:
     assert cache.bytes == 1
 
 
+def test_a_group_shrunk_to_one_key_and_grown_again_still_invalidates_whole() -> None:
+    cache = LruCache(max_entries=3, max_bytes=100, ttl=60)
+    put(cache, "pep:alice:1", group="pep:alice")
+    put(cache, "pep:alice:1", group="pep:alice")  # the same key again: still one
+    put(cache, "pep:alice:2", group="pep:alice")
+    put(cache, "pep:bob:1", group="pep:bob")
+    put(cache, "pep:bob:2", group="pep:bob")  # evicts pep:alice:1, the least recently used
+    assert cache.peek("pep:alice:1") is None
+    put(cache, "pep:alice:3", group="pep:alice")  # evicts pep:alice:2
+    put(cache, "pep:alice:4", group="pep:alice")  # evicts pep:bob:1
+    cache.invalidate("pep:alice")
+    assert [cache.peek(f"pep:alice:{n}") for n in (2, 3, 4)] == [None, None, None]
+    assert cache.peek("pep:bob:2") is not None
+    assert len(cache) == 1
+    cache.invalidate("pep:bob")
+    assert len(cache) == 0
+    assert cache.bytes == 0
+
+
 def test_a_fill_that_began_before_an_invalidation_is_refused() -> None:
     cache = LruCache(max_entries=10, max_bytes=100, ttl=60)
     before = cache.snapshot()  # a reader starts reading SQL …

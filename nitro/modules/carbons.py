@@ -112,11 +112,13 @@ def load(module: Module) -> None:
         sender = event.from_
         if event.to.bare == sender.bare:
             return  # to one's own account: the recipient side (below) decides who sees it
-        if not eligible(event, outbound=True):
+        # Who would get a copy first: most senders have no other carbons-enabled resource, and that is
+        # cheaper to learn than whether the message is eligible (§6's several lookups in the stanza).
+        copies = [r for r in server.sessions.resources(sender.bare) if r.jid != sender and enabled(r)]
+        if not copies or not eligible(event, outbound=True):
             return
-        for resource in server.sessions.resources(sender.bare):
-            if resource.jid != sender and enabled(resource):
-                server.deliver(resource.jid, wrap(event.stanza, "sent", sender.bare, resource.jid))
+        for resource in copies:
+            server.deliver(resource.jid, wrap(event.stanza, "sent", sender.bare, resource.jid))
 
     async def on_received(event: StanzaEvent) -> None:
         """§7: a copy to each carbons-enabled resource of the recipient that does not get the message."""

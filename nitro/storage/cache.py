@@ -41,7 +41,9 @@ class LruCache:
         self.ttl = ttl
         self._clock = clock
         self._entries: OrderedDict[str, Entry] = OrderedDict()
-        self._groups: dict[str, set[str]] = {}
+        # group -> its one key, or a set of its keys once it has several (most groups hold one value, and
+        # a set costs 216 bytes: three of them per online user, see `_add_to_group`)
+        self._groups: dict[str, str | set[str]] = {}
         self._bytes = 0
         self._counter = 0
         self._invalidated: OrderedDict[str, int] = OrderedDict()
@@ -97,7 +99,7 @@ class LruCache:
             return False
         self._remove(key)
         self._entries[key] = Entry(value, kind, group, size, token, self._clock() + self.ttl)
-        self._groups.setdefault(group, set()).add(key)
+        self._add_to_group(group, key)
         self._bytes += size
         while len(self._entries) > self.max_entries or self._bytes > self.max_bytes:
             oldest, entry = next(iter(self._entries.items()))
@@ -113,7 +115,8 @@ class LruCache:
         while len(self._invalidated) > _REMEMBERED_INVALIDATIONS:
             _, counter = self._invalidated.popitem(last=False)
             self._floor = max(self._floor, counter)
-        for key in list(self._groups.get(group, ())):
+        keys = self._groups.get(group)
+        for key in [keys] if isinstance(keys, str) else list(keys or ()):
             self._remove(key)
 
     def clear(self) -> None:
@@ -131,7 +134,20 @@ class LruCache:
             return
         self._bytes -= entry.size
         keys = self._groups.get(entry.group)
-        if keys is not None:
-            keys.discard(key)
-            if not keys:
+        if isinstance(keys, str):
+            if keys == key:
                 del self._groups[entry.group]
+        elif keys is not None:
+            keys.discard(key)
+            if len(keys) == 1:
+                self._groups[entry.group] = next(iter(keys))
+
+    def _add_to_group(self, group: str, key: str) -> None:
+        keys = self._groups.get(group)
+        if keys is None:
+            self._groups[group] = key
+        elif isinstance(keys, str):
+            if keys != key:
+                self._groups[group] = {keys, key}
+        else:
+            keys.add(key)
