@@ -63,8 +63,13 @@ class StreamInput:
         counted and its stream is parsed on the event loop's thread."""
         if authenticated:
             self.parser.max_names = None
+        lane = self.lane
+        if lane is None or lane.stopped:
+            self.parser.reset()
+        else:  # the old stream's parser is let go of where it parsed (see `close`)
+            lane.run(self.parser.reset)
+        if authenticated:
             self.leave_lane()
-        self.parser.reset()
         self.restarted = True
 
     def close(self) -> None:

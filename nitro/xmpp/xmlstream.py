@@ -176,7 +176,13 @@ class XMLStreamParser:
         self.reset()
 
     def reset(self) -> None:
-        """Drop all state and buffered bytes; expect a new stream header (RFC 6120 §5.4.3.3, §6.4.6)."""
+        """Drop all state and buffered bytes; expect a new stream header (RFC 6120 §5.4.3.3, §6.4.6).
+
+        The old stream's parser is let go of at once (see `_let_go`): the stream before STARTTLS and the one
+        before authentication last long enough in a login storm to reach the oldest generation."""
+        previous: etree.XMLPullParser | None = getattr(self, "_parser", None)  # unset when called by __init__
+        if previous is not None:
+            _let_go(previous)
         self._names: NameBudget | None = None if self.max_names is None else NameBudget(self.max_names)
         self._parser: etree.XMLPullParser | None = self._new_parser()
         self._root: etree._Element | None = None
