@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from lxml import etree
 
+from nitro.core.events import STANZA_FILTER
 from nitro.core.module import Module, SessionEvent
 from nitro.core.pace import paced
 from nitro.core.router import StanzaEvent
@@ -90,6 +91,10 @@ class Presence:
     def available_resources(self, user: JID) -> list[Resource]:
         return [resource for resource in self.server.sessions.resources(user) if resource.available]
 
+    def online(self, user: JID) -> bool:
+        """Whether `user` has an available resource (on any node)."""
+        return any(resource.available for resource in self.server.sessions.resources(user))
+
     # -- broadcast (§4.2, §4.4, §4.5) --------------------------------------------------------------------
 
     async def available(self, session: Session, presence: etree._Element) -> None:
@@ -143,9 +148,17 @@ class Presence:
     async def broadcast(
         self, session: Session, presence: etree._Element, items: tuple[RosterItem, ...]
     ) -> None:
-        """To every contact with a subscription to the user, and to the user's available resources."""
+        """To every contact with a subscription to the user, and to the user's available resources.
+
+        A copy for a contact without an available resource would be dropped on delivery (§8.5.2.2.2, and
+        §4.2.2 lets the server skip it): it is not routed at all, unless stanza filters (plugins) are
+        registered, which see every stanza the router would have routed.
+        """
+        every = self.server.bus.has_filters(STANZA_FILTER)
         async for item in paced(items):  # a roster of thousands: other sessions get turns meanwhile
-            if state_of(item).from_ and is_local(self.server, item.jid):
+            if not state_of(item).from_ or not is_local(self.server, item.jid):
+                continue
+            if every or self.online(JID.parse(item.jid)):
                 await self.route(_addressed(presence, item.jid))
         for own in self.available_resources(session.jid.bare):
             await self.route(_addressed(presence, own.jid))
