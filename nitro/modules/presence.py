@@ -67,7 +67,7 @@ def _check_type(event: StanzaEvent) -> None:
 
 
 def _addressed(presence: etree._Element, to: JID | str) -> etree._Element:
-    sent = copy.deepcopy(presence)
+    sent = copy.copy(presence)  # lxml copies the whole subtree (as deepcopy does, without its memo)
     sent.set("to", str(to))
     return sent
 
