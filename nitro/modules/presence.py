@@ -91,10 +91,6 @@ class Presence:
     def available_resources(self, user: JID) -> list[Resource]:
         return [resource for resource in self.server.sessions.resources(user) if resource.available]
 
-    def online(self, user: JID) -> bool:
-        """Whether `user` has an available resource (on any node)."""
-        return any(resource.available for resource in self.server.sessions.resources(user))
-
     # -- broadcast (§4.2, §4.4, §4.5) --------------------------------------------------------------------
 
     async def available(self, session: Session, presence: etree._Element) -> None:
@@ -158,7 +154,7 @@ class Presence:
         async for item in paced(items):  # a roster of thousands: other sessions get turns meanwhile
             if not state_of(item).from_ or not is_local(self.server, item.jid):
                 continue
-            if every or self.online(JID.parse(item.jid)):
+            if every or self.server.sessions.available(JID.parse(item.jid)):
                 await self.route(_addressed(presence, item.jid))
         for own in self.available_resources(session.jid.bare):
             await self.route(_addressed(presence, own.jid))
