@@ -135,8 +135,10 @@ class Presence:
             except StanzaError:
                 session.log.warning("roster unavailable: contacts get no unavailable presence")
             await self.broadcast(session, presence, items)
-        told = {JID.parse(item.jid).bare for item in items if state_of(item).from_}
         directed, session.directed_to = session.directed_to, frozenset()
+        if not directed:
+            return
+        told = {JID.parse(item.jid).bare for item in items if state_of(item).from_}
         for target in directed:
             if target.bare not in told:
                 await self.route(_addressed(presence, target))
