@@ -493,3 +493,14 @@ async def test_stanza_filters_see_the_copies_for_offline_contacts_too(
     alice, alice_inbox = await login_with_inbox(clients, alice_jid)
     await alice_inbox.receives("available", str(alice.boundjid))
     await wait_for(lambda: (None, bob_jid) in filtered)
+
+
+async def test_a_contact_stored_with_a_full_jid_gets_the_broadcast_while_that_resource_is_bound(
+    server: Server, clients: Clients
+) -> None:
+    """§8.5.3.1: presence for a full JID goes to that resource if it is connected, available or not."""
+    alice_jid, bob_jid = await clients.user("alice"), await clients.user("bob")
+    await server.storage.rosters.put("alice", RosterItem(f"{bob_jid}/desk", subscription="from"))
+    _desk, desk_inbox = await login_with_inbox(clients, f"{bob_jid}/desk", send_presence=False)
+    alice = await clients.login(alice_jid)
+    await desk_inbox.receives("available", str(alice.boundjid))

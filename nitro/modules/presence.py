@@ -91,6 +91,13 @@ class Presence:
     def available_resources(self, user: JID) -> list[Resource]:
         return [resource for resource in self.server.sessions.resources(user) if resource.available]
 
+    def reachable(self, contact: JID) -> bool:
+        """Whether presence for `contact` would be delivered: to an available resource of an account
+        (RFC 6121 §8.5.2.1.1), or to a full JID that is bound, available or not (§8.5.3.1)."""
+        if contact.resource is not None:
+            return self.server.sessions.resource(contact) is not None
+        return self.server.sessions.available(contact)
+
     # -- broadcast (§4.2, §4.4, §4.5) --------------------------------------------------------------------
 
     async def available(self, session: Session, presence: etree._Element) -> None:
@@ -156,7 +163,7 @@ class Presence:
         async for item in paced(items):  # a roster of thousands: other sessions get turns meanwhile
             if not state_of(item).from_ or not is_local(self.server, item.jid):
                 continue
-            if every or self.server.sessions.available(JID.parse(item.jid)):
+            if every or self.reachable(JID.parse(item.jid)):
                 await self.route(_addressed(presence, item.jid))
         for own in self.available_resources(session.jid.bare):
             await self.route(_addressed(presence, own.jid))
