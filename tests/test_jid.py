@@ -209,3 +209,11 @@ def test_invalid_jid_is_a_value_error_naming_the_part() -> None:
 
 def test_parse_is_cached() -> None:
     assert JID.parse("romeo@example.net/orchard") is JID.parse("romeo@example.net/orchard")
+
+
+def test_the_bare_jid_of_full_jids_is_one_shared_value() -> None:
+    phone, laptop = JID.parse("juliet@example.com/phone"), JID.parse("Juliet@Example.com/laptop")
+    assert phone.bare == JID("juliet", "example.com", None)
+    assert phone.bare is laptop.bare  # built once: routing asks for it with every stanza
+    assert phone.bare.bare is phone.bare
+    assert JID.parse("example.com/admin").bare == JID(None, "example.com", None)

@@ -10,7 +10,9 @@ from typing import Any
 import slixmpp
 from conftest import Clients, wait_for
 
+from nitro.core.events import PASS, STANZA_FILTER, RoutedStanza, Verdict
 from nitro.core.module import SessionEvent
+from nitro.core.router import StanzaEvent
 from nitro.server import Server
 from nitro.storage.models import RosterItem
 from nitro.xmpp.jid import JID
@@ -445,3 +447,60 @@ async def test_a_strangers_request_is_not_on_the_roster_until_approved(
     alice.send_presence(pto=eve_jid, ptype="subscribed")  # alice approves: now eve is on her roster
     await eventually(server, "alice", eve_jid, RosterItem(eve_jid, subscription="from"))
     await wait_for(lambda: alice.client_roster[eve_jid]["subscription"] == "from")  # pushed
+
+
+async def test_a_broadcast_routes_no_copy_for_a_contact_with_no_available_resource(
+    server: Server, clients: Clients
+) -> None:
+    """§4.2.2 and §8.5.2.2.2: carol is offline and bob bound but not yet available: neither copy would be
+    delivered, so neither is routed; dave, available, gets his."""
+    alice_jid, bob_jid = await clients.user("alice"), await clients.user("bob")
+    carol_jid, dave_jid = await clients.user("carol"), await clients.user("dave")
+    for contact in (bob_jid, carol_jid, dave_jid):
+        await befriend(server, alice_jid, contact)
+    routed: list[str] = []
+
+    async def seen(event: StanzaEvent) -> bool:
+        if str(event.from_.bare) == alice_jid:
+            routed.append(str(event.to))
+        return False
+
+    _bob, bob_inbox = await login_with_inbox(clients, bob_jid, send_presence=False)
+    _dave, dave_inbox = await login_with_inbox(clients, dave_jid)
+    server.bus.add("presence/bare", seen, priority=100)
+    alice = await clients.login(alice_jid)
+    await dave_inbox.receives("available", str(alice.boundjid))
+    alice.disconnect()
+    await dave_inbox.receives("unavailable", str(alice.boundjid))
+    assert routed == [dave_jid, dave_jid]
+    assert bob_inbox.matching("available", str(alice.boundjid)) == []
+
+
+async def test_stanza_filters_see_the_copies_for_offline_contacts_too(
+    server: Server, clients: Clients
+) -> None:
+    """Plugins' filters see every stanza the router would route: with one registered, nothing is skipped."""
+    alice_jid, bob_jid = await clients.user("alice"), await clients.user("bob")
+    await befriend(server, alice_jid, bob_jid)
+    filtered: list[tuple[str | None, str]] = []
+
+    async def look(payload: RoutedStanza) -> Verdict:
+        if payload.stanza.tag.endswith("presence") and str(payload.from_.bare) == alice_jid:
+            filtered.append((payload.stanza.get("type"), str(payload.to)))
+        return PASS
+
+    server.bus.add_filter(STANZA_FILTER, look)
+    alice, alice_inbox = await login_with_inbox(clients, alice_jid)
+    await alice_inbox.receives("available", str(alice.boundjid))
+    await wait_for(lambda: (None, bob_jid) in filtered)
+
+
+async def test_a_contact_stored_with_a_full_jid_gets_the_broadcast_while_that_resource_is_bound(
+    server: Server, clients: Clients
+) -> None:
+    """§8.5.3.1: presence for a full JID goes to that resource if it is connected, available or not."""
+    alice_jid, bob_jid = await clients.user("alice"), await clients.user("bob")
+    await server.storage.rosters.put("alice", RosterItem(f"{bob_jid}/desk", subscription="from"))
+    _desk, desk_inbox = await login_with_inbox(clients, f"{bob_jid}/desk", send_presence=False)
+    alice = await clients.login(alice_jid)
+    await desk_inbox.receives("available", str(alice.boundjid))

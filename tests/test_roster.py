@@ -12,7 +12,12 @@ from slixmpp import Iq
 from slixmpp.exceptions import IqError
 from slixmpp.xmlstream import ET
 
+from nitro.modules.roster import item_element
 from nitro.server import Server
+from nitro.storage.models import RosterItem
+from nitro.xmpp import ns
+from nitro.xmpp.stanza import element
+from nitro.xmpp.xmlstream import serialize
 
 ROSTER = "jabber:iq:roster"
 
@@ -220,3 +225,20 @@ async def test_roster_set_ignores_subscription_and_ask_sent_by_the_client(
     item = await server.storage.rosters.get_item("alice", "bob@localhost")
     assert item is not None
     assert (item.subscription, item.ask) == ("none", False)  # RFC 6121 §2.1.2.5, §2.3.3
+
+
+def test_items_built_in_the_query_are_written_as_items_built_alone() -> None:
+    """§2.1.2: the roster result builds its items in place; the bytes are those of items moved in."""
+    items = [
+        RosterItem(
+            "romeo@localhost", name="Romeo & <Juliet>", subscription="to", groups=("Friends", "Grüße")
+        ),
+        RosterItem("nurse@localhost", subscription="from", approved=True),
+        RosterItem("mercutio@localhost", subscription="none", ask=True),
+    ]
+    alone, built = element(ns.ROSTER, "query", ver="7"), element(ns.ROSTER, "query", ver="7")
+    for item in items:
+        alone.append(item_element(item, item.jid))
+        assert item_element(item, item.jid, built) is built[-1]
+    assert serialize(built) == serialize(alone)
+    assert serialize(built).count(b"xmlns") == 1

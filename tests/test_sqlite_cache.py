@@ -237,3 +237,48 @@ async def test_a_commit_elsewhere_during_a_look_is_seen_by_the_reads_after_it(tm
         assert await early in ([], ["eve@localhost"])  # concurrent with the commit: either is linearizable
         assert await late == ["eve@localhost"]
         assert len(looks) == 2  # the late read did not rely on the look that began before it
+
+
+async def test_items_for_takes_cached_rosters_and_reads_the_others(tmp_path: Path) -> None:
+    """A login's probes: the contacts' rosters cached here answer without SQL; the others are read."""
+    config = make_config(tmp_path, redis={"instances": []})
+    async with open_storage(config) as storage:
+        for name in ("alice", "bob", "carol", "dave"):
+            await create_account(storage, name, "secret")
+        for name in ("bob", "carol", "dave"):
+            await storage.rosters.put(name, item("alice@localhost"))
+        await storage.rosters.put("dave", item("zed@localhost"))
+        await storage.rosters.get("bob")  # bob's and dave's rosters are cached; carol's is not
+        await storage.rosters.get("dave")
+        before = hits(storage, "roster")
+        found = await storage.rosters.items_for(["bob", "carol", "dave", "erin"], "alice@localhost")
+        assert found == {name: item("alice@localhost") for name in ("bob", "carol", "dave")}
+        assert hits(storage, "roster") == before + 2
+        assert await storage.rosters.items_for(["bob", "dave"], "nobody@localhost") == {}
+        assert await storage.rosters.items_for([], "alice@localhost") == {}
+
+
+async def test_items_for_sees_another_process_commit_over_a_cached_roster(tmp_path: Path) -> None:
+    config = make_config(tmp_path, redis={"instances": []})
+    async with open_storage(config) as first, open_storage(config) as second:
+        await create_account(first, "alice", "secret")
+        await create_account(first, "bob", "secret")
+        await first.rosters.put("bob", item("alice@localhost"))
+        await first.rosters.get("bob")
+        assert await first.rosters.items_for(["bob"], "alice@localhost") == {"bob": item("alice@localhost")}
+        from_only = RosterItem(jid="alice@localhost", name="A", subscription="from")
+        await second.rosters.put("bob", from_only)  # another pool, as another process
+        assert await first.rosters.items_for(["bob"], "alice@localhost") == {"bob": from_only}
+        await second.rosters.remove("bob", "alice@localhost")
+        assert await first.rosters.items_for(["bob"], "alice@localhost") == {}
+
+
+async def test_items_for_own_write_is_seen_at_once(tmp_path: Path) -> None:
+    config = make_config(tmp_path, redis={"instances": []})
+    async with open_storage(config) as storage:
+        await create_account(storage, "alice", "secret")
+        await create_account(storage, "bob", "secret")
+        await storage.rosters.put("bob", item("alice@localhost"))
+        await storage.rosters.get("bob")
+        await storage.rosters.remove("bob", "alice@localhost")
+        assert await storage.rosters.items_for(["bob"], "alice@localhost") == {}

@@ -86,6 +86,13 @@ class Sessions(Generic[S]):
             return session.resource
         return None if self.remote is None else self.remote.resource(full)
 
+    def available(self, bare: JID) -> bool:
+        """Whether the account has an available resource (RFC 6121 §4.1) here or on another node."""
+        for session in self._by_bare.get(bare.bare, {}).values():
+            if session.resource.available:
+                return True
+        return self.remote is not None and any(r.available for r in self.remote.resources(bare))
+
     def online(self, bare: JID) -> bool:
         return bool(self._by_bare.get(bare.bare)) or (
             self.remote is not None and bool(self.remote.resources(bare))

@@ -100,7 +100,9 @@ class BlockLists:
     async def blocks(self, user: JID, other: JID) -> bool:
         """Whether the local `user` has blocked `other`. A user's own resources never block each other
         (§5: "MUST NOT block communications from one of a user's resources to another")."""
-        if user.local is None or user.domain != self.server.domain or other.bare == user.bare:
+        if user.local is None or user.domain != self.server.domain:
+            return False
+        if other.local == user.local and other.domain == user.domain:  # the same account (§5)
             return False
         entries = await self.get(user.local)
         return bool(entries) and any(candidate in entries for candidate in candidates(other))
@@ -295,7 +297,7 @@ def load(module: Module) -> None:
         if (
             kind == "presence"
             and event.type in (None, "unavailable", "error")
-            and not server.sessions.resources(to.bare)
+            and not server.sessions.online(to.bare)
         ):
             return False  # delivered to nobody anyway (RFC 6121 §8.5.2.2.2): spare the lookup
         try:

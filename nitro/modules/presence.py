@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from lxml import etree
 
+from nitro.core.events import STANZA_FILTER
 from nitro.core.module import Module, SessionEvent
 from nitro.core.pace import paced
 from nitro.core.router import StanzaEvent
@@ -66,7 +67,7 @@ def _check_type(event: StanzaEvent) -> None:
 
 
 def _addressed(presence: etree._Element, to: JID | str) -> etree._Element:
-    sent = copy.deepcopy(presence)
+    sent = copy.copy(presence)  # lxml copies the whole subtree (as deepcopy does, without its memo)
     sent.set("to", str(to))
     return sent
 
@@ -89,6 +90,13 @@ class Presence:
 
     def available_resources(self, user: JID) -> list[Resource]:
         return [resource for resource in self.server.sessions.resources(user) if resource.available]
+
+    def reachable(self, contact: JID) -> bool:
+        """Whether presence for `contact` would be delivered: to an available resource of an account
+        (RFC 6121 §8.5.2.1.1), or to a full JID that is bound, available or not (§8.5.3.1)."""
+        if contact.resource is not None:
+            return self.server.sessions.resource(contact) is not None
+        return self.server.sessions.available(contact)
 
     # -- broadcast (§4.2, §4.4, §4.5) --------------------------------------------------------------------
 
@@ -134,8 +142,10 @@ class Presence:
             except StanzaError:
                 session.log.warning("roster unavailable: contacts get no unavailable presence")
             await self.broadcast(session, presence, items)
-        told = {JID.parse(item.jid).bare for item in items if state_of(item).from_}
         directed, session.directed_to = session.directed_to, frozenset()
+        if not directed:
+            return
+        told = {JID.parse(item.jid).bare for item in items if state_of(item).from_}
         for target in directed:
             if target.bare not in told:
                 await self.route(_addressed(presence, target))
@@ -143,9 +153,17 @@ class Presence:
     async def broadcast(
         self, session: Session, presence: etree._Element, items: tuple[RosterItem, ...]
     ) -> None:
-        """To every contact with a subscription to the user, and to the user's available resources."""
+        """To every contact with a subscription to the user, and to the user's available resources.
+
+        A copy for a contact without an available resource would be dropped on delivery (§8.5.2.2.2, and
+        §4.2.2 lets the server skip it): it is not routed at all, unless stanza filters (plugins) are
+        registered, which see every stanza the router would have routed.
+        """
+        every = self.server.bus.has_filters(STANZA_FILTER)
         async for item in paced(items):  # a roster of thousands: other sessions get turns meanwhile
-            if state_of(item).from_ and is_local(self.server, item.jid):
+            if not state_of(item).from_ or not is_local(self.server, item.jid):
+                continue
+            if every or self.reachable(JID.parse(item.jid)):
                 await self.route(_addressed(presence, item.jid))
         for own in self.available_resources(session.jid.bare):
             await self.route(_addressed(presence, own.jid))

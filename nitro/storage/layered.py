@@ -113,16 +113,26 @@ class CachedRosterStore:
         )
 
     async def get_item(self, username: str, contact: str) -> RosterItem | None:
-        return next((item for item in (await self.get(username)).items if item.jid == contact), None)
+        return _item_of(await self.get(username), contact)
 
     async def items_for(self, usernames: Sequence[str], contact: str) -> dict[str, RosterItem]:
-        if self._tiers.ring is None:  # one query (without a ring, cached copies of others are few)
-            return await self._sql.items_for(usernames, contact)
         found: dict[str, RosterItem] = {}
-        for username in usernames:  # cached rosters, each checked against its generation
-            item = await self.get_item(username, contact)
+        if self._tiers.ring is not None:
+            for username in usernames:  # cached rosters, each checked against its generation
+                item = await self.get_item(username, contact)
+                if item is not None:
+                    found[username] = item
+            return found
+        # The rosters cached here (an online contact's, read at its login) answer at once; one query reads
+        # the contact's item in the others (all of them on a backend this process cannot cache).
+        cached = await self._tiers.cached(codecs.ROSTER, usernames)
+        for username, roster in cached.items():
+            item = _item_of(roster, contact)
             if item is not None:
                 found[username] = item
+        missing = [username for username in usernames if username not in cached]
+        if missing:
+            found.update(await self._sql.items_for(missing, contact))
         return found
 
     async def put(self, username: str, item: RosterItem, *, max_items: int | None = None) -> int:
@@ -155,6 +165,10 @@ class CachedRosterStore:
 
     async def version(self, username: str) -> int:
         return (await self.get(username)).version
+
+
+def _item_of(roster: Roster, contact: str) -> RosterItem | None:
+    return next((item for item in roster.items if item.jid == contact), None)
 
 
 class CachedArchiveStore:

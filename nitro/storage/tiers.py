@@ -41,7 +41,7 @@ import logging
 import secrets
 import sqlite3
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 from nitro.config import Config
@@ -219,9 +219,7 @@ class Tiers:
             return await load()
         await self.fresh()
         kind = codec.kind
-        key = (
-            f"{kind}.v{codec.version}:{owner}" if item is None else f"{kind}.v{codec.version}:{owner}:{item}"
-        )
+        key = _watched_key(codec, owner, item)
         entry = self.cache.peek(key)
         if entry is not None:
             self.cache.hit(kind)
@@ -231,6 +229,24 @@ class Tiers:
         value = await load()
         self._keep(key, kind, owner, value, len(codec.encode(value)), "", counter)
         return value
+
+    async def cached(self, codec: Codec[T], owners: Iterable[str]) -> dict[str, T]:
+        """Without a ring, on SQLite: the owners' values this process's cache holds fresh, without reading
+        below (an owner missing from the answer is simply not cached). Empty otherwise: a ring's values
+        are validated one owner at a time (`read`), and other backends cache nothing."""
+        if self.ring is not None or self.watch is None:
+            return {}
+        await self.fresh()
+        # no await from here on: nothing another process commits after the check above is missed
+        found: dict[str, T] = {}
+        for owner in owners:
+            entry = self.cache.peek(_watched_key(codec, owner, None))
+            if entry is None:
+                self.cache.miss(codec.kind)
+            else:
+                self.cache.hit(codec.kind)
+                found[owner] = entry.value
+        return found
 
     def _keep(self, key: str, kind: str, owner: str, value: Any, size: int, token: str, counter: int) -> None:
         self.cache.put(key, kind, _group(kind, owner), value, size, token=token, snapshot=counter)
@@ -296,6 +312,12 @@ class Tiers:
         missed = [instance for instance in self.ring.live if instance.url not in at]
         if missed:  # live for us, not for the writer: fence the owner's values there too
             await self.ring.invalidate(kinds, owner, _value_keys(self.ring, kinds, owner), None, only=missed)
+
+
+def _watched_key(codec: Codec[Any], owner: str, item: str | None) -> str:
+    """The cache key of a value kept without a ring (one owner's value, or one item of it)."""
+    base = f"{codec.kind}.v{codec.version}:{owner}"
+    return base if item is None else f"{base}:{item}"
 
 
 def _value_keys(ring: Ring, kinds: Sequence[str], owner: str) -> list[str]:

@@ -58,7 +58,7 @@ class JID:
         """This JID without its resourcepart (the "bare JID" of RFC 7622 §3.1)."""
         if self.resource is None:
             return self
-        return JID(self.local, self.domain, None)
+        return _bare(self.local, self.domain)
 
     @property
     def is_bare(self) -> bool:
@@ -71,6 +71,12 @@ class JID:
     def __str__(self) -> str:
         text = self.domain if self.local is None else f"{self.local}@{self.domain}"
         return text if self.resource is None else f"{text}/{self.resource}"
+
+
+@lru_cache(maxsize=_CACHE_SIZE)
+def _bare(local: str | None, domain: str) -> JID:
+    """The bare JID of prepared parts, shared: every stanza's route asks for its sender's."""
+    return JID(local, domain, None)
 
 
 @lru_cache(maxsize=_CACHE_SIZE)
