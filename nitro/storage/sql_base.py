@@ -131,8 +131,10 @@ async def all_rows(
     return (await conn.execute(query, parameters)).all()
 
 
-async def one_or_none(conn: Reader, query: Executable) -> Row[Any] | None:
-    return (await conn.execute(query)).one_or_none()
+async def one_or_none(
+    conn: Reader, query: Executable, parameters: Mapping[str, Any] | None = None
+) -> Row[Any] | None:
+    return (await conn.execute(query, parameters)).one_or_none()
 
 
 # Built once: a statement's construction and cache key cost more CPU than SQLite's answer (login reads).
@@ -192,9 +194,11 @@ class Database:
         """The rows of one SELECT (see `read`), with the values of its `bindparam`s."""
         return await self.read(lambda conn: all_rows(conn, query, parameters))
 
-    async def one_or_none(self, query: Executable) -> Row[Any] | None:
-        """The row of a SELECT of at most one row (see `read`)."""
-        return await self.read(lambda conn: one_or_none(conn, query))
+    async def one_or_none(
+        self, query: Executable, parameters: Mapping[str, Any] | None = None
+    ) -> Row[Any] | None:
+        """The row of a SELECT of at most one row (see `read`), with the values of its `bindparam`s."""
+        return await self.read(lambda conn: one_or_none(conn, query, parameters))
 
     async def writer_data_version(self) -> int:
         """`PRAGMA data_version` of the writing connection (SQLite with `write_engine` only): it changes
