@@ -26,9 +26,12 @@ from nitro.storage import (
     Roster,
     RosterItem,
     Storage,
+    StorageError,
     StorageUnavailable,
     codecs,
+    sql_roster,
 )
+from nitro.storage.models import Subscription
 from nitro.storage.schema import metadata
 from nitro.storage.sql import alembic_config, create_engine, open_sql_storage
 from nitro.xmpp.sasl.credentials import HashName, ScramCredential
@@ -220,6 +223,58 @@ async def test_roster_names_and_groups_round_trip_unicode(storage: Storage) -> N
     unnamed = RosterItem("tybalt@capulet.lit", name=None, groups=())
     await storage.rosters.put("juliet", unnamed)
     assert await storage.rosters.get_item("juliet", "tybalt@capulet.lit") == unnamed
+
+
+async def test_roster_rows_decode_every_field_through_every_read(storage: Storage) -> None:
+    """Items are decoded by position from the whole roster, one item, and contacts' items alike; every
+    flag on its own."""
+    subscriptions: tuple[Subscription, ...] = ("none", "to", "from", "both")
+    items = [
+        RosterItem(
+            f"c{n}@capulet.lit", name=f"C{n}" if n % 2 else None, subscription=sub, groups=(f"g{n}", "all")
+        )
+        for n, sub in enumerate(subscriptions)
+    ]
+    items += [
+        RosterItem("ask@capulet.lit", ask=True),
+        RosterItem("pending@capulet.lit", pending_in=True),
+        RosterItem("approved@capulet.lit", approved=True),
+    ]
+    items.append(RosterItem("stranger@capulet.lit", in_roster=False, pending_in=True, request=b"<presence/>"))
+    for item in items:
+        await storage.rosters.put("juliet", item)
+    by_jid = sorted(items, key=lambda item: item.jid.encode())
+    assert (await storage.rosters.get("juliet")).items == tuple(by_jid)
+    for item in items:
+        assert await storage.rosters.get_item("juliet", item.jid) == item
+        assert await storage.rosters.items_for(["juliet", "romeo"], item.jid) == {"juliet": item}
+
+
+def test_group_lists_are_parsed_once_and_the_parsed_ones_stay_bounded() -> None:
+    first = sql_roster._groups('["Friends", "家族"]')
+    assert first == ("Friends", "家族")
+    assert sql_roster._groups('["Friends", "家族"]') is first  # shared by every item that has it
+    texts = [f'["group {n}"]' for n in range(sql_roster._GROUPS_KEPT + 5)]
+    assert [sql_roster._groups(text) for text in texts] == [(f"group {n}",) for n in range(len(texts))]
+    assert len(sql_roster._GROUPS) <= sql_roster._GROUPS_KEPT
+    assert sql_roster._groups("[]") == ()
+
+
+async def test_a_roster_row_with_an_unknown_subscription_is_refused(
+    sqlite_storage: Storage, db_path: Path
+) -> None:
+    await sqlite_storage.rosters.put("juliet", RosterItem("romeo@montague.lit", subscription="both"))
+    connection = sqlite3.connect(db_path)
+    try:
+        with connection:
+            connection.execute("PRAGMA ignore_check_constraints=ON")
+            connection.execute("UPDATE roster_items SET subscription = 'nope'")
+    finally:
+        connection.close()
+    with pytest.raises(StorageError, match="unknown subscription 'nope'"):
+        await sqlite_storage.rosters.get("juliet")
+    with pytest.raises(StorageError, match="unknown subscription"):
+        await sqlite_storage.rosters.get_item("juliet", "romeo@montague.lit")
 
 
 async def test_a_pending_subscription_request_is_kept_whole(storage: Storage) -> None:
