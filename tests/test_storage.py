@@ -33,7 +33,7 @@ from nitro.storage import (
 )
 from nitro.storage.models import Subscription
 from nitro.storage.schema import metadata
-from nitro.storage.sql import alembic_config, create_engine, open_sql_storage
+from nitro.storage.sql import alembic_config, create_engine, open_database, open_sql_storage
 from nitro.xmpp.sasl.credentials import HashName, ScramCredential
 
 
@@ -534,6 +534,32 @@ async def test_locked_database_is_unavailable_for_writes_until_released(db_path:
         await storage.accounts.create("romeo", {})
         assert await storage.accounts.list_usernames() == ["juliet", "romeo"]
         assert await storage.offline.count("juliet") == 0
+
+
+async def test_a_sqlite_connection_returned_inside_a_transaction_is_rolled_back(
+    db_path: Path, dsn: str
+) -> None:
+    """The pool rolls back on return only when a transaction is open (no trip to aiosqlite's thread after
+    a commit): a connection given back in the middle of one releases the write lock and keeps no rows."""
+    async with open_database(dsn) as db:
+        assert db.write_engine is not None
+        async with db.write_engine.connect() as conn:
+            raw = await conn.get_raw_connection()
+            driver = raw.driver_connection
+            assert driver is not None
+            await driver.execute("BEGIN IMMEDIATE")  # behind SQLAlchemy's back: only the pool can end it
+            await driver.execute("INSERT INTO accounts (username) VALUES (x'6e75727365')")
+            assert driver.in_transaction
+        other = sqlite3.connect(db_path, timeout=0, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")  # the write lock is free again
+            other.execute("ROLLBACK")
+        finally:
+            other.close()
+        assert raw_rows(db_path, "SELECT username FROM accounts") == []
+        async with db.writer.begin() as conn:  # and the connection starts its next transaction cleanly
+            await conn.exec_driver_sql("INSERT INTO accounts (username) VALUES (x'6e75727365')")
+        assert raw_rows(db_path, "SELECT username FROM accounts") == [(b"nurse",)]
 
 
 async def test_items_for_reads_one_contact_in_many_rosters(storage: Storage) -> None:
