@@ -31,7 +31,7 @@ from nitro.storage import (
     codecs,
     sql_roster,
 )
-from nitro.storage.models import Subscription
+from nitro.storage.models import LastActivity, Subscription
 from nitro.storage.schema import metadata
 from nitro.storage.sql import alembic_config, create_engine, open_database, open_sql_storage
 from nitro.xmpp.sasl.credentials import HashName, ScramCredential
@@ -527,6 +527,8 @@ async def test_locked_database_is_unavailable_for_writes_until_released(db_path:
                 await storage.accounts.create("romeo", {})
             with pytest.raises(StorageUnavailable, match="locked"):
                 await storage.offline.push("juliet", b"<message/>", quota=10)
+            with pytest.raises(StorageUnavailable, match="locked"):  # one statement, no BEGIN of ours
+                await storage.last.set("juliet", LastActivity(datetime.now(UTC), "gone"))
             assert await storage.accounts.exists("juliet")  # WAL: reads go on
             other_writer.execute("ROLLBACK")
         finally:

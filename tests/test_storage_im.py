@@ -673,10 +673,15 @@ async def test_last_activity_written_again_with_the_same_values(storage: Storage
         await storage.last.set("benvolio", same)
     with pytest.raises(ValueError, match="username"):
         await storage.last.set("", same)
+    with pytest.raises(ValueError, match="timezone"):
+        await storage.last.set("juliet", LastActivity(datetime(2026, 3, 1, 12, 30), "naive"))
+    assert await storage.last.get("juliet") == same
 
 
 async def test_last_activity_write_is_one_statement(sql_backend: SqlBackend) -> None:
-    """A logout's write is one upsert (plus its transaction), whether the row is new or replaced."""
+    """A logout's write is one upsert (plus its transaction), whether the row is new or replaced; here
+    through SQLAlchemy, as without a writing connection of its own (MariaDB; tests/test_sqlite_write.py
+    for a SQLite file)."""
     async with open_sql_storage(sql_backend.dsn) as storage:
         await storage.accounts.create("juliet", {})
     engine = create_engine(sql_backend.dsn)

@@ -211,14 +211,15 @@ class SqlLastActivityStore:
 
     @translated
     async def set(self, username: str, activity: LastActivity) -> None:
+        if activity.seen_at.tzinfo is None:
+            raise ValueError("last activity needs a timezone-aware time")
         parameters = {
             "username": username_key(username),
             "seen_at": activity.seen_at,
             "status": activity.status,
         }
-        async with self._db.writer.begin() as conn:
-            written = (await conn.execute(self._upsert, parameters)).rowcount
-            # No row from the SELECT: no such account. (MariaDB counts a row updated to the values it had
-            # only with the FOUND_ROWS flag, which SQLAlchemy sets; look rather than rely on it.)
-            if written == 0 and await self._db.account_id(conn, username) is None:
-                raise NoSuchAccount(username)
+        written = await self._db.write_one(self._upsert, parameters)  # on SQLite: one trip to its thread
+        # No row from the SELECT: no such account. (MariaDB counts a row updated to the values it had only
+        # with the FOUND_ROWS flag, which SQLAlchemy sets: look rather than rely on it.)
+        if written == 0 and await self._db.read(lambda conn: self._db.account_id(conn, username)) is None:
+            raise NoSuchAccount(username)
