@@ -37,6 +37,14 @@ _PRIVATE = (
     .where(accounts.c.username == bindparam("username"), private_xml.c.key_hash == bindparam("key_hash"))
 )
 
+_VCARD_DELETE = delete(vcards).where(vcards.c.account_id == bindparam("account_id"))
+_VCARD_INSERT = insert(vcards)
+_PRIVATE_DELETE = delete(private_xml).where(
+    private_xml.c.account_id == bindparam("account_id"), private_xml.c.key_hash == bindparam("key_hash")
+)
+_PRIVATE_COUNT = select(func.count()).where(private_xml.c.account_id == bindparam("account_id"))
+_PRIVATE_INSERT = insert(private_xml)
+
 
 class SqlBlockListStore:
     """BlockListStore on SQL; a JID is kept once however often it is blocked."""
@@ -118,9 +126,9 @@ class SqlVCardStore:
                 account_id = await self._db.existing_account_id(conn, username)
             if account_id is None:
                 return
-            await conn.execute(delete(vcards).where(vcards.c.account_id == account_id))
+            await conn.execute(_VCARD_DELETE, {"account_id": account_id})
             if vcard is not None:
-                await conn.execute(insert(vcards).values(account_id=account_id, vcard=vcard))
+                await conn.execute(_VCARD_INSERT, {"account_id": account_id, "vcard": vcard})
 
 
 class SqlPrivateStore:
@@ -141,18 +149,14 @@ class SqlPrivateStore:
         raw, key_hash = self._key(key)
         async with self._db.writer.begin() as conn:
             account_id = await self._db.existing_account_id(conn, username)
-            replaced = await conn.execute(
-                delete(private_xml).where(
-                    private_xml.c.account_id == account_id, private_xml.c.key_hash == key_hash
-                )
-            )
+            replaced = await conn.execute(_PRIVATE_DELETE, {"account_id": account_id, "key_hash": key_hash})
             if replaced.rowcount == 0 and max_keys is not None:
-                count = select(func.count()).where(private_xml.c.account_id == account_id)
-                held = int((await conn.execute(count)).scalar_one())
+                held = int((await conn.execute(_PRIVATE_COUNT, {"account_id": account_id})).scalar_one())
                 if held >= max_keys:
                     raise QuotaExceeded(f"{held} private XML elements, at most {max_keys}")
             await conn.execute(
-                insert(private_xml).values(account_id=account_id, key_hash=key_hash, key=raw, payload=payload)
+                _PRIVATE_INSERT,
+                {"account_id": account_id, "key_hash": key_hash, "key": raw, "payload": payload},
             )
 
     @staticmethod
