@@ -19,6 +19,7 @@ from test_message import online, roundtrip, send
 from nitro.accounts import create_account
 from nitro.server import running_server
 from nitro.storage import QuotaExceeded
+from nitro.storage.cached_offline import CachedOfflineStore
 from nitro.storage.layered import LayeredStorage, open_storage
 from nitro.storage.models import OfflineMessage
 from nitro.storage.protocols import OfflineStore, Storage
@@ -157,6 +158,42 @@ async def test_a_push_during_a_listing_is_not_hidden_by_its_flag(tmp_path: Path)
         assert bodies(await storage.offline.list("bob")) == [b"<message>meanwhile</message>"]
 
 
+async def test_a_commit_elsewhere_during_a_listing_is_not_hidden_by_it(tmp_path: Path) -> None:
+    """A listing that read before another process's commit keeps no "none" once that commit is seen."""
+    config = make_config(tmp_path, redis={"instances": []})
+    slow: list[_SlowLists] = []
+
+    def wrap(sql: Storage) -> Storage:
+        slow.append(_SlowLists(sql.offline))
+        return Storage(
+            **{**{name: getattr(sql, name) for name in sql.__dataclass_fields__}, "offline": slow[0]}
+        )
+
+    async with open_storage(config, wrap_sql=wrap) as first, open_storage(config) as second:
+        await create_account(first, "bob", "secret")
+        listing = asyncio.ensure_future(first.offline.list("bob"))
+        await slow[0].read.wait()
+        await second.offline.push("bob", b"<message>elsewhere</message>", quota=10)
+        await first.tiers.fresh()  # another reader notices the commit meanwhile: a new generation
+        slow[0].gate.set()
+        assert await listing == []
+        slow[0].gate.set()
+        assert bodies(await first.offline.list("bob")) == [b"<message>elsewhere</message>"]
+
+
+async def test_the_users_known_to_have_none_are_bounded_by_the_cache_size(tmp_path: Path) -> None:
+    config = make_config(tmp_path, redis={"instances": []}, cache={"max_entries": 3})
+    async with open_storage(config) as storage:
+        offline = storage.offline
+        assert isinstance(offline, CachedOfflineStore)
+        for n in range(5):
+            await create_account(storage, f"user{n}", "secret")
+            assert await offline.list(f"user{n}") == []
+            assert len(offline) <= 3
+        await offline.push("user4", b"<message/>", quota=10)
+        assert bodies(await offline.list("user4")) == [b"<message/>"]
+
+
 async def test_nothing_is_cached_without_a_watch(tmp_path: Path) -> None:
     config = make_config(tmp_path, redis={"instances": []})
     async with open_storage(config) as storage:
@@ -166,7 +203,9 @@ async def test_nothing_is_cached_without_a_watch(tmp_path: Path) -> None:
         await create_account(storage, "bob", "secret")
         assert await storage.offline.list("bob") == []
         assert await storage.offline.list("bob") == []
-        assert len(storage.tiers.cache) == 0
+        assert isinstance(storage.offline, CachedOfflineStore)
+        assert len(storage.offline) == 0
+        assert counts(storage)["hits"] == 0
 
 
 async def test_bob_who_was_online_before_gets_what_came_while_he_was_away(tmp_path: Path) -> None:

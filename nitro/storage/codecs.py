@@ -150,21 +150,11 @@ def _prefs_from_json(value: Any) -> ArchivePrefs | None:
     return ArchivePrefs(default=_DEFAULTS[default], always=_strings(always), never=_strings(never))
 
 
-# -- offline messages: only whether there are any (the messages themselves stay in SQL) ----------------
-
-
-def _flag_from_json(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError("expected true or false")
-    return value
-
-
 ACCOUNT: Codec[Credentials] = Codec("account", 1, _credentials_to_json, _credentials_from_json)
 ROSTER: Codec[Roster] = Codec("roster", 1, _roster_to_json, _roster_from_json)
 VCARD: Codec[bytes | None] = Codec("vcard", 1, _optional_bytes, _from_optional_bytes)
 PRIVATE: Codec[bytes | None] = Codec("private", 1, _optional_bytes, _from_optional_bytes)
 BLOCKLIST: Codec[list[str]] = Codec("blocklist", 1, list, lambda value: list(_strings(value)))
 ARCHIVE_PREFS: Codec[ArchivePrefs | None] = Codec("archprefs", 1, _prefs_to_json, _prefs_from_json)
-OFFLINE: Codec[bool] = Codec("offline", 1, bool, _flag_from_json)  # whether any offline messages wait
 
-CACHED_KINDS: tuple[Codec[Any], ...] = (ACCOUNT, ROSTER, VCARD, PRIVATE, BLOCKLIST, ARCHIVE_PREFS, OFFLINE)
+CACHED_KINDS: tuple[Codec[Any], ...] = (ACCOUNT, ROSTER, VCARD, PRIVATE, BLOCKLIST, ARCHIVE_PREFS)

@@ -1,10 +1,10 @@
 """`open_storage(config)`: the SQL repositories behind the tiers of `nitro.storage.tiers`.
 
 Cached: account credentials, rosters, vCards, block lists, private XML and archive preferences, and on the
-embedded SQLite default whether a user has offline messages. Every write goes to SQL first and invalidates
-afterwards (also when SQL failed: a commit whose outcome is unknown may have happened). Offline messages
-themselves, the archive, PEP and last activity pass straight through to SQL. Each wrapper spells out every
-method of its protocol, so mypy flags a method added later and not wrapped.
+embedded SQLite default which users have no offline messages (cached_offline.py). Every write goes to SQL
+first and invalidates afterwards (also when SQL failed: a commit whose outcome is unknown may have happened).
+Offline messages themselves, the archive, PEP and last activity pass straight through to SQL. Each wrapper
+spells out every method of its protocol, so mypy flags a method added later and not wrapped.
 """
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ from datetime import datetime
 
 from nitro.config import Config
 from nitro.storage import codecs
+from nitro.storage.cached_offline import CachedOfflineStore
 from nitro.storage.fair import fair_storage
 from nitro.storage.models import (
     ArchivePage,
     ArchivePrefs,
     ArchiveQuery,
     ArchiveRow,
-    OfflineMessage,
     Roster,
     RosterItem,
 )
@@ -30,7 +30,6 @@ from nitro.storage.protocols import (
     AccountStore,
     ArchiveStore,
     BlockListStore,
-    OfflineStore,
     PrivateStore,
     RosterStore,
     Storage,
@@ -157,54 +156,6 @@ class CachedRosterStore:
 
     async def version(self, username: str) -> int:
         return (await self.get(username)).version
-
-
-class CachedOfflineStore:
-    """Offline messages in SQL; without a ring, on a watched SQLite file, whether a user has any is cached,
-    so a login of a user with none (most of them) reads nothing. A push or a delete drops the flag after its
-    commit (or failure), as every write here does, and a commit by another process drops the whole cache
-    (tiers.py), so a message stored elsewhere is listed at the next login. With a ring (a cluster, maybe of
-    nodes that predate this flag and would not invalidate it) or without a watch nothing is cached."""
-
-    def __init__(self, sql: OfflineStore, tiers: Tiers) -> None:
-        self._sql = sql
-        self._tiers = tiers
-
-    @property
-    def _cached(self) -> bool:
-        return self._tiers.ring is None and self._tiers.watch is not None  # the watch may fail to open
-
-    async def push(self, username: str, stanza: bytes, *, quota: int) -> int:
-        try:
-            return await self._sql.push(username, stanza, quota=quota)
-        finally:
-            if self._cached:
-                await self._tiers.invalidate([codecs.OFFLINE], username)
-
-    async def list(self, username: str) -> list[OfflineMessage]:
-        if not self._cached:
-            return await self._sql.list(username)
-        listed: list[list[OfflineMessage]] = []
-
-        async def load() -> bool:
-            messages = await self._sql.list(username)
-            listed.append(messages)
-            return bool(messages)
-
-        waiting = await self._tiers.read(codecs.OFFLINE, username, load)
-        if listed:
-            return listed[0]  # read just now (the flag is cached only if no write came meanwhile)
-        return await self._sql.list(username) if waiting else []
-
-    async def delete(self, username: str, ids: Sequence[int]) -> None:
-        try:
-            await self._sql.delete(username, ids)
-        finally:
-            if self._cached:
-                await self._tiers.invalidate([codecs.OFFLINE], username)
-
-    async def count(self, username: str) -> int:
-        return await self._sql.count(username)
 
 
 class CachedArchiveStore:
