@@ -26,11 +26,14 @@ from nitro.storage import (
     Roster,
     RosterItem,
     Storage,
+    StorageError,
     StorageUnavailable,
     codecs,
+    sql_roster,
 )
+from nitro.storage.models import LastActivity, Subscription
 from nitro.storage.schema import metadata
-from nitro.storage.sql import alembic_config, create_engine, open_sql_storage
+from nitro.storage.sql import alembic_config, create_engine, open_database, open_sql_storage
 from nitro.xmpp.sasl.credentials import HashName, ScramCredential
 
 
@@ -220,6 +223,58 @@ async def test_roster_names_and_groups_round_trip_unicode(storage: Storage) -> N
     unnamed = RosterItem("tybalt@capulet.lit", name=None, groups=())
     await storage.rosters.put("juliet", unnamed)
     assert await storage.rosters.get_item("juliet", "tybalt@capulet.lit") == unnamed
+
+
+async def test_roster_rows_decode_every_field_through_every_read(storage: Storage) -> None:
+    """Items are decoded by position from the whole roster, one item, and contacts' items alike; every
+    flag on its own."""
+    subscriptions: tuple[Subscription, ...] = ("none", "to", "from", "both")
+    items = [
+        RosterItem(
+            f"c{n}@capulet.lit", name=f"C{n}" if n % 2 else None, subscription=sub, groups=(f"g{n}", "all")
+        )
+        for n, sub in enumerate(subscriptions)
+    ]
+    items += [
+        RosterItem("ask@capulet.lit", ask=True),
+        RosterItem("pending@capulet.lit", pending_in=True),
+        RosterItem("approved@capulet.lit", approved=True),
+    ]
+    items.append(RosterItem("stranger@capulet.lit", in_roster=False, pending_in=True, request=b"<presence/>"))
+    for item in items:
+        await storage.rosters.put("juliet", item)
+    by_jid = sorted(items, key=lambda item: item.jid.encode())
+    assert (await storage.rosters.get("juliet")).items == tuple(by_jid)
+    for item in items:
+        assert await storage.rosters.get_item("juliet", item.jid) == item
+        assert await storage.rosters.items_for(["juliet", "romeo"], item.jid) == {"juliet": item}
+
+
+def test_group_lists_are_parsed_once_and_the_parsed_ones_stay_bounded() -> None:
+    first = sql_roster._groups('["Friends", "家族"]')
+    assert first == ("Friends", "家族")
+    assert sql_roster._groups('["Friends", "家族"]') is first  # shared by every item that has it
+    texts = [f'["group {n}"]' for n in range(sql_roster._GROUPS_KEPT + 5)]
+    assert [sql_roster._groups(text) for text in texts] == [(f"group {n}",) for n in range(len(texts))]
+    assert len(sql_roster._GROUPS) <= sql_roster._GROUPS_KEPT
+    assert sql_roster._groups("[]") == ()
+
+
+async def test_a_roster_row_with_an_unknown_subscription_is_refused(
+    sqlite_storage: Storage, db_path: Path
+) -> None:
+    await sqlite_storage.rosters.put("juliet", RosterItem("romeo@montague.lit", subscription="both"))
+    connection = sqlite3.connect(db_path)
+    try:
+        with connection:
+            connection.execute("PRAGMA ignore_check_constraints=ON")
+            connection.execute("UPDATE roster_items SET subscription = 'nope'")
+    finally:
+        connection.close()
+    with pytest.raises(StorageError, match="unknown subscription 'nope'"):
+        await sqlite_storage.rosters.get("juliet")
+    with pytest.raises(StorageError, match="unknown subscription"):
+        await sqlite_storage.rosters.get_item("juliet", "romeo@montague.lit")
 
 
 async def test_a_pending_subscription_request_is_kept_whole(storage: Storage) -> None:
@@ -472,6 +527,8 @@ async def test_locked_database_is_unavailable_for_writes_until_released(db_path:
                 await storage.accounts.create("romeo", {})
             with pytest.raises(StorageUnavailable, match="locked"):
                 await storage.offline.push("juliet", b"<message/>", quota=10)
+            with pytest.raises(StorageUnavailable, match="locked"):  # one statement, no BEGIN of ours
+                await storage.last.set("juliet", LastActivity(datetime.now(UTC), "gone"))
             assert await storage.accounts.exists("juliet")  # WAL: reads go on
             other_writer.execute("ROLLBACK")
         finally:
@@ -479,6 +536,32 @@ async def test_locked_database_is_unavailable_for_writes_until_released(db_path:
         await storage.accounts.create("romeo", {})
         assert await storage.accounts.list_usernames() == ["juliet", "romeo"]
         assert await storage.offline.count("juliet") == 0
+
+
+async def test_a_sqlite_connection_returned_inside_a_transaction_is_rolled_back(
+    db_path: Path, dsn: str
+) -> None:
+    """The pool rolls back on return only when a transaction is open (no trip to aiosqlite's thread after
+    a commit): a connection given back in the middle of one releases the write lock and keeps no rows."""
+    async with open_database(dsn) as db:
+        assert db.write_engine is not None
+        async with db.write_engine.connect() as conn:
+            raw = await conn.get_raw_connection()
+            driver = raw.driver_connection
+            assert driver is not None
+            await driver.execute("BEGIN IMMEDIATE")  # behind SQLAlchemy's back: only the pool can end it
+            await driver.execute("INSERT INTO accounts (username) VALUES (x'6e75727365')")
+            assert driver.in_transaction
+        other = sqlite3.connect(db_path, timeout=0, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")  # the write lock is free again
+            other.execute("ROLLBACK")
+        finally:
+            other.close()
+        assert raw_rows(db_path, "SELECT username FROM accounts") == []
+        async with db.writer.begin() as conn:  # and the connection starts its next transaction cleanly
+            await conn.exec_driver_sql("INSERT INTO accounts (username) VALUES (x'6e75727365')")
+        assert raw_rows(db_path, "SELECT username FROM accounts") == [(b"nurse",)]
 
 
 async def test_items_for_reads_one_contact_in_many_rosters(storage: Storage) -> None:

@@ -39,7 +39,7 @@ from nitro.storage.sql import alembic_config, create_engine, open_sql_storage, u
 from nitro.storage.sql_archive import SqlArchiveStore
 from nitro.storage.sql_base import Database
 from nitro.storage.sql_pep import SqlPepStore
-from nitro.storage.sql_userdata import SqlBlockListStore, SqlPrivateStore, SqlVCardStore
+from nitro.storage.sql_userdata import SqlBlockListStore, SqlLastActivityStore, SqlPrivateStore, SqlVCardStore
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 ROMEO = "romeo@montague.lit"
@@ -549,7 +549,14 @@ async def test_pep_items_newest_first_by_count_and_ids_and_retract(storage: Stor
         i.id for i in await storage.pep.items("juliet", node, item_ids=["post1", "post4"], max_items=1)
     ] == ["post4"]
     assert await storage.pep.items("juliet", node, item_ids=[]) == []
+    assert await storage.pep.items("juliet", node, item_ids=[], max_items=3) == []
+    assert await storage.pep.items("juliet", node, max_items=0) == []
     assert await storage.pep.items("juliet", "no-such-node") == []
+    assert await storage.pep.items("romeo", node) == []  # the same node name, another account
+    with pytest.raises(ValueError, match="negative"):
+        await storage.pep.items("juliet", node, max_items=-1)
+    with pytest.raises(ValueError, match="item id"):
+        await storage.pep.items("juliet", node, item_ids=[""])
 
     assert await storage.pep.retract("juliet", node, "post4")
     assert not await storage.pep.retract("juliet", node, "post4")
@@ -651,6 +658,50 @@ async def test_last_activity_set_get_replace(storage: Storage) -> None:
     assert await storage.last.get("benvolio") is None  # no such account
     with pytest.raises(NoSuchAccount):
         await storage.last.set("benvolio", first)
+
+
+async def test_last_activity_written_again_with_the_same_values(storage: Storage) -> None:
+    """The upsert replaces a row by an equal one without error (MariaDB reports such a row as found, not
+    changed), and only an account that does not exist is refused."""
+    same = LastActivity(datetime(2026, 3, 1, 12, 30, tzinfo=UTC), "away")
+    for _ in range(3):
+        await storage.last.set("juliet", same)
+    assert await storage.last.get("juliet") == same
+    await storage.last.set("romeo", same)
+    assert await storage.last.get("romeo") == same
+    with pytest.raises(NoSuchAccount):
+        await storage.last.set("benvolio", same)
+    with pytest.raises(ValueError, match="username"):
+        await storage.last.set("", same)
+    with pytest.raises(ValueError, match="timezone"):
+        await storage.last.set("juliet", LastActivity(datetime(2026, 3, 1, 12, 30), "naive"))
+    assert await storage.last.get("juliet") == same
+
+
+async def test_last_activity_write_is_one_statement(sql_backend: SqlBackend) -> None:
+    """A logout's write is one upsert (plus its transaction), whether the row is new or replaced; here
+    through SQLAlchemy, as without a writing connection of its own (MariaDB; tests/test_sqlite_write.py
+    for a SQLite file)."""
+    async with open_sql_storage(sql_backend.dsn) as storage:
+        await storage.accounts.create("juliet", {})
+    engine = create_engine(sql_backend.dsn)
+    try:
+        store = SqlLastActivityStore(Database(engine))
+        statements: list[str] = []
+
+        def record(
+            _conn: Any, _cursor: Any, statement: str, _parameters: Any, _context: Any, _many: bool
+        ) -> None:
+            statements.append(statement.split()[0].upper())
+
+        event.listen(engine.sync_engine, "before_cursor_execute", record)
+        for n in range(2):
+            await store.set("juliet", LastActivity(datetime(2026, 3, n + 1, tzinfo=UTC), f"gone {n}"))
+        event.remove(engine.sync_engine, "before_cursor_execute", record)
+        assert [s for s in statements if s not in ("BEGIN", "SET")] == ["INSERT", "INSERT"]
+        assert await store.get("juliet") == LastActivity(datetime(2026, 3, 2, tzinfo=UTC), "gone 1")
+    finally:
+        await engine.dispose()
 
 
 # --- accounts, migrations, faults ------------------------------------------------------------------------

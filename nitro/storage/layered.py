@@ -1,10 +1,10 @@
 """`open_storage(config)`: the SQL repositories behind the tiers of `nitro.storage.tiers`.
 
-Cached: account credentials, rosters, vCards, block lists, private XML and archive preferences. Every
-write goes to SQL first and invalidates afterwards (also when SQL failed: a commit whose outcome is
-unknown may have happened). Offline messages, the archive, PEP and last activity pass straight through
-to SQL. Each wrapper spells out every method of its protocol, so mypy flags a method added later and not
-wrapped.
+Cached: account credentials, rosters, vCards, block lists, private XML and archive preferences, and on the
+embedded SQLite default which users have no offline messages (cached_offline.py). Every write goes to SQL
+first and invalidates afterwards (also when SQL failed: a commit whose outcome is unknown may have happened).
+Offline messages themselves, the archive, PEP and last activity pass straight through to SQL. Each wrapper
+spells out every method of its protocol, so mypy flags a method added later and not wrapped.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from datetime import datetime
 
 from nitro.config import Config
 from nitro.storage import codecs
+from nitro.storage.cached_offline import CachedOfflineStore
 from nitro.storage.fair import fair_storage
 from nitro.storage.models import (
     ArchivePage,
@@ -283,7 +284,7 @@ def layer(sql: Storage, tiers: Tiers) -> LayeredStorage:
     return LayeredStorage(
         accounts=CachedAccountStore(sql.accounts, tiers),
         rosters=CachedRosterStore(sql.rosters, tiers),
-        offline=sql.offline,
+        offline=CachedOfflineStore(sql.offline, tiers),
         archive=CachedArchiveStore(sql.archive, tiers),
         pep=sql.pep,
         blocklist=CachedBlockListStore(sql.blocklist, tiers),

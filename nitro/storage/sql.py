@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -17,9 +18,11 @@ from typing import Any
 import aiosqlite
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, event
+from sqlalchemy import Connection, event, exc
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import PoolResetState
+from sqlalchemy.util import await_
 
 from nitro.config import StorageSection
 from nitro.storage.protocols import Storage
@@ -130,7 +133,22 @@ def _sqlite_do_connect(_dialect: Any, _record: Any, _cargs: Any, cparams: dict[s
 def _sqlite_on_begin(conn: Connection) -> None:
     # A writing transaction takes the write lock up front, waiting up to the busy timeout; a deferred
     # one that reads first would fail at once with SQLITE_BUSY when another connection wrote meanwhile.
-    conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(WRITE) else "BEGIN")
+    # Sent through aiosqlite directly: one hop to its thread, where a statement through SQLAlchemy makes
+    # three (cursor, execute, close), as much as the transaction's own statement.
+    begin = "BEGIN IMMEDIATE" if conn.get_execution_options().get(WRITE) else "BEGIN"
+    driver = conn.connection.driver_connection
+    assert isinstance(driver, aiosqlite.Connection), "SQLite engines are aiosqlite's"
+    try:
+        await_(driver.execute(begin))
+    except sqlite3.Error as error:  # as SQLAlchemy wraps the driver's errors (OperationalError: busy, …)
+        raise exc.DBAPIError.instance(begin, None, error, sqlite3.Error, hide_parameters=True) from error
+
+
+def _sqlite_reset(dbapi_connection: Any, _record: Any, state: PoolResetState) -> None:
+    # Instead of the pool's rollback on return (pool_reset_on_return=None): only when a transaction is
+    # still open, which after a commit (every write) it is not; sqlite3 knows that without a hop.
+    if state.asyncio_safe and dbapi_connection.driver_connection.in_transaction:
+        dbapi_connection.rollback()
 
 
 def sqlite_path(url: URL) -> Path | None:
@@ -163,10 +181,13 @@ def create_engine(
     options: dict[str, Any] = {}
     if sqlite and sqlite_path(url) is not None:
         options = {"pool_size": connections or SQLITE_READERS, "max_overflow": 0}
+    if sqlite:
+        options["pool_reset_on_return"] = None  # _sqlite_reset instead
     engine = create_async_engine(url, hide_parameters=True, pool_pre_ping=not sqlite, **options)
     if sqlite:
         event.listen(engine.sync_engine, "connect", _sqlite_on_connect)
         event.listen(engine.sync_engine, "begin", _sqlite_on_begin)
+        event.listen(engine.sync_engine, "reset", _sqlite_reset)
         event.listen(engine.sync_engine, "do_connect", _sqlite_do_connect)
     return engine
 

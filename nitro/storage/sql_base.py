@@ -9,12 +9,14 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping, S
 from contextlib import contextmanager
 from typing import Any, ParamSpec, TypeVar
 
+import aiosqlite
 from sqlalchemy import CursorResult, Executable, Row, bindparam, exc, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from nitro.storage.errors import NoSuchAccount, StorageError, StorageUnavailable
 from nitro.storage.schema import CONTACT_MAX_BYTES, USERNAME_MAX_BYTES, accounts
 from nitro.storage.sqlite_read import Busy, LoopReader, Reader
+from nitro.storage.sqlite_write import CompiledWrite, write_once
 
 WRITE = "nitro_write"  # execution option marking a transaction that writes (SQLite: BEGIN IMMEDIATE)
 DELETE_CHUNK = 500  # ids per DELETE … IN (…), well below every backend's bound-parameter limit
@@ -131,8 +133,10 @@ async def all_rows(
     return (await conn.execute(query, parameters)).all()
 
 
-async def one_or_none(conn: Reader, query: Executable) -> Row[Any] | None:
-    return (await conn.execute(query)).one_or_none()
+async def one_or_none(
+    conn: Reader, query: Executable, parameters: Mapping[str, Any] | None = None
+) -> Row[Any] | None:
+    return (await conn.execute(query, parameters)).one_or_none()
 
 
 # Built once: a statement's construction and cache key cost more CPU than SQLite's answer (login reads).
@@ -165,6 +169,7 @@ class Database:
             # REPEATABLE READ: their statements share one snapshot (a roster's items and its version).
             writing["isolation_level"] = "READ COMMITTED"
         self.writer = (engine if write_engine is None else write_engine).execution_options(**writing)
+        self._compiled: dict[Executable, CompiledWrite] = {}  # write_one's statements, for SQLite
 
     async def dispose(self) -> None:
         """Close every pooled connection, the writing one included (as when the database restarts)."""
@@ -192,9 +197,27 @@ class Database:
         """The rows of one SELECT (see `read`), with the values of its `bindparam`s."""
         return await self.read(lambda conn: all_rows(conn, query, parameters))
 
-    async def one_or_none(self, query: Executable) -> Row[Any] | None:
-        """The row of a SELECT of at most one row (see `read`)."""
-        return await self.read(lambda conn: one_or_none(conn, query))
+    async def one_or_none(
+        self, query: Executable, parameters: Mapping[str, Any] | None = None
+    ) -> Row[Any] | None:
+        """The row of a SELECT of at most one row (see `read`), with the values of its `bindparam`s."""
+        return await self.read(lambda conn: one_or_none(conn, query, parameters))
+
+    async def write_one(self, statement: Executable, parameters: Mapping[str, Any]) -> int:
+        """One INSERT, UPDATE or DELETE as a transaction of its own, with the values of its `bindparam`s;
+        how many rows it wrote. On a SQLite file, one trip to the writing connection's thread
+        (sqlite_write.py); elsewhere, a writing transaction."""
+        if self.write_engine is None:
+            async with self.writer.begin() as conn:
+                return (await conn.execute(statement, parameters)).rowcount
+        compiled = self._compiled.get(statement)
+        if compiled is None:
+            compiled = self._compiled[statement] = CompiledWrite.of(statement, self.write_engine.dialect)
+        async with self.write_engine.connect() as conn:
+            raw = await conn.get_raw_connection()
+            driver = raw.driver_connection
+            assert isinstance(driver, aiosqlite.Connection), "SQLite engines are aiosqlite's"
+            return await write_once(driver, compiled, parameters)
 
     async def writer_data_version(self) -> int:
         """`PRAGMA data_version` of the writing connection (SQLite with `write_engine` only): it changes

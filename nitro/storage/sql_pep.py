@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import UTC
 from typing import Any, get_args
 
-from sqlalchemy import Row, Select, delete, func, insert, select, update
+from sqlalchemy import Integer, Row, Select, bindparam, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from nitro.storage.errors import QuotaExceeded, StorageError
@@ -59,6 +59,35 @@ def _node_from_row(row: Row[Any]) -> PepNode:
     )
 
 
+# Built once (see sql_base._ACCOUNT_ID): a statement's construction costs more CPU than SQLite's answer.
+_ACCOUNT_NODES = (
+    select(pep_nodes).join_from(pep_nodes, accounts).where(accounts.c.username == bindparam("username"))
+)
+_NODE = _ACCOUNT_NODES.where(pep_nodes.c.name == bindparam("name"))
+_NODES = _ACCOUNT_NODES.order_by(pep_nodes.c.name)
+
+
+def _items_query(by_id: bool, limited: bool) -> Select[Any]:
+    """A node's items, newest first: of the ids in `item_ids` only (`by_id`), at most `limit` (`limited`)."""
+    query = (
+        select(pep_items.c.item_id, pep_items.c.payload, pep_items.c.published_at)
+        .join_from(pep_items, pep_nodes)
+        .join_from(pep_nodes, accounts)
+        .where(accounts.c.username == bindparam("username"), pep_nodes.c.name == bindparam("name"))
+        .order_by(pep_items.c.id.desc())
+    )
+    if by_id:
+        query = query.where(pep_items.c.item_id.in_(bindparam("item_ids", expanding=True)))
+    if limited:
+        query = query.limit(bindparam("limit", type_=Integer))
+    return query
+
+
+_ITEMS = {
+    (by_id, limited): _items_query(by_id, limited) for by_id in (False, True) for limited in (False, True)
+}
+
+
 class SqlPepStore:
     """PepStore on SQL."""
 
@@ -67,8 +96,8 @@ class SqlPepStore:
 
     @translated
     async def get_node(self, username: str, node: str) -> PepNode | None:
-        query = self._nodes(username).where(pep_nodes.c.name == _name_key(node, "node name"))
-        row = await self._db.one_or_none(query)
+        parameters = {"username": username_key(username), "name": _name_key(node, "node name")}
+        row = await self._db.one_or_none(_NODE, parameters)
         return None if row is None else _node_from_row(row)
 
     @translated
@@ -98,7 +127,7 @@ class SqlPepStore:
 
     @translated
     async def list_nodes(self, username: str) -> list[PepNode]:
-        rows = await self._db.rows(self._nodes(username).order_by(pep_nodes.c.name))
+        rows = await self._db.rows(_NODES, {"username": username_key(username)})
         return [_node_from_row(row) for row in rows]
 
     @translated
@@ -180,32 +209,19 @@ class SqlPepStore:
     ) -> list[PepItem]:
         if max_items is not None and max_items < 0:
             raise ValueError("max_items must not be negative")
-        query = (
-            select(pep_items.c.item_id, pep_items.c.payload, pep_items.c.published_at)
-            .join_from(pep_items, pep_nodes)
-            .join_from(pep_nodes, accounts)
-            .where(
-                accounts.c.username == username_key(username),
-                pep_nodes.c.name == _name_key(node, "node name"),
-            )
-            .order_by(pep_items.c.id.desc())
-        )
+        parameters: dict[str, Any] = {
+            "username": username_key(username),
+            "name": _name_key(node, "node name"),
+        }
         if item_ids is not None:
-            query = query.where(pep_items.c.item_id.in_([_name_key(i, "item id") for i in item_ids]))
+            parameters["item_ids"] = [_name_key(i, "item id") for i in item_ids]
         if max_items is not None:
-            query = query.limit(max_items)
+            parameters["limit"] = max_items
+        query = _ITEMS[item_ids is not None, max_items is not None]
         return [
             PepItem(id=row.item_id.decode(), payload=row.payload, published_at=row.published_at)
-            for row in await self._db.rows(query)
+            for row in await self._db.rows(query, parameters)
         ]
-
-    @staticmethod
-    def _nodes(username: str) -> Select[Any]:
-        return (
-            select(pep_nodes)
-            .join_from(pep_nodes, accounts)
-            .where(accounts.c.username == username_key(username))
-        )
 
     @staticmethod
     async def _node_id(conn: AsyncConnection, account_id: int, name: bytes) -> int | None:

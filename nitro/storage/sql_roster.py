@@ -43,21 +43,47 @@ def item_row(item: RosterItem) -> dict[str, Any]:
     }
 
 
+# Every roster read selects the item's columns last, in the table's order: a row is decoded by position
+# (a tuple unpacking instead of nine lookups by name).
+_ITEM_COLUMNS = (
+    *("contact", "name", "subscription", "ask", "pending_in"),
+    *("approved", "groups", "in_roster", "request"),
+)
+if tuple(roster_items.c.keys()[-len(_ITEM_COLUMNS) :]) != _ITEM_COLUMNS:
+    raise RuntimeError("roster_items' last columns are not those _item_from_row unpacks")
+# Decoded group lists, shared: most rosters use a few ("[]", '["Friends"]'), so each is parsed once.
+_GROUPS: dict[str, tuple[str, ...]] = {}
+_GROUPS_KEPT = 4096
+
+
+def _groups(text: str) -> tuple[str, ...]:
+    """The JSON array of a row's groups (decoded once per distinct text while fewer are kept)."""
+    groups = _GROUPS.get(text)
+    if groups is None:
+        groups = tuple(json.loads(text))
+        if len(_GROUPS) >= _GROUPS_KEPT:
+            _GROUPS.clear()
+        _GROUPS[text] = groups
+    return groups
+
+
 def _item_from_row(row: Row[Any]) -> RosterItem:
-    subscription = _SUBSCRIPTIONS.get(row.subscription)
-    if subscription is None:
-        raise StorageError(f"roster item with unknown subscription {row.subscription!r}")
+    values: Sequence[Any] = row[-9:]  # see _ITEM_COLUMNS
+    contact, name, subscription, ask, pending_in, approved, groups, in_roster, request = values
+    checked = _SUBSCRIPTIONS.get(subscription)
+    if checked is None:
+        raise StorageError(f"roster item with unknown subscription {subscription!r}")
     return RosterItem(
         # interned: a contact is in many rosters, and cached rosters then share one string (idle memory)
-        jid=sys.intern(row.contact.decode()),
-        name=row.name,
-        subscription=subscription,
-        ask=bool(row.ask),
-        pending_in=bool(row.pending_in),
-        approved=bool(row.approved),
-        groups=tuple(json.loads(row.groups)),
-        in_roster=bool(row.in_roster),
-        request=None if row.request is None else bytes(row.request),
+        sys.intern(contact.decode()),
+        name,
+        checked,
+        bool(ask),
+        bool(pending_in),
+        bool(approved),
+        _groups(groups),
+        bool(in_roster),
+        None if request is None else bytes(request),
     )
 
 

@@ -4,10 +4,12 @@ activity (XEP-0012)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
-from sqlalchemy import bindparam, delete, func, insert, select
+from sqlalchemy import Insert, bindparam, delete, func, insert, select
+from sqlalchemy.dialects import mysql, sqlite
 
-from nitro.storage.errors import QuotaExceeded
+from nitro.storage.errors import NoSuchAccount, QuotaExceeded
 from nitro.storage.models import LastActivity
 from nitro.storage.schema import (
     PRIVATE_KEY_MAX_BYTES,
@@ -25,6 +27,23 @@ _BLOCKED = (  # built once (see sql_base._ACCOUNT_ID): read at every login
     .where(accounts.c.username == bindparam("username"))
     .order_by(blocked_jids.c.jid)  # UTF-8 bytes: code point order on every backend
 )
+
+_VCARD = (  # built once, as the reads below: a statement's construction costs more than SQLite's answer
+    select(vcards.c.vcard).join_from(vcards, accounts).where(accounts.c.username == bindparam("username"))
+)
+_PRIVATE = (
+    select(private_xml.c.payload)
+    .join_from(private_xml, accounts)
+    .where(accounts.c.username == bindparam("username"), private_xml.c.key_hash == bindparam("key_hash"))
+)
+
+_VCARD_DELETE = delete(vcards).where(vcards.c.account_id == bindparam("account_id"))
+_VCARD_INSERT = insert(vcards)
+_PRIVATE_DELETE = delete(private_xml).where(
+    private_xml.c.account_id == bindparam("account_id"), private_xml.c.key_hash == bindparam("key_hash")
+)
+_PRIVATE_COUNT = select(func.count()).where(private_xml.c.account_id == bindparam("account_id"))
+_PRIVATE_INSERT = insert(private_xml)
 
 
 class SqlBlockListStore:
@@ -94,12 +113,7 @@ class SqlVCardStore:
 
     @translated
     async def get(self, username: str) -> bytes | None:
-        query = (
-            select(vcards.c.vcard)
-            .join_from(vcards, accounts)
-            .where(accounts.c.username == username_key(username))
-        )
-        row = await self._db.one_or_none(query)
+        row = await self._db.one_or_none(_VCARD, {"username": username_key(username)})
         vcard: bytes | None = None if row is None else row.vcard
         return vcard
 
@@ -112,9 +126,9 @@ class SqlVCardStore:
                 account_id = await self._db.existing_account_id(conn, username)
             if account_id is None:
                 return
-            await conn.execute(delete(vcards).where(vcards.c.account_id == account_id))
+            await conn.execute(_VCARD_DELETE, {"account_id": account_id})
             if vcard is not None:
-                await conn.execute(insert(vcards).values(account_id=account_id, vcard=vcard))
+                await conn.execute(_VCARD_INSERT, {"account_id": account_id, "vcard": vcard})
 
 
 class SqlPrivateStore:
@@ -126,12 +140,7 @@ class SqlPrivateStore:
     @translated
     async def get(self, username: str, key: str) -> bytes | None:
         _, key_hash = self._key(key)
-        query = (
-            select(private_xml.c.payload)
-            .join_from(private_xml, accounts)
-            .where(accounts.c.username == username_key(username), private_xml.c.key_hash == key_hash)
-        )
-        row = await self._db.one_or_none(query)
+        row = await self._db.one_or_none(_PRIVATE, {"username": username_key(username), "key_hash": key_hash})
         payload: bytes | None = None if row is None else row.payload
         return payload
 
@@ -140,18 +149,14 @@ class SqlPrivateStore:
         raw, key_hash = self._key(key)
         async with self._db.writer.begin() as conn:
             account_id = await self._db.existing_account_id(conn, username)
-            replaced = await conn.execute(
-                delete(private_xml).where(
-                    private_xml.c.account_id == account_id, private_xml.c.key_hash == key_hash
-                )
-            )
+            replaced = await conn.execute(_PRIVATE_DELETE, {"account_id": account_id, "key_hash": key_hash})
             if replaced.rowcount == 0 and max_keys is not None:
-                count = select(func.count()).where(private_xml.c.account_id == account_id)
-                held = int((await conn.execute(count)).scalar_one())
+                held = int((await conn.execute(_PRIVATE_COUNT, {"account_id": account_id})).scalar_one())
                 if held >= max_keys:
                     raise QuotaExceeded(f"{held} private XML elements, at most {max_keys}")
             await conn.execute(
-                insert(private_xml).values(account_id=account_id, key_hash=key_hash, key=raw, payload=payload)
+                _PRIVATE_INSERT,
+                {"account_id": account_id, "key_hash": key_hash, "key": raw, "payload": payload},
             )
 
     @staticmethod
@@ -159,29 +164,66 @@ class SqlPrivateStore:
         return hashed_key(key, max_bytes=PRIVATE_KEY_MAX_BYTES, what="private XML key")
 
 
+def _last_activity_source() -> Any:
+    """The row a logout writes: the account's id (none for no account) with the bound time and status."""
+    return select(
+        accounts.c.id,
+        bindparam("seen_at", type_=last_activity.c.seen_at.type),
+        bindparam("status", type_=last_activity.c.status.type),
+    ).where(accounts.c.username == bindparam("username"))
+
+
+def _last_activity_upserts() -> dict[str, Insert]:
+    """Built once per dialect (see sql_base._ACCOUNT_ID): the logout's write is one statement, an insert of
+    the account's row that replaces the one already there (SQLite ≥ 3.24 `ON CONFLICT … DO UPDATE`,
+    MariaDB/MySQL `ON DUPLICATE KEY UPDATE`), instead of a lookup, a delete and an insert."""
+    columns = ["account_id", "seen_at", "status"]
+    on_sqlite = sqlite.insert(last_activity).from_select(columns, _last_activity_source())
+    on_sqlite = on_sqlite.on_conflict_do_update(
+        index_elements=[last_activity.c.account_id],
+        set_={"seen_at": on_sqlite.excluded.seen_at, "status": on_sqlite.excluded.status},
+    )
+    on_mysql = mysql.insert(last_activity).from_select(columns, _last_activity_source())
+    on_mysql = on_mysql.on_duplicate_key_update(
+        seen_at=on_mysql.inserted.seen_at, status=on_mysql.inserted.status
+    )
+    return {"sqlite": on_sqlite, "mysql": on_mysql, "mariadb": on_mysql}
+
+
+_LAST_ACTIVITY_UPSERTS = _last_activity_upserts()
+_LAST_ACTIVITY = (
+    select(last_activity.c.seen_at, last_activity.c.status)
+    .join_from(last_activity, accounts)
+    .where(accounts.c.username == bindparam("username"))
+)
+
+
 class SqlLastActivityStore:
     """LastActivityStore on SQL: one row per account, replaced at each logout."""
 
     def __init__(self, db: Database) -> None:
         self._db = db
+        dialect = db.engine.dialect.name
+        if dialect not in _LAST_ACTIVITY_UPSERTS:
+            raise ValueError(f"no last-activity upsert for the {dialect} dialect")
+        self._upsert = _LAST_ACTIVITY_UPSERTS[dialect]
 
     @translated
     async def get(self, username: str) -> LastActivity | None:
-        query = (
-            select(last_activity.c.seen_at, last_activity.c.status)
-            .join_from(last_activity, accounts)
-            .where(accounts.c.username == username_key(username))
-        )
-        row = await self._db.one_or_none(query)
+        row = await self._db.one_or_none(_LAST_ACTIVITY, {"username": username_key(username)})
         return None if row is None else LastActivity(seen_at=row.seen_at, status=row.status)
 
     @translated
     async def set(self, username: str, activity: LastActivity) -> None:
-        async with self._db.writer.begin() as conn:
-            account_id = await self._db.existing_account_id(conn, username)
-            await conn.execute(delete(last_activity).where(last_activity.c.account_id == account_id))
-            await conn.execute(
-                insert(last_activity).values(
-                    account_id=account_id, seen_at=activity.seen_at, status=activity.status
-                )
-            )
+        if activity.seen_at.tzinfo is None:
+            raise ValueError("last activity needs a timezone-aware time")
+        parameters = {
+            "username": username_key(username),
+            "seen_at": activity.seen_at,
+            "status": activity.status,
+        }
+        written = await self._db.write_one(self._upsert, parameters)  # on SQLite: one trip to its thread
+        # No row from the SELECT: no such account. (MariaDB counts a row updated to the values it had only
+        # with the FOUND_ROWS flag, which SQLAlchemy sets: look rather than rely on it.)
+        if written == 0 and await self._db.read(lambda conn: self._db.account_id(conn, username)) is None:
+            raise NoSuchAccount(username)

@@ -1,0 +1,68 @@
+"""One-statement writes to a SQLite file in one trip to aiosqlite's worker thread.
+
+Through SQLAlchemy, a write transaction of one statement makes five trips (BEGIN, cursor, execute, close,
+COMMIT), each a queue put, a GIL hand-off and a call_soon_threadsafe: more CPU on the event loop than the
+statement itself (the logout's last-activity upsert, once per session). A single statement needs no
+transaction of its own making: on the writing connection, which runs in autocommit (sql.py emits every
+BEGIN itself), SQLite makes it one atomic, durable transaction, waiting for the write lock up to the busy
+timeout as BEGIN IMMEDIATE would. The statement is compiled once by SQLAlchemy for the connection's
+dialect; its bind values go through the column types' processors, as SQLAlchemy would send them.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiosqlite
+from sqlalchemy import exc
+from sqlalchemy.engine import Dialect
+from sqlalchemy.sql import Executable
+from sqlalchemy.sql.compiler import SQLCompiler
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledWrite:
+    """A statement's SQL text for sqlite3 (qmark), and how to turn named values into its parameters."""
+
+    sql: str
+    names: tuple[str, ...]  # of the bind parameters, in the order of the `?`s
+    processors: tuple[Callable[[Any], Any] | None, ...]
+
+    @classmethod
+    def of(cls, statement: Executable, dialect: Dialect) -> CompiledWrite:
+        compiled = statement.compile(dialect=dialect)  # type: ignore[attr-defined]
+        assert isinstance(compiled, SQLCompiler)
+        if compiled.positiontup is None or dialect.paramstyle != "qmark":
+            raise ValueError(f"{dialect.name} with {dialect.paramstyle} parameters: not a SQLite statement")
+        names = tuple(compiled.positiontup)
+        processors = tuple(compiled.binds[name].type.bind_processor(dialect) for name in names)
+        return cls(compiled.string, names, processors)
+
+    def parameters(self, values: Mapping[str, Any]) -> tuple[Any, ...]:
+        missing = [name for name in self.names if name not in values]
+        if missing:
+            raise ValueError(f"no value for {', '.join(missing)}")
+        return tuple(
+            values[name] if process is None else process(values[name])
+            for name, process in zip(self.names, self.processors, strict=True)
+        )
+
+
+async def write_once(
+    driver: aiosqlite.Connection, statement: CompiledWrite, values: Mapping[str, Any]
+) -> int:
+    """Run the statement as its own transaction on `driver` (in autocommit, outside any transaction) and
+    return how many rows it wrote; the driver's errors are wrapped as SQLAlchemy wraps them."""
+    if driver.in_transaction:
+        raise RuntimeError("a one-statement write needs a connection outside any transaction")
+    parameters = statement.parameters(values)
+    try:
+        cursor = await driver.execute(statement.sql, parameters)
+    except sqlite3.Error as error:
+        raise exc.DBAPIError.instance(
+            statement.sql, None, error, sqlite3.Error, hide_parameters=True
+        ) from error
+    return cursor.rowcount
