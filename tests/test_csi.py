@@ -22,7 +22,7 @@ from nitro.server import Server
 from nitro.xmpp.errors import StreamError
 from nitro.xmpp.jid import JID
 from nitro.xmpp.stanza import stanza
-from nitro.xmpp.xmlstream import serialize
+from nitro.xmpp.xmlwrite import serialize
 
 CSI = "urn:xmpp:csi:0"
 CHATSTATES = "http://jabber.org/protocol/chatstates"

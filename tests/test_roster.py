@@ -17,7 +17,7 @@ from nitro.server import Server
 from nitro.storage.models import RosterItem
 from nitro.xmpp import ns
 from nitro.xmpp.stanza import element
-from nitro.xmpp.xmlstream import serialize
+from nitro.xmpp.xmlwrite import serialize
 
 ROSTER = "jabber:iq:roster"
 

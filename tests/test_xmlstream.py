@@ -9,16 +9,8 @@ from lxml import etree
 
 from nitro.xmpp import ns
 from nitro.xmpp.errors import StanzaError, StreamError, error_reply
-from nitro.xmpp.xmlstream import (
-    STREAM_FOOTER,
-    StanzaReceived,
-    StreamClosed,
-    StreamEvent,
-    StreamOpened,
-    XMLStreamParser,
-    serialize,
-    stream_header,
-)
+from nitro.xmpp.xmlstream import StanzaReceived, StreamClosed, StreamEvent, StreamOpened, XMLStreamParser
+from nitro.xmpp.xmlwrite import STREAM_FOOTER, serialize, stream_header
 
 BARE_HEADER = (
     b"<stream:stream xmlns='jabber:client'"

@@ -22,15 +22,8 @@ from nitro.core.hosts import check_component_from
 from nitro.xmpp import ns
 from nitro.xmpp.content_ns import to_internal
 from nitro.xmpp.errors import StreamError
-from nitro.xmpp.xmlstream import (
-    STREAM_FOOTER,
-    StanzaReceived,
-    StreamClosed,
-    StreamOpened,
-    XMLStreamParser,
-    serialize,
-    stream_header,
-)
+from nitro.xmpp.xmlstream import StanzaReceived, StreamClosed, StreamOpened, XMLStreamParser
+from nitro.xmpp.xmlwrite import STREAM_FOOTER, serialize, stream_header
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from typing import BinaryIO, Final, Protocol
 
 from lxml import etree
 
-from nitro.xmpp.xmlstream import serialize
+from nitro.xmpp.xmlwrite import serialize
 
 COMPACT_AFTER: Final = 1 << 20  # bytes of fully acknowledged log before it is truncated
 

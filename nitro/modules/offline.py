@@ -19,7 +19,7 @@ from nitro.xmpp.errors import StanzaError
 from nitro.xmpp.stanza import add_delay, worth_storing
 
 _FLUSHED = "offline-flushed"  # Resource flag: this resource's stored messages were delivered to it
-# Rows hold self-contained XML (xmlns='jabber:client' declared, unlike the wire form of xmlstream.serialize);
+# Rows hold self-contained XML (xmlns='jabber:client' declared, unlike the wire form of xmlwrite.serialize);
 # they are our own serialization, still never let parsing reach the network or expand entities.
 _PARSER = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False)
 

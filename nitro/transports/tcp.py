@@ -21,7 +21,8 @@ from nitro.transports.deadline import Deadline
 from nitro.transports.limits import AddressSlot, Shaper, SharedLimits, too_many_connections
 from nitro.transports.tcp_task import TIMER, StreamInput, serve_client
 from nitro.xmpp.errors import StreamError
-from nitro.xmpp.xmlstream import STREAM_FOOTER, XMLStreamParser, serialize, stream_header
+from nitro.xmpp.xmlstream import XMLStreamParser
+from nitro.xmpp.xmlwrite import STREAM_FOOTER, serialize, stream_header
 
 if TYPE_CHECKING:
     from nitro.core.context import Core

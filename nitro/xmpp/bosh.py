@@ -13,7 +13,7 @@ from typing import Any, Final, Literal
 from lxml import etree
 
 from nitro.xmpp import ns
-from nitro.xmpp.xmlstream import serialize
+from nitro.xmpp.xmlwrite import serialize
 
 HTTPBIND: Final = "http://jabber.org/protocol/httpbind"
 XBOSH: Final = "urn:xmpp:xbosh"

@@ -19,8 +19,8 @@ from nitro.xmpp.xmlstream import (
     StreamEvent,
     StreamOpened,
     logged_error,
-    serialize,
 )
+from nitro.xmpp.xmlwrite import attributes, serialize
 
 __all__ = ["CLOSE", "FrameParser", "frame", "open_message"]
 
@@ -32,7 +32,6 @@ _ENCODING: Final = re.compile(rb"""encoding\s*=\s*["']([^"']*)["']""")
 _ROOT_NAME: Final = re.compile(rb"<[^\s/>]+")
 _JABBER_CLIENT: Final = f" xmlns='{ns.CLIENT}'".encode()
 _WHITESPACE: Final = b" \t\r\n"
-_ATTR_ESCAPES: Final = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", "'": "&apos;", '"': "&quot;"})
 _ONE_ELEMENT: Final = "a WebSocket message must hold exactly one complete element (RFC 7395 §3.3.1)"
 _NOT_ALLOWED: Final = (etree.Comment, etree.ProcessingInstruction, etree.Entity)
 # One parser for every message (parsing keeps no state from one document to the next); entities are never
@@ -139,12 +138,7 @@ def open_message(
     *, from_: str, id: str | None, to: str | None = None, lang: str = "en", version: str | None = "1.0"
 ) -> bytes:
     """Our `<open/>` (RFC 7395 §3.4): from, id, version and xml:lang; 'to' when the client said who it is."""
-    attributes = {"from": from_, "to": to, "id": id, "version": version, "xml:lang": lang}
-    rendered = "".join(
-        f" {name}='{value.translate(_ATTR_ESCAPES)}'"
-        for name, value in attributes.items()
-        if value is not None
-    )
+    rendered = attributes({"from": from_, "to": to, "id": id, "version": version, "xml:lang": lang})
     return f"<open xmlns='{ns.FRAMING}'{rendered}/>".encode()
 
 

@@ -1,6 +1,7 @@
-"""Sans-IO XMPP XML stream (RFC 6120 §4, §11): bytes in, stream events out; elements in, bytes out.
+"""Sans-IO XMPP XML stream (RFC 6120 §4, §11), the reading side: bytes in, stream events out.
 
-Wraps lxml's incremental parser and closes the holes it leaves open to a hostile peer.
+Wraps lxml's incremental parser and closes the holes it leaves open to a hostile peer. The writing side
+(our stream header, elements out as bytes) is nitro/xmpp/xmlwrite.py.
 """
 
 from __future__ import annotations
@@ -15,10 +16,9 @@ from lxml import etree
 
 from nitro.xmpp import ns
 from nitro.xmpp.errors import StreamError
-from nitro.xmpp.ns import default_ns
+from nitro.xmpp.xmlwrite import ATTR_ESCAPES
 
 __all__ = [
-    "STREAM_FOOTER",
     "NameBudget",
     "StanzaReceived",
     "StreamClosed",
@@ -26,11 +26,7 @@ __all__ = [
     "StreamOpened",
     "XMLStreamParser",
     "logged_error",
-    "serialize",
-    "stream_header",
 ]
-
-STREAM_FOOTER: Final = b"</stream:stream>"
 
 _STREAM_TAG: Final = f"{{{ns.STREAM}}}stream"
 _PRESENCE: Final = f"{{{ns.CLIENT}}}presence"
@@ -39,7 +35,6 @@ _XML_SPACE: Final = " \t\r\n"  # XML's whitespace (XML 1.0 §2.3 S), narrower th
 _SLICE: Final = 16 * 1024  # lxml is fed at most this much at once, so size limits bite early
 _MARKUP: Final = re.compile(rb"<(.)", re.DOTALL)
 _ENCODING_DECL: Final = re.compile(rb"(?:\xef\xbb\xbf)?<\?xml\s[^?]*?encoding\s*=\s*[\"']([^\"']*)[\"']")
-_INVENTED_PREFIX: Final = re.compile(r"ns\d+")
 # The stream's bytes from its last '<' are kept (up to _TAIL_MAX) to tell whether input stopped between
 # two top-level elements: then they are one complete end tag or empty-element tag, and whitespace.
 _TAIL_MAX: Final = 4096
@@ -48,18 +43,6 @@ _COUNTED_EVENTS: Final = ("start-ns", *_EVENTS)  # namespace declarations name t
 _NAME_CHUNK: Final = 64  # characters of a name that count as one name
 _ENDS_ELEMENT: Final = re.compile(
     rb"""(?:</[^\s>]+\s*>|<[^\s/>'"]+(?:\s+[^\s=/>]+\s*=\s*(?:'[^']*'|"[^"]*"))*\s*/>)[ \t\r\n]*"""
-)  # what lxml names a namespace that has no prefix
-_ATTR_ESCAPES: Final = str.maketrans(
-    {
-        "&": "&amp;",
-        "<": "&lt;",
-        ">": "&gt;",
-        "'": "&apos;",
-        '"': "&quot;",
-        "\t": "&#9;",
-        "\n": "&#10;",
-        "\r": "&#13;",
-    }
 )
 
 
@@ -222,7 +205,7 @@ class XMLStreamParser:
             return False
         root = self._root
         declarations = "".join(
-            f" xmlns{':' + prefix if prefix else ''}='{uri.translate(_ATTR_ESCAPES)}'"
+            f" xmlns{':' + prefix if prefix else ''}='{uri.translate(ATTR_ESCAPES)}'"
             for prefix, uri in root.nsmap.items()
         )
         name = f"{root.prefix}:stream" if root.prefix else "stream"
@@ -419,80 +402,3 @@ def logged_error(error_log: etree._ListErrorLog) -> StreamError | None:
                 "not-well-formed", f"{entry.message} (line {entry.line}, column {entry.column})"
             )
     return None
-
-
-def stream_header(
-    *,
-    from_: str | None,
-    to: str | None,
-    id: str | None,
-    lang: str = "en",
-    content_ns: str = ns.CLIENT,
-    version: str | None = "1.0",
-) -> bytes:
-    """Our `<stream:stream>` header (RFC 6120 §4.7), declaration first; `version=None` omits it (§4.7.5)."""
-    attributes = {"from": from_, "to": to, "id": id, "version": version, "xml:lang": lang}
-    rendered = "".join(
-        f" {name}='{value.translate(_ATTR_ESCAPES)}'"
-        for name, value in attributes.items()
-        if value is not None
-    )
-    return (
-        f"<?xml version='1.0'?><stream:stream xmlns='{content_ns.translate(_ATTR_ESCAPES)}'"
-        f" xmlns:stream='{ns.STREAM}'{rendered}>"
-    ).encode()
-
-
-_IN_SCOPE: dict[str, tuple[bytes, ...]] = {
-    **{f"{{{ns.CLIENT}}}{kind}": (b' xmlns="jabber:client"',) for kind in ("message", "presence", "iq")},
-    **{
-        f"{{{ns.STREAM}}}{kind}": (b' xmlns:stream="http://etherx.jabber.org/streams"',)
-        for kind in ("features", "error")
-    },
-}
-
-
-def serialize(element: etree._Element, *, standalone: bool = False) -> bytes:
-    """One element as UTF-8 bytes to write inside an open stream: no XML declaration, no tail.
-
-    An element built from a Clark name without an nsmap makes lxml invent a prefix (`<ns0:message>`), which
-    many XMPP clients mishandle; such trees are written with default namespace declarations instead.
-    `standalone`: the element must parse on its own (an RFC 7395 §3.3.1 WebSocket message, a stanza in a
-    BOSH body): it keeps its declarations, and an element built without a namespace, which inherits the
-    stream's on TCP, declares jabber:client.
-    """
-    data = etree.tostring(element, encoding="utf-8", xml_declaration=False, with_tail=False)
-    # An invented prefix is declared as xmlns:ns0="…"; one search of the bytes spares the tree walk.
-    if b"xmlns:ns" in data and any(
-        _INVENTED_PREFIX.fullmatch(node.prefix or "") for node in element.iter(etree.Element)
-    ):
-        element = _with_default_namespaces(element, None)
-        data = etree.tostring(element, encoding="utf-8", xml_declaration=False, with_tail=False)
-    if standalone:
-        if element.tag[0] != "{" and None not in element.nsmap:
-            name_end = 1 + len(element.tag.encode())  # b"<" + the name, then a space, "/" or ">"
-            data = b"%s xmlns='%s'%s" % (data[:name_end], ns.CLIENT.encode(), data[name_end:])
-        return data
-    # The stream header already declares these two; repeating them on every stanza is noise.
-    for declaration in _IN_SCOPE.get(element.tag, ()):
-        if data.startswith(declaration, data.index(b" ") if b" " in data[:64] else 0):
-            data = data.replace(declaration, b"", 1)
-    return data
-
-
-def _with_default_namespaces(element: etree._Element, parent: etree._Element | None) -> etree._Element:
-    namespace = etree.QName(element).namespace
-    prefix = "stream" if namespace == ns.STREAM else None
-    nsmap: Any = None
-    if namespace is not None and (parent is None or parent.nsmap.get(prefix) != namespace):
-        nsmap = {prefix: namespace} if prefix else default_ns(namespace)
-    if parent is None:
-        rebuilt = etree.Element(element.tag, nsmap=nsmap)
-    else:
-        rebuilt = etree.SubElement(parent, element.tag, nsmap=nsmap)
-        rebuilt.tail = element.tail
-    rebuilt.attrib.update(element.attrib)
-    rebuilt.text = element.text
-    for child in element.iterchildren(etree.Element):
-        _with_default_namespaces(child, rebuilt)
-    return rebuilt

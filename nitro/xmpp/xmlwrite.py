@@ -1,0 +1,111 @@
+"""Sans-IO XMPP XML stream (RFC 6120 §4), the writing side: our stream header, elements out as bytes.
+
+The reading side is nitro/xmpp/xmlstream.py.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Final
+
+from lxml import etree
+
+from nitro.xmpp import ns
+from nitro.xmpp.ns import default_ns
+
+__all__ = ["ATTR_ESCAPES", "STREAM_FOOTER", "attributes", "serialize", "stream_header"]
+
+STREAM_FOOTER: Final = b"</stream:stream>"
+
+_INVENTED_PREFIX: Final = re.compile(r"ns\d+")  # what lxml names a namespace that has no prefix
+ATTR_ESCAPES: Final = str.maketrans(
+    {
+        "&": "&amp;",
+        "<": "&lt;",
+        ">": "&gt;",
+        "'": "&apos;",
+        '"': "&quot;",
+        "\t": "&#9;",
+        "\n": "&#10;",
+        "\r": "&#13;",
+    }
+)
+
+
+def attributes(values: dict[str, str | None]) -> str:
+    """` name='value'` for each value that is not None, escaped for an attribute quoted with '."""
+    return "".join(
+        f" {name}='{value.translate(ATTR_ESCAPES)}'" for name, value in values.items() if value is not None
+    )
+
+
+def stream_header(
+    *,
+    from_: str | None,
+    to: str | None,
+    id: str | None,
+    lang: str = "en",
+    content_ns: str = ns.CLIENT,
+    version: str | None = "1.0",
+) -> bytes:
+    """Our `<stream:stream>` header (RFC 6120 §4.7), declaration first; `version=None` omits it (§4.7.5)."""
+    rendered = attributes({"from": from_, "to": to, "id": id, "version": version, "xml:lang": lang})
+    return (
+        f"<?xml version='1.0'?><stream:stream xmlns='{content_ns.translate(ATTR_ESCAPES)}'"
+        f" xmlns:stream='{ns.STREAM}'{rendered}>"
+    ).encode()
+
+
+_IN_SCOPE: dict[str, tuple[bytes, ...]] = {
+    **{f"{{{ns.CLIENT}}}{kind}": (b' xmlns="jabber:client"',) for kind in ("message", "presence", "iq")},
+    **{
+        f"{{{ns.STREAM}}}{kind}": (b' xmlns:stream="http://etherx.jabber.org/streams"',)
+        for kind in ("features", "error")
+    },
+}
+
+
+def serialize(element: etree._Element, *, standalone: bool = False) -> bytes:
+    """One element as UTF-8 bytes to write inside an open stream: no XML declaration, no tail.
+
+    An element built from a Clark name without an nsmap makes lxml invent a prefix (`<ns0:message>`), which
+    many XMPP clients mishandle; such trees are written with default namespace declarations instead.
+    `standalone`: the element must parse on its own (an RFC 7395 §3.3.1 WebSocket message, a stanza in a
+    BOSH body): it keeps its declarations, and an element built without a namespace, which inherits the
+    stream's on TCP, declares jabber:client.
+    """
+    data = etree.tostring(element, encoding="utf-8", xml_declaration=False, with_tail=False)
+    # An invented prefix is declared as xmlns:ns0="…"; one search of the bytes spares the tree walk.
+    if b"xmlns:ns" in data and any(
+        _INVENTED_PREFIX.fullmatch(node.prefix or "") for node in element.iter(etree.Element)
+    ):
+        element = _with_default_namespaces(element, None)
+        data = etree.tostring(element, encoding="utf-8", xml_declaration=False, with_tail=False)
+    if standalone:
+        if element.tag[0] != "{" and None not in element.nsmap:
+            name_end = 1 + len(element.tag.encode())  # b"<" + the name, then a space, "/" or ">"
+            data = b"%s xmlns='%s'%s" % (data[:name_end], ns.CLIENT.encode(), data[name_end:])
+        return data
+    # The stream header already declares these two; repeating them on every stanza is noise.
+    for declaration in _IN_SCOPE.get(element.tag, ()):
+        if data.startswith(declaration, data.index(b" ") if b" " in data[:64] else 0):
+            data = data.replace(declaration, b"", 1)
+    return data
+
+
+def _with_default_namespaces(element: etree._Element, parent: etree._Element | None) -> etree._Element:
+    namespace = etree.QName(element).namespace
+    prefix = "stream" if namespace == ns.STREAM else None
+    nsmap: Any = None
+    if namespace is not None and (parent is None or parent.nsmap.get(prefix) != namespace):
+        nsmap = {prefix: namespace} if prefix else default_ns(namespace)
+    if parent is None:
+        rebuilt = etree.Element(element.tag, nsmap=nsmap)
+    else:
+        rebuilt = etree.SubElement(parent, element.tag, nsmap=nsmap)
+        rebuilt.tail = element.tail
+    rebuilt.attrib.update(element.attrib)
+    rebuilt.text = element.text
+    for child in element.iterchildren(etree.Element):
+        _with_default_namespaces(child, rebuilt)
+    return rebuilt
