@@ -61,15 +61,13 @@ class StreamInput:
         """A new stream on the connection: what was read after the restarting element belonged to the old one
         (after STARTTLS, to the clear text) and is dropped. Authenticated, a client's names are no longer
         counted and its stream is parsed on the event loop's thread."""
+        lane = self.lane
+        if lane is not None and not lane.stopped:
+            lane.run(self.parser.let_go)  # the old stream's parser is freed where it parsed (see `close`)
         if authenticated:
             self.parser.max_names = None
-        lane = self.lane
-        if lane is None or lane.stopped:
-            self.parser.reset()
-        else:  # the old stream's parser is let go of where it parsed (see `close`)
-            lane.run(self.parser.reset)
-        if authenticated:
             self.leave_lane()
+        self.parser.reset()
         self.restarted = True
 
     def close(self) -> None:

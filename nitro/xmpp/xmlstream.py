@@ -156,18 +156,17 @@ class XMLStreamParser:
         # Distinct names (element and attribute local names, namespace prefixes) one stream may use, each 64
         # characters of a name counting as one more; None: no cap. Takes effect at the next `reset`.
         self.max_names = max_names
+        self._parser: etree.XMLPullParser | None = None
         self.reset()
 
     def reset(self) -> None:
         """Drop all state and buffered bytes; expect a new stream header (RFC 6120 §5.4.3.3, §6.4.6).
 
-        The old stream's parser is let go of at once (see `_let_go`): the stream before STARTTLS and the one
+        The old stream's parser is let go of at once (`let_go`): the stream before STARTTLS and the one
         before authentication last long enough in a login storm to reach the oldest generation."""
-        previous: etree.XMLPullParser | None = getattr(self, "_parser", None)  # unset when called by __init__
-        if previous is not None:
-            _let_go(previous)
+        self.let_go()
         self._names: NameBudget | None = None if self.max_names is None else NameBudget(self.max_names)
-        self._parser: etree.XMLPullParser | None = self._new_parser()
+        self._parser = self._new_parser()
         self._root: etree._Element | None = None
         self._depth = 0  # open elements, the stream element included
         self._pending = 0  # bytes fed since the stream header or the last top-level element was complete
@@ -210,19 +209,20 @@ class XMLStreamParser:
         )
         name = f"{root.prefix}:stream" if root.prefix else "stream"
         self._resume = f"<{name}{declarations}>".encode()
+        self._pending = 0
+        self.let_go()
+        return True
+
+    def let_go(self) -> None:
+        """Free lxml's parser now (see `_let_go`); `reset` or `dispose` follow."""
         parser, self._parser = self._parser, None
         self._root = None
-        self._pending = 0
         if parser is not None:
             _let_go(parser)
-        return True
 
     def dispose(self) -> None:
         """The stream is over: free lxml's parser and the stream tree now (feeding again is an error)."""
-        parser, self._parser = self._parser, None
-        self._root = None
-        if parser is not None:
-            _let_go(parser)
+        self.let_go()
         self._prolog = None
         self._resume = None
         # a new error: the first one's traceback holds this parser's frames, a cycle of its own
