@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from sqlalchemy.engine import make_url
 
 from nitro.config_checks import ConfigError, is_loopback, validate
+from nitro.config_plugins import PluginSection, PluginsSection
 from nitro.config_sections import (
     AdminSection,
     ArchiveSection,
@@ -31,8 +32,6 @@ from nitro.config_sections import (
     ModulesSection,
     OfflineSection,
     PepSection,
-    PluginSection,
-    PluginsSection,
     PrivateSection,
     RedisInstance,
     RedisSection,

@@ -7,8 +7,9 @@ from __future__ import annotations
 import ipaddress
 import re
 
+from nitro.config_plugins import PLUGIN_MODES
 from nitro.config_ranges import range_problems
-from nitro.config_sections import PLUGIN_MODES, BoshSection, Config, StorageSection
+from nitro.config_sections import BoshSection, Config, StorageSection
 from nitro.storage.ring.keys import PREFIX
 from nitro.xmpp.jid import JID, InvalidJID
 

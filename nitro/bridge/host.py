@@ -11,7 +11,7 @@ from typing import Protocol
 
 from lxml import etree
 
-from nitro.config_sections import PluginSection
+from nitro.config_plugins import PluginSection
 from nitro.core.hosts import component_down
 from nitro.xmpp import ns
 from nitro.xmpp.content_ns import to_external

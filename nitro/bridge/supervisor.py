@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any, Final
 
 import nitro
-from nitro.config_sections import Config, PluginSection
+from nitro.config_plugins import PluginSection
+from nitro.config_sections import Config
 from nitro.sdk.settings import settings_from_config
 
 log = logging.getLogger(__name__)
