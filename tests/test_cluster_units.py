@@ -88,6 +88,26 @@ def test_the_view_follows_announcements_snapshots_and_node_loss() -> None:
     assert view.nodes() == set()
 
 
+def test_the_view_applies_announcements_by_kind_and_refuses_malformed_ones() -> None:
+    view = RemoteView("a")
+    laptop = Announced("bob@localhost/laptop", 0, (), PRESENCE).to_json()
+    tablet = Announced("bob@localhost/tablet", 0, (), None).to_json()
+    view.apply("b", "snapshot", {"part": 0, "items": [laptop]})
+    view.apply("b", "snapshot", {"part": 1, "items": [tablet]})  # later parts add to the first
+    assert sorted(str(r.jid) for r in view.held_by("b")) == ["bob@localhost/laptop", "bob@localhost/tablet"]
+    view.apply("b", "del", {"jid": "bob@localhost/laptop"})
+    view.apply("b", "snapshot", {"part": 0, "items": [tablet]})  # a first part replaces what b held
+    assert [str(r.jid) for r in view.held_by("b")] == ["bob@localhost/tablet"]
+    view.apply("b", "someday", {})  # a kind this node does not know is ignored
+    with pytest.raises(KeyError):
+        view.apply("b", "put", {})
+    with pytest.raises(WireError):
+        view.apply("b", "put", {"r": ["only", "three", "fields"]})
+    assert [str(r.jid) for r in view.held_by("b")] == ["bob@localhost/tablet"]
+    view.apply("b", "down", {})
+    assert view.nodes() == set()
+
+
 def test_garbage_on_the_wire_is_a_wire_error() -> None:
     for data in (b"not json", b"[1, 2]"):
         with pytest.raises(WireError):

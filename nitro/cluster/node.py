@@ -355,22 +355,11 @@ class Cluster:
         if known is not None and known != boot:  # that node restarted: what its last run held is gone
             await self.sweeper.node_gone(node, known)
         self.view.boots[node] = boot
+        if kind == "hello":
+            self._announce_snapshot()
+            return
         try:
-            if kind == "hello":
-                self._announce_snapshot()
-            elif kind == "put":
-                self.view.put(node, Announced.from_json(message["r"]))
-            elif kind == "del":
-                self.view.remove(node, str(message["jid"]))
-            elif kind == "snapshot":
-                records = [Announced.from_json(item) for item in message["items"]]
-                if message.get("part") == 0:
-                    self.view.replace(node, records)
-                else:
-                    for record in records:
-                        self.view.put(node, record)
-            elif kind == "down":
-                self.view.drop_node(node)
+            self.view.apply(node, kind, message)
         except (WireError, KeyError, TypeError) as exc:
             log.warning("bad %s announcement from %s: %s", kind, node, exc)
 

@@ -8,6 +8,7 @@ dropped when it is declared dead.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from nitro.cluster.wire import Announced, WireError
 from nitro.core.sessions import Resource
@@ -56,6 +57,23 @@ class RemoteView:
 
     def count(self, node: str) -> int:
         return len(self._by_node.get(node, ()))
+
+    def apply(self, node: str, kind: str, message: dict[str, Any]) -> None:
+        """Another node's announcement of kind `kind` ("put", "del", "snapshot", "down"; others are ignored).
+        Raises WireError, KeyError or TypeError for a malformed one."""
+        if kind == "put":
+            self.put(node, Announced.from_json(message["r"]))
+        elif kind == "del":
+            self.remove(node, str(message["jid"]))
+        elif kind == "snapshot":
+            records = [Announced.from_json(item) for item in message["items"]]
+            if message.get("part") == 0:
+                self.replace(node, records)
+            else:
+                for record in records:
+                    self.put(node, record)
+        elif kind == "down":
+            self.drop_node(node)
 
     def put(self, node: str, record: Announced) -> None:
         if node == self.local_node:
