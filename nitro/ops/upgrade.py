@@ -16,15 +16,14 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from lxml import etree
-
 from nitro.c2s.session import ClientSession
 from nitro.cluster.node import INHERITED_BOOT
 from nitro.ops import sdnotify
-from nitro.ops.adopt import adopt, deliver_forwarded
+from nitro.ops.adopt import deliver_forwarded
 from nitro.ops.channel import pid_path
 from nitro.ops.drain_closes import Closes
-from nitro.ops.forwarding import forwarder, offline_to, to_successor
+from nitro.ops.forwarding import offline_to, to_successor
+from nitro.ops.handoffs import Handoffs
 from nitro.ops.handover import Channel, HandoverError
 from nitro.ops.pidfile import write_pid_file
 from nitro.ops.shadow import Journal
@@ -39,9 +38,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PLUGIN_SETTLE = 2.0  # seconds the old process waits for its plugins to answer what they were sent
-BUSY_WAIT = 2.0  # seconds the drain waits for a session to finish handling an input before it retries it
 BATCHES_PER_SECOND = 10
-SESSIONS_PER_MESSAGE = 50  # exported sessions per message on the upgrade socket (each well under its limit)
 
 
 class Upgrader:
@@ -64,8 +61,7 @@ class Upgrader:
         self._lock = asyncio.Lock()
         self._channel: Channel | None = None
         self._process: asyncio.subprocess.Process | None = None
-        self._moved: dict[str, tuple[ClientSession, dict[str, Any], list[etree._Element]]] = {}
-        self._adopted: dict[str, asyncio.Event] = {}
+        self.handoffs = Handoffs(server)
         self._wanted: asyncio.Queue[str] = asyncio.Queue()
         self._journal: Journal | None = None  # the successor's shadow copies of what is still here
 
@@ -223,14 +219,18 @@ class Upgrader:
                 if late:
                     log.warning("upgrade: drain deadline passed; %d sessions handled at once", len(batch))
                 closes.reap()
-                retry = await self._move(channel, batch, closes, late=late)
+                closing, retry = await self.handoffs.move(channel, batch, self._journal, late=late)
+                # out of the registry now: never drained twice, what arrives for them is stored
+                for session in closing:
+                    self.server.sessions.remove(session)
+                closes.start(closing)
                 pending.extend(retry)
                 pending.extend(s for s in self._to_drain() if s not in pending)  # logged in meanwhile
                 if pending or not self._wanted.empty():
                     await self._pause(interval)
             await closes.wait()
             self._journal.stop()  # every session moved or closed: nothing left to copy
-            await self._wait_adopted(reader, min(30.0, max(1.0, deadline - loop.time() + 5.0)))
+            await self.handoffs.wait_adopted(reader, min(30.0, max(1.0, deadline - loop.time() + 5.0)))
             if (bridge := self.server.bridge) is not None:  # replies of its plugins to moved sessions
                 await bridge.settle(PLUGIN_SETTLE)  # still follow them, before the socket closes
             if cluster is not None:  # the successor answers for the node now
@@ -275,75 +275,6 @@ class Upgrader:
                     break
         return wanted
 
-    async def _move(
-        self, channel: Channel, batch: list[ClientSession], closes: Closes, *, late: bool
-    ) -> list[ClientSession]:
-        """Hand the resumable sessions of `batch` to the successor, start closing the others (beside the
-        drain: each may wait for its client's proof of reading); those still handling an input are returned
-        to be tried again."""
-        exported: list[dict[str, Any]] = []
-        retry: list[ClientSession] = []
-        closing: list[ClientSession] = []
-        for session in batch:
-            if session.closed or session.forward is not None:
-                continue
-            bosh = bosh_move.carried_by_bosh(session)  # a BOSH session moves with or without XEP-0198
-            if not bosh and (session.sm is None or not session.sm.resumable):
-                closing.append(session)
-                continue
-            # exported 'h' must count every handled stanza; a BOSH request is not half handled
-            settling = session.busy or session.acks_held > 0 or bosh_move.settling(session)
-            if settling and not late:
-                retry.append(session)
-                continue
-            if settling:
-                await self._until_idle(session)
-            if bosh and bosh_move.settling(session):  # still inside a request at the deadline
-                if session.sm is None or not session.sm.resumable:
-                    closing.append(session)
-                    continue
-                bosh = False  # its BOSH session ends here; its client resumes (XEP-0198) on a new one
-            if self._journal is not None:
-                self._journal.moved(session)  # its export supersedes its shadow copy
-            data = session.export()  # nothing awaited from here to hand_off: no stanza in between
-            if bosh:
-                data["bosh"] = bosh_move.hand_over(session)
-            kept: list[etree._Element] = []
-            forward = forwarder(self.server, channel, str(session.jid), kept)
-            transport = session.hand_off(forward)
-            self._moved[session.id] = (session, data, kept)
-            self._adopted[session.id] = asyncio.Event()
-            session.log.info("handed to the successor")
-            self._close_later(session.id, transport)
-            exported.append(data)
-        for start in range(0, len(exported), SESSIONS_PER_MESSAGE):  # a deadline's batch can be every session
-            await channel.send(
-                {"type": "sessions", "sessions": exported[start : start + SESSIONS_PER_MESSAGE]}
-            )
-        for session in closing:  # out of the registry now: never drained twice, what arrives is stored
-            self.server.sessions.remove(session)
-        closes.start(closing)
-        return retry
-
-    async def _until_idle(self, session: ClientSession) -> None:
-        loop = asyncio.get_running_loop()
-        end = loop.time() + BUSY_WAIT
-        while (session.busy or session.acks_held > 0 or bosh_move.settling(session)) and loop.time() < end:  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
-
-    def _close_later(self, session_id: str, transport: Any) -> None:
-        """Close the old connection once the successor registered the session (ownership moved)."""
-
-        async def close() -> None:
-            event = self._adopted.get(session_id)
-            if event is not None:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(event.wait(), self.server.config.upgrade.ready_timeout)
-            # no stream close (that would end the session, XEP-0198 §5): the client sees a lost connection
-            getattr(transport, "abandon", transport.close)()
-
-        self.server.spawn(close())
-
     async def _close(self, session: ClientSession) -> None:
         """Not resumable: `<system-shutdown/>`; what it never acknowledged goes offline (XEP-0198 §4), and so
         does, without XEP-0198, what it did not prove it read (a ping unanswered within `[upgrade]
@@ -359,9 +290,11 @@ class Upgrader:
             message, _fds = await channel.receive()
             if message["type"] == "adopted":
                 for session_id in message["ids"]:
-                    self._adopted_one(session_id)
+                    if self.handoffs.adopted(session_id):
+                        self.progress.moved += 1
                 for session_id in message["refused"]:
-                    await self._refused(session_id)
+                    if (session := self.handoffs.refused(session_id)) is not None:
+                        await self._close(session)
             elif message["type"] == "want":
                 self._wanted.put_nowait(message["previd"])
             elif message["type"] == "deliver":  # for a session still here
@@ -371,38 +304,6 @@ class Upgrader:
                     log.exception("upgrade: a stanza from the successor was not delivered")
             else:
                 raise HandoverError(f"unexpected {message['type']} from the successor")
-
-    def _adopted_one(self, session_id: str) -> None:
-        moved = self._moved.get(session_id)
-        if moved is None:
-            return
-        self.progress.moved += 1
-        event = self._adopted.get(session_id)
-        if event is not None:
-            event.set()
-
-    async def _refused(self, session_id: str) -> None:
-        moved = self._moved.pop(session_id, None)
-        if moved is None:
-            return
-        session = moved[0]
-        session.log.warning("the successor refused the session; it ends here")
-        event = self._adopted.pop(session_id, None)
-        if event is not None:
-            event.set()
-        session.take_back()
-        self.server.track(session)
-        await self._close(session)
-
-    async def _wait_adopted(self, reader: asyncio.Task[None], timeout: float) -> None:
-        """Until the successor confirmed every session handed to it (or the reader ended: it went away)."""
-        loop = asyncio.get_running_loop()
-        end = loop.time() + timeout
-        while any(not event.is_set() for event in self._adopted.values()) and loop.time() < end:
-            if reader.done():
-                reader.result()
-                raise HandoverError("the successor closed the upgrade socket")
-            await asyncio.sleep(0.05)
 
     async def _close_negotiations(self) -> None:
         """Connections still negotiating here: told to reconnect (to the successor)."""
@@ -424,17 +325,4 @@ class Upgrader:
         await self.listeners.serve_again(spare)
         if (path := pid_path(self.server.config)) is not None:
             write_pid_file(path)  # the serving process again
-        for session_id, (session, data, kept) in list(self._moved.items()):
-            self.server.sessions.remove(session)
-            session.forward = None
-            if isinstance(data.get("bosh"), dict):  # the successor may have answered requests we never saw
-                data["bosh"] = {**data["bosh"], "rids_unknown": True}
-            try:
-                restored = await adopt(self.server, data)
-            except Exception:
-                log.exception("session %s could not be taken back", session_id)
-                continue
-            for stanza in kept:
-                restored.send(stanza)
-        self._moved.clear()
-        self._adopted.clear()
+        await self.handoffs.take_back_all()
