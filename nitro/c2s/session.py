@@ -17,13 +17,13 @@ from lxml import etree
 
 from nitro.c2s import acks
 from nitro.c2s.ack_gate import HeldAcks
+from nitro.c2s.detachable import Detachable
 from nitro.c2s.inputs import State, counted, input_name
 from nitro.c2s.keepalive import Keepalive
-from nitro.c2s.read_proof import ReadProofs
 from nitro.c2s.transport import NO_TRANSPORT, Transport
 from nitro.core import durability
 from nitro.core.module import NonzaEvent, SessionEvent, UnackedStanzas
-from nitro.observe.logs import SessionLog, enter_session
+from nitro.observe.logs import SessionLog
 from nitro.xmpp import ns
 from nitro.xmpp.errors import StanzaError, StreamError, error_reply
 from nitro.xmpp.jid import JID, InvalidJID
@@ -32,7 +32,6 @@ from nitro.xmpp.sm import (
     ack,
     ack_request,
     is_stanza,
-    resumed,
 )
 from nitro.xmpp.xmlstream import StreamClosed, StreamEvent, StreamOpened
 
@@ -44,7 +43,7 @@ log = logging.getLogger("nitro.c2s.stream")
 _XML_LANG = f"{{{ns.XML}}}lang"
 
 
-class ClientSession(ReadProofs):  # and through its chain of slotted bases ResourceState, HeldAcks, Keepalive
+class ClientSession(Detachable):  # through its chain of slotted bases: ReadProofs, ResourceState, HeldAcks…
     """One bound resource: stamps 'from' on what its client sends and hands it to the router; receives
     what is delivered to it."""
 
@@ -56,16 +55,10 @@ class ClientSession(ReadProofs):  # and through its chain of slotted bases Resou
         "busy",
         "closed_with",
         "config",
-        "forward",
         "id",
-        "lang",
-        "mechanism",
         "resumed",
         "server",
         "sm",
-        "state",
-        "stream_id",
-        "transport",
         "username",
     )
 
@@ -80,16 +73,11 @@ class ClientSession(ReadProofs):  # and through its chain of slotted bases Resou
         mechanism: str | None = None,
     ) -> None:
         self.server = server
-        self.transport = transport
         self.id = f"c2s-{secrets.token_hex(6)}"
         self.config = server.config.c2s
-        self.state = State.BINDING  # ESTABLISHED once `bind` or `resume` ran
-        self.lang = lang
-        self.stream_id = stream_id
         self.authenticated = True
         self.username: str | None = jid.local
-        self.mechanism = mechanism  # the SASL mechanism that authenticated the stream
-        ReadProofs.__init__(self, jid)
+        Detachable.__init__(self, jid, transport, stream_id=stream_id, lang=lang, mechanism=mechanism)
         Keepalive.__init__(self, self.config)
         self.sm: SmState | None = None  # Stream Management (XEP-0198), once enabled
         HeldAcks.__init__(self)
@@ -97,8 +85,6 @@ class ClientSession(ReadProofs):  # and through its chain of slotted bases Resou
         self._ending = False  # a close is scheduled (too many unacknowledged stanzas)
         self.closed_with: str | None = None  # the stream error the session was closed with, for the log
         self.busy = False  # handling an input: an upgrade exports the session only between inputs
-        # once the session moved to a successor process (nitro/ops/upgrade.py): what is sent to it goes there
-        self.forward: Callable[[etree._Element], None] | None = None
 
     def __repr__(self) -> str:
         return f"<ClientSession {self.id} {self.jid} {self.state.value}>"
@@ -114,19 +100,7 @@ class ClientSession(ReadProofs):  # and through its chain of slotted bases Resou
         session would cost some 400 bytes each (issue 16)."""
         return SessionLog(log, self.extra)
 
-    # -- the session as data (XEP-0198 resumption elsewhere, a successor process) ----------------------
-
-    def export(self) -> dict[str, Any]:
-        """Everything the session is, as JSON-able data; `restore` makes an equal session from it."""
-        return {
-            "id": self.id,
-            "username": self.username,
-            "mechanism": self.mechanism,
-            "lang": self.lang,
-            "state": self.state.value,
-            **self.export_resource(),
-            "sm": None if self.sm is None else self.sm.to_dict(),
-        }
+    # -- the session as data (its export: nitro/c2s/detachable.py) -----------------------------------
 
     @classmethod
     def restore(cls, server: Core, data: dict[str, Any]) -> ClientSession:
@@ -153,28 +127,6 @@ class ClientSession(ReadProofs):  # and through its chain of slotted bases Resou
     @property
     def established(self) -> bool:
         return self.state is State.ESTABLISHED
-
-    @property
-    def closed(self) -> bool:
-        return self.state is State.CLOSED
-
-    def hand_off(self, forward: Callable[[etree._Element], None]) -> Transport:
-        """The session moved to a successor process (its export is there): from now on input is ignored,
-        what is sent to it goes to `forward`, and nothing ends (no unavailable presence, no §4 fallback).
-        Returns the transport, which the caller closes once the successor has the session; input arriving
-        before that ends the connection at once (its reader sees the stream is no longer its own), and
-        the client's `<resume/>` then waits at the successor until the session arrives there."""
-        transport, self.transport = self.transport, NO_TRANSPORT
-        self.forward = forward
-        self.state = State.CLOSED
-        self.server.untrack(self)
-        return transport
-
-    def take_back(self) -> None:
-        """The successor did not take the session (refused it, or died): it is this process's again, detached
-        (its client resumes here, or its window closes and §4 applies)."""
-        self.forward = None
-        self.state = State.DETACHED
 
     # -- elements in -----------------------------------------------------------------------------
 
@@ -223,40 +175,6 @@ class ClientSession(ReadProofs):  # and through its chain of slotted bases Resou
         self.server.track(self)
         await self.server.bus.fire("resource-bind", SessionEvent(self))
 
-    def resumable_by(self, previd: str, user: JID) -> bool:
-        """§5: `previd` names this session and the resuming stream authenticated as its user."""
-        return (
-            not self.closed
-            and self.sm is not None
-            and self.sm.id == previd
-            and self.username == user.local
-            and self.jid.bare == user.bare
-        )
-
-    async def resume(
-        self, transport: Transport, h: int, *, stream_id: str, lang: str, mechanism: str | None
-    ) -> None:
-        """§5: continue on `transport`; resend what the client did not acknowledge."""
-        assert self.sm is not None
-        await self.acks_drained()  # 'h' of <resumed/> counts only what is durable
-        self.sm.catch_up(
-            h, self.server.config.stream_management.max_unacked
-        )  # restored from an upgrade's shadow copy, which may lag by a loop turn
-        self.sm.acknowledge(h)  # raises before any change if 'h' is impossible
-        if self.state is State.ESTABLISHED:  # the old connection looks alive but the client has moved on
-            self.log.info("resumed on another connection; closing this one")
-            self._drop_transport(StreamError("conflict", "this session was resumed on another connection"))
-        self.attach(transport, stream_id=stream_id, lang=lang, mechanism=mechanism)
-        self.log.info("resumed (%d stanzas to resend)", len(self.sm.unacked))
-        self.write_element(resumed(self.sm))
-        for stanza in self.sm.unacked:
-            self.transport.send(stanza)  # §5: what the client did not acknowledge, in order
-        self.sm.ack_requested = False
-        if self.sm.unacked:
-            self.sm.ack_requested = True
-            self.transport.send(ack_request())
-        await self.server.bus.fire("sm-resumed", SessionEvent(self))
-
     # -- negotiation ------------------------------------------------------------------------------
 
     async def _on_nonza(self, element: etree._Element) -> bool:
@@ -274,50 +192,6 @@ class ClientSession(ReadProofs):  # and through its chain of slotted bases Resou
     async def _on_second_bind(self, iq: etree._Element) -> bool:
         self.send(error_reply(iq, StanzaError("not-allowed", "this stream already has a resource")))
         return False
-
-    # -- stream management (XEP-0198) -------------------------------------------------------------------
-
-    def attach(self, transport: Transport, *, stream_id: str, lang: str, mechanism: str | None) -> None:
-        """§5: continue on `transport`, whose stream authenticated as this user and resumed this session."""
-        self.transport = transport
-        self.stream_id = stream_id
-        self.lang = lang
-        self.mechanism = mechanism
-        self.reset_timers()
-        self.state = State.ESTABLISHED
-        self.server.track(self)
-        enter_session(self)  # the resuming connection's task now works for this session
-
-    def _drop_transport(self, error: StreamError | None) -> None:
-        """Write a last error and close the transport, keeping the session."""
-        transport, self.transport = self.transport, NO_TRANSPORT
-        transport.close_stream(error)
-
-    async def _detach(self) -> None:
-        """§5: the connection is gone but the session stays bound and available; stanzas to it queue
-        until a new stream resumes it or the stream_management module ends it when the window closes.
-        """
-        assert self.sm is not None
-        self.state = State.DETACHED
-        self.transport = NO_TRANSPORT
-        sm = self.sm
-        sm.jid = self.jid_text
-        sm.priority = self.priority
-        sm.presence = None if self.presence is None else etree.tostring(self.presence, encoding="utf-8")
-        sm.interested = self.interested
-        sm.directed_to = tuple(sorted(str(jid) for jid in self.directed_to))
-        sm.resume_deadline = time.time() + sm.resume_timeout
-        self.log.info("connection lost; resumable for %.1f s", sm.resume_timeout)
-        await self.server.bus.fire("sm-detached", SessionEvent(self))
-
-    @property
-    def detached(self) -> bool:
-        """Bound and waiting for a stream to resume it (XEP-0198 §5)."""
-        return self.state is State.DETACHED
-
-    @property
-    def resumable(self) -> bool:
-        return self.state is State.ESTABLISHED and self.sm is not None and self.sm.resumable
 
     # -- established ------------------------------------------------------------------------------
 
