@@ -19,6 +19,14 @@ from lxml import etree
 
 from nitro.c2s.authn import Authenticator, Challenge, mechanisms
 from nitro.c2s.inputs import State, input_name
+from nitro.c2s.negotiation_xml import (
+    binding_features,
+    bound_jid,
+    domain_of,
+    iq_payload,
+    negotiation_features,
+    sasl_element,
+)
 from nitro.c2s.session import ClientSession
 from nitro.c2s.transport import StreamHeader, Transport
 from nitro.core.logins import Turn
@@ -121,7 +129,7 @@ class Negotiation:
         header = StreamHeader(from_=self.domain, to=opened.from_, id=self.stream_id, lang=self.lang)
         self.transport.open_stream(header)
         self.header_sent = True
-        if opened.to is None or _domain_of(opened.to) != self.domain:
+        if opened.to is None or domain_of(opened.to) != self.domain:
             raise StreamError("host-unknown", f"this server serves {self.domain}")
         if opened.version is None or not opened.version.startswith("1."):
             raise StreamError("unsupported-version", "XMPP 1.0 streams only (RFC 6120 §4.7.5)")
@@ -129,25 +137,21 @@ class Negotiation:
         self.send(await self._features())
 
     async def _features(self) -> etree._Element:
-        features = etree.Element(f"{{{ns.STREAM}}}features", nsmap={"stream": ns.STREAM})
-        if not self.authenticated:
-            if self.server.tls_context is not None and self.transport.can_starttls:
-                starttls = etree.SubElement(features, f"{{{ns.TLS}}}starttls", nsmap=ns.default_ns(ns.TLS))
-                if self.config.require_encryption:
-                    etree.SubElement(starttls, f"{{{ns.TLS}}}required")
-                    return features  # nothing else until TLS is up (RFC 6120 §5.3.1)
-            elif not self.may_negotiate:
+        if self.authenticated:
+            features = binding_features()
+        else:
+            starttls = self.server.tls_context is not None and self.transport.can_starttls
+            if not starttls and not self.may_negotiate:
                 # Encryption is required and this transport cannot add it (WebSocket or BOSH over plain HTTP
                 # from afar, RFC 7395 §3.9): no feature would lead anywhere, so say why now, as Prosody does
                 # (it closes such a stream when it has no feature to offer).
                 raise StreamError("policy-violation", "encryption is required: connect over TLS (https, wss)")
-            mechs = etree.SubElement(features, f"{{{ns.SASL}}}mechanisms", nsmap=ns.default_ns(ns.SASL))
-            for name in self._mechanisms():
-                etree.SubElement(mechs, f"{{{ns.SASL}}}mechanism").text = name
-        else:
-            etree.SubElement(features, f"{{{ns.BIND}}}bind", nsmap=ns.default_ns(ns.BIND))
-            session = etree.SubElement(features, f"{{{ns.SESSION}}}session", nsmap=ns.default_ns(ns.SESSION))
-            etree.SubElement(session, f"{{{ns.SESSION}}}optional")  # RFC 3921 session is a no-op
+            required = starttls and self.config.require_encryption
+            features = negotiation_features(
+                starttls=starttls, tls_required=required, mechanisms=self._mechanisms()
+            )
+            if required:
+                return features  # nothing else until TLS is up (RFC 6120 §5.3.1)
         await self.server.bus.fire("stream-features", StreamFeaturesEvent(self, features))
         return features
 
@@ -222,7 +226,7 @@ class Negotiation:
     async def _on_abort(self, _element: etree._Element) -> bool:
         self._auth = None
         self._leave_turn()
-        self._send_sasl("failure", None, condition="aborted")
+        self.send(sasl_element("failure", condition="aborted"))
         return True
 
     async def _sasl_step(self, element: etree._Element) -> None:
@@ -237,7 +241,7 @@ class Negotiation:
             self._sasl_failure(SaslFailure("temporary-auth-failure", "account store unavailable"))
             return
         if isinstance(step, Challenge):
-            self._send_sasl("challenge", step.data)
+            self.send(sasl_element("challenge", b64encode(step.data)))
             return
         self.username = step.username
         self.mechanism = self._auth.mechanism
@@ -246,7 +250,7 @@ class Negotiation:
         self.jid = JID.make(step.username, self.domain)
         self.log.extra = {"session": self.id, "jid": self.jid}
         self.log.info("authenticated as %s", self.jid)
-        self._send_sasl("success", step.data)
+        self.send(sasl_element("success", None if step.data is None else b64encode(step.data)))
         self._restart()  # §6.4.6: the client opens a new stream
         self.state = State.WAIT_HEADER
 
@@ -254,7 +258,7 @@ class Negotiation:
         self._auth = None
         self._leave_turn()
         self.state = State.NEGOTIATING
-        self._send_sasl("failure", None, condition=failure.condition, text=failure.text)
+        self.send(sasl_element("failure", condition=failure.condition, reason=failure.text))
         if failure.condition in ("not-authorized", "invalid-authzid"):
             self.server.auth_throttle.record_failure(self.transport.peer_host)
             self._auth_failures += 1
@@ -262,21 +266,9 @@ class Negotiation:
             if self._auth_failures >= self.server.config.auth.max_failures_per_stream:
                 raise StreamError("not-authorized", "too many failed attempts (RFC 6120 §6.4.5)")
 
-    def _send_sasl(
-        self, name: str, data: bytes | None, *, condition: str = "", text: str | None = None
-    ) -> None:
-        element = etree.Element(f"{{{ns.SASL}}}{name}", nsmap=ns.default_ns(ns.SASL))
-        if condition:
-            etree.SubElement(element, f"{{{ns.SASL}}}{condition}")
-            if text:
-                etree.SubElement(element, f"{{{ns.SASL}}}text").text = text
-        elif data is not None:
-            element.text = b64encode(data)
-        self.send(element)
-
     async def _on_unauthenticated_iq(self, element: etree._Element) -> bool:
         """Before login only in-band registration (XEP-0077) may be spoken, and only when TLS allows."""
-        payload = _payload(element)
+        payload = iq_payload(element)
         if not self.may_negotiate or element.tag != f"{{{ns.CLIENT}}}iq" or payload is None:
             raise self._unexpected(etree.QName(element).localname)
         name = f"c2s-unauthenticated/iq-{element.get('type')}/{payload.namespace}:{payload.localname}"
@@ -294,16 +286,11 @@ class Negotiation:
     async def _on_bind(self, iq: etree._Element) -> bool:
         """Resource binding (RFC 6120 §7): the server picks a resource if the client names none."""
         assert self.username is not None
-        requested = iq.findtext(f"{{{ns.BIND}}}bind/{{{ns.BIND}}}resource")
         try:
-            jid = JID.make(
-                self.username, self.domain, requested.strip() if requested and requested.strip() else None
-            )
+            jid = bound_jid(self.username, self.domain, iq)
         except InvalidJID as exc:
             self.send(error_reply(iq, StanzaError("bad-request", f"resource not allowed: {exc}")))
             return False
-        if jid.resource is None:
-            jid = jid.with_resource(f"nitro-{secrets.token_hex(6)}")
         bound = self.server.sessions.resources(jid.bare)
         limit = self.config.max_resources_per_account
         if len(bound) >= limit and all(resource.jid != jid for resource in bound):
@@ -390,18 +377,6 @@ class Negotiation:
     async def on_timer(self) -> None:
         if time.monotonic() >= self.negotiation_deadline:
             raise StreamError("connection-timeout", "stream negotiation took too long")
-
-
-def _payload(element: etree._Element) -> etree.QName | None:
-    children = [child for child in element if isinstance(child.tag, str)]
-    return etree.QName(children[0]) if len(children) == 1 else None
-
-
-def _domain_of(text: str) -> str | None:
-    try:
-        return JID.parse(text).domain
-    except InvalidJID:
-        return None
 
 
 _Action = Callable[[Negotiation, etree._Element], Awaitable[bool]]
