@@ -4,10 +4,20 @@ sees each copy and can drop it."""
 
 from __future__ import annotations
 
+import pytest
+import slixmpp
 from conftest import Clients
 from test_presence import befriend, login_with_inbox
 
-from nitro.core.events import PASS, STANZA_FILTER, Drop, RoutedStanza, Verdict
+from nitro.core.events import (
+    PASS,
+    PRESENCE_RECIPIENTS,
+    STANZA_FILTER,
+    Drop,
+    PresenceRecipients,
+    RoutedStanza,
+    Verdict,
+)
 from nitro.server import Server
 
 
@@ -73,3 +83,22 @@ async def test_a_stanza_filter_sees_each_copy_and_can_drop_one(server: Server, c
     await carol_inbox.receives("unavailable", str(alice.boundjid))
     await bob_inbox.never_receives("unavailable", str(alice.boundjid))
     assert ("unavailable", bob_jid) in seen
+
+
+async def test_a_failing_recipients_hook_sends_no_copy_and_the_session_goes_on(
+    server: Server, clients: Clients, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A presence-recipients hook that raises is logged, and nobody gets a copy it could not vet (the
+    router drops a stanza whose handler fails the same way); the user's session is unaffected."""
+    alice_jid, bob_jid = await clients.user("alice"), await clients.user("bob")
+    await befriend(server, alice_jid, bob_jid)
+
+    async def broken(event: PresenceRecipients) -> None:
+        raise RuntimeError("a broken hook")
+
+    _bob, bob_inbox = await login_with_inbox(clients, bob_jid)
+    server.bus.add(PRESENCE_RECIPIENTS, broken, priority=100)
+    alice, _alice_inbox = await login_with_inbox(clients, alice_jid)
+    await alice.plugin["xep_0199"].send_ping(slixmpp.JID("localhost"), timeout=5)  # still served
+    await bob_inbox.never_receives("available", str(alice.boundjid))
+    assert "a presence-recipients hook failed" in caplog.text

@@ -7,6 +7,7 @@ filters (plugins) registered each copy is routed instead, so the filters see eve
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -22,6 +23,8 @@ from nitro.xmpp.subscription import state_of
 
 if TYPE_CHECKING:
     from nitro.core.context import Core
+
+log = logging.getLogger(__name__)
 
 
 def addressed(presence: etree._Element, to: JID | str) -> etree._Element:
@@ -84,7 +87,11 @@ class Copies:
         if not local:
             return
         event = PresenceRecipients(presence, sender, local)
-        await self.server.bus.fire(PRESENCE_RECIPIENTS, event)
+        try:
+            await self.server.bus.fire(PRESENCE_RECIPIENTS, event)
+        except Exception:  # as the router does for a failing handler: logged, and nothing is delivered
+            log.exception("a presence-recipients hook failed: no copy of %s's presence sent", sender)
+            return
         deliver = self.server.deliver
         for recipient in event.recipients:
             if recipient.resource is not None:
