@@ -1,6 +1,6 @@
 """Presence copies the server sends on a user's behalf (broadcasts and probe answers, RFC 6121 §4) as
-transcripts: blocking (XEP-0191 §3.3) keeps them from a blocked contact both ways, and a stanza filter still
-sees each copy and can drop it."""
+transcripts: blocking (XEP-0191 §3.3) keeps them from a blocked contact both ways, a stanza filter still
+sees each copy and can drop it, and a failing presence-recipients hook lets no copy out."""
 
 from __future__ import annotations
 

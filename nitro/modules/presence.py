@@ -1,5 +1,6 @@
 """Presence (RFC 6121 §3, §4): subscriptions through the table of nitro.xmpp.subscription, broadcast, probes
-answered from the session registry, directed presence, and unavailable presence when a session ends.
+answered from the session registry, directed presence, and unavailable presence when a session ends. The
+copies sent on a user's behalf go out through nitro.modules.presence_copies.
 """
 
 from __future__ import annotations
