@@ -10,9 +10,15 @@ from typing import Any
 import slixmpp
 from conftest import Clients, wait_for
 
-from nitro.core.events import PASS, STANZA_FILTER, RoutedStanza, Verdict
+from nitro.core.events import (
+    PASS,
+    PRESENCE_RECIPIENTS,
+    STANZA_FILTER,
+    PresenceRecipients,
+    RoutedStanza,
+    Verdict,
+)
 from nitro.core.module import SessionEvent
-from nitro.core.router import StanzaEvent
 from nitro.server import Server
 from nitro.storage.models import RosterItem
 from nitro.xmpp.jid import JID
@@ -449,30 +455,29 @@ async def test_a_strangers_request_is_not_on_the_roster_until_approved(
     await wait_for(lambda: alice.client_roster[eve_jid]["subscription"] == "from")  # pushed
 
 
-async def test_a_broadcast_routes_no_copy_for_a_contact_with_no_available_resource(
+async def test_a_broadcast_makes_no_copy_for_a_contact_with_no_available_resource(
     server: Server, clients: Clients
 ) -> None:
     """§4.2.2 and §8.5.2.2.2: carol is offline and bob bound but not yet available: neither copy would be
-    delivered, so neither is routed; dave, available, gets his."""
+    delivered, so neither is made; dave, available, gets his."""
     alice_jid, bob_jid = await clients.user("alice"), await clients.user("bob")
     carol_jid, dave_jid = await clients.user("carol"), await clients.user("dave")
     for contact in (bob_jid, carol_jid, dave_jid):
         await befriend(server, alice_jid, contact)
-    routed: list[str] = []
+    made: list[str] = []
 
-    async def seen(event: StanzaEvent) -> bool:
+    async def seen(event: PresenceRecipients) -> None:
         if str(event.from_.bare) == alice_jid:
-            routed.append(str(event.to))
-        return False
+            made.extend(str(to) for to in event.recipients if to.is_bare)  # contacts (own resources: full)
 
     _bob, bob_inbox = await login_with_inbox(clients, bob_jid, send_presence=False)
     _dave, dave_inbox = await login_with_inbox(clients, dave_jid)
-    server.bus.add("presence/bare", seen, priority=100)
+    server.bus.add(PRESENCE_RECIPIENTS, seen, priority=100)
     alice = await clients.login(alice_jid)
     await dave_inbox.receives("available", str(alice.boundjid))
     alice.disconnect()
     await dave_inbox.receives("unavailable", str(alice.boundjid))
-    assert routed == [dave_jid, dave_jid]
+    assert made == [dave_jid, dave_jid]
     assert bob_inbox.matching("available", str(alice.boundjid)) == []
 
 

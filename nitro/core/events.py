@@ -140,10 +140,23 @@ class RosterChange:
     subscription: str
 
 
+@dataclass(slots=True)
+class PresenceRecipients:
+    """Payload of `presence-recipients`: the local JIDs a presence the server sends on `from_`'s behalf (a
+    broadcast or a probe answer, RFC 6121 §4) is about to reach, each copy delivered without being routed.
+    A handler removes the recipients that must not get it (e.g. XEP-0191 §3.3); `stanza` is not to be mutated.
+    """
+
+    stanza: etree._Element
+    from_: JID
+    recipients: list[JID]
+
+
 ACCOUNT_CREATED: EventKey[AccountEvent] = EventKey("account-created")
 ROSTER_CHANGED: EventKey[RosterChange] = EventKey("roster-changed")
 ACCOUNT_DELETED: EventKey[AccountEvent] = EventKey("account-deleted")
 STANZA_FILTER: EventKey[RoutedStanza] = EventKey("stanza-filter")
+PRESENCE_RECIPIENTS: EventKey[PresenceRecipients] = EventKey("presence-recipients")
 
 
 # -- the bus ----------------------------------------------------------------------------------------

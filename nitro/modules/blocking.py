@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from lxml import etree
 
+from nitro.core.events import PRESENCE_RECIPIENTS, PresenceRecipients
 from nitro.core.locks import UserLocks
 from nitro.core.module import AccountEvent, Module, SessionEvent
 from nitro.core.router import StanzaEvent
@@ -314,6 +315,20 @@ def load(module: Module) -> None:
             raise StanzaError("service-unavailable")  # the router never answers an error stanza
         return True
 
+    async def veto(event: PresenceRecipients) -> None:
+        """§3.3 for the presence copies the server sends on a user's behalf without routing each one (the
+        inbound check above, for all of them): no copy to a JID the sender blocks, nor to a user who blocks
+        the sender; when a list cannot be read, that recipient gets nothing."""
+        sender, kept = event.from_, []
+        for recipient in event.recipients:
+            try:
+                if await lists.blocks(recipient, sender) or await lists.blocks(sender, recipient):
+                    continue
+            except StorageUnavailable:
+                continue
+            kept.append(recipient)
+        event.recipients[:] = kept
+
     async def on_bind(event: SessionEvent) -> None:
         if event.session.username is None:
             return
@@ -337,6 +352,7 @@ def load(module: Module) -> None:
         for kind in ("message", "presence", "iq"):
             module.hook(f"pre-{kind}/{to_type}", outbound, priority=GUARD_PRIORITY)
             module.hook(f"{kind}/{to_type}", inbound, priority=GUARD_PRIORITY)
+    module.hook(PRESENCE_RECIPIENTS, veto, priority=GUARD_PRIORITY)
     module.hook("resource-bind", on_bind, priority=100)
     # After presence's own unbind handler (priority 0), whose unavailable broadcast still needs the list.
     module.hook("resource-unbind", on_unbind, priority=-100)

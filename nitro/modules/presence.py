@@ -1,5 +1,6 @@
 """Presence (RFC 6121 §3, §4): subscriptions through the table of nitro.xmpp.subscription, broadcast, probes
-answered from the session registry, directed presence, and unavailable presence when a session ends.
+answered from the session registry, directed presence, and unavailable presence when a session ends. The
+copies sent on a user's behalf go out through nitro.modules.presence_copies.
 """
 
 from __future__ import annotations
@@ -12,11 +13,11 @@ from typing import TYPE_CHECKING
 
 from lxml import etree
 
-from nitro.core.events import STANZA_FILTER
 from nitro.core.module import Module, SessionEvent
 from nitro.core.pace import paced
 from nitro.core.router import StanzaEvent
 from nitro.core.sessions import Resource
+from nitro.modules.presence_copies import Copies, addressed
 from nitro.modules.roster import change, is_local, roster_full, roster_lock, storage_error
 from nitro.storage.errors import QuotaExceeded, StorageUnavailable
 from nitro.storage.models import RosterItem
@@ -66,17 +67,12 @@ def _check_type(event: StanzaEvent) -> None:
         raise StanzaError("bad-request", f"unknown presence type {event.type!r} (RFC 6121 §4.7.1)")
 
 
-def _addressed(presence: etree._Element, to: JID | str) -> etree._Element:
-    sent = copy.copy(presence)  # lxml copies the whole subtree (as deepcopy does, without its memo)
-    sent.set("to", str(to))
-    return sent
-
-
 class Presence:
     """The presence logic of one server; the hooks in `load` call into it."""
 
     def __init__(self, server: Core) -> None:
         self.server = server
+        self.copies = Copies(server)
 
     async def route(self, presence: etree._Element) -> None:
         await self.server.router.route(presence)
@@ -89,14 +85,7 @@ class Presence:
             raise storage_error(exc) from exc
 
     def available_resources(self, user: JID) -> list[Resource]:
-        return [resource for resource in self.server.sessions.resources(user) if resource.available]
-
-    def reachable(self, contact: JID) -> bool:
-        """Whether presence for `contact` would be delivered: to an available resource of an account
-        (RFC 6121 §8.5.2.1.1), or to a full JID that is bound, available or not (§8.5.3.1)."""
-        if contact.resource is not None:
-            return self.server.sessions.resource(contact) is not None
-        return self.server.sessions.available(contact)
+        return self.copies.available_resources(user)
 
     # -- broadcast (§4.2, §4.4, §4.5) --------------------------------------------------------------------
 
@@ -148,30 +137,17 @@ class Presence:
         told = {JID.parse(item.jid).bare for item in items if state_of(item).from_}
         for target in directed:
             if target.bare not in told:
-                await self.route(_addressed(presence, target))
+                await self.route(addressed(presence, target))
 
     async def broadcast(
         self, session: Session, presence: etree._Element, items: tuple[RosterItem, ...]
     ) -> None:
-        """To every contact with a subscription to the user, and to the user's available resources.
+        """To every contact with a subscription to the user, and to the user's available resources."""
+        await self.copies.broadcast(session.jid, presence, items)
 
-        A copy for a contact without an available resource would be dropped on delivery (§8.5.2.2.2, and
-        §4.2.2 lets the server skip it): it is not routed at all, unless stanza filters (plugins) are
-        registered, which see every stanza the router would have routed.
-        """
-        every = self.server.bus.has_filters(STANZA_FILTER)
-        async for item in paced(items):  # a roster of thousands: other sessions get turns meanwhile
-            if not state_of(item).from_ or not is_local(self.server, item.jid):
-                continue
-            if every or self.reachable(JID.parse(item.jid)):
-                await self.route(_addressed(presence, item.jid))
-        for own in self.available_resources(session.jid.bare):
-            await self.route(_addressed(presence, own.jid))
-
-    async def send_current(self, resource: Resource, to: JID | str) -> None:
+    async def send_current(self, resource: Resource, to: JID) -> None:
         """The last presence `resource` broadcast, sent from its full JID to `to`."""
-        if resource.presence is not None:
-            await self.route(_addressed(resource.presence, to))
+        await self.copies.send_current((resource,), to)
 
     async def send_unavailable(self, user: JID, to: JID | str) -> None:
         """Unavailable from each available resource of `user` (§3.2.2, §3.3.3: the subscription ended)."""

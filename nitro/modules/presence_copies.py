@@ -1,0 +1,110 @@
+"""The copies of a user's presence the server sends on the user's behalf (RFC 6121 §4.2.2, §4.3.2, §4.4.2,
+§4.5.2): broadcasts to contacts and own resources, and probe answers. They go straight to the recipients'
+resources once the `presence-recipients` hooks (blocking, XEP-0191 §3.3) have vetoed theirs; with stanza
+filters (plugins) registered each copy is routed instead, so the filters see every one.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from lxml import etree
+
+from nitro.core.events import PRESENCE_RECIPIENTS, STANZA_FILTER, PresenceRecipients
+from nitro.core.pace import paced
+from nitro.core.sessions import Resource
+from nitro.modules.roster import is_local
+from nitro.storage.models import RosterItem
+from nitro.xmpp.jid import JID
+from nitro.xmpp.subscription import state_of
+
+if TYPE_CHECKING:
+    from nitro.core.context import Core
+
+log = logging.getLogger(__name__)
+
+
+def addressed(presence: etree._Element, to: JID | str) -> etree._Element:
+    sent = copy.copy(presence)  # lxml copies the whole subtree (as deepcopy does, without its memo)
+    sent.set("to", str(to))
+    return sent
+
+
+class Copies:
+    """Sends presence copies for one server: each recipient a local bare JID (delivered to its available
+    resources, §8.5.2.1.1) or a full JID (delivered to that resource if it is bound, §8.5.3.1)."""
+
+    def __init__(self, server: Core) -> None:
+        self.server = server
+
+    def available_resources(self, user: JID) -> list[Resource]:
+        return [resource for resource in self.server.sessions.resources(user) if resource.available]
+
+    def reachable(self, contact: JID) -> bool:
+        """Whether presence for `contact` would be delivered: to an available resource of an account
+        (RFC 6121 §8.5.2.1.1), or to a full JID that is bound, available or not (§8.5.3.1)."""
+        if contact.resource is not None:
+            return self.server.sessions.resource(contact) is not None
+        return self.server.sessions.available(contact)
+
+    def routed(self) -> bool:
+        """Whether copies go through the router: stanza filters (plugins) see every stanza it routes."""
+        return self.server.bus.has_filters(STANZA_FILTER)
+
+    async def broadcast(self, user: JID, presence: etree._Element, items: tuple[RosterItem, ...]) -> None:
+        """From the full JID `user` to every local contact with a subscription to the user, and to the
+        user's available resources.
+
+        A copy for a contact without an available resource would be dropped on delivery (§8.5.2.2.2, and
+        §4.2.2 lets the server skip it): it is not made at all, unless stanza filters are registered, which
+        see every stanza the router would have routed.
+        """
+        every = self.routed()
+        contacts: list[JID] = []
+        async for item in paced(items):  # a roster of thousands: other sessions get turns meanwhile
+            if not state_of(item).from_ or not is_local(self.server, item.jid):
+                continue
+            contact = JID.parse(item.jid)
+            if every or self.reachable(contact):
+                contacts.append(contact)
+        contacts.extend(own.jid for own in self.available_resources(user.bare))
+        await self.send(user, presence, contacts)
+
+    async def send(self, sender: JID, presence: etree._Element, recipients: Sequence[JID]) -> None:
+        """`presence` (its 'from' is `sender`, it has no 'to') to each local recipient, each copy addressed
+        to it; `presence` itself is not changed."""
+        domain = self.server.domain
+        every = self.routed()
+        local: list[JID] = []
+        for recipient in recipients:
+            if every or recipient.domain != domain:  # another host (a component) is the router's to reach
+                await self.server.router.route(addressed(presence, recipient))
+            else:
+                local.append(recipient)
+        if not local:
+            return
+        event = PresenceRecipients(presence, sender, local)
+        try:
+            await self.server.bus.fire(PRESENCE_RECIPIENTS, event)
+        except Exception:  # as the router does for a failing handler: logged, and nothing is delivered
+            log.exception("a presence-recipients hook failed: no copy of %s's presence sent", sender)
+            return
+        deliver = self.server.deliver
+        for recipient in event.recipients:
+            if recipient.resource is not None:
+                deliver(recipient, addressed(presence, recipient))
+                continue
+            resources = self.available_resources(recipient)
+            if resources:  # none: dropped (§8.5.2.2.2)
+                sent = addressed(presence, recipient)
+                for resource in resources:
+                    deliver(resource.jid, sent)
+
+    async def send_current(self, resources: Sequence[Resource], to: JID) -> None:
+        """The last presence each of `resources` broadcast, sent from its full JID to `to`."""
+        for resource in resources:
+            if resource.presence is not None:
+                await self.send(resource.jid, resource.presence, (to,))
