@@ -75,22 +75,24 @@ class TLSTransport(asyncio.Transport, asyncio.Protocol):
 
     async def handshake(self) -> None:
         """Until the handshake is done; raises what ended it otherwise (ssl.SSLError, ConnectionError)."""
+        if self._error is not None:
+            raise self._error
         if self._state is State.HANDSHAKING:
             self._waiter = asyncio.get_running_loop().create_future()
             try:
                 await self._waiter
             finally:
                 self._waiter = None
-        elif self._state is State.CLOSED and self._error is not None:
-            raise self._error
         elif self._state is State.CLOSED:
             raise ConnectionResetError("the connection closed during the TLS handshake")
 
     # -- the protocol of the plain transport --------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
-        if self._state is State.CLOSED:
+        if self._state is State.CLOSED or self._error is not None:
             return
+        if self._closing and self._state is State.OPEN:
+            return  # after our close_notify, what comes is not read (the stream is over)
         chunks: list[bytes] = []
         close_notify = False
         try:
@@ -99,6 +101,8 @@ class TLSTransport(asyncio.Transport, asyncio.Protocol):
                 self._incoming.write(view[start : start + SLICE])
                 if self._state is State.HANDSHAKING and not self._handshake_step():
                     continue
+                if self._closing:
+                    break  # closed as soon as the handshake was done (what the app wrote is sent)
                 close_notify = self._decrypt(chunks)
                 if close_notify:
                     break
@@ -270,13 +274,15 @@ class TLSTransport(asyncio.Transport, asyncio.Protocol):
 
     def _fail(self, exc: Exception, abort: bool = False) -> None:
         """The handshake or a record failed: send the alert OpenSSL wrote (unless aborting) and close."""
-        if self._state is State.CLOSED:
+        if self._state is State.CLOSED or self._error is not None:
             return
         self._error = exc
         self._closing = True
         self._pending = None
         self._cancel_timer()
-        if self._waiter is None:  # Direct TLS: nobody else reports it (STARTTLS raises it to the stream)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_exception(exc)  # STARTTLS: the stream reports it
+        else:  # Direct TLS, or a failure after the handshake: nobody else does
             peer = self._raw.get_extra_info("peername")
             log.info("TLS with %s failed: %s", peer[0] if isinstance(peer, tuple) else "?", exc)
         if abort:
