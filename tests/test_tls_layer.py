@@ -7,15 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import re
-import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
 import uvloop
-from conftest import DOMAIN, PASSWORD, Clients, make_config, raw_stream, read_until, started_server, wait_for
-from test_c2s import HEADER, plain, still_serving
+from conftest import DOMAIN, Clients, make_config, raw_stream, read_until, started_server, wait_for
+from test_c2s import HEADER, still_serving
+from test_connection import raw_login
 
 from nitro.config import Config
 from nitro.server import Server
@@ -76,12 +76,25 @@ def only_an_alert(data: bytes) -> None:
 # -- what is not TLS ----------------------------------------------------------------------------------------
 
 
-async def clear_text_after_proceed(server: Server, clients: Clients) -> None:
-    """A client that ignores `<proceed/>` and carries on in the clear gets an alert and the close."""
-    reader, writer = await proceeded(server)
-    writer.write(HEADER)
+async def refused(
+    server: Server, stream: tuple[asyncio.StreamReader, asyncio.StreamWriter], sent: bytes, eof: bool = False
+) -> None:
+    """`sent` (then, with `eof`, the end of the client's output) gets an alert at most, and the close."""
+    reader, writer = stream
+    writer.write(sent)
+    if eof:
+        writer.write_eof()
     only_an_alert(await until_closed(reader))
     writer.close()
+
+
+async def direct_tls(server: Server) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection("127.0.0.1", server.config.c2s.direct_tls_port)
+
+
+async def clear_text_after_proceed(server: Server, clients: Clients) -> None:
+    """A client that ignores `<proceed/>` and carries on in the clear gets an alert and the close."""
+    await refused(server, await proceeded(server), HEADER)
     await no_connections_left(server)
     await still_serving(clients)
 
@@ -95,20 +108,13 @@ async def garbage_instead_of_a_client_hello(server: Server, clients: Clients) ->
         b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n",
     ]
     for sent in garbage:
-        reader, writer = await asyncio.open_connection("127.0.0.1", server.config.c2s.direct_tls_port)
-        writer.write(sent)
-        only_an_alert(await until_closed(reader))
-        writer.close()
+        await refused(server, await direct_tls(server), sent)
     await no_connections_left(server)
     await still_serving(clients)
 
 
 async def a_peer_that_hangs_up_mid_handshake(server: Server, clients: Clients) -> None:
-    reader, writer = await asyncio.open_connection("127.0.0.1", server.config.c2s.direct_tls_port)
-    writer.write(client_hello(server)[:20])
-    writer.write_eof()
-    only_an_alert(await until_closed(reader))
-    writer.close()
+    await refused(server, await direct_tls(server), client_hello(server)[:20], eof=True)
     await no_connections_left(server)
 
 
@@ -126,8 +132,7 @@ def client_hello(server: Server) -> bytes:
 
 async def a_direct_tls_handshake_that_never_finishes(server: Server, clients: Clients) -> None:
     """Nothing after connecting, or half a ClientHello: closed after the negotiation timeout."""
-    silent = await asyncio.open_connection("127.0.0.1", server.config.c2s.direct_tls_port)
-    halfway = await asyncio.open_connection("127.0.0.1", server.config.c2s.direct_tls_port)
+    silent, halfway = await direct_tls(server), await direct_tls(server)
     hello = client_hello(server)
     halfway[1].write(hello[: len(hello) // 2])
     for reader, writer in (silent, halfway):
@@ -183,36 +188,10 @@ async def a_client_close_notify_ends_the_stream(server: Server, clients: Clients
 # -- data through TLS ---------------------------------------------------------------------------------------
 
 
-async def tls_login(
-    server: Server, username: str, *, receive_buffer: int | None = None
-) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """A raw Direct TLS stream logged in with PLAIN and bound to 'raw'; optionally a tiny receive buffer."""
-    sock = socket.socket()
-    if receive_buffer is not None:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
-    sock.setblocking(False)
-    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", server.config.c2s.direct_tls_port))
-    reader, writer = await asyncio.open_connection(
-        sock=sock, ssl=client_context(server), server_hostname=DOMAIN, limit=2**20
-    )
-    writer.write(HEADER)
-    await read_until(reader, b"</stream:features>")
-    writer.write(plain(username, PASSWORD))
-    await read_until(reader, b"<success")
-    writer.write(HEADER)
-    await read_until(reader, b"</stream:features>")
-    writer.write(
-        b"<iq type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>"
-        b"<resource>raw</resource></bind></iq>"
-    )
-    await read_until(reader, b"</iq>")
-    return reader, writer
-
-
 async def a_large_stanza_crosses_intact_both_ways(server: Server, clients: Clients) -> None:
     """A message many times SLICE long, sent in one write, comes back from the server in one piece."""
     await clients.user("alice")
-    reader, writer = await tls_login(server, "alice")
+    reader, writer = await raw_login(server, "alice", tls=client_context(server))
     [session] = server.sessions.sessions_of(JID.parse("alice@localhost"))
     assert isinstance(session.transport, ClientConnection)
     assert isinstance(session.transport.transport, TLSTransport)
@@ -236,10 +215,10 @@ async def a_client_that_stops_reading(server: Server, clients: Clients) -> None:
     order."""
     for name in ("alice", "bob", "carol"):
         await clients.user(name)
-    bob = await tls_login(server, "bob", receive_buffer=4096)
+    bob = await raw_login(server, "bob", tls=client_context(server), receive_buffer=4096)
     bob[1].transport.pause_reading()  # type: ignore[attr-defined]  # typed WriteTransport; it reads too
-    carol = await tls_login(server, "carol")
-    alice = await tls_login(server, "alice")
+    carol = await raw_login(server, "carol", tls=client_context(server))
+    alice = await raw_login(server, "alice", tls=client_context(server))
     for to in ("bob@localhost/raw", "carol@localhost/raw"):
         alice[1].write(
             b"".join(

@@ -120,10 +120,9 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass it
-        if self.encrypted:
-            context = self._server.tls_context  # the listener exists only with one
+        if self.encrypted:  # Direct TLS: its listener exists only with a context
+            context, timeout = self._server.tls_context, self._server.config.c2s.negotiation_timeout
             assert context is not None
-            timeout = self._server.config.c2s.negotiation_timeout
             self.transport = start_server_tls(self.transport, self, context, timeout)
         peer = transport.get_extra_info("peername")
         self.peer_host = str(peer[0]) if isinstance(peer, tuple) else "local"
