@@ -96,9 +96,8 @@ class TLSTransport(asyncio.Transport, asyncio.Protocol):
         chunks: list[bytes] = []
         close_notify = False
         try:
-            view = memoryview(data)
-            for start in range(0, len(view), SLICE):
-                self._incoming.write(view[start : start + SLICE])
+            for piece in (data,) if len(data) <= SLICE else _slices(data):
+                self._incoming.write(piece)
                 if self._state is State.HANDSHAKING and not self._handshake_step():
                     continue
                 if self._closing:
@@ -235,17 +234,20 @@ class TLSTransport(asyncio.Transport, asyncio.Protocol):
         return True
 
     def _decrypt(self, chunks: list[bytes]) -> bool:
-        """Append the plaintext available to `chunks`; True when the peer sent close_notify."""
-        while True:
+        """Append the plaintext available to `chunks`; True when the peer sent close_notify. (Reading stops
+        when nothing is left rather than at SSLWantReadError: raising it costs more than the read.)"""
+        incoming, pending, read = self._incoming, self._ssl.pending, self._ssl.read
+        while incoming.pending or pending():
             try:
-                chunk = self._ssl.read(READ_SIZE)
+                chunk = read(READ_SIZE)
             except ssl.SSLWantReadError:
-                return False
+                return False  # the rest of a record has not come yet
             except ssl.SSLZeroReturnError:
                 return True
             if not chunk:
                 return True
             chunks.append(chunk)
+        return False
 
     def _encrypt(self, data: bytes | bytearray | memoryview) -> None:
         """Encrypt `data` in records of at most SLICE bytes and write them to the socket."""
@@ -253,10 +255,9 @@ class TLSTransport(asyncio.Transport, asyncio.Protocol):
             self._ssl.write(data)
             self._flush()
             return
-        view = memoryview(data)
         records = []
-        for start in range(0, len(view), SLICE):
-            self._ssl.write(view[start : start + SLICE])
+        for piece in _slices(data):
+            self._ssl.write(piece)
             records.append(self._outgoing.read())
         self._raw.write(b"".join(records))
 
@@ -300,6 +301,11 @@ class TLSTransport(asyncio.Transport, asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+
+def _slices(data: bytes | bytearray | memoryview) -> list[memoryview]:
+    view = memoryview(data)
+    return [view[start : start + SLICE] for start in range(0, len(view), SLICE)]
 
 
 def start_server_tls(
