@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
@@ -149,6 +150,8 @@ class ClientConnection(asyncio.Protocol):
         return False  # close the transport: a client that half-closes is gone (RFC 6120 §4.4)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.encrypted and isinstance(exc, ssl.SSLError | TimeoutError) and self._stream is not None:
+            self._stream.note_end(f"connection lost: {exc!r}")  # Direct TLS: the handshake failed
         self._eof = True
         self._out.clear()
         self._cancel_timers()

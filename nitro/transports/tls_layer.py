@@ -28,14 +28,14 @@ class State(enum.Enum):
 class TLSTransport(asyncio.Transport, asyncio.Protocol):
     """The protocol of the plain transport `raw` and the transport of `app`, with TLS in between.
 
-    Handshake: server side, bounded by `handshake_timeout` (then the connection is aborted with
-    ConnectionAbortedError); a failure sends OpenSSL's alert and closes. `handshake()` waits for it
-    (STARTTLS); what `app` writes before it is done is sent once it is (Direct TLS: a stream error to a
-    refused client). Reading: whatever arrives is decrypted and handed on at once; pausing pauses the socket.
-    A close_notify from the peer is the app's `eof_received`. Writing: encrypted at once and written to the
-    socket, whose buffer gives the app its backpressure (`pause_writing`, `get_write_buffer_size`). `close`
-    sends close_notify and closes the socket without waiting for the peer's (RFC 8446 §6.1 allows it; the
-    stream lingered before).
+    Handshake: server side, bounded by `handshake_timeout` (then the connection is aborted with TimeoutError);
+    a failure sends OpenSSL's alert and closes, and the app's `connection_lost` gets the error. `handshake()`
+    waits for it (STARTTLS); what `app` writes before it is done is sent once it is (Direct TLS: a stream
+    error to a refused client). Reading: whatever arrives is decrypted and handed on at once; pausing pauses
+    the socket. A close_notify from the peer is the app's `eof_received`. Writing: encrypted at once and
+    written to the socket, whose buffer gives the app its backpressure (`pause_writing`,
+    `get_write_buffer_size`). `close` sends close_notify and closes the socket without waiting for the
+    peer's (RFC 8446 §6.1 allows it; the stream lingered before).
     """
 
     __slots__ = (
@@ -282,10 +282,8 @@ class TLSTransport(asyncio.Transport, asyncio.Protocol):
         self._pending = None
         self._cancel_timer()
         if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_exception(exc)  # STARTTLS: the stream reports it
-        else:  # Direct TLS, or a failure after the handshake: nobody else does
-            peer = self._raw.get_extra_info("peername")
-            log.info("TLS with %s failed: %s", peer[0] if isinstance(peer, tuple) else "?", exc)
+            self._waiter.set_exception(exc)  # STARTTLS: raised in the stream, which logs it
+        log.debug("TLS failed: %r", exc)  # the app's connection_lost gets it too
         if abort:
             self._raw.abort()
         else:
@@ -295,7 +293,7 @@ class TLSTransport(asyncio.Transport, asyncio.Protocol):
     def _timed_out(self) -> None:
         self._timer = None
         if self._state is State.HANDSHAKING:
-            self._fail(ConnectionAbortedError("the TLS handshake took too long"), abort=True)
+            self._fail(TimeoutError("the TLS handshake took too long"), abort=True)
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
