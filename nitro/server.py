@@ -142,16 +142,14 @@ class Server:
         """One c2s listener on the registry's sockets (bound here, or inherited from a predecessor)."""
         c2s = self.config.c2s
         loop = asyncio.get_running_loop()
-        accept = connection_factory(self, self.transport_limits)
+        accept = connection_factory(self, self.transport_limits, direct_tls=tls is not None)
 
         async def start(sockets: list[Any]) -> Any:
             servers = [
                 await loop.create_server(
                     accept,
                     sock=sock,
-                    backlog=c2s.backlog,
-                    ssl=tls,
-                    ssl_handshake_timeout=c2s.negotiation_timeout if tls is not None else None,
+                    backlog=c2s.backlog,  # TLS is the connection's own (nitro/transports/tls_layer.py)
                 )
                 for sock in sockets
             ]

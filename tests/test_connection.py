@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import re
 import socket
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import slixmpp
-from conftest import PASSWORD, Clients, make_config, read_until, wait_for
+from conftest import DOMAIN, PASSWORD, Clients, make_config, read_until, wait_for
 from test_c2s import HEADER, plain
 
 from nitro.core.context import Session
@@ -26,16 +27,19 @@ COUNT = 5000  # messages of 1.1 kB: more than the kernel's socket buffers (4 MB)
 
 
 async def raw_login(
-    server: Server, username: str, *, receive_buffer: int | None = None
+    server: Server, username: str, *, receive_buffer: int | None = None, tls: ssl.SSLContext | None = None
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """A plain-TCP raw stream logged in with PLAIN and bound to 'raw'; optionally a tiny receive buffer,
-    so that what the server writes piles up on its side as soon as this client stops reading."""
+    """A plain-TCP (with `tls`, Direct TLS) raw stream logged in with PLAIN and bound to 'raw'; optionally a
+    tiny receive buffer, so that what the server writes piles up on its side as soon as this client stops
+    reading."""
     sock = socket.socket()
     if receive_buffer is not None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
     sock.setblocking(False)
-    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", server.config.c2s.port))
-    reader, writer = await asyncio.open_connection(sock=sock, limit=2**20)
+    port = server.config.c2s.direct_tls_port if tls is not None else server.config.c2s.port
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    hostname = DOMAIN if tls is not None else None
+    reader, writer = await asyncio.open_connection(sock=sock, limit=2**20, ssl=tls, server_hostname=hostname)
     writer.write(HEADER)
     await read_until(reader, b"</stream:features>")
     writer.write(plain(username, PASSWORD))

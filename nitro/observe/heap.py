@@ -5,9 +5,10 @@ seconds after their last input (nitro/transports/tcp_task.py); one trim a second
 And keeping large blocks out of the heap in the first place: glibc serves an allocation of at least
 `M_MMAP_THRESHOLD` bytes (128 KiB by default) with its own `mmap`, whose untouched pages cost nothing and
 which goes back to the system when freed; but once any such block is freed, glibc raises the threshold to
-that block's size. A server with TLS frees one early (uvloop's TLS protocol allocates a 256 KiB read buffer
-per connection), and from then on each connection's buffer lies on heap pages other allocations already
-touched. `fix_mmap_threshold` sets the threshold explicitly, which turns that adjustment off.
+that block's size. A server with HTTPS frees one early (uvloop's TLS protocol, under aiohttp's TLS listener,
+allocates a 256 KiB read buffer per connection; c2s TLS is Nitro's own, nitro/transports/tls_layer.py), and
+from then on each connection's buffer lies on heap pages other allocations already touched.
+`fix_mmap_threshold` sets the threshold explicitly, which turns that adjustment off.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
@@ -20,6 +21,7 @@ from nitro.observe import trace
 from nitro.transports.deadline import Deadline
 from nitro.transports.limits import AddressSlot, Shaper, SharedLimits, too_many_connections
 from nitro.transports.tcp_task import TIMER, StreamInput, serve_client
+from nitro.transports.tls_layer import start_server_tls
 from nitro.xmpp.errors import StreamError
 from nitro.xmpp.xmlstream import XMLStreamParser
 from nitro.xmpp.xmlwrite import STREAM_FOOTER, serialize, stream_header
@@ -81,15 +83,15 @@ class ClientConnection(asyncio.Protocol):
         "transport",
     )
 
-    def __init__(self, server: Core, limits: SharedLimits) -> None:
+    def __init__(self, server: Core, limits: SharedLimits, direct_tls: bool = False) -> None:
         self._server = server
         self._limits = limits
         self._loop = asyncio.get_running_loop()
         self._write_timeout = server.config.c2s.write_timeout
         self.transport: asyncio.Transport | None = None
         self.peer_host = "local"
-        self.encrypted = False
-        self.kind = "tcp"
+        self.encrypted = direct_tls  # a Direct TLS listener's (XEP-0368): TLS from the first byte
+        self.kind = "tls" if direct_tls else "tcp"
         parser = XMLStreamParser(
             max_stanza_bytes=server.config.c2s.max_stanza_bytes,
             max_names=server.config.limits.max_names_before_auth,
@@ -119,11 +121,12 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass it
-
+        if self.encrypted:  # Direct TLS: its listener exists only with a context
+            context, timeout = self._server.tls_context, self._server.config.c2s.negotiation_timeout
+            assert context is not None
+            self.transport = start_server_tls(self.transport, self, context, timeout)
         peer = transport.get_extra_info("peername")
         self.peer_host = str(peer[0]) if isinstance(peer, tuple) else "local"
-        self.encrypted = transport.get_extra_info("sslcontext") is not None
-        self.kind = "tls" if self.encrypted else "tcp"
         self._slot = self._limits.addresses.acquire(self.peer_host)
         if self._slot is None:
             self.refused = too_many_connections(self._server.config.limits.max_connections_per_address)
@@ -147,6 +150,8 @@ class ClientConnection(asyncio.Protocol):
         return False  # close the transport: a client that half-closes is gone (RFC 6120 §4.4)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.encrypted and isinstance(exc, ssl.SSLError | TimeoutError) and self._stream is not None:
+            self._stream.note_end(f"connection lost: {exc!r}")  # Direct TLS: the handshake failed
         self._eof = True
         self._out.clear()
         self._cancel_timers()
@@ -264,13 +269,9 @@ class ClientConnection(asyncio.Protocol):
         await self._writable(self._write_timeout)
         self._drop_unread()  # RFC 6120 §5.4.3.3: clear text sent after <starttls/> is not the new stream
         self._tls_started = True
-        self.transport = await self._loop.start_tls(
-            self.transport,
-            self,
-            context,
-            server_side=True,
-            ssl_handshake_timeout=self._server.config.c2s.negotiation_timeout,
-        )
+        tls = start_server_tls(self.transport, self, context, self._server.config.c2s.negotiation_timeout)
+        self.transport = tls
+        await tls.handshake()  # nitro/transports/tls_layer.py: TLS run here, not by the event loop
         self.encrypted = True
 
     def close(self) -> None:
@@ -396,6 +397,8 @@ class ClientConnection(asyncio.Protocol):
             self._write_timer = None
 
 
-def connection_factory(server: Core, limits: SharedLimits) -> Callable[[], ClientConnection]:
+def connection_factory(
+    server: Core, limits: SharedLimits, direct_tls: bool = False
+) -> Callable[[], ClientConnection]:
     """The protocol factory for `loop.create_server`: each connection runs `serve_client` in its own task."""
-    return lambda: ClientConnection(server, limits)
+    return lambda: ClientConnection(server, limits, direct_tls)
