@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
-from collections.abc import Callable
-from typing import TYPE_CHECKING, cast
+import time
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, cast
 
 from lxml import etree
 
@@ -19,7 +21,7 @@ from nitro.c2s.transport import StreamHeader
 from nitro.observe import trace
 from nitro.transports.deadline import Deadline
 from nitro.transports.limits import AddressSlot, Shaper, SharedLimits, too_many_connections
-from nitro.transports.tcp_task import TIMER, StreamInput, serve_client
+from nitro.transports.tcp_task import PARKED, TIMER, StreamInput, serve_client
 from nitro.xmpp.errors import StreamError
 from nitro.xmpp.xmlstream import XMLStreamParser
 from nitro.xmpp.xmlwrite import STREAM_FOOTER, serialize, stream_header
@@ -52,6 +54,7 @@ class ClientConnection(asyncio.Protocol):
 
     __slots__ = (
         "_closed",
+        "_context",
         "_eof",
         "_flush_handle",
         "_inbox",
@@ -61,11 +64,11 @@ class ClientConnection(asyncio.Protocol):
         "_loop",
         "_out",
         "_out_bytes",
+        "_parked",
         "_read_paused",
         "_server",
         "_slot",
         "_stream",
-        "_task",
         "_timer",
         "_tls_started",
         "_waiter",
@@ -113,7 +116,8 @@ class ClientConnection(asyncio.Protocol):
         self._write_paused = False
         self._write_timer: asyncio.Handle | None = None
         self._timer = Deadline(self._loop, self._wake)
-        self._task: asyncio.Task[None] | None = None
+        self._context: contextvars.Context | None = None  # the connection's tasks run in it, one after another
+        self._parked = False  # no task: the next event starts one (`_wake`)
 
     # -- asyncio.Protocol -------------------------------------------------------------------------------
 
@@ -129,8 +133,8 @@ class ClientConnection(asyncio.Protocol):
             self.refused = too_many_connections(self._server.config.limits.max_connections_per_address)
         else:
             self.incoming.lane = self._limits.preauth.lane()
-        self._task = self._loop.create_task(serve_client(self._server, self))
-        self._server.connection_task(self._task)
+        self._context = contextvars.copy_context()
+        self._run(serve_client(self._server, self))
 
     def data_received(self, data: bytes) -> None:
         if self.closing:
@@ -177,6 +181,11 @@ class ClientConnection(asyncio.Protocol):
         return self.incoming.parser
 
     @property
+    def parked(self) -> bool:
+        """No task serves the connection now: its session is idle (nitro/transports/tcp_task.py)."""
+        return self._parked
+
+    @property
     def can_starttls(self) -> bool:
         return not self.encrypted and self._server.tls_context is not None
 
@@ -212,16 +221,17 @@ class ClientConnection(asyncio.Protocol):
         self._stream = stream
 
     async def sleep_until(self, when: float) -> bool:
-        self._timer.set(when)
-        while not self._timer.due:
+        """Precisely (traffic shaping's pace), not on the coarse timer wheel of `read`."""
+        while (left := when - time.monotonic()) > 0:
             if self.closing:
                 return False
+            handle = self._loop.call_later(left, self._wake)
             self._waiter = self._loop.create_future()
             try:
                 await self._waiter
             finally:
                 self._waiter = None
-        self._timer.consume()
+                handle.cancel()
         return True
 
     def hold_input(self, held: bool) -> None:
@@ -292,15 +302,19 @@ class ClientConnection(asyncio.Protocol):
 
     # -- the connection task's side ------------------------------------------------------------------------
 
-    async def read(self, deadline: float, limit: int | None = None) -> bytes | object:
+    async def read(self, deadline: float, limit: int | None = None, park: bool = False) -> bytes | object:
         """The input received so far (at most `limit` bytes; the rest waits for the next read); b"" at the
-        end of input or once closing; TIMER past `deadline`."""
+        end of input or once closing; TIMER past `deadline`. With `park`, PARKED instead of waiting: the task
+        ends, and the next input, end, close or deadline starts a new one (an idle connection has no task)."""
         self._timer.set(deadline)
         while not self._inbox:
             if self._eof or self.closing:
                 return b""
             if self._timer.consume():
                 return TIMER
+            if park:
+                self._parked = True
+                return PARKED
             self._waiter = self._loop.create_future()
             try:
                 await self._waiter
@@ -350,8 +364,17 @@ class ClientConnection(asyncio.Protocol):
     # -- internals ----------------------------------------------------------------------------------------
 
     def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
+        if self._parked:
+            self._parked = False
+            assert self._stream is not None
+            self._run(serve_client(self._server, self, self._stream))
+        elif self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
+
+    def _run(self, serve: Coroutine[Any, Any, None]) -> None:
+        """Start the connection's task (the first, or the next after it parked), in the connection's context
+        (its session's log scope), tracked for shutdown."""
+        self._server.connection_task(self._loop.create_task(serve, context=self._context))
 
     def _pause_reading(self) -> None:
         if not self._read_paused and self.transport is not None and not self.transport.is_closing():
