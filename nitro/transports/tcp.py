@@ -62,6 +62,7 @@ class ClientConnection(asyncio.Protocol):
         "_input_held",
         "_limits",
         "_loop",
+        "_lost",
         "_out",
         "_out_bytes",
         "_parked",
@@ -107,7 +108,8 @@ class ClientConnection(asyncio.Protocol):
         self._inbox: list[bytes] = []
         self._inbox_bytes = 0
         self._eof = False
-        self._closed: asyncio.Future[None] = self._loop.create_future()
+        self._lost = False  # connection_lost was called
+        self._closed: asyncio.Future[None] | None = None  # made when `finish` waits for connection_lost
         self._waiter: asyncio.Future[None] | None = None
         self._out: list[bytes] = []
         self._out_bytes = 0
@@ -116,7 +118,9 @@ class ClientConnection(asyncio.Protocol):
         self._write_paused = False
         self._write_timer: asyncio.Handle | None = None
         self._timer = Deadline(self._loop, self._wake)
-        self._context: contextvars.Context | None = None  # the connection's tasks run in it, one after another
+        self._context: contextvars.Context | None = (
+            None  # the connection's tasks run in it, one after another
+        )
         self._parked = False  # no task: the next event starts one (`_wake`)
 
     # -- asyncio.Protocol -------------------------------------------------------------------------------
@@ -156,7 +160,8 @@ class ClientConnection(asyncio.Protocol):
         self._cancel_timers()
         if self._slot is not None:
             self._slot.release()
-        if not self._closed.done():
+        self._lost = True
+        if self._closed is not None and not self._closed.done():
             self._closed.set_result(None)
         self._wake()
 
@@ -342,19 +347,27 @@ class ClientConnection(asyncio.Protocol):
                 self._write_paused = False  # discarding input now: reading resumes whatever we wrote
                 self._maybe_resume_reading()
                 async with asyncio.timeout(LINGER):
-                    await asyncio.shield(self._closed)
+                    await asyncio.shield(self._until_lost())
         finally:
             self._cancel_timers()
             self._stream = None  # no cycle through the stream: the connection and its parser go at once
             if self.transport is not None:
                 self.transport.close()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(self._closed), 1.0)
+            await asyncio.wait_for(asyncio.shield(self._until_lost()), 1.0)
+
+    def _until_lost(self) -> asyncio.Future[None]:
+        """Done once the transport called connection_lost."""
+        if self._closed is None:
+            self._closed = self._loop.create_future()
+            if self._lost:
+                self._closed.set_result(None)
+        return self._closed
 
     async def _writable(self, timeout: float) -> None:
         """Until the socket's send buffer has room (raises TimeoutError after `timeout`)."""
         async with asyncio.timeout(timeout):
-            while self._write_paused and not self._closed.done():
+            while self._write_paused and not self._lost:
                 self._waiter = self._loop.create_future()
                 try:
                     await self._waiter
