@@ -11,9 +11,9 @@ from collections.abc import Callable
 from typing import Final
 
 # Seconds per bucket: a deadline is reached up to this much late (never early). Every user of a stream
-# deadline tolerates that: negotiation timeout, idle ping and its timeout, whitespace keepalive, the read-proof
-# ping, the release of an idle parser (seconds to minutes). Precise timers (traffic shaping's pace, a blocked
-# write) do not use the wheel.
+# deadline tolerates that: negotiation timeout, idle ping and its timeout, whitespace keepalive, the
+# read-proof ping, the release of an idle parser (seconds to minutes). Precise timers (traffic shaping's
+# pace, a blocked write) do not use the wheel.
 RESOLUTION: Final = 0.25
 
 _wheels: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, TimerWheel] = weakref.WeakKeyDictionary()
@@ -28,7 +28,7 @@ def wheel_of(loop: asyncio.AbstractEventLoop) -> TimerWheel:
 
 
 class TimerWheel:
-    """Deadlines grouped by the bucket they fall in (bucket k ends at k × RESOLUTION, time.monotonic());
+    """Deadlines grouped by the bucket they fall in (bucket k ends at k * RESOLUTION, time.monotonic());
     one `call_at` handle waits for the earliest bucket. A bucket emptied by cancellations stays in the heap
     until its time and is then skipped."""
 
