@@ -1,7 +1,8 @@
 """The TCP transport (STARTTLS and Direct TLS): an asyncio Protocol that parses the XML stream into elements
-for the c2s stream, serialises what the stream sends, one socket write per loop turn, and runs the stream's
-timers on one handle. It applies the shared limits (nitro/transports/limits.py): connections per address,
-traffic shaping by pausing reads, and parsing before authentication on a thread of its own.
+for the c2s stream, serialises what the stream sends, one socket write per loop turn (its writing side is
+nitro/transports/tcp_output.py), and runs the stream's timers on the loop's timer wheel. It applies the
+shared limits (nitro/transports/limits.py): connections per address, traffic shaping by pausing reads, and
+parsing before authentication on a thread of its own.
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import logging
 import time
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, cast
@@ -21,6 +21,7 @@ from nitro.c2s.transport import StreamHeader
 from nitro.observe import trace
 from nitro.transports.deadline import Deadline
 from nitro.transports.limits import AddressSlot, Shaper, SharedLimits, too_many_connections
+from nitro.transports.tcp_output import Output
 from nitro.transports.tcp_task import PARKED, TIMER, StreamInput, serve_client
 from nitro.xmpp.errors import StreamError
 from nitro.xmpp.xmlstream import XMLStreamParser
@@ -29,14 +30,11 @@ from nitro.xmpp.xmlwrite import STREAM_FOOTER, serialize, stream_header
 if TYPE_CHECKING:
     from nitro.core.context import Core
 
-log = logging.getLogger(__name__)
-
 MAX_INPUT_BUFFER = 128 * 1024  # unread input past this pauses reading from the socket
-MAX_WRITE_BUFFER = 8 * 1024 * 1024  # a client that stops reading is cut off past this
 LINGER = 2.0  # seconds a closed stream keeps reading, waiting for the peer to close its side
 
 
-class ClientConnection(asyncio.Protocol):
+class ClientConnection(Output):
     """The `Transport` of a stream over one socket, with STARTTLS and a lingering close.
 
     Framing: one XML document per stream (RFC 6120 §4): the parser turns bytes into stream events, the
@@ -44,10 +42,11 @@ class ClientConnection(asyncio.Protocol):
 
     Input: chunks are kept until the connection task reads them; reading from the socket pauses while more
     than MAX_INPUT_BUFFER bytes wait, and while the peer is not reading what we write (backpressure).
-    Output: `write` only queues; one `transport.write` per loop turn sends everything queued, so a fan-out
-    of many stanzas to one client costs one system call. A client that leaves the socket's send buffer
-    full for write_timeout seconds, or lets MAX_WRITE_BUFFER bytes pile up, is cut off.
-    Timers: one `Deadline` (nitro/transports/deadline.py) for the stream's timer work, one for writes.
+    Output: batched, and cut off when the client stops reading (`Output`, nitro/transports/tcp_output.py).
+    Timers: a `Deadline` on the loop's timer wheel (nitro/transports/deadline.py) for the stream's timer
+    work; a handle for a blocked write, and for traffic shaping's pace while it waits.
+    Tasks: one at a time runs `serve_client` (nitro/transports/tcp_task.py); an idle session's connection
+    parks (no task), and `_wake` starts the next when input, the end, a close or the deadline comes.
     Limits: a connection past `[limits].max_connections_per_address` gets `<policy-violation/>` at once;
     what is read is shaped and parsed by `incoming` (nitro/transports/tcp_task.py).
     """
@@ -56,15 +55,12 @@ class ClientConnection(asyncio.Protocol):
         "_closed",
         "_context",
         "_eof",
-        "_flush_handle",
         "_inbox",
         "_inbox_bytes",
         "_input_held",
         "_limits",
         "_loop",
         "_lost",
-        "_out",
-        "_out_bytes",
         "_parked",
         "_read_paused",
         "_server",
@@ -73,9 +69,6 @@ class ClientConnection(asyncio.Protocol):
         "_timer",
         "_tls_started",
         "_waiter",
-        "_write_paused",
-        "_write_timeout",
-        "_write_timer",
         "closing",
         "encrypted",
         "incoming",
@@ -86,10 +79,10 @@ class ClientConnection(asyncio.Protocol):
     )
 
     def __init__(self, server: Core, limits: SharedLimits) -> None:
+        Output.__init__(self, server.config.c2s.write_timeout)
         self._server = server
         self._limits = limits
         self._loop = asyncio.get_running_loop()
-        self._write_timeout = server.config.c2s.write_timeout
         self.transport: asyncio.Transport | None = None
         self.peer_host = "local"
         self.encrypted = False
@@ -111,12 +104,7 @@ class ClientConnection(asyncio.Protocol):
         self._lost = False  # connection_lost was called
         self._closed: asyncio.Future[None] | None = None  # made when `finish` waits for connection_lost
         self._waiter: asyncio.Future[None] | None = None
-        self._out: list[bytes] = []
-        self._out_bytes = 0
-        self._flush_handle: asyncio.Handle | None = None
         self._read_paused = False
-        self._write_paused = False
-        self._write_timer: asyncio.Handle | None = None
         self._timer = Deadline(self._loop, self._wake)
         self._context: contextvars.Context | None = (
             None  # the connection's tasks run in it, one after another
@@ -164,20 +152,6 @@ class ClientConnection(asyncio.Protocol):
         if self._closed is not None and not self._closed.done():
             self._closed.set_result(None)
         self._wake()
-
-    def pause_writing(self) -> None:
-        """The socket's send buffer is full: stop reading the client until it reads, for a while."""
-        self._write_paused = True
-        self._pause_reading()
-        if self._write_timer is None:
-            self._write_timer = self._loop.call_later(self._write_timeout, self._write_timed_out)
-
-    def resume_writing(self) -> None:
-        self._write_paused = False
-        if self._write_timer is not None:
-            self._write_timer.cancel()
-            self._write_timer = None
-        self._maybe_resume_reading()
 
     # -- the stream's Transport -----------------------------------------------------------------------------
 
@@ -245,30 +219,6 @@ class ClientConnection(asyncio.Protocol):
             self._pause_reading()
         else:
             self._maybe_resume_reading()
-
-    def write(self, data: bytes) -> None:
-        """Queue `data`; everything queued in this loop turn goes out in one socket write."""
-        if self.closing or self.transport is None or self.transport.is_closing():
-            return
-        self._out.append(data)
-        self._out_bytes += len(data)
-        if self._flush_handle is None:
-            self._flush_handle = self._loop.call_soon(self.flush)
-
-    def flush(self) -> None:
-        """Write what is queued now; cut off a client whose unread output passed MAX_WRITE_BUFFER."""
-        self._flush_handle = None
-        transport = self.transport
-        if not self._out or transport is None or transport.is_closing():
-            self._out.clear()
-            self._out_bytes = 0
-            return
-        data = self._out[0] if len(self._out) == 1 else b"".join(self._out)
-        self._out.clear()
-        self._out_bytes = 0
-        transport.write(data)
-        if transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
-            self._cut_off(f"{MAX_WRITE_BUFFER} bytes unread")
 
     async def start_tls(self) -> None:
         """Send what is queued (the `<proceed/>`) in the clear, then upgrade the socket (RFC 6120 §5.4)."""
@@ -405,31 +355,14 @@ class ClientConnection(asyncio.Protocol):
             if self.transport is not None and not self.transport.is_closing():
                 self.transport.resume_reading()
 
-    def _write_timed_out(self) -> None:
-        self._write_timer = None
-        self._cut_off(f"nothing read for {self._write_timeout:.1f} s")
-
     def _drop_unread(self) -> None:
         self._inbox.clear()
         self._inbox_bytes = 0
         self._maybe_resume_reading()
 
-    def _cut_off(self, why: str) -> None:
-        """Drop a client that does not read what we write, logged under its own session (this runs in the
-        task of whoever wrote last, whose session the log context would otherwise name)."""
-        stream = self._stream
-        logger = stream.log if stream is not None else log
-        logger.warning("%s is not reading (%s); dropping the connection", self.peer_host, why)
-        if stream is not None:
-            stream.note_end(f"not reading: {why}")
-        if self.transport is not None:
-            self.transport.abort()
-
     def _cancel_timers(self) -> None:
         self._timer.cancel()
-        if self._write_timer is not None:
-            self._write_timer.cancel()
-            self._write_timer = None
+        self._cancel_write_timer()
 
 
 def connection_factory(server: Core, limits: SharedLimits) -> Callable[[], ClientConnection]:
