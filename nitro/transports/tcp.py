@@ -53,7 +53,6 @@ class ClientConnection(Output):
 
     __slots__ = (
         "_closed",
-        "_context",
         "_eof",
         "_inbox",
         "_inbox_bytes",
@@ -106,9 +105,6 @@ class ClientConnection(Output):
         self._waiter: asyncio.Future[None] | None = None
         self._read_paused = False
         self._timer = Deadline(self._loop, self._wake)
-        self._context: contextvars.Context | None = (
-            None  # the connection's tasks run in it, one after another
-        )
         self._parked = False  # no task: the next event starts one (`_wake`)
 
     # -- asyncio.Protocol -------------------------------------------------------------------------------
@@ -125,8 +121,7 @@ class ClientConnection(Output):
             self.refused = too_many_connections(self._server.config.limits.max_connections_per_address)
         else:
             self.incoming.lane = self._limits.preauth.lane()
-        self._context = contextvars.copy_context()
-        self._run(serve_client(self._server, self))
+        self._run(serve_client(self._server, self), None)
 
     def data_received(self, data: bytes) -> None:
         if self.closing:
@@ -330,14 +325,16 @@ class ClientConnection(Output):
         if self._parked:
             self._parked = False
             assert self._stream is not None
-            self._run(serve_client(self._server, self, self._stream))
+            self._run(serve_client(self._server, self, self._stream), contextvars.Context())
         elif self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
-    def _run(self, serve: Coroutine[Any, Any, None]) -> None:
-        """Start the connection's task (the first, or the next after it parked), in the connection's context
-        (its session's log scope), tracked for shutdown."""
-        self._server.connection_task(self._loop.create_task(serve, context=self._context))
+    def _run(self, serve: Coroutine[Any, Any, None], context: contextvars.Context | None) -> None:
+        """Start the connection's task, tracked for shutdown: the first in a copy of the current context (the
+        listener's), the next after it parked in an empty one, not in that of whoever woke it (another
+        session's task, with its log scope and durability collection); it enters its session's log scope
+        (`ClientStream.enter_scope`). The connection keeps no context while it is parked."""
+        self._server.connection_task(self._loop.create_task(serve, context=context))
 
     def _pause_reading(self) -> None:
         if not self._read_paused and self.transport is not None and not self.transport.is_closing():

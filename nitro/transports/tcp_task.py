@@ -154,7 +154,8 @@ async def serve_client(server: Core, connection: Socket, stream: ClientStream | 
         stream = ClientStream(server, connection)
         connection.attach(stream)
         refused = connection.refused
-    else:
+    else:  # a parked connection woken: a new task, in a context of its own
+        stream.enter_scope()
         refused = None  # told at the start
     release_after = server.config.c2s.release_parser_after
     received = connection.incoming
