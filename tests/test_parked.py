@@ -32,7 +32,7 @@ PING = b"<iq type='get' id='p1'><ping xmlns='urn:xmpp:ping'/></iq>"
 @asynccontextmanager
 async def parking_server(tmp_path: Path, **c2s: Any) -> AsyncIterator[Server]:
     """Plain TCP; a session is idle 0.2 s after its last input (its parser let go, its connection parked)."""
-    config = make_config(tmp_path, **plain_config(tmp_path, release_parser_after=0.2, **c2s))
+    config = make_config(tmp_path, **plain_config(tmp_path, **{"release_parser_after": 0.2, **c2s}))
     async with running_server(config) as server:
         await Clients(server).user("alice")
         yield server
@@ -61,6 +61,18 @@ async def test_a_parked_connection_reads_what_comes_and_parks_again(tmp_path: Pa
         await wait_for(lambda: connection.parked, 5)
         writer.write(PING.replace(b"p1", b"p2"))
         assert b"p2" in await read_until(reader, b"p2")
+        writer.close()
+
+
+async def test_a_session_parks_a_second_after_its_last_input_before_its_parser_is_let_go(
+    tmp_path: Path,
+) -> None:
+    async with parking_server(tmp_path, release_parser_after=30.0) as server:
+        reader, writer = await raw_login(server, "alice")
+        connection = await parked(server)
+        assert not connection.parser.released
+        writer.write(PING)
+        assert b'type="result"' in await read_until(reader, b"p1")
         writer.close()
 
 

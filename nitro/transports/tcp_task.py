@@ -22,6 +22,9 @@ if TYPE_CHECKING:
 
 TIMER: Final = object()  # what `Socket.read` returns when the stream's deadline has passed
 PARKED: Final = object()  # what `Socket.read` returns instead of waiting when asked to park
+# Seconds without input after which an established session's connection parks (sooner once its parser was
+# let go): what stays unparked in a login storm is about the logins of the last second.
+PARK_AFTER: Final = 1.0
 
 
 class Socket(Transport, Protocol):
@@ -125,11 +128,20 @@ class StreamInput:
         return stream.open and not socket.closing
 
     def next_deadline(self, stream: ClientStream, release_after: float) -> float:
-        """The stream's deadline, or earlier the moment an idle parser may be freed."""
+        """The stream's deadline, or earlier the moment an idle parser may be freed or the connection park."""
         deadline = stream.next_deadline()
         if self.parser.release_due and stream.established:
-            return min(deadline, stream.last_read + release_after)
+            deadline = min(deadline, stream.last_read + release_after)
+            if not self.idle(stream):
+                deadline = min(deadline, stream.last_read + PARK_AFTER)
         return deadline
+
+    def idle(self, stream: ClientStream) -> bool:
+        """An established session without input for PARK_AFTER seconds, or whose parser was let go (or found
+        mid-stanza) since the last input: its connection parks rather than wait."""
+        return stream.established and (
+            not self.parser.release_due or time.monotonic() >= stream.last_read + PARK_AFTER
+        )
 
     def release_idle_parser(self, stream: ClientStream, release_after: float) -> None:
         """Free the parser of an idle session (kept if input stopped mid-stanza)."""
@@ -146,9 +158,8 @@ async def serve_client(server: Core, connection: Socket, stream: ClientStream | 
     """Run one connection: read, parse, hand events to the stream, run its timer; at the end, tell the stream
     and close. An idle session's connection parks instead of waiting: the task ends, the connection keeps its
     state and calls this again with its `stream` on the next input, end, close or deadline (an idle
-    connection holds no task). An idle session is one whose parser was let go (or found mid-stanza) after
-    `release_parser_after` seconds without input; until then, and before the stream is established, the task
-    waits for input itself.
+    connection holds no task). An idle session is one without input for PARK_AFTER seconds
+    (`StreamInput.idle`); until then, and before the stream is established, the task waits for input.
     """
     if stream is None:
         stream = ClientStream(server, connection)
@@ -167,8 +178,8 @@ async def serve_client(server: Core, connection: Socket, stream: ClientStream | 
             if not await received.pace(connection, stream):
                 break  # shaped: no more than the byte rate allows is read, then the next waits its turn
             deadline = received.next_deadline(stream, release_after)
-            idle = stream.established and not received.parser.release_due
-            data = await connection.read(deadline, received.shaper.allowance(), park=idle)
+            park = received.idle(stream)
+            data = await connection.read(deadline, received.shaper.allowance(), park=park)
             if data is PARKED:
                 parked = True  # nothing awaited from here to the end of the task: no second task yet
                 return
