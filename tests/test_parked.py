@@ -5,9 +5,11 @@ and the timer wheel those deadlines sit on."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import re
 import time
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -228,3 +230,23 @@ async def test_a_deadline_already_past_is_reached_on_the_next_bucket(delay: floa
     deadline.set(time.monotonic() + delay)
     await wait_for(lambda: bool(reached), 2)
     assert deadline.due
+
+
+def test_a_loops_timer_wheel_goes_with_the_loop() -> None:
+    async def wheel_used() -> weakref.ref[asyncio.AbstractEventLoop]:
+        loop = asyncio.get_running_loop()
+        deadline = Deadline(loop, lambda: None)
+        deadline.set(time.monotonic())
+        await wait_for(lambda: deadline.due, 2)
+        deadline.set(time.monotonic() + 60)  # still waiting when the loop ends
+        return weakref.ref(loop)
+
+    loop = asyncio.new_event_loop()
+    gone = loop.run_until_complete(wheel_used())
+    loop.close()
+    del loop
+    other = asyncio.new_event_loop()
+    wheel_of(other)  # the next loop makes its wheel
+    other.close()
+    gc.collect()
+    assert gone() is None

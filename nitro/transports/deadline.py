@@ -20,9 +20,12 @@ _wheels: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, TimerWheel] = weak
 
 
 def wheel_of(loop: asyncio.AbstractEventLoop) -> TimerWheel:
-    """The event loop's timer wheel (made on first use)."""
+    """The event loop's timer wheel (made on first use). A wheel still waiting when its loop closed holds a
+    handle, which holds the loop: such wheels go when the next loop makes its own (tests run many)."""
     wheel = _wheels.get(loop)
     if wheel is None:
+        for closed in [other for other in _wheels if other.is_closed()]:
+            del _wheels[closed]
         wheel = _wheels[loop] = TimerWheel(loop)
     return wheel
 
@@ -35,7 +38,7 @@ class TimerWheel:
     __slots__ = ("__weakref__", "_armed", "_buckets", "_done", "_handle", "_heap", "_loop")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+        self._loop = weakref.ref(loop)  # not the loop itself: `_wheels` would keep every loop alive
         self._buckets: dict[int, set[Deadline]] = {}
         self._heap: list[int] = []  # the keys of `_buckets`, and maybe some emptied since
         self._handle: asyncio.Handle | None = None
@@ -72,9 +75,13 @@ class TimerWheel:
     def _arm(self, key: int) -> None:
         if self._handle is not None:
             self._handle.cancel()
+            self._handle = None
+        loop = self._loop()
+        if loop is None:
+            return
         self._armed = key
         # the buckets keep time.monotonic(); asyncio's clock may differ by an offset
-        self._handle = self._loop.call_at(key * RESOLUTION - time.monotonic() + self._loop.time(), self._fire)
+        self._handle = loop.call_at(key * RESOLUTION - time.monotonic() + loop.time(), self._fire)
 
     def _fire(self) -> None:
         self._handle = None
