@@ -7,8 +7,7 @@ import asyncio
 import heapq
 import time
 import weakref
-from collections.abc import Callable
-from typing import Final
+from typing import Final, Protocol
 
 # Seconds per bucket: a deadline is reached up to this much late (never early). Every user of a stream
 # deadline tolerates that: negotiation timeout, idle ping and its timeout, whitespace keepalive, the
@@ -102,17 +101,23 @@ class TimerWheel:
             deadline.reached(now)
 
 
+class Owner(Protocol):
+    """What a `Deadline` tells when it is reached (the connection)."""
+
+    def deadline_reached(self) -> None: ...
+
+
 class Deadline:
-    """Calls `wake` once `time.monotonic()` has reached the deadline last `set` (at most RESOLUTION late).
-    Its entry on the wheel moves only when the deadline comes earlier; when the entry is reached early (the
-    deadline moved later) it is put back for the new time instead of waking anyone. `due` stays True until
-    `consume`d."""
+    """Calls `owner.deadline_reached()` once `time.monotonic()` has reached the deadline last `set` (at most
+    RESOLUTION late). Its entry on the wheel moves only when the deadline comes earlier; when the entry is
+    reached early (the deadline moved later) it is put back for the new time instead of waking anyone. `due`
+    stays True until `consume`d."""
 
-    __slots__ = ("_deadline", "_key", "_wake", "_wheel", "due")
+    __slots__ = ("_deadline", "_key", "_owner", "_wheel", "due")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, wake: Callable[[], None]) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, owner: Owner) -> None:
         self._wheel = wheel_of(loop)
-        self._wake = wake
+        self._owner = owner  # not a bound method: that would be one more object per connection
         self._deadline = 0.0
         self._key = 0  # the wheel bucket holding this deadline; 0: none
         self.due = False
@@ -139,6 +144,6 @@ class Deadline:
         self._key = 0
         if now >= self._deadline:
             self.due = True
-            self._wake()
+            self._owner.deadline_reached()
         else:  # the deadline moved later since it was put on the wheel: follow it
             self._key = self._wheel.add(self, self._deadline)

@@ -97,14 +97,14 @@ class ClientConnection(Output):
         self._input_held = False
         self._tls_started = False  # STARTTLS upgraded the socket; the stream's restart is next
         self.closing = False
-        self._inbox: list[bytes] = []
+        self._inbox: list[bytes] | None = None  # None while empty (idle memory)
         self._inbox_bytes = 0
         self._eof = False
         self._lost = False  # connection_lost was called
         self._closed: asyncio.Future[None] | None = None  # made when `finish` waits for connection_lost
         self._waiter: asyncio.Future[None] | None = None
         self._read_paused = False
-        self._timer = Deadline(self._loop, self._wake)
+        self._timer = Deadline(self._loop, self)
         self._parked = False  # no task: the next event starts one (`_wake`)
 
     # -- asyncio.Protocol -------------------------------------------------------------------------------
@@ -126,7 +126,10 @@ class ClientConnection(Output):
     def data_received(self, data: bytes) -> None:
         if self.closing:
             return  # lingering after our close: read and discard (see `close`)
-        self._inbox.append(data)
+        if self._inbox is None:
+            self._inbox = [data]
+        else:
+            self._inbox.append(data)
         self._inbox_bytes += len(data)
         if self._inbox_bytes > MAX_INPUT_BUFFER:
             self._pause_reading()
@@ -139,7 +142,7 @@ class ClientConnection(Output):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._eof = True
-        self._out.clear()
+        self._out = None
         self._cancel_timers()
         if self._slot is not None:
             self._slot.release()
@@ -270,12 +273,13 @@ class ClientConnection(Output):
                 await self._waiter
             finally:
                 self._waiter = None
-        data = self._inbox[0] if len(self._inbox) == 1 else b"".join(self._inbox)
-        self._inbox.clear()
+        inbox, self._inbox = self._inbox, None
+        data = inbox[0] if len(inbox) == 1 else b"".join(inbox)
+        self._inbox_bytes = 0
         if limit is not None and len(data) > limit:
             data, rest = data[:limit], data[limit:]
-            self._inbox.append(rest)
-        self._inbox_bytes = len(self._inbox[0]) if self._inbox else 0
+            self._inbox = [rest]
+            self._inbox_bytes = len(rest)
         self._maybe_resume_reading()
         return data
 
@@ -287,7 +291,7 @@ class ClientConnection(Output):
         try:
             with contextlib.suppress(TimeoutError):
                 await self._writable(1.0)
-                self._inbox.clear()
+                self._inbox = None
                 self._inbox_bytes = 0
                 self._write_paused = False  # discarding input now: reading resumes whatever we wrote
                 self._maybe_resume_reading()
@@ -321,6 +325,10 @@ class ClientConnection(Output):
 
     # -- internals ----------------------------------------------------------------------------------------
 
+    def deadline_reached(self) -> None:
+        """The stream's deadline (`_timer`) was reached."""
+        self._wake()
+
     def _wake(self) -> None:
         if self._parked:
             self._parked = False
@@ -353,7 +361,7 @@ class ClientConnection(Output):
                 self.transport.resume_reading()
 
     def _drop_unread(self) -> None:
-        self._inbox.clear()
+        self._inbox = None
         self._inbox_bytes = 0
         self._maybe_resume_reading()
 

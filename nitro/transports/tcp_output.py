@@ -32,7 +32,7 @@ class Output(asyncio.Protocol):
 
     def __init__(self, write_timeout: float) -> None:
         self._write_timeout = write_timeout
-        self._out: list[bytes] = []
+        self._out: list[bytes] | None = None  # None while empty (idle memory)
         self._out_bytes = 0
         self._flush_handle: asyncio.Handle | None = None
         self._write_paused = False
@@ -54,7 +54,10 @@ class Output(asyncio.Protocol):
         """Queue `data`; everything queued in this loop turn goes out in one socket write."""
         if self.closing or self.transport is None or self.transport.is_closing():
             return
-        self._out.append(data)
+        if self._out is None:
+            self._out = [data]
+        else:
+            self._out.append(data)
         self._out_bytes += len(data)
         if self._flush_handle is None:
             self._flush_handle = self._loop.call_soon(self.flush)
@@ -62,15 +65,12 @@ class Output(asyncio.Protocol):
     def flush(self) -> None:
         """Write what is queued now; cut off a client whose unread output passed MAX_WRITE_BUFFER."""
         self._flush_handle = None
-        transport = self.transport
-        if not self._out or transport is None or transport.is_closing():
-            self._out.clear()
-            self._out_bytes = 0
-            return
-        data = self._out[0] if len(self._out) == 1 else b"".join(self._out)
-        self._out.clear()
+        out, self._out = self._out, None
         self._out_bytes = 0
-        transport.write(data)
+        transport = self.transport
+        if not out or transport is None or transport.is_closing():
+            return
+        transport.write(out[0] if len(out) == 1 else b"".join(out))
         if transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
             self._cut_off(f"{MAX_WRITE_BUFFER} bytes unread")
 
