@@ -116,8 +116,11 @@ class Server:
         task.add_done_callback(self._tasks.discard)
 
     def track(self, session: Tracked) -> None:
-        """Called from the connection's own task, which shutdown may have to cancel."""
-        self._connections[session] = asyncio.current_task()
+        """Called from the connection's own task, which shutdown may have to cancel. A task registered with
+        `connection_task` is cancelled from there while it runs, and not kept here: a TCP connection's task
+        ends while its session is idle (nitro/transports/tcp_task.py), and a new one serves it later."""
+        task = asyncio.current_task()
+        self._connections[session] = None if task in self._connection_tasks else task
 
     def connection_task(self, task: asyncio.Task[Any]) -> None:
         """A connection's task: shutdown waits for it even after its session closed (it may still be in

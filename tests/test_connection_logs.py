@@ -17,7 +17,7 @@ from test_register import raw_client, register_iq
 
 from nitro.observe.trace import MAX_CHARS, REDACTED, redacted, render
 from nitro.server import Server
-from nitro.transports import tcp
+from nitro.transports import tcp_output
 from nitro.xmpp import ns
 from nitro.xmpp.sm import parse_stanza
 
@@ -134,7 +134,9 @@ async def test_a_slow_reader_is_logged_under_its_own_session(tmp_path: Path) -> 
 async def test_a_reader_past_the_write_buffer_is_logged_under_its_own_session(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(tcp, "MAX_WRITE_BUFFER", 256 * 1024)  # the flood passes it long before write_timeout
+    monkeypatch.setattr(
+        tcp_output, "MAX_WRITE_BUFFER", 256 * 1024
+    )  # the flood passes it long before write_timeout
     with captured("text") as stream:
         async with bob_flooded(tmp_path, write_timeout=60.0) as flooded:
             await wait_for(lambda: flooded.server.sessions.get(BOB) is None, 15)

@@ -22,6 +22,7 @@ from nitro.c2s.negotiation import Negotiation
 from nitro.c2s.session import ClientSession
 from nitro.c2s.transport import Transport
 from nitro.observe import trace
+from nitro.observe.logs import enter_session
 from nitro.xmpp.errors import StreamError
 from nitro.xmpp.xmlstream import StreamClosed, StreamEvent
 
@@ -119,6 +120,12 @@ class ClientStream:
 
     def next_deadline(self) -> float:
         return self._current.next_deadline()
+
+    def enter_scope(self) -> None:
+        """From now on the current task logs for this stream's session, as the task that negotiated it did
+        (a transport's later task: a TCP connection's after it parked)."""
+        session = self.session
+        enter_session(session if session is not None else self.negotiation.log)
 
     def note_end(self, reason: str) -> None:
         """Why the connection ends, as the transport knows it (e.g. a client that stopped reading)."""

@@ -5,7 +5,7 @@ modules set, and the modules' typed slots — kept as one `Resource` value that 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 from lxml import etree
 
@@ -14,6 +14,10 @@ from nitro.core.sessions import INTERESTED, LOCAL_NODE, Resource
 from nitro.core.slots import SlotRegistry, SlotValues
 from nitro.xmpp.jid import JID
 from nitro.xmpp.sm import parse_stanza
+
+# Shared empty values: CPython makes a new 216-byte object for every `frozenset()`, two per session.
+_NO_FLAGS: Final[frozenset[str]] = frozenset()
+_NO_ONE: Final[frozenset[JID]] = frozenset()
 
 
 class ResourceState(HeldAcks):
@@ -38,9 +42,9 @@ class ResourceState(HeldAcks):
         self.jid_text = str(jid)  # str(self.jid), computed once per change: every stanza is stamped
         self._priority = 0
         self._presence: etree._Element | None = None  # last available presence broadcast, None if not
-        self._flags: frozenset[str] = frozenset()  # what modules decided about it ("carbons", "interested")
+        self._flags = _NO_FLAGS  # what modules decided about it ("carbons", "interested")
         self._resource: Resource | None = None  # the value other modules see, rebuilt after a change
-        self._directed_to: frozenset[JID] = frozenset()  # entities that got directed presence (§4.6)
+        self._directed_to = _NO_ONE  # entities that got directed presence (§4.6)
         self.slots = SlotValues(self)  # typed per-module state (nitro/core/slots.py)
         self._on_flags: Callable[[], None] | None = (
             None  # told when a flag changes (the cluster announces it)

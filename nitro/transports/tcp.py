@@ -1,17 +1,19 @@
 """The TCP transport (STARTTLS and Direct TLS): an asyncio Protocol that parses the XML stream into elements
-for the c2s stream, serialises what the stream sends, one socket write per loop turn, and runs the stream's
-timers on one handle. It applies the shared limits (nitro/transports/limits.py): connections per address,
-traffic shaping by pausing reads, and parsing before authentication on a thread of its own.
+for the c2s stream, serialises what the stream sends, one socket write per loop turn (its writing side is
+nitro/transports/tcp_output.py), and runs the stream's timers on the loop's timer wheel. It applies the
+shared limits (nitro/transports/limits.py): connections per address, traffic shaping by pausing reads, and
+parsing before authentication on a thread of its own.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
+import contextvars
 import ssl
-from collections.abc import Callable
-from typing import TYPE_CHECKING, cast
+import time
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, cast
 
 from lxml import etree
 
@@ -20,7 +22,8 @@ from nitro.c2s.transport import StreamHeader
 from nitro.observe import trace
 from nitro.transports.deadline import Deadline
 from nitro.transports.limits import AddressSlot, Shaper, SharedLimits, too_many_connections
-from nitro.transports.tcp_task import TIMER, StreamInput, serve_client
+from nitro.transports.tcp_output import Output
+from nitro.transports.tcp_task import PARKED, TIMER, StreamInput, serve_client
 from nitro.transports.tls_layer import start_server_tls
 from nitro.xmpp.errors import StreamError
 from nitro.xmpp.xmlstream import XMLStreamParser
@@ -29,14 +32,11 @@ from nitro.xmpp.xmlwrite import STREAM_FOOTER, serialize, stream_header
 if TYPE_CHECKING:
     from nitro.core.context import Core
 
-log = logging.getLogger(__name__)
-
 MAX_INPUT_BUFFER = 128 * 1024  # unread input past this pauses reading from the socket
-MAX_WRITE_BUFFER = 8 * 1024 * 1024  # a client that stops reading is cut off past this
 LINGER = 2.0  # seconds a closed stream keeps reading, waiting for the peer to close its side
 
 
-class ClientConnection(asyncio.Protocol):
+class ClientConnection(Output):
     """The `Transport` of a stream over one socket, with STARTTLS and a lingering close.
 
     Framing: one XML document per stream (RFC 6120 §4): the parser turns bytes into stream events, the
@@ -44,10 +44,11 @@ class ClientConnection(asyncio.Protocol):
 
     Input: chunks are kept until the connection task reads them; reading from the socket pauses while more
     than MAX_INPUT_BUFFER bytes wait, and while the peer is not reading what we write (backpressure).
-    Output: `write` only queues; one `transport.write` per loop turn sends everything queued, so a fan-out
-    of many stanzas to one client costs one system call. A client that leaves the socket's send buffer
-    full for write_timeout seconds, or lets MAX_WRITE_BUFFER bytes pile up, is cut off.
-    Timers: one `Deadline` (nitro/transports/deadline.py) for the stream's timer work, one for writes.
+    Output: batched, and cut off when the client stops reading (`Output`, nitro/transports/tcp_output.py).
+    Timers: a `Deadline` on the loop's timer wheel (nitro/transports/deadline.py) for the stream's timer
+    work; a handle for a blocked write, and for traffic shaping's pace while it waits.
+    Tasks: one at a time runs `serve_client` (nitro/transports/tcp_task.py); an idle session's connection
+    parks (no task), and `_wake` starts the next when input, the end, a close or the deadline comes.
     Limits: a connection past `[limits].max_connections_per_address` gets `<policy-violation/>` at once;
     what is read is shaped and parsed by `incoming` (nitro/transports/tcp_task.py).
     """
@@ -55,25 +56,20 @@ class ClientConnection(asyncio.Protocol):
     __slots__ = (
         "_closed",
         "_eof",
-        "_flush_handle",
         "_inbox",
         "_inbox_bytes",
         "_input_held",
         "_limits",
         "_loop",
-        "_out",
-        "_out_bytes",
+        "_lost",
+        "_parked",
         "_read_paused",
         "_server",
         "_slot",
         "_stream",
-        "_task",
         "_timer",
         "_tls_started",
         "_waiter",
-        "_write_paused",
-        "_write_timeout",
-        "_write_timer",
         "closing",
         "encrypted",
         "incoming",
@@ -84,10 +80,10 @@ class ClientConnection(asyncio.Protocol):
     )
 
     def __init__(self, server: Core, limits: SharedLimits, direct_tls: bool = False) -> None:
+        Output.__init__(self, server.config.c2s.write_timeout)
         self._server = server
         self._limits = limits
         self._loop = asyncio.get_running_loop()
-        self._write_timeout = server.config.c2s.write_timeout
         self.transport: asyncio.Transport | None = None
         self.peer_host = "local"
         self.encrypted = direct_tls  # a Direct TLS listener's (XEP-0368): TLS from the first byte
@@ -103,19 +99,15 @@ class ClientConnection(asyncio.Protocol):
         self._input_held = False
         self._tls_started = False  # STARTTLS upgraded the socket; the stream's restart is next
         self.closing = False
-        self._inbox: list[bytes] = []
+        self._inbox: list[bytes] | None = None  # None while empty (idle memory)
         self._inbox_bytes = 0
         self._eof = False
-        self._closed: asyncio.Future[None] = self._loop.create_future()
+        self._lost = False  # connection_lost was called
+        self._closed: asyncio.Future[None] | None = None  # made when `finish` waits for connection_lost
         self._waiter: asyncio.Future[None] | None = None
-        self._out: list[bytes] = []
-        self._out_bytes = 0
-        self._flush_handle: asyncio.Handle | None = None
         self._read_paused = False
-        self._write_paused = False
-        self._write_timer: asyncio.Handle | None = None
-        self._timer = Deadline(self._loop, self._wake)
-        self._task: asyncio.Task[None] | None = None
+        self._timer = Deadline(self._loop, self)
+        self._parked = False  # no task: the next event starts one (`_wake`)
 
     # -- asyncio.Protocol -------------------------------------------------------------------------------
 
@@ -132,13 +124,15 @@ class ClientConnection(asyncio.Protocol):
             self.refused = too_many_connections(self._server.config.limits.max_connections_per_address)
         else:
             self.incoming.lane = self._limits.preauth.lane()
-        self._task = self._loop.create_task(serve_client(self._server, self))
-        self._server.connection_task(self._task)
+        self._run(serve_client(self._server, self), None)
 
     def data_received(self, data: bytes) -> None:
         if self.closing:
             return  # lingering after our close: read and discard (see `close`)
-        self._inbox.append(data)
+        if self._inbox is None:
+            self._inbox = [data]
+        else:
+            self._inbox.append(data)
         self._inbox_bytes += len(data)
         if self._inbox_bytes > MAX_INPUT_BUFFER:
             self._pause_reading()
@@ -153,33 +147,25 @@ class ClientConnection(asyncio.Protocol):
         if self.encrypted and isinstance(exc, ssl.SSLError | TimeoutError) and self._stream is not None:
             self._stream.note_end(f"connection lost: {exc!r}")  # Direct TLS: the handshake failed
         self._eof = True
-        self._out.clear()
+        self._out = None
         self._cancel_timers()
         if self._slot is not None:
             self._slot.release()
-        if not self._closed.done():
+        self._lost = True
+        if self._closed is not None and not self._closed.done():
             self._closed.set_result(None)
         self._wake()
-
-    def pause_writing(self) -> None:
-        """The socket's send buffer is full: stop reading the client until it reads, for a while."""
-        self._write_paused = True
-        self._pause_reading()
-        if self._write_timer is None:
-            self._write_timer = self._loop.call_later(self._write_timeout, self._write_timed_out)
-
-    def resume_writing(self) -> None:
-        self._write_paused = False
-        if self._write_timer is not None:
-            self._write_timer.cancel()
-            self._write_timer = None
-        self._maybe_resume_reading()
 
     # -- the stream's Transport -----------------------------------------------------------------------------
 
     @property
     def parser(self) -> XMLStreamParser:
         return self.incoming.parser
+
+    @property
+    def parked(self) -> bool:
+        """No task serves the connection now: its session is idle (nitro/transports/tcp_task.py)."""
+        return self._parked
 
     @property
     def can_starttls(self) -> bool:
@@ -217,16 +203,17 @@ class ClientConnection(asyncio.Protocol):
         self._stream = stream
 
     async def sleep_until(self, when: float) -> bool:
-        self._timer.set(when)
-        while not self._timer.due:
+        """Precisely (traffic shaping's pace), not on the coarse timer wheel of `read`."""
+        while (left := when - time.monotonic()) > 0:
             if self.closing:
                 return False
+            handle = self._loop.call_later(left, self._wake)
             self._waiter = self._loop.create_future()
             try:
                 await self._waiter
             finally:
                 self._waiter = None
-        self._timer.consume()
+                handle.cancel()
         return True
 
     def hold_input(self, held: bool) -> None:
@@ -235,30 +222,6 @@ class ClientConnection(asyncio.Protocol):
             self._pause_reading()
         else:
             self._maybe_resume_reading()
-
-    def write(self, data: bytes) -> None:
-        """Queue `data`; everything queued in this loop turn goes out in one socket write."""
-        if self.closing or self.transport is None or self.transport.is_closing():
-            return
-        self._out.append(data)
-        self._out_bytes += len(data)
-        if self._flush_handle is None:
-            self._flush_handle = self._loop.call_soon(self.flush)
-
-    def flush(self) -> None:
-        """Write what is queued now; cut off a client whose unread output passed MAX_WRITE_BUFFER."""
-        self._flush_handle = None
-        transport = self.transport
-        if not self._out or transport is None or transport.is_closing():
-            self._out.clear()
-            self._out_bytes = 0
-            return
-        data = self._out[0] if len(self._out) == 1 else b"".join(self._out)
-        self._out.clear()
-        self._out_bytes = 0
-        transport.write(data)
-        if transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
-            self._cut_off(f"{MAX_WRITE_BUFFER} bytes unread")
 
     async def start_tls(self) -> None:
         """Send what is queued (the `<proceed/>`) in the clear, then upgrade the socket (RFC 6120 §5.4)."""
@@ -293,26 +256,31 @@ class ClientConnection(asyncio.Protocol):
 
     # -- the connection task's side ------------------------------------------------------------------------
 
-    async def read(self, deadline: float, limit: int | None = None) -> bytes | object:
+    async def read(self, deadline: float, limit: int | None = None, park: bool = False) -> bytes | object:
         """The input received so far (at most `limit` bytes; the rest waits for the next read); b"" at the
-        end of input or once closing; TIMER past `deadline`."""
+        end of input or once closing; TIMER past `deadline`. With `park`, PARKED instead of waiting: the task
+        ends, and the next input, end, close or deadline starts a new one (an idle connection has no task)."""
         self._timer.set(deadline)
         while not self._inbox:
             if self._eof or self.closing:
                 return b""
             if self._timer.consume():
                 return TIMER
+            if park:
+                self._parked = True
+                return PARKED
             self._waiter = self._loop.create_future()
             try:
                 await self._waiter
             finally:
                 self._waiter = None
-        data = self._inbox[0] if len(self._inbox) == 1 else b"".join(self._inbox)
-        self._inbox.clear()
+        inbox, self._inbox = self._inbox, None
+        data = inbox[0] if len(inbox) == 1 else b"".join(inbox)
+        self._inbox_bytes = 0
         if limit is not None and len(data) > limit:
             data, rest = data[:limit], data[limit:]
-            self._inbox.append(rest)
-        self._inbox_bytes = len(self._inbox[0]) if self._inbox else 0
+            self._inbox = [rest]
+            self._inbox_bytes = len(rest)
         self._maybe_resume_reading()
         return data
 
@@ -324,24 +292,32 @@ class ClientConnection(asyncio.Protocol):
         try:
             with contextlib.suppress(TimeoutError):
                 await self._writable(1.0)
-                self._inbox.clear()
+                self._inbox = None
                 self._inbox_bytes = 0
                 self._write_paused = False  # discarding input now: reading resumes whatever we wrote
                 self._maybe_resume_reading()
                 async with asyncio.timeout(LINGER):
-                    await asyncio.shield(self._closed)
+                    await asyncio.shield(self._until_lost())
         finally:
             self._cancel_timers()
             self._stream = None  # no cycle through the stream: the connection and its parser go at once
             if self.transport is not None:
                 self.transport.close()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(self._closed), 1.0)
+            await asyncio.wait_for(asyncio.shield(self._until_lost()), 1.0)
+
+    def _until_lost(self) -> asyncio.Future[None]:
+        """Done once the transport called connection_lost."""
+        if self._closed is None:
+            self._closed = self._loop.create_future()
+            if self._lost:
+                self._closed.set_result(None)
+        return self._closed
 
     async def _writable(self, timeout: float) -> None:
         """Until the socket's send buffer has room (raises TimeoutError after `timeout`)."""
         async with asyncio.timeout(timeout):
-            while self._write_paused and not self._closed.done():
+            while self._write_paused and not self._lost:
                 self._waiter = self._loop.create_future()
                 try:
                     await self._waiter
@@ -350,9 +326,24 @@ class ClientConnection(asyncio.Protocol):
 
     # -- internals ----------------------------------------------------------------------------------------
 
+    def deadline_reached(self) -> None:
+        """The stream's deadline (`_timer`) was reached."""
+        self._wake()
+
     def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
+        if self._parked:
+            self._parked = False
+            assert self._stream is not None
+            self._run(serve_client(self._server, self, self._stream), contextvars.Context())
+        elif self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
+
+    def _run(self, serve: Coroutine[Any, Any, None], context: contextvars.Context | None) -> None:
+        """Start the connection's task, tracked for shutdown: the first in a copy of the current context (the
+        listener's), the next after it parked in an empty one, not in that of whoever woke it (another
+        session's task, with its log scope and durability collection); it enters its session's log scope
+        (`ClientStream.enter_scope`). The connection keeps no context while it is parked."""
+        self._server.connection_task(self._loop.create_task(serve, context=context))
 
     def _pause_reading(self) -> None:
         if not self._read_paused and self.transport is not None and not self.transport.is_closing():
@@ -370,31 +361,14 @@ class ClientConnection(asyncio.Protocol):
             if self.transport is not None and not self.transport.is_closing():
                 self.transport.resume_reading()
 
-    def _write_timed_out(self) -> None:
-        self._write_timer = None
-        self._cut_off(f"nothing read for {self._write_timeout:.1f} s")
-
     def _drop_unread(self) -> None:
-        self._inbox.clear()
+        self._inbox = None
         self._inbox_bytes = 0
         self._maybe_resume_reading()
 
-    def _cut_off(self, why: str) -> None:
-        """Drop a client that does not read what we write, logged under its own session (this runs in the
-        task of whoever wrote last, whose session the log context would otherwise name)."""
-        stream = self._stream
-        logger = stream.log if stream is not None else log
-        logger.warning("%s is not reading (%s); dropping the connection", self.peer_host, why)
-        if stream is not None:
-            stream.note_end(f"not reading: {why}")
-        if self.transport is not None:
-            self.transport.abort()
-
     def _cancel_timers(self) -> None:
         self._timer.cancel()
-        if self._write_timer is not None:
-            self._write_timer.cancel()
-            self._write_timer = None
+        self._cancel_write_timer()
 
 
 def connection_factory(

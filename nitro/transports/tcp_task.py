@@ -21,6 +21,10 @@ if TYPE_CHECKING:
     from nitro.core.context import Core
 
 TIMER: Final = object()  # what `Socket.read` returns when the stream's deadline has passed
+PARKED: Final = object()  # what `Socket.read` returns instead of waiting when asked to park
+# Seconds without input after which an established session's connection parks (sooner once its parser was
+# let go): what stays unparked in a login storm is about the logins of the last second.
+PARK_AFTER: Final = 1.0
 
 
 class Socket(Transport, Protocol):
@@ -32,9 +36,10 @@ class Socket(Transport, Protocol):
 
     def attach(self, stream: ClientStream) -> None: ...
 
-    async def read(self, deadline: float, limit: int | None = None) -> bytes | object:
+    async def read(self, deadline: float, limit: int | None = None, park: bool = False) -> bytes | object:
         """The input received so far, at most `limit` bytes; b"" at its end or once closing; TIMER past
-        `deadline`."""
+        `deadline`; with `park`, PARKED rather than waiting (the connection then calls `serve_client` again,
+        with the stream, when something happens)."""
 
     async def sleep_until(self, when: float) -> bool:
         """Wait until `when` (time.monotonic()); False if the connection started closing first."""
@@ -123,11 +128,20 @@ class StreamInput:
         return stream.open and not socket.closing
 
     def next_deadline(self, stream: ClientStream, release_after: float) -> float:
-        """The stream's deadline, or earlier the moment an idle parser may be freed."""
+        """The stream's deadline, or earlier the moment an idle parser may be freed or the connection park."""
         deadline = stream.next_deadline()
         if self.parser.release_due and stream.established:
-            return min(deadline, stream.last_read + release_after)
+            deadline = min(deadline, stream.last_read + release_after)
+            if not self.idle(stream):
+                deadline = min(deadline, stream.last_read + PARK_AFTER)
         return deadline
+
+    def idle(self, stream: ClientStream) -> bool:
+        """An established session without input for PARK_AFTER seconds, or whose parser was let go (or found
+        mid-stanza) since the last input: its connection parks rather than wait."""
+        return stream.established and (
+            not self.parser.release_due or time.monotonic() >= stream.last_read + PARK_AFTER
+        )
 
     def release_idle_parser(self, stream: ClientStream, release_after: float) -> None:
         """Free the parser of an idle session (kept if input stopped mid-stanza)."""
@@ -140,20 +154,35 @@ class StreamInput:
             trim_soon()  # the parser's pages go back to the system, not only to the C heap
 
 
-async def serve_client(server: Core, connection: Socket) -> None:
-    """Run one connection to its end: read, parse, hand events to the stream, run its timer."""
-    stream = ClientStream(server, connection)
-    connection.attach(stream)
+async def serve_client(server: Core, connection: Socket, stream: ClientStream | None = None) -> None:
+    """Run one connection: read, parse, hand events to the stream, run its timer; at the end, tell the stream
+    and close. An idle session's connection parks instead of waiting: the task ends, the connection keeps its
+    state and calls this again with its `stream` on the next input, end, close or deadline (an idle
+    connection holds no task). An idle session is one without input for PARK_AFTER seconds
+    (`StreamInput.idle`); until then, and before the stream is established, the task waits for input.
+    """
+    if stream is None:
+        stream = ClientStream(server, connection)
+        connection.attach(stream)
+        refused = connection.refused
+    else:  # a parked connection woken: a new task, in a context of its own
+        stream.enter_scope()
+        refused = None  # told at the start
     release_after = server.config.c2s.release_parser_after
     received = connection.incoming
+    parked = False
     try:
-        if connection.refused is not None:
-            await stream.close(connection.refused)  # RFC 6120 §4.9.1.2: our header, the error, the close
+        if refused is not None:
+            await stream.close(refused)  # RFC 6120 §4.9.1.2: our header, the error, the close
         while stream.open and not connection.closing:
             if not await received.pace(connection, stream):
                 break  # shaped: no more than the byte rate allows is read, then the next waits its turn
             deadline = received.next_deadline(stream, release_after)
-            data = await connection.read(deadline, received.shaper.allowance())
+            park = received.idle(stream)
+            data = await connection.read(deadline, received.shaper.allowance(), park=park)
+            if data is PARKED:
+                parked = True  # nothing awaited from here to the end of the task: no second task yet
+                return
             if data is TIMER:
                 received.release_idle_parser(stream, release_after)
                 await stream.tick()
@@ -165,5 +194,6 @@ async def serve_client(server: Core, connection: Socket) -> None:
     except (ConnectionError, TimeoutError, ssl.SSLError) as exc:
         stream.log.info("connection lost: %r", exc)
     finally:
-        await stream.connection_lost()
-        await connection.finish()
+        if not parked:
+            await stream.connection_lost()
+            await connection.finish()
