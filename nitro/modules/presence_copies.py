@@ -1,7 +1,8 @@
 """The copies of a user's presence the server sends on the user's behalf (RFC 6121 §4.2.2, §4.3.2, §4.4.2,
 §4.5.2): broadcasts to contacts and own resources, and probe answers. They go straight to the recipients'
 resources once the `presence-recipients` hooks (blocking, XEP-0191 §3.3) have vetoed theirs; with stanza
-filters (plugins) registered each copy is routed instead, so the filters see every one.
+filters (plugins) registered each copy is routed instead, so the filters see every one. A presence is
+serialised once per send; each copy's bytes are that with its 'to' patched in (xmlwrite.Addressable).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from nitro.modules.roster import is_local
 from nitro.storage.models import RosterItem
 from nitro.xmpp.jid import JID
 from nitro.xmpp.subscription import state_of
+from nitro.xmpp.xmlwrite import Addressable, written_as
 
 if TYPE_CHECKING:
     from nitro.core.context import Core
@@ -93,15 +95,22 @@ class Copies:
             log.exception("a presence-recipients hook failed: no copy of %s's presence sent", sender)
             return
         deliver = self.server.deliver
+        template: Addressable | None = None  # the presence serialised once, each copy's bytes patched from it
         for recipient in event.recipients:
+            resources: tuple[JID, ...]
             if recipient.resource is not None:
-                deliver(recipient, addressed(presence, recipient))
-                continue
-            resources = self.available_resources(recipient)
-            if resources:  # none: dropped (§8.5.2.2.2)
-                sent = addressed(presence, recipient)
+                resources = (recipient,)
+            else:
+                resources = tuple(resource.jid for resource in self.available_resources(recipient))
+                if not resources:
+                    continue  # dropped (§8.5.2.2.2)
+            if template is None:
+                template = Addressable(presence)
+            to = str(recipient)
+            sent = addressed(presence, to)
+            with written_as(sent, template.to(to)):
                 for resource in resources:
-                    deliver(resource.jid, sent)
+                    deliver(resource, sent)
 
     async def send_current(self, resources: Sequence[Resource], to: JID) -> None:
         """The last presence each of `resources` broadcast, sent from its full JID to `to`."""

@@ -5,7 +5,9 @@ The reading side is nitro/xmpp/xmlstream.py.
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import Iterator
 from typing import Any, Final
 
 from lxml import etree
@@ -13,7 +15,15 @@ from lxml import etree
 from nitro.xmpp import ns
 from nitro.xmpp.ns import default_ns
 
-__all__ = ["ATTR_ESCAPES", "STREAM_FOOTER", "attributes", "serialize", "stream_header"]
+__all__ = [
+    "ATTR_ESCAPES",
+    "STREAM_FOOTER",
+    "Addressable",
+    "attributes",
+    "serialize",
+    "stream_header",
+    "written_as",
+]
 
 STREAM_FOOTER: Final = b"</stream:stream>"
 
@@ -65,6 +75,46 @@ _IN_SCOPE: dict[str, tuple[bytes, ...]] = {
 }
 
 
+# What lxml escapes in an attribute value it writes between double quotes (libxml2's
+# xmlAttrSerializeTxtContent).
+_LXML_ATTR_ESCAPES: Final = str.maketrans(
+    {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "\t": "&#9;", "\n": "&#10;", "\r": "&#13;"}
+)
+_known: tuple[etree._Element, bytes] | None = None  # see `written_as`
+
+
+@contextlib.contextmanager
+def written_as(element: etree._Element, data: bytes) -> Iterator[None]:
+    """Within the block, `serialize(element)` (inside a stream, not standalone) is `data` without walking
+    the tree: for copies of one stanza whose bytes were made once (`Addressable`). One element at a time,
+    on one thread: the block must not await."""
+    global _known  # one slot, set and cleared around synchronous deliveries
+    _known = (element, data)
+    try:
+        yield
+    finally:
+        _known = None
+
+
+class Addressable:
+    """A stanza without a 'to', serialised once: `to(jid)` is what `serialize` writes for a copy of it with
+    'to' set to `jid` (the attribute added last, as lxml's `set` does), made by patching the bytes."""
+
+    __slots__ = ("_head", "_tail")
+
+    def __init__(self, element: etree._Element) -> None:
+        assert element.get("to") is None
+        data = serialize(element)
+        end = data.index(b">")  # the start tag's end: lxml escapes ">" in attribute values
+        if data[end - 1 : end] == b"/":
+            end -= 1
+        self._head = data[:end]
+        self._tail = data[end:]
+
+    def to(self, jid: str) -> bytes:
+        return b'%s to="%s"%s' % (self._head, jid.translate(_LXML_ATTR_ESCAPES).encode(), self._tail)
+
+
 def serialize(element: etree._Element, *, standalone: bool = False) -> bytes:
     """One element as UTF-8 bytes to write inside an open stream: no XML declaration, no tail.
 
@@ -74,6 +124,9 @@ def serialize(element: etree._Element, *, standalone: bool = False) -> bytes:
     BOSH body): it keeps its declarations, and an element built without a namespace, which inherits the
     stream's on TCP, declares jabber:client.
     """
+    known = _known
+    if known is not None and known[0] is element and not standalone:
+        return known[1]
     data = etree.tostring(element, encoding="utf-8", xml_declaration=False, with_tail=False)
     # An invented prefix is declared as xmlns:ns0="…"; one search of the bytes spares the tree walk.
     if b"xmlns:ns" in data and any(
