@@ -21,6 +21,7 @@ from nitro.core.module import Module, StreamFeaturesEvent
 from nitro.core.pace import paced
 from nitro.core.router import StanzaEvent
 from nitro.core.sessions import INTERESTED
+from nitro.modules.roster_result import roster_query
 from nitro.storage.errors import QuotaExceeded, StorageUnavailable
 from nitro.storage.models import RosterItem
 from nitro.xmpp import ns
@@ -204,10 +205,13 @@ def load(module: Module) -> None:
             if ver is not None and _VERSION.fullmatch(ver) and int(ver) == roster.version:
                 await event.reply(iq_result(event.stanza))
             else:
-                query = element(ns.ROSTER, "query", ver=str(roster.version))
-                async for item in paced(roster.items):  # thousands of items: others get turns meanwhile
-                    if item.in_roster:
-                        item_element(item, item.jid, query)
+                try:
+                    query = await roster_query(roster.version, roster.items)
+                except etree.XMLSyntaxError:  # text XML does not allow, stored around the protocol
+                    query = element(ns.ROSTER, "query", ver=str(roster.version))
+                    async for item in paced(roster.items):  # thousands of items: others get turns meanwhile
+                        if item.in_roster:
+                            item_element(item, item.jid, query)
                 await event.reply(iq_result(event.stanza, query))
             session.interested = True
         return True
