@@ -95,7 +95,8 @@ class Copies:
             log.exception("a presence-recipients hook failed: no copy of %s's presence sent", sender)
             return
         deliver = self.server.deliver
-        template: Addressable | None = None  # the presence serialised once, each copy's bytes patched from it
+        # Several recipients: the presence serialised once, each copy's bytes patched from it.
+        template = Addressable(presence) if len(event.recipients) > 1 else None
         for recipient in event.recipients:
             resources: tuple[JID, ...]
             if recipient.resource is not None:
@@ -104,13 +105,15 @@ class Copies:
                 resources = tuple(resource.jid for resource in self.available_resources(recipient))
                 if not resources:
                     continue  # dropped (§8.5.2.2.2)
-            if template is None:
-                template = Addressable(presence)
             to = str(recipient)
             sent = addressed(presence, to)
-            with written_as(sent, template.to(to)):
+            if template is not None:
+                written_as.set(sent, template.to(to))
+            try:
                 for resource in resources:
                     deliver(resource, sent)
+            finally:
+                written_as.clear()
 
     async def send_current(self, resources: Sequence[Resource], to: JID) -> None:
         """The last presence each of `resources` broadcast, sent from its full JID to `to`."""

@@ -5,9 +5,7 @@ The reading side is nitro/xmpp/xmlstream.py.
 
 from __future__ import annotations
 
-import contextlib
 import re
-from collections.abc import Iterator
 from typing import Any, Final
 
 from lxml import etree
@@ -80,20 +78,29 @@ _IN_SCOPE: dict[str, tuple[bytes, ...]] = {
 _LXML_ATTR_ESCAPES: Final = str.maketrans(
     {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "\t": "&#9;", "\n": "&#10;", "\r": "&#13;"}
 )
-_known: tuple[etree._Element, bytes] | None = None  # see `written_as`
 
 
-@contextlib.contextmanager
-def written_as(element: etree._Element, data: bytes) -> Iterator[None]:
-    """Within the block, `serialize(element)` (inside a stream, not standalone) is `data` without walking
-    the tree: for copies of one stanza whose bytes were made once (`Addressable`). One element at a time,
-    on one thread: the block must not await."""
-    global _known  # one slot, set and cleared around synchronous deliveries
-    _known = (element, data)
-    try:
-        yield
-    finally:
-        _known = None
+class WrittenAs:
+    """While set, `serialize(element)` (inside a stream, not standalone) is `data` without walking the tree:
+    for copies of one stanza whose bytes were made once (`Addressable`). One element at a time, on one
+    thread: set it, deliver synchronously (no await), clear it (in a `finally`)."""
+
+    __slots__ = ("data", "element")
+
+    def __init__(self) -> None:
+        self.element: etree._Element | None = None
+        self.data = b""
+
+    def set(self, element: etree._Element, data: bytes) -> None:
+        self.element = element
+        self.data = data
+
+    def clear(self) -> None:
+        self.element = None
+        self.data = b""
+
+
+written_as: Final = WrittenAs()
 
 
 class Addressable:
@@ -124,9 +131,8 @@ def serialize(element: etree._Element, *, standalone: bool = False) -> bytes:
     BOSH body): it keeps its declarations, and an element built without a namespace, which inherits the
     stream's on TCP, declares jabber:client.
     """
-    known = _known
-    if known is not None and known[0] is element and not standalone:
-        return known[1]
+    if written_as.element is element and not standalone:
+        return written_as.data
     data = etree.tostring(element, encoding="utf-8", xml_declaration=False, with_tail=False)
     # An invented prefix is declared as xmlns:ns0="…"; one search of the bytes spares the tree walk.
     if b"xmlns:ns" in data and any(
