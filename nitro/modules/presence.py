@@ -255,8 +255,8 @@ class Presence:
         if prober.bare != user and not state_of(item).from_:
             await self.route(stanza("presence", type="unsubscribed", from_=str(user), to=str(prober.bare)))
             return
-        for resource in self.available_resources(user):
-            await self.send_current(resource, prober)  # none available: no answer (§4.3.2 allows it)
+        # read now, after any wait: a resource that changed or left meanwhile has told the prober already
+        await self.copies.send_current(self.available_resources(user), prober)  # none: no answer (§4.3.2)
 
     async def track_directed(self, session: Session, target: JID, available: bool) -> None:
         """§4.6.2, §4.6.3: remember who got directed presence, unless they see our broadcasts anyway."""

@@ -102,7 +102,9 @@ class Copies:
             if recipient.resource is not None:
                 resources = (recipient,)
             else:
-                resources = tuple(resource.jid for resource in self.available_resources(recipient))
+                resources = tuple(
+                    one.jid for one in self.server.sessions.resources(recipient) if one.available
+                )
                 if not resources:
                     continue  # dropped (§8.5.2.2.2)
             to = str(recipient)
