@@ -1,11 +1,10 @@
 """The roster result's `<query/>` (RFC 6121 §2.1.3): its items written as XML text and parsed in one go, a
-third of the CPU of building them element by element (a login's 20 items: ~50 µs instead of ~140 µs)."""
+quarter less CPU than building them element by element (a login's 20 items: ~45 µs instead of ~65 µs)."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
-from typing import Final
 
 from lxml import etree
 
@@ -13,20 +12,14 @@ from nitro.core.pace import EVERY
 from nitro.storage.models import RosterItem
 from nitro.xmpp import ns
 from nitro.xmpp.subscription import state_of
-
-# What lxml escapes when it writes an attribute value between double quotes, and text: the parsed result is
-# the tree roster.item_element builds (a carriage return is a character reference, else the parser drops it).
-_ATTR: Final = str.maketrans(
-    {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "\t": "&#9;", "\n": "&#10;", "\r": "&#13;"}
-)
-_TEXT: Final = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", "\r": "&#13;"})
+from nitro.xmpp.xmlwrite import escape_attribute, escape_text
 
 
 def item_text(item: RosterItem) -> str:
     """`<item/>` of a roster result as roster.item_element builds it (same attributes, in the same order)."""
-    text = f'<item jid="{item.jid.translate(_ATTR)}"'
+    text = f'<item jid="{escape_attribute(item.jid)}"'
     if item.name:
-        text += f' name="{item.name.translate(_ATTR)}"'
+        text += f' name="{escape_attribute(item.name)}"'
     text += f' subscription="{item.subscription}"'
     state = state_of(item)
     if state.pending_out:
@@ -35,7 +28,7 @@ def item_text(item: RosterItem) -> str:
         text += ' approved="true"'  # §3.4.1
     if not item.groups:
         return text + "/>"
-    groups = "".join(f"<group>{group.translate(_TEXT)}</group>" for group in item.groups)
+    groups = "".join(f"<group>{escape_text(group)}</group>" for group in item.groups)
     return f"{text}>{groups}</item>"
 
 
