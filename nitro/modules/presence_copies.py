@@ -45,6 +45,9 @@ class Copies:
     def available_resources(self, user: JID) -> list[Resource]:
         return [resource for resource in self.server.sessions.resources(user) if resource.available]
 
+    def available_jids(self, user: JID) -> list[JID]:
+        return [resource.jid for resource in self.server.sessions.resources(user) if resource.available]
+
     def reachable(self, contact: JID) -> bool:
         """Whether presence for `contact` would be delivered: to an available resource of an account
         (RFC 6121 §8.5.2.1.1), or to a full JID that is bound, available or not (§8.5.3.1)."""
@@ -95,22 +98,28 @@ class Copies:
             log.exception("a presence-recipients hook failed: no copy of %s's presence sent", sender)
             return
         deliver = self.server.deliver
-        # Several recipients: the presence serialised once, each copy's bytes patched from it.
-        template = Addressable(presence) if len(event.recipients) > 1 else None
-        for recipient in event.recipients:
-            resources: tuple[JID, ...]
+        if len(event.recipients) == 1:  # a probe answer, a directed copy: serialised when written
+            (recipient,) = event.recipients
             if recipient.resource is not None:
-                resources = (recipient,)
+                deliver(recipient, addressed(presence, recipient))
+                return
+            resources = self.available_jids(recipient)
+            if resources:  # none: dropped (§8.5.2.2.2)
+                sent = addressed(presence, recipient)
+                for resource in resources:
+                    deliver(resource, sent)
+            return
+        template = Addressable(presence)  # serialised once, each copy's bytes patched from it
+        for recipient in event.recipients:
+            if recipient.resource is not None:
+                resources = [recipient]
             else:
-                resources = tuple(
-                    one.jid for one in self.server.sessions.resources(recipient) if one.available
-                )
+                resources = self.available_jids(recipient)
                 if not resources:
                     continue  # dropped (§8.5.2.2.2)
             to = str(recipient)
             sent = addressed(presence, to)
-            if template is not None:
-                written_as.set(sent, template.to(to))
+            written_as.set(sent, template.to(to))
             try:
                 for resource in resources:
                     deliver(resource, sent)
