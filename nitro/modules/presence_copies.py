@@ -98,18 +98,10 @@ class Copies:
             log.exception("a presence-recipients hook failed: no copy of %s's presence sent", sender)
             return
         deliver = self.server.deliver
-        if len(event.recipients) == 1:  # a probe answer, a directed copy: serialised when written
-            (recipient,) = event.recipients
-            if recipient.resource is not None:
-                deliver(recipient, addressed(presence, recipient))
-                return
-            resources = self.available_jids(recipient)
-            if resources:  # none: dropped (§8.5.2.2.2)
-                sent = addressed(presence, recipient)
-                for resource in resources:
-                    deliver(resource, sent)
-            return
-        template = Addressable(presence)  # serialised once, each copy's bytes patched from it
+        # Several copies: the presence serialised once, each copy's bytes patched from it; one copy (a probe
+        # answer) is serialised when written.
+        several = len(event.recipients) > 1 and presence.get("to") is None
+        template = Addressable(presence) if several else None
         for recipient in event.recipients:
             if recipient.resource is not None:
                 resources = [recipient]
@@ -117,6 +109,11 @@ class Copies:
                 resources = self.available_jids(recipient)
                 if not resources:
                     continue  # dropped (§8.5.2.2.2)
+            if template is None:
+                sent = addressed(presence, recipient)
+                for resource in resources:
+                    deliver(resource, sent)
+                continue
             to = str(recipient)
             sent = addressed(presence, to)
             written_as.set(sent, template.to(to))
