@@ -17,7 +17,7 @@ from lxml import etree
 from nitro.core.events import PRESENCE_RECIPIENTS, STANZA_FILTER, PresenceRecipients
 from nitro.core.pace import paced
 from nitro.core.sessions import Resource
-from nitro.modules.roster import is_local
+from nitro.modules.roster import local_jid
 from nitro.storage.models import RosterItem
 from nitro.xmpp.jid import JID
 from nitro.xmpp.subscription import state_of
@@ -70,9 +70,8 @@ class Copies:
         every = self.routed()
         contacts: list[JID] = []
         async for item in paced(items):  # a roster of thousands: other sessions get turns meanwhile
-            if not state_of(item).from_ or not is_local(self.server, item.jid):
+            if not state_of(item).from_ or (contact := local_jid(self.server, item.jid)) is None:
                 continue
-            contact = JID.parse(item.jid)
             if every or self.reachable(contact):
                 contacts.append(contact)
         contacts.extend(own.jid for own in self.available_resources(user.bare))

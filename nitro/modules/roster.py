@@ -65,10 +65,16 @@ def roster_full(server: Core) -> StanzaError:
 
 def is_local(server: Core, jid: str) -> bool:
     """Whether `jid` is on our domain: until s2s exists, presence for other domains is not sent."""
+    return local_jid(server, jid) is not None
+
+
+def local_jid(server: Core, jid: str) -> JID | None:
+    """`jid` parsed if it is on our domain (see `is_local`), else None."""
     try:
-        return JID.parse(jid).domain == server.domain
+        parsed = JID.parse(jid)
     except InvalidJID:
-        return False
+        return None
+    return parsed if parsed.domain == server.domain else None
 
 
 def item_element(item: RosterItem | None, jid: str, query: etree._Element | None = None) -> etree._Element:
