@@ -10,8 +10,9 @@ So a stream is parsed, until it authenticates, on the thread of a `Generation`: 
 `[limits].preauth_streams_per_thread` streams, replaced by a fresh one when full, and ended when the last
 of its streams has authenticated or closed. Each call runs synchronously (the event loop waits for it, as
 it would for parsing on its own thread): only one thread ever runs lxml at a time, so the documents parsed
-there can be read and changed on the loop's thread afterwards without locking. The hand-over (two bare
-locks) costs some 5 microseconds of CPU per read, on the few reads a login takes before authentication.
+there can be read and changed on the loop's thread afterwards without locking. The hand-overs (two bare
+locks each) and the threads cost some 32 microseconds of CPU per login (a plain SCRAM login's pre-auth
+stream parsed: 49 µs inline, 82 µs on lanes; 119 µs with a ThreadPoolExecutor per generation).
 """
 
 from __future__ import annotations
