@@ -272,3 +272,14 @@ def test_gaining_or_losing_the_from_direction_is_reported(
 ) -> None:
     step = transition(before, direction, kind)
     assert (step.gained_from, step.lost_from) == (gained, lost)
+
+
+def test_each_states_flags_are_read_from_its_name() -> None:
+    """to/from/pending/approved as the state's name in Appendix A says (§3.4.1 for pre-approval)."""
+    for state in State:
+        name = state.value
+        assert state.to == (name.startswith("To") or name == "Both"), state
+        assert state.from_ == (name.startswith("From") or name == "Both"), state
+        assert state.pending_out == ("Pending Out" in name), state
+        assert state.pending_in == ("Pending In" in name or "Pending Out+In" in name), state
+        assert state.approved == ("Pre-approved" in name), state

@@ -18,7 +18,7 @@ from nitro.core.pace import paced
 from nitro.core.router import StanzaEvent
 from nitro.core.sessions import Resource
 from nitro.modules.presence_copies import Copies, addressed
-from nitro.modules.roster import change, is_local, roster_full, roster_lock, storage_error
+from nitro.modules.roster import change, local_jid, roster_full, roster_lock, storage_error
 from nitro.storage.errors import QuotaExceeded, StorageUnavailable
 from nitro.storage.models import RosterItem
 from nitro.xmpp import ns
@@ -237,10 +237,10 @@ class Presence:
         user is subscribed to, with every contact's roster item read in one storage call."""
         contacts: dict[str, JID] = {}
         async for item in paced(items):
-            if state_of(item).to and is_local(self.server, item.jid):
-                contact = JID.parse(item.jid)
-                if contact.local is not None and self.available_resources(contact):
-                    contacts[contact.local] = contact
+            if not state_of(item).to or (contact := local_jid(self.server, item.jid)) is None:
+                continue
+            if contact.local is not None and self.available_resources(contact):
+                contacts[contact.local] = contact
         if not contacts:
             return
         try:
@@ -255,8 +255,8 @@ class Presence:
         if prober.bare != user and not state_of(item).from_:
             await self.route(stanza("presence", type="unsubscribed", from_=str(user), to=str(prober.bare)))
             return
-        for resource in self.available_resources(user):
-            await self.send_current(resource, prober)  # none available: no answer (§4.3.2 allows it)
+        # read now, after any wait: a resource that changed or left meanwhile has told the prober already
+        await self.copies.send_current(self.available_resources(user), prober)  # none: no answer (§4.3.2)
 
     async def track_directed(self, session: Session, target: JID, available: bool) -> None:
         """§4.6.2, §4.6.3: remember who got directed presence, unless they see our broadcasts anyway."""

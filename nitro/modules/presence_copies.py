@@ -1,7 +1,8 @@
 """The copies of a user's presence the server sends on the user's behalf (RFC 6121 §4.2.2, §4.3.2, §4.4.2,
 §4.5.2): broadcasts to contacts and own resources, and probe answers. They go straight to the recipients'
 resources once the `presence-recipients` hooks (blocking, XEP-0191 §3.3) have vetoed theirs; with stanza
-filters (plugins) registered each copy is routed instead, so the filters see every one.
+filters (plugins) registered each copy is routed instead, so the filters see every one. A presence is
+serialised once per send; each copy's bytes are that with its 'to' patched in (xmlwrite.Addressable).
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ from lxml import etree
 from nitro.core.events import PRESENCE_RECIPIENTS, STANZA_FILTER, PresenceRecipients
 from nitro.core.pace import paced
 from nitro.core.sessions import Resource
-from nitro.modules.roster import is_local
+from nitro.modules.roster import local_jid
 from nitro.storage.models import RosterItem
 from nitro.xmpp.jid import JID
 from nitro.xmpp.subscription import state_of
+from nitro.xmpp.xmlwrite import Addressable, written_as
 
 if TYPE_CHECKING:
     from nitro.core.context import Core
@@ -43,6 +45,9 @@ class Copies:
     def available_resources(self, user: JID) -> list[Resource]:
         return [resource for resource in self.server.sessions.resources(user) if resource.available]
 
+    def available_jids(self, user: JID) -> list[JID]:
+        return [resource.jid for resource in self.server.sessions.resources(user) if resource.available]
+
     def reachable(self, contact: JID) -> bool:
         """Whether presence for `contact` would be delivered: to an available resource of an account
         (RFC 6121 §8.5.2.1.1), or to a full JID that is bound, available or not (§8.5.3.1)."""
@@ -65,9 +70,8 @@ class Copies:
         every = self.routed()
         contacts: list[JID] = []
         async for item in paced(items):  # a roster of thousands: other sessions get turns meanwhile
-            if not state_of(item).from_ or not is_local(self.server, item.jid):
+            if not state_of(item).from_ or (contact := local_jid(self.server, item.jid)) is None:
                 continue
-            contact = JID.parse(item.jid)
             if every or self.reachable(contact):
                 contacts.append(contact)
         contacts.extend(own.jid for own in self.available_resources(user.bare))
@@ -93,15 +97,30 @@ class Copies:
             log.exception("a presence-recipients hook failed: no copy of %s's presence sent", sender)
             return
         deliver = self.server.deliver
+        # Several copies: the presence serialised once, each copy's bytes patched from it; one copy (a probe
+        # answer) is serialised when written.
+        several = len(event.recipients) > 1 and presence.get("to") is None
+        template = Addressable(presence) if several else None
         for recipient in event.recipients:
             if recipient.resource is not None:
-                deliver(recipient, addressed(presence, recipient))
-                continue
-            resources = self.available_resources(recipient)
-            if resources:  # none: dropped (§8.5.2.2.2)
+                resources = [recipient]
+            else:
+                resources = self.available_jids(recipient)
+                if not resources:
+                    continue  # dropped (§8.5.2.2.2)
+            if template is None:
                 sent = addressed(presence, recipient)
                 for resource in resources:
-                    deliver(resource.jid, sent)
+                    deliver(resource, sent)
+                continue
+            to = str(recipient)
+            sent = addressed(presence, to)
+            written_as.set(sent, template.to(to))
+            try:
+                for resource in resources:
+                    deliver(resource, sent)
+            finally:
+                written_as.clear()
 
     async def send_current(self, resources: Sequence[Resource], to: JID) -> None:
         """The last presence each of `resources` broadcast, sent from its full JID to `to`."""

@@ -21,6 +21,7 @@ from nitro.core.module import Module, StreamFeaturesEvent
 from nitro.core.pace import paced
 from nitro.core.router import StanzaEvent
 from nitro.core.sessions import INTERESTED
+from nitro.modules.roster_result import roster_query
 from nitro.storage.errors import QuotaExceeded, StorageUnavailable
 from nitro.storage.models import RosterItem
 from nitro.xmpp import ns
@@ -64,10 +65,16 @@ def roster_full(server: Core) -> StanzaError:
 
 def is_local(server: Core, jid: str) -> bool:
     """Whether `jid` is on our domain: until s2s exists, presence for other domains is not sent."""
+    return local_jid(server, jid) is not None
+
+
+def local_jid(server: Core, jid: str) -> JID | None:
+    """`jid` parsed if it is on our domain (see `is_local`), else None."""
     try:
-        return JID.parse(jid).domain == server.domain
+        parsed = JID.parse(jid)
     except InvalidJID:
-        return False
+        return None
+    return parsed if parsed.domain == server.domain else None
 
 
 def item_element(item: RosterItem | None, jid: str, query: etree._Element | None = None) -> etree._Element:
@@ -204,10 +211,13 @@ def load(module: Module) -> None:
             if ver is not None and _VERSION.fullmatch(ver) and int(ver) == roster.version:
                 await event.reply(iq_result(event.stanza))
             else:
-                query = element(ns.ROSTER, "query", ver=str(roster.version))
-                async for item in paced(roster.items):  # thousands of items: others get turns meanwhile
-                    if item.in_roster:
-                        item_element(item, item.jid, query)
+                try:
+                    query = await roster_query(roster.version, roster.items)
+                except etree.XMLSyntaxError:  # text XML does not allow, stored around the protocol
+                    query = element(ns.ROSTER, "query", ver=str(roster.version))
+                    async for item in paced(roster.items):  # thousands of items: others get turns meanwhile
+                        if item.in_roster:
+                            item_element(item, item.jid, query)
                 await event.reply(iq_result(event.stanza, query))
             session.interested = True
         return True

@@ -39,32 +39,41 @@ class State(enum.Enum):
     NONE_PENDING_OUT_APPROVED = "None + Pending Out + Pre-approved"
     TO_APPROVED = "To + Pre-approved"
 
+    # Each flag is a lookup of the member's value in a set (below): a fan-out asks them per roster item.
     @property
     def to(self) -> bool:
         """The user receives the contact's presence."""
-        return self in (State.TO, State.TO_PENDING_IN, State.BOTH, State.TO_APPROVED)
+        return self._value_ in _TO
 
     @property
     def from_(self) -> bool:
         """The contact receives the user's presence."""
-        return self in (State.FROM, State.FROM_PENDING_OUT, State.BOTH)
+        return self._value_ in _FROM
 
     @property
     def pending_out(self) -> bool:
-        return self in (
-            State.NONE_PENDING_OUT,
-            State.NONE_PENDING_OUT_IN,
-            State.FROM_PENDING_OUT,
-            State.NONE_PENDING_OUT_APPROVED,
-        )
+        return self._value_ in _PENDING_OUT
 
     @property
     def pending_in(self) -> bool:
-        return self in (State.NONE_PENDING_IN, State.NONE_PENDING_OUT_IN, State.TO_PENDING_IN)
+        return self._value_ in _PENDING_IN
 
     @property
     def approved(self) -> bool:
-        return self in (State.NONE_APPROVED, State.NONE_PENDING_OUT_APPROVED, State.TO_APPROVED)
+        return self._value_ in _APPROVED
+
+
+def _values(*states: State) -> frozenset[str]:
+    return frozenset(state.value for state in states)
+
+
+_TO = _values(State.TO, State.TO_PENDING_IN, State.BOTH, State.TO_APPROVED)
+_FROM = _values(State.FROM, State.FROM_PENDING_OUT, State.BOTH)
+_PENDING_OUT = _values(
+    State.NONE_PENDING_OUT, State.NONE_PENDING_OUT_IN, State.FROM_PENDING_OUT, State.NONE_PENDING_OUT_APPROVED
+)
+_PENDING_IN = _values(State.NONE_PENDING_IN, State.NONE_PENDING_OUT_IN, State.TO_PENDING_IN)
+_APPROVED = _values(State.NONE_APPROVED, State.NONE_PENDING_OUT_APPROVED, State.TO_APPROVED)
 
 
 @dataclass(frozen=True, slots=True)
