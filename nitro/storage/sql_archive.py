@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import get_args
 
-from sqlalchemy import ColumnElement, Row, delete, false, func, insert, select
+from sqlalchemy import ColumnElement, Row, bindparam, delete, false, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from nitro.storage.errors import ItemNotFound, StorageError
@@ -46,6 +46,28 @@ _PAGE_COLUMNS = (
     archive_messages.c.timestamp,
     archive_messages.c.stanza,
 )
+
+
+# One archive row for the account named `username`, none if there is no such account (it is gone).
+_APPEND_COLUMNS = ("stanza_id", "with_key", "with_jid", "timestamp", "stanza")
+_APPEND_TO_ACCOUNT = insert(archive_messages).from_select(
+    ["account_id", *_APPEND_COLUMNS],
+    select(
+        accounts.c.id, *(bindparam(name, type_=archive_messages.c[name].type) for name in _APPEND_COLUMNS)
+    ).where(accounts.c.username == bindparam("username")),
+)
+
+
+def _append_values(row: ArchiveRow) -> dict[str, object]:
+    with_raw, with_key = contact_keys(row.with_jid)
+    return {
+        "username": username_key(row.username),
+        "stanza_id": row.stanza_id,
+        "with_key": with_key,
+        "with_jid": with_raw,
+        "timestamp": _aware(row.timestamp, "timestamp"),
+        "stanza": row.stanza,
+    }
 
 
 def _aware(moment: datetime, what: str) -> datetime:
@@ -97,6 +119,8 @@ class SqlArchiveStore:
         for row in rows:
             if not 0 < len(row.stanza_id) <= ARCHIVE_ID_MAX:
                 raise ValueError(f"an archive id is 1 to {ARCHIVE_ID_MAX} characters")
+        if self._db.write_engine is not None:  # a SQLite file: its write lock is global, no row locks
+            return await self._db.write_many(_APPEND_TO_ACCOUNT, [_append_values(row) for row in rows])
         keys = sorted({username_key(row.username) for row in rows})
         async with self._db.writer.begin() as conn:
             # The accounts' rows locked in one order (MariaDB), so that no account is deleted mid-batch.
