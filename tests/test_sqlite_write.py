@@ -1,6 +1,6 @@
-"""One-statement writes to a SQLite file in one trip to aiosqlite's thread, and batches of one statement in
-one transaction (nitro/storage/sqlite_write.py): committed when they return, a failing batch leaving
-nothing, the driver's errors wrapped as SQLAlchemy's, bad input refused."""
+"""One-statement writes to a SQLite file in one trip to aiosqlite's thread, and writing transactions of
+statements sent to the driver (nitro/storage/sqlite_write.py): committed when they return or end, a failing
+transaction leaving nothing, the driver's errors wrapped as SQLAlchemy's, bad input refused."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from sqlalchemy.dialects import mysql, sqlite
 from nitro.storage.schema import accounts
 from nitro.storage.sql import open_database
 from nitro.storage.sql_userdata import _LAST_ACTIVITY_UPSERTS
-from nitro.storage.sqlite_write import CompiledWrite, write_many, write_once
+from nitro.storage.sqlite_write import CompiledWrite, immediate_transaction, write_once
 
 _RENAME = update(accounts).where(accounts.c.username == bindparam("old")).values(username=bindparam("new"))
 
@@ -84,46 +84,65 @@ async def test_a_write_inside_a_transaction_is_refused(tmp_path: Path) -> None:
             await driver.rollback()
 
 
-async def test_a_batch_is_one_transaction_committed_when_it_returns(tmp_path: Path) -> None:
+_ADD = "INSERT INTO accounts (username) VALUES (?)"
+_NAMES = "SELECT username FROM accounts ORDER BY id"
+
+
+async def test_a_transaction_is_committed_when_its_block_ends(tmp_path: Path) -> None:
     path = tmp_path / "nitro.db"
     async with open_database(f"sqlite+aiosqlite:///{path}") as db:
-        add = insert(accounts).values(username=bindparam("name"))
-        assert await db.write_many(add, [{"name": b"juliet"}, {"name": b"romeo"}]) == 2
-        assert rows(path, "SELECT username FROM accounts ORDER BY id") == [(b"juliet",), (b"romeo",)]
-        assert await db.write_many(add, []) == 0
-        renames = [{"old": b"juliet", "new": b"nurse"}, {"old": b"nobody", "new": b"x"}]
-        assert await db.write_many(_RENAME, renames) == 1  # the rows written, over all of the batch
+        async with db.sqlite_writing() as driver:
+            await driver.executemany(_ADD, [(b"juliet",), (b"romeo",)])
+            assert rows(path, _NAMES) == []  # another process sees nothing before the commit
+        assert rows(path, _NAMES) == [(b"juliet",), (b"romeo",)]
+        assert not driver.in_transaction
+
+
+async def test_a_failing_transaction_leaves_nothing_and_its_errors_are_wrapped(tmp_path: Path) -> None:
+    path = tmp_path / "nitro.db"
+    async with open_database(f"sqlite+aiosqlite:///{path}") as db:
         with pytest.raises(exc.IntegrityError):  # UNIQUE on the batch's third row: none of it stays
-            await db.write_many(add, [{"name": b"tybalt"}, {"name": b"paris"}, {"name": b"romeo"}])
-        assert rows(path, "SELECT username FROM accounts ORDER BY id") == [(b"nurse",), (b"romeo",)]
-        with pytest.raises(ValueError, match="no value for name"):
-            await db.write_many(add, [{"name": b"tybalt"}, {}])
-        assert await db.write_many(add, [{"name": b"tybalt"}]) == 1  # the connection is usable again
-        assert len(rows(path, "SELECT username FROM accounts")) == 3
+            async with db.sqlite_writing() as driver:
+                await driver.executemany(_ADD, [(b"juliet",), (b"romeo",), (b"juliet",)])
+        assert rows(path, _NAMES) == []
+
+        async def fail_after_a_write() -> None:
+            async with db.sqlite_writing() as driver:
+                await driver.execute(_ADD, (b"juliet",))
+                raise ValueError("not ours")
+
+        with pytest.raises(ValueError, match="not ours"):  # the body's own errors pass unchanged
+            await fail_after_a_write()
+        assert rows(path, _NAMES) == []
+        async with db.sqlite_writing() as driver:  # the connection is usable again
+            await driver.execute(_ADD, (b"nurse",))
+        assert rows(path, _NAMES) == [(b"nurse",)]
 
 
-async def test_a_batch_waits_for_the_write_lock_and_fails_as_sqlalchemy_would(tmp_path: Path) -> None:
+async def test_a_transaction_waits_for_the_write_lock_and_fails_as_sqlalchemy_would(tmp_path: Path) -> None:
     path = tmp_path / "nitro.db"
     async with open_database(f"sqlite+aiosqlite:///{path}?timeout=0.2") as db:
-        add = insert(accounts).values(username=bindparam("name"))
         other = sqlite3.connect(path, isolation_level=None)
         try:
             other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
             with pytest.raises(exc.OperationalError, match="locked"):
-                await db.write_many(add, [{"name": b"juliet"}])
+                async with db.sqlite_writing() as driver:
+                    await driver.execute(_ADD, (b"juliet",))
             other.execute("ROLLBACK")
         finally:
             other.close()
-        assert await db.write_many(add, [{"name": b"juliet"}]) == 1
+        async with db.sqlite_writing() as driver:
+            await driver.execute(_ADD, (b"juliet",))
+        assert rows(path, _NAMES) == [(b"juliet",)]
         assert db.write_engine is not None
-        compiled = CompiledWrite.of(add, db.write_engine.dialect)
         async with db.write_engine.connect() as conn:
-            driver = (await conn.get_raw_connection()).driver_connection
-            assert isinstance(driver, aiosqlite.Connection)
-            await driver.execute("BEGIN")
+            raw = (await conn.get_raw_connection()).driver_connection
+            assert isinstance(raw, aiosqlite.Connection)
+            await raw.execute("BEGIN")
             with pytest.raises(RuntimeError, match="outside any transaction"):
-                await write_many(driver, compiled, [{"name": b"romeo"}])
-            await driver.rollback()
+                async with immediate_transaction(raw):
+                    pass
+            await raw.rollback()
 
 
 def test_a_statement_is_compiled_for_sqlite_only_and_needs_every_value() -> None:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import get_args
 
-from sqlalchemy import ColumnElement, Row, bindparam, delete, false, func, insert, select
+from sqlalchemy import ColumnElement, Row, delete, false, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from nitro.storage.errors import ItemNotFound, StorageError
@@ -48,26 +48,16 @@ _PAGE_COLUMNS = (
 )
 
 
-# One archive row for the account named `username`, none if there is no such account (it is gone).
-_APPEND_COLUMNS = ("stanza_id", "with_key", "with_jid", "timestamp", "stanza")
-_APPEND_TO_ACCOUNT = insert(archive_messages).from_select(
-    ["account_id", *_APPEND_COLUMNS],
-    select(
-        accounts.c.id, *(bindparam(name, type_=archive_messages.c[name].type) for name in _APPEND_COLUMNS)
-    ).where(accounts.c.username == bindparam("username")),
+# On a SQLite file a batch is sent to the driver directly, its rows as tuples in the statement's order.
+_SQLITE_INSERT = (
+    "INSERT INTO archive_messages (account_id, stanza_id, with_key, with_jid, timestamp, stanza)"
+    " VALUES (?, ?, ?, ?, ?, ?)"
 )
 
 
-def _append_values(row: ArchiveRow) -> dict[str, object]:
-    with_raw, with_key = contact_keys(row.with_jid)
-    return {
-        "username": username_key(row.username),
-        "stanza_id": row.stanza_id,
-        "with_key": with_key,
-        "with_jid": with_raw,
-        "timestamp": _aware(row.timestamp, "timestamp"),
-        "stanza": row.stanza,
-    }
+def _account_ids_sql(count: int) -> str:
+    """The ids of `count` accounts by username (only placeholders are put in the text)."""
+    return f"SELECT username, id FROM accounts WHERE username IN ({', '.join('?' * count)})"  # noqa: S608
 
 
 def _aware(moment: datetime, what: str) -> datetime:
@@ -92,6 +82,12 @@ class SqlArchiveStore:
 
     def __init__(self, db: Database) -> None:
         self._db = db
+        # On a SQLite file: a time as SQLAlchemy would store it (naive UTC text), for rows sent directly.
+        self._sqlite_time = (
+            None
+            if db.write_engine is None
+            else archive_messages.c.timestamp.type.bind_processor(db.write_engine.dialect)
+        )
 
     @translated
     async def append(
@@ -119,8 +115,8 @@ class SqlArchiveStore:
         for row in rows:
             if not 0 < len(row.stanza_id) <= ARCHIVE_ID_MAX:
                 raise ValueError(f"an archive id is 1 to {ARCHIVE_ID_MAX} characters")
-        if self._db.write_engine is not None:  # a SQLite file: its write lock is global, no row locks
-            return await self._db.write_many(_APPEND_TO_ACCOUNT, [_append_values(row) for row in rows])
+        if self._db.write_engine is not None:
+            return await self._append_batch_sqlite(rows)
         keys = sorted({username_key(row.username) for row in rows})
         async with self._db.writer.begin() as conn:
             # The accounts' rows locked in one order (MariaDB), so that no account is deleted mid-batch.
@@ -144,6 +140,27 @@ class SqlArchiveStore:
                 )
             if values:
                 await conn.execute(insert(archive_messages), values)
+        return len(values)
+
+    async def _append_batch_sqlite(self, rows: Sequence[ArchiveRow]) -> int:
+        """The batch on a SQLite file in four trips to its writing connection (BEGIN IMMEDIATE, the
+        accounts' ids, the rows, COMMIT); SQLite's write lock is the whole file's, no row is locked."""
+        stored_time = self._sqlite_time
+        assert stored_time is not None
+        keys = list({username_key(row.username): None for row in rows})
+        values = []
+        async with self._db.sqlite_writing() as driver:
+            found = await driver.execute_fetchall(_account_ids_sql(len(keys)), keys)
+            ids: dict[bytes, int] = {username: account_id for username, account_id in found}
+            for row in rows:
+                account_id = ids.get(row.username.encode())
+                if account_id is None:
+                    continue  # the account is gone: nothing to archive for it
+                with_raw, with_key = contact_keys(row.with_jid)
+                stamp = stored_time(_aware(row.timestamp, "timestamp"))
+                values.append((account_id, row.stanza_id, with_key, with_raw, stamp, row.stanza))
+            if values:
+                await driver.executemany(_SQLITE_INSERT, values)
         return len(values)
 
     @translated

@@ -1,5 +1,5 @@
-"""One-statement writes to a SQLite file in one trip to aiosqlite's worker thread, and batches of one
-statement in three.
+"""One-statement writes to a SQLite file in one trip to aiosqlite's worker thread, and writing transactions
+of statements sent to the driver directly.
 
 Through SQLAlchemy, a write transaction of one statement makes five trips (BEGIN, cursor, execute, close,
 COMMIT), each a queue put, a GIL hand-off and a call_soon_threadsafe: more CPU on the event loop than the
@@ -13,7 +13,8 @@ dialect; its bind values go through the column types' processors, as SQLAlchemy 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,26 +70,25 @@ async def write_once(
     return cursor.rowcount
 
 
-async def write_many(
-    driver: aiosqlite.Connection, statement: CompiledWrite, rows: Sequence[Mapping[str, Any]]
-) -> int:
-    """Run the statement once per row of values, all in one transaction on `driver` (in autocommit, outside
-    any transaction), and return how many rows it wrote: BEGIN IMMEDIATE, executemany, COMMIT — three
-    trips to the driver's thread for the whole batch. On an error the transaction is rolled back."""
+@asynccontextmanager
+async def immediate_transaction(driver: aiosqlite.Connection) -> AsyncIterator[aiosqlite.Connection]:
+    """A writing transaction on `driver` (in autocommit, outside any transaction) for statements sent to it
+    directly: BEGIN IMMEDIATE, the body's statements, COMMIT — one trip each, where SQLAlchemy makes three
+    or more per statement. ROLLBACK if the body fails; the driver's errors wrapped as SQLAlchemy wraps
+    them."""
     if driver.in_transaction:
-        raise RuntimeError("a batch write needs a connection outside any transaction")
-    parameters = [statement.parameters(values) for values in rows]
+        raise RuntimeError("a writing transaction needs a connection outside any transaction")
+    statement = "BEGIN IMMEDIATE"
     try:
-        await driver.execute("BEGIN IMMEDIATE")
+        await driver.execute(statement)
         try:
-            cursor = await driver.executemany(statement.sql, parameters)
-            await driver.execute("COMMIT")
+            statement = "(the transaction's statements)"
+            yield driver
+            statement = "COMMIT"
+            await driver.execute(statement)
         except BaseException:
             if driver.in_transaction:
                 await driver.execute("ROLLBACK")
             raise
     except sqlite3.Error as error:
-        raise exc.DBAPIError.instance(
-            statement.sql, None, error, sqlite3.Error, hide_parameters=True
-        ) from error
-    return cursor.rowcount
+        raise exc.DBAPIError.instance(statement, None, error, sqlite3.Error, hide_parameters=True) from error
