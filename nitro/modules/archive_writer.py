@@ -8,7 +8,6 @@ nothing is dropped: a failing batch is retried with backoff until it commits. At
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 from collections import deque
 from collections.abc import Callable
@@ -60,14 +59,9 @@ class ArchiveWriter:
             await self._room.wait()
         future: Promise = asyncio.get_running_loop().create_future()
         self._waiting.append((row, future))
-        self._last[row.username] = future
-        future.add_done_callback(functools.partial(self._forget, row.username))
+        self._last[row.username] = future  # forgotten when its batch is settled
         self._wakeup.set()
         return future
-
-    def _forget(self, username: str, done: Promise) -> None:
-        if self._last.get(username) is done:
-            del self._last[username]
 
     async def flush(self, username: str) -> None:
         """Wait until every row of `username` queued so far is committed (MAM reads its own writes)."""
@@ -135,7 +129,10 @@ class ArchiveWriter:
         self._settle(batch, committed=True)
 
     def _settle(self, batch: list[tuple[ArchiveRow, Promise]], *, committed: bool) -> None:
-        for _, future in batch:
+        last = self._last
+        for row, future in batch:
+            if last.get(row.username) is future:
+                del last[row.username]
             if not future.done():
                 if committed:
                     future.set_result(None)
