@@ -47,6 +47,11 @@ async def test_a_write_is_committed_when_it_returns_and_counts_its_rows(tmp_path
         assert rows(path, "SELECT seen_at, status FROM last_activity") == [
             ("2026-03-01 12:30:05.123456", "second")
         ]
+        whole_second = {"username": b"nurse", "seen_at": seen.replace(microsecond=0), "status": "third"}
+        assert (
+            await db.write_one(upsert, whole_second) == 1
+        )  # SQLite's DATETIME text, as SQLAlchemy writes it
+        assert rows(path, "SELECT seen_at FROM last_activity") == [("2026-03-01 12:30:05.000000",)]
         async with db.writer.begin() as conn:  # the writing connection is left outside any transaction
             await conn.execute(_RENAME, {"old": b"nurse", "new": b"juliet"})
         assert rows(path, "SELECT username FROM accounts") == [(b"juliet",)]

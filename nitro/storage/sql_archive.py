@@ -83,11 +83,11 @@ class SqlArchiveStore:
     def __init__(self, db: Database) -> None:
         self._db = db
         # On a SQLite file: a time as SQLAlchemy would store it (naive UTC text), for rows sent directly.
-        self._sqlite_time = (
-            None
-            if db.write_engine is None
-            else archive_messages.c.timestamp.type.bind_processor(db.write_engine.dialect)
-        )
+        self._sqlite_time = None
+        if db.write_engine is not None:
+            dialect = db.write_engine.dialect
+            time_type = archive_messages.c.timestamp.type.dialect_impl(dialect)
+            self._sqlite_time = time_type.bind_processor(dialect)
 
     @translated
     async def append(

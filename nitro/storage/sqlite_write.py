@@ -40,7 +40,11 @@ class CompiledWrite:
         if compiled.positiontup is None or dialect.paramstyle != "qmark":
             raise ValueError(f"{dialect.name} with {dialect.paramstyle} parameters: not a SQLite statement")
         names = tuple(compiled.positiontup)
-        processors = tuple(compiled.binds[name].type.bind_processor(dialect) for name in names)
+        # The type as adapted to the dialect (as SQLAlchemy executes it): a TypeDecorator's own
+        # bind_processor skips its dialect implementation's (SQLite's DATETIME text format).
+        processors = tuple(
+            compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect) for name in names
+        )
         return cls(compiled.string, names, processors)
 
     def parameters(self, values: Mapping[str, Any]) -> tuple[Any, ...]:
