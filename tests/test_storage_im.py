@@ -179,6 +179,17 @@ async def test_a_batch_is_one_transaction_over_several_archives(storage: Storage
     assert await storage.archive.count("juliet") == 6  # neither failed batch left a row
 
 
+async def test_a_batch_may_span_more_accounts_than_one_statement_takes_parameters(
+    sqlite_storage: Storage,
+) -> None:
+    users = [f"user{n}" for n in range(1100)]  # SQLite before 3.32 took at most 999 parameters
+    for user in users:
+        await sqlite_storage.accounts.create(user, {})
+    rows = [ArchiveRow(user, ROMEO, stanza(n), f"id-{n}", T0) for n, user in enumerate(users)]
+    assert await sqlite_storage.archive.append_batch(rows) == len(users)
+    assert await sqlite_storage.archive.count(users[-1]) == 1
+
+
 async def test_a_batchs_times_are_stored_as_single_appends_store_them(storage: Storage) -> None:
     """Whole seconds, microseconds and another zone: a time range with a row's own time at either end
     finds the row, whichever way it was written (on SQLite the batch bypasses SQLAlchemy's execution)."""

@@ -150,8 +150,11 @@ class SqlArchiveStore:
         keys = list({username_key(row.username): None for row in rows})
         values = []
         async with self._db.sqlite_writing() as driver:
-            found = await driver.execute_fetchall(_account_ids_sql(len(keys)), keys)
-            ids: dict[bytes, int] = {username: account_id for username, account_id in found}
+            ids: dict[bytes, int] = {}
+            for start in range(0, len(keys), DELETE_CHUNK):  # below SQLite's old limit of 999 parameters
+                chunk = keys[start : start + DELETE_CHUNK]
+                found = await driver.execute_fetchall(_account_ids_sql(len(chunk)), chunk)
+                ids.update((username, account_id) for username, account_id in found)
             for row in rows:
                 account_id = ids.get(row.username.encode())
                 if account_id is None:
