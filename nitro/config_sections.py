@@ -136,8 +136,8 @@ class ArchiveSection:
     max_page_size: int = 250
     # The asynchronous writer (nitro/modules/archive_writer.py): rows per transaction, seconds a row may
     # wait for others to join its batch, rows waiting at most before senders are paused (backpressure).
-    batch_size: int = 200
-    batch_delay: float = 0.005
+    batch_size: int = 1000
+    batch_delay: float = 0.02
     max_pending: int = 10000
 
 

@@ -26,6 +26,7 @@ from nitro.core.durability import Promise
 from nitro.modules.archive_writer import ArchiveWriter
 from nitro.server import Server
 from nitro.storage.models import ArchiveRow
+from nitro.storage.protocols import ArchiveStore
 
 MAM = "urn:xmpp:mam:2"
 ACK = re.compile(rb'<a xmlns="urn:xmpp:sm:3" h="(\d+)"/>')
@@ -102,6 +103,51 @@ async def test_rows_queued_together_are_one_transaction(server: Server, clients:
     await asyncio.wait_for(asyncio.gather(*promises), 10)
     assert (writer.committed, writer.batches) == (150, 2)  # batch_size rows, then the rest
     assert await server.storage.archive.count("alice") == 150
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+
+
+class _HeldStore:
+    """An archive store whose batches commit only when the test says so."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []
+        self.open = asyncio.Event()
+
+    async def append_batch(self, rows: list[ArchiveRow]) -> int:
+        await self.open.wait()
+        self.batches.append([row.stanza_id for row in rows])
+        return len(rows)
+
+
+async def test_a_full_queue_admits_waiting_senders_in_order_as_rows_are_committed() -> None:
+    store = _HeldStore()
+    settings = ArchiveSection(batch_size=2, batch_delay=0, max_pending=3)
+    writer = ArchiveWriter(cast(ArchiveStore, store), lambda: settings)
+    running = asyncio.create_task(writer.run())
+    now = datetime.datetime.now(datetime.UTC)
+    queued: list[str] = []
+
+    async def send(n: int) -> Promise:
+        promise = await writer.submit(ArchiveRow("alice", f"bob@{DOMAIN}", b"<message/>", f"id{n}", now))
+        queued.append(f"id{n}")
+        return promise
+
+    senders = [asyncio.create_task(send(n)) for n in range(8)]
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert queued == ["id0", "id1", "id2"]  # max_pending rows; the other senders wait
+    late = asyncio.create_task(send(8))  # arrives while others wait: waits behind them, room or not
+    cancelled = senders[4]
+    cancelled.cancel()  # a waiting sender that goes away leaves the line
+    store.open.set()
+    promises = await asyncio.wait_for(asyncio.gather(*senders[:4], *senders[5:], late), 10)
+    await asyncio.wait_for(asyncio.gather(*promises), 10)
+    assert queued == ["id0", "id1", "id2", "id3", "id5", "id6", "id7", "id8"]  # first come first
+    assert [n for batch in store.batches for n in batch] == queued
+    assert cancelled.cancelled()
+    assert writer.pending == 0
     running.cancel()
     with pytest.raises(asyncio.CancelledError):
         await running

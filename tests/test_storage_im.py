@@ -7,7 +7,7 @@ import io
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -177,6 +177,41 @@ async def test_a_batch_is_one_transaction_over_several_archives(storage: Storage
     with pytest.raises(StorageError):  # an id used twice fails the whole batch
         await storage.archive.append_batch([ArchiveRow("juliet", ROMEO, stanza(9), "juliet-9", T0)] * 2)
     assert await storage.archive.count("juliet") == 6  # neither failed batch left a row
+
+
+async def test_a_batch_may_span_more_accounts_than_one_statement_takes_parameters(
+    sqlite_storage: Storage,
+) -> None:
+    users = [f"user{n}" for n in range(1100)]  # SQLite before 3.32 took at most 999 parameters
+    for user in users:
+        await sqlite_storage.accounts.create(user, {})
+    rows = [ArchiveRow(user, ROMEO, stanza(n), f"id-{n}", T0) for n, user in enumerate(users)]
+    assert await sqlite_storage.archive.append_batch(rows) == len(users)
+    assert await sqlite_storage.archive.count(users[-1]) == 1
+
+
+async def test_a_batchs_times_are_stored_as_single_appends_store_them(storage: Storage) -> None:
+    """Whole seconds, microseconds and another zone: a time range with a row's own time at either end
+    finds the row, whichever way it was written (on SQLite the batch bypasses SQLAlchemy's execution)."""
+    plus_two = timezone(timedelta(hours=2))
+    times = [
+        T0,
+        T0 + timedelta(microseconds=7),
+        (T0 + timedelta(seconds=1, microseconds=5)).astimezone(plus_two),
+    ]
+    await storage.archive.append_batch(
+        [ArchiveRow("juliet", ROMEO, stanza(n), f"batch-{n}", moment) for n, moment in enumerate(times)]
+    )
+    for n, moment in enumerate(times):
+        await storage.archive.append(
+            "romeo", with_jid=NURSE, stanza=stanza(n), stanza_id=f"single-{n}", timestamp=moment
+        )
+    for user, prefix in (("juliet", "batch"), ("romeo", "single")):
+        everything = await storage.archive.query(user, ArchiveQuery())
+        assert [m.timestamp for m in everything.messages] == times
+        for n, moment in enumerate(times):
+            at_that_time = await storage.archive.query(user, ArchiveQuery(start=moment, end=moment))
+            assert [m.id for m in at_that_time.messages] == [f"{prefix}-{n}"]
 
 
 async def test_archive_filters_and_their_combinations(storage: Storage) -> None:

@@ -8,7 +8,6 @@ nothing is dropped: a failing batch is retried with backoff until it commits. At
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 from collections import deque
 from collections.abc import Callable
@@ -37,8 +36,10 @@ class ArchiveWriter:
         self._writing = 0  # rows of the batch being committed
         self._last: dict[str, Promise] = {}  # username → the promise of its latest row not yet committed
         self._wakeup = asyncio.Event()
-        self._room = asyncio.Event()
-        self._room.set()
+        # Senders waiting for room, in arrival order; each is woken with one row's room reserved for it
+        # (`_admitted` until its row is queued), so a freed batch wakes as many senders as it has room.
+        self._room_waiters: deque[asyncio.Future[None]] = deque()
+        self._admitted = 0
         self._give_up_at: float | None = None
         self._full_since: float | None = None
         self.failing: Exception | None = None  # the last batch failed with this (cleared by a commit)
@@ -51,23 +52,45 @@ class ArchiveWriter:
         return len(self._waiting) + self._writing
 
     async def submit(self, row: ArchiveRow) -> Promise:
-        """Queue `row` (waiting while the queue is full); the future is done once the row is committed."""
-        while self.pending >= self._settings().max_pending:
-            if self._full_since is None:
-                self._full_since = asyncio.get_running_loop().time()
-                log.warning("%d archive rows wait to be written: pausing their senders", self.pending)
-            self._room.clear()
-            await self._room.wait()
+        """Queue `row` (waiting while the queue is full, behind the senders already waiting); the future
+        is done once the row is committed."""
+        if self._room_waiters or self.pending + self._admitted >= self._settings().max_pending:
+            await self._room_for_one()
         future: Promise = asyncio.get_running_loop().create_future()
         self._waiting.append((row, future))
-        self._last[row.username] = future
-        future.add_done_callback(functools.partial(self._forget, row.username))
+        self._last[row.username] = future  # forgotten when its batch is settled
         self._wakeup.set()
         return future
 
-    def _forget(self, username: str, done: Promise) -> None:
-        if self._last.get(username) is done:
-            del self._last[username]
+    async def _room_for_one(self) -> None:
+        """Wait in line until one row's room is reserved for us."""
+        if self._full_since is None:
+            self._full_since = asyncio.get_running_loop().time()
+            log.warning("%d archive rows wait to be written: pausing their senders", self.pending)
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._room_waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.cancelled():  # never woken: leave the line
+                if waiter in self._room_waiters:
+                    self._room_waiters.remove(waiter)
+            else:  # woken, then cancelled before queueing: the room goes to the next in line
+                self._admitted -= 1
+                self._admit()
+            raise
+        self._admitted -= 1
+
+    def _admit(self) -> None:
+        """Wake as many waiting senders as there is room for, first come first."""
+        room = self._settings().max_pending - self.pending - self._admitted
+        while room > 0 and self._room_waiters:
+            waiter = self._room_waiters.popleft()
+            if waiter.done():  # cancelled meanwhile
+                continue
+            waiter.set_result(None)
+            self._admitted += 1
+            room -= 1
 
     async def flush(self, username: str) -> None:
         """Wait until every row of `username` queued so far is committed (MAM reads its own writes)."""
@@ -135,16 +158,18 @@ class ArchiveWriter:
         self._settle(batch, committed=True)
 
     def _settle(self, batch: list[tuple[ArchiveRow, Promise]], *, committed: bool) -> None:
-        for _, future in batch:
+        last = self._last
+        for row, future in batch:
+            if last.get(row.username) is future:
+                del last[row.username]
             if not future.done():
                 if committed:
                     future.set_result(None)
                 else:
                     future.cancel()  # never acknowledged as stored (see nitro/c2s/ack_gate.py)
         self._writing = 0
-        if self.pending < self._settings().max_pending:
-            if self._full_since is not None:
-                waited = asyncio.get_running_loop().time() - self._full_since
-                log.warning("archive queue has room again after %.1f s; senders resume", waited)
-                self._full_since = None
-            self._room.set()
+        self._admit()
+        if self._full_since is not None and not self._room_waiters:
+            waited = asyncio.get_running_loop().time() - self._full_since
+            log.warning("archive queue has room again after %.1f s; senders resume", waited)
+            self._full_since = None

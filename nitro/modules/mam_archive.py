@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 
 SID = "urn:xmpp:sid:0"  # XEP-0359
 HINTS = "urn:xmpp:hints"  # XEP-0334
+_HINTS_CLARK = f"{{{HINTS}}}"  # how the tags of its elements begin
+_BODY = f"{{{ns.CLIENT}}}body"
 RETENTION_INTERVAL = 3600.0  # seconds between two retention sweeps
 PREFS_CACHED = 10_000  # users whose preferences the archive keeps in memory (embedded default only)
 RESOURCE_SCAN_PAGES = 20  # a full-JID 'with' filters in Python over at most this many storage pages
@@ -59,14 +61,19 @@ def archivable(message: etree._Element) -> bool:
     """
     if message_type(message) not in ("chat", "normal"):
         return False
-    hints = {
-        etree.QName(node).localname
-        for node in message
-        if isinstance(node.tag, str) and etree.QName(node).namespace == HINTS
-    }
+    hints: set[str] = set()
+    body = False
+    for node in message:  # one pass over the children (each visit makes a proxy object)
+        tag = node.tag
+        if not isinstance(tag, str):
+            continue
+        if tag == _BODY:
+            body = True
+        elif tag.startswith(_HINTS_CLARK):
+            hints.add(tag[len(_HINTS_CLARK) :])
     if hints & {"no-store", "no-permanent-store"}:
         return False
-    return "store" in hints or message.find(f"{{{ns.CLIENT}}}body") is not None
+    return body or "store" in hints
 
 
 def strip_stanza_ids(message: etree._Element, archive: JID) -> None:

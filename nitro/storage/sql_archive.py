@@ -48,6 +48,18 @@ _PAGE_COLUMNS = (
 )
 
 
+# On a SQLite file a batch is sent to the driver directly, its rows as tuples in the statement's order.
+_SQLITE_INSERT = (
+    "INSERT INTO archive_messages (account_id, stanza_id, with_key, with_jid, timestamp, stanza)"
+    " VALUES (?, ?, ?, ?, ?, ?)"
+)
+
+
+def _account_ids_sql(count: int) -> str:
+    """The ids of `count` accounts by username (only placeholders are put in the text)."""
+    return f"SELECT username, id FROM accounts WHERE username IN ({', '.join('?' * count)})"  # noqa: S608
+
+
 def _aware(moment: datetime, what: str) -> datetime:
     if moment.tzinfo is None:
         raise ValueError(f"{what} must be timezone-aware")
@@ -70,6 +82,12 @@ class SqlArchiveStore:
 
     def __init__(self, db: Database) -> None:
         self._db = db
+        # On a SQLite file: a time as SQLAlchemy would store it (naive UTC text), for rows sent directly.
+        self._sqlite_time = None
+        if db.write_engine is not None:
+            dialect = db.write_engine.dialect
+            time_type = archive_messages.c.timestamp.type.dialect_impl(dialect)
+            self._sqlite_time = time_type.bind_processor(dialect)
 
     @translated
     async def append(
@@ -97,6 +115,8 @@ class SqlArchiveStore:
         for row in rows:
             if not 0 < len(row.stanza_id) <= ARCHIVE_ID_MAX:
                 raise ValueError(f"an archive id is 1 to {ARCHIVE_ID_MAX} characters")
+        if self._db.write_engine is not None:
+            return await self._append_batch_sqlite(rows)
         keys = sorted({username_key(row.username) for row in rows})
         async with self._db.writer.begin() as conn:
             # The accounts' rows locked in one order (MariaDB), so that no account is deleted mid-batch.
@@ -120,6 +140,30 @@ class SqlArchiveStore:
                 )
             if values:
                 await conn.execute(insert(archive_messages), values)
+        return len(values)
+
+    async def _append_batch_sqlite(self, rows: Sequence[ArchiveRow]) -> int:
+        """The batch on a SQLite file in four trips to its writing connection (BEGIN IMMEDIATE, the
+        accounts' ids, the rows, COMMIT); SQLite's write lock is the whole file's, no row is locked."""
+        stored_time = self._sqlite_time
+        assert stored_time is not None
+        keys = list({username_key(row.username): None for row in rows})
+        values = []
+        async with self._db.sqlite_writing() as driver:
+            ids: dict[bytes, int] = {}
+            for start in range(0, len(keys), DELETE_CHUNK):  # below SQLite's old limit of 999 parameters
+                chunk = keys[start : start + DELETE_CHUNK]
+                found = await driver.execute_fetchall(_account_ids_sql(len(chunk)), chunk)
+                ids.update((username, account_id) for username, account_id in found)
+            for row in rows:
+                account_id = ids.get(row.username.encode())
+                if account_id is None:
+                    continue  # the account is gone: nothing to archive for it
+                with_raw, with_key = contact_keys(row.with_jid)
+                stamp = stored_time(_aware(row.timestamp, "timestamp"))
+                values.append((account_id, row.stanza_id, with_key, with_raw, stamp, row.stanza))
+            if values:
+                await driver.executemany(_SQLITE_INSERT, values)
         return len(values)
 
     @translated

@@ -5,8 +5,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any, ParamSpec, TypeVar
 
 import aiosqlite
@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from nitro.storage.errors import NoSuchAccount, StorageError, StorageUnavailable
 from nitro.storage.schema import CONTACT_MAX_BYTES, USERNAME_MAX_BYTES, accounts
 from nitro.storage.sqlite_read import Busy, LoopReader, Reader
-from nitro.storage.sqlite_write import CompiledWrite, write_once
+from nitro.storage.sqlite_write import CompiledWrite, immediate_transaction, write_once
 
 WRITE = "nitro_write"  # execution option marking a transaction that writes (SQLite: BEGIN IMMEDIATE)
 DELETE_CHUNK = 500  # ids per DELETE … IN (…), well below every backend's bound-parameter limit
@@ -218,6 +218,18 @@ class Database:
             driver = raw.driver_connection
             assert isinstance(driver, aiosqlite.Connection), "SQLite engines are aiosqlite's"
             return await write_once(driver, compiled, parameters)
+
+    @asynccontextmanager
+    async def sqlite_writing(self) -> AsyncIterator[aiosqlite.Connection]:
+        """A writing transaction on a SQLite file's writing connection, for statements sent to its driver
+        directly (sqlite_write.py): committed when the block ends, rolled back if it fails."""
+        assert self.write_engine is not None, "only SQLite files have a writing connection of their own"
+        async with self.write_engine.connect() as conn:
+            raw = await conn.get_raw_connection()
+            driver = raw.driver_connection
+            assert isinstance(driver, aiosqlite.Connection), "SQLite engines are aiosqlite's"
+            async with immediate_transaction(driver):
+                yield driver
 
     async def writer_data_version(self) -> int:
         """`PRAGMA data_version` of the writing connection (SQLite with `write_engine` only): it changes

@@ -1,4 +1,5 @@
-"""One-statement writes to a SQLite file in one trip to aiosqlite's worker thread.
+"""One-statement writes to a SQLite file in one trip to aiosqlite's worker thread, and writing transactions
+of statements sent to the driver directly.
 
 Through SQLAlchemy, a write transaction of one statement makes five trips (BEGIN, cursor, execute, close,
 COMMIT), each a queue put, a GIL hand-off and a call_soon_threadsafe: more CPU on the event loop than the
@@ -12,7 +13,8 @@ dialect; its bind values go through the column types' processors, as SQLAlchemy 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,7 +40,11 @@ class CompiledWrite:
         if compiled.positiontup is None or dialect.paramstyle != "qmark":
             raise ValueError(f"{dialect.name} with {dialect.paramstyle} parameters: not a SQLite statement")
         names = tuple(compiled.positiontup)
-        processors = tuple(compiled.binds[name].type.bind_processor(dialect) for name in names)
+        # The type as adapted to the dialect (as SQLAlchemy executes it): a TypeDecorator's own
+        # bind_processor skips its dialect implementation's (SQLite's DATETIME text format).
+        processors = tuple(
+            compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect) for name in names
+        )
         return cls(compiled.string, names, processors)
 
     def parameters(self, values: Mapping[str, Any]) -> tuple[Any, ...]:
@@ -66,3 +72,27 @@ async def write_once(
             statement.sql, None, error, sqlite3.Error, hide_parameters=True
         ) from error
     return cursor.rowcount
+
+
+@asynccontextmanager
+async def immediate_transaction(driver: aiosqlite.Connection) -> AsyncIterator[aiosqlite.Connection]:
+    """A writing transaction on `driver` (in autocommit, outside any transaction) for statements sent to it
+    directly: BEGIN IMMEDIATE, the body's statements, COMMIT — one trip each, where SQLAlchemy makes three
+    or more per statement. ROLLBACK if the body fails; the driver's errors wrapped as SQLAlchemy wraps
+    them."""
+    if driver.in_transaction:
+        raise RuntimeError("a writing transaction needs a connection outside any transaction")
+    statement = "BEGIN IMMEDIATE"
+    try:
+        await driver.execute(statement)
+        try:
+            statement = "(the transaction's statements)"
+            yield driver
+            statement = "COMMIT"
+            await driver.execute(statement)
+        except BaseException:
+            if driver.in_transaction:
+                await driver.execute("ROLLBACK")
+            raise
+    except sqlite3.Error as error:
+        raise exc.DBAPIError.instance(statement, None, error, sqlite3.Error, hide_parameters=True) from error
