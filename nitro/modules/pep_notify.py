@@ -156,7 +156,7 @@ class PepNotifier:
     def undirect(self, session: Session, owners: set[JID] | None = None) -> None:
         state = interests(session)
         for owner in list(state.directed if owners is None else owners):
-            state.directed.discard(owner)
+            state.directed -= {owner}
             listeners = self.directed.get(owner)
             if listeners is not None:
                 listeners.discard(session.jid)
@@ -188,8 +188,8 @@ class PepNotifier:
             return
         if event.type == "unavailable":
             self.undirect(session, {to.bare})
-        elif event.type is None and to.bare not in interests(session).directed:
-            interests(session).directed.add(to.bare)
+        elif event.type is None and to.bare not in (state := interests(session)).directed:
+            state.directed |= {to.bare}
             self.directed.setdefault(to.bare, set()).add(session.jid)
             caps, eligible = _caps_priority(event.stanza)
             if eligible:
