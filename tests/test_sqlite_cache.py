@@ -98,16 +98,15 @@ async def test_nitro_user_passwd_in_another_process_takes_effect(tmp_path: Path)
 
 async def test_cached_credentials_are_kept_encoded_and_read_back_equal(tmp_path: Path) -> None:
     """Credentials are read at logins only: the cache keeps their encoding (less memory per online user) and a
-    hit decodes it; a password change is read back at once."""
+    hit decodes it; a password change (which drops the entry's group) is read back at once."""
     config = make_config(tmp_path, redis={"instances": []})
     async with open_storage(config) as storage:
         await create_account(storage, "alice", "secret")
         first = await storage.accounts.get_credentials("alice")
         assert first is not None
-        [kept] = [
-            entry.value for key, entry in storage.tiers.cache._entries.items() if key.startswith("account")
-        ]
-        assert isinstance(kept, bytes)
+        [(key, entry)] = [(k, e) for k, e in storage.tiers.cache._entries.items() if k.startswith("account")]
+        assert isinstance(entry.value, bytes)
+        assert entry.group is key  # one string for both (the group of an owner's one value is its key)
         again = await storage.accounts.get_credentials("alice")
         assert hits(storage, "account") == 1
         assert again == first

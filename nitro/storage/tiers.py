@@ -60,7 +60,9 @@ _SEEN_MESSAGES = 1000  # ids of recent invalidations (each arrives once per inst
 
 
 def _group(kind: str, owner: str) -> str:
-    return f"{kind}:{owner}"
+    """The cache group of one owner's values of one kind: the text of the key of its whole value without a
+    ring (`_watched_key`), so such an entry's key and group are one string (idle memory)."""
+    return f"{kind}.v{_CODECS[kind].version}:{owner}"
 
 
 class Tiers:
@@ -253,7 +255,8 @@ class Tiers:
         return found
 
     def _keep(self, key: str, kind: str, owner: str, value: Any, size: int, token: str, counter: int) -> None:
-        self.cache.put(key, kind, _group(kind, owner), value, size, token=token, snapshot=counter)
+        group = _group(kind, owner)
+        self.cache.put(key, kind, key if group == key else group, value, size, token=token, snapshot=counter)
 
     # -- write path ---------------------------------------------------------------------------------------
 
