@@ -10,7 +10,7 @@ from lxml import etree
 
 from nitro.config import ConfigError, LimitsSection, parse_config
 from nitro.transports.isolation import PreauthParsing
-from nitro.transports.limits import AddressCounter, Shaper, TokenBucket, address_key, cost
+from nitro.transports.limits import AddressCounter, Shaper, TokenBucket, address_key, cost, new_shaper
 from nitro.xmpp.errors import StreamError
 from nitro.xmpp.xmlstream import StanzaReceived, StreamClosed, StreamOpened, XMLStreamParser
 
@@ -66,6 +66,30 @@ def test_the_shaper_waits_for_the_slower_of_bytes_and_stanzas() -> None:
     assert shaper.delay() == pytest.approx(1.0)  # a roster set costs 5
     clock.now += 1.0
     assert shaper.delay() == 0.0
+
+
+def test_a_shaper_is_rested_once_its_credit_is_whole_again_and_without_rates_one_is_shared() -> None:
+    clock = Clock()
+    limits = LimitsSection(bytes_per_second=1000, stanzas_per_second=10, burst_seconds=1)
+    shaper = Shaper(limits, clock)
+    assert shaper.rested()
+    shaper.take_bytes(500)
+    assert not shaper.rested()
+    clock.now += 0.25
+    assert not shaper.rested()
+    clock.now += 0.25
+    assert shaper.rested()
+    shaper.take(stanza("<message to='a@localhost'/>"))
+    assert not shaper.rested()
+    assert new_shaper(limits) is not new_shaper(limits)
+    unlimited = LimitsSection(bytes_per_second=0, stanzas_per_second=0)
+    shared = new_shaper(unlimited)
+    assert shared is new_shaper(unlimited)
+    shared.take_bytes(10**9)
+    assert shared.unlimited
+    assert shared.delay() == 0.0
+    assert shared.allowance() is None
+    assert shared.rested()
 
 
 @pytest.mark.parametrize(

@@ -32,9 +32,15 @@ PING = b"<iq type='get' id='p1'><ping xmlns='urn:xmpp:ping'/></iq>"
 
 
 @asynccontextmanager
-async def parking_server(tmp_path: Path, **c2s: Any) -> AsyncIterator[Server]:
-    """Plain TCP; a session is idle 0.2 s after its last input (its parser let go, its connection parked)."""
-    config = make_config(tmp_path, **plain_config(tmp_path, **{"release_parser_after": 0.2, **c2s}))
+async def parking_server(
+    tmp_path: Path, limits: dict[str, object] | None = None, **c2s: Any
+) -> AsyncIterator[Server]:
+    """Plain TCP; a session is idle 0.2 s after its last input (its parser let go, its connection parked); no
+    traffic shaping unless `limits` says."""
+    sections = plain_config(tmp_path, **{"release_parser_after": 0.2, **c2s})
+    if limits is not None:
+        sections["limits"] = limits
+    config = make_config(tmp_path, **sections)
     async with running_server(config) as server:
         await Clients(server).user("alice")
         yield server
@@ -63,6 +69,31 @@ async def test_a_parked_connection_reads_what_comes_and_parks_again(tmp_path: Pa
         await wait_for(lambda: connection.parked, 5)
         writer.write(PING.replace(b"p1", b"p2"))
         assert b"p2" in await read_until(reader, b"p2")
+        writer.close()
+
+
+async def test_a_parked_connection_at_full_credit_holds_no_shaper_and_is_shaped_again_when_woken(
+    tmp_path: Path,
+) -> None:
+    """With a stanza rate of 100 a second (credit: 10), Alice's parked connection keeps no shaper once its
+    credit is whole; then 300 pings at once are answered at that rate (by a new shaper), every one of them."""
+    limits: dict[str, object] = {"stanzas_per_second": 100, "burst_seconds": 0.1, "bytes_per_second": 0}
+    async with parking_server(tmp_path, limits=limits) as server:
+        reader, writer = await raw_login(server, "alice")
+        connection = await parked(server)
+        writer.write(PING)
+        await read_until(reader, b"p1")
+        await wait_for(lambda: connection.parked and connection.incoming.resting, 5)
+        count = 300
+        writer.write(b"".join(PING.replace(b"p1", b"q%d" % n) for n in range(count)))
+        sent = time.monotonic()
+        data = b""
+        in_first_second = 0
+        while len(re.findall(rb"id=.q\d+", data)) < count:
+            data += await asyncio.wait_for(reader.read(65536), 10)
+            if time.monotonic() - sent < 1.0:
+                in_first_second = len(re.findall(rb"id=.q\d+", data))
+        assert in_first_second <= 10 + 100 + 10, in_first_second  # the credit, a second's rate, a margin
         writer.close()
 
 

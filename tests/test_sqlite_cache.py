@@ -14,7 +14,7 @@ from pathlib import Path
 
 from conftest import make_config
 
-from nitro.accounts import create_account
+from nitro.accounts import change_password, create_account
 from nitro.storage.layered import LayeredStorage, open_storage
 from nitro.storage.models import LastActivity, RosterItem
 from nitro.storage.singleflight import SingleFlight
@@ -94,6 +94,31 @@ async def test_nitro_user_passwd_in_another_process_takes_effect(tmp_path: Path)
         assert after is not None
         assert verify_password("new-secret", after["SHA-1"])
         assert not verify_password("old-secret", after["SHA-1"])
+
+
+async def test_cached_credentials_are_kept_encoded_and_read_back_equal(tmp_path: Path) -> None:
+    """Credentials are read at logins only: the cache keeps their encoding (less memory per online user) and a
+    hit decodes it; a password change (which drops the entry's group) is read back at once."""
+    config = make_config(tmp_path, redis={"instances": []})
+    async with open_storage(config) as storage:
+        await create_account(storage, "alice", "secret")
+        first = await storage.accounts.get_credentials("alice")
+        assert first is not None
+        [(key, entry)] = [(k, e) for k, e in storage.tiers.cache._entries.items() if k.startswith("account")]
+        assert isinstance(entry.value, bytes)
+        assert entry.group is key  # one string for both (the group of an owner's one value is its key)
+        again = await storage.accounts.get_credentials("alice")
+        assert hits(storage, "account") == 1
+        assert again == first
+        assert again is not first
+        assert verify_password("secret", again["SHA-1"])
+        assert await change_password(storage, "alice", "other-secret")
+        changed = await storage.accounts.get_credentials("alice")
+        assert changed is not None
+        assert verify_password("other-secret", changed["SHA-1"])
+        assert not verify_password("secret", changed["SHA-1"])
+        assert await storage.accounts.get_credentials("nobody") is None
+        assert await storage.accounts.get_credentials("nobody") is None  # a cached absence, decoded
 
 
 def test_only_sqlite_files_are_watched(tmp_path: Path) -> None:

@@ -260,6 +260,40 @@ def test_group_lists_are_parsed_once_and_the_parsed_ones_stay_bounded() -> None:
     assert sql_roster._groups("[]") == ()
 
 
+async def test_equal_roster_items_read_for_different_users_are_one_object(sqlite_storage: Storage) -> None:
+    for seed, user in enumerate(("nurse", "tybalt"), 3):
+        await sqlite_storage.accounts.create(user, credentials(seed))
+    for user in ("juliet", "nurse"):
+        await sqlite_storage.rosters.put(user, RosterItem("romeo@montague.lit", subscription="both"))
+    await sqlite_storage.rosters.put("tybalt", RosterItem("romeo@montague.lit", subscription="to"))
+    juliet, nurse, tybalt = [
+        (await sqlite_storage.rosters.get(user)).items[0] for user in ("juliet", "nurse", "tybalt")
+    ]
+    assert juliet == nurse == RosterItem("romeo@montague.lit", subscription="both")
+    assert juliet is nurse  # the rosters cached for online users share it
+    assert tybalt == RosterItem("romeo@montague.lit", subscription="to")
+    await sqlite_storage.rosters.put("nurse", RosterItem("romeo@montague.lit", subscription="both", name="R"))
+    assert (await sqlite_storage.rosters.get("nurse")).items == (
+        RosterItem("romeo@montague.lit", "R", "both"),
+    )
+    assert (await sqlite_storage.rosters.get("juliet")).items == (juliet,)
+
+
+def test_shared_roster_items_stay_bounded() -> None:
+    rows = [
+        (f"c{n}@capulet.lit".encode(), None, "both", 0, 0, 0, "[]", 1, None)
+        for n in range(sql_roster._ITEMS_KEPT + 5)
+    ]
+    items = [sql_roster._item_from_row(row) for row in rows]  # type: ignore[arg-type]  # a Row is a tuple
+    assert [item.jid for item in items] == [f"c{n}@capulet.lit" for n in range(len(rows))]
+    assert len(sql_roster._ITEMS) <= sql_roster._ITEMS_KEPT
+    assert sql_roster._item_from_row(rows[-1]) is items[-1]  # type: ignore[arg-type]
+    unhashable = (bytearray(b"romeo@montague.lit"), None, "both", 0, 0, 0, "[]", 1, None)
+    assert sql_roster._item_from_row(unhashable).jid == "romeo@montague.lit"  # type: ignore[arg-type]
+    pending = (b"romeo@montague.lit", None, "none", 0, 1, 0, "[]", 0, b"<presence/>")
+    assert sql_roster._item_from_row(pending).request == b"<presence/>"  # type: ignore[arg-type]
+
+
 async def test_a_roster_row_with_an_unknown_subscription_is_refused(
     sqlite_storage: Storage, db_path: Path
 ) -> None:

@@ -1,11 +1,13 @@
 """TLS run by Nitro (nitro/transports/tls_layer.py), over real sockets, each scenario on asyncio's loop and on
 uvloop's (which `make run` serves on): what is not a TLS handshake is refused with an alert and a close, a
 handshake that never ends is cut off, close_notify comes with the stream's close, large stanzas cross intact
-both ways, and a client that stops reading is cut off as over plain TCP."""
+both ways, no connection sees another's records (they share memory BIOs), and a client that stops reading is
+cut off as over plain TCP."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import ssl
 from collections.abc import Awaitable, Callable
@@ -19,6 +21,7 @@ from test_connection import raw_login
 
 from nitro.config import Config
 from nitro.server import Server
+from nitro.transports import tls_layer
 from nitro.transports.tcp import ClientConnection
 from nitro.transports.tls_layer import SLICE, TLSTransport
 from nitro.xmpp.jid import JID
@@ -205,6 +208,68 @@ async def a_large_stanza_crosses_intact_both_ways(server: Server, clients: Clien
     writer.close()
 
 
+async def tls_client(
+    server: Server, stream: tuple[asyncio.StreamReader, asyncio.StreamWriter]
+) -> tuple[ssl.SSLObject, ssl.MemoryBIO]:
+    """A client SSLObject that finished its handshake over `stream`, and its outgoing BIO."""
+    reader, writer = stream
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = client_context(server).wrap_bio(incoming, outgoing, server_hostname=DOMAIN)
+    while True:
+        try:
+            client.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            writer.write(outgoing.read())
+            incoming.write(await asyncio.wait_for(reader.read(65536), 5))
+    writer.write(outgoing.read())
+    return client, outgoing
+
+
+async def no_connection_sees_anothers_records(server: Server, clients: Clients) -> None:
+    """The TLS connections of a loop share two memory BIOs (tls_layer._SharedBIOs): what one leaves behind
+    when it fails (a record then garbage, in one write), stops (half a record) or ends (data after its
+    close_notify) reaches no other connection, and the sessions alongside carry on intact."""
+    for name in ("alice", "bob"):
+        await clients.user(name)
+    alice = await raw_login(server, "alice", tls=client_context(server))
+    bob = await raw_login(server, "bob", tls=client_context(server))
+    broken, halfway, closing = await direct_tls(server), await direct_tls(server), await direct_tls(server)
+    broken_client, broken_out = await tls_client(server, broken)
+    halfway_client, halfway_out = await tls_client(server, halfway)
+    closing_client, closing_out = await tls_client(server, closing)
+    body = "".join(f"{n:07d}" for n in range(SLICE * 3 // 7))
+    for round_ in range(3):
+        broken_client.write(HEADER)
+        halfway_client.write(HEADER)
+        closing_client.write(HEADER)
+        record = halfway_out.read()
+        halfway[1].write(record[: len(record) // 2])
+        with contextlib.suppress(ssl.SSLError):
+            closing_client.unwrap()
+        closing[1].write(closing_out.read() + b"\x17\x03\x03\x00\x05hello")
+        broken[1].write(broken_out.read() + b"\x17\x03\x03\x00\x20" + b"\x00" * 32)
+        to_bob = f"<message to='bob@localhost/raw' type='chat' id='b{round_}'><body>{body}</body></message>"
+        alice[1].write(to_bob.encode())
+        data = await read_until(bob[0], b"</message>", timeout=10)
+        found = re.search(rb"<body>(\d+)</body>", data)
+        assert found is not None
+        assert found.group(1).decode() == body
+        bob[1].write(
+            f"<message to='alice@localhost/raw' type='chat' id='a{round_}'><body>ok</body></message>".encode()
+        )
+        assert f'id="a{round_}"'.encode() in await read_until(alice[0], b"<body>ok</body>", timeout=10)
+        assert (tls_layer._BIOS.incoming.pending, tls_layer._BIOS.outgoing.pending) == (0, 0)
+        for reader, writer in (broken, closing):  # each got an alert or its close, then the close
+            await until_closed(reader)
+            writer.close()
+        broken, closing = await direct_tls(server), await direct_tls(server)
+        broken_client, broken_out = await tls_client(server, broken)
+        closing_client, closing_out = await tls_client(server, closing)
+    for _reader, writer in (alice, bob, broken, halfway, closing):
+        writer.close()
+
+
 BODY = "x" * 1000
 COUNT = 5000  # 5.5 MB: more than the socket buffers hold, less than MAX_WRITE_BUFFER
 
@@ -247,6 +312,7 @@ SCENARIOS: list[Scenario] = [
     the_streams_close_comes_with_close_notify,
     a_client_close_notify_ends_the_stream,
     a_large_stanza_crosses_intact_both_ways,
+    no_connection_sees_anothers_records,
     a_client_that_stops_reading,
 ]
 

@@ -17,6 +17,9 @@ from nitro.xmpp.sm import parse_stanza
 
 # Shared empty values: CPython makes a new 216-byte object for every `frozenset()`, two per session.
 _NO_FLAGS: Final[frozenset[str]] = frozenset()
+# Flag sets, shared: most sessions have the same few flags, and each frozenset is 216 bytes (idle memory).
+_FLAG_SETS: dict[frozenset[str], frozenset[str]] = {_NO_FLAGS: _NO_FLAGS}
+_FLAG_SETS_KEPT = 1024
 _NO_ONE: Final[frozenset[JID]] = frozenset()
 
 
@@ -110,7 +113,7 @@ class ResourceState(HeldAcks):
         """Record a module's decision about this resource, visible in its `Resource` value."""
         flags = self._flags | {flag} if on else self._flags - {flag}
         if flags != self._flags:
-            self._flags = frozenset(flags)
+            self._flags = _shared_flags(frozenset(flags))
             self._resource = None
             if self._on_flags is not None:
                 self._on_flags()
@@ -150,7 +153,18 @@ class ResourceState(HeldAcks):
         self._priority = int(data.get("priority", 0))
         presence = data.get("presence")
         self._presence = None if presence is None else parse_stanza(str(presence).encode())
-        self._flags = frozenset(str(flag) for flag in data.get("flags", ()))
+        self._flags = _shared_flags(frozenset(str(flag) for flag in data.get("flags", ())))
         self._directed_to = frozenset(JID.parse(str(jid)) for jid in data.get("directed_to", ()))
         self._resource = None
         return self.slots.restore(dict(data.get("slots", {})), registry)
+
+
+def _shared_flags(flags: frozenset[str]) -> frozenset[str]:
+    """The one frozenset kept for these flags (see _FLAG_SETS)."""
+    shared = _FLAG_SETS.get(flags)
+    if shared is None:
+        if len(_FLAG_SETS) >= _FLAG_SETS_KEPT:
+            _FLAG_SETS.clear()
+            _FLAG_SETS[_NO_FLAGS] = _NO_FLAGS
+        shared = _FLAG_SETS[flags] = flags
+    return shared

@@ -13,7 +13,7 @@ from lxml import etree
 from nitro.core.module import Module, SessionEvent
 from nitro.core.router import StanzaEvent
 from nitro.core.sessions import Resource
-from nitro.modules.pep_interests import NOTIFY_FLAG, CapsInterests, interests, set_nodes, wants
+from nitro.modules.pep_interests import INTERESTS, NOTIFY_FLAG, CapsInterests, interests, set_nodes, wants
 from nitro.modules.presence import parse_priority
 from nitro.storage.errors import StorageUnavailable
 from nitro.storage.models import PepNode, RosterItem
@@ -156,7 +156,7 @@ class PepNotifier:
     def undirect(self, session: Session, owners: set[JID] | None = None) -> None:
         state = interests(session)
         for owner in list(state.directed if owners is None else owners):
-            state.directed.discard(owner)
+            state.directed -= {owner}
             listeners = self.directed.get(owner)
             if listeners is not None:
                 listeners.discard(session.jid)
@@ -176,9 +176,12 @@ class PepNotifier:
         if event.type is not None:
             return
         caps, eligible = _caps_priority(event.stanza)
-        initial, state = session.presence is None, interests(session)
-        changed = caps is not None and caps.get("ver") != state.ver
-        if eligible and (changed or (initial and (caps is not None or state.nodes))):
+        initial = session.presence is None
+        # not made here: a session without caps and interests keeps none (idle memory); `refresh` makes it
+        state = session.slots.peek(INTERESTS)
+        ver, nodes = (None, frozenset[str]()) if state is None else (state.ver, state.nodes)
+        changed = caps is not None and caps.get("ver") != ver
+        if eligible and (changed or (initial and (caps is not None or nodes))):
             self.server.spawn(self.refresh(session, caps, initial=initial))
 
     async def on_directed(self, event: StanzaEvent) -> None:
@@ -188,8 +191,8 @@ class PepNotifier:
             return
         if event.type == "unavailable":
             self.undirect(session, {to.bare})
-        elif event.type is None and to.bare not in interests(session).directed:
-            interests(session).directed.add(to.bare)
+        elif event.type is None and to.bare not in (state := interests(session)).directed:
+            state.directed |= {to.bare}
             self.directed.setdefault(to.bare, set()).add(session.jid)
             caps, eligible = _caps_priority(event.stanza)
             if eligible:

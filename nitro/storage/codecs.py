@@ -35,6 +35,9 @@ class Codec(Generic[T]):
     version: int
     to_json: Callable[[T], Any]
     from_json: Callable[[Any], T]
+    # The in-process cache keeps the encoded value (decoded on each hit): for values read rarely while kept,
+    # whose objects take much more memory than their encoding.
+    kept_encoded: bool = False
 
     def encode(self, value: T) -> bytes:
         payload = json.dumps(self.to_json(value), separators=(",", ":"), ensure_ascii=False)
@@ -150,7 +153,11 @@ def _prefs_from_json(value: Any) -> ArchivePrefs | None:
     return ArchivePrefs(default=_DEFAULTS[default], always=_strings(always), never=_strings(never))
 
 
-ACCOUNT: Codec[Credentials] = Codec("account", 1, _credentials_to_json, _credentials_from_json)
+# Credentials are read at a login only, and cached for the next one: as objects (a dict, two credentials, six
+# bytes objects) ~760 B of every online user's memory, encoded ~300 B (issue 16).
+ACCOUNT: Codec[Credentials] = Codec(
+    "account", 1, _credentials_to_json, _credentials_from_json, kept_encoded=True
+)
 ROSTER: Codec[Roster] = Codec("roster", 1, _roster_to_json, _roster_from_json)
 VCARD: Codec[bytes | None] = Codec("vcard", 1, _optional_bytes, _from_optional_bytes)
 PRIVATE: Codec[bytes | None] = Codec("private", 1, _optional_bytes, _from_optional_bytes)

@@ -60,7 +60,9 @@ _SEEN_MESSAGES = 1000  # ids of recent invalidations (each arrives once per inst
 
 
 def _group(kind: str, owner: str) -> str:
-    return f"{kind}:{owner}"
+    """The cache group of one owner's values of one kind: the text of the key of its whole value without a
+    ring (`_watched_key`), so such an entry's key and group are one string (idle memory)."""
+    return f"{kind}.v{_CODECS[kind].version}:{owner}"
 
 
 class Tiers:
@@ -135,7 +137,7 @@ class Tiers:
             snapshot = await ring.read(kind, owner, None if entry is not None else key)
             if entry is not None and entry.token == snapshot.token:
                 self.cache.hit(kind)
-                return entry.value  # type: ignore[no-any-return]
+                return _value(codec, entry.value)
             self.cache.miss(kind)
             if entry is not None:  # an outdated local copy: the ring's value, if any
                 snapshot = await ring.read(kind, owner, key)
@@ -150,13 +152,16 @@ class Tiers:
                 log.warning("undecodable %s for %s in the ring: %s", kind, owner, exc)
             else:
                 ring.count(kind, "hits")
-                self._keep(key, kind, owner, value, len(snapshot.value), snapshot.token, counter)
+                kept = snapshot.value if codec.kept_encoded else value
+                self._keep(key, kind, owner, kept, len(snapshot.value), snapshot.token, counter)
                 return value
         ring.count(kind, "misses")
         value = await load()
         data = codec.encode(value)
         await ring.fill(snapshot, kind, owner, key, data)
-        self._keep(key, kind, owner, value, len(data), snapshot.token, counter)
+        self._keep(
+            key, kind, owner, data if codec.kept_encoded else value, len(data), snapshot.token, counter
+        )
         return value
 
     def generation(self) -> int:
@@ -223,11 +228,12 @@ class Tiers:
         entry = self.cache.peek(key)
         if entry is not None:
             self.cache.hit(kind)
-            return entry.value  # type: ignore[no-any-return]
+            return _value(codec, entry.value)
         self.cache.miss(kind)
         counter = self.cache.snapshot()
         value = await load()
-        self._keep(key, kind, owner, value, len(codec.encode(value)), "", counter)
+        data = codec.encode(value)
+        self._keep(key, kind, owner, data if codec.kept_encoded else value, len(data), "", counter)
         return value
 
     async def cached(self, codec: Codec[T], owners: Iterable[str]) -> dict[str, T]:
@@ -245,11 +251,12 @@ class Tiers:
                 self.cache.miss(codec.kind)
             else:
                 self.cache.hit(codec.kind)
-                found[owner] = entry.value
+                found[owner] = _value(codec, entry.value)
         return found
 
     def _keep(self, key: str, kind: str, owner: str, value: Any, size: int, token: str, counter: int) -> None:
-        self.cache.put(key, kind, _group(kind, owner), value, size, token=token, snapshot=counter)
+        group = _group(kind, owner)
+        self.cache.put(key, kind, key if group == key else group, value, size, token=token, snapshot=counter)
 
     # -- write path ---------------------------------------------------------------------------------------
 
@@ -312,6 +319,11 @@ class Tiers:
         missed = [instance for instance in self.ring.live if instance.url not in at]
         if missed:  # live for us, not for the writer: fence the owner's values there too
             await self.ring.invalidate(kinds, owner, _value_keys(self.ring, kinds, owner), None, only=missed)
+
+
+def _value(codec: Codec[T], kept: Any) -> T:
+    """A cached value as the cache keeps it (see `Codec.kept_encoded`), as read."""
+    return codec.decode(kept) if codec.kept_encoded else kept
 
 
 def _watched_key(codec: Codec[Any], owner: str, item: str | None) -> str:

@@ -95,6 +95,13 @@ class TokenBucket:
         self._refill(now)
         return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
 
+    def saved_up(self, now: float) -> bool:
+        """No debt and all the credit saved up (always, when unlimited)."""
+        if not self.rate:
+            return True
+        self._refill(now)
+        return self.tokens >= self.capacity
+
     def _refill(self, now: float) -> None:
         if now > self.stamp:
             self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
@@ -118,6 +125,11 @@ class Shaper:
     def unlimited(self) -> bool:
         return not (self._bytes.rate or self._stanzas.rate)
 
+    def rested(self) -> bool:
+        """At full credit, as a new shaper is: one made again later behaves the same."""
+        now = self._clock()
+        return self._bytes.saved_up(now) and self._stanzas.saved_up(now)
+
     def take_bytes(self, count: int) -> None:
         self._bytes.take(count, self._clock())
 
@@ -139,6 +151,16 @@ class Shaper:
         """Seconds to read nothing more from this connection (0: go on)."""
         now = self._clock()
         return max(self._bytes.wait(now), self._stanzas.wait(now))
+
+
+_UNLIMITED = Shaper(LimitsSection(bytes_per_second=0, stanzas_per_second=0))  # keeps no state: shared
+
+
+def new_shaper(limits: LimitsSection) -> Shaper:
+    """A connection's shaper at full credit (one shared by all when `limits` set no rate)."""
+    if not (limits.bytes_per_second or limits.stanzas_per_second):
+        return _UNLIMITED
+    return Shaper(limits)
 
 
 def address_key(host: str) -> str:

@@ -21,7 +21,7 @@ from nitro.c2s.driver import ClientStream
 from nitro.c2s.transport import StreamHeader
 from nitro.observe import trace
 from nitro.transports.deadline import Deadline
-from nitro.transports.limits import AddressSlot, Shaper, SharedLimits, too_many_connections
+from nitro.transports.limits import AddressSlot, SharedLimits, too_many_connections
 from nitro.transports.tcp_output import Output
 from nitro.transports.tcp_task import PARKED, TIMER, StreamInput, serve_client
 from nitro.transports.tls_layer import start_server_tls
@@ -92,7 +92,7 @@ class ClientConnection(Output):
             max_stanza_bytes=server.config.c2s.max_stanza_bytes,
             max_names=server.config.limits.max_names_before_auth,
         )
-        self.incoming = StreamInput(parser, Shaper(server.config.limits), None)
+        self.incoming = StreamInput(parser, server.config.limits, None)
         self.refused: StreamError | None = None  # the connection is one too many from its address
         self._slot: AddressSlot | None = None
         self._stream: ClientStream | None = None

@@ -11,9 +11,10 @@ from typing import TYPE_CHECKING, Final, Protocol
 
 from nitro.c2s.driver import ClientStream
 from nitro.c2s.transport import Transport
+from nitro.config import LimitsSection
 from nitro.observe.heap import trim_soon
 from nitro.transports.isolation import Lane
-from nitro.transports.limits import Shaper
+from nitro.transports.limits import Shaper, new_shaper
 from nitro.xmpp.errors import StreamError
 from nitro.xmpp.xmlstream import XMLStreamParser
 
@@ -54,13 +55,33 @@ class StreamInput:
     """The input side of a connection: the parser (counting names, on its lane until the client is
     authenticated), the shaper, and whether the stream restarted during the last `feed`."""
 
-    __slots__ = ("lane", "parser", "restarted", "shaper")
+    __slots__ = ("_shaper", "lane", "limits", "parser", "restarted")
 
-    def __init__(self, parser: XMLStreamParser, shaper: Shaper, lane: Lane | None) -> None:
+    def __init__(self, parser: XMLStreamParser, limits: LimitsSection, lane: Lane | None) -> None:
         self.parser = parser
-        self.shaper = shaper
+        self.limits = limits
+        # made when first needed, dropped while the connection is parked at full credit (idle memory)
+        self._shaper: Shaper | None = None
         self.lane = lane
         self.restarted = False
+
+    @property
+    def shaper(self) -> Shaper:
+        shaper = self._shaper
+        if shaper is None:
+            shaper = self._shaper = new_shaper(self.limits)
+        return shaper
+
+    @property
+    def resting(self) -> bool:
+        """No shaper held now (none made yet, or dropped at full credit)."""
+        return self._shaper is None
+
+    def rest(self) -> None:
+        """The connection parks: a shaper at full credit goes (one made on the next input is the same)."""
+        shaper = self._shaper
+        if shaper is not None and shaper.rested():
+            self._shaper = None
 
     def restart(self, authenticated: bool) -> None:
         """A new stream on the connection: what was read after the restarting element belonged to the old one
@@ -182,6 +203,7 @@ async def serve_client(server: Core, connection: Socket, stream: ClientStream | 
             data = await connection.read(deadline, received.shaper.allowance(), park=park)
             if data is PARKED:
                 parked = True  # nothing awaited from here to the end of the task: no second task yet
+                received.rest()
                 return
             if data is TIMER:
                 received.release_idle_parser(stream, release_after)

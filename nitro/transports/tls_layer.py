@@ -11,12 +11,27 @@ import contextlib
 import enum
 import logging
 import ssl
+import threading
 from typing import Any
 
 log = logging.getLogger(__name__)
 
 READ_SIZE = 16 * 1024  # SSL_read returns one record's plaintext at most (2^14 bytes, RFC 8446 §5.1)
 SLICE = 4 * 1024  # bytes handed to a memory BIO at once: a BIO keeps its largest buffer for good
+
+
+class _SharedBIOs(threading.local):
+    """The memory BIOs of every TLS connection of one thread (one event loop). A connection's records pass
+    through them only within one call (bytes in, decrypted, plaintext handed on; plaintext in, encrypted,
+    records written to the socket), and a BIO keeps the buffer of the largest write it had for good: a pair
+    per connection held ~2.3 KiB of C heap per idle TLS session (issue 16)."""
+
+    def __init__(self) -> None:
+        self.incoming = ssl.MemoryBIO()
+        self.outgoing = ssl.MemoryBIO()
+
+
+_BIOS = _SharedBIOs()
 
 
 class State(enum.Enum):
@@ -61,8 +76,8 @@ class TLSTransport(asyncio.Transport, asyncio.Protocol):
     ) -> None:
         self._raw = raw
         self._app = app
-        self._incoming = ssl.MemoryBIO()
-        self._outgoing = ssl.MemoryBIO()
+        self._incoming = _BIOS.incoming  # shared: empty between two calls (see `_emptied`)
+        self._outgoing = _BIOS.outgoing
         self._ssl = context.wrap_bio(self._incoming, self._outgoing, server_side=True)
         self._state = State.HANDSHAKING
         self._closing = False
@@ -93,6 +108,7 @@ class TLSTransport(asyncio.Transport, asyncio.Protocol):
             return
         if self._closing and self._state is State.OPEN:
             return  # after our close_notify, what comes is not read (the stream is over)
+        self._emptied()
         chunks: list[bytes] = []
         close_notify = False
         try:
@@ -109,6 +125,7 @@ class TLSTransport(asyncio.Transport, asyncio.Protocol):
             self._fail(exc)
             return
         self._flush()  # handshake records, alerts, a KeyUpdate's answer
+        self._emptied()  # what came after our close or the peer's close_notify is not read
         if chunks:
             self._app.data_received(chunks[0] if len(chunks) == 1 else b"".join(chunks))
         if close_notify and self._state is State.OPEN and not self._app.eof_received():
@@ -145,6 +162,7 @@ class TLSTransport(asyncio.Transport, asyncio.Protocol):
                 self._pending = []
             self._pending.append(bytes(data))
             return
+        self._emptied()
         try:
             self._encrypt(data)
         except ssl.SSLError as exc:
@@ -166,6 +184,7 @@ class TLSTransport(asyncio.Transport, asyncio.Protocol):
             return
         self._closing = True
         if self._state is State.OPEN:
+            self._emptied()
             self._shutdown()
         elif not self._pending:
             self._raw.close()
@@ -261,6 +280,14 @@ class TLSTransport(asyncio.Transport, asyncio.Protocol):
             records.append(self._outgoing.read())
         self._raw.write(b"".join(records))
 
+    def _emptied(self) -> None:
+        """Drop what another connection may have left in the shared BIOs (only when its records were not to
+        be read or sent: a close, a failure); no connection ever sees another's bytes."""
+        if self._incoming.pending:
+            self._incoming.read()
+        if self._outgoing.pending:
+            self._outgoing.read()
+
     def _flush(self) -> None:
         data = self._outgoing.read()
         if data:
@@ -289,6 +316,7 @@ class TLSTransport(asyncio.Transport, asyncio.Protocol):
         else:
             self._flush()
             self._raw.close()
+        self._emptied()  # the rest of what came is not read
 
     def _timed_out(self) -> None:
         self._timer = None
