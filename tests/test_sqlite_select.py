@@ -16,7 +16,7 @@ from nitro.storage.models import RosterItem
 from nitro.storage.schema import accounts
 from nitro.storage.sql import open_database, sql_repositories
 from nitro.storage.sql_accounts import _CREDENTIALS
-from nitro.storage.sql_base import Database, all_rows
+from nitro.storage.sql_base import Database, all_rows, contact_keys
 from nitro.storage.sql_offline import _MESSAGES
 from nitro.storage.sql_roster import _ITEMS_FOR, _ROSTER
 from nitro.storage.sql_userdata import _BLOCKED
@@ -28,7 +28,14 @@ QMARK = sqlite.dialect(paramstyle="qmark")
 def test_only_statements_built_once_with_named_parameters_are_compiled() -> None:
     assert CompiledSelect.of(_CREDENTIALS, QMARK) is not None
     assert CompiledSelect.of(_ROSTER, QMARK) is not None
-    assert CompiledSelect.of(_ITEMS_FOR, QMARK) is None  # an expanding IN list
+    items_for = CompiledSelect.of(_ITEMS_FOR, QMARK)  # an expanding IN list: one `?` per value
+    assert items_for is not None
+    prepared = items_for.prepare({"usernames": [b"a", b"b", b"c"], "contact_key": b"k"})
+    assert prepared is not None
+    sql, parameters = prepared
+    assert "IN (?, ?, ?)" in sql
+    assert parameters == [b"a", b"b", b"c", b"k"]
+    assert items_for.prepare({"usernames": [], "contact_key": b"k"}) is None  # left to SQLAlchemy
     assert CompiledSelect.of(select(accounts.c.id).where(accounts.c.username == b"alice"), QMARK) is None
     assert CompiledSelect.of(select(accounts.c.id).limit(5), QMARK) is None
     assert (
@@ -65,6 +72,17 @@ async def test_loop_rows_equal_sqlalchemy_rows_and_end_their_read(tmp_path: Path
                     expected = await all_rows(conn, statement, parameters)
                 assert as_tuples(fast) == as_tuples(expected)
                 assert [row._asdict() for row in fast] == [row._asdict() for row in expected]
+        items = {"usernames": [b"alice", b"nobody"], "contact_key": contact_keys("bob@example.test")[1]}
+        fast = db.loop_reader.rows(_ITEMS_FOR, items)
+        assert fast is not None
+        async with db.engine.connect() as conn:
+            expected = await all_rows(conn, _ITEMS_FOR, items)
+        assert len(fast) == 1
+        assert as_tuples(fast) == as_tuples(expected)
+        assert await storage.rosters.items_for(["alice", "nobody"], "bob@example.test") == {
+            "alice": RosterItem(jid="bob@example.test", name="Bob", subscription="both")
+        }
+        assert await storage.rosters.items_for([], "bob@example.test") == {}
         assert db.loop_reader.fallbacks == 0
 
         # The roster read ended its snapshot: another connection's commit is seen by the next read.

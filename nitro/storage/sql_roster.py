@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, get_args
 
-from sqlalchemy import Row, bindparam, delete, func, insert, select, update
+from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from nitro.storage.errors import NoSuchAccount, QuotaExceeded, StorageError
@@ -67,7 +67,7 @@ def _groups(text: str) -> tuple[str, ...]:
     return groups
 
 
-def _item_from_row(row: Row[Any]) -> RosterItem:
+def _item_from_row(row: Sequence[Any]) -> RosterItem:  # a Row or a named tuple (sqlite_select.py)
     values: Sequence[Any] = row[-9:]  # see _ITEM_COLUMNS
     contact, name, subscription, ask, pending_in, approved, groups, in_roster, request = values
     checked = _SUBSCRIPTIONS.get(subscription)
@@ -156,14 +156,11 @@ class SqlRosterStore:
             for offset in range(0, len(usernames), _ITEMS_FOR_BATCH)
         ]
 
-        async def body(conn: Reader) -> dict[str, RosterItem]:
-            found: dict[str, RosterItem] = {}
-            for keys in batches:
-                for row in await conn.execute(_ITEMS_FOR, {"usernames": keys, "contact_key": contact_key}):
-                    found[bytes(row.username).decode()] = _item_from_row(row)
-            return found
-
-        return await self._db.read(body)
+        found: dict[str, RosterItem] = {}
+        for keys in batches:  # each user's item as of one moment (not one snapshot for all the batches)
+            for row in await self._db.rows(_ITEMS_FOR, {"usernames": keys, "contact_key": contact_key}):
+                found[bytes(row.username).decode()] = _item_from_row(row)
+        return found
 
     @translated
     async def put(self, username: str, item: RosterItem, *, max_items: int | None = None) -> int:

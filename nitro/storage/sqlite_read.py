@@ -137,7 +137,8 @@ class LoopReader:
             compiled = CompiledSelect.of(statement, self.engine.dialect)
             if len(self._compiled) < _COMPILED_KEPT:
                 self._compiled[statement] = compiled
-        if compiled is None:
+        prepared = None if compiled is None else compiled.prepare(parameters)
+        if compiled is None or prepared is None:
             return None
         if self._in_use:
             self.fallbacks += 1
@@ -149,12 +150,12 @@ class LoopReader:
             driver = self._conn.connection.driver_connection
             assert isinstance(driver, sqlite3.Connection)
             assert not driver.in_transaction, "reads end their transactions"
-            return compiled.rows(driver, parameters)
+            return compiled.rows(driver, *prepared)
         except sqlite3.Error as error:
             self._close()
             if not _is_busy_sqlite(error):
                 raise exc.DBAPIError.instance(
-                    compiled.sql, None, error, sqlite3.Error, hide_parameters=True
+                    prepared[0], None, error, sqlite3.Error, hide_parameters=True
                 ) from error
             self.fallbacks += 1
             log.debug("SQLite busy for a read on the loop: %s", error)

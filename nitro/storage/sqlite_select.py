@@ -4,8 +4,9 @@ rows are decoded (by SQLAlchemy's own type processors), run on a sqlite3 connect
 Why: on the loop's read connection (sqlite_read.py) SQLAlchemy's work per execution (cache key, compiled
 parameters, cursor result and row objects, events) cost more CPU than SQLite's answer to a login's reads.
 Only statements built once with named `bindparam`s and no values of their own are compiled here (`of`
-returns None for the rest: literal values, expanding IN lists, duplicate column names), so a compiled
-statement can be kept for the life of the process, keyed by the statement object.
+returns None for the rest: literal values, duplicate column names), so a compiled statement can be kept for
+the life of the process, keyed by the statement object. An expanding `bindparam` (`IN (…)` of a list) gets
+one `?` per value at each run, as SQLAlchemy renders it; an empty list is left to SQLAlchemy (`prepare`).
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ class CompiledSelect:
     """A SELECT's SQL text (qmark), its parameters' names and bind processors, and its row shape."""
 
     sql: str
-    names: tuple[str, ...]  # of the bind parameters, in the order of the `?`s
+    names: tuple[str, ...]  # of the bind parameters, in the order of the `?`s (or of their lists)
     binds: tuple[_Processor, ...]
+    expanding: frozenset[str]  # names whose value is a list, each item a `?` of `__[POSTCOMPILE_name]`
     make_row: Callable[[Sequence[Any]], Any]  # a named tuple: row.column and row[index], as a Row
     results: tuple[_Processor, ...] | None  # None: every column comes back as sqlite3 gives it
 
@@ -41,7 +43,9 @@ class CompiledSelect:
         compiled = statement.compile(dialect=dialect)
         if not isinstance(compiled, SQLCompiler) or compiled.positiontup is None:
             return None
-        if compiled.literal_execute_params or compiled.post_compile_params:
+        if compiled.literal_execute_params or not all(
+            bind.expanding for bind in compiled.post_compile_params
+        ):
             return None
         if not all(bind.required and bind.callable is None for bind in compiled.binds.values()):
             return None  # a value of the statement's own: not a statement built once
@@ -56,27 +60,39 @@ class CompiledSelect:
             column.type._cached_result_processor(dialect, None) for column in compiled._result_columns
         )
         row = namedtuple("row", keys)  # type: ignore[misc]  # fields known only at run time
+        expanding = frozenset(bind.key for bind in compiled.post_compile_params)
         return cls(
             compiled.string,
             names,
             binds,
+            expanding,
             row._make,
             processors if any(processors) else None,
         )
 
-    def parameters(self, values: Mapping[str, Any] | None) -> tuple[Any, ...]:
+    def prepare(self, values: Mapping[str, Any] | None) -> tuple[str, list[Any]] | None:
+        """The SQL text and parameters for these values; None for an empty expanding list."""
         given = values or {}
         missing = [name for name in self.names if name not in given]
         if missing:
             raise exc.ArgumentError(f"no value for {', '.join(missing)}")
-        return tuple(
-            given[name] if process is None else process(given[name])
-            for name, process in zip(self.names, self.binds, strict=True)
-        )
+        sql = self.sql
+        parameters: list[Any] = []
+        for name, process in zip(self.names, self.binds, strict=True):
+            value = given[name]
+            if name in self.expanding:
+                if not value:
+                    return None  # SQLAlchemy renders an always-false IN of its own for it
+                sql = sql.replace(f"__[POSTCOMPILE_{name}]", ", ".join("?" * len(value)), 1)
+                parameters.extend(value if process is None else map(process, value))
+            else:
+                parameters.append(value if process is None else process(value))
+        return sql, parameters
 
-    def rows(self, connection: sqlite3.Connection, values: Mapping[str, Any] | None) -> list[Any]:
-        """All the rows, fetched to the end (so the statement is reset and holds no read snapshot)."""
-        fetched = connection.execute(self.sql, self.parameters(values)).fetchall()
+    def rows(self, connection: sqlite3.Connection, sql: str, parameters: Sequence[Any]) -> list[Any]:
+        """All the rows of `prepare`'s statement, fetched to the end (so the statement is reset and holds no
+        read snapshot), decoded as SQLAlchemy would."""
+        fetched = connection.execute(sql, parameters).fetchall()
         make = self.make_row
         processors = self.results
         if processors is None:
