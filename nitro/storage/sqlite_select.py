@@ -33,7 +33,9 @@ class CompiledSelect:
     binds: tuple[_Processor, ...]
     expanding: frozenset[str]  # names whose value is a list, each item a `?` of `__[POSTCOMPILE_name]`
     make_row: Callable[[Sequence[Any]], Any]  # a named tuple: row.column and row[index], as a Row
-    results: tuple[_Processor, ...] | None  # None: every column comes back as sqlite3 gives it
+    results: tuple[
+        tuple[int, Callable[[Any], Any]], ...
+    ]  # (position, processor) of the columns that have one
 
     @classmethod
     def of(cls, statement: Executable, dialect: Dialect) -> CompiledSelect | None:
@@ -67,7 +69,7 @@ class CompiledSelect:
             binds,
             expanding,
             row._make,
-            processors if any(processors) else None,
+            tuple((index, process) for index, process in enumerate(processors) if process is not None),
         )
 
     def prepare(self, values: Mapping[str, Any] | None) -> tuple[str, list[Any]] | None:
@@ -95,14 +97,12 @@ class CompiledSelect:
         fetched = connection.execute(sql, parameters).fetchall()
         make = self.make_row
         processors = self.results
-        if processors is None:
+        if not processors:
             return [make(row) for row in fetched]
-        return [
-            make(
-                [
-                    value if process is None else process(value)
-                    for value, process in zip(row, processors, strict=True)
-                ]
-            )
-            for row in fetched
-        ]
+        decoded = []
+        for row in fetched:
+            values = list(row)
+            for index, process in processors:
+                values[index] = process(values[index])
+            decoded.append(make(values))
+        return decoded
