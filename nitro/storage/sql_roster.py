@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, get_args
 
-from sqlalchemy import bindparam, delete, func, insert, select, update
+from sqlalchemy import Row, bindparam, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from nitro.storage.errors import NoSuchAccount, QuotaExceeded, StorageError
@@ -67,7 +67,7 @@ def _groups(text: str) -> tuple[str, ...]:
     return groups
 
 
-def _item_from_row(row: Sequence[Any]) -> RosterItem:  # a Row or a named tuple (sqlite_select.py)
+def _item_from_row(row: Row[Any]) -> RosterItem:
     values: Sequence[Any] = row[-9:]  # see _ITEM_COLUMNS
     contact, name, subscription, ask, pending_in, approved, groups, in_roster, request = values
     checked = _SUBSCRIPTIONS.get(subscription)
