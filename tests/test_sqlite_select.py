@@ -8,10 +8,12 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import bindparam, select
 from sqlalchemy.dialects import sqlite
 
 from nitro.accounts import create_account
+from nitro.storage.errors import StorageUnavailable
 from nitro.storage.models import RosterItem
 from nitro.storage.schema import accounts
 from nitro.storage.sql import open_database, sql_repositories
@@ -101,3 +103,23 @@ async def read_then_commit_elsewhere(db: Database, tmp_path: Path) -> None:
     after = db.loop_reader.rows(_ROSTER, {"username": b"alice"})
     assert after is not None
     assert after[0].roster_version == before[0].roster_version + 10
+
+
+async def test_a_failing_loop_read_raises_the_storage_error_sqlalchemy_would_and_the_next_read_works(
+    tmp_path: Path,
+) -> None:
+    async with open_database(f"sqlite+aiosqlite:///{tmp_path}/nitro.db") as db:
+        assert db.loop_reader is not None
+        storage = sql_repositories(db)
+        await create_account(storage, "alice", "secret", iterations=4096)
+        other = sqlite3.connect(tmp_path / "nitro.db", isolation_level=None, timeout=5)
+        try:
+            other.execute("ALTER TABLE blocked_jids RENAME TO blocked_elsewhere")
+            with pytest.raises(StorageUnavailable, match="no such table"):
+                await storage.blocklist.list("alice")
+            other.execute("ALTER TABLE blocked_elsewhere RENAME TO blocked_jids")
+        finally:
+            other.close()
+        assert await storage.blocklist.list("alice") == []
+        assert await storage.accounts.get_credentials("alice")
+        assert db.loop_reader.fallbacks == 0
