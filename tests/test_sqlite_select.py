@@ -1,6 +1,6 @@
 """A login's one-statement reads on the loop's connection (sqlite_select.py): compiled once, they return
-what SQLAlchemy returns for the same statement, leave no read transaction open, and statements that are
-not built once (values of their own, expanding IN lists) keep going through SQLAlchemy."""
+what SQLAlchemy returns for the same statement and leave no read transaction open; statements not marked
+as built once keep going through SQLAlchemy, and one with values of its own cannot be marked."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from nitro.storage.sql_base import Database, all_rows, contact_keys
 from nitro.storage.sql_offline import _MESSAGES
 from nitro.storage.sql_roster import _ITEMS_FOR, _ROSTER
 from nitro.storage.sql_userdata import _BLOCKED
-from nitro.storage.sqlite_select import CompiledSelect
+from nitro.storage.sqlite_select import CompiledSelect, loop_compiled
 
 QMARK = sqlite.dialect(paramstyle="qmark")
 
@@ -47,6 +47,11 @@ def test_only_statements_built_once_with_named_parameters_are_compiled() -> None
     compiled = CompiledSelect.of(by_name, QMARK)
     assert compiled is not None
     assert compiled.names == ("username",)
+
+
+def test_marking_a_statement_not_built_once_fails_at_import() -> None:
+    with pytest.raises(ValueError, match="named parameters only"):
+        loop_compiled(select(accounts.c.id).where(accounts.c.username == b"alice"))
 
 
 def as_tuples(rows: Any) -> list[tuple[Any, ...]]:
@@ -85,6 +90,9 @@ async def test_loop_rows_equal_sqlalchemy_rows_and_end_their_read(tmp_path: Path
             "alice": RosterItem(jid="bob@example.test", name="Bob", subscription="both")
         }
         assert await storage.rosters.items_for([], "bob@example.test") == {}
+        unmarked = select(accounts.c.id).where(accounts.c.username == bindparam("username"))
+        assert db.loop_reader.rows(unmarked, {"username": b"alice"}) is None  # SQLAlchemy's path
+        assert len(await db.rows(unmarked, {"username": b"alice"})) == 1
         assert db.loop_reader.fallbacks == 0
 
         # The roster read ended its snapshot: another connection's commit is seen by the next read.

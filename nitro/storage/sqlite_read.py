@@ -27,14 +27,13 @@ from typing import Any, Protocol, TypeVar
 from sqlalchemy import Connection, Executable, Result, create_engine, event, exc
 from sqlalchemy.engine import URL
 
-from nitro.storage.sqlite_select import CompiledSelect
+from nitro.storage.sqlite_select import CompiledSelect, is_loop_compiled
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 _BUSY = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
-_COMPILED_KEPT = 256  # statements built once are a few dozen; more would be statements built per call
 
 
 class Reader(Protocol):
@@ -98,7 +97,7 @@ class LoopReader:
         self._conn: Connection | None = None  # kept checked out between reads (a checkout costs CPU)
         self._in_use = False
         self.fallbacks = 0  # reads sent to the async path (busy, or the connection in use)
-        self._compiled: dict[Executable, CompiledSelect | None] = {}  # see `rows`
+        self._compiled: dict[Executable, CompiledSelect] = {}  # see `rows`
 
     async def read(self, body: Callable[[Reader], Awaitable[T]]) -> T:
         """`body` on the loop's connection, in one read transaction; raises Busy when it cannot answer
@@ -127,18 +126,21 @@ class LoopReader:
             self._in_use = False
 
     def rows(self, statement: Executable, parameters: Mapping[str, Any] | None = None) -> list[Any] | None:
-        """The rows of one SELECT built once (sqlite_select.py), run alone on the loop's connection: in
-        autocommit the statement is its own read transaction (one snapshot, ended when its rows are all
-        fetched), as BEGIN, SELECT, ROLLBACK would be, without the two round trips or SQLAlchemy's work per
-        execution. None when the statement cannot run this way (use `read`); raises Busy as `read` does."""
-        if statement in self._compiled:
-            compiled = self._compiled[statement]
-        else:
+        """The rows of one SELECT marked `loop_compiled` (sqlite_select.py), run alone on the loop's
+        connection: in autocommit the statement is its own read transaction (one snapshot, ended when its
+        rows are all fetched), as BEGIN, SELECT, ROLLBACK would be, without the two round trips or
+        SQLAlchemy's work per execution. None when the statement is not marked, or cannot run this way
+        (use `read`); raises Busy as `read` does."""
+        compiled = self._compiled.get(statement)
+        if compiled is None:
+            if not is_loop_compiled(statement):
+                return None
             compiled = CompiledSelect.of(statement, self.engine.dialect)
-            if len(self._compiled) < _COMPILED_KEPT:
-                self._compiled[statement] = compiled
-        prepared = None if compiled is None else compiled.prepare(parameters)
-        if compiled is None or prepared is None:
+            if compiled is None:  # loop_compiled checked it with another instance of this dialect
+                raise RuntimeError(f"cannot compile {statement} for sqlite3")
+            self._compiled[statement] = compiled
+        prepared = compiled.prepare(parameters)
+        if prepared is None:
             return None
         if self._in_use:
             self.fallbacks += 1

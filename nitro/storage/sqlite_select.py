@@ -3,10 +3,11 @@ rows are decoded (by SQLAlchemy's own type processors), run on a sqlite3 connect
 
 Why: on the loop's read connection (sqlite_read.py) SQLAlchemy's work per execution (cache key, compiled
 parameters, cursor result and row objects, events) cost more CPU than SQLite's answer to a login's reads.
-Only statements built once with named `bindparam`s and no values of their own are compiled here (`of`
-returns None for the rest: literal values, duplicate column names), so a compiled statement can be kept for
-the life of the process, keyed by the statement object. An expanding `bindparam` (`IN (…)` of a list) gets
-one `?` per value at each run, as SQLAlchemy renders it; an empty list is left to SQLAlchemy (`prepare`).
+Only statements marked with `loop_compiled` where they are built once, at import (named `bindparam`s, no
+values of their own), are compiled here: a compiled statement is kept for the life of the process, keyed by
+the statement object, and a statement built per call (which would fill that map, or be compiled at every
+call) keeps SQLAlchemy's path. An expanding `bindparam` (`IN (…)` of a list) gets one `?` per value at each
+run, as SQLAlchemy renders it; an empty list is left to SQLAlchemy (`prepare`).
 """
 
 from __future__ import annotations
@@ -15,13 +16,30 @@ import sqlite3
 from collections import namedtuple
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Executable, Select, exc
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.sql.compiler import SQLCompiler
 
 _Processor = Callable[[Any], Any] | None
+_S = TypeVar("_S", bound=Executable)
+
+_MARKED: set[Executable] = set()  # see `loop_compiled`
+
+
+def loop_compiled(statement: _S) -> _S:
+    """Marks a SELECT built once (a module's constant) as one the loop's read connection runs compiled
+    (LoopReader.rows); raises ValueError at import if it cannot be (see `CompiledSelect.of`)."""
+    if CompiledSelect.of(statement, sqlite.dialect()) is None:
+        raise ValueError(f"not a SELECT with named parameters only: {statement}")
+    _MARKED.add(statement)
+    return statement
+
+
+def is_loop_compiled(statement: Executable) -> bool:
+    return statement in _MARKED
 
 
 @dataclass(frozen=True, slots=True)
