@@ -9,6 +9,7 @@ import asyncio
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -307,3 +308,44 @@ async def test_items_for_own_write_is_seen_at_once(tmp_path: Path) -> None:
         await storage.rosters.get("bob")
         await storage.rosters.remove("bob", "alice@localhost")
         assert await storage.rosters.items_for(["bob"], "alice@localhost") == {}
+
+
+async def test_a_read_begun_after_a_commit_elsewhere_sees_it_while_an_earlier_read_is_in_flight(
+    tmp_path: Path,
+) -> None:
+    """A read looks at data_version once, when it begins (its lookup follows that look): a commit by
+    another process after an earlier read's look may be missed by that read, never by a later one."""
+    config = make_config(tmp_path, redis={"instances": []})
+    async with open_storage(config) as storage:
+        await create_account(storage, "alice", "secret")
+        await storage.rosters.put("alice", item("bob@localhost"))
+
+        async def roster_version() -> object:
+            return (await storage.rosters.get("alice")).version
+
+        async def iterations() -> object:
+            credentials = await storage.accounts.get_credentials("alice")
+            assert credentials is not None
+            return credentials["SHA-1"].iterations
+
+        async def blocked() -> object:
+            return await storage.blocklist.list("alice")
+
+        changes: list[tuple[Callable[[], Awaitable[object]], str]] = [
+            (roster_version, "UPDATE roster_versions SET version = version + 10"),
+            (iterations, "UPDATE scram_credentials SET iterations = iterations + 1"),
+            (blocked, "INSERT INTO blocked_jids SELECT account_id, contact_key, contact FROM roster_items"),
+        ]
+        for read, change in changes:
+            old = await read()
+            assert await read() == old  # cached
+            early = asyncio.ensure_future(read())
+            await asyncio.sleep(0)  # the early read has looked and waits for its load
+            other = sqlite3.connect(tmp_path / "nitro.db", isolation_level=None, timeout=5)
+            try:  # another process: a commit with no await of ours in between
+                other.execute(change)
+            finally:
+                other.close()
+            new = await read()
+            assert new != old, change
+            assert await early in (old, new)  # concurrent with the commit: either is linearizable

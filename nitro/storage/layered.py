@@ -67,7 +67,9 @@ class CachedAccountStore:
         await self._tiers.fresh()  # a commit by another process starts a new generation
         found = await self._flights.read(
             username,
-            lambda: self._tiers.read(codecs.ACCOUNT, username, lambda: self._sql.get_credentials(username)),
+            lambda: self._tiers.read(
+                codecs.ACCOUNT, username, lambda: self._sql.get_credentials(username), checked=True
+            ),
             self._tiers.generation(),
         )
         return None if found is None else dict(found)  # a copy: the cached dict is shared
@@ -109,7 +111,7 @@ class CachedRosterStore:
         await self._tiers.fresh()
         return await self._flights.read(
             username,
-            lambda: self._tiers.read(codecs.ROSTER, username, lambda: self._sql.get(username)),
+            lambda: self._tiers.read(codecs.ROSTER, username, lambda: self._sql.get(username), checked=True),
             self._tiers.generation(),
         )
 
@@ -220,7 +222,9 @@ class CachedBlockListStore:
         await self._tiers.fresh()
         blocked = await self._flights.read(
             username,
-            lambda: self._tiers.read(codecs.BLOCKLIST, username, lambda: self._sql.list(username)),
+            lambda: self._tiers.read(
+                codecs.BLOCKLIST, username, lambda: self._sql.list(username), checked=True
+            ),
             self._tiers.generation(),
         )
         return list(blocked)  # a copy: the cached list is shared

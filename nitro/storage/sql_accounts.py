@@ -27,12 +27,13 @@ from nitro.storage.schema import (
     vcards,
 )
 from nitro.storage.sql_base import Database, inserted_id, translated, username_key
+from nitro.storage.sqlite_select import loop_compiled
 from nitro.xmpp.sasl.credentials import HashName, ScramCredential
 
 log = logging.getLogger(__name__)
 
 _HASH_NAMES: dict[str, HashName] = {name: name for name in get_args(HashName)}
-_CREDENTIALS = (  # built once (see sql_base._ACCOUNT_ID)
+_CREDENTIALS = loop_compiled(  # built once (see sql_base._ACCOUNT_ID)
     select(accounts.c.id, scram_credentials)
     .select_from(accounts)
     .outerjoin(scram_credentials, scram_credentials.c.account_id == accounts.c.id)

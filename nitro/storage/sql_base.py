@@ -191,17 +191,25 @@ class Database:
         async with self.engine.connect() as conn:
             return await body(conn)
 
-    async def rows(
-        self, query: Executable, parameters: Mapping[str, Any] | None = None
-    ) -> Sequence[Row[Any]]:
-        """The rows of one SELECT (see `read`), with the values of its `bindparam`s."""
+    async def rows(self, query: Executable, parameters: Mapping[str, Any] | None = None) -> Sequence[Any]:
+        """The rows of one SELECT (see `read`), with the values of its `bindparam`s: Rows, or on the loop's
+        connection named tuples (sqlite_select.py); both read by column name and by position."""
+        if self.loop_reader is not None:
+            try:
+                found = self.loop_reader.rows(query, parameters)
+            except Busy:
+                async with self.engine.connect() as conn:
+                    return await all_rows(conn, query, parameters)
+            if found is not None:
+                return found
         return await self.read(lambda conn: all_rows(conn, query, parameters))
 
-    async def one_or_none(
-        self, query: Executable, parameters: Mapping[str, Any] | None = None
-    ) -> Row[Any] | None:
-        """The row of a SELECT of at most one row (see `read`), with the values of its `bindparam`s."""
-        return await self.read(lambda conn: one_or_none(conn, query, parameters))
+    async def one_or_none(self, query: Executable, parameters: Mapping[str, Any] | None = None) -> Any:
+        """The row of a SELECT of at most one row (see `rows`), with the values of its `bindparam`s."""
+        found = await self.rows(query, parameters)
+        if len(found) > 1:
+            raise exc.MultipleResultsFound("Multiple rows were found when one or none was required")
+        return found[0] if found else None
 
     async def write_one(self, statement: Executable, parameters: Mapping[str, Any]) -> int:
         """One INSERT, UPDATE or DELETE as a transaction of its own, with the values of its `bindparam`s;

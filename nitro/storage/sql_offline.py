@@ -12,8 +12,9 @@ from nitro.storage.models import OfflineMessage
 from nitro.storage.schema import accounts, offline_messages
 from nitro.storage.sql_base import DELETE_CHUNK, Database, inserted_id, translated, username_key
 from nitro.storage.sqlite_read import Reader
+from nitro.storage.sqlite_select import loop_compiled
 
-_MESSAGES = (  # built once (see sql_base._ACCOUNT_ID): read at every login
+_MESSAGES = loop_compiled(  # built once (see sql_base._ACCOUNT_ID): read at every login
     select(offline_messages.c.id, offline_messages.c.stanza, offline_messages.c.stored_at)
     .join_from(offline_messages, accounts)
     .where(accounts.c.username == bindparam("username"))

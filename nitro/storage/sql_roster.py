@@ -18,6 +18,7 @@ from nitro.storage.models import Roster, RosterItem, Subscription
 from nitro.storage.schema import accounts, roster_items, roster_versions
 from nitro.storage.sql_base import Database, contact_keys, translated, username_key
 from nitro.storage.sqlite_read import Reader
+from nitro.storage.sqlite_select import loop_compiled
 
 _ITEMS_FOR_BATCH = 500  # usernames per IN (…) of `items_for`: far below any bound-parameter limit
 _SUBSCRIPTIONS: dict[str, Subscription] = {name: name for name in get_args(Subscription)}
@@ -113,7 +114,7 @@ def _decoded(values: tuple[Any, ...]) -> RosterItem:
 _DECODE_SLICE = 250  # roster rows decoded between two turns of the event loop
 
 # Built once (see sql_base._ACCOUNT_ID): the roster of a login, and its contacts' items for its presence.
-_ROSTER = (
+_ROSTER = loop_compiled(
     select(roster_versions.c.version.label("roster_version"), roster_items)
     .select_from(accounts)
     .outerjoin(roster_versions, roster_versions.c.account_id == accounts.c.id)
@@ -121,7 +122,7 @@ _ROSTER = (
     .where(accounts.c.username == bindparam("username"))
     .order_by(roster_items.c.contact)
 )
-_ITEMS_FOR = (
+_ITEMS_FOR = loop_compiled(
     select(accounts.c.username, roster_items)
     .join(accounts, accounts.c.id == roster_items.c.account_id)
     .where(
@@ -179,14 +180,11 @@ class SqlRosterStore:
             for offset in range(0, len(usernames), _ITEMS_FOR_BATCH)
         ]
 
-        async def body(conn: Reader) -> dict[str, RosterItem]:
-            found: dict[str, RosterItem] = {}
-            for keys in batches:
-                for row in await conn.execute(_ITEMS_FOR, {"usernames": keys, "contact_key": contact_key}):
-                    found[bytes(row.username).decode()] = _item_from_row(row)
-            return found
-
-        return await self._db.read(body)
+        found: dict[str, RosterItem] = {}
+        for keys in batches:  # each user's item as of one moment (not one snapshot for all the batches)
+            for row in await self._db.rows(_ITEMS_FOR, {"usernames": keys, "contact_key": contact_key}):
+                found[bytes(row.username).decode()] = _item_from_row(row)
+        return found
 
     @translated
     async def put(self, username: str, item: RosterItem, *, max_items: int | None = None) -> int:

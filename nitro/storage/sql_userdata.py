@@ -20,8 +20,9 @@ from nitro.storage.schema import (
     vcards,
 )
 from nitro.storage.sql_base import DELETE_CHUNK, Database, contact_keys, hashed_key, translated, username_key
+from nitro.storage.sqlite_select import loop_compiled
 
-_BLOCKED = (  # built once (see sql_base._ACCOUNT_ID): read at every login
+_BLOCKED = loop_compiled(  # built once (see sql_base._ACCOUNT_ID): read at every login
     select(blocked_jids.c.jid)
     .join_from(blocked_jids, accounts)
     .where(accounts.c.username == bindparam("username"))

@@ -27,6 +27,8 @@ from typing import Any, Protocol, TypeVar
 from sqlalchemy import Connection, Executable, Result, create_engine, event, exc
 from sqlalchemy.engine import URL
 
+from nitro.storage.sqlite_select import CompiledSelect, is_loop_compiled
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -71,7 +73,11 @@ def _on_begin(conn: Connection) -> None:
 
 
 def _is_busy(error: exc.DBAPIError) -> bool:
-    code = getattr(error.orig, "sqlite_errorcode", None)
+    return _is_busy_sqlite(error.orig)
+
+
+def _is_busy_sqlite(error: BaseException | None) -> bool:
+    code = getattr(error, "sqlite_errorcode", None)
     return code is not None and code & 0xFF in _BUSY
 
 
@@ -91,6 +97,7 @@ class LoopReader:
         self._conn: Connection | None = None  # kept checked out between reads (a checkout costs CPU)
         self._in_use = False
         self.fallbacks = 0  # reads sent to the async path (busy, or the connection in use)
+        self._compiled: dict[Executable, CompiledSelect] = {}  # see `rows`
 
     async def read(self, body: Callable[[Reader], Awaitable[T]]) -> T:
         """`body` on the loop's connection, in one read transaction; raises Busy when it cannot answer
@@ -112,6 +119,49 @@ class LoopReader:
             self.fallbacks += 1
             log.debug("SQLite busy for a read on the loop: %s", error.orig)
             raise Busy(str(error.orig)) from error
+        except BaseException:
+            self._close()
+            raise
+        finally:
+            self._in_use = False
+
+    def rows(self, statement: Executable, parameters: Mapping[str, Any] | None = None) -> list[Any] | None:
+        """The rows of one SELECT marked `loop_compiled` (sqlite_select.py), run alone on the loop's
+        connection: in autocommit the statement is its own read transaction (one snapshot, ended when its
+        rows are all fetched), as BEGIN, SELECT, ROLLBACK would be, without the two round trips or
+        SQLAlchemy's work per execution. None when the statement is not marked, or cannot run this way
+        (use `read`); raises Busy as `read` does."""
+        compiled = self._compiled.get(statement)
+        if compiled is None:
+            if not is_loop_compiled(statement):
+                return None
+            compiled = CompiledSelect.of(statement, self.engine.dialect)
+            if compiled is None:  # loop_compiled checked it with another instance of this dialect
+                raise RuntimeError(f"cannot compile {statement} for sqlite3")
+            self._compiled[statement] = compiled
+        prepared = compiled.prepare(parameters)
+        if prepared is None:
+            return None
+        if self._in_use:
+            self.fallbacks += 1
+            raise Busy("the loop's connection is in use")
+        self._in_use = True
+        try:
+            if self._conn is None:
+                self._conn = self.engine.connect()
+            driver = self._conn.connection.driver_connection
+            assert isinstance(driver, sqlite3.Connection)
+            assert not driver.in_transaction, "reads end their transactions"
+            return compiled.rows(driver, *prepared)
+        except sqlite3.Error as error:
+            self._close()
+            if not _is_busy_sqlite(error):
+                raise exc.DBAPIError.instance(
+                    prepared[0], None, error, sqlite3.Error, hide_parameters=True
+                ) from error
+            self.fallbacks += 1
+            log.debug("SQLite busy for a read on the loop: %s", error)
+            raise Busy(str(error)) from error
         except BaseException:
             self._close()
             raise

@@ -25,8 +25,11 @@ token that the write replaced:
   `Database`), and each write drops what it changed from the cache itself; so when the watch moves, the
   writing connection's own data_version (one query there) tells whether anyone *else* committed too —
   another process (`nitro user passwd`) — and only then is the whole cache dropped. Reads that find a
-  check in flight wait for it, then look again. The last check and the lookup happen with no await
-  between them, so nothing is served across a commit made by another process before the read began.
+  check in flight wait for it, then look again. A read's lookup comes after a check it made itself once
+  it began (`fresh`), so nothing is served across a commit made by another process before the read
+  began; one made after that may or may not be seen, as by any read concurrent with it (the value served
+  is then the one of the moment of the check, or newer: our own writes drop what they change, and a fill
+  that read SQL before a drop is refused).
   Other backends without a ring cache nothing: another process could not tell us of its writes.
 * With the owner's instance unreachable, reads go to SQL and nothing is cached or served from the cache;
   with SQL unreachable too they fail (StorageUnavailable), as do all writes.
@@ -123,12 +126,19 @@ class Tiers:
     # -- read path ----------------------------------------------------------------------------------------
 
     async def read(
-        self, codec: Codec[T], owner: str, load: Callable[[], Awaitable[T]], item: str | None = None
+        self,
+        codec: Codec[T],
+        owner: str,
+        load: Callable[[], Awaitable[T]],
+        item: str | None = None,
+        *,
+        checked: bool = False,
     ) -> T:
-        """The value from the first tier that has it fresh; `load` reads SQL. Fills the tiers above."""
+        """The value from the first tier that has it fresh; `load` reads SQL. Fills the tiers above.
+        `checked`: the caller awaited `fresh()` after its read began (the look is not made twice)."""
         ring = self.ring
         if ring is None:
-            return await self._read_watched(codec, owner, load, item)
+            return await self._read_watched(codec, owner, load, item, checked)
         kind = codec.kind
         key = ring.keys.key(kind, codec.version, owner, item)
         counter = self.cache.snapshot()
@@ -217,12 +227,13 @@ class Tiers:
         self._seen_changes += 1
 
     async def _read_watched(
-        self, codec: Codec[T], owner: str, load: Callable[[], Awaitable[T]], item: str | None
+        self, codec: Codec[T], owner: str, load: Callable[[], Awaitable[T]], item: str | None, checked: bool
     ) -> T:
         """Without a ring: the local copy while no other process committed, else SQL."""
         if self.watch is None:
             return await load()
-        await self.fresh()
+        if not checked:
+            await self.fresh()
         kind = codec.kind
         key = _watched_key(codec, owner, item)
         entry = self.cache.peek(key)
