@@ -154,10 +154,11 @@ async def a_starttls_handshake_that_never_finishes(server: Server, clients: Clie
 # -- closing ---------------------------------------------------------------------------------------------
 
 
-async def the_streams_close_comes_with_close_notify(server: Server, clients: Clients) -> None:
-    """The client ends its stream; the server answers with its own close, then close_notify (RFC 8446 §6.1),
-    read here through a client SSLObject, where a bare TCP close would raise SSLEOFError instead."""
-    reader, writer = await proceeded(server)
+async def tls_client(
+    server: Server, stream: tuple[asyncio.StreamReader, asyncio.StreamWriter]
+) -> tuple[ssl.SSLObject, ssl.MemoryBIO, ssl.MemoryBIO]:
+    """A client SSLObject that finished its handshake over `stream`, and its incoming and outgoing BIOs."""
+    reader, writer = stream
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
     client = client_context(server).wrap_bio(incoming, outgoing, server_hostname=DOMAIN)
     while True:
@@ -167,6 +168,15 @@ async def the_streams_close_comes_with_close_notify(server: Server, clients: Cli
         except ssl.SSLWantReadError:
             writer.write(outgoing.read())
             incoming.write(await asyncio.wait_for(reader.read(65536), 5))
+    writer.write(outgoing.read())
+    return client, incoming, outgoing
+
+
+async def the_streams_close_comes_with_close_notify(server: Server, clients: Clients) -> None:
+    """The client ends its stream; the server answers with its own close, then close_notify (RFC 8446 §6.1),
+    read here through a client SSLObject, where a bare TCP close would raise SSLEOFError instead."""
+    reader, writer = await proceeded(server)
+    client, incoming, outgoing = await tls_client(server, (reader, writer))
     client.write(HEADER + b"</stream:stream>")
     writer.write(outgoing.read())
     received = await until_closed(reader)
@@ -208,24 +218,6 @@ async def a_large_stanza_crosses_intact_both_ways(server: Server, clients: Clien
     writer.close()
 
 
-async def tls_client(
-    server: Server, stream: tuple[asyncio.StreamReader, asyncio.StreamWriter]
-) -> tuple[ssl.SSLObject, ssl.MemoryBIO]:
-    """A client SSLObject that finished its handshake over `stream`, and its outgoing BIO."""
-    reader, writer = stream
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    client = client_context(server).wrap_bio(incoming, outgoing, server_hostname=DOMAIN)
-    while True:
-        try:
-            client.do_handshake()
-            break
-        except ssl.SSLWantReadError:
-            writer.write(outgoing.read())
-            incoming.write(await asyncio.wait_for(reader.read(65536), 5))
-    writer.write(outgoing.read())
-    return client, outgoing
-
-
 async def no_connection_sees_anothers_records(server: Server, clients: Clients) -> None:
     """The TLS connections of a loop share two memory BIOs (tls_layer._SharedBIOs): what one leaves behind
     when it fails (a record then garbage, in one write), stops (half a record) or ends (data after its
@@ -235,9 +227,9 @@ async def no_connection_sees_anothers_records(server: Server, clients: Clients) 
     alice = await raw_login(server, "alice", tls=client_context(server))
     bob = await raw_login(server, "bob", tls=client_context(server))
     broken, halfway, closing = await direct_tls(server), await direct_tls(server), await direct_tls(server)
-    broken_client, broken_out = await tls_client(server, broken)
-    halfway_client, halfway_out = await tls_client(server, halfway)
-    closing_client, closing_out = await tls_client(server, closing)
+    broken_client, _, broken_out = await tls_client(server, broken)
+    halfway_client, _, halfway_out = await tls_client(server, halfway)
+    closing_client, _, closing_out = await tls_client(server, closing)
     body = "".join(f"{n:07d}" for n in range(SLICE * 3 // 7))
     for round_ in range(3):
         broken_client.write(HEADER)
@@ -264,8 +256,8 @@ async def no_connection_sees_anothers_records(server: Server, clients: Clients) 
             await until_closed(reader)
             writer.close()
         broken, closing = await direct_tls(server), await direct_tls(server)
-        broken_client, broken_out = await tls_client(server, broken)
-        closing_client, closing_out = await tls_client(server, closing)
+        broken_client, _, broken_out = await tls_client(server, broken)
+        closing_client, _, closing_out = await tls_client(server, closing)
     for _reader, writer in (alice, bob, broken, halfway, closing):
         writer.close()
 

@@ -12,14 +12,15 @@ from lxml import etree
 from nitro.c2s.ack_gate import HeldAcks
 from nitro.core.sessions import INTERESTED, LOCAL_NODE, Resource
 from nitro.core.slots import SlotRegistry, SlotValues
+from nitro.interned import Interned
 from nitro.xmpp.jid import JID
 from nitro.xmpp.sm import parse_stanza
 
 # Shared empty values: CPython makes a new 216-byte object for every `frozenset()`, two per session.
 _NO_FLAGS: Final[frozenset[str]] = frozenset()
 # Flag sets, shared: most sessions have the same few flags, and each frozenset is 216 bytes (idle memory).
-_FLAG_SETS: dict[frozenset[str], frozenset[str]] = {_NO_FLAGS: _NO_FLAGS}
 _FLAG_SETS_KEPT = 1024
+_FLAG_SETS: Interned[frozenset[str], frozenset[str]] = Interned(lambda flags: flags, kept=_FLAG_SETS_KEPT)
 _NO_ONE: Final[frozenset[JID]] = frozenset()
 
 
@@ -161,10 +162,4 @@ class ResourceState(HeldAcks):
 
 def _shared_flags(flags: frozenset[str]) -> frozenset[str]:
     """The one frozenset kept for these flags (see _FLAG_SETS)."""
-    shared = _FLAG_SETS.get(flags)
-    if shared is None:
-        if len(_FLAG_SETS) >= _FLAG_SETS_KEPT:
-            _FLAG_SETS.clear()
-            _FLAG_SETS[_NO_FLAGS] = _NO_FLAGS
-        shared = _FLAG_SETS[flags] = flags
-    return shared
+    return _FLAG_SETS.get(flags) if flags else _NO_FLAGS

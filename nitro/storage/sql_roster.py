@@ -13,6 +13,7 @@ from typing import Any, get_args
 from sqlalchemy import Row, bindparam, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from nitro.interned import Interned
 from nitro.storage.errors import NoSuchAccount, QuotaExceeded, StorageError
 from nitro.storage.models import Roster, RosterItem, Subscription
 from nitro.storage.schema import accounts, roster_items, roster_versions
@@ -53,26 +54,22 @@ _ITEM_COLUMNS = (
 if tuple(roster_items.c.keys()[-len(_ITEM_COLUMNS) :]) != _ITEM_COLUMNS:
     raise RuntimeError("roster_items' last columns are not those _item_from_row unpacks")
 # Decoded group lists, shared: most rosters use a few ("[]", '["Friends"]'), so each is parsed once.
-_GROUPS: dict[str, tuple[str, ...]] = {}
 _GROUPS_KEPT = 4096
 
 
-def _groups(text: str) -> tuple[str, ...]:
-    """The JSON array of a row's groups (decoded once per distinct text while fewer are kept)."""
-    groups = _GROUPS.get(text)
-    if groups is None:
-        groups = tuple(json.loads(text))
-        if len(_GROUPS) >= _GROUPS_KEPT:
-            _GROUPS.clear()
-        _GROUPS[text] = groups
-    return groups
+def _decoded_groups(text: str) -> tuple[str, ...]:
+    """The JSON array of a row's groups."""
+    return tuple(json.loads(text))
+
+
+_GROUPS: Interned[str, tuple[str, ...]] = Interned(_decoded_groups, kept=_GROUPS_KEPT)
+_groups = _GROUPS.get
 
 
 # Decoded items, shared: a contact's item is often the same in every roster that has it (same subscription,
 # no name or the same one, the same groups), and the rosters cached for online users then hold one object
 # per distinct item instead of one per row (20 of 2 KB per idle session with rosters of 20; issue 16).
 # Keyed by the row's raw values, so a hit also skips the decoding; cleared when full, like _GROUPS.
-_ITEMS: dict[tuple[Any, ...], RosterItem] = {}
 _ITEMS_KEPT = 8192
 
 
@@ -81,15 +78,9 @@ def _item_from_row(row: Row[Any]) -> RosterItem:
     if values[-1] is not None:  # a pending request's XML: rare, not shared (and maybe not hashable)
         return _decoded(values)
     try:
-        item = _ITEMS.get(values)
+        return _ITEMS.get(values)
     except TypeError:  # a driver's unhashable value (a bytearray): decoded, not shared
         return _decoded(values)
-    if item is None:
-        item = _decoded(values)
-        if len(_ITEMS) >= _ITEMS_KEPT:
-            _ITEMS.clear()
-        _ITEMS[values] = item
-    return item
 
 
 def _decoded(values: tuple[Any, ...]) -> RosterItem:
@@ -110,6 +101,8 @@ def _decoded(values: tuple[Any, ...]) -> RosterItem:
         None if request is None else bytes(request),
     )
 
+
+_ITEMS: Interned[tuple[Any, ...], RosterItem] = Interned(_decoded, kept=_ITEMS_KEPT)
 
 _DECODE_SLICE = 250  # roster rows decoded between two turns of the event loop
 

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import Connection, Executable, Result, create_engine, event, exc
@@ -102,28 +103,15 @@ class LoopReader:
     async def read(self, body: Callable[[Reader], Awaitable[T]]) -> T:
         """`body` on the loop's connection, in one read transaction; raises Busy when it cannot answer
         without waiting (nothing was read: run `body` elsewhere)."""
-        if self._in_use:  # a body that awaited something else while holding the connection
-            self.fallbacks += 1
-            raise Busy("the loop's connection is in use")
-        self._in_use = True
-        try:
-            if self._conn is None:
-                self._conn = self.engine.connect()
-            result = await body(_OnLoop(self._conn))
-            self._conn.rollback()  # ends the read transaction: the next read sees the latest commit
-            return result
-        except exc.OperationalError as error:
-            self._close()
-            if not _is_busy(error):
-                raise
-            self.fallbacks += 1
-            log.debug("SQLite busy for a read on the loop: %s", error.orig)
-            raise Busy(str(error.orig)) from error
-        except BaseException:
-            self._close()
-            raise
-        finally:
-            self._in_use = False
+        with self._held() as conn:
+            try:
+                result = await body(_OnLoop(conn))
+                conn.rollback()  # ends the read transaction: the next read sees the latest commit
+                return result
+            except exc.OperationalError as error:
+                if not _is_busy(error):
+                    raise
+                raise self._busy(error.orig) from error
 
     def rows(self, statement: Executable, parameters: Mapping[str, Any] | None = None) -> list[Any] | None:
         """The rows of one SELECT marked `loop_compiled` (sqlite_select.py), run alone on the loop's
@@ -142,31 +130,42 @@ class LoopReader:
         prepared = compiled.prepare(parameters)
         if prepared is None:
             return None
-        if self._in_use:
+        with self._held() as conn:
+            driver = conn.connection.driver_connection
+            assert isinstance(driver, sqlite3.Connection)
+            assert not driver.in_transaction, "reads end their transactions"
+            try:
+                return compiled.rows(driver, *prepared)
+            except sqlite3.Error as error:
+                if not _is_busy_sqlite(error):
+                    raise exc.DBAPIError.instance(
+                        prepared[0], None, error, sqlite3.Error, hide_parameters=True
+                    ) from error
+                raise self._busy(error) from error
+
+    @contextmanager
+    def _held(self) -> Iterator[Connection]:
+        """The loop's connection for one read (checked out once, kept between reads); raises Busy while
+        another read holds it. A read that fails gives it back to the pool (see `_close`)."""
+        if self._in_use:  # a body that awaited something else while holding the connection
             self.fallbacks += 1
             raise Busy("the loop's connection is in use")
         self._in_use = True
         try:
             if self._conn is None:
                 self._conn = self.engine.connect()
-            driver = self._conn.connection.driver_connection
-            assert isinstance(driver, sqlite3.Connection)
-            assert not driver.in_transaction, "reads end their transactions"
-            return compiled.rows(driver, *prepared)
-        except sqlite3.Error as error:
-            self._close()
-            if not _is_busy_sqlite(error):
-                raise exc.DBAPIError.instance(
-                    prepared[0], None, error, sqlite3.Error, hide_parameters=True
-                ) from error
-            self.fallbacks += 1
-            log.debug("SQLite busy for a read on the loop: %s", error)
-            raise Busy(str(error)) from error
+            yield self._conn
         except BaseException:
             self._close()
             raise
         finally:
             self._in_use = False
+
+    def _busy(self, error: BaseException | None) -> Busy:
+        """SQLite was busy: the read goes to the async path (counted, logged at DEBUG)."""
+        self.fallbacks += 1
+        log.debug("SQLite busy for a read on the loop: %s", error)
+        return Busy(str(error))
 
     def _close(self) -> None:
         """Back to the pool, which rolls back (the sqlite3 connection stays open for the next read)."""
