@@ -42,16 +42,26 @@ def _describe(error: BaseException) -> str:
     return f"{type(original).__name__}: {original}"
 
 
+def _translation(error: Exception) -> StorageError | None:
+    """Our error for a third-party one (None: not one to translate, raise it as it is)."""
+    if isinstance(error, StorageError):
+        return None
+    if isinstance(error, _REQUEST_ERRORS):
+        return StorageError(_describe(error))
+    if isinstance(error, _BACKEND_ERRORS):
+        return StorageUnavailable(_describe(error))
+    return None
+
+
 @contextmanager
 def translate_errors() -> Iterator[None]:
     try:
         yield
-    except StorageError:
-        raise
-    except _REQUEST_ERRORS as error:
-        raise StorageError(_describe(error)) from error
-    except _BACKEND_ERRORS as error:
-        raise StorageUnavailable(_describe(error)) from error
+    except Exception as error:
+        translation = _translation(error)
+        if translation is None:
+            raise
+        raise translation from error
 
 
 # InnoDB chose this transaction as a deadlock victim and rolled it back: nothing was written, and each
@@ -60,21 +70,25 @@ _DEADLOCK = 1213
 _DEADLOCK_RETRIES = 2
 
 
-def _is_deadlock(error: StorageUnavailable) -> bool:
-    original = getattr(error.__cause__, "orig", None)
+def _is_deadlock(error: Exception) -> bool:
+    original = getattr(error, "orig", None)
     return bool(getattr(original, "args", None)) and original.args[0] == _DEADLOCK  # type: ignore[union-attr]
 
 
 def translated(method: Callable[_P, Awaitable[_R]]) -> Callable[_P, Coroutine[Any, Any, _R]]:
+    # try/except in the wrapper itself: a context manager per call cost more CPU than a loop read (logins)
     @functools.wraps(method)
     async def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
         for attempt in range(_DEADLOCK_RETRIES + 1):
             try:
-                with translate_errors():
-                    return await method(*args, **kwargs)
-            except StorageUnavailable as error:
-                if attempt == _DEADLOCK_RETRIES or not _is_deadlock(error):
+                return await method(*args, **kwargs)
+            except Exception as error:
+                translation = _translation(error)
+                if translation is None:
                     raise
+                retry = isinstance(translation, StorageUnavailable) and _is_deadlock(error)
+                if attempt == _DEADLOCK_RETRIES or not retry:
+                    raise translation from error
         raise AssertionError("unreachable")
 
     return wrapper
