@@ -3,11 +3,12 @@ of statements sent to the driver directly.
 
 Through SQLAlchemy, a write transaction of one statement makes five trips (BEGIN, cursor, execute, close,
 COMMIT), each a queue put, a GIL hand-off and a call_soon_threadsafe: more CPU on the event loop than the
-statement itself (the logout's last-activity upsert; now in batches, last_batch.py, with `write_each`). A single statement needs no
-transaction of its own making: on the writing connection, which runs in autocommit (sql.py emits every
-BEGIN itself), SQLite makes it one atomic, durable transaction, waiting for the write lock up to the busy
-timeout as BEGIN IMMEDIATE would. The statement is compiled once by SQLAlchemy for the connection's
-dialect; its bind values go through the column types' processors, as SQLAlchemy would send them.
+statement itself (the logout's last-activity upsert, now written in batches with `write_each`:
+last_batch.py). A single statement needs no transaction of its own making: on the writing connection, which
+runs in autocommit (sql.py emits every BEGIN itself), SQLite makes it one atomic, durable transaction,
+waiting for the write lock up to the busy timeout as BEGIN IMMEDIATE would. The statement is compiled once
+by SQLAlchemy for the connection's dialect; its bind values go through the column types' processors, as
+SQLAlchemy would send them.
 """
 
 from __future__ import annotations

@@ -243,8 +243,11 @@ class Tiers:
         self.cache.miss(kind)
         counter = self.cache.snapshot()
         value = await load()
-        data = codec.encode(value)
-        self._keep(key, kind, owner, data if codec.kept_encoded else value, len(data), "", counter)
+        if codec.kept_encoded:
+            data = codec.encode(value)
+            self._keep(key, kind, owner, data, len(data), "", counter)
+        else:  # nothing to encode for: no ring here
+            self._keep(key, kind, owner, value, codec.encoded_size(value), "", counter)
         return value
 
     async def cached(self, codec: Codec[T], owners: Iterable[str]) -> dict[str, T]:
