@@ -175,7 +175,10 @@ class CachedRosterStore:
 
 
 def _item_of(roster: Roster, contact: str) -> RosterItem | None:
-    return next((item for item in roster.items if item.jid == contact), None)
+    for item in roster.items:  # a loop, not next(generator): once per contact's roster at every login
+        if item.jid == contact:
+            return item
+    return None
 
 
 class CachedArchiveStore:
