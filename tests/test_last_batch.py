@@ -20,6 +20,8 @@ from nitro.storage.errors import NoSuchAccount, StorageUnavailable
 from nitro.storage.last_batch import BatchedLastActivity
 from nitro.storage.layered import open_storage
 from nitro.storage.models import LastActivity
+from nitro.storage.sql import open_sql_storage
+from nitro.storage.sql_userdata import SqlLastActivityStore
 
 T0 = datetime(2026, 3, 1, 12, 30, 5, tzinfo=UTC)  # a whole second (SQLite's DATETIME text)
 
@@ -156,3 +158,16 @@ async def test_the_close_writes_once_the_database_is_free_again(
         asyncio.get_running_loop().call_later(0.2, holder.close)  # freed while the close retries
     await caller
     assert on_disk(path, "alice") == ("2026-03-01 12:30:09.000000", "late")
+
+
+async def test_without_its_writer_a_write_goes_straight_to_the_store(tmp_path: Path) -> None:
+    """Before the writer runs, or after the close's flush: nothing is left waiting in a queue."""
+    async with open_sql_storage(f"sqlite+aiosqlite:///{tmp_path}/nitro.db") as sql:
+        await create_account(sql, "alice", "secret")
+        assert isinstance(sql.last, SqlLastActivityStore)
+        batched = BatchedLastActivity(sql.last)
+        await asyncio.wait_for(batched.set("alice", at(5, "direct")), timeout=5)
+        assert batched.batches == 0
+        assert on_disk(tmp_path / "nitro.db", "alice") == ("2026-03-01 12:30:10.000000", "direct")
+        with pytest.raises(NoSuchAccount):
+            await batched.set("nobody", at(5))

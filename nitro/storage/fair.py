@@ -31,9 +31,8 @@ class AccountShares:
     def __init__(self, per_account: int) -> None:
         self._per_account = per_account
         self._running: dict[str, int] = {}  # accounts with calls in flight
-        self._waiting: dict[
-            str, deque[asyncio.Future[None]]
-        ] = {}  # accounts with calls waiting, oldest first
+        # accounts with calls waiting for a share, oldest first
+        self._waiting: dict[str, deque[asyncio.Future[None]]] = {}
 
     async def run(self, account: str, call: Callable[[], Awaitable[_R]]) -> _R:
         """`call()` once the account has a free share (the coroutine is only made then)."""

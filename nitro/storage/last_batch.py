@@ -50,6 +50,7 @@ class BatchedLastActivity:
         self._queued: dict[str, tuple[LastActivity, asyncio.Future[None]]] = {}
         self._writing: dict[str, LastActivity] = {}  # the batch being committed
         self._wakeup = asyncio.Event()
+        self._running = False  # `run` takes the queue (else a write goes straight to the store)
         self.batches = 0  # committed (for tests)
 
     async def get(self, username: str) -> LastActivity | None:
@@ -63,6 +64,9 @@ class BatchedLastActivity:
 
     async def set(self, username: str, activity: LastActivity) -> None:
         last_activity_values(username, activity)  # a bad username or time is refused at once, not batched
+        if not self._running:  # closed (a logout after the flush): a write of its own
+            await self._store.set(username, activity)
+            return
         queued = self._queued.get(username)
         if queued is None:
             written: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -75,6 +79,7 @@ class BatchedLastActivity:
     async def run(self) -> None:
         """Commit batches until cancelled; then write what is queued (see `flush`)."""
         flight: asyncio.Future[None] | None = None
+        self._running = True
         try:
             while True:
                 await self._wakeup.wait()
@@ -88,6 +93,8 @@ class BatchedLastActivity:
                 await flight
             await self.flush()
             raise
+        finally:
+            self._running = False
 
     async def flush(self) -> None:
         """Write what is queued, retrying a failing database for at most FLUSH_DEADLINE seconds; then log
