@@ -57,7 +57,23 @@ async def test_many_logouts_share_a_transaction_and_are_on_disk_when_set_returns
             assert await storage.last.get(name) == at(n, f"bye {n}")
 
 
-async def test_a_newer_value_replaces_a_queued_one_and_reads_see_the_queue(tmp_path: Path) -> None:
+async def test_writes_made_while_a_batch_commits_make_the_next_batch(tmp_path: Path) -> None:
+    async with open_storage(make_config(tmp_path)) as storage:
+        assert isinstance(storage.last, BatchedLastActivity)
+        for name in ("alice", "bob", "carol", "dave"):
+            await create_account(storage, name, "secret")
+        first = asyncio.ensure_future(storage.last.set("alice", at(1)))
+        await asyncio.sleep(0)  # alice's batch of one is on its way
+        await asyncio.gather(*(storage.last.set(name, at(2)) for name in ("bob", "carol", "dave")), first)
+        assert storage.last.batches == 2
+        for name in ("bob", "carol", "dave"):
+            assert on_disk(tmp_path / "nitro.db", name) == ("2026-03-01 12:30:07.000000", "")
+
+
+async def test_a_newer_value_replaces_a_queued_one_and_reads_see_the_queue(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(last_batch, "BATCH_DELAY", 0.2)  # a window for the second value to arrive in
     async with open_storage(make_config(tmp_path)) as storage:
         assert isinstance(storage.last, BatchedLastActivity)
         await create_account(storage, "alice", "secret")
@@ -171,3 +187,24 @@ async def test_without_its_writer_a_write_goes_straight_to_the_store(tmp_path: P
         assert on_disk(tmp_path / "nitro.db", "alice") == ("2026-03-01 12:30:10.000000", "direct")
         with pytest.raises(NoSuchAccount):
             await batched.set("nobody", at(5))
+
+
+async def test_a_cancelled_writer_tells_the_callers_it_leaves_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cancelled rather than stopped (its owner cancelled): no caller is left waiting for ever."""
+    monkeypatch.setattr(last_batch, "BATCH_DELAY", 60.0)
+    async with open_sql_storage(f"sqlite+aiosqlite:///{tmp_path}/nitro.db") as sql:
+        await create_account(sql, "alice", "secret")
+        assert isinstance(sql.last, SqlLastActivityStore)
+        batched = BatchedLastActivity(sql.last)
+        writer = asyncio.ensure_future(batched.run())
+        await asyncio.sleep(0)
+        caller = asyncio.ensure_future(batched.set("alice", at(1)))
+        await asyncio.sleep(0)
+        writer.cancel()
+        with pytest.raises(StorageUnavailable, match="stopped"):
+            await asyncio.wait_for(caller, timeout=5)
+        assert writer.cancelled()
+        await batched.set("alice", at(2))  # no writer: straight to the store
+        assert on_disk(tmp_path / "nitro.db", "alice") == ("2026-03-01 12:30:07.000000", "")
