@@ -277,9 +277,11 @@ async def test_items_for_takes_cached_rosters_and_reads_the_others(tmp_path: Pat
         await storage.rosters.get("bob")  # bob's and dave's rosters are cached; carol's is not
         await storage.rosters.get("dave")
         before = hits(storage, "roster")
+        misses = storage.tiers.cache.stats["roster"]["misses"]
         found = await storage.rosters.items_for(["bob", "carol", "dave", "erin"], "alice@localhost")
         assert found == {name: item("alice@localhost") for name in ("bob", "carol", "dave")}
         assert hits(storage, "roster") == before + 2
+        assert storage.tiers.cache.stats["roster"]["misses"] == misses + 2  # carol's and erin's
         assert await storage.rosters.items_for(["bob", "dave"], "nobody@localhost") == {}
         assert await storage.rosters.items_for([], "alice@localhost") == {}
 

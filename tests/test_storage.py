@@ -336,6 +336,33 @@ def test_the_roster_codec_keeps_the_request_and_reads_items_cached_without_it() 
     )
 
 
+def test_cached_sizes_of_rosters_and_block_lists_follow_their_encoded_length() -> None:
+    """Without a ring the cache counts a roster's or block list's bytes from an estimate (no encoding only to
+    measure it): within 25 % of the encoded length (+ a few bytes), from empty to many items, with Unicode."""
+    items = [RosterItem(f"contact{n}@example.com", subscription="both") for n in range(200)]
+    unusual = RosterItem(
+        "jülïet@capulet.lit",
+        name="Juliet «the sun» Capulet",
+        subscription="from",
+        groups=("Friends", "Verona", "家族"),
+        request=b"<presence type='subscribe'><status>hi</status></presence>",
+    )
+    rosters = [
+        Roster(1, ()),
+        Roster(2, tuple(items[:1])),
+        Roster(3, tuple(items[:20])),
+        Roster(4, tuple(items)),
+    ]
+    rosters += [Roster(5, (unusual,)), Roster(6, (unusual,) * 50)]
+    for roster in rosters:
+        encoded = len(codecs.ROSTER.encode(roster))
+        assert abs(codecs.ROSTER.encoded_size(roster) - encoded) <= encoded // 4 + 16, roster
+    for blocked in ([], ["eve@example.com"], [f"spam{n}@bots.example" for n in range(100)]):
+        encoded = len(codecs.BLOCKLIST.encode(blocked))
+        assert abs(codecs.BLOCKLIST.encoded_size(blocked) - encoded) <= encoded // 4 + 16
+    assert codecs.VCARD.encoded_size(b"<vCard/>") == len(codecs.VCARD.encode(b"<vCard/>"))  # no estimate
+
+
 async def test_roster_quota_counts_new_items_only(storage: Storage) -> None:
     for n in range(3):
         await storage.rosters.put("juliet", RosterItem(f"c{n}@capulet.lit"), max_items=3)

@@ -713,6 +713,26 @@ async def test_last_activity_written_again_with_the_same_values(storage: Storage
     assert await storage.last.get("juliet") == same
 
 
+async def test_last_activity_of_many_users_in_one_call(storage: Storage) -> None:
+    """The batch of logouts (nitro/storage/last_batch.py): every account's row written or replaced, the
+    usernames without an account returned (nothing written for them), an empty batch writes nothing."""
+    last = storage.last
+    assert isinstance(last, SqlLastActivityStore)
+    first = LastActivity(datetime(2026, 3, 1, 12, 30, tzinfo=UTC), "away")
+    later = LastActivity(datetime(2026, 3, 2, 8, 0, 1, 5, tzinfo=UTC), "Gone to Mantua 🌙")
+    assert await last.set_many([("juliet", first)]) == frozenset()
+    for _ in range(2):  # the second time with the same values (MariaDB reports those rows as found)
+        missing = await last.set_many([("juliet", later), ("benvolio", first), ("romeo", later)])
+        assert missing == {"benvolio"}
+    assert await last.get("juliet") == later
+    assert await last.get("romeo") == later
+    assert await last.get("benvolio") is None
+    assert await last.set_many([]) == frozenset()
+    with pytest.raises(ValueError, match="timezone"):
+        await last.set_many([("juliet", LastActivity(datetime(2026, 3, 1, 12, 30), "naive"))])
+    assert await last.get("juliet") == later
+
+
 async def test_last_activity_write_is_one_statement(sql_backend: SqlBackend) -> None:
     """A logout's write is one upsert (plus its transaction), whether the row is new or replaced; here
     through SQLAlchemy, as without a writing connection of its own (MariaDB; tests/test_sqlite_write.py

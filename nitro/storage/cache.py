@@ -57,15 +57,15 @@ class LruCache:
     def bytes(self) -> int:
         return self._bytes
 
-    def _count(self, kind: str, what: str) -> None:
+    def _count(self, kind: str, what: str, times: int = 1) -> None:
         counters = self.stats.setdefault(kind, {"hits": 0, "misses": 0, "evictions": 0, "expired": 0})
-        counters[what] += 1
+        counters[what] += times
 
-    def hit(self, kind: str) -> None:
-        self._count(kind, "hits")
+    def hit(self, kind: str, times: int = 1) -> None:
+        self._count(kind, "hits", times)
 
-    def miss(self, kind: str) -> None:
-        self._count(kind, "misses")
+    def miss(self, kind: str, times: int = 1) -> None:
+        self._count(kind, "misses", times)
 
     def peek(self, key: str) -> Entry | None:
         """The live entry (now the most recently used), None if absent or expired; counts nothing

@@ -12,34 +12,67 @@ import asyncio
 import dataclasses
 import functools
 import inspect
+from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from nitro.storage.protocols import Storage
 
 PER_ACCOUNT = 2  # storage calls one account may have in flight; its others wait
 
+_R = TypeVar("_R")
+
 
 class AccountShares:
-    """One semaphore per account with calls in flight (forgotten when it has none)."""
+    """Calls in flight per account (an account is forgotten when it has none). A call that finds its
+    account below its share runs at once, with no semaphore or future made: most accounts have one call at
+    a time, and on the embedded default most reads end without suspending."""
 
     def __init__(self, per_account: int) -> None:
         self._per_account = per_account
-        self._shares: dict[str, tuple[asyncio.Semaphore, list[int]]] = {}
+        self._running: dict[str, int] = {}  # accounts with calls in flight
+        # accounts with calls waiting for a share, oldest first
+        self._waiting: dict[str, deque[asyncio.Future[None]]] = {}
 
-    async def run(self, account: str, call: Awaitable[Any]) -> Any:
-        entry = self._shares.get(account)
-        if entry is None:
-            entry = self._shares[account] = (asyncio.Semaphore(self._per_account), [0])
-        semaphore, users = entry
-        users[0] += 1
+    async def run(self, account: str, call: Callable[[], Awaitable[_R]]) -> _R:
+        """`call()` once the account has a free share (the coroutine is only made then)."""
+        running = self._running.get(account, 0)
+        if running < self._per_account and account not in self._waiting:
+            self._running[account] = running + 1
+        else:
+            await self._wait(account)
         try:
-            async with semaphore:
-                return await call
+            return await call()
         finally:
-            users[0] -= 1
-            if users[0] == 0 and self._shares.get(account) is entry:
-                del self._shares[account]
+            self._release(account)
+
+    async def _wait(self, account: str) -> None:
+        """Until an ending call hands this one its share (the count of calls running stays the same)."""
+        turn = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(account, deque()).append(turn)
+        try:
+            await turn
+        except asyncio.CancelledError:
+            if not turn.cancelled():  # handed the share, then cancelled before running: pass it on
+                self._release(account)
+            raise  # else `_release` skips its turn (a call runs ahead of it, so one will come)
+
+    def _release(self, account: str) -> None:
+        waiting = self._waiting.get(account)
+        while waiting:
+            turn = waiting.popleft()
+            if not turn.done():  # a cancelled waiter's turn is skipped
+                if not waiting:
+                    del self._waiting[account]
+                turn.set_result(None)
+                return
+        if waiting is not None:
+            del self._waiting[account]
+        running = self._running[account] - 1
+        if running:
+            self._running[account] = running
+        else:
+            del self._running[account]
 
 
 class FairRepository:
@@ -60,7 +93,7 @@ def _fair(method: Callable[..., Awaitable[Any]], shares: AccountShares) -> Calla
     @functools.wraps(method)
     async def call(*args: Any, **kwargs: Any) -> Any:
         if args and isinstance(args[0], str):
-            return await shares.run(args[0], method(*args, **kwargs))
+            return await shares.run(args[0], lambda: method(*args, **kwargs))
         return await method(*args, **kwargs)
 
     return call

@@ -3,21 +3,25 @@
 Cached: account credentials, rosters, vCards, block lists, private XML and archive preferences, and on the
 embedded SQLite default which users have no offline messages (cached_offline.py). Every write goes to SQL
 first and invalidates afterwards (also when SQL failed: a commit whose outcome is unknown may have happened).
-Offline messages themselves, the archive, PEP and last activity pass straight through to SQL. Each wrapper
-spells out every method of its protocol, so mypy flags a method added later and not wrapped.
+Offline messages themselves, the archive, PEP and last activity pass straight through to SQL (last activity
+in batches on a SQLite file: last_batch.py). Each wrapper spells out every method of its protocol, so mypy
+flags a method added later and not wrapped.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from typing import cast
 
 from nitro.config import Config
 from nitro.storage import codecs
 from nitro.storage.cached_offline import CachedOfflineStore
 from nitro.storage.fair import fair_storage
+from nitro.storage.last_batch import ManyLastActivities, batched_last_activity
 from nitro.storage.models import (
     ArchivePage,
     ArchivePrefs,
@@ -171,7 +175,10 @@ class CachedRosterStore:
 
 
 def _item_of(roster: Roster, contact: str) -> RosterItem | None:
-    return next((item for item in roster.items if item.jid == contact), None)
+    for item in roster.items:  # a loop, not next(generator): once per contact's roster at every login
+        if item.jid == contact:
+            return item
+    return None
 
 
 class CachedArchiveStore:
@@ -294,7 +301,7 @@ def layer(sql: Storage, tiers: Tiers) -> LayeredStorage:
         blocklist=CachedBlockListStore(sql.blocklist, tiers),
         vcards=CachedVCardStore(sql.vcards, tiers),
         private=CachedPrivateStore(sql.private, tiers),
-        last=sql.last,  # written at logout, read by a rare query: straight to SQL
+        last=sql.last,  # written at logout (in batches on a SQLite file: open_storage), read by a rare query
         tiers=tiers,
     )
 
@@ -315,6 +322,11 @@ async def open_storage(
         await tiers.start()
         try:
             shared = fair_storage(sql)  # no account takes the whole SQL pool (nitro/storage/fair.py)
-            yield layer(shared if wrap_sql is None else wrap_sql(shared), tiers)
+            storage = layer(shared if wrap_sql is None else wrap_sql(shared), tiers)
+            if db.write_engine is None:
+                yield storage
+            else:  # a SQLite file: logouts' writes share transactions on its writing connection
+                async with batched_last_activity(cast(ManyLastActivities, storage.last)) as last:
+                    yield dataclasses.replace(storage, last=last)
         finally:
             await tiers.close()

@@ -192,6 +192,9 @@ def _last_activity_upserts() -> dict[str, Insert]:
 
 
 _LAST_ACTIVITY_UPSERTS = _last_activity_upserts()
+_ACCOUNTS_NAMED = select(accounts.c.username).where(
+    accounts.c.username.in_(bindparam("names", expanding=True))
+)
 _LAST_ACTIVITY = (
     select(last_activity.c.seen_at, last_activity.c.status)
     .join_from(last_activity, accounts)
@@ -216,15 +219,35 @@ class SqlLastActivityStore:
 
     @translated
     async def set(self, username: str, activity: LastActivity) -> None:
-        if activity.seen_at.tzinfo is None:
-            raise ValueError("last activity needs a timezone-aware time")
-        parameters = {
-            "username": username_key(username),
-            "seen_at": activity.seen_at,
-            "status": activity.status,
-        }
+        parameters = last_activity_values(username, activity)
         written = await self._db.write_one(self._upsert, parameters)  # on SQLite: one trip to its thread
         # No row from the SELECT: no such account. (MariaDB counts a row updated to the values it had only
         # with the FOUND_ROWS flag, which SQLAlchemy sets: look rather than rely on it.)
         if written == 0 and await self._db.read(lambda conn: self._db.account_id(conn, username)) is None:
             raise NoSuchAccount(username)
+
+    @translated
+    async def set_many(self, activities: Sequence[tuple[str, LastActivity]]) -> frozenset[str]:
+        """Each user's activity (one per user) in one transaction; returns the usernames that have no account
+        (nothing written for them)."""
+        rows = [last_activity_values(username, activity) for username, activity in activities]
+        written = await self._db.write_many(self._upsert, rows)
+        # One row written per account on SQLite (an insert or an update): when all were, none is missing.
+        # MariaDB counts an updated row twice (and one left as it was once): look whenever it may be.
+        if written == len(rows) and self._db.engine.dialect.name == "sqlite":
+            return frozenset()
+        names = [row["username"] for row in rows]
+        found: set[bytes] = set()
+        for first in range(0, len(names), DELETE_CHUNK):
+            chunk = names[first : first + DELETE_CHUNK]
+            found.update(
+                bytes(row.username) for row in await self._db.rows(_ACCOUNTS_NAMED, {"names": chunk})
+            )
+        return frozenset(username for username, _ in activities if username_key(username) not in found)
+
+
+def last_activity_values(username: str, activity: LastActivity) -> dict[str, Any]:
+    """The upsert's values for one user (raises ValueError for a bad username or a time without a zone)."""
+    if activity.seen_at.tzinfo is None:
+        raise ValueError("last activity needs a timezone-aware time")
+    return {"username": username_key(username), "seen_at": activity.seen_at, "status": activity.status}

@@ -3,18 +3,19 @@ of statements sent to the driver directly.
 
 Through SQLAlchemy, a write transaction of one statement makes five trips (BEGIN, cursor, execute, close,
 COMMIT), each a queue put, a GIL hand-off and a call_soon_threadsafe: more CPU on the event loop than the
-statement itself (the logout's last-activity upsert, once per session). A single statement needs no
-transaction of its own making: on the writing connection, which runs in autocommit (sql.py emits every
-BEGIN itself), SQLite makes it one atomic, durable transaction, waiting for the write lock up to the busy
-timeout as BEGIN IMMEDIATE would. The statement is compiled once by SQLAlchemy for the connection's
-dialect; its bind values go through the column types' processors, as SQLAlchemy would send them.
+statement itself (the logout's last-activity upsert, now written in batches with `write_each`:
+last_batch.py). A single statement needs no transaction of its own making: on the writing connection, which
+runs in autocommit (sql.py emits every BEGIN itself), SQLite makes it one atomic, durable transaction,
+waiting for the write lock up to the busy timeout as BEGIN IMMEDIATE would. The statement is compiled once
+by SQLAlchemy for the connection's dialect; its bind values go through the column types' processors, as
+SQLAlchemy would send them.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,13 +66,30 @@ async def write_once(
     if driver.in_transaction:
         raise RuntimeError("a one-statement write needs a connection outside any transaction")
     parameters = statement.parameters(values)
-    try:
+    with _wrapped_errors(statement.sql):
         cursor = await driver.execute(statement.sql, parameters)
-    except sqlite3.Error as error:
-        raise exc.DBAPIError.instance(
-            statement.sql, None, error, sqlite3.Error, hide_parameters=True
-        ) from error
     return cursor.rowcount
+
+
+async def write_each(
+    driver: aiosqlite.Connection, statement: CompiledWrite, rows: Sequence[Mapping[str, Any]]
+) -> int:
+    """Run the statement once per row of values on `driver`, in one trip to its thread (executemany), within
+    the caller's transaction (`immediate_transaction`); how many rows it wrote in all. Errors wrapped as
+    SQLAlchemy wraps them."""
+    parameters = [statement.parameters(values) for values in rows]
+    with _wrapped_errors(statement.sql):
+        cursor = await driver.executemany(statement.sql, parameters)
+    return cursor.rowcount
+
+
+@contextmanager
+def _wrapped_errors(sql: str) -> Iterator[None]:
+    """The driver's errors wrapped as SQLAlchemy wraps them (then translated as any: sql_base.py)."""
+    try:
+        yield
+    except sqlite3.Error as error:
+        raise exc.DBAPIError.instance(sql, None, error, sqlite3.Error, hide_parameters=True) from error
 
 
 @asynccontextmanager

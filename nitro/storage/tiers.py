@@ -243,8 +243,11 @@ class Tiers:
         self.cache.miss(kind)
         counter = self.cache.snapshot()
         value = await load()
-        data = codec.encode(value)
-        self._keep(key, kind, owner, data if codec.kept_encoded else value, len(data), "", counter)
+        if codec.kept_encoded:
+            data = codec.encode(value)
+            self._keep(key, kind, owner, data, len(data), "", counter)
+        else:  # nothing to encode for: no ring here
+            self._keep(key, kind, owner, value, codec.encoded_size(value), "", counter)
         return value
 
     async def cached(self, codec: Codec[T], owners: Iterable[str]) -> dict[str, T]:
@@ -256,13 +259,16 @@ class Tiers:
         await self.fresh()
         # no await from here on: nothing another process commits after the check above is missed
         found: dict[str, T] = {}
+        prefix = _watched_key(codec, "", None)  # an owner's key is this + the owner (a login's contacts)
+        peek = self.cache.peek
+        asked = 0
         for owner in owners:
-            entry = self.cache.peek(_watched_key(codec, owner, None))
-            if entry is None:
-                self.cache.miss(codec.kind)
-            else:
-                self.cache.hit(codec.kind)
+            asked += 1
+            entry = peek(prefix + owner)
+            if entry is not None:
                 found[owner] = _value(codec, entry.value)
+        self.cache.hit(codec.kind, len(found))
+        self.cache.miss(codec.kind, asked - len(found))
         return found
 
     def _keep(self, key: str, kind: str, owner: str, value: Any, size: int, token: str, counter: int) -> None:
