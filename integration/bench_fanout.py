@@ -28,7 +28,7 @@ from nitro.modules.blocking import BlockLists
 from nitro.modules.presence_copies import Copies
 from nitro.storage.models import RosterItem
 from nitro.xmpp.jid import JID
-from nitro.xmpp.xmlwrite import serialize
+from nitro.xmpp.xmlwrite import self_contained, serialize
 
 DOMAIN = "localhost"
 PRESENCE = (
@@ -43,7 +43,7 @@ class StubSession:
 
     def __init__(self, jid: JID, presence: etree._Element) -> None:
         self.jid = jid
-        self.resource = Resource(jid, "local", True, 0, frozenset(), presence)
+        self.resource = Resource(jid, "local", True, 0, frozenset(), self_contained(presence))
         self.written = 0
 
     def send(self, element: etree._Element) -> None:
@@ -63,7 +63,7 @@ class StubServer:
 
 
 def setup(contacts: int) -> tuple[Copies, Sessions[StubSession], etree._Element]:
-    presence = copy.deepcopy(etree.fromstring(PRESENCE)[0])  # as Presence keeps it: a copy of the parsed one
+    presence = copy.deepcopy(etree.fromstring(PRESENCE)[0])  # as the stream hands it over: detached
     sessions: Sessions[StubSession] = Sessions()
     for index in range(contacts + 1):
         sessions.add(StubSession(JID(f"u{index}", DOMAIN, "r"), presence))
@@ -84,7 +84,7 @@ async def measure(contacts: int, rounds: int) -> None:
     resources = [session.resource for session in answering if session is not None]
 
     async def broadcast() -> None:
-        await copies.broadcast(user, presence, items)
+        await copies.broadcast(user, presence, items, self_contained(presence))  # kept, as Presence does
 
     async def probe_answers() -> None:
         for resource in resources:

@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import copy
 import secrets
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING
@@ -227,9 +226,9 @@ class Blocking:
         items = await self.roster(user.local)
         for contact in matching((item for item in items if state_of(item).from_), removed):
             for session in self.available(user):
-                if session.presence is None:
+                current = session.presence  # a new element each time
+                if current is None:
                     continue  # went unavailable while we were routing
-                current = copy.deepcopy(session.presence)
                 current.set("from", str(session.jid))
                 current.set("to", str(contact))
                 await self.server.router.route(current)
