@@ -84,7 +84,8 @@ async def measure(contacts: int, rounds: int) -> None:
     resources = [session.resource for session in answering if session is not None]
 
     async def broadcast() -> None:
-        await copies.broadcast(user, presence, items, self_contained(presence))  # kept, as Presence does
+        _element, template = copies.remember(self_contained(presence), presence)  # as Presence does
+        await copies.broadcast(user, presence, items, template)
 
     async def probe_answers() -> None:
         for resource in resources:

@@ -79,12 +79,13 @@ async def test_the_session_keeps_bytes_and_hands_out_new_elements(server: Server
 def test_the_elements_remembered_for_probe_answers_are_bounded() -> None:
     copies = Copies(None)  # type: ignore[arg-type]  # what is remembered needs no server
     kept = [b'<presence xmlns="jabber:client" from="u%d@localhost/r"/>' % index for index in range(300)]
-    first = copies.element_of(kept[0])
-    assert copies.element_of(kept[0]) is first  # parsed once
+    first, template = copies.element_of(kept[0])
+    assert copies.element_of(kept[0])[0] is first  # parsed once
     assert serialize(first) == b'<presence from="u0@localhost/r"/>'
+    assert template.to("bob@localhost") == b'<presence from="u0@localhost/r" to="bob@localhost"/>'
     for data in kept[1 : ELEMENTS_REMEMBERED + 1]:
         copies.element_of(data)
-    again = copies.element_of(kept[0])  # the oldest was let go: parsed anew
+    again = copies.element_of(kept[0])[0]  # the oldest was let go: parsed anew
     assert again is not first
     assert serialize(again) == serialize(first)
-    assert copies.element_of(kept[ELEMENTS_REMEMBERED]) is copies.element_of(kept[ELEMENTS_REMEMBERED])
+    assert copies.element_of(kept[ELEMENTS_REMEMBERED])[0] is copies.element_of(kept[ELEMENTS_REMEMBERED])[0]

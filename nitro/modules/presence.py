@@ -97,8 +97,9 @@ class Presence:
         kept = self_contained(presence)  # kept as bytes, not as a copy of the element (idle memory)
         session.priority = priority
         session.presence_xml = kept
-        await self.copies.broadcast(session.jid, presence, items, kept)
-        self.copies.remember(kept, presence)  # for probe answers; handled, the stanza is changed no more
+        # remembered for probe answers: handled, the stanza is changed no more
+        _element, template = self.copies.remember(kept, presence)
+        await self.copies.broadcast(session.jid, presence, items, template)
         await self.server.bus.fire("presence-changed", SessionEvent(session))
         if not initial:
             return

@@ -24,7 +24,7 @@ from nitro.storage.models import RosterItem
 from nitro.xmpp.jid import JID
 from nitro.xmpp.stanza import parse_kept
 from nitro.xmpp.subscription import state_of
-from nitro.xmpp.xmlwrite import Addressable, in_stream, serialize, written_as
+from nitro.xmpp.xmlwrite import Addressable, in_stream, written_as
 
 if TYPE_CHECKING:
     from nitro.core.context import Core
@@ -49,22 +49,22 @@ class Copies:
 
     def __init__(self, server: Core) -> None:
         self.server = server
-        self._elements: dict[bytes, etree._Element] = {}  # kept bytes → their element, oldest first
+        # kept bytes → their element and what a copy of it writes; oldest first
+        self._elements: dict[bytes, tuple[etree._Element, Addressable]] = {}
 
-    def remember(self, kept: bytes, presence: etree._Element) -> None:
+    def remember(self, kept: bytes, presence: etree._Element) -> tuple[etree._Element, Addressable]:
         """`presence` is the element of the `self_contained` bytes `kept`; nobody may change it now."""
         elements = self._elements
         if len(elements) >= ELEMENTS_REMEMBERED:
             del elements[next(iter(elements))]
-        elements[kept] = presence
+        pair = elements[kept] = (presence, Addressable(in_stream(kept)))
+        return pair
 
-    def element_of(self, kept: bytes) -> etree._Element:
-        """The element of a kept presence, not to be mutated: remembered, or parsed and remembered."""
-        element = self._elements.get(kept)
-        if element is None:
-            element = parse_kept(kept)
-            self.remember(kept, element)
-        return element
+    def element_of(self, kept: bytes) -> tuple[etree._Element, Addressable]:
+        """The element of a kept presence (not to be mutated) and what a copy of it writes: remembered, or
+        parsed and remembered."""
+        pair = self._elements.get(kept)
+        return self.remember(kept, parse_kept(kept)) if pair is None else pair
 
     def available_resources(self, user: JID) -> list[Resource]:
         return [resource for resource in self.server.sessions.resources(user) if resource.available]
@@ -84,10 +84,14 @@ class Copies:
         return self.server.bus.has_filters(STANZA_FILTER)
 
     async def broadcast(
-        self, user: JID, presence: etree._Element, items: tuple[RosterItem, ...], kept: bytes | None = None
+        self,
+        user: JID,
+        presence: etree._Element,
+        items: tuple[RosterItem, ...],
+        template: Addressable | None = None,
     ) -> None:
         """From the full JID `user` to every local contact with a subscription to the user, and to the
-        user's available resources. `kept`: the presence's `self_contained` bytes, if made already.
+        user's available resources. `template`: what the presence writes, if made already.
 
         A copy for a contact without an available resource would be dropped on delivery (§8.5.2.2.2, and
         §4.2.2 lets the server skip it): it is not made at all, unless stanza filters are registered, which
@@ -101,17 +105,17 @@ class Copies:
             if every or self.reachable(contact):
                 contacts.append(contact)
         contacts.extend(own.jid for own in self.available_resources(user.bare))
-        await self.send(user, presence, contacts, kept)
+        await self.send(user, presence, contacts, template)
 
     async def send(
         self,
         sender: JID,
         presence: etree._Element,
         recipients: Sequence[JID],
-        kept: bytes | None = None,
+        template: Addressable | None = None,
     ) -> None:
         """`presence` (its 'from' is `sender`, it has no 'to') to each local recipient, each copy addressed
-        to it; `presence` itself is not changed. `kept`: its `self_contained` bytes, if made already."""
+        to it; `presence` itself is not changed. `template`: what `presence` writes, if made already."""
         domain = self.server.domain
         every = self.routed()
         local: list[JID] = []
@@ -129,14 +133,12 @@ class Copies:
             log.exception("a presence-recipients hook failed: no copy of %s's presence sent", sender)
             return
         deliver = self.server.deliver
-        # The presence serialised once (or kept so), each copy's bytes patched from it; one copy of a presence
-        # not serialised yet is serialised when written.
-        template: Addressable | None = None
-        if presence.get("to") is None:
-            if kept is not None:
-                template = Addressable(in_stream(kept))
-            elif len(event.recipients) > 1:
-                template = Addressable(serialize(presence))
+        # The presence serialised once, each copy's bytes patched from it; one copy of a presence not
+        # serialised yet is serialised when written.
+        if presence.get("to") is not None:
+            template = None
+        elif template is None and len(event.recipients) > 1:
+            template = Addressable.of(presence)
         for recipient in event.recipients:
             if recipient.resource is not None:
                 resources = [recipient]
@@ -163,4 +165,5 @@ class Copies:
         for resource in resources:
             kept = resource.presence_xml
             if kept is not None:
-                await self.send(resource.jid, self.element_of(kept), (to,), kept)
+                element, template = self.element_of(kept)
+                await self.send(resource.jid, element, (to,), template)

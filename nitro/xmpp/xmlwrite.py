@@ -163,9 +163,11 @@ def _written(element: etree._Element) -> tuple[etree._Element, bytes]:
     """The element's bytes with every namespace declared, and the element they were written from."""
     data = etree.tostring(element, encoding="utf-8", xml_declaration=False, with_tail=False)
     # An invented prefix is declared as xmlns:ns0="…"; one search of the bytes spares the tree walk.
-    if b"xmlns:ns" in data and any(
-        _INVENTED_PREFIX.fullmatch(node.prefix or "") for node in element.iter(etree.Element)
-    ):
+    return _without_invented_prefixes(element, data) if b"xmlns:ns" in data else (element, data)
+
+
+def _without_invented_prefixes(element: etree._Element, data: bytes) -> tuple[etree._Element, bytes]:
+    if any(_INVENTED_PREFIX.fullmatch(node.prefix or "") for node in element.iter(etree.Element)):
         element = _with_default_namespaces(element, None)
         data = etree.tostring(element, encoding="utf-8", xml_declaration=False, with_tail=False)
     return element, data
@@ -182,16 +184,21 @@ def serialize(element: etree._Element, *, standalone: bool = False) -> bytes:
     """
     if written_as.element is element and not standalone:
         return written_as.data
-    element, data = _written(element)
+    data = etree.tostring(element, encoding="utf-8", xml_declaration=False, with_tail=False)
+    if b"xmlns:ns" in data:
+        element, data = _without_invented_prefixes(element, data)
     if standalone:
         if element.tag[0] != "{" and None not in element.nsmap:
             name_end = 1 + len(element.tag.encode())  # b"<" + the name, then a space, "/" or ">"
             data = b"%s xmlns='%s'%s" % (data[:name_end], ns.CLIENT.encode(), data[name_end:])
         return data
     # The stream header already declares these two; repeating them on every stanza is noise.
-    for declaration in _IN_SCOPE.get(element.tag, ()):
-        if data.startswith(declaration, data.index(b" ") if b" " in data[:64] else 0):
-            data = data.replace(declaration, b"", 1)
+    declarations = _IN_SCOPE.get(element.tag)
+    if declarations is not None:
+        space = data.find(b" ", 0, 64)  # after the name: the first attribute or declaration
+        for declaration in declarations:
+            if space > 0 and data.startswith(declaration, space):
+                data = data[:space] + data[space + len(declaration) :]
     return data
 
 
