@@ -23,7 +23,7 @@ from nitro.storage.models import RosterItem
 from nitro.xmpp import ns
 from nitro.xmpp.errors import StanzaError
 from nitro.xmpp.jid import JID
-from nitro.xmpp.stanza import stanza
+from nitro.xmpp.stanza import parse_kept, stanza
 from nitro.xmpp.subscription import (
     SUBSCRIPTION_TYPES,
     Direction,
@@ -97,8 +97,11 @@ class Presence:
         kept = self_contained(presence)  # kept as bytes, not as a copy of the element (idle memory)
         session.priority = priority
         session.presence_xml = kept
-        # remembered for probe answers: handled, the stanza is changed no more
-        _element, template = self.copies.remember(kept, presence)
+        # Remembered for probe answers (handled, the stanza is changed no more); one inside a larger document
+        # (a BOSH body's) is not, which would keep the whole document.
+        _element, template = self.copies.remember(
+            kept, presence if presence.getparent() is None else parse_kept(kept)
+        )
         await self.copies.broadcast(session.jid, presence, items, template)
         await self.server.bus.fire("presence-changed", SessionEvent(session))
         if not initial:
