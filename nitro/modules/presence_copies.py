@@ -9,9 +9,8 @@ elements of the last presences parsed back (or just broadcast) are remembered, a
 
 from __future__ import annotations
 
-import copy
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from lxml import etree
@@ -37,8 +36,13 @@ log = logging.getLogger(__name__)
 ELEMENTS_REMEMBERED = 256
 
 
+# lxml's copy of an element and its subtree (what copy.copy dispatches to, as deepcopy does without its
+# memo), called directly: the dispatch is ~0.4 us of a copy's ~1.5. lxml-stubs do not declare it.
+_copied: Callable[[etree._Element], etree._Element] = etree._Element.__copy__  # type: ignore[attr-defined]
+
+
 def addressed(presence: etree._Element, to: JID | str) -> etree._Element:
-    sent = copy.copy(presence)  # lxml copies the whole subtree (as deepcopy does, without its memo)
+    sent = _copied(presence)
     sent.set("to", str(to))
     return sent
 
