@@ -3,6 +3,8 @@ tell why, alice cannot write to him by mistake, and every client of alice that a
 
 from __future__ import annotations
 
+import sqlite3
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,6 +15,7 @@ from slixmpp.xmlstream import ET, StanzaBase
 
 from nitro.modules.blocking import candidates
 from nitro.server import Server
+from nitro.storage.models import RosterItem
 from nitro.xmpp.jid import JID
 
 BLOCKING = "urn:xmpp:blocking"
@@ -75,6 +78,15 @@ async def online(clients: Clients, jid: str) -> Client:
     full = JID.parse(holder.jid)
     await wait_for(lambda: (session := clients.server.sessions.get(full)) is not None and session.available)
     return holder
+
+
+async def listening(clients: Clients, jid: str) -> Client:
+    """As `online`, with what the client receives recorded from its first stanza on."""
+    made: list[Client] = []
+    await clients.login(jid, plugins=["xep_0191"], setup=lambda client: made.append(Client(client)))
+    full = JID.parse(made[0].jid)
+    await wait_for(lambda: (session := clients.server.sessions.get(full)) is not None and session.available)
+    return made[0]
 
 
 async def alice_and_bob(clients: Clients) -> tuple[Client, Client]:
@@ -265,6 +277,60 @@ async def test_blocking_and_unblocking_a_contact_updates_presence_both_ways(
 
     await wait_for(lambda: bob.presence_from("alice@") == ["unavailable", "available"])  # §3.4
     await wait_for(lambda: alice.presence_from("bob@") == ["unavailable", "away"])  # probed for her
+
+
+async def test_alices_presence_no_longer_reaches_bob_whom_she_blocked(
+    server: Server, clients: Clients
+) -> None:
+    """§3.3 for the copies the server sends on her behalf: her broadcasts and her probe answers skip bob, and
+    his skip her, while the rest of her contacts still get them."""
+    for name in ("alice", "bob", "carol"):
+        await clients.user(name)
+    for one, other in (("alice", "bob"), ("alice", "carol"), ("bob", "alice")):
+        await server.storage.rosters.put(one, RosterItem(f"{other}@localhost", subscription="both"))
+    await server.storage.rosters.put("carol", RosterItem("alice@localhost", subscription="both"))
+    alice = await online(clients, "alice@localhost/desk")
+    await alice.blocking.block(slixmpp.JID("bob@localhost"), timeout=5)
+    bob = await listening(clients, "bob@localhost/home")
+    carol = await online(clients, "carol@localhost/home")
+
+    alice.client.send_presence(pshow="xa")
+    bob.client.send_presence(pshow="away")
+    await wait_for(lambda: "xa" in carol.presence_from("alice@"))
+    await bob.settle()
+    await alice.settle()
+
+    assert bob.presence_from("alice@") == []
+    assert alice.presence_from("bob@") == []
+    assert alice.presence_from("carol@")  # carol's broadcast
+
+
+async def test_presence_waits_for_a_block_list_that_could_not_be_read(
+    server: Server, clients: Clients, tmp_path: Path
+) -> None:
+    """§3.3 when storage fails: bob's list could not be loaded at his login, so whether he blocks alice is
+    unknown; neither his broadcast nor alice's probe answer passes until his list can be read."""
+    await clients.user("alice")
+    await clients.user("bob")
+    await server.storage.rosters.put("alice", RosterItem("bob@localhost", subscription="both"))
+    await server.storage.rosters.put("bob", RosterItem("alice@localhost", subscription="both"))
+    alice = await online(clients, "alice@localhost/desk")  # her list is loaded and cached
+    other = sqlite3.connect(tmp_path / "nitro.db", isolation_level=None, timeout=5)
+    try:
+        other.execute("ALTER TABLE blocked_jids RENAME TO blocked_elsewhere")
+        bob = await listening(clients, "bob@localhost/home")  # his list fails to load at bind
+        await bob.settle()  # his broadcast and the probe answers are written before the pong
+        await alice.settle()
+        assert bob.presence_from("alice@") == []
+        assert alice.presence_from("bob@") == []
+        other.execute("ALTER TABLE blocked_elsewhere RENAME TO blocked_jids")
+    finally:
+        other.close()
+
+    bob.client.send_presence(pshow="away")  # his list is read now, and it blocks nobody
+    await wait_for(lambda: alice.presence_from("bob@") == ["away"])
+    alice.client.send_presence(pshow="dnd")
+    await wait_for(lambda: bob.presence_from("alice@") == ["dnd"])
 
 
 # -- bad input -------------------------------------------------------------------------------------------

@@ -152,7 +152,7 @@ class Detachable(ReadProofs):
         sm = self.sm
         sm.jid = self.jid_text
         sm.priority = self.priority
-        sm.presence = None if self.presence is None else etree.tostring(self.presence, encoding="utf-8")
+        sm.presence = self.presence_xml
         sm.interested = self.interested
         sm.directed_to = tuple(sorted(str(jid) for jid in self.directed_to))
         sm.resume_deadline = time.time() + sm.resume_timeout

@@ -15,6 +15,8 @@ from nitro.core.slots import SlotRegistry, SlotValues
 from nitro.interned import Interned
 from nitro.xmpp.jid import JID
 from nitro.xmpp.sm import parse_stanza
+from nitro.xmpp.stanza import parse_kept
+from nitro.xmpp.xmlwrite import self_contained
 
 # Shared empty values: CPython makes a new 216-byte object for every `frozenset()`, two per session.
 _NO_FLAGS: Final[frozenset[str]] = frozenset()
@@ -45,7 +47,9 @@ class ResourceState(HeldAcks):
         self._jid = jid
         self.jid_text = str(jid)  # str(self.jid), computed once per change: every stanza is stamped
         self._priority = 0
-        self._presence: etree._Element | None = None  # last available presence broadcast, None if not
+        # The last available presence broadcast (`self_contained` bytes: an element costs ~10 times more
+        # memory per idle session), None if not.
+        self._presence: bytes | None = None
         self._flags = _NO_FLAGS  # what modules decided about it ("carbons", "interested")
         self._resource: Resource | None = None  # the value other modules see, rebuilt after a change
         self._directed_to = _NO_ONE  # entities that got directed presence (§4.6)
@@ -91,10 +95,20 @@ class ResourceState(HeldAcks):
 
     @property
     def presence(self) -> etree._Element | None:
-        return self._presence
+        """The last available presence as a new element, parsed at each call (None when unavailable)."""
+        return None if self._presence is None else parse_kept(self._presence)
 
     @presence.setter
     def presence(self, value: etree._Element | None) -> None:
+        self.presence_xml = None if value is None else self_contained(value)
+
+    @property
+    def presence_xml(self) -> bytes | None:
+        """The last available presence as `xmlwrite.self_contained` bytes, None when unavailable."""
+        return self._presence
+
+    @presence_xml.setter
+    def presence_xml(self, value: bytes | None) -> None:
         self._presence = value
         self._resource = None
 
@@ -143,7 +157,7 @@ class ResourceState(HeldAcks):
         return {
             "jid": self.jid_text,
             "priority": self._priority,
-            "presence": None if presence is None else etree.tostring(presence, encoding="unicode"),
+            "presence": None if presence is None else presence.decode(),
             "flags": sorted(self._flags),
             "directed_to": sorted(str(jid) for jid in self._directed_to),
             "slots": self.slots.export(),
@@ -153,7 +167,8 @@ class ResourceState(HeldAcks):
         """Load what `export_resource` wrote; returns the slot names no loaded module declares."""
         self._priority = int(data.get("priority", 0))
         presence = data.get("presence")
-        self._presence = None if presence is None else parse_stanza(str(presence).encode())
+        # parsed, so that what is kept is well-formed and written as this process writes it
+        self._presence = None if presence is None else self_contained(parse_stanza(str(presence).encode()))
         self._flags = _shared_flags(frozenset(str(flag) for flag in data.get("flags", ())))
         self._directed_to = frozenset(JID.parse(str(jid)) for jid in data.get("directed_to", ()))
         self._resource = None

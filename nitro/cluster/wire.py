@@ -11,6 +11,7 @@ from lxml import etree
 from nitro.core.sessions import Resource
 from nitro.xmpp.jid import JID
 from nitro.xmpp.sm import parse_stanza
+from nitro.xmpp.xmlwrite import self_contained
 
 
 class WireError(ValueError):
@@ -63,7 +64,7 @@ class Announced:
 
     @classmethod
     def of(cls, resource: Resource) -> Announced:
-        presence = None if resource.presence is None else stanza_text(resource.presence)
+        presence = None if resource.presence_xml is None else resource.presence_xml.decode()
         return cls(str(resource.jid), resource.priority, tuple(sorted(resource.flags)), presence)
 
     def to_json(self) -> list[Any]:
@@ -83,7 +84,8 @@ class Announced:
             raise WireError(f"bad resource record: {exc}") from exc
 
     def resource(self, node: str) -> Resource:
-        presence = None if self.presence is None else parse(self.presence)
+        # parsed: what is kept is well-formed and written as this process writes it
+        presence = None if self.presence is None else self_contained(parse(self.presence))
         return Resource(
             JID.parse(self.jid), node, presence is not None, self.priority, frozenset(self.flags), presence
         )

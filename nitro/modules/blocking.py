@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import copy
 import secrets
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING
@@ -102,12 +101,43 @@ class BlockLists:
     async def blocks(self, user: JID, other: JID) -> bool:
         """Whether the local `user` has blocked `other`. A user's own resources never block each other
         (§5: "MUST NOT block communications from one of a user's resources to another")."""
+        known = self.cached_blocks(user, other)
+        if known is not None:
+            return known
+        assert user.local is not None
+        return _matches(await self.get(user.local), other)
+
+    def cached_blocks(self, user: JID, other: JID) -> bool | None:
+        """`blocks` answered without waiting: None when `user`'s list is not cached and must be read."""
         if user.local is None or user.domain != self.server.domain:
             return False
         if other.local == user.local and other.domain == user.domain:  # the same account (§5)
             return False
-        entries = await self.get(user.local)
-        return bool(entries) and any(candidate in entries for candidate in candidates(other))
+        entries = self.cache.get(user.local)
+        return None if entries is None else _matches(entries, other)
+
+    async def veto(self, event: PresenceRecipients) -> None:
+        """§3.3 for the presence copies the server sends on a user's behalf without routing each one (the
+        inbound check of `load`, for all of them): no copy to a JID the sender blocks, nor to a user who
+        blocks the sender; when a list cannot be read, that recipient gets nothing."""
+        sender, kept = event.from_, []
+        for recipient in event.recipients:
+            # Both lists cached (every online user's, unless its load at bind failed): no await per copy.
+            theirs = self.cached_blocks(recipient, sender)
+            ours = False if theirs else self.cached_blocks(sender, recipient)
+            refused = theirs or ours
+            if theirs is None or ours is None:
+                try:
+                    refused = await self.blocks(recipient, sender) or await self.blocks(sender, recipient)
+                except StorageUnavailable:
+                    continue
+            if not refused:
+                kept.append(recipient)
+        event.recipients[:] = kept
+
+
+def _matches(entries: frozenset[str], other: JID) -> bool:
+    return bool(entries) and any(candidate in entries for candidate in candidates(other))
 
 
 def parse_items(action: etree._Element) -> list[str]:
@@ -196,9 +226,9 @@ class Blocking:
         items = await self.roster(user.local)
         for contact in matching((item for item in items if state_of(item).from_), removed):
             for session in self.available(user):
-                if session.presence is None:
+                current = session.presence  # a new element each time
+                if current is None:
                     continue  # went unavailable while we were routing
-                current = copy.deepcopy(session.presence)
                 current.set("from", str(session.jid))
                 current.set("to", str(contact))
                 await self.server.router.route(current)
@@ -316,20 +346,6 @@ def load(module: Module) -> None:
             raise StanzaError("service-unavailable")  # the router never answers an error stanza
         return True
 
-    async def veto(event: PresenceRecipients) -> None:
-        """§3.3 for the presence copies the server sends on a user's behalf without routing each one (the
-        inbound check above, for all of them): no copy to a JID the sender blocks, nor to a user who blocks
-        the sender; when a list cannot be read, that recipient gets nothing."""
-        sender, kept = event.from_, []
-        for recipient in event.recipients:
-            try:
-                if await lists.blocks(recipient, sender) or await lists.blocks(sender, recipient):
-                    continue
-            except StorageUnavailable:
-                continue
-            kept.append(recipient)
-        event.recipients[:] = kept
-
     async def on_bind(event: SessionEvent) -> None:
         if event.session.username is None:
             return
@@ -353,7 +369,7 @@ def load(module: Module) -> None:
         for kind in ("message", "presence", "iq"):
             module.hook(f"pre-{kind}/{to_type}", outbound, priority=GUARD_PRIORITY)
             module.hook(f"{kind}/{to_type}", inbound, priority=GUARD_PRIORITY)
-    module.hook(PRESENCE_RECIPIENTS, veto, priority=GUARD_PRIORITY)
+    module.hook(PRESENCE_RECIPIENTS, lists.veto, priority=GUARD_PRIORITY)
     module.hook("resource-bind", on_bind, priority=100)
     # After presence's own unbind handler (priority 0), whose unavailable broadcast still needs the list.
     module.hook("resource-unbind", on_unbind, priority=-100)

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import secrets
 
-from lxml import etree
-
 from nitro.core.directory import SessionDirectory
 from nitro.core.module import Module, SessionEvent
 
@@ -28,8 +26,7 @@ def load(module: Module) -> None:
         session = event.session
         if session.closed:
             return
-        stanza = None if session.presence is None else etree.tostring(session.presence, encoding="utf-8")
-        await directory.put(session.jid, stanza, session.priority)
+        await directory.put(session.jid, session.presence_xml, session.priority)
 
     async def on_unbind(event: SessionEvent) -> None:
         await directory.remove(event.session.jid)

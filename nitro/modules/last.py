@@ -108,7 +108,7 @@ class LastActivityService:
     async def record(self, event: SessionEvent) -> None:
         """A session became unavailable (explicitly or by closing): store when, with its status."""
         session: Session = event.session
-        if session.presence is not None or session.jid.local is None:
+        if session.available or session.jid.local is None:
             return
         status = session.slots.peek(STATUS) or ""
         if status:

@@ -176,7 +176,7 @@ class PepNotifier:
         if event.type is not None:
             return
         caps, eligible = _caps_priority(event.stanza)
-        initial = session.presence is None
+        initial = not session.available
         # not made here: a session without caps and interests keeps none (idle memory); `refresh` makes it
         state = session.slots.peek(INTERESTS)
         ver, nodes = (None, frozenset[str]()) if state is None else (state.ver, state.nodes)

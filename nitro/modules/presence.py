@@ -5,7 +5,6 @@ copies sent on a user's behalf go out through nitro.modules.presence_copies.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import re
 from collections.abc import Sequence
@@ -24,7 +23,7 @@ from nitro.storage.models import RosterItem
 from nitro.xmpp import ns
 from nitro.xmpp.errors import StanzaError
 from nitro.xmpp.jid import JID
-from nitro.xmpp.stanza import stanza
+from nitro.xmpp.stanza import parse_kept, stanza
 from nitro.xmpp.subscription import (
     SUBSCRIPTION_TYPES,
     Direction,
@@ -34,6 +33,7 @@ from nitro.xmpp.subscription import (
     state_of,
     transition,
 )
+from nitro.xmpp.xmlwrite import self_contained
 
 if TYPE_CHECKING:
     from nitro.core.context import Core, Session
@@ -93,12 +93,16 @@ class Presence:
         """Initial (§4.2.2) or subsequent (§4.4.2) available presence from a client, without 'to'."""
         priority = parse_priority(presence)
         items = await self.roster(session.jid.bare)  # before recording: a storage failure changes nothing
-        initial = session.presence is None
-        presence = copy.deepcopy(presence)
-        presence.attrib.pop("to", "")
+        initial = not session.available
+        kept = self_contained(presence)  # kept as bytes, not as a copy of the element (idle memory)
         session.priority = priority
-        session.presence = presence
-        await self.broadcast(session, presence, items)
+        session.presence_xml = kept
+        # Remembered for probe answers (handled, the stanza is changed no more); one inside a larger document
+        # (a BOSH body's) is not, which would keep the whole document.
+        _element, template = self.copies.remember(
+            kept, presence if presence.getparent() is None else parse_kept(kept)
+        )
+        await self.copies.broadcast(session.jid, presence, items, template)
         await self.server.bus.fire("presence-changed", SessionEvent(session))
         if not initial:
             return
@@ -118,12 +122,10 @@ class Presence:
         """§4.5.2: to the contacts and own resources if the session was available, and to every entity
         that got directed presence (§4.6.3); then the session is unavailable and the list is cleared.
         """
-        was_available = session.presence is not None
+        was_available = session.available
         session.presence = None
         if was_available:
             await self.server.bus.fire("presence-changed", SessionEvent(session))
-        presence = copy.deepcopy(presence)
-        presence.attrib.pop("to", "")
         items: tuple[RosterItem, ...] = ()
         if was_available:
             try:
@@ -365,7 +367,7 @@ def load(module: Module) -> None:
     async def on_unbind(event: SessionEvent) -> None:
         """§4.5.2: a session that ends without unavailable presence (closed, timed out, lost) sends one."""
         session = event.session
-        if session.presence is None and not session.directed_to:
+        if not session.available and not session.directed_to:
             return
         gone = stanza("presence", type="unavailable", from_=str(session.jid))
         await presence.unavailable(session, gone)

@@ -51,9 +51,8 @@ async def adopt(server: Server, data: dict[str, Any]) -> ClientSession:
     if bosh is None:
         await server.bus.fire("sm-detached", SessionEvent(session))  # the resumption window runs from now
     if server.directory is not None:  # the cluster sees the session on this node now (nitro.core.directory)
-        presence = None if session.presence is None else etree.tostring(session.presence, encoding="utf-8")
         try:
-            await server.directory.put(session.jid, presence, session.priority)
+            await server.directory.put(session.jid, session.presence_xml, session.priority)
         except StorageError as exc:  # the ring heals it at its next refresh
             session.log.warning("session directory not updated: %s", exc)
     queued = 0 if session.sm is None else len(session.sm.unacked)

@@ -13,6 +13,8 @@ CHATSTATES = "http://jabber.org/protocol/chatstates"  # XEP-0085
 HINTS = "urn:xmpp:hints"  # XEP-0334
 _THREAD = f"{{{ns.CLIENT}}}thread"
 _NO_STORE = f"{{{HINTS}}}no-store"
+# Kept stanzas are our own serialisation; still, parsing never reaches the network or expands entities.
+_KEPT_PARSER = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False)
 
 
 def element(namespace: str, name: str, **attrib: str) -> etree._Element:
@@ -30,6 +32,11 @@ def child(
     if text is not None:
         node.text = text
     return node
+
+
+def parse_kept(data: bytes) -> etree._Element:
+    """A new element from a stanza kept as `xmlwrite.self_contained` bytes (raises etree.XMLSyntaxError)."""
+    return etree.fromstring(data, _KEPT_PARSER)
 
 
 def iq_result(iq: etree._Element, payload: etree._Element | None = None) -> etree._Element:

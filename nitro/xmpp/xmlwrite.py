@@ -18,6 +18,8 @@ __all__ = [
     "STREAM_FOOTER",
     "Addressable",
     "attributes",
+    "in_stream",
+    "self_contained",
     "serialize",
     "stream_header",
     "written_as",
@@ -122,17 +124,53 @@ class Addressable:
 
     __slots__ = ("_head", "_tail")
 
-    def __init__(self, element: etree._Element) -> None:
-        assert element.get("to") is None
-        data = serialize(element)
+    def __init__(self, data: bytes) -> None:
+        """`data`: what `serialize` writes for the stanza (or `in_stream` of its `self_contained` bytes)."""
         end = data.index(b">")  # the start tag's end: lxml escapes ">" in attribute values
         if data[end - 1 : end] == b"/":
             end -= 1
         self._head = data[:end]
         self._tail = data[end:]
 
+    @classmethod
+    def of(cls, element: etree._Element) -> Addressable:
+        assert element.get("to") is None
+        return cls(serialize(element))
+
     def to(self, jid: str) -> bytes:
         return b'%s to="%s"%s' % (self._head, escape_attribute(jid).encode(), self._tail)
+
+
+_CLIENT_DECLARATION: Final = b' xmlns="jabber:client"'
+_CLIENT_NAMES: Final = frozenset({b"message", b"presence", b"iq"})
+
+
+def self_contained(element: etree._Element) -> bytes:
+    """`element` as UTF-8 XML that parses on its own (its namespaces declared, no tail, no invented prefix):
+    how a stanza is kept (a session's last presence); `in_stream` of it is what `serialize` writes."""
+    return _written(element)[1]
+
+
+def in_stream(data: bytes) -> bytes:
+    """What `serialize` writes, from `self_contained` bytes: a stanza's jabber:client declaration dropped."""
+    end = data.find(b" ", 0, 64)
+    if end > 0 and data.startswith(_CLIENT_DECLARATION, end) and data[1:end] in _CLIENT_NAMES:
+        return data[:end] + data[end + len(_CLIENT_DECLARATION) :]
+    return data
+
+
+def _written(element: etree._Element) -> tuple[etree._Element, bytes]:
+    """The element's bytes with every namespace declared, and the element they were written from."""
+    data = etree.tostring(element, encoding="utf-8", xml_declaration=False, with_tail=False)
+    # An invented prefix is declared as xmlns:ns0="…"; one search of the bytes spares the tree walk.
+    return _without_invented_prefixes(element, data) if b"xmlns:ns" in data else (element, data)
+
+
+def _without_invented_prefixes(element: etree._Element, data: bytes) -> tuple[etree._Element, bytes]:
+    if any(_INVENTED_PREFIX.fullmatch(node.prefix or "") for node in element.iter(etree.Element)):
+        element = _with_default_namespaces(element, None)
+        data = etree.tostring(element, encoding="utf-8", xml_declaration=False, with_tail=False)
+    return element, data
 
 
 def serialize(element: etree._Element, *, standalone: bool = False) -> bytes:
@@ -147,21 +185,20 @@ def serialize(element: etree._Element, *, standalone: bool = False) -> bytes:
     if written_as.element is element and not standalone:
         return written_as.data
     data = etree.tostring(element, encoding="utf-8", xml_declaration=False, with_tail=False)
-    # An invented prefix is declared as xmlns:ns0="…"; one search of the bytes spares the tree walk.
-    if b"xmlns:ns" in data and any(
-        _INVENTED_PREFIX.fullmatch(node.prefix or "") for node in element.iter(etree.Element)
-    ):
-        element = _with_default_namespaces(element, None)
-        data = etree.tostring(element, encoding="utf-8", xml_declaration=False, with_tail=False)
+    if b"xmlns:ns" in data:
+        element, data = _without_invented_prefixes(element, data)
     if standalone:
         if element.tag[0] != "{" and None not in element.nsmap:
             name_end = 1 + len(element.tag.encode())  # b"<" + the name, then a space, "/" or ">"
             data = b"%s xmlns='%s'%s" % (data[:name_end], ns.CLIENT.encode(), data[name_end:])
         return data
     # The stream header already declares these two; repeating them on every stanza is noise.
-    for declaration in _IN_SCOPE.get(element.tag, ()):
-        if data.startswith(declaration, data.index(b" ") if b" " in data[:64] else 0):
-            data = data.replace(declaration, b"", 1)
+    declarations = _IN_SCOPE.get(element.tag)
+    if declarations is not None:
+        space = data.find(b" ", 0, 64)  # after the name: the first attribute or declaration
+        for declaration in declarations:
+            if space > 0 and data.startswith(declaration, space):
+                data = data[:space] + data[space + len(declaration) :]
     return data
 
 
