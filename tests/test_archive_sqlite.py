@@ -1,5 +1,6 @@
-"""The archive's unique key (stanza_id, account_id): migrated from (account_id, stanza_id) with the rows kept,
-still one id per archive, and the lookups by id found through it (SQLite and MariaDB).
+"""The archive on SQL: its unique key (stanza_id, account_id), migrated from (account_id, stanza_id) with the
+rows kept, still one id per archive, and the lookups by id found through it (SQLite and MariaDB); and the
+settings of a SQLite file's writing connection, which commits the archive's batches.
 """
 
 from __future__ import annotations
@@ -17,7 +18,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlbackends import create_test_database
 
 from nitro.storage import ArchiveQuery, StorageError
-from nitro.storage.sql import alembic_config, create_engine, open_sql_storage, upgrade_schema
+from nitro.storage.sql import (
+    WRITER_CACHE_KIB,
+    WRITER_CHECKPOINT_PAGES,
+    alembic_config,
+    create_engine,
+    open_database,
+    open_sql_storage,
+    upgrade_schema,
+)
 from nitro.storage.sql_archive import SqlArchiveStore
 from nitro.storage.sql_base import WRITE, Database
 
@@ -146,3 +155,22 @@ async def test_lookups_by_id_use_the_key(tmp_path: Path) -> None:
             assert NEW_KEY in plan, (plan, statement)
     finally:
         connection.close()
+
+
+async def test_the_writing_connection_has_a_larger_cache_and_fewer_checkpoints(tmp_path: Path) -> None:
+    async with open_database(f"sqlite+aiosqlite:///{tmp_path / 'nitro.db'}") as db:
+        assert db.write_engine is not None
+
+        async def settings(engine: AsyncEngine) -> list[object]:
+            async with engine.connect() as conn:
+                raw = await conn.get_raw_connection()
+                driver = raw.driver_connection
+                assert driver is not None
+                return [
+                    (await driver.execute_fetchall(f"PRAGMA {name}"))[0][0]
+                    for name in ("cache_size", "wal_autocheckpoint", "synchronous", "journal_mode")
+                ]
+
+        # still durable at each commit: synchronous=FULL (2) in WAL mode
+        assert await settings(db.write_engine) == [-WRITER_CACHE_KIB, WRITER_CHECKPOINT_PAGES, 2, "wal"]
+        assert await settings(db.engine) == [-2000, 1000, 2, "wal"]  # readers: SQLite's defaults
