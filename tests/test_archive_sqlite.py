@@ -7,17 +7,19 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
 from alembic import command
 from sqlalchemy import Connection, event, inspect, text
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlbackends import create_test_database
 
 from nitro.storage import ArchiveQuery, StorageError
+from nitro.storage.schema import archive_messages
 from nitro.storage.sql import (
     WRITER_CACHE_KIB,
     WRITER_CHECKPOINT_PAGES,
@@ -27,7 +29,7 @@ from nitro.storage.sql import (
     open_sql_storage,
     upgrade_schema,
 )
-from nitro.storage.sql_archive import SqlArchiveStore
+from nitro.storage.sql_archive import SqlArchiveStore, sqlite_time_text
 from nitro.storage.sql_base import WRITE, Database
 
 T0 = datetime(2026, 12, 6, 1, 2, 3, 456789, tzinfo=UTC)
@@ -174,3 +176,29 @@ async def test_the_writing_connection_has_a_larger_cache_and_fewer_checkpoints(t
         # still durable at each commit: synchronous=FULL (2) in WAL mode
         assert await settings(db.write_engine) == [-WRITER_CACHE_KIB, WRITER_CHECKPOINT_PAGES, 2, "wal"]
         assert await settings(db.engine) == [-2000, 1000, 2, "wal"]  # readers: SQLite's defaults
+
+
+@pytest.mark.parametrize(
+    "moment",
+    [
+        T0,
+        T0.replace(microsecond=0),  # a whole second: still six decimals
+        T0.replace(second=0, microsecond=1),
+        datetime(1, 1, 1, tzinfo=UTC),
+        datetime(999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),  # a year of three digits: padded
+        datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+        datetime(2026, 3, 29, 2, 30, 0, 5, tzinfo=timezone(timedelta(hours=5, minutes=30))),
+        datetime(2026, 1, 1, 0, 30, tzinfo=timezone(timedelta(hours=1))),  # the day and year before in UTC
+        datetime(2026, 12, 31, 23, 59, 59, 500000, tzinfo=timezone(-timedelta(hours=10))),
+    ],
+)
+def test_a_row_time_is_stored_as_sqlalchemy_stores_it(moment: datetime) -> None:
+    dialect = sqlite.dialect()
+    processor = archive_messages.c.timestamp.type.dialect_impl(dialect).bind_processor(dialect)
+    assert processor is not None
+    assert sqlite_time_text(moment) == processor(moment)
+
+
+def test_a_naive_row_time_is_refused() -> None:
+    with pytest.raises(ValueError, match="timezone-aware"):
+        sqlite_time_text(datetime(2026, 12, 6, 1, 2, 3))  # the mistake under test
