@@ -852,7 +852,7 @@ async def test_migration_matches_the_schema(dsn: str, db_path: Path) -> None:
         "ix_archive_messages_account_id_id",
         "ix_archive_messages_account_id_with_key_id",
         "ix_archive_messages_account_id_timestamp",
-        "uq_archive_messages_account_id_stanza_id",
+        "uq_archive_messages_stanza_id_account_id",
     } <= indexes
 
 
@@ -877,8 +877,12 @@ def test_later_migrations_render_for_mariadb() -> None:
     config = alembic_config()
     config.output_buffer = ddl
     config.attributes["dialect_name"] = "mysql"
-    command.upgrade(config, "0003_roster_in_roster:0005_last_activity", sql=True)
+    command.upgrade(config, "0003_roster_in_roster:0006_archive_stanza_id_first", sql=True)
     rendered = ddl.getvalue()
+    new_key = "CREATE UNIQUE INDEX uq_archive_messages_stanza_id_account_id ON archive_messages"
+    old_key = "DROP INDEX uq_archive_messages_account_id_stanza_id ON archive_messages"
+    assert rendered.index(new_key) < rendered.index(old_key)  # the archive's key is never unguarded
+    assert f"{new_key} (stanza_id, account_id)" in rendered
     assert "ALTER TABLE roster_items ADD COLUMN request BLOB" in rendered
     assert "CREATE TABLE last_activity " in rendered
     assert "seen_at DATETIME(6) NOT NULL" in rendered

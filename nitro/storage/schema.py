@@ -191,7 +191,9 @@ archive_messages = Table(
     Index("ix_archive_messages_account_id_with_key_id", "account_id", "with_key", "id"),
     Index("ix_archive_messages_account_id_timestamp", "account_id", "timestamp"),
     Index("ix_archive_messages_timestamp", "timestamp"),  # retention deletes across all accounts
-    Index("uq_archive_messages_account_id_stanza_id", "account_id", "stanza_id", unique=True),
+    # Ids we make begin with their time: stanza_id first puts a batch's new keys at the end of the
+    # B-tree, not one page per account (the lookups give both columns).
+    Index("uq_archive_messages_stanza_id_account_id", "stanza_id", "account_id", unique=True),
     **TABLE_OPTIONS,
     **NEVER_REUSE_IDS,
 )

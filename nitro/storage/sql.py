@@ -87,7 +87,27 @@ async def upgrade_schema(engine: AsyncEngine) -> None:
             await conn.run_sync(_upgrade)
 
 
+# The writing connection's own settings; neither changes what a commit makes durable (each is still fsynced,
+# synchronous=FULL). A batch of archive rows dirties about one page per row in each per-account index:
+# SQLite's default cache (2 MiB) spills such a batch to the WAL before its commit and then reads back the
+# pages it evicted. A checkpoint copies the WAL's pages into the database file: every 1,000 pages (the
+# default) that is nearly every page of the last two or three batches; every 10,000, the pages written
+# again and again (the end of each account's index ranges) are copied once. The WAL file grows to about
+# 40 MiB (10,000 pages of 4 KiB) and stays that size; readers and other processes keep the defaults.
+WRITER_CACHE_KIB = 16 * 1024  # holds the ~3,300 pages a batch of 1,000 rows dirties
+WRITER_CHECKPOINT_PAGES = 10_000
+_WRITER_PRAGMAS = (f"cache_size=-{WRITER_CACHE_KIB}", f"wal_autocheckpoint={WRITER_CHECKPOINT_PAGES}")
+
+
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    _sqlite_set_up(dbapi_connection, ())
+
+
+def _sqlite_writer_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    _sqlite_set_up(dbapi_connection, _WRITER_PRAGMAS)
+
+
+def _sqlite_set_up(dbapi_connection: Any, pragmas: tuple[str, ...]) -> None:
     # Nitro emits BEGIN itself (_sqlite_on_begin): sqlite3's legacy transaction control would not
     # begin a transaction for SELECT or DDL, breaking read consistency and transactional migrations.
     dbapi_connection.isolation_level = None
@@ -101,6 +121,8 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
         if mode != "wal":
             log.info("SQLite journal mode is %s, not wal", mode)
         cursor.execute("PRAGMA synchronous=FULL")
+        for pragma in pragmas:
+            cursor.execute(f"PRAGMA {pragma}")
     except BaseException:
         # The pool never sees this connection: close it here, or aiosqlite's worker thread outlives the
         # event loop (e.g. a file that is not a database fails at the first PRAGMA).
@@ -165,11 +187,16 @@ SQLITE_READERS = 5
 
 
 def create_engine(
-    dsn: str, *, create_dirs: bool = True, pool: StorageSection = DEFAULT_POOL, connections: int | None = None
+    dsn: str,
+    *,
+    create_dirs: bool = True,
+    pool: StorageSection = DEFAULT_POOL,
+    connections: int | None = None,
+    writer: bool = False,
 ) -> AsyncEngine:
     """An engine for `dsn`, set up as Nitro needs it (SQLite: WAL, foreign keys, explicit BEGIN, a pool of
-    `connections` or SQLITE_READERS for a file; MariaDB/MySQL: see sql_mysql.py, with the pool and
-    timeouts of `pool`)."""
+    `connections` or SQLITE_READERS for a file, `writer`: the writing connection's cache and checkpoints;
+    MariaDB/MySQL: see sql_mysql.py, with the pool and timeouts of `pool`)."""
     url = make_url(dsn)
     if is_mysql(url):
         return mysql_engine(url, pool)
@@ -185,7 +212,9 @@ def create_engine(
         options["pool_reset_on_return"] = None  # _sqlite_reset instead
     engine = create_async_engine(url, hide_parameters=True, pool_pre_ping=not sqlite, **options)
     if sqlite:
-        event.listen(engine.sync_engine, "connect", _sqlite_on_connect)
+        event.listen(
+            engine.sync_engine, "connect", _sqlite_writer_on_connect if writer else _sqlite_on_connect
+        )
         event.listen(engine.sync_engine, "begin", _sqlite_on_begin)
         event.listen(engine.sync_engine, "reset", _sqlite_reset)
         event.listen(engine.sync_engine, "do_connect", _sqlite_do_connect)
@@ -212,7 +241,7 @@ async def open_database(
             await ensure_database(engine.url, pool)
         await upgrade_schema(engine)
         if engine.dialect.name == "sqlite" and sqlite_path(engine.url) is not None:
-            write_engine = create_engine(dsn, create_dirs=False, connections=1)
+            write_engine = create_engine(dsn, create_dirs=False, connections=1, writer=True)
             loop_reader = LoopReader(engine.url)
         log.info("SQL storage ready at %s", engine.url.render_as_string(hide_password=True))
         yield Database(engine, write_engine, loop_reader)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import get_args
 
 from sqlalchemy import ColumnElement, Row, delete, false, func, insert, select
@@ -66,6 +66,12 @@ def _aware(moment: datetime, what: str) -> datetime:
     return moment
 
 
+def sqlite_time_text(moment: datetime) -> str:
+    """An aware time as SQLAlchemy stores it in SQLite's DATETIME: naive UTC text with six decimals
+    ("2026-12-06 00:05:00.000000"), in one C call where its processors take three Python ones."""
+    return _aware(moment, "timestamp").astimezone(UTC).isoformat(" ", "microseconds")[:-6]  # no "+00:00"
+
+
 def _message(row: Row[int, str, bytes, datetime, bytes]) -> ArchivedMessage:
     return ArchivedMessage(
         id=row.stanza_id, with_jid=row.with_jid.decode(), timestamp=row.timestamp, stanza=row.stanza
@@ -82,12 +88,6 @@ class SqlArchiveStore:
 
     def __init__(self, db: Database) -> None:
         self._db = db
-        # On a SQLite file: a time as SQLAlchemy would store it (naive UTC text), for rows sent directly.
-        self._sqlite_time = None
-        if db.write_engine is not None:
-            dialect = db.write_engine.dialect
-            time_type = archive_messages.c.timestamp.type.dialect_impl(dialect)
-            self._sqlite_time = time_type.bind_processor(dialect)
 
     @translated
     async def append(
@@ -145,8 +145,6 @@ class SqlArchiveStore:
     async def _append_batch_sqlite(self, rows: Sequence[ArchiveRow]) -> int:
         """The batch on a SQLite file in four trips to its writing connection (BEGIN IMMEDIATE, the
         accounts' ids, the rows, COMMIT); SQLite's write lock is the whole file's, no row is locked."""
-        stored_time = self._sqlite_time
-        assert stored_time is not None
         keys = list({username_key(row.username): None for row in rows})
         values = []
         async with self._db.sqlite_writing() as driver:
@@ -160,7 +158,7 @@ class SqlArchiveStore:
                 if account_id is None:
                     continue  # the account is gone: nothing to archive for it
                 with_raw, with_key = contact_keys(row.with_jid)
-                stamp = stored_time(_aware(row.timestamp, "timestamp"))
+                stamp = sqlite_time_text(row.timestamp)
                 values.append((account_id, row.stanza_id, with_key, with_raw, stamp, row.stanza))
             if values:
                 await driver.executemany(_SQLITE_INSERT, values)
