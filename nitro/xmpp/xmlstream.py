@@ -372,8 +372,9 @@ class XMLStreamParser:
             if text and text.strip(_XML_SPACE):
                 raise StreamError("bad-format", "character data between stanzas")
         # Copy before removing: once out of the tree, lxml re-declares the inherited default namespace under
-        # an invented prefix (ns0:message) if a descendant declares a default namespace of its own.
-        standalone = copy.deepcopy(element)
+        # an invented prefix (ns0:message) if a descendant declares a default namespace of its own. (lxml's
+        # __deepcopy__ is __copy__, a deep copy: without copy.deepcopy's memo and dispatch, ~1 µs less.)
+        standalone = copy.copy(element)
         if element.tag == _PRESENCE:
             # The copy's document still refers to the stream's parser (lxml hands it on), so a presence
             # kept as the session's last one would keep the parser (some 11 KB) alive. Its content moves
