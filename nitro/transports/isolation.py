@@ -32,9 +32,9 @@ _T = TypeVar("_T")
 
 class _CallThread:
     """A thread that runs one call at a time for a caller that waits for it, handed over and back through two
-    pipes. A blocking read or write of a pipe lets go of the GIL for its system call, so the thread woken
-    finds the GIL free; with two bare locks (or a ThreadPoolExecutor's future) it woke while the caller still
-    held it, and the hop took twice the CPU (~13 µs against ~6 µs, both threads pinned to one core)."""
+    pipes. With two bare locks a hop took twice the CPU (~13-15 µs against ~6-7 µs, both threads pinned to one
+    core; a ThreadPoolExecutor's future more still), likely because releasing a lock keeps the GIL, so the
+    thread woken first finds it taken, while a pipe's write lets go of the GIL for its system call."""
 
     __slots__ = ("_call", "_done", "_error", "_go", "_result")
 
