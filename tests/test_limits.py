@@ -313,8 +313,17 @@ def test_a_failing_call_put_off_is_logged_and_the_next_call_still_runs(
     parsing.close()
 
 
+def _parsing_threads_ended(timeout: float = 5.0) -> None:
+    """Until every pre-authentication parsing thread has ended (each closes its pipes as it ends)."""
+    deadline = time.monotonic() + timeout
+    while any(thread.name.startswith("nitro-preauth-") for thread in threading.enumerate()):
+        assert time.monotonic() < deadline, "a parsing thread did not end"
+        time.sleep(0.01)
+
+
 def test_a_stopped_parsing_thread_closes_its_pipes() -> None:
     """Each thread hands calls over through two pipes; they go with it (no descriptors left per thread)."""
+    _parsing_threads_ended()  # those of earlier tests too
     before = len(os.listdir("/proc/self/fd"))
     parsing = PreauthParsing(lambda: 1)
     lanes = [parsing.lane() for _ in range(20)]
@@ -326,9 +335,7 @@ def test_a_stopped_parsing_thread_closes_its_pipes() -> None:
         assert lane is not None
         lane.release()
     parsing.close()
-    deadline = time.monotonic() + 5
-    while len(os.listdir("/proc/self/fd")) > before and time.monotonic() < deadline:
-        time.sleep(0.01)  # each thread closes its pipes as it ends
+    _parsing_threads_ended()
     assert len(os.listdir("/proc/self/fd")) == before
 
 
