@@ -3,7 +3,9 @@ and the pre-authentication parsing threads."""
 
 from __future__ import annotations
 
+import os
 import threading
+import time
 
 import pytest
 from lxml import etree
@@ -265,6 +267,76 @@ def test_errors_raised_on_the_lane_reach_the_caller() -> None:
     assert raised.value.condition == "not-well-formed"
     lane.release()
     parsing.close()
+
+
+def test_calls_put_off_run_on_the_lanes_thread_before_its_next_call_or_as_it_stops() -> None:
+    """A restart's old parser is freed on the thread that parsed it, with the lane's next call (no hop of its
+    own); a lane whose thread stops first frees it then; a released lane runs it at once, on the caller's."""
+    parsing = PreauthParsing(lambda: 2)
+    first, second = parsing.lane(), parsing.lane()
+    assert first is not None
+    assert second is not None
+    ran: list[tuple[str, str]] = []
+    first.later(lambda what: ran.append((what, _thread_name())), "put off")
+    assert ran == []
+    lane_thread = second.run(_thread_name)  # any stream's next call on the generation runs it first
+    assert ran == [("put off", lane_thread)]
+    assert lane_thread.startswith("nitro-preauth-")
+    ran.clear()
+    second.later(lambda: ran.append(("at the stop", _thread_name())))
+    first.release()
+    third = parsing.lane()  # on a new generation: the first one, full, is retired
+    assert third is not None
+    assert ran == []  # a stream still holds the first generation
+    second.release()  # its last stream leaves: the thread stops, running what was put off before it ends
+    assert ran == [("at the stop", lane_thread)]
+    second.later(lambda: ran.append(("released", _thread_name())))
+    assert ran[-1] == ("released", threading.current_thread().name)
+    third.release()
+    parsing.close()
+
+
+def test_a_failing_call_put_off_is_logged_and_the_next_call_still_runs(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    parsing = PreauthParsing(lambda: 8)
+    lane = parsing.lane()
+    assert lane is not None
+
+    def broken() -> None:
+        raise RuntimeError("broken")
+
+    lane.later(broken)
+    assert lane.run(_thread_name).startswith("nitro-preauth-")
+    assert "a call put off on a pre-authentication parsing thread failed" in caplog.text
+    lane.release()
+    parsing.close()
+
+
+def _parsing_threads_ended(timeout: float = 5.0) -> None:
+    """Until every pre-authentication parsing thread has ended (each closes its pipes as it ends)."""
+    deadline = time.monotonic() + timeout
+    while any(thread.name.startswith("nitro-preauth-") for thread in threading.enumerate()):
+        assert time.monotonic() < deadline, "a parsing thread did not end"
+        time.sleep(0.01)
+
+
+def test_a_stopped_parsing_thread_closes_its_pipes() -> None:
+    """Each thread hands calls over through two pipes; they go with it (no descriptors left per thread)."""
+    _parsing_threads_ended()  # those of earlier tests too
+    before = len(os.listdir("/proc/self/fd"))
+    parsing = PreauthParsing(lambda: 1)
+    lanes = [parsing.lane() for _ in range(20)]
+    for lane in lanes:
+        assert lane is not None
+        lane.run(_thread_name)
+    assert len(os.listdir("/proc/self/fd")) >= before + 4 * 19
+    for lane in lanes:
+        assert lane is not None
+        lane.release()
+    parsing.close()
+    _parsing_threads_ended()
+    assert len(os.listdir("/proc/self/fd")) == before
 
 
 def test_no_threads_when_turned_off() -> None:

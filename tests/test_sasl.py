@@ -223,6 +223,9 @@ def test_channel_binding_flag_p_is_refused() -> None:
         b"n,,n=us=2Xer,r=abc",
         b"n,,n=user,r=",
         b"n,,n=user,r=a\x7fb",
+        b"n,,n=user,r=a b",  # RFC 5802 §7: a nonce is printable ASCII (%x21-2B / %x2D-7E)
+        b"n,,n=user,r=abc\n",
+        b"n,,n=user,r=\xc3\xa9",
         b"n,,n=user,r=abc,,",
         b"n,,n=user,r=abc,1=x",
         b"n,,n=us\x00er,r=abc",

@@ -8,6 +8,7 @@ import asyncio
 import bisect
 import dataclasses
 import enum
+import functools
 import itertools
 import logging
 from collections.abc import Awaitable, Callable
@@ -180,12 +181,32 @@ def _name(key: str | EventKey[Any]) -> str:
     return key if isinstance(key, str) else key.name
 
 
+_E = TypeVar("_E", _Entry, _FilterEntry)
+
+
+def _insert(table: dict[str, tuple[_E, ...]], name: str, entry: _E) -> None:
+    """`entry` into `name`'s tuple, in priority order (a new tuple: fires under way keep theirs)."""
+    entries = list(table.get(name, ()))
+    bisect.insort(entries, entry)
+    table[name] = tuple(entries)
+
+
+def _remove(table: dict[str, tuple[_E, ...]], name: str, entry: _E) -> None:
+    """Exactly `entry` out of `name`'s tuple (idempotent); the name goes with its last entry."""
+    entries = tuple(other for other in table.get(name, ()) if other is not entry)
+    if entries:
+        table[name] = entries
+    else:
+        table.pop(name, None)
+
+
 class EventBus:
     """Named events (`message/bare`, `iq-get/host/urn:xmpp:ping:ping`, ...) mapped to ordered handlers."""
 
     def __init__(self) -> None:
-        self._handlers: dict[str, list[_Entry]] = {}
-        self._filters: dict[str, list[_FilterEntry]] = {}
+        # Tuples, replaced on every change: a fire runs over the handlers as they were, without a copy.
+        self._handlers: dict[str, tuple[_Entry, ...]] = {}
+        self._filters: dict[str, tuple[_FilterEntry, ...]] = {}
 
     @overload
     def add(
@@ -199,16 +220,8 @@ class EventBus:
         """Register `handler` (highest priority first); returns the function that removes exactly it."""
         name = _name(key)
         entry = _Entry((-priority, next(_order)), handler)
-        bisect.insort(self._handlers.setdefault(name, []), entry)
-
-        def remove() -> None:
-            entries = self._handlers.get(name, [])
-            if entry in entries:
-                entries.remove(entry)
-            if not entries:
-                self._handlers.pop(name, None)
-
-        return remove
+        _insert(self._handlers, name, entry)
+        return functools.partial(_remove, self._handlers, name, entry)
 
     def has(self, key: str | EventKey[Any]) -> bool:
         return _name(key) in self._handlers
@@ -221,10 +234,10 @@ class EventBus:
 
     async def fire(self, key: str | EventKey[Any], event: object) -> bool:
         """Run the handlers in order; True as soon as one of them claims the event (its error propagates)."""
-        entries = self._handlers.get(_name(key))
+        entries = self._handlers.get(key if isinstance(key, str) else key.name)
         if not entries:
             return False
-        for entry in tuple(entries):
+        for entry in entries:
             if await entry.handler(event):
                 return True
         return False
@@ -238,7 +251,7 @@ class EventBus:
     async def notify(self, key: str | EventKey[Any], event: object) -> None:
         """Run every handler in order, whatever the others return or raise (a raising one is logged)."""
         name = _name(key)
-        for entry in tuple(self._handlers.get(name, ())):
+        for entry in self._handlers.get(name, ()):
             try:
                 await entry.handler(event)
             except Exception:
@@ -259,16 +272,8 @@ class EventBus:
             raise ValueError("a filter timeout must be positive")
         name = key.name
         entry = _FilterEntry((-priority, next(_order)), handler, timeout, policy)
-        bisect.insort(self._filters.setdefault(name, []), entry)
-
-        def remove() -> None:
-            entries = self._filters.get(name, [])
-            if entry in entries:
-                entries.remove(entry)
-            if not entries:
-                self._filters.pop(name, None)
-
-        return remove
+        _insert(self._filters, name, entry)
+        return functools.partial(_remove, self._filters, name, entry)
 
     def has_filters(self, key: EventKey[Any]) -> bool:
         return key.name in self._filters
@@ -282,7 +287,7 @@ class EventBus:
         if not entries:
             return PASS
         replaced = False
-        for entry in tuple(entries):
+        for entry in entries:
             verdict = await self._run_filter(key.name, entry, payload)
             if isinstance(verdict, Drop):
                 return verdict

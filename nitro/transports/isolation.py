@@ -10,15 +10,17 @@ So a stream is parsed, until it authenticates, on the thread of a `Generation`: 
 `[limits].preauth_streams_per_thread` streams, replaced by a fresh one when full, and ended when the last
 of its streams has authenticated or closed. Each call runs synchronously (the event loop waits for it, as
 it would for parsing on its own thread): only one thread ever runs lxml at a time, so the documents parsed
-there can be read and changed on the loop's thread afterwards without locking. The hand-overs (two bare
-locks each) and the threads cost some 32 microseconds of CPU per login (a plain SCRAM login's pre-auth
-stream parsed: 49 µs inline, 82 µs on lanes; 119 µs with a ThreadPoolExecutor per generation).
+there can be read and changed on the loop's thread afterwards without locking. A hand-over (a hop) goes
+through two pipes and costs ~6 µs of CPU (two bare locks cost ~13: see `_CallThread`); a plain SCRAM login
+makes three (its header, `<auth/>`, `<response/>`), the restart's parser being freed with a later call
+(`Lane.later`) rather than with a hop of its own.
 """
 
 from __future__ import annotations
 
-import _thread
+import functools
 import logging
+import os
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -29,16 +31,16 @@ _T = TypeVar("_T")
 
 
 class _CallThread:
-    """A thread that runs one call at a time for a caller that waits for it: two bare locks hand the call
-    over and back (a ThreadPoolExecutor's future, condition and queue cost twice the CPU per call)."""
+    """A thread that runs one call at a time for a caller that waits for it, handed over and back through two
+    pipes. With two bare locks a hop took twice the CPU (~13-15 µs against ~6-7 µs, both threads pinned to one
+    core; a ThreadPoolExecutor's future more still), likely because releasing a lock keeps the GIL, so the
+    thread woken first finds it taken, while a pipe's write lets go of the GIL for its system call."""
 
     __slots__ = ("_call", "_done", "_error", "_go", "_result")
 
     def __init__(self, name: str) -> None:
-        self._go = _thread.allocate_lock()  # released: a call (or None: stop) waits in `_call`
-        self._done = _thread.allocate_lock()  # released: the call returned or raised
-        self._go.acquire()
-        self._done.acquire()
+        self._go = os.pipe()  # a byte in it: a call (or None: stop) waits in `_call`
+        self._done = os.pipe()  # a byte in it: the call returned or raised
         self._call: tuple[Callable[..., Any], tuple[object, ...]] | None = None
         self._result: Any = None
         self._error: BaseException | None = None
@@ -46,8 +48,8 @@ class _CallThread:
 
     def run(self, function: Callable[..., _T], *args: object) -> _T:
         self._call = (function, args)
-        self._go.release()
-        self._done.acquire()
+        os.write(self._go[1], b"\0")
+        os.read(self._done[0], 1)
         result, error = self._result, self._error
         self._result = self._error = None
         if error is not None:
@@ -55,32 +57,52 @@ class _CallThread:
         return result  # type: ignore[no-any-return]
 
     def stop(self) -> None:
-        """The thread ends (it is idle: calls are made and awaited by one thread)."""
+        """The thread ends and closes the pipes (it is idle: calls are made and awaited by one thread)."""
         self._call = None
-        self._go.release()
+        os.write(self._go[1], b"\0")
 
     def _serve(self) -> None:
-        while True:
-            self._go.acquire()
-            call, self._call = self._call, None
-            if call is None:
-                return
-            function, args = call
-            try:
-                self._result = function(*args)
-            except BaseException as error:  # handed to the caller, as a future would
-                self._error = error
-            self._done.release()
+        go, done = self._go[0], self._done[1]
+        try:
+            while True:
+                os.read(go, 1)
+                call, self._call = self._call, None
+                if call is None:
+                    return
+                function, args = call
+                try:
+                    self._result = function(*args)
+                except BaseException as error:  # handed to the caller, as a future would
+                    self._error = error
+                os.write(done, b"\0")
+        finally:
+            for fd in (*self._go, *self._done):
+                os.close(fd)
+
+
+def _after(pending: list[Callable[[], object]], function: Callable[..., _T], args: tuple[object, ...]) -> _T:
+    """Run the calls put off on a generation (`Generation.later`), then the call it was given."""
+    for call in pending:
+        try:
+            call()
+        except Exception:  # not the caller's: its own call still runs
+            log.exception("a call put off on a pre-authentication parsing thread failed")
+    return function(*args)
+
+
+def _nothing() -> None:
+    return None
 
 
 class Generation:
     """One parsing thread and the streams assigned to it."""
 
-    __slots__ = ("_thread", "assigned", "number", "open", "stopped")
+    __slots__ = ("_later", "_thread", "assigned", "number", "open", "stopped")
 
     def __init__(self, number: int) -> None:
         self.number = number
         self._thread = _CallThread(f"nitro-preauth-{number}")
+        self._later: list[Callable[[], object]] = []  # calls put off until the next one (`later`)
         self.assigned = 0  # streams ever given this generation
         self.open = 0  # of which not yet released
         self.stopped = False
@@ -88,9 +110,23 @@ class Generation:
     def run(self, function: Callable[..., _T], *args: object) -> _T:
         if self.stopped:  # only after `PreauthParsing.close`, at shutdown
             return function(*args)
+        if self._later:
+            pending, self._later = self._later, []
+            result: _T = self._thread.run(_after, pending, function, args)
+            return result
         return self._thread.run(function, *args)
 
+    def later(self, call: Callable[[], object]) -> None:
+        """`call()` on this thread before its next call or as it stops, whichever comes first: no hop of its
+        own (what the loop's thread no longer needs, such as a restarted stream's parser to free)."""
+        if self.stopped:
+            call()
+        else:
+            self._later.append(call)
+
     def stop(self) -> None:
+        if self._later:
+            self.run(_nothing)
         self.stopped = True
         self._thread.stop()  # the thread ends now; its dictionary with the last of its documents
 
@@ -110,6 +146,15 @@ class Lane:
         if generation is None:
             return function(*args)
         return generation.run(function, *args)
+
+    def later(self, function: Callable[..., object], *args: object) -> None:
+        """`function(*args)` on the lane's thread with its generation's next call or end (see
+        `Generation.later`); on the caller's once released."""
+        generation = self._generation
+        if generation is None:
+            function(*args)
+        else:
+            generation.later(functools.partial(function, *args))
 
     @property
     def stopped(self) -> bool:

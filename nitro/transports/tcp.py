@@ -296,15 +296,17 @@ class ClientConnection(Output):
                 self._inbox_bytes = 0
                 self._write_paused = False  # discarding input now: reading resumes whatever we wrote
                 self._maybe_resume_reading()
-                async with asyncio.timeout(LINGER):
-                    await asyncio.shield(self._until_lost())
+                if not self._lost:  # (no timer to wait for what happened already)
+                    async with asyncio.timeout(LINGER):
+                        await asyncio.shield(self._until_lost())
         finally:
             self._cancel_timers()
             self._stream = None  # no cycle through the stream: the connection and its parser go at once
             if self.transport is not None:
                 self.transport.close()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(self._until_lost()), 1.0)
+        if not self._lost:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._until_lost()), 1.0)
 
     def _until_lost(self) -> asyncio.Future[None]:
         """Done once the transport called connection_lost."""
@@ -316,6 +318,8 @@ class ClientConnection(Output):
 
     async def _writable(self, timeout: float) -> None:
         """Until the socket's send buffer has room (raises TimeoutError after `timeout`)."""
+        if not self._write_paused or self._lost:
+            return  # room now: no timer
         async with asyncio.timeout(timeout):
             while self._write_paused and not self._lost:
                 self._waiter = self._loop.create_future()

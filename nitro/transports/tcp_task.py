@@ -89,7 +89,8 @@ class StreamInput:
         counted and its stream is parsed on the event loop's thread."""
         lane = self.lane
         if lane is not None and not lane.stopped:
-            lane.run(self.parser.let_go)  # the old stream's parser is freed where it parsed (see `close`)
+            # the old stream's parser is freed where it parsed (see `close`), with the lane's next call
+            self.parser.let_go(lane.later)
         if authenticated:
             self.parser.max_names = None
             self.leave_lane()

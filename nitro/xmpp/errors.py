@@ -1,4 +1,5 @@
-"""Protocol errors that carry their wire form: stream errors (RFC 6120 §4.9) and stanza errors (§8.3)."""
+"""Protocol errors that carry their wire form: stream errors (RFC 6120 §4.9) and stanza errors (§8.3); and
+the stream error for what libxml2 only logged while parsing (`logged_error`)."""
 
 from __future__ import annotations
 
@@ -164,3 +165,19 @@ def error_reply(stanza: etree._Element, error: StanzaError) -> etree._Element:
     reply.set("type", "error")
     reply.append(error.to_element(namespace))
     return reply
+
+
+def logged_error(error_log: etree._ListErrorLog) -> StreamError | None:
+    """The stream error for what libxml2 logged while parsing (some errors are only logged, not raised)."""
+    for entry in error_log:
+        if "UNDECLARED_ENTITY" in entry.type_name:  # RFC 6120 §11.1: only the five predefined entities
+            return StreamError("restricted-xml", f"entity reference: {entry.message}")
+        if entry.type_name == "NS_ERR_UNDEFINED_NAMESPACE":  # RFC 6120 §4.9.3.2
+            return StreamError("bad-namespace-prefix", entry.message)
+        if entry.type_name == "ERR_RESOURCE_LIMIT":  # libxml2's own depth and length limits
+            return StreamError("policy-violation", entry.message)
+        if entry.level > etree.ErrorLevels.WARNING:  # warnings include relative URIs like vcard-temp
+            return StreamError(
+                "not-well-formed", f"{entry.message} (line {entry.line}, column {entry.column})"
+            )
+    return None

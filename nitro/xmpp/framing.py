@@ -12,13 +12,12 @@ from typing import Final
 from lxml import etree
 
 from nitro.xmpp import ns
-from nitro.xmpp.errors import StreamError
+from nitro.xmpp.errors import StreamError, logged_error
 from nitro.xmpp.xmlstream import (
     StanzaReceived,
     StreamClosed,
     StreamEvent,
     StreamOpened,
-    logged_error,
 )
 from nitro.xmpp.xmlwrite import attributes, serialize
 

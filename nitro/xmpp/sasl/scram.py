@@ -9,6 +9,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import re
 import secrets
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -28,6 +29,7 @@ from nitro.xmpp.sasl.credentials import (
 # Key for the fake salts of unknown users (RFC 5802 §9 asks servers not to reveal which
 # users exist). Per process unless the caller passes one shared by every node.
 _FAKE_SALT_KEY = secrets.token_bytes(32)
+_PRINTABLE = re.compile(r"[!-+\--~]+")  # RFC 5802 §7: printable = %x21-2B / %x2D-7E (",", 0x2C, excluded)
 
 _USERNAME = get_profile("UsernameCaseMapped")
 
@@ -149,7 +151,7 @@ class ScramServer:
             signature = hmac.digest(credential.stored_key, auth_message, self._digest)
             if len(proof) != len(signature):
                 raise SaslFailure("not-authorized", "wrong proof length")
-            client_key = bytes(a ^ b for a, b in zip(proof, signature, strict=True))
+            client_key = (int.from_bytes(proof) ^ int.from_bytes(signature)).to_bytes(len(proof))
             stored_key = hashlib.new(self._digest, client_key).digest()
             if not hmac.compare_digest(stored_key, credential.stored_key) or self._credential is None:
                 raise SaslFailure("not-authorized")
@@ -222,8 +224,7 @@ def _saslname(value: str) -> str:
 
 
 def _is_printable(value: str) -> bool:
-    # RFC 5802 §7: printable = %x21-2B / %x2D-7E (",", 0x2C, excluded).
-    return bool(value) and all("!" <= char <= "~" and char != "," for char in value)
+    return _PRINTABLE.fullmatch(value) is not None
 
 
 def _check_extensions(parts: list[str]) -> None:
