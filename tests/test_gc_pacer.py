@@ -33,6 +33,23 @@ async def test_pacing_can_be_turned_off(tmp_path: Path) -> None:
         assert gc.get_threshold() == (10000, 2, 100)
 
 
+async def test_the_shutdown_starts_no_full_collection(tmp_path: Path) -> None:
+    """Once the pacer has stopped, closing every session would make CPython start a full collection over all
+    of them while clients wait; the shutdown runs with the configured young thresholds and no full ones."""
+    before = gc.get_threshold()
+    seen: list[tuple[int, ...]] = []
+    async with running_server(make_config(tmp_path, gc={"threshold0": 12345})) as server:
+        shutdown = server.shutdown
+
+        async def observed_shutdown() -> None:
+            seen.append(gc.get_threshold())
+            await shutdown()
+
+        server.shutdown = observed_shutdown  # type: ignore[method-assign]
+    assert seen == [(12345, 2, NEVER)]
+    assert gc.get_threshold() == before
+
+
 def _cycles(count: int) -> list[list[object]]:
     cycles: list[list[object]] = []
     for _ in range(count):
