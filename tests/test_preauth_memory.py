@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import gc
 import secrets
+import threading
+import weakref
 
 import pytest
 import slixmpp
@@ -70,6 +72,47 @@ async def test_parsing_threads_end_with_the_unauthenticated_streams(server: Serv
     alice = await clients.login(await clients.user("alice"))
     alice.send_message(mto=slixmpp.JID("alice@localhost"), mbody="hello")
     assert (await alice.wait_until("message", 5))["body"] == "hello"
+
+
+class _Token:
+    """An argument whose lifetime a test can watch."""
+
+
+def test_a_lane_call_leaves_nothing_of_its_arguments_on_the_thread() -> None:
+    """A stream's parser handed to its lane's thread is not kept there once the call has returned: kept until
+    the thread's next call or its end, it would become garbage then, on that thread, at any later time."""
+    parsing = PreauthParsing(lambda: 64)
+    try:
+        lane = parsing.lane()
+        assert lane is not None
+        token = _Token()
+        watch = weakref.ref(token)
+        assert lane.run(isinstance, token, _Token)
+        del token
+        assert watch() is None
+        lane.release()
+    finally:
+        parsing.close()
+
+
+def test_a_stopped_parsing_thread_has_ended_when_the_stop_returns() -> None:
+    """The next generation's thread starts after the last one has exited, so it reuses the malloc arena that
+    one gave back instead of taking a new one (see the test of rounds below)."""
+    parsing = PreauthParsing(lambda: 1)  # a generation per stream
+    before = set(threading.enumerate())
+    first = parsing.lane()
+    assert first is not None
+    first.run(len, b"x")
+    (first_thread,) = set(threading.enumerate()) - before
+    first.release()  # still the current generation: its thread waits for the next stream
+    assert first_thread.is_alive()
+    second = parsing.lane()  # the first generation is full and empty: it is stopped
+    assert second is not None
+    assert not first_thread.is_alive()
+    second.run(len, b"x")
+    (second_thread,) = set(threading.enumerate()) - before
+    parsing.close()
+    assert not second_thread.is_alive()
 
 
 def rss_kib() -> int:

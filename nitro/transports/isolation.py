@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 
+_STOP_WAIT = 5.0  # seconds a stopping thread is waited for; it is idle, so it takes one hop
+
 
 class _CallThread:
     """A thread that runs one call at a time for a caller that waits for it, handed over and back through two
@@ -36,7 +38,7 @@ class _CallThread:
     core; a ThreadPoolExecutor's future more still), likely because releasing a lock keeps the GIL, so the
     thread woken first finds it taken, while a pipe's write lets go of the GIL for its system call."""
 
-    __slots__ = ("_call", "_done", "_error", "_go", "_result")
+    __slots__ = ("_call", "_done", "_error", "_go", "_result", "_thread")
 
     def __init__(self, name: str) -> None:
         self._go = os.pipe()  # a byte in it: a call (or None: stop) waits in `_call`
@@ -44,7 +46,8 @@ class _CallThread:
         self._call: tuple[Callable[..., Any], tuple[object, ...]] | None = None
         self._result: Any = None
         self._error: BaseException | None = None
-        threading.Thread(target=self._serve, name=name, daemon=True).start()
+        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        self._thread.start()
 
     def run(self, function: Callable[..., _T], *args: object) -> _T:
         self._call = (function, args)
@@ -57,9 +60,12 @@ class _CallThread:
         return result  # type: ignore[no-any-return]
 
     def stop(self) -> None:
-        """The thread ends and closes the pipes (it is idle: calls are made and awaited by one thread)."""
+        """The thread ends and closes the pipes; returns once it has (it is idle: calls are made and awaited
+        by one thread, so this is one hop). Waiting matters for memory: a thread started while the last one is
+        still exiting gets a malloc arena of its own instead of reusing the one the last thread gave back."""
         self._call = None
         os.write(self._go[1], b"\0")
+        self._thread.join(_STOP_WAIT)
 
     def _serve(self) -> None:
         go, done = self._go[0], self._done[1]
@@ -69,11 +75,13 @@ class _CallThread:
                 call, self._call = self._call, None
                 if call is None:
                     return
-                function, args = call
                 try:
-                    self._result = function(*args)
+                    self._result = call[0](*call[1])
                 except BaseException as error:  # handed to the caller, as a future would
                     self._error = error
+                # nothing of the call outlives it here: held until the next call, its arguments (a stream's
+                # parser) would become garbage whenever that came, on this thread
+                del call
                 os.write(done, b"\0")
         finally:
             for fd in (*self._go, *self._done):
