@@ -11,6 +11,7 @@ import re
 import signal
 import sqlite3
 import types
+from collections.abc import Callable
 from pathlib import Path
 from typing import cast
 
@@ -148,6 +149,63 @@ async def test_a_full_queue_admits_waiting_senders_in_order_as_rows_are_committe
     assert [n for batch in store.batches for n in batch] == queued
     assert cancelled.cancelled()
     assert writer.pending == 0
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+
+
+class _PermittedStore:
+    """An archive store that commits one batch per permit the test gives, and can have something done right
+    after a commit (before anything the commit woke runs)."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []
+        self.permits = asyncio.Semaphore(0)
+        self.after_commit: list[Callable[[], object]] = []
+
+    async def append_batch(self, rows: list[ArchiveRow]) -> int:
+        await self.permits.acquire()
+        self.batches.append([row.stanza_id for row in rows])
+        loop = asyncio.get_running_loop()
+        for call in self.after_commit:  # queued ahead of the wake-ups the writer makes on return
+            loop.call_soon(call)
+        self.after_commit = []
+        return len(rows)
+
+
+async def test_a_sender_cancelled_once_woken_passes_its_room_to_the_next_in_line() -> None:
+    """A waiting sender is woken with a row's room reserved for it; cancelled before it queues its row (its
+    client gone), the room goes to the next sender in line instead of being held for ever."""
+    store = _PermittedStore()
+    settings = ArchiveSection(batch_size=1, batch_delay=0, max_pending=1)
+    writer = ArchiveWriter(cast(ArchiveStore, store), lambda: settings)
+    running = asyncio.create_task(writer.run())
+    now = datetime.datetime.now(datetime.UTC)
+    queued: list[str] = []
+
+    async def send(n: int) -> Promise:
+        promise = await writer.submit(ArchiveRow("alice", f"bob@{DOMAIN}", b"<message/>", f"id{n}", now))
+        queued.append(f"id{n}")
+        return promise
+
+    first = await send(0)
+    woken, next_in_line = asyncio.create_task(send(1)), asyncio.create_task(send(2))
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert queued == ["id0"]  # the queue is full: both wait, in order
+    store.after_commit.append(woken.cancel)  # cancelled after the commit has woken it, before it runs
+    store.permits.release()
+    await asyncio.wait_for(first, 5)
+    promise = await asyncio.wait_for(next_in_line, 5)
+    assert woken.cancelled()
+    assert queued == ["id0", "id2"]
+    store.permits.release()
+    await asyncio.wait_for(promise, 5)
+    assert writer.pending == 0
+    later = await asyncio.wait_for(send(3), 5)  # no room is left reserved for the cancelled sender
+    store.permits.release()
+    await asyncio.wait_for(later, 5)
+    assert store.batches == [["id0"], ["id2"], ["id3"]]
     running.cancel()
     with pytest.raises(asyncio.CancelledError):
         await running
