@@ -246,17 +246,13 @@ async def running_server(
                     try:
                         if before_listen is not None:
                             await before_listen(server)
-                        async with serve_admin(
-                            server, server.listening
-                        ) as server.admin:  # before the listeners
+                        # the admin channel before the listeners
+                        async with serve_admin(server, server.listening) as server.admin:
                             await server.start_listeners()
+                            # [plugins] (XEP-0114); WebSocket, BOSH, discovery and the web client
                             async with (
-                                serve_plugins(
-                                    server, server.listening
-                                ) as server.bridge,  # [plugins] (XEP-0114)
-                                serve_http(
-                                    server, server.listening
-                                ),  # WebSocket, BOSH, discovery, web client
+                                serve_plugins(server, server.listening) as server.bridge,
+                                serve_http(server, server.listening),
                             ):
                                 server.listening.close_unclaimed()
                                 with tuned_gc(config.gc):

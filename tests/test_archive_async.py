@@ -122,18 +122,33 @@ class _HeldStore:
         return len(rows)
 
 
+class _Senders:
+    """A running writer over `store` and numbered senders of alice's rows: `send(n)` submits `idN` (waiting
+    for room as a sender does) and returns its promise; `queued` lists the ids in queue order."""
+
+    def __init__(self, store: object, *, batch_size: int, max_pending: int) -> None:
+        settings = ArchiveSection(batch_size=batch_size, batch_delay=0, max_pending=max_pending)
+        self.writer = ArchiveWriter(cast(ArchiveStore, store), lambda: settings)
+        self.running = asyncio.create_task(self.writer.run())
+        self.queued: list[str] = []
+        self._now = datetime.datetime.now(datetime.UTC)
+
+    async def send(self, n: int) -> Promise:
+        row = ArchiveRow("alice", f"bob@{DOMAIN}", b"<message/>", f"id{n}", self._now)
+        promise = await self.writer.submit(row)
+        self.queued.append(f"id{n}")
+        return promise
+
+    async def stop(self) -> None:
+        self.running.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await self.running
+
+
 async def test_a_full_queue_admits_waiting_senders_in_order_as_rows_are_committed() -> None:
     store = _HeldStore()
-    settings = ArchiveSection(batch_size=2, batch_delay=0, max_pending=3)
-    writer = ArchiveWriter(cast(ArchiveStore, store), lambda: settings)
-    running = asyncio.create_task(writer.run())
-    now = datetime.datetime.now(datetime.UTC)
-    queued: list[str] = []
-
-    async def send(n: int) -> Promise:
-        promise = await writer.submit(ArchiveRow("alice", f"bob@{DOMAIN}", b"<message/>", f"id{n}", now))
-        queued.append(f"id{n}")
-        return promise
+    line = _Senders(store, batch_size=2, max_pending=3)
+    send, queued = line.send, line.queued
 
     senders = [asyncio.create_task(send(n)) for n in range(8)]
     for _ in range(5):
@@ -148,10 +163,8 @@ async def test_a_full_queue_admits_waiting_senders_in_order_as_rows_are_committe
     assert queued == ["id0", "id1", "id2", "id3", "id5", "id6", "id7", "id8"]  # first come first
     assert [n for batch in store.batches for n in batch] == queued
     assert cancelled.cancelled()
-    assert writer.pending == 0
-    running.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await running
+    assert line.writer.pending == 0
+    await line.stop()
 
 
 class _PermittedStore:
@@ -177,16 +190,8 @@ async def test_a_sender_cancelled_once_woken_passes_its_room_to_the_next_in_line
     """A waiting sender is woken with a row's room reserved for it; cancelled before it queues its row (its
     client gone), the room goes to the next sender in line instead of being held for ever."""
     store = _PermittedStore()
-    settings = ArchiveSection(batch_size=1, batch_delay=0, max_pending=1)
-    writer = ArchiveWriter(cast(ArchiveStore, store), lambda: settings)
-    running = asyncio.create_task(writer.run())
-    now = datetime.datetime.now(datetime.UTC)
-    queued: list[str] = []
-
-    async def send(n: int) -> Promise:
-        promise = await writer.submit(ArchiveRow("alice", f"bob@{DOMAIN}", b"<message/>", f"id{n}", now))
-        queued.append(f"id{n}")
-        return promise
+    line = _Senders(store, batch_size=1, max_pending=1)
+    send, queued = line.send, line.queued
 
     first = await send(0)
     woken, next_in_line = asyncio.create_task(send(1)), asyncio.create_task(send(2))
@@ -201,14 +206,12 @@ async def test_a_sender_cancelled_once_woken_passes_its_room_to_the_next_in_line
     assert queued == ["id0", "id2"]
     store.permits.release()
     await asyncio.wait_for(promise, 5)
-    assert writer.pending == 0
+    assert line.writer.pending == 0
     later = await asyncio.wait_for(send(3), 5)  # no room is left reserved for the cancelled sender
     store.permits.release()
     await asyncio.wait_for(later, 5)
     assert store.batches == [["id0"], ["id2"], ["id3"]]
-    running.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await running
+    await line.stop()
 
 
 # -- through the server ------------------------------------------------------------------------------------

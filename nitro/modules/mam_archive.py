@@ -206,9 +206,8 @@ class Archive:
         owner = event.to.bare
         sender = event.from_.bare
         if sender != owner and sender.local is not None and sender.domain == self.server.domain:
-            strip_stanza_ids(
-                event.stanza, owner, sender
-            )  # §3.5: a local sender's archive id is not for others
+            # §3.5: a local sender's archive id is not for others
+            strip_stanza_ids(event.stanza, owner, sender)
         else:
             strip_stanza_ids(event.stanza, owner)
         if archivable(event.stanza) and (archive_id := await self.archive(owner, event.from_, event.stanza)):
