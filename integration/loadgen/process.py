@@ -1,8 +1,10 @@
-"""Servers under test as child processes: started pinned to their core, awaited on their port, stopped."""
+"""Servers under test as child processes: started pinned to their core, awaited on their port, stopped, and
+stopped too if the harness dies first."""
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import socket
@@ -15,14 +17,25 @@ START_TIMEOUT = 60.0
 STOP_TIMEOUT = 15.0
 
 
-def _pin(cpus: frozenset[int] | None) -> Callable[[], None] | None:
-    if not cpus:
-        return None
+_PR_SET_PDEATHSIG = 1  # prctl(2)
+_LIBC = ctypes.CDLL(None, use_errno=True)
 
-    def pin() -> None:  # runs in the child before exec: the server and every thread it starts
-        os.sched_setaffinity(0, cpus)
 
-    return pin
+def _child_setup(cpus: frozenset[int] | None) -> Callable[[], None]:
+    """What the child runs before exec: SIGTERM when the harness's thread that started it ends (a harness
+    killed, or cut off by a timeout, leaves no server behind holding its port and core), and pinned to `cpus`
+    (the server and every thread it starts)."""
+    parent = os.getpid()
+
+    def setup() -> None:
+        if _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
+        if os.getppid() != parent:  # the harness died before the line above
+            os.kill(os.getpid(), signal.SIGTERM)
+        if cpus:
+            os.sched_setaffinity(0, cpus)
+
+    return setup
 
 
 def wait_for_port(
@@ -68,7 +81,9 @@ def running(
     env: dict[str, str] | None = None,
     user: str | None = None,
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """Run `command` (output to `log`) until it listens on `port`; stop it when the block ends."""
+    """Run `command` (output to `log`) until it listens on `port`; stop it when the block ends, or when the
+    thread that entered the block ends without leaving it (the harness killed): enter it from a thread that
+    lives as long as the block."""
     with open(log, "ab") as output:
         process = subprocess.Popen(
             list(command),
@@ -77,7 +92,7 @@ def running(
             stdin=subprocess.DEVNULL,
             cwd=cwd,
             env=env,
-            preexec_fn=_pin(cpus),  # the parent has no threads of its own at this point
+            preexec_fn=_child_setup(cpus),  # the parent has no threads of its own at this point
             user=user,
             group=user,
         )
