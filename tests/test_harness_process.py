@@ -11,6 +11,8 @@ import textwrap
 import time
 from pathlib import Path
 
+from upgrade_node import alive
+
 from integration.bench_servers import free_port
 
 # A stand-in server: listens on the port it is given, then sleeps (SIGTERM's default action ends it).
@@ -35,15 +37,6 @@ HARNESS = textwrap.dedent(
         time.sleep(600)
     """
 )
-
-
-def alive(pid: int) -> bool:
-    """Running, not a zombie waiting for a parent to reap it."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-    except FileNotFoundError:
-        return False
-    return state != "Z"
 
 
 def test_a_killed_harness_takes_its_server_with_it(tmp_path: Path) -> None:
